@@ -1,0 +1,64 @@
+// ThreadPool: a fixed set of worker threads, one per physical core by default, pinned with hwloc.
+//
+// run(n_tasks, fn) calls fn(task) for every task in [0, n_tasks), distributing tasks
+// dynamically (an atomic counter, so uneven tasks balance), and returns when all are done. The
+// calling thread works as well; it is not pinned, since an embedding program owns its threads.
+// Workers spin briefly after a job before sleeping, because a decode step issues many small jobs
+// back to back. An exception thrown by a task is rethrown by run() after all tasks finished.
+// run() must not be called from inside a task (no nesting).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tandem {
+
+struct ThreadPoolOptions {
+    int n_threads = 0;  // 0: one per physical core
+    bool pin = true;    // pin worker i to physical core i (hyperthreads unused)
+};
+
+class ThreadPool {
+  public:
+    explicit ThreadPool(ThreadPoolOptions options = {});
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return n_threads_; }  // workers + the calling thread
+    void run(int64_t n_tasks, const std::function<void(int64_t)>& fn);
+
+    // Splits [0, n) into about size() * 4 chunks of at least `grain` items; fn(begin, end).
+    void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+  private:
+    void worker_loop(int worker);
+    void work_on_current_job();
+
+    int n_threads_ = 1;
+    std::vector<std::thread> workers_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    std::atomic<uint64_t> generation_{0};
+    bool stopping_ = false;
+
+    // The current job; written by run() before generation_ is bumped.
+    const std::function<void(int64_t)>* job_ = nullptr;
+    int64_t job_tasks_ = 0;
+    std::atomic<int64_t> next_task_{0};
+    std::atomic<int64_t> finished_tasks_{0};
+    std::atomic<int> busy_workers_{0};
+    std::exception_ptr error_;
+};
+
+// Physical cores of this machine (hwloc); at least 1.
+int physical_core_count();
+
+}  // namespace tandem

@@ -1,0 +1,90 @@
+#include "models/blocks/attention_block.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope.h"
+
+namespace tandem {
+
+namespace {
+
+void clamp_in_place(const Tensor& t, float limit) {
+    float* data = t.data_as<float>();
+    for (int64_t i = 0; i < t.numel(); ++i)
+        data[i] = std::clamp(data[i], -limit, limit);
+}
+
+void apply_qk_norm(const Tensor& proj, const Tensor& weight, int64_t n_heads, const ModelConfig& c,
+                   ThreadPool& pool) {
+    const int64_t n_tokens = proj.dim(0);
+    const float eps = float(c.rms_norm_eps);
+    if (c.qk_norm == QkNorm::Full) {
+        cpu::rms_norm(proj, weight, eps, proj, pool);
+    } else if (c.qk_norm == QkNorm::PerHead) {
+        const Tensor heads = proj.reshape({n_tokens * n_heads, c.head_dim});
+        cpu::rms_norm(heads, weight, eps, heads, pool);
+    }
+}
+
+// Copies rows [first, first + n) of `rows` ([n_tokens, n_kv_heads * dim]) into the cache at
+// positions [start, start + n).
+void append_to_cache(const Tensor& rows, const Tensor& cache, int64_t first, int64_t n,
+                     int64_t start) {
+    const int64_t row_floats = cache.dim(1) * cache.dim(2);
+    std::memcpy(cache.data_as<float>() + start * row_floats,
+                rows.data_as<const float>() + first * row_floats,
+                size_t(n * row_floats) * sizeof(float));
+}
+
+}  // namespace
+
+void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
+                     std::span<const double> inv_freq, const StepLayout& step, const Tensor& x,
+                     const Tensor& out, ThreadPool& pool) {
+    const int64_t n_tokens = step.n_tokens;
+    const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+    OwnedTensor q = make_tensor(DType::F32, {n_tokens, q_dim});
+    OwnedTensor k = make_tensor(DType::F32, {n_tokens, kv_dim});
+    OwnedTensor v = make_tensor(DType::F32, {n_tokens, kv_dim});
+    cpu::linear(x, w.q, w.q_bias, q.view, pool);
+    cpu::linear(x, w.k, w.k_bias, k.view, pool);
+    cpu::linear(x, w.v, w.v_bias, v.view, pool);
+    if (c.qk_norm != QkNorm::None) {
+        apply_qk_norm(q.view, w.q_norm, c.n_heads, c, pool);
+        apply_qk_norm(k.view, w.k_norm, c.n_kv_heads, c, pool);
+    }
+    if (c.clip_qkv > 0) {
+        for (const Tensor* t : {&q.view, &k.view, &v.view})
+            clamp_in_place(*t, float(c.clip_qkv));
+    }
+    const Tensor q_heads = q.view.reshape({n_tokens, c.n_heads, c.head_dim});
+    const Tensor k_heads = k.view.reshape({n_tokens, c.n_kv_heads, c.head_dim});
+    cpu::apply_rope(q_heads, step.positions, inv_freq);
+    cpu::apply_rope(k_heads, step.positions, inv_freq);
+
+    OwnedTensor attended = make_tensor(DType::F32, {n_tokens, c.n_heads, c.head_dim});
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    for (const StepSequence& seq : step.sequences) {
+        const int64_t start = seq.cache->length();
+        const Tensor keys = seq.cache->keys(layer), values = seq.cache->values(layer);
+        append_to_cache(k.view, keys, seq.first_row, seq.n_tokens, start);
+        append_to_cache(v.view, values, seq.first_row, seq.n_tokens, start);
+        cpu::attention(
+            {.q = q_heads.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
+             .k_cache = keys,
+             .v_cache = values,
+             .out = attended.view.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
+             .start_pos = start,
+             .scale = scale,
+             .sliding_window = c.sliding_window},
+            pool);
+    }
+    cpu::linear(attended.view.reshape({n_tokens, q_dim}), w.o, w.o_bias, out, pool);
+}
+
+}  // namespace tandem

@@ -1,0 +1,22 @@
+// The MoE block of a decoder layer: router, top-k selection, routed experts, optional shared
+// expert with its sigmoid gate.
+//
+// Router: softmax over all experts in f32, the k largest probabilities, renormalised to sum to
+// one when the config says so (Mixtral always, Qwen2/3-MoE and OLMoE per norm_topk_prob).
+#pragma once
+
+#include "models/config.h"
+#include "models/decoder.h"
+#include "scheduler/routing.h"
+
+namespace tandem {
+
+// logits: [n_tokens, n_experts] f32 router logits.
+Routing route_tokens(const Tensor& logits, int64_t n_experts_active, bool normalize);
+
+// x: [n_tokens, hidden_dim] f32, normalised; out: [n_tokens, hidden_dim] f32, overwritten.
+// If `routing` is given, the step's routing is stored there (for tests and trace recording).
+void moe_block(const MoeWeights& w, const ModelConfig& config, const Tensor& x, const Tensor& out,
+               ThreadPool& pool, Routing* routing = nullptr);
+
+}  // namespace tandem

@@ -1,0 +1,133 @@
+#include "models/checkpoint.h"
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/error.h"
+
+namespace tandem {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Shard names come from a file we do not trust: plain file names only, no paths.
+void check_shard_name(const std::string& name, const std::string& index_path) {
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        fail(index_path, ": weight_map names shard '", name, "', which is not a plain file name");
+}
+
+std::map<std::string, std::string> read_weight_map(const std::string& index_path) {
+    std::ifstream in(index_path);
+    if (!in) fail(index_path, ": cannot open");
+    nlohmann::json index;
+    try {
+        index = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        fail(index_path, ": not valid JSON: ", e.what());
+    }
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+        fail(index_path, ": missing the weight_map object");
+    std::map<std::string, std::string> weight_map;
+    for (const auto& [tensor, shard] : index["weight_map"].items()) {
+        if (!shard.is_string()) fail(index_path, ": weight_map.", tensor, " must be a string");
+        check_shard_name(shard.get<std::string>(), index_path);
+        weight_map[tensor] = shard.get<std::string>();
+    }
+    return weight_map;
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const std::string& dir) {
+    Checkpoint checkpoint;
+    checkpoint.dir_ = dir;
+    const fs::path root(dir);
+    const fs::path index_path = root / "model.safetensors.index.json";
+    const fs::path single_path = root / "model.safetensors";
+
+    std::map<std::string, std::string> weight_map;
+    std::vector<std::string> shards;
+    if (fs::exists(index_path)) {
+        weight_map = read_weight_map(index_path.string());
+        std::set<std::string> unique;
+        for (const auto& [tensor, shard] : weight_map)
+            unique.insert(shard);
+        shards.assign(unique.begin(), unique.end());
+    } else if (fs::exists(single_path)) {
+        shards.push_back("model.safetensors");
+    } else {
+        fail(dir, ": no model.safetensors or model.safetensors.index.json");
+    }
+
+    std::map<std::string, const SafetensorsFile*> by_shard;
+    for (const auto& shard : shards) {
+        auto file =
+            std::make_unique<SafetensorsFile>(SafetensorsFile::open((root / shard).string()));
+        by_shard[shard] = file.get();
+        for (const auto& entry : file->contents().tensors) {
+            auto [it, inserted] =
+                checkpoint.index_.emplace(entry.name, Location{file.get(), &entry});
+            if (!inserted)
+                fail(dir, ": tensor ", entry.name, " appears in both ", it->second.file->path(),
+                     " and ", file->path());
+        }
+        checkpoint.files_.push_back(std::move(file));
+    }
+    for (const auto& [tensor, shard] : weight_map) {
+        auto it = checkpoint.index_.find(tensor);
+        if (it == checkpoint.index_.end() || it->second.file != by_shard[shard])
+            fail(index_path.string(), ": lists tensor ", tensor, " in ", shard,
+                 ", which does not contain it");
+    }
+    return checkpoint;
+}
+
+Tensor Checkpoint::bind_optional(const std::string& name, const Shape& shape) const {
+    if (!contains(name)) return Tensor();
+    return bind(name, shape);
+}
+
+Tensor Checkpoint::bind(const std::string& name, const Shape& shape) const {
+    auto it = index_.find(name);
+    if (it == index_.end()) fail(dir_, ": missing tensor ", name, " (expected ", shape.str(), ")");
+    const SafetensorsFile* file = it->second.file;
+    const SafetensorsEntry* entry = it->second.entry;
+    const std::string context = cat(file->path(), ": tensor ", name);
+    const Shape found = with_context(context, [&] { return Shape::from(entry->shape); });
+    if (!entry->dtype || !is_float_weight_type(*entry->dtype))
+        fail(context, ": expected ", shape.str(), " f32, f16 or bf16, found ", found.str(), " ",
+             entry->dtype_name, " (unsupported dtype)");
+    if (!(found == shape))
+        fail(context, ": expected ", shape.str(), " ", dtype_name(*entry->dtype), ", found ",
+             found.str(), " ", dtype_name(*entry->dtype));
+    bound_.insert(name);
+    void* data = const_cast<std::byte*>(entry->data);
+    const auto alignment = uintptr_t(dtype_block_bytes(*entry->dtype));
+    if (reinterpret_cast<uintptr_t>(data) % alignment != 0) {
+        Buffer copy = allocate(Device::cpu(), entry->end - entry->begin);
+        std::memcpy(copy.data(), data, copy.bytes());
+        data = copy.data();
+        aligned_copies_.push_back(std::move(copy));
+    }
+    return Tensor(data, *entry->dtype, found);
+}
+
+std::vector<std::string> Checkpoint::names() const {
+    std::vector<std::string> out;
+    for (const auto& [name, location] : index_)
+        out.push_back(name);
+    return out;
+}
+
+std::vector<std::string> Checkpoint::unbound_names() const {
+    std::vector<std::string> out;
+    for (const auto& [name, location] : index_)
+        if (!bound_.count(name)) out.push_back(name);
+    return out;
+}
+
+}  // namespace tandem

@@ -1,0 +1,212 @@
+#include "models/decoder.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/error.h"
+#include "kernels/log.h"
+#include "models/blocks/attention_block.h"
+#include "models/blocks/moe_block.h"
+#include "models/rope.h"
+
+namespace tandem {
+
+namespace {
+
+std::string expand(std::string name, int64_t layer, int64_t expert = -1) {
+    auto replace = [&](const std::string& key, int64_t value) {
+        for (size_t at = name.find(key); at != std::string::npos; at = name.find(key))
+            name.replace(at, key.size(), std::to_string(value));
+    };
+    replace("{L}", layer);
+    if (expert >= 0) replace("{E}", expert);
+    return name;
+}
+
+cpu::ExpertWeights bind_swiglu(const Checkpoint& ckpt, const std::string& gate,
+                               const std::string& up, const std::string& down, int64_t hidden,
+                               int64_t ffn) {
+    return {.gate = ckpt.bind(gate, {ffn, hidden}),
+            .up = ckpt.bind(up, {ffn, hidden}),
+            .down = ckpt.bind(down, {hidden, ffn})};
+}
+
+AttentionWeights bind_attention(const ModelConfig& c, const Checkpoint& ckpt, int64_t layer) {
+    const std::string p = cat("model.layers.", layer, ".");
+    const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+    AttentionWeights w;
+    w.norm = ckpt.bind(p + "input_layernorm.weight", {c.hidden_dim});
+    w.q = ckpt.bind(p + "self_attn.q_proj.weight", {q_dim, c.hidden_dim});
+    w.k = ckpt.bind(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_dim});
+    w.v = ckpt.bind(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_dim});
+    w.o = ckpt.bind(p + "self_attn.o_proj.weight", {c.hidden_dim, q_dim});
+    if (c.qkv_bias) {
+        w.q_bias = ckpt.bind(p + "self_attn.q_proj.bias", {q_dim});
+        w.k_bias = ckpt.bind(p + "self_attn.k_proj.bias", {kv_dim});
+        w.v_bias = ckpt.bind(p + "self_attn.v_proj.bias", {kv_dim});
+    }
+    if (c.o_bias) w.o_bias = ckpt.bind(p + "self_attn.o_proj.bias", {c.hidden_dim});
+    if (c.qk_norm == QkNorm::PerHead) {
+        w.q_norm = ckpt.bind(p + "self_attn.q_norm.weight", {c.head_dim});
+        w.k_norm = ckpt.bind(p + "self_attn.k_norm.weight", {c.head_dim});
+    } else if (c.qk_norm == QkNorm::Full) {
+        w.q_norm = ckpt.bind(p + "self_attn.q_norm.weight", {q_dim});
+        w.k_norm = ckpt.bind(p + "self_attn.k_norm.weight", {kv_dim});
+    }
+    return w;
+}
+
+MoeWeights bind_moe(const ModelConfig& c, const Checkpoint& ckpt, const DecoderNames& n,
+                    int64_t layer) {
+    MoeWeights w;
+    w.router = ckpt.bind(expand(n.router, layer), {c.n_experts, c.hidden_dim});
+    for (int64_t e = 0; e < c.n_experts; ++e)
+        w.experts.push_back(
+            bind_swiglu(ckpt, expand(n.expert_gate, layer, e), expand(n.expert_up, layer, e),
+                        expand(n.expert_down, layer, e), c.hidden_dim, c.expert_ffn_dim));
+    if (c.shared_expert_ffn_dim > 0)
+        w.shared = bind_swiglu(ckpt, expand(n.shared_gate, layer), expand(n.shared_up, layer),
+                               expand(n.shared_down, layer), c.hidden_dim, c.shared_expert_ffn_dim);
+    if (c.shared_expert_gated)
+        w.shared_expert_gate = ckpt.bind(expand(n.shared_expert_gate, layer), {1, c.hidden_dim});
+    return w;
+}
+
+// Validates a step and lays its sequences out as consecutive rows.
+StepLayout layout_step(std::span<const SequenceStep> steps, const ModelConfig& c) {
+    StepLayout layout;
+    std::set<const KvCache*> seen;
+    for (size_t s = 0; s < steps.size(); ++s) {
+        const SequenceStep& step = steps[s];
+        if (step.cache == nullptr) fail("forward: sequence ", s, " has no KV cache");
+        if (!seen.insert(step.cache).second)
+            fail("forward: sequence ", s, " repeats another's KV cache");
+        if (step.tokens.empty()) fail("forward: sequence ", s, " has no tokens");
+        const int64_t n = int64_t(step.tokens.size()), start = step.cache->length();
+        if (start + n > step.cache->capacity())
+            fail("forward: sequence ", s, ": ", start, " cached + ", n,
+                 " new tokens exceed its context length of ", step.cache->capacity());
+        for (int32_t token : step.tokens)
+            if (token < 0 || token >= c.vocab_size)
+                fail("forward: sequence ", s, ": token id ", token, " outside the vocabulary [0, ",
+                     c.vocab_size, ")");
+        layout.sequences.push_back(
+            {.first_row = layout.n_tokens, .n_tokens = n, .cache = step.cache});
+        for (int64_t i = 0; i < n; ++i)
+            layout.positions.push_back(start + i);
+        layout.n_tokens += n;
+    }
+    return layout;
+}
+
+void add_in_place(const Tensor& acc, const Tensor& delta) {
+    float* a = acc.data_as<float>();
+    const float* d = delta.data_as<const float>();
+    for (int64_t i = 0; i < acc.numel(); ++i)
+        a[i] += d[i];
+}
+
+}  // namespace
+
+DecoderWeights bind_decoder_weights(const ModelConfig& c, const Checkpoint& ckpt,
+                                    const DecoderNames& n) {
+    DecoderWeights w;
+    w.embed = ckpt.bind("model.embed_tokens.weight", {c.vocab_size, c.hidden_dim});
+    w.final_norm = ckpt.bind("model.norm.weight", {c.hidden_dim});
+    w.lm_head =
+        c.tie_word_embeddings ? w.embed : ckpt.bind("lm_head.weight", {c.vocab_size, c.hidden_dim});
+    for (int64_t layer = 0; layer < c.n_layers; ++layer) {
+        LayerWeights lw;
+        lw.attention = bind_attention(c, ckpt, layer);
+        lw.ffn_norm = ckpt.bind(cat("model.layers.", layer, ".post_attention_layernorm.weight"),
+                                {c.hidden_dim});
+        lw.is_moe = c.layer_is_moe[size_t(layer)];
+        if (lw.is_moe) {
+            lw.moe = bind_moe(c, ckpt, n, layer);
+        } else {
+            lw.dense = bind_swiglu(ckpt, expand(n.dense_gate, layer), expand(n.dense_up, layer),
+                                   expand(n.dense_down, layer), c.hidden_dim, c.ffn_dim);
+        }
+        w.layers.push_back(std::move(lw));
+    }
+    return w;
+}
+
+Decoder::Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& names)
+    : config_(std::move(config)), checkpoint_(std::move(checkpoint)) {
+    weights_ = bind_decoder_weights(config_, checkpoint_, names);
+    inv_freq_ = rope_inv_freq(config_);
+    const auto unbound = checkpoint_.unbound_names();
+    if (!unbound.empty())
+        log_info(checkpoint_.dir(), ": ", unbound.size(), " tensors not used by ",
+                 config_.architecture, ", e.g. ", unbound.front());
+}
+
+KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
+    return {.n_layers = int(config_.n_layers),
+            .n_kv_heads = config_.n_kv_heads,
+            .head_dim = config_.head_dim,
+            .v_head_dim = config_.head_dim,
+            .capacity = capacity};
+}
+
+OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool) {
+    const ModelConfig& c = config_;
+    const StepLayout layout = layout_step(steps, c);
+    const int64_t n_tokens = layout.n_tokens, hidden = c.hidden_dim;
+
+    OwnedTensor h = make_tensor(DType::F32, {n_tokens, hidden});
+    {
+        int64_t row = 0;
+        const auto* embed = static_cast<const std::byte*>(weights_.embed.data());
+        const int64_t embed_row = row_bytes(weights_.embed.dtype(), hidden);
+        for (const SequenceStep& step : steps)
+            for (int32_t token : step.tokens)
+                cpu::row_to_f32(embed + token * embed_row, weights_.embed.dtype(), hidden,
+                                h.view.data_as<float>() + hidden * row++);
+    }
+    OwnedTensor normed = make_tensor(DType::F32, {n_tokens, hidden});
+    OwnedTensor delta = make_tensor(DType::F32, {n_tokens, hidden});
+    for (int layer = 0; layer < int(c.n_layers); ++layer) {
+        const LayerWeights& lw = weights_.layers[size_t(layer)];
+        cpu::rms_norm(h.view, lw.attention.norm, float(c.rms_norm_eps), normed.view, pool);
+        attention_block(lw.attention, c, layer, inv_freq_, layout, normed.view, delta.view, pool);
+        add_in_place(h.view, delta.view);
+        cpu::rms_norm(h.view, lw.ffn_norm, float(c.rms_norm_eps), normed.view, pool);
+        if (lw.is_moe) {
+            moe_block(lw.moe, c, normed.view, delta.view, pool);
+        } else {
+            cpu::swiglu_ffn(normed.view, lw.dense, delta.view, pool);
+        }
+        add_in_place(h.view, delta.view);
+    }
+
+    // Rows that need logits: every new token, or each sequence's last.
+    std::vector<int64_t> rows;
+    for (size_t s = 0; s < steps.size(); ++s) {
+        const StepSequence& seq = layout.sequences[s];
+        const int64_t first =
+            steps[s].all_logits ? seq.first_row : seq.first_row + seq.n_tokens - 1;
+        for (int64_t r = first; r < seq.first_row + seq.n_tokens; ++r)
+            rows.push_back(r);
+    }
+    const int64_t n_rows = int64_t(rows.size());
+    OwnedTensor selected = make_tensor(DType::F32, {n_rows, hidden});
+    for (int64_t i = 0; i < n_rows; ++i)
+        std::memcpy(selected.view.data_as<float>() + i * hidden,
+                    h.view.data_as<const float>() + rows[size_t(i)] * hidden,
+                    size_t(hidden) * sizeof(float));
+    cpu::rms_norm(selected.view, weights_.final_norm, float(c.rms_norm_eps), selected.view, pool);
+    OwnedTensor logits = make_tensor(DType::F32, {n_rows, c.vocab_size});
+    cpu::linear(selected.view, weights_.lm_head, Tensor(), logits.view, pool);
+
+    // Only now, with nothing left to fail, do the caches take the new positions.
+    for (const StepSequence& seq : layout.sequences)
+        seq.cache->commit(seq.n_tokens);
+    return logits;
+}
+
+}  // namespace tandem

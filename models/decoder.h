@@ -1,0 +1,84 @@
+// The Llama-family decoder that every supported architecture is an instance of:
+//   h = embed(tokens)
+//   for each layer: h += attention(rms_norm(h)); h += ffn_or_moe(rms_norm(h))
+//   logits = lm_head(rms_norm(h))
+// Architectures differ in config keys, tensor names and a few switches (biases, q/k norm, shared
+// experts), which DecoderNames and ModelConfig carry. The weights are views into the mapped
+// checkpoint; nothing is copied.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/expert_ffn.h"
+#include "models/checkpoint.h"
+#include "models/model.h"
+
+namespace tandem {
+
+// Checkpoint tensor names; "{L}" stands for the layer index and "{E}" for the expert index.
+struct DecoderNames {
+    std::string router = "model.layers.{L}.mlp.gate.weight";
+    std::string expert_gate = "model.layers.{L}.mlp.experts.{E}.gate_proj.weight";
+    std::string expert_up = "model.layers.{L}.mlp.experts.{E}.up_proj.weight";
+    std::string expert_down = "model.layers.{L}.mlp.experts.{E}.down_proj.weight";
+    std::string shared_gate = "model.layers.{L}.mlp.shared_expert.gate_proj.weight";
+    std::string shared_up = "model.layers.{L}.mlp.shared_expert.up_proj.weight";
+    std::string shared_down = "model.layers.{L}.mlp.shared_expert.down_proj.weight";
+    std::string shared_expert_gate = "model.layers.{L}.mlp.shared_expert_gate.weight";
+    std::string dense_gate = "model.layers.{L}.mlp.gate_proj.weight";
+    std::string dense_up = "model.layers.{L}.mlp.up_proj.weight";
+    std::string dense_down = "model.layers.{L}.mlp.down_proj.weight";
+};
+
+struct AttentionWeights {
+    Tensor norm;     // [hidden_dim] input_layernorm
+    Tensor q, k, v;  // [n_heads * head_dim | n_kv_heads * head_dim, hidden_dim]
+    Tensor o;        // [hidden_dim, n_heads * head_dim]
+    Tensor q_bias, k_bias, v_bias, o_bias;  // empty unless the config has them
+    Tensor q_norm, k_norm;  // [head_dim] per head, or [n_(kv_)heads * head_dim] full
+};
+
+struct MoeWeights {
+    Tensor router;                            // [n_experts, hidden_dim]
+    std::vector<cpu::ExpertWeights> experts;  // [n_experts]
+    cpu::ExpertWeights shared;                // empty unless shared_expert_ffn_dim > 0
+    Tensor shared_expert_gate;                // [1, hidden_dim], empty unless gated
+};
+
+struct LayerWeights {
+    AttentionWeights attention;
+    Tensor ffn_norm;  // [hidden_dim] post_attention_layernorm
+    bool is_moe = false;
+    cpu::ExpertWeights dense;  // when !is_moe
+    MoeWeights moe;            // when is_moe
+};
+
+struct DecoderWeights {
+    Tensor embed;       // [vocab_size, hidden_dim]
+    Tensor final_norm;  // [hidden_dim]
+    Tensor lm_head;     // [vocab_size, hidden_dim], the embedding when tied
+    std::vector<LayerWeights> layers;
+};
+
+class Decoder final : public Model {
+  public:
+    // Binds every weight of `config` from `checkpoint` (which the decoder keeps mapped).
+    Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& names);
+
+    const ModelConfig& config() const override { return config_; }
+    OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool) override;
+    KvCacheShape kv_cache_shape(int64_t capacity) const override;
+
+  private:
+    ModelConfig config_;
+    Checkpoint checkpoint_;
+    DecoderWeights weights_;
+    std::vector<double> inv_freq_;
+};
+
+// Binds the decoder weights named by `names` (exposed for tests of weight binding).
+DecoderWeights bind_decoder_weights(const ModelConfig& config, const Checkpoint& checkpoint,
+                                    const DecoderNames& names);
+
+}  // namespace tandem

@@ -1,0 +1,203 @@
+// Golden tests: each architecture's tiny checkpoint (tests/data/golden/<arch>/<dtype>/, written
+// by transformers via tools/make_golden.py) must reproduce the logits and greedy ids that
+// transformers computed, and the engine's own paths must agree with each other: a prefill
+// equals token-by-token decoding, and a batch of sequences equals each sequence run alone.
+#include <gtest/gtest.h>
+
+#include <tandem/engine.h>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "kernels/thread_pool.h"
+#include "models/model.h"
+#include "models/safetensors.h"
+#include "tests/test_util.h"
+
+namespace tandem {
+namespace {
+
+struct Reference {
+    std::vector<int32_t> prompt;
+    std::vector<float> logits;  // [n_prompt, vocab], float32 computation
+    std::vector<int32_t> greedy;
+    std::vector<float> logits_bf16;  // bf16 checkpoints: native bfloat16 computation
+};
+
+std::vector<int32_t> read_ids(const SafetensorsFile& file, const std::string& name) {
+    const SafetensorsEntry* e = file.find(name);
+    if (e == nullptr || e->dtype != DType::I64) throw std::runtime_error("reference lacks " + name);
+    std::vector<int64_t> wide((e->end - e->begin) / 8);
+    std::memcpy(wide.data(), e->data, e->end - e->begin);
+    return {wide.begin(), wide.end()};
+}
+
+std::vector<float> read_floats(const SafetensorsFile& file, const std::string& name) {
+    const SafetensorsEntry* e = file.find(name);
+    if (e == nullptr) return {};
+    std::vector<float> out((e->end - e->begin) / 4);
+    std::memcpy(out.data(), e->data, e->end - e->begin);
+    return out;
+}
+
+Reference read_reference(const std::string& dir) {
+    const SafetensorsFile file = SafetensorsFile::open(dir + "/reference.safetensors");
+    return {read_ids(file, "prompt_ids"), read_floats(file, "logits"), read_ids(file, "greedy_ids"),
+            read_floats(file, "logits_bf16")};
+}
+
+struct Case {
+    std::string arch, dtype;
+    std::string dir() const { return test::data_dir() + "/golden/" + arch + "/" + dtype; }
+    friend void PrintTo(const Case& c, std::ostream* out) { *out << c.arch << "/" << c.dtype; }
+};
+
+class Golden : public ::testing::TestWithParam<Case> {
+  protected:
+    void SetUp() override {
+        engine_ = std::make_unique<Engine>(
+            Engine::open({.model_dir = GetParam().dir(), .n_threads = 2, .pin_threads = false}));
+        ref_ = read_reference(GetParam().dir());
+        vocab_ = engine_->model_config().vocab_size;
+        ASSERT_EQ(ref_.logits.size(), ref_.prompt.size() * size_t(vocab_));
+    }
+
+    // Logits of every position of `tokens`, from one prefill.
+    std::vector<float> prefill_logits(std::span<const int32_t> tokens) {
+        KvCache cache(engine_->model().kv_cache_shape(int64_t(tokens.size())));
+        const SequenceStep step{.tokens = tokens, .cache = &cache, .all_logits = true};
+        OwnedTensor logits = engine_->model().forward({&step, 1}, engine_->thread_pool());
+        EXPECT_EQ(cache.length(), int64_t(tokens.size()));
+        return {logits.view.data_as<float>(), logits.view.data_as<float>() + logits.view.numel()};
+    }
+
+    std::unique_ptr<Engine> engine_;
+    Reference ref_;
+    int64_t vocab_ = 0;
+};
+
+TEST_P(Golden, PrefillLogitsMatchTransformers) {
+    const std::vector<float> got = prefill_logits(ref_.prompt);
+    ASSERT_EQ(got.size(), ref_.logits.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(got[i])) << "element " << i;
+        worst = std::max(worst, std::fabs(double(got[i]) - ref_.logits[i]));
+    }
+    // f32 activations on the stored weights, as the reference computed: 1e-4 for f32 and bf16.
+    EXPECT_LE(worst, 1e-4) << "max abs diff";
+    RecordProperty("max_abs_diff", std::to_string(worst));
+}
+
+// Worst per-position relative L2 distance between two [n_positions, vocab] logit matrices.
+double worst_relative_l2(std::span<const float> got, std::span<const float> want, size_t vocab) {
+    double worst = 0;
+    for (size_t pos = 0; pos < want.size() / vocab; ++pos) {
+        double diff = 0, norm = 0;
+        for (size_t v = pos * vocab; v < (pos + 1) * vocab; ++v) {
+            diff += std::pow(double(got[v]) - want[v], 2);
+            norm += double(want[v]) * want[v];
+        }
+        worst = std::max(worst, std::sqrt(diff / norm));
+    }
+    return worst;
+}
+
+// bf16 checkpoints also carry transformers' native-bf16 logits.
+class GoldenBf16 : public Golden {};
+
+TEST_P(GoldenBf16, CloseToNativeBf16Transformers) {
+    ASSERT_FALSE(ref_.logits_bf16.empty()) << "reference.safetensors lacks logits_bf16";
+    const std::vector<float> got = prefill_logits(ref_.prompt);
+    // Against the bf16 checkpoint computed by transformers with f32 activations: the stated
+    // bf16 criterion (relative L2 <= 1e-2) holds with a wide margin.
+    EXPECT_LE(worst_relative_l2(got, ref_.logits, size_t(vocab_)), 1e-2);
+    // transformers run natively in bf16 rounds every activation to bf16; Tandem keeps f32
+    // activations. That rounding alone moves transformers' own logits by 1-3% relative L2, so
+    // the bound here is transformers' distance from itself: Tandem must be no farther from
+    // native bf16 than transformers' float32 computation of the same weights is.
+    const double ours = worst_relative_l2(got, ref_.logits_bf16, size_t(vocab_));
+    const double theirs = worst_relative_l2(ref_.logits, ref_.logits_bf16, size_t(vocab_));
+    EXPECT_LE(ours, theirs * 1.01 + 1e-4) << "transformers f32 vs native bf16: " << theirs;
+    RecordProperty("bf16_rel_l2", std::to_string(ours));
+}
+
+TEST_P(Golden, GreedyIdsMatchTransformers) {
+    const Generation out = engine_->generate(
+        ref_.prompt,
+        {.temperature = 0.0f, .max_tokens = int32_t(ref_.greedy.size()), .ignore_eos = true});
+    EXPECT_EQ(out.tokens, ref_.greedy);
+    EXPECT_EQ(out.finish_reason, FinishReason::Length);
+}
+
+TEST_P(Golden, PrefillEqualsTokenByTokenDecode) {
+    const std::vector<float> prefill = prefill_logits(ref_.prompt);
+    KvCache cache(engine_->model().kv_cache_shape(int64_t(ref_.prompt.size())));
+    double worst = 0;
+    for (size_t i = 0; i < ref_.prompt.size(); ++i) {
+        const SequenceStep step{.tokens = {&ref_.prompt[i], 1}, .cache = &cache};
+        OwnedTensor logits = engine_->model().forward({&step, 1}, engine_->thread_pool());
+        for (int64_t v = 0; v < vocab_; ++v)
+            worst = std::max(worst, std::fabs(double(logits.view.data_as<float>()[v]) -
+                                              prefill[i * size_t(vocab_) + size_t(v)]));
+    }
+    EXPECT_LE(worst, 1e-5);
+}
+
+TEST_P(Golden, BatchOfThreeEqualsEachAlone) {
+    // Three sequences of different lengths and contents, in one forward, then one decode step of
+    // all three together; each must equal the same sequence run alone.
+    const std::vector<int32_t>& p = ref_.prompt;
+    const std::vector<std::vector<int32_t>> prompts = {
+        {p.begin(), p.end()}, {p.begin() + 3, p.begin() + 10}, {p.rbegin(), p.rbegin() + 13}};
+    const std::vector<int32_t> next = {5, 7, 11};
+    auto run = [&](std::vector<size_t> which) {
+        std::vector<std::unique_ptr<KvCache>> caches;
+        std::vector<SequenceStep> steps;
+        for (size_t s : which) {
+            caches.push_back(std::make_unique<KvCache>(engine_->model().kv_cache_shape(32)));
+            steps.push_back(
+                {.tokens = prompts[s], .cache = caches.back().get(), .all_logits = true});
+        }
+        OwnedTensor first = engine_->model().forward(steps, engine_->thread_pool());
+        for (size_t i = 0; i < which.size(); ++i)
+            steps[i] = {.tokens = {&next[which[i]], 1}, .cache = caches[i].get()};
+        OwnedTensor second = engine_->model().forward(steps, engine_->thread_pool());
+        std::vector<float> out(first.view.data_as<float>(),
+                               first.view.data_as<float>() + first.view.numel());
+        out.insert(out.end(), second.view.data_as<float>(),
+                   second.view.data_as<float>() + second.view.numel());
+        return out;
+    };
+    const std::vector<float> batched = run({0, 1, 2});
+    std::vector<float> alone;
+    std::vector<std::vector<float>> singles = {run({0}), run({1}), run({2})};
+    // Reassemble: all prefill rows in sequence order, then the three decode rows.
+    for (size_t s = 0; s < 3; ++s)
+        alone.insert(alone.end(), singles[s].begin(), singles[s].end() - vocab_);
+    for (size_t s = 0; s < 3; ++s)
+        alone.insert(alone.end(), singles[s].end() - vocab_, singles[s].end());
+    ASSERT_EQ(batched.size(), alone.size());
+    for (size_t i = 0; i < batched.size(); ++i)
+        ASSERT_NEAR(batched[i], alone[i], 1e-5) << "element " << i;
+}
+
+std::vector<Case> cases(std::vector<std::string> dtypes) {
+    std::vector<Case> out;
+    for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2"})
+        for (const auto& dtype : dtypes)
+            out.push_back({arch, dtype});
+    return out;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& param_info) {
+    return param_info.param.arch + "_" + param_info.param.dtype;
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, Golden, ::testing::ValuesIn(cases({"f32", "bf16"})),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Architectures, GoldenBf16, ::testing::ValuesIn(cases({"bf16"})),
+                         case_name);
+
+}  // namespace
+}  // namespace tandem

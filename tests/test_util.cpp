@@ -1,0 +1,62 @@
+#include "tests/test_util.h"
+
+#include <unistd.h>
+
+#include "tools/synthetic_model.h"
+
+namespace tandem::test {
+
+uint64_t fresh_seed() {
+    static std::random_device device;
+    return (uint64_t(device()) << 32) ^ device();
+}
+
+std::string data_dir() {
+    return TANDEM_TEST_DATA_DIR;
+}
+
+std::string shared_dir() {
+    return (std::filesystem::path(TANDEM_TEST_DATA_DIR) / ".." / ".." / ".." / "shared")
+        .lexically_normal()
+        .string();
+}
+
+TempDir::TempDir() {
+    static int counter = 0;
+    path_ = std::filesystem::temp_directory_path() /
+            ("tandem-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+}
+
+std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std) {
+    std::normal_distribution<float> normal(0.0f, std);
+    std::vector<float> out(n);
+    for (float& v : out)
+        v = normal(rng);
+    return out;
+}
+
+void write_tiny_model(const std::string& dir, uint64_t seed) {
+    SyntheticQwen3MoeSpec spec;
+    spec.vocab_size = 96;
+    spec.hidden_dim = 32;
+    spec.n_layers = 2;
+    spec.n_heads = 4;
+    spec.n_kv_heads = 2;
+    spec.head_dim = 8;
+    spec.n_experts = 4;
+    spec.n_experts_active = 2;
+    spec.expert_ffn_dim = 16;
+    spec.max_position_embeddings = 64;
+    spec.dtype = DType::F32;
+    spec.seed = seed;
+    write_synthetic_qwen3_moe(dir, spec);
+}
+
+}  // namespace tandem::test

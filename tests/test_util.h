@@ -1,0 +1,48 @@
+// Helpers shared by the tests: fresh random seeds (printed on failure), temporary directories,
+// the path of committed test data, and a float64 reference for comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace tandem::test {
+
+// A new seed each run, so the tests keep drawing new inputs; SCOPED_TRACE it so a failure can be
+// replayed.
+uint64_t fresh_seed();
+
+#define TANDEM_SEEDED(seed_var)                             \
+    const uint64_t seed_var = ::tandem::test::fresh_seed(); \
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_var)
+
+std::string data_dir();    // tests/data in the source tree
+std::string shared_dir();  // ../shared next to the repository, may not exist
+
+// A directory removed (with its contents) when the object dies.
+class TempDir {
+  public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+    std::string str() const { return path_.string(); }
+
+  private:
+    std::filesystem::path path_;
+};
+
+// Normal(0, std) values.
+std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std = 1.0f);
+
+// Writes a small valid Qwen3-MoE checkpoint (random weights, f32) into dir.
+void write_tiny_model(const std::string& dir, uint64_t seed = 1);
+
+}  // namespace tandem::test

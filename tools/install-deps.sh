@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Tandem needs to build and test, from Debian's archive only. Idempotent: when
+# every package is already installed it touches nothing (and needs no network).
+#
+#   build:  cmake ninja g++ pkg-config ccache        (ccache: rebuilds in CI and at home are fast)
+#   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool
+#           flags), Eigen and oneDNN (dense kernels, named by the design), GoogleTest, Google
+#           Benchmark
+#   fuzz:   clang with libFuzzer (tools/fuzz.sh)
+set -euo pipefail
+
+packages=(
+    cmake ninja-build g++ pkg-config ccache
+    libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev
+    libgtest-dev libbenchmark-dev
+    clang libclang-rt-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all ${#packages[@]} packages present"
+    exit 0
+fi
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: run as root or install sudo" >&2; exit 1; }
+    sudo_cmd=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -q
+"${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Build the golden fixtures in tests/data/golden/ (run by hand; CI never runs this).
+
+For each architecture: a tiny random-weight checkpoint written by `save_pretrained` in
+float32 and bfloat16, plus `reference.safetensors` with transformers' logits and greedy
+continuation. See tests/data/golden/README.md for the format.
+
+    pip install torch transformers safetensors
+    python3 tools/make_golden.py
+"""
+
+import copy
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "golden"
+PROMPT_LEN = 20
+GREEDY_STEPS = 16
+MIN_MARGIN = 1e-3  # top-1 minus top-2 logit, below which an argmax is a coin toss
+MIN_ROUTER_GAP = 1e-4  # k-th minus (k+1)-th router logit: a near tie could flip an expert
+# Native bf16 rounds router logits to 2^-6 around 3, so a near tie there flips an expert and
+# moves logits_bf16 by whole units; ask for a few bf16 ulps so that it stays a usable reference.
+MIN_ROUTER_GAP_BF16 = 0.05
+MAX_TRIES = 100
+
+# Shapes shared by all archs: head_dim 64/4 = 16, GQA 4 query heads on 2 KV heads. head_dim
+# is left out of config.json where the Hub configs lack it (the engine derives it), and
+# qwen3_moe sets it to 32, because real Qwen3 checkpoints have heads * head_dim != hidden.
+COMMON = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def rope(theta, **scaling):
+    return {"rope_type": scaling.pop("rope_type", "default"), "rope_theta": theta, **scaling}
+
+
+# rope_theta and rms_norm_eps differ from each class's default so that an engine that
+# falls back to defaults instead of reading config.json fails the comparison.
+# fmt: off
+ARCHS = {
+    "mixtral": dict(
+        cls=transformers.MixtralForCausalLM,
+        cfg=transformers.MixtralConfig,
+        seed=1069,
+        kw=dict(
+            vocab_size=256, num_hidden_layers=2, intermediate_size=32,
+            num_local_experts=8, num_experts_per_tok=2,
+            rope_parameters=rope(250000.0), rms_norm_eps=1e-6,
+        ),
+    ),
+    "qwen2_moe": dict(
+        cls=transformers.Qwen2MoeForCausalLM,
+        cfg=transformers.Qwen2MoeConfig,
+        seed=2009,
+        kw=dict(
+            vocab_size=320, num_hidden_layers=3, intermediate_size=128,
+            moe_intermediate_size=32, shared_expert_intermediate_size=64,
+            num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+            decoder_sparse_step=1, mlp_only_layers=[1], qkv_bias=True,
+            use_sliding_window=False, rope_parameters=rope(1e6), rms_norm_eps=1e-5,
+        ),
+        shard="400KB",  # the one sharded checkpoint (f32 only)
+    ),
+    "qwen3_moe": dict(
+        cls=transformers.Qwen3MoeForCausalLM,
+        cfg=transformers.Qwen3MoeConfig,
+        seed=3056,
+        kw=dict(
+            vocab_size=288, num_hidden_layers=3, head_dim=32, intermediate_size=128,
+            moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[0],
+            attention_bias=False, use_sliding_window=False,
+            rope_parameters=rope(50000.0), rms_norm_eps=1e-5,
+        ),
+    ),
+    "olmoe": dict(
+        cls=transformers.OlmoeForCausalLM,
+        cfg=transformers.OlmoeConfig,
+        seed=4012,
+        kw=dict(
+            vocab_size=304, num_hidden_layers=2, intermediate_size=32,
+            num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+            clip_qkv=None, attention_bias=False, pad_token_id=0,
+            rope_parameters=rope(20000.0), rms_norm_eps=1e-6,
+        ),
+    ),
+    # original_max_position_embeddings 64 puts the 8 rotary frequencies of head_dim 16
+    # into all three llama3 regimes: kept (wavelen < 16), smoothed, and divided by 8.
+    "llama": dict(
+        cls=transformers.LlamaForCausalLM,
+        cfg=transformers.LlamaConfig,
+        seed=5000,
+        kw=dict(
+            vocab_size=384, num_hidden_layers=2, head_dim=16, intermediate_size=128,
+            rope_parameters=rope(
+                500000.0, rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                high_freq_factor=4.0, original_max_position_embeddings=64,
+            ),
+            rms_norm_eps=1e-5,
+        ),
+    ),
+    "qwen2": dict(
+        cls=transformers.Qwen2ForCausalLM,
+        cfg=transformers.Qwen2Config,
+        seed=6000,
+        kw=dict(
+            vocab_size=352, num_hidden_layers=2, intermediate_size=128,
+            tie_word_embeddings=True, use_sliding_window=False,
+            rope_parameters=rope(1e6), rms_norm_eps=1e-5,
+        ),
+    ),
+}
+# fmt: on
+
+IMPL = dict(attn_implementation="eager", experts_implementation="eager")
+
+
+def randomize(model):
+    """Replace the default init (std 0.02: flat logits, flat routers, fragile argmax)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:  # RMSNorm gains, incl. q_norm/k_norm
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+            elif name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                p.copy_(2.0 / math.sqrt(p.shape[-1]) * torch.randn_like(p))  # router
+            elif "embed_tokens" in name or "lm_head" in name:
+                p.copy_(0.3 * torch.randn_like(p))  # also the tied qwen2 head
+            else:  # keep each projection roughly variance-preserving; fan-in is the last dim
+                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
+
+
+def bf16_copy(model):
+    """`Module.to(bfloat16)` would also round the rotary inv_freq buffers, which
+    from_pretrained(dtype=bfloat16) keeps in float32; cast the parameters only."""
+    out = copy.deepcopy(model)
+    for p in out.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    out.config.dtype = torch.bfloat16
+    return out
+
+
+@torch.no_grad()
+def logits_of(model, ids):
+    return model(ids[None], use_cache=False).logits[0].float()
+
+
+@torch.no_grad()
+def greedy(model, prompt):
+    """Full forward per step (no KV cache, no generate(), no EOS) so nothing but the
+    model itself can differ from the engine. Returns the ids and each step's top-1 minus
+    top-2 logit."""
+    ids, margins = prompt.clone(), []
+    for _ in range(GREEDY_STEPS):
+        top = torch.topk(logits_of(model, ids)[-1], 2)
+        margins.append(top.values[0] - top.values[1])
+        ids = torch.cat([ids, top.indices[:1]])
+    return ids[len(prompt) :], torch.stack(margins)
+
+
+@torch.no_grad()
+def min_router_gap(model, ids):
+    """Smallest gap, over all tokens and MoE layers, between the last chosen and the first
+    rejected router logit. One causal forward over prompt + continuation covers every
+    position that the greedy steps routed."""
+    gaps = []
+
+    def hook(module, args, out):
+        top = torch.topk(out[0].float(), module.top_k + 1, dim=-1).values
+        gaps.append((top[:, -2] - top[:, -1]).min().item())
+
+    routers = [m for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    handles = [m.register_forward_hook(hook) for m in routers]
+    logits_of(model, ids)
+    for h in handles:
+        h.remove()
+    return min(gaps, default=math.inf)
+
+
+def load(path, dtype):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **IMPL).eval()
+
+
+def to_hub_v4_config(path):
+    """transformers 5 writes `rope_parameters` and `dtype`; checkpoints on the Hub (and any
+    written by transformers 4) have top-level `rope_theta`, optional `rope_scaling` and
+    `torch_dtype` (and Qwen3-MoE says `num_experts` where v5 writes `num_local_experts`).
+    The bf16 dirs use the Hub layout so that the engine is tested on both."""
+    cfg_path = path / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    rp = dict(cfg.pop("rope_parameters"))
+    out = {}
+    for k, v in cfg.items():
+        if k == "dtype":
+            out["torch_dtype"] = v
+        elif k == "num_local_experts" and cfg["model_type"] == "qwen3_moe":
+            out["num_experts"] = v
+        elif k == "transformers_version":
+            out["rope_theta"] = rp.pop("rope_theta")
+            out["rope_scaling"] = rp if rp["rope_type"] != "default" else None
+            out[k] = v
+        else:
+            out[k] = v
+    cfg_path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
+def check_hub_layout(path):
+    """transformers 5 holds experts fused (experts.gate_up_proj [E, 2I, H]) and splits them
+    back on save; make sure the files hold one tensor per expert, as on the Hub."""
+    for f in path.glob("model*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                shape = st.get_slice(k).get_shape()
+                assert "gate_up_proj" not in k and len(shape) <= 2, f"{f}: {k} {shape}"
+
+
+def build(name, spec, seed, workdir):
+    """Returns {"f32"|"bf16": (reference tensors, stats)}, or None when this seed gives
+    a fragile argmax or router choice."""
+    torch.manual_seed(seed)
+    config = spec["cfg"](**{**COMMON, **spec["kw"]})
+    model = spec["cls"]._from_config(config, dtype=torch.float32, **IMPL).eval()
+    randomize(model)
+    prompt = torch.randint(3, config.vocab_size, (PROMPT_LEN,), dtype=torch.int64)
+    results = {}
+    for tag, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        d = workdir / name / tag
+        mem = model if tag == "f32" else bf16_copy(model)
+        shard = spec.get("shard") if tag == "f32" else None
+        mem.save_pretrained(d, **({"max_shard_size": shard} if shard else {}))
+        assert not shard or (d / "model.safetensors.index.json").exists()
+        if tag == "bf16":
+            to_hub_v4_config(d)
+        check_hub_layout(d)
+        # The references come from the files as saved, reloaded as the engine reads them;
+        # for bf16, loading with dtype=float32 upcasts the weights exactly.
+        ref = load(d, torch.float32)
+        native_model = load(d, dtype)
+        native = logits_of(native_model, prompt)
+        mem_diff = (native - logits_of(mem, prompt)).abs().max().item()
+        assert mem_diff < 1e-6, f"{d}: reloaded checkpoint differs from the model by {mem_diff}"
+        logits = logits_of(ref, prompt)
+        # The same as loading in bf16 and upcasting with .float() (rotary inv_freq stays f32).
+        assert torch.equal(logits, logits_of(load(d, dtype).float(), prompt))
+        ids, margins = greedy(ref, prompt)
+        gap = min_router_gap(ref, torch.cat([prompt, ids[:-1]]))
+        margin = margins.min().item()
+        if margin < MIN_MARGIN or gap < MIN_ROUTER_GAP:
+            print(f"  {name}/{tag} seed {seed}: margin {margin:.1e}, router gap {gap:.1e}; retry")
+            return None
+        tensors = {"prompt_ids": prompt, "logits": logits.contiguous(), "greedy_ids": ids}
+        if tag == "bf16":
+            ids16, margins16 = greedy(native_model, prompt)
+            gap16 = min_router_gap(native_model, torch.cat([prompt, ids16[:-1]]))
+            if gap16 < MIN_ROUTER_GAP_BF16:
+                print(f"  {name}/{tag} seed {seed}: native bf16 router gap {gap16:.1e}; retry")
+                return None
+            tensors["logits_bf16"] = native.contiguous()
+            tensors["greedy_ids_bf16"] = ids16
+            # bf16 logits near 8 are 1/16 apart, so exact ties happen: a test needs these
+            # to know how far the native-bf16 continuation is meaningful.
+            tensors["greedy_margins_bf16"] = margins16
+        stats = (
+            f"max|logit| {logits.abs().max():.3f}, std {logits.std():.3f}, min margin "
+            f"{margin:.4f}, min router gap {gap:.1e}, reload vs memory {mem_diff:.1e}"
+        )
+        if tag == "bf16":
+            diff16 = (native - logits).abs().max()
+            stats += f"; native bf16: margin {margins16.min():.4f}, router gap {gap16:.2f}, "
+            stats += f"max|logits_bf16 - logits| {diff16:.3f}"
+        results[tag] = (tensors, stats)
+    return results
+
+
+def save_reference(tensors, path, meta):
+    """save_file writes the metadata in hash-map order; sort the header so that a rerun
+    reproduces the fixtures byte for byte."""
+    save_file(tensors, path, meta)
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":"))
+    assert len(header) <= n
+    path.write_bytes(raw[:8] + header.encode().ljust(n) + raw[8 + n :])
+
+
+def main():
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    meta = {"transformers": transformers.__version__, "torch": torch.__version__}
+    for name, spec in ARCHS.items():
+        for seed in range(spec["seed"], spec["seed"] + MAX_TRIES):
+            with tempfile.TemporaryDirectory() as tmp:
+                results = build(name, spec, seed, Path(tmp))
+                if results is None:
+                    continue
+                for tag, (tensors, stats) in results.items():
+                    dst = OUT / name / tag
+                    shutil.rmtree(dst, ignore_errors=True)
+                    shutil.copytree(Path(tmp) / name / tag, dst)
+                    save_reference(
+                        tensors, dst / "reference.safetensors", {**meta, "seed": str(seed)}
+                    )
+                    size = sum(f.stat().st_size for f in dst.iterdir()) // 1024
+                    print(f"{name}/{tag}: seed {seed}, {size} KiB, {stats}")
+                break
+        else:
+            raise SystemExit(f"{name}: no robust seed in {MAX_TRIES} tries")
+
+
+if __name__ == "__main__":
+    main()
