@@ -4,65 +4,62 @@
 
 namespace tandem {
 
+namespace {
+
+struct DTypeInfo {
+    DType dtype;
+    std::string_view name;              // Tandem's name, as flags and messages write it
+    std::string_view safetensors_name;  // empty: no safetensors equivalent
+    int64_t block_size;                 // elements per block
+    int64_t block_bytes;                // bytes per block
+};
+
+// One row per type: names, block size and bytes, in one place.
+constexpr DTypeInfo kTypes[] = {
+    {DType::F32, "f32", "F32", 1, 4},    {DType::F16, "f16", "F16", 1, 2},
+    {DType::BF16, "bf16", "BF16", 1, 2}, {DType::I32, "i32", "I32", 1, 4},
+    {DType::I64, "i64", "I64", 1, 8},    {DType::Q8_0, "q8_0", "", 32, 34},
+    {DType::Q4_0, "q4_0", "", 32, 18},   {DType::Q4_K, "q4_k", "", 256, 144},
+    {DType::Q5_K, "q5_k", "", 256, 176}, {DType::Q6_K, "q6_k", "", 256, 210},
+    {DType::Q8_K, "q8_k", "", 256, 292},
+};
+
+const DTypeInfo& info(DType dtype) {
+    for (const DTypeInfo& i : kTypes)
+        if (i.dtype == dtype) return i;
+    fail("unknown dtype ", int(dtype));
+}
+
+}  // namespace
+
 std::string_view dtype_name(DType dtype) {
-    switch (dtype) {
-        case DType::F32:
-            return "f32";
-        case DType::F16:
-            return "f16";
-        case DType::BF16:
-            return "bf16";
-        case DType::I32:
-            return "i32";
-        case DType::I64:
-            return "i64";
-    }
-    return "?";
+    return info(dtype).name;
+}
+
+std::optional<DType> dtype_from_name(std::string_view name) {
+    for (const DTypeInfo& i : kTypes)
+        if (i.name == name) return i.dtype;
+    return std::nullopt;
 }
 
 std::optional<DType> dtype_from_safetensors(std::string_view name) {
-    if (name == "F32") return DType::F32;
-    if (name == "F16") return DType::F16;
-    if (name == "BF16") return DType::BF16;
-    if (name == "I32") return DType::I32;
-    if (name == "I64") return DType::I64;
+    for (const DTypeInfo& i : kTypes)
+        if (!i.safetensors_name.empty() && i.safetensors_name == name) return i.dtype;
     return std::nullopt;
 }
 
 std::string_view dtype_safetensors_name(DType dtype) {
-    switch (dtype) {
-        case DType::F32:
-            return "F32";
-        case DType::F16:
-            return "F16";
-        case DType::BF16:
-            return "BF16";
-        case DType::I32:
-            return "I32";
-        case DType::I64:
-            return "I64";
-    }
-    return "?";
+    const std::string_view name = info(dtype).safetensors_name;
+    if (name.empty()) fail(dtype_name(dtype), " has no safetensors dtype");
+    return name;
 }
 
-int64_t dtype_block_size(DType) {
-    return 1;
+int64_t dtype_block_size(DType dtype) {
+    return info(dtype).block_size;
 }
 
 int64_t dtype_block_bytes(DType dtype) {
-    switch (dtype) {
-        case DType::F32:
-            return 4;
-        case DType::F16:
-            return 2;
-        case DType::BF16:
-            return 2;
-        case DType::I32:
-            return 4;
-        case DType::I64:
-            return 8;
-    }
-    return 0;
+    return info(dtype).block_bytes;
 }
 
 int64_t row_bytes(DType dtype, int64_t n) {
@@ -75,6 +72,15 @@ int64_t row_bytes(DType dtype, int64_t n) {
 
 bool is_float_weight_type(DType dtype) {
     return dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16;
+}
+
+bool is_quantized_weight_type(DType dtype) {
+    return dtype == DType::Q8_0 || dtype == DType::Q4_0 || dtype == DType::Q4_K ||
+           dtype == DType::Q5_K || dtype == DType::Q6_K;
+}
+
+bool is_weight_type(DType dtype) {
+    return is_float_weight_type(dtype) || is_quantized_weight_type(dtype);
 }
 
 float f16_to_f32(uint16_t h) {

@@ -67,13 +67,18 @@ bool Tensor::is_contiguous() const {
     return true;
 }
 
+int64_t Tensor::offset_bytes(int64_t elements) const {
+    // Block-quantized rows are whole blocks: an outer stride is always a multiple of the block.
+    return elements / dtype_block_size(dtype_) * dtype_block_bytes(dtype_);
+}
+
 Tensor Tensor::operator[](int64_t i) const {
     if (rank() == 0 || i < 0 || i >= dim(0))
         fail("index ", i, " out of range for tensor ", describe());
     Tensor out;
     out.dtype_ = dtype_;
     out.device_ = device_;
-    out.data_ = static_cast<std::byte*>(data_) + i * strides_[0] * dtype_block_bytes(dtype_);
+    out.data_ = static_cast<std::byte*>(data_) + offset_bytes(i * strides_[0]);
     out.shape_.rank = rank() - 1;
     for (int d = 1; d < rank(); ++d) {
         out.shape_.dims[size_t(d - 1)] = dim(d);
@@ -86,7 +91,7 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
     if (rank() == 0 || begin < 0 || end < begin || end > dim(0))
         fail("rows [", begin, ", ", end, ") out of range for tensor ", describe());
     Tensor out = *this;
-    out.data_ = static_cast<std::byte*>(data_) + begin * strides_[0] * dtype_block_bytes(dtype_);
+    out.data_ = static_cast<std::byte*>(data_) + offset_bytes(begin * strides_[0]);
     out.shape_.dims[0] = end - begin;
     return out;
 }

@@ -65,6 +65,8 @@ class Tensor {
     std::string describe() const;  // "[64, 128] bf16"
 
   private:
+    int64_t offset_bytes(int64_t elements) const;
+
     void* data_ = nullptr;
     DType dtype_ = DType::F32;
     Device device_;

@@ -10,6 +10,7 @@
 #include "kernels/log.h"
 #include "models/blocks/attention_block.h"
 #include "models/blocks/moe_block.h"
+#include "models/quantize_weights.h"
 #include "models/rope.h"
 
 namespace tandem {
@@ -151,6 +152,38 @@ KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
             .head_dim = config_.head_dim,
             .v_head_dim = config_.head_dim,
             .capacity = capacity};
+}
+
+void Model::quantize_weights(DType type, ThreadPool&) {
+    fail(config().architecture, ": load-time quantization to ", dtype_name(type),
+         " is not supported");
+}
+
+void Decoder::quantize_weights(DType type, ThreadPool& pool) {
+    if (!is_quantized_weight_type(type))
+        fail("quantize: ", dtype_name(type), " is not a quantized weight type");
+    auto q = [&](Tensor& t) {
+        if (!t.empty()) t = quantize_weight(t, type, pool, quantized_);
+    };
+    auto q_ffn = [&](cpu::ExpertWeights& w) {
+        q(w.gate);
+        q(w.up);
+        q(w.down);
+    };
+    for (LayerWeights& layer : weights_.layers) {
+        q(layer.attention.q);
+        q(layer.attention.k);
+        q(layer.attention.v);
+        q(layer.attention.o);
+        if (layer.is_moe) {
+            for (cpu::ExpertWeights& expert : layer.moe.experts)
+                q_ffn(expert);
+            if (config_.shared_expert_ffn_dim > 0) q_ffn(layer.moe.shared);
+        } else {
+            q_ffn(layer.dense);
+        }
+    }
+    q(weights_.lm_head);  // a tied lm_head gets its own quantized copy; the embedding stays
 }
 
 OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool) {

@@ -69,11 +69,13 @@ class Decoder final : public Model {
     const ModelConfig& config() const override { return config_; }
     OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool) override;
     KvCacheShape kv_cache_shape(int64_t capacity) const override;
+    void quantize_weights(DType type, ThreadPool& pool) override;
 
   private:
     ModelConfig config_;
     Checkpoint checkpoint_;
     DecoderWeights weights_;
+    std::vector<Buffer> quantized_;  // storage of weights quantized at load time
     std::vector<double> inv_freq_;
 };
 

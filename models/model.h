@@ -34,6 +34,10 @@ class Model {
 
     // Shape of a KV cache for one sequence of up to `capacity` positions.
     virtual KvCacheShape kv_cache_shape(int64_t capacity) const = 0;
+
+    // Quantizes the weight matrices (attention, experts, dense FFNs, lm_head) to `type`, in
+    // place, before the first forward(). Embeddings, norms and routers keep their type.
+    virtual void quantize_weights(DType type, ThreadPool& pool);
 };
 
 // Loads the Hugging Face model directory `dir` (config.json, safetensors, generation_config.json)

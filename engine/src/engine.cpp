@@ -1,7 +1,9 @@
 #include <tandem/engine.h>
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
@@ -52,7 +54,16 @@ Engine Engine::open(const EngineConfig& config) {
     if (cuda_compiled()) cuda_device_count();  // logs once when built with CUDA but no GPU is here
     state->pool = std::make_unique<ThreadPool>(
         ThreadPoolOptions{.n_threads = config.n_threads, .pin = config.pin_threads});
+    if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
+    std::optional<DType> quantize;
+    if (!config.quantize.empty()) {
+        quantize = dtype_from_name(config.quantize);
+        if (!quantize || !is_quantized_weight_type(*quantize))
+            fail("EngineConfig.quantize: '", config.quantize,
+                 "' is not one of q8_0, q4_0, q4_k, q5_k, q6_k");
+    }
     state->model = load_model(config.model_dir);
+    if (quantize) state->model->quantize_weights(*quantize, *state->pool);
     const int64_t model_max = state->model->config().max_position_embeddings;
     state->context_length = config.context_length == 0 ? model_max : config.context_length;
     if (state->context_length > model_max)

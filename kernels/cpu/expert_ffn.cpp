@@ -1,12 +1,51 @@
 #include "kernels/cpu/expert_ffn.h"
 
+#include <algorithm>
+#include <map>
 #include <vector>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
 namespace tandem::cpu {
+
+namespace {
+
+// A block of output rows of one expert's matrix: the unit of work of both jobs.
+struct RowBlock {
+    int64_t expert, begin, end;
+};
+
+// Rows per task: at least 4 tasks per thread so uneven experts balance, at least 8 rows so a
+// task amortises its setup, at most 128.
+int64_t rows_per_task(int64_t total_rows, int n_threads) {
+    return std::clamp<int64_t>(total_rows / (int64_t(n_threads) * 4), 8, 128);
+}
+
+std::vector<RowBlock> row_blocks(std::span<const int64_t> experts, int64_t rows, int n_threads) {
+    const int64_t step = rows_per_task(rows * int64_t(experts.size()), n_threads);
+    std::vector<RowBlock> blocks;
+    for (int64_t e : experts)
+        for (int64_t r = 0; r < rows; r += step)
+            blocks.push_back({e, r, std::min(rows, r + step)});
+    return blocks;
+}
+
+void check_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn) {
+    const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
+        return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && is_weight_type(t.dtype()) &&
+               t.is_contiguous() && cols % dtype_block_size(t.dtype()) == 0;
+    };
+    if (!ok(w.gate, ffn, hidden) || !ok(w.up, ffn, hidden) || !ok(w.down, hidden, ffn) ||
+        w.gate.dtype() != w.up.dtype())
+        fail("moe_experts: expert ", e, ": gate ", w.gate.describe(), ", up ", w.up.describe(),
+             ", down ", w.down.describe(), " do not form a SwiGLU expert of hidden ", hidden);
+}
+
+}  // namespace
 
 void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool) {
     const int64_t n = x.dim(0), ffn_dim = w.gate.dim(0);
@@ -27,37 +66,122 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     if (a.token_index.size() != a.token_weight.size() ||
         int64_t(a.token_index.size()) != a.offsets.back())
         fail("moe_experts: routing slots disagree with offsets");
-    if (!(a.x.shape() == a.out.shape()) || a.x.dtype() != DType::F32 || a.out.dtype() != DType::F32)
+    if (a.x.rank() != 2 || !(a.x.shape() == a.out.shape()) || a.x.dtype() != DType::F32 ||
+        a.out.dtype() != DType::F32)
         fail("moe_experts: x ", a.x.describe(), " and out ", a.out.describe(), " must match, f32");
-    const int64_t hidden = a.x.dim(1), n_tokens = a.x.dim(0);
-    const float* x = a.x.data_as<const float>();
-    float* out = a.out.data_as<float>();
+    const int64_t n_tokens = a.x.dim(0), hidden = a.x.dim(1);
+    for (int32_t token : a.token_index)
+        if (token < 0 || token >= n_tokens)
+            fail("moe_experts: token index ", token, " out of range");
 
-    std::vector<float> rows, result;
-    for (int64_t e = 0; e < n_experts; ++e) {
-        const int64_t begin = a.offsets[size_t(e)], end = a.offsets[size_t(e + 1)];
-        if (begin == end || (!a.skip.empty() && a.skip[size_t(e)])) continue;
-        const int64_t m = end - begin;
-        rows.resize(size_t(m * hidden));
-        result.resize(size_t(m * hidden));
-        for (int64_t s = 0; s < m; ++s) {
-            const int32_t token = a.token_index[size_t(begin + s)];
-            if (token < 0 || token >= n_tokens)
-                fail("moe_experts: token index ", token, " out of range");
-            std::copy_n(x + token * hidden, hidden, rows.data() + s * hidden);
-        }
-        const Tensor in(rows.data(), DType::F32, {m, hidden});
-        const Tensor y(result.data(), DType::F32, {m, hidden});
-        swiglu_ffn(in, a.experts[size_t(e)], y, pool);
-        for (int64_t s = 0; s < m; ++s) {
-            const int32_t token = a.token_index[size_t(begin + s)];
-            const float weight = a.token_weight[size_t(begin + s)];
-            float* o = out + token * hidden;
-            const float* r = result.data() + s * hidden;
-            for (int64_t i = 0; i < hidden; ++i)
-                o[i] += weight * r[i];
-        }
+    std::vector<int64_t> active;
+    for (int64_t e = 0; e < n_experts; ++e)
+        if (a.offsets[size_t(e + 1)] > a.offsets[size_t(e)] &&
+            (a.skip.empty() || !a.skip[size_t(e)]))
+            active.push_back(e);
+    if (active.empty()) return;
+    const int64_t ffn = a.experts[size_t(active[0])].gate.dim(0);
+    for (int64_t e : active)
+        check_expert(a.experts[size_t(e)], e, hidden, ffn);
+
+    const VecDotKernels& kernels = vec_dot_kernels();
+    const int64_t n_slots = a.offsets.back();
+
+    // x in the format of each gate/up weight type present (usually one), converted once.
+    std::map<DType, std::vector<std::byte>> x_acts;
+    for (int64_t e : active)
+        x_acts.try_emplace(vec_dot_type(a.experts[size_t(e)].gate.dtype()));
+    for (auto& [type, buffer] : x_acts) {
+        const int64_t bytes = row_bytes(type, hidden);
+        buffer.resize(size_t(n_tokens * bytes));
+        pool.parallel_for(
+            n_tokens, 1, [&, t_type = type, buf = buffer.data()](int64_t begin, int64_t end) {
+                for (int64_t t = begin; t < end; ++t)
+                    quantize_activation(t_type, a.x.data_as<const float>() + t * hidden,
+                                        buf + t * bytes, hidden);
+            });
     }
+
+    // Job 1: gate and up rows of every active expert, for all of its tokens.
+    std::vector<float> act(size_t(n_slots * ffn));  // [n_slots, ffn]: silu(gate) * up
+    const std::vector<RowBlock> gate_blocks = row_blocks(active, ffn, pool.size());
+    pool.run(int64_t(gate_blocks.size()), [&](int64_t task) {
+        const RowBlock& block = gate_blocks[size_t(task)];
+        const ExpertWeights& w = a.experts[size_t(block.expert)];
+        const DType act_type = vec_dot_type(w.gate.dtype());
+        const int64_t act_bytes = row_bytes(act_type, hidden);
+        const std::byte* xs = x_acts.at(act_type).data();
+        const RowDotFn dot = row_dot(kernels, w.gate.dtype());
+        const int64_t w_row_bytes = row_bytes(w.gate.dtype(), hidden);
+        const auto* gate = static_cast<const std::byte*>(w.gate.data());
+        const auto* up = static_cast<const std::byte*>(w.up.data());
+        const int64_t first = a.offsets[size_t(block.expert)],
+                      last = a.offsets[size_t(block.expert + 1)];
+        for (int64_t row = block.begin; row < block.end; ++row) {
+            for (int64_t s = first; s < last; ++s) {
+                const std::byte* xt = xs + a.token_index[size_t(s)] * act_bytes;
+                const float g = dot(gate + row * w_row_bytes, xt, hidden);
+                const float u = dot(up + row * w_row_bytes, xt, hidden);
+                act[size_t(s * ffn + row)] = silu(g) * u;
+            }
+        }
+    });
+
+    // Each slot's intermediate in its down weights' format.
+    DType down_type = vec_dot_type(a.experts[size_t(active[0])].down.dtype());
+    for (int64_t e : active)
+        if (vec_dot_type(a.experts[size_t(e)].down.dtype()) != down_type) down_type = DType::F32;
+    const bool mixed_down = down_type == DType::F32 &&
+                            vec_dot_type(a.experts[size_t(active[0])].down.dtype()) != DType::F32;
+    // Mixed down types in one layer are rare (GGUF Q4_K_M mixes types across layers, not
+    // experts); they take the f32 path through dequantized rows below.
+    const int64_t act_bytes = row_bytes(down_type, ffn);
+    std::vector<std::byte> act_q;
+    const std::byte* acts = reinterpret_cast<const std::byte*>(act.data());
+    if (down_type != DType::F32) {
+        act_q.resize(size_t(n_slots * act_bytes));
+        pool.parallel_for(n_slots, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t s = begin; s < end; ++s)
+                quantize_activation(down_type, act.data() + s * ffn, act_q.data() + s * act_bytes,
+                                    ffn);
+        });
+        acts = act_q.data();
+    }
+
+    // Job 2: down rows of every active expert, into per-slot partial outputs.
+    std::vector<float> partial(size_t(n_slots * hidden));  // [n_slots, hidden]
+    const std::vector<RowBlock> down_blocks = row_blocks(active, hidden, pool.size());
+    pool.run(int64_t(down_blocks.size()), [&](int64_t task) {
+        const RowBlock& block = down_blocks[size_t(task)];
+        const Tensor& down = a.experts[size_t(block.expert)].down;
+        const int64_t w_row_bytes = row_bytes(down.dtype(), ffn);
+        const auto* rows = static_cast<const std::byte*>(down.data());
+        const RowDotFn dot = mixed_down ? kernels.dot_f32 : row_dot(kernels, down.dtype());
+        thread_local std::vector<float> widened;
+        const int64_t first = a.offsets[size_t(block.expert)],
+                      last = a.offsets[size_t(block.expert + 1)];
+        for (int64_t row = block.begin; row < block.end; ++row) {
+            const void* w_row = rows + row * w_row_bytes;
+            if (mixed_down) {
+                widened.resize(size_t(ffn));
+                row_to_f32(w_row, down.dtype(), ffn, widened.data());
+                w_row = widened.data();
+            }
+            for (int64_t s = first; s < last; ++s)
+                partial[size_t(s * hidden + row)] = dot(w_row, acts + s * act_bytes, ffn);
+        }
+    });
+
+    // Weighted sum into each token's row, in slot order (deterministic for any thread count).
+    float* out = a.out.data_as<float>();
+    for (int64_t e : active)
+        for (int64_t s = a.offsets[size_t(e)]; s < a.offsets[size_t(e + 1)]; ++s) {
+            float* o = out + a.token_index[size_t(s)] * hidden;
+            const float weight = a.token_weight[size_t(s)];
+            const float* p = partial.data() + s * hidden;
+            for (int64_t i = 0; i < hidden; ++i)
+                o[i] += weight * p[i];
+        }
 }
 
 }  // namespace tandem::cpu

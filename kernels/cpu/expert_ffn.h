@@ -1,10 +1,12 @@
-// Routed SwiGLU experts of one MoE layer and one step, on the CPU.
+// Routed SwiGLU experts of one MoE layer and one step, on the CPU: the fused expert kernel.
 //
-// For each expert e with tokens, the tokens' rows of x are gathered, passed through
-//   down(silu(gate(x)) * up(x))
-// and added into their rows of `out`, scaled by the routing weight. An expert's weights are
-// read once for all of its tokens. Experts flagged in `skip` (placed on another device by the
-// scheduler) are left out. This is the one function that the fast quantized kernels replace.
+// For each expert e with tokens: down(silu(gate(x)) * up(x)) for its tokens, added into their
+// rows of `out` scaled by the routing weight. The whole layer is two parallel jobs, not one per
+// expert: job 1 computes gate and up for every (expert, block of ffn rows), job 2 the down
+// projection for every (expert, block of hidden rows). Activations are converted to each weight
+// type's dot-product format once per step (x once, each token's intermediate once), and every
+// expert's weights are read once for all of its tokens. Experts flagged in `skip` (placed on
+// another device by the scheduler) are left out, so hybrid execution uses the same kernel.
 #pragma once
 
 #include <cstdint>

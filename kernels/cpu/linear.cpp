@@ -2,7 +2,8 @@
 
 #include <vector>
 
-#include "kernels/cpu/isa.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
 namespace tandem::cpu {
@@ -12,17 +13,20 @@ namespace {
 // Output rows handed to one task: enough work to amortise scheduling, small enough to balance
 // across cores for the narrow matrices of small models.
 constexpr int64_t kRowsPerTask = 16;
-// Up to this many tokens, bf16 rows are widened inside the dot product instead of once into a
-// scratch row: cheaper for decode, where each row is used by one or a few tokens.
-constexpr int64_t kFusedMaxTokens = 4;
+// Above this many tokens, a bf16 row is widened once into a scratch row and dotted in f32,
+// instead of being widened again inside each token's dot product.
+constexpr int64_t kWidenOnceMinTokens = 5;
 
 void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
     if (x.rank() != 2 || x.dtype() != DType::F32 || !x.is_contiguous())
         fail("linear: x must be a contiguous [n_tokens, k] f32 tensor, got ", x.describe());
-    if (w.rank() != 2 || !is_float_weight_type(w.dtype()) || !w.is_contiguous())
-        fail("linear: w must be a contiguous [m, k] float tensor, got ", w.describe());
+    if (w.rank() != 2 || !is_weight_type(w.dtype()) || !w.is_contiguous())
+        fail("linear: w must be a contiguous [m, k] weight tensor, got ", w.describe());
     if (w.dim(1) != x.dim(1))
         fail("linear: x ", x.describe(), " and w ", w.describe(), " disagree on k");
+    if (w.dim(1) % dtype_block_size(w.dtype()) != 0)
+        fail("linear: k = ", w.dim(1), " is not a multiple of the ", dtype_name(w.dtype()),
+             " block");
     if (y.rank() != 2 || y.dtype() != DType::F32 || y.dim(0) != x.dim(0) || y.dim(1) != w.dim(0) ||
         !y.is_contiguous())
         fail("linear: y must be [", x.dim(0), ", ", w.dim(0), "] f32, got ", y.describe());
@@ -32,7 +36,7 @@ void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, con
 
 }  // namespace
 
-TANDEM_MULTIVERSION void row_to_f32(const void* row, DType dtype, int64_t n, float* out) {
+void row_to_f32(const void* row, DType dtype, int64_t n, float* out) {
     switch (dtype) {
         case DType::F32: {
             const float* in = static_cast<const float*>(row);
@@ -40,13 +44,9 @@ TANDEM_MULTIVERSION void row_to_f32(const void* row, DType dtype, int64_t n, flo
                 out[i] = in[i];
             return;
         }
-        case DType::BF16: {
-            const uint16_t* in = static_cast<const uint16_t*>(row);
-#pragma omp simd
-            for (int64_t i = 0; i < n; ++i)
-                out[i] = bf16_to_f32(in[i]);
+        case DType::BF16:
+            vec_dot_kernels().bf16_to_f32(static_cast<const uint16_t*>(row), out, n);
             return;
-        }
         case DType::F16: {
             const uint16_t* in = static_cast<const uint16_t*>(row);
             for (int64_t i = 0; i < n; ++i)
@@ -54,24 +54,13 @@ TANDEM_MULTIVERSION void row_to_f32(const void* row, DType dtype, int64_t n, flo
             return;
         }
         default:
+            if (is_quantized_weight_type(dtype)) return dequantize_row(dtype, row, out, n);
             fail("row_to_f32: unsupported dtype ", dtype_name(dtype));
     }
 }
 
-TANDEM_MULTIVERSION float dot_f32(const float* a, const float* b, int64_t n) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i)
-        sum += a[i] * b[i];
-    return sum;
-}
-
-TANDEM_MULTIVERSION float dot_bf16_f32(const uint16_t* w, const float* x, int64_t n) {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i)
-        sum += bf16_to_f32(w[i]) * x[i];
-    return sum;
+float dot_f32(const float* a, const float* b, int64_t n) {
+    return vec_dot_kernels().dot_f32(a, b, n);
 }
 
 void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
@@ -84,33 +73,41 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
         bias_f32.resize(size_t(m));
         row_to_f32(bias.data(), bias.dtype(), m, bias_f32.data());
     }
-    const float* xs = x.data_as<const float>();
+    const VecDotKernels& kernels = vec_dot_kernels();
+    const bool widen_once = w.dtype() == DType::BF16 && n_tokens >= kWidenOnceMinTokens;
+    const RowDotFn dot = widen_once ? kernels.dot_f32 : row_dot(kernels, w.dtype());
+
+    // Activations in the dot product's format, converted once for all rows.
+    const DType act_type = vec_dot_type(w.dtype());
+    const int64_t act_row_bytes = row_bytes(act_type, k);
+    std::vector<std::byte> converted;
+    const std::byte* acts = static_cast<const std::byte*>(x.data());
+    if (act_type != DType::F32) {
+        converted.resize(size_t(n_tokens * act_row_bytes));
+        pool.parallel_for(n_tokens, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t t = begin; t < end; ++t)
+                quantize_activation(act_type, x.data_as<const float>() + t * k,
+                                    converted.data() + t * act_row_bytes, k);
+        });
+        acts = converted.data();
+    }
+
     float* ys = y.data_as<float>();
     const auto* w_bytes = static_cast<const std::byte*>(w.data());
     const int64_t w_row_bytes = row_bytes(w.dtype(), k);
-    const int64_t n_tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
-    pool.run(n_tasks, [&](int64_t task) {
+    pool.run((m + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
         thread_local std::vector<float> scratch;
-        if (scratch.size() < size_t(k)) scratch.resize(size_t(k));
         const int64_t row_end = std::min(m, (task + 1) * kRowsPerTask);
         for (int64_t row = task * kRowsPerTask; row < row_end; ++row) {
             const void* w_row = w_bytes + row * w_row_bytes;
+            if (widen_once) {
+                scratch.resize(size_t(k));
+                kernels.bf16_to_f32(static_cast<const uint16_t*>(w_row), scratch.data(), k);
+                w_row = scratch.data();
+            }
             const float b = bias_f32.empty() ? 0.0f : bias_f32[size_t(row)];
-            if (w.dtype() == DType::BF16 && n_tokens <= kFusedMaxTokens) {
-                // Few tokens: widen bf16 inside the dot product, the row stays in L1 between
-                // tokens.
-                for (int64_t t = 0; t < n_tokens; ++t)
-                    ys[t * m + row] =
-                        dot_bf16_f32(static_cast<const uint16_t*>(w_row), xs + t * k, k) + b;
-                continue;
-            }
-            const float* wf = static_cast<const float*>(w_row);
-            if (w.dtype() != DType::F32) {
-                row_to_f32(w_row, w.dtype(), k, scratch.data());
-                wf = scratch.data();
-            }
             for (int64_t t = 0; t < n_tokens; ++t)
-                ys[t * m + row] = dot_f32(xs + t * k, wf, k) + b;
+                ys[t * m + row] = dot(w_row, acts + t * act_row_bytes, k) + b;
         }
     });
 }

@@ -27,6 +27,8 @@ struct EngineConfig {
     int n_threads = 0;           // 0: one per physical core
     bool pin_threads = true;     // pin workers to physical cores
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
+    std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
+    std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
 };
 
 enum class FinishReason { Stop, Length };

@@ -1,0 +1,42 @@
+// Row dot products of every weight type with its activation format, per instruction set.
+//
+// A weight row of type T is dotted with an activation row of vec_dot_type(T): f32 for float
+// weights, Q8_0 for Q8_0/Q4_0, Q8_K for the K-quants. Activations are quantized once per step
+// (quantize_activation) and then reused by every weight row, which is how each weight byte is
+// read once per step whatever the number of tokens. The table of the active ISA
+// (cpu_isa.h) is returned by vec_dot_kernels().
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/cpu_isa.h"
+#include "kernels/dtype.h"
+
+namespace tandem::cpu {
+
+// Dot of one weight row (k elements of its type) with one activation row.
+using RowDotFn = float (*)(const void* weight_row, const void* activation_row, int64_t k);
+
+struct VecDotKernels {
+    CpuIsa isa;
+    RowDotFn dot_f32;   // f32 weights
+    RowDotFn dot_f16;   // f16 weights
+    RowDotFn dot_bf16;  // bf16 weights
+    RowDotFn dot_q8_0;  // q8_0 weights . q8_0 activations
+    RowDotFn dot_q4_0;  // q4_0 weights . q8_0 activations
+    RowDotFn dot_q4_k;  // q4_k weights . q8_k activations
+    RowDotFn dot_q5_k;
+    RowDotFn dot_q6_k;
+    void (*bf16_to_f32)(const uint16_t* in, float* out, int64_t n);
+};
+
+const VecDotKernels& vec_dot_kernels();                // of the active ISA
+const VecDotKernels& vec_dot_kernels_for(CpuIsa isa);  // of a given ISA (tests, benchmarks)
+
+// The dot function for weights of `weight_type` in `kernels`; throws for a non-weight type.
+RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type);
+
+// Converts k floats to the activation format `type` (f32: a copy; q8_0, q8_k: quantized).
+void quantize_activation(DType type, const float* x, void* out, int64_t k);
+
+}  // namespace tandem::cpu

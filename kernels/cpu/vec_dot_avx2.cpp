@@ -1,0 +1,5 @@
+// The row dot products compiled for the avx2 level (flags set in kernels/CMakeLists.txt).
+#define TANDEM_ISA_NS avx2
+#define TANDEM_ISA_TABLE kVecDotAvx2
+#define TANDEM_ISA CpuIsa::Avx2
+#include "kernels/cpu/vec_dot_impl.inc"

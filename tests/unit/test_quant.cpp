@@ -1,0 +1,321 @@
+// Quantized weight types: round trips, the dot products of every ISA path against a float64
+// reference, linear() and the fused MoE kernel with quantized experts, and bit-exactness against
+// gguf-py (fixtures in tests/data/quant/, written by tools/make_quant_fixtures.py).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/vec_dot.h"
+#include "kernels/error.h"
+#include "tests/test_util.h"
+
+namespace tandem {
+namespace {
+
+using cpu::CpuIsa;
+
+const DType kWeightTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+// Every ISA this CPU runs; the scalar path always.
+std::vector<CpuIsa> runnable_isas() {
+    std::vector<CpuIsa> isas;
+    for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512})
+        if (int(isa) <= int(cpu::detected_isa())) isas.push_back(isa);
+    return isas;
+}
+
+// Restores the detected ISA when a test ends, pass or fail.
+struct IsaGuard {
+    ~IsaGuard() { cpu::force_isa(std::nullopt); }
+};
+
+std::vector<std::byte> quantize(DType type, const std::vector<float>& x, int64_t rows, int64_t k) {
+    std::vector<std::byte> out(size_t(rows * row_bytes(type, k)));
+    for (int64_t r = 0; r < rows; ++r)
+        cpu::quantize_row(type, x.data() + r * k, out.data() + r * row_bytes(type, k), k);
+    return out;
+}
+
+std::vector<float> dequantize(DType type, const std::vector<std::byte>& q, int64_t rows,
+                              int64_t k) {
+    std::vector<float> out(static_cast<size_t>(rows * k));
+    for (int64_t r = 0; r < rows; ++r)
+        cpu::dequantize_row(type, q.data() + r * row_bytes(type, k), out.data() + r * k, k);
+    return out;
+}
+
+TEST(Quant, RoundTripErrorIsWithinEachTypesBound) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const int64_t k = 1024;
+    const auto x = test::random_floats(rng, size_t(k));
+    // Relative RMS error bounds for Gaussian data (bits per weight 8.5, 4.5, 4.5, 5.5, 6.6).
+    const std::map<DType, double> bound = {{DType::Q8_0, 0.007}, {DType::Q4_0, 0.12},
+                                           {DType::Q4_K, 0.1},   {DType::Q5_K, 0.05},
+                                           {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}};
+    for (const auto& [type, limit] : bound) {
+        const auto back = dequantize(type, quantize(type, x, 1, k), 1, k);
+        double err = 0, norm = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            err += std::pow(double(back[size_t(i)]) - x[size_t(i)], 2);
+            norm += double(x[size_t(i)]) * x[size_t(i)];
+        }
+        EXPECT_LT(std::sqrt(err / norm), limit) << dtype_name(type);
+    }
+}
+
+TEST(Quant, ZeroAndConstantBlocks) {
+    for (DType type : kWeightTypes) {
+        std::vector<float> zeros(256, 0.0f), constant(256, 0.75f);
+        for (float v : dequantize(type, quantize(type, zeros, 1, 256), 1, 256))
+            EXPECT_EQ(v, 0.0f) << dtype_name(type);
+        for (float v : dequantize(type, quantize(type, constant, 1, 256), 1, 256))
+            EXPECT_NEAR(v, 0.75f, 0.75f * 0.08f) << dtype_name(type);
+    }
+}
+
+TEST(Quant, RejectsRowsThatAreNotWholeBlocks) {
+    std::vector<float> x(100);
+    std::vector<std::byte> out(1000);
+    EXPECT_THROW(cpu::quantize_row(DType::Q4_K, x.data(), out.data(), 100), Error);
+    EXPECT_THROW(cpu::quantize_row(DType::BF16, x.data(), out.data(), 64), Error);
+    EXPECT_EQ(cpu::quant_type_for_row(DType::Q4_K, 1408), DType::Q8_0);  // 1408 = 5.5 x 256
+    EXPECT_EQ(cpu::quant_type_for_row(DType::Q4_K, 2048), DType::Q4_K);
+    EXPECT_EQ(cpu::quant_type_for_row(DType::Q8_0, 100), DType::BF16);
+}
+
+// Each weight type's dot product on every ISA equals the float64 dot of the dequantized weight
+// row and the dequantized activation row (the integer arithmetic is exact; only f32 scaling
+// rounds).
+TEST(Quant, DotProductsOfEveryIsaMatchFloat64) {
+    IsaGuard guard;
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int64_t k : {256, 512, 2816}) {
+        const auto w = test::random_floats(rng, size_t(k));
+        const auto x = test::random_floats(rng, size_t(k), 2.0f);
+        for (DType type : kWeightTypes) {
+            const DType act = cpu::vec_dot_type(type);
+            const auto wq = quantize(type, w, 1, k), xq = quantize(act, x, 1, k);
+            const auto wd = dequantize(type, wq, 1, k), xd = dequantize(act, xq, 1, k);
+            double want = 0, scale = 0;
+            for (int64_t i = 0; i < k; ++i) {
+                want += double(wd[size_t(i)]) * xd[size_t(i)];
+                scale += std::fabs(double(wd[size_t(i)]) * xd[size_t(i)]);
+            }
+            for (CpuIsa isa : runnable_isas()) {
+                const float got =
+                    cpu::row_dot(cpu::vec_dot_kernels_for(isa), type)(wq.data(), xq.data(), k);
+                EXPECT_NEAR(got, want, 1e-5 * scale + 1e-6)
+                    << dtype_name(type) << " k=" << k << " isa=" << cpu::isa_name(isa);
+            }
+        }
+    }
+}
+
+TEST(Quant, FloatDotsOfEveryIsaMatchFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int64_t k : {1, 7, 64, 1001}) {
+        const auto w = test::random_floats(rng, size_t(k)), x = test::random_floats(rng, size_t(k));
+        std::vector<uint16_t> wb(static_cast<size_t>(k)), wh(static_cast<size_t>(k));
+        double want_f = 0, want_b = 0, want_h = 0, scale = 0;
+        for (int64_t i = 0; i < k; ++i) {
+            wb[size_t(i)] = f32_to_bf16(w[size_t(i)]);
+            wh[size_t(i)] = f32_to_f16(w[size_t(i)]);
+            want_f += double(w[size_t(i)]) * x[size_t(i)];
+            want_b += double(bf16_to_f32(wb[size_t(i)])) * x[size_t(i)];
+            want_h += double(f16_to_f32(wh[size_t(i)])) * x[size_t(i)];
+            scale += std::fabs(double(w[size_t(i)]) * x[size_t(i)]);
+        }
+        for (CpuIsa isa : runnable_isas()) {
+            const auto& kernels = cpu::vec_dot_kernels_for(isa);
+            EXPECT_NEAR(kernels.dot_f32(w.data(), x.data(), k), want_f, 1e-5 * scale + 1e-6)
+                << cpu::isa_name(isa);
+            EXPECT_NEAR(kernels.dot_bf16(wb.data(), x.data(), k), want_b, 1e-5 * scale + 1e-6)
+                << cpu::isa_name(isa);
+            EXPECT_NEAR(kernels.dot_f16(wh.data(), x.data(), k), want_h, 1e-5 * scale + 1e-6)
+                << cpu::isa_name(isa);
+        }
+    }
+}
+
+ThreadPool& pool() {
+    static ThreadPool instance({.n_threads = 3, .pin = false});
+    return instance;
+}
+
+// linear() with quantized weights, on every ISA, against float64 over the dequantized weights
+// and the activations as the kernel quantizes them.
+TEST(Quant, LinearWithQuantizedWeightsOnEveryIsa) {
+    IsaGuard guard;
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (DType type : kWeightTypes) {
+        for (auto [n, m] : {std::pair{1, 37}, {3, 64}, {9, 19}}) {
+            const int64_t k = 512;
+            const auto w = test::random_floats(rng, size_t(m * k)),
+                       x = test::random_floats(rng, size_t(n * k));
+            auto wq = quantize(type, w, m, k);
+            const auto wd = dequantize(type, wq, m, k);
+            const DType act = cpu::vec_dot_type(type);
+            const auto xd = dequantize(act, quantize(act, x, n, k), n, k);
+            const Tensor wt(wq.data(), type, {m, k});
+            std::vector<float> xs = x;
+            const Tensor xt(xs.data(), DType::F32, {n, k});
+            for (CpuIsa isa : runnable_isas()) {
+                cpu::force_isa(isa);
+                std::vector<float> y(size_t(n * m), NAN);
+                cpu::linear(xt, wt, Tensor(), Tensor(y.data(), DType::F32, {n, m}), pool());
+                for (int t = 0; t < n; ++t)
+                    for (int r = 0; r < m; ++r) {
+                        double want = 0, scale = 0;
+                        for (int64_t i = 0; i < k; ++i) {
+                            want += double(wd[size_t(r * k + i)]) * xd[size_t(t * k + i)];
+                            scale +=
+                                std::fabs(double(wd[size_t(r * k + i)]) * xd[size_t(t * k + i)]);
+                        }
+                        ASSERT_NEAR(y[size_t(t * m + r)], want, 1e-5 * scale + 1e-6)
+                            << dtype_name(type) << " isa " << cpu::isa_name(isa) << " token " << t
+                            << " row " << r;
+                    }
+            }
+        }
+    }
+}
+
+// The fused MoE kernel with quantized experts: same result on every ISA and for every routing
+// shape (one token, an idle expert, all tokens on one expert, a skipped expert), compared with
+// a float64 reference that applies the kernel's own activation quantization.
+TEST(Quant, FusedMoeKernelOnEveryIsa) {
+    IsaGuard guard;
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const int64_t hidden = 256, ffn = 512, n_experts = 4;
+    for (DType type : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+        std::vector<std::vector<std::byte>> storage;
+        std::vector<std::vector<float>> deq;
+        std::vector<cpu::ExpertWeights> experts;
+        for (int64_t e = 0; e < n_experts; ++e) {
+            for (auto [rows, cols] : {std::pair{ffn, hidden}, {ffn, hidden}, {hidden, ffn}}) {
+                storage.push_back(quantize(
+                    type, test::random_floats(rng, size_t(rows * cols), 0.2f), rows, cols));
+                deq.push_back(dequantize(type, storage.back(), rows, cols));
+            }
+            experts.push_back({Tensor(storage[size_t(3 * e)].data(), type, {ffn, hidden}),
+                               Tensor(storage[size_t(3 * e + 1)].data(), type, {ffn, hidden}),
+                               Tensor(storage[size_t(3 * e + 2)].data(), type, {hidden, ffn})});
+        }
+        struct Routing {
+            int64_t n_tokens;
+            std::vector<int32_t> offsets, tokens;
+            std::vector<uint8_t> skip;
+        };
+        const std::vector<Routing> routings = {
+            {1, {0, 1, 1, 2, 2}, {0, 0}, {}},                         // one token, two experts
+            {4, {0, 0, 4, 4, 4}, {0, 1, 2, 3}, {}},                   // all tokens on expert 1
+            {3, {0, 2, 2, 4, 6}, {0, 2, 0, 1, 1, 2}, {0, 0, 0, 1}}};  // idle expert 1, skip 3
+        for (const Routing& r : routings) {
+            const auto x = test::random_floats(rng, size_t(r.n_tokens * hidden));
+            std::vector<float> weights(r.tokens.size());
+            for (float& w : weights)
+                w = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng);
+            // Reference: float64 over dequantized weights and activations quantized as the kernel
+            // does.
+            const DType act = cpu::vec_dot_type(type);
+            const auto xd =
+                dequantize(act, quantize(act, x, r.n_tokens, hidden), r.n_tokens, hidden);
+            std::vector<double> want(size_t(r.n_tokens * hidden), 0.0);
+            for (int64_t e = 0; e < n_experts; ++e) {
+                if (!r.skip.empty() && r.skip[size_t(e)]) continue;
+                for (int32_t s = r.offsets[size_t(e)]; s < r.offsets[size_t(e + 1)]; ++s) {
+                    const int32_t t = r.tokens[size_t(s)];
+                    std::vector<float> a(static_cast<size_t>(ffn));
+                    for (int64_t f = 0; f < ffn; ++f) {
+                        double g = 0, u = 0;
+                        for (int64_t i = 0; i < hidden; ++i) {
+                            g += deq[size_t(3 * e)][size_t(f * hidden + i)] *
+                                 double(xd[size_t(t * hidden + i)]);
+                            u += deq[size_t(3 * e + 1)][size_t(f * hidden + i)] *
+                                 double(xd[size_t(t * hidden + i)]);
+                        }
+                        a[size_t(f)] = float(g / (1 + std::exp(-g)) * u);
+                    }
+                    const auto ad = dequantize(act, quantize(act, a, 1, ffn), 1, ffn);
+                    for (int64_t i = 0; i < hidden; ++i) {
+                        double d = 0;
+                        for (int64_t f = 0; f < ffn; ++f)
+                            d +=
+                                deq[size_t(3 * e + 2)][size_t(i * ffn + f)] * double(ad[size_t(f)]);
+                        want[size_t(t * hidden + i)] += weights[size_t(s)] * d;
+                    }
+                }
+            }
+            double scale = 0;
+            for (double v : want)
+                scale = std::max(scale, std::fabs(v));
+            for (CpuIsa isa : runnable_isas()) {
+                cpu::force_isa(isa);
+                std::vector<float> xs = x, out(size_t(r.n_tokens * hidden), 0.0f);
+                cpu::moe_experts({.x = Tensor(xs.data(), DType::F32, {r.n_tokens, hidden}),
+                                  .out = Tensor(out.data(), DType::F32, {r.n_tokens, hidden}),
+                                  .experts = experts,
+                                  .offsets = r.offsets,
+                                  .token_index = r.tokens,
+                                  .token_weight = weights,
+                                  .skip = r.skip},
+                                 pool());
+                // Requantizing the intermediate can flip a rounding in rare elements: compare
+                // against the scale of the output.
+                for (size_t i = 0; i < out.size(); ++i)
+                    ASSERT_NEAR(out[i], want[i], 2e-3 * scale)
+                        << dtype_name(type) << " isa " << cpu::isa_name(isa) << " element " << i;
+            }
+        }
+    }
+}
+
+TEST(Quant, ForcingAnUnsupportedIsaFails) {
+    IsaGuard guard;
+    if (cpu::detected_isa() == CpuIsa::Avx512) GTEST_SKIP() << "this CPU runs every level";
+    EXPECT_THROW(cpu::force_isa(CpuIsa::Avx512), Error);
+}
+
+// Bit-exactness against gguf-py: its quantization of Q8_0 and Q4_0 and its dequantization of
+// every type, on fixtures written by tools/make_quant_fixtures.py.
+TEST(Quant, MatchesGgufPyBitForBit) {
+    const std::string dir = test::data_dir() + "/quant";
+    std::ifstream index_file(dir + "/index.json");
+    ASSERT_TRUE(index_file) << "missing " << dir << "/index.json";
+    const nlohmann::json index = nlohmann::json::parse(index_file);
+    auto read = [&](const std::string& name) {
+        std::ifstream in(dir + "/" + name, std::ios::binary);
+        return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+    };
+    for (const auto& c : index["cases"]) {
+        const DType type = *dtype_from_name(c["type"].get<std::string>());
+        const int64_t n = c["n"].get<int64_t>();
+        const std::vector<char> input = read(c["input"]), quantized = read(c["quantized"]),
+                                dequantized = read(c["dequantized"]);
+        ASSERT_EQ(int64_t(quantized.size()), row_bytes(type, n));
+        if (c["check_quantize"].get<bool>()) {
+            std::vector<std::byte> ours(quantized.size());
+            cpu::quantize_row(type, reinterpret_cast<const float*>(input.data()), ours.data(), n);
+            EXPECT_EQ(std::memcmp(ours.data(), quantized.data(), ours.size()), 0)
+                << "quantize " << c["type"];
+        }
+        std::vector<float> ours(static_cast<size_t>(n));
+        cpu::dequantize_row(type, quantized.data(), ours.data(), n);
+        EXPECT_EQ(std::memcmp(ours.data(), dequantized.data(), dequantized.size()), 0)
+            << "dequantize " << c["type"];
+    }
+}
+
+}  // namespace
+}  // namespace tandem
