@@ -1,65 +1,318 @@
-// tandem-kernel-bench: the machine's memory bandwidth (a STREAM-like triad over buffers far
-// larger than the caches) next to the CPU linear kernel at decode shapes (one token), so each
-// kernel's GB/s reads as a fraction of what the machine can do.
+// tandem-kernel-bench: the CPU expert kernel against the machine's own ceilings, in one run.
 //
-//   build/bench/tandem-kernel-bench --benchmark_repetitions=5
-//   --benchmark_report_aggregates_only=true
+// First it measures the memory bandwidth (a STREAM-like triad over buffers far larger than the
+// caches) and the peak FMA rate (independent FMA chains on every thread); then it times the
+// fused MoE kernel (cpu::moe_experts) for one layer step at real expert shapes: every token
+// routed to the same top-k experts, M tokens per expert, weights of each type. Expert sets
+// rotate through a pool of at least 512 MB so that weights come from DRAM, as in decode.
+//
+//   tandem-kernel-bench                 # markdown-ish table (Google Benchmark console output)
+//   tandem-kernel-bench --json          # one JSON object per case, then the machine line
+//   tandem-kernel-bench --full          # all shapes x types x M (minutes); default is a subset
+// Google Benchmark flags (--benchmark_filter, --benchmark_repetitions, ...) pass through.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
+#include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 
 namespace {
 
-tandem::ThreadPool& pool() {
-    static tandem::ThreadPool instance;
+using namespace tandem;
+
+ThreadPool& pool() {
+    static ThreadPool instance;
     return instance;
 }
 
-// a[i] = b[i] + s * c[i] over 3 x 128 MiB; counts the 3 streams (2 reads, 1 write).
-void BM_triad_bandwidth(benchmark::State& state) {
-    const int64_t n = int64_t(32) << 20;
-    std::vector<float> a(static_cast<size_t>(n)), b(size_t(n), 1.0f), c(size_t(n), 2.0f);
-    for (auto _ : state) {
+// ---- machine ceilings --------------------------------------------------------------------
+
+double g_bandwidth_gbps = 0, g_peak_gflops = 0;
+
+double measure_bandwidth_gbps() {
+    const int64_t n = int64_t(64) << 20;  // 3 arrays of 256 MB
+    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n), 1.0f),
+        c(static_cast<size_t>(n), 2.0f);
+    std::vector<double> rates;
+    for (int rep = 0; rep < 5; ++rep) {
+        const auto start = std::chrono::steady_clock::now();
         pool().parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
             for (int64_t i = begin; i < end; ++i)
                 a[size_t(i)] = b[size_t(i)] + 3.0f * c[size_t(i)];
         });
-        benchmark::DoNotOptimize(a.data());
-        benchmark::ClobberMemory();
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        rates.push_back(double(n) * 12 / s / 1e9);  // two reads and a write per element
     }
-    state.SetBytesProcessed(int64_t(state.iterations()) * n * 3 * int64_t(sizeof(float)));
+    std::sort(rates.begin(), rates.end());
+    return rates[rates.size() / 2];
 }
-BENCHMARK(BM_triad_bandwidth)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// y[1, m] = x[1, k] · w[m, k]ᵀ with w in `dtype`; bytes processed = the weight bytes.
-void BM_linear_decode(benchmark::State& state, tandem::DType dtype) {
-    const int64_t m = state.range(0), k = state.range(1);
-    tandem::OwnedTensor w = tandem::make_tensor(dtype, {m, k});
-    std::fill_n(static_cast<std::byte*>(w.view.data()), w.view.bytes(), std::byte{0x3c});
-    tandem::OwnedTensor x = tandem::make_tensor(tandem::DType::F32, {1, k});
-    tandem::OwnedTensor y = tandem::make_tensor(tandem::DType::F32, {1, m});
-    std::fill_n(x.view.data_as<float>(), k, 0.5f);
-    for (auto _ : state) {
-        tandem::cpu::linear(x.view, w.view, tandem::Tensor(), y.view, pool());
-        benchmark::DoNotOptimize(y.view.data());
+// Independent FMA chains, 10 accumulators per thread, 16 or 8 floats wide.
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+
+template <class Vec, int kWidth>
+[[gnu::always_inline]] inline float fma_chains(int64_t iterations) {
+    Vec acc[10], mul, add;
+    for (int i = 0; i < kWidth; ++i) {
+        mul[i] = 0.999999f;
+        add[i] = 1e-7f;
     }
-    state.SetBytesProcessed(int64_t(state.iterations()) * w.view.bytes());
+    for (auto& v : acc)
+        v = mul;
+    for (int64_t it = 0; it < iterations; ++it)
+        for (auto& v : acc)
+            v = v * mul + add;
+    float sum = 0;
+    for (auto& v : acc)
+        for (int i = 0; i < kWidth; ++i)
+            sum += v[i];
+    return sum;
 }
-BENCHMARK_CAPTURE(BM_linear_decode, bf16, tandem::DType::BF16)
-    ->Args({14336, 4096})
-    ->Args({768, 2048})
-    ->Unit(benchmark::kMicrosecond)
-    ->UseRealTime();
-BENCHMARK_CAPTURE(BM_linear_decode, f32, tandem::DType::F32)
-    ->Args({14336, 4096})
-    ->Args({768, 2048})
-    ->Unit(benchmark::kMicrosecond)
-    ->UseRealTime();
+__attribute__((target("avx512f,fma"))) float fma_chains_512(int64_t n) {
+    return fma_chains<Vec16, 16>(n);
+}
+__attribute__((target("avx2,fma"))) float fma_chains_256(int64_t n) {
+    return fma_chains<Vec8, 8>(n);
+}
+
+double measure_peak_gflops() {
+    const bool wide = cpu::detected_isa() == cpu::CpuIsa::Avx512;
+    const int width = wide ? 16 : 8;
+    const int64_t iterations = 20'000'000;
+    std::vector<double> rates;
+    for (int rep = 0; rep < 3; ++rep) {
+        std::atomic<float> sink{0};
+        const auto start = std::chrono::steady_clock::now();
+        pool().run(pool().size(), [&](int64_t) {
+            sink = sink + (wide ? fma_chains_512(iterations) : fma_chains_256(iterations));
+        });
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        rates.push_back(double(iterations) * 10 * width * 2 * pool().size() / s / 1e9);
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[rates.size() / 2];
+}
+
+// ---- the expert kernel -----------------------------------------------------------------------
+
+struct ExpertShape {
+    const char* model;
+    int64_t hidden, ffn, top_k;
+};
+const ExpertShape kShapes[] = {{"mixtral-8x7b", 4096, 14336, 2},
+                               {"qwen3-30b-a3b", 2048, 768, 8},
+                               {"deepseek-v2-lite", 2048, 1408, 6},
+                               {"olmoe-1b-7b", 2048, 1024, 8}};
+
+// Random weights of any type: random bytes, with every block's f16 scales set to small finite
+// values (quantizing real data would take minutes for the larger shapes and changes nothing).
+OwnedTensor random_matrix(DType type, int64_t rows, int64_t cols, std::mt19937_64& rng) {
+    OwnedTensor t = make_tensor(type, {rows, cols});
+    auto* bytes = t.view.data_as<uint8_t>();
+    const int64_t n = t.view.bytes();
+    for (int64_t i = 0; i + 8 <= n; i += 8) {
+        const uint64_t r = rng();
+        std::memcpy(bytes + i, &r, 8);
+    }
+    const uint16_t scale = f32_to_f16(0.01f);
+    const int64_t block_bytes = dtype_block_bytes(type);
+    if (type == DType::BF16) {
+        auto* v = reinterpret_cast<uint16_t*>(bytes);
+        for (int64_t i = 0; i < n / 2; ++i)
+            v[i] = f32_to_bf16(float(int(v[i] % 2001) - 1000) * 1e-5f);
+    } else if (type == DType::Q6_K) {
+        for (int64_t b = 0; b < n / block_bytes; ++b)
+            std::memcpy(bytes + b * block_bytes + 208, &scale, 2);
+    } else {  // d (and dmin) lead the block
+        for (int64_t b = 0; b < n / block_bytes; ++b) {
+            std::memcpy(bytes + b * block_bytes, &scale, 2);
+            if (type == DType::Q4_K || type == DType::Q5_K)
+                std::memcpy(bytes + b * block_bytes + 2, &scale, 2);
+        }
+    }
+    return t;
+}
+
+struct ExpertPool {
+    std::vector<OwnedTensor> storage;
+    std::vector<cpu::ExpertWeights> experts;
+    int64_t set_bytes = 0;  // weights of top_k experts
+};
+
+ExpertPool make_pool(const ExpertShape& s, DType type) {
+    ExpertPool p;
+    std::mt19937_64 rng(1);
+    const int64_t expert_bytes =
+        3 * s.hidden * s.ffn / dtype_block_size(type) * dtype_block_bytes(type);
+    p.set_bytes = expert_bytes * s.top_k;
+    const int64_t sets = std::max<int64_t>(1, (int64_t(512) << 20) / p.set_bytes);
+    for (int64_t e = 0; e < sets * s.top_k; ++e) {
+        p.storage.push_back(random_matrix(type, s.ffn, s.hidden, rng));
+        p.storage.push_back(random_matrix(type, s.ffn, s.hidden, rng));
+        p.storage.push_back(random_matrix(type, s.hidden, s.ffn, rng));
+        const size_t n = p.storage.size();
+        p.experts.push_back({p.storage[n - 3].view, p.storage[n - 2].view, p.storage[n - 1].view});
+    }
+    return p;
+}
+
+struct CaseInfo {
+    std::string model, dtype;
+    int64_t m, n, k, experts;
+    double bytes, flops;
+};
+std::map<std::string, CaseInfo> g_cases;
+
+void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m) {
+    static std::map<std::pair<std::string, int>, ExpertPool> pools;  // reused across M
+    ExpertPool& p = pools.try_emplace({s.model, int(type)}, make_pool(s, type)).first->second;
+    const int64_t n_sets = int64_t(p.experts.size()) / s.top_k;
+    // m tokens, each routed to experts [set * top_k, (set + 1) * top_k).
+    OwnedTensor x = make_tensor(DType::F32, {m, s.hidden}),
+                out = make_tensor(DType::F32, {m, s.hidden});
+    std::mt19937_64 rng(2);
+    std::normal_distribution<float> normal;
+    for (int64_t i = 0; i < m * s.hidden; ++i)
+        x.view.data_as<float>()[i] = normal(rng);
+    std::vector<int32_t> tokens(size_t(m * s.top_k));
+    std::vector<float> weights(tokens.size(), 1.0f / float(s.top_k));
+    for (int64_t j = 0; j < s.top_k; ++j)
+        for (int64_t t = 0; t < m; ++t)
+            tokens[size_t(j * m + t)] = int32_t(t);
+    int64_t set = 0;
+    for (auto _ : state) {
+        std::vector<int32_t> offsets(p.experts.size() + 1, 0);
+        for (size_t e = 0; e < p.experts.size(); ++e) {
+            const bool active = int64_t(e) / s.top_k == set;
+            offsets[e + 1] = offsets[e] + (active ? int32_t(m) : 0);
+        }
+        cpu::moe_experts({.x = x.view,
+                          .out = out.view,
+                          .experts = p.experts,
+                          .offsets = offsets,
+                          .token_index = tokens,
+                          .token_weight = weights,
+                          .skip = {}},
+                         pool());
+        set = (set + 1) % n_sets;
+    }
+    const double bytes = double(p.set_bytes),
+                 flops = 2.0 * 3 * double(s.hidden * s.ffn * m * s.top_k);
+    state.counters["GB/s"] = benchmark::Counter(
+        bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+    state.counters["GFLOP/s"] = benchmark::Counter(
+        flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// Prints one JSON object per case (median when repetitions are asked for), for tools.
+class JsonLinesReporter : public benchmark::BenchmarkReporter {
+  public:
+    bool ReportContext(const Context&) override { return true; }
+    void ReportRuns(const std::vector<Run>& runs) override {
+        for (const Run& run : runs) {
+            if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+            if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
+            std::string name = run.run_name.str();
+            auto it = g_cases.find(name);
+            if (it == g_cases.end()) continue;
+            const CaseInfo& c = it->second;
+            const double seconds =
+                run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+            const double gbps = c.bytes / seconds / 1e9, gflops = c.flops / seconds / 1e9;
+            std::printf(
+                "{\"kernel\":\"moe_experts\",\"model\":\"%s\",\"dtype\":\"%s\",\"m\":%lld,\"n\":%"
+                "lld,"
+                "\"k\":%lld,\"experts\":%lld,\"seconds\":%.6g,\"gbps\":%.4g,\"gflops\":%.4g,"
+                "\"bw_fraction\":%.4f,\"flops_fraction\":%.4f}\n",
+                c.model.c_str(), c.dtype.c_str(), (long long)c.m, (long long)c.n, (long long)c.k,
+                (long long)c.experts, seconds, gbps, gflops, gbps / g_bandwidth_gbps,
+                gflops / g_peak_gflops);
+        }
+        std::fflush(stdout);
+    }
+};
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+    bool json = false, full = false;
+    std::vector<char*> args;
+    for (int i = 0; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--json") == 0)
+            json = true;
+        else if (std::strcmp(argv[i], "--full") == 0)
+            full = true;
+        else
+            args.push_back(argv[i]);
+    }
+    int n_args = int(args.size());
+    benchmark::Initialize(&n_args, args.data());
+
+    g_bandwidth_gbps = measure_bandwidth_gbps();
+    g_peak_gflops = measure_peak_gflops();
+    if (!json)
+        std::printf(
+            "machine: %.1f GB/s triad bandwidth, %.1f GFLOP/s peak FMA (f32), %d threads, %s "
+            "kernels\n",
+            g_bandwidth_gbps, g_peak_gflops, pool().size(),
+            std::string(cpu::isa_name(cpu::active_isa())).c_str());
+
+    const std::vector<DType> types = {DType::BF16, DType::Q8_0, DType::Q4_0,
+                                      DType::Q4_K, DType::Q5_K, DType::Q6_K};
+    const std::vector<int64_t> ms =
+        full ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 256} : std::vector<int64_t>{1, 8, 64};
+    for (const ExpertShape& s : kShapes) {
+        if (!full && std::string(s.model) == "mixtral-8x7b")
+            continue;  // 700 MB a step: --full only
+        for (DType type : types) {
+            if (!full && type != DType::BF16 && type != DType::Q8_0 && type != DType::Q4_K)
+                continue;
+            // Rows that are not whole K-quant blocks (DeepSeek-V2-Lite's 1408) have no K-quant
+            // case.
+            if (s.ffn % dtype_block_size(type) != 0 || s.hidden % dtype_block_size(type) != 0)
+                continue;
+            for (int64_t m : ms) {
+                const std::string name = std::string("moe/") + s.model + "/" +
+                                         std::string(dtype_name(type)) + "/m:" + std::to_string(m);
+                benchmark::RegisterBenchmark(name.c_str(), bench_moe, s, type, m)
+                    ->Unit(benchmark::kMillisecond)
+                    ->UseRealTime();
+                const double bytes = 3.0 * double(s.hidden * s.ffn / dtype_block_size(type) *
+                                                  dtype_block_bytes(type) * s.top_k);
+                const double flops = 2.0 * 3 * double(s.hidden * s.ffn * m * s.top_k);
+                g_cases[name + "/real_time"] = {
+                    s.model, std::string(dtype_name(type)), m, s.ffn, s.hidden, s.top_k, bytes,
+                    flops};
+            }
+        }
+    }
+    if (json) {
+        JsonLinesReporter reporter;
+        benchmark::RunSpecifiedBenchmarks(&reporter);
+        std::printf(
+            "{\"machine\":{\"bandwidth_gbps\":%.4g,\"peak_gflops\":%.4g,\"threads\":%d,\"isa\":\"%"
+            "s\"}}\n",
+            g_bandwidth_gbps, g_peak_gflops, pool().size(),
+            std::string(cpu::isa_name(cpu::active_isa())).c_str());
+    } else {
+        benchmark::RunSpecifiedBenchmarks();
+    }
+    benchmark::Shutdown();
+    return 0;
+}
