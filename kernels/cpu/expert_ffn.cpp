@@ -111,18 +111,23 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         const DType act_type = vec_dot_type(w.gate.dtype());
         const int64_t act_bytes = row_bytes(act_type, hidden);
         const std::byte* xs = x_acts.at(act_type).data();
-        const RowDotFn dot = row_dot(kernels, w.gate.dtype());
+        const RowDotNFn dot = row_dot_n(kernels, w.gate.dtype());
         const int64_t w_row_bytes = row_bytes(w.gate.dtype(), hidden);
         const auto* gate = static_cast<const std::byte*>(w.gate.data());
         const auto* up = static_cast<const std::byte*>(w.up.data());
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
         for (int64_t row = block.begin; row < block.end; ++row) {
-            for (int64_t s = first; s < last; ++s) {
-                const std::byte* xt = xs + a.token_index[size_t(s)] * act_bytes;
-                const float g = dot(gate + row * w_row_bytes, xt, hidden);
-                const float u = dot(up + row * w_row_bytes, xt, hidden);
-                act[size_t(s * ffn + row)] = silu(g) * u;
+            for (int64_t s0 = first; s0 < last; s0 += kMaxDotTokens) {
+                const int n = int(std::min<int64_t>(kMaxDotTokens, last - s0));
+                const void* rows[kMaxDotTokens];
+                float g[kMaxDotTokens], u[kMaxDotTokens];
+                for (int j = 0; j < n; ++j)
+                    rows[j] = xs + a.token_index[size_t(s0 + j)] * act_bytes;
+                dot(gate + row * w_row_bytes, rows, n, hidden, g);
+                dot(up + row * w_row_bytes, rows, n, hidden, u);
+                for (int j = 0; j < n; ++j)
+                    act[size_t((s0 + j) * ffn + row)] = silu(g[j]) * u[j];
             }
         }
     });
@@ -156,7 +161,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         const Tensor& down = a.experts[size_t(block.expert)].down;
         const int64_t w_row_bytes = row_bytes(down.dtype(), ffn);
         const auto* rows = static_cast<const std::byte*>(down.data());
-        const RowDotFn dot = mixed_down ? kernels.dot_f32 : row_dot(kernels, down.dtype());
+        const RowDotNFn dot = mixed_down ? kernels.dotn_f32 : row_dot_n(kernels, down.dtype());
         thread_local std::vector<float> widened;
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
@@ -167,8 +172,16 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
                 row_to_f32(w_row, down.dtype(), ffn, widened.data());
                 w_row = widened.data();
             }
-            for (int64_t s = first; s < last; ++s)
-                partial[size_t(s * hidden + row)] = dot(w_row, acts + s * act_bytes, ffn);
+            for (int64_t s0 = first; s0 < last; s0 += kMaxDotTokens) {
+                const int n = int(std::min<int64_t>(kMaxDotTokens, last - s0));
+                const void* slot_rows[kMaxDotTokens];
+                float out[kMaxDotTokens];
+                for (int j = 0; j < n; ++j)
+                    slot_rows[j] = acts + (s0 + j) * act_bytes;
+                dot(w_row, slot_rows, n, ffn, out);
+                for (int j = 0; j < n; ++j)
+                    partial[size_t((s0 + j) * hidden + row)] = out[j];
+            }
         }
     });
 

@@ -13,9 +13,6 @@ namespace {
 // Output rows handed to one task: enough work to amortise scheduling, small enough to balance
 // across cores for the narrow matrices of small models.
 constexpr int64_t kRowsPerTask = 16;
-// Above this many tokens, a bf16 row is widened once into a scratch row and dotted in f32,
-// instead of being widened again inside each token's dot product.
-constexpr int64_t kWidenOnceMinTokens = 5;
 
 void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y) {
     if (x.rank() != 2 || x.dtype() != DType::F32 || !x.is_contiguous())
@@ -74,8 +71,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
         row_to_f32(bias.data(), bias.dtype(), m, bias_f32.data());
     }
     const VecDotKernels& kernels = vec_dot_kernels();
-    const bool widen_once = w.dtype() == DType::BF16 && n_tokens >= kWidenOnceMinTokens;
-    const RowDotFn dot = widen_once ? kernels.dot_f32 : row_dot(kernels, w.dtype());
+    const RowDotNFn dot = row_dot_n(kernels, w.dtype());
 
     // Activations in the dot product's format, converted once for all rows.
     const DType act_type = vec_dot_type(w.dtype());
@@ -96,18 +92,21 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
     const auto* w_bytes = static_cast<const std::byte*>(w.data());
     const int64_t w_row_bytes = row_bytes(w.dtype(), k);
     pool.run((m + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-        thread_local std::vector<float> scratch;
         const int64_t row_end = std::min(m, (task + 1) * kRowsPerTask);
         for (int64_t row = task * kRowsPerTask; row < row_end; ++row) {
             const void* w_row = w_bytes + row * w_row_bytes;
-            if (widen_once) {
-                scratch.resize(size_t(k));
-                kernels.bf16_to_f32(static_cast<const uint16_t*>(w_row), scratch.data(), k);
-                w_row = scratch.data();
-            }
             const float b = bias_f32.empty() ? 0.0f : bias_f32[size_t(row)];
-            for (int64_t t = 0; t < n_tokens; ++t)
-                ys[t * m + row] = dot(w_row, acts + t * act_row_bytes, k) + b;
+            // Up to kMaxDotTokens tokens per pass over the row.
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxDotTokens) {
+                const int n = int(std::min<int64_t>(kMaxDotTokens, n_tokens - t0));
+                const void* rows[kMaxDotTokens];
+                float out[kMaxDotTokens];
+                for (int j = 0; j < n; ++j)
+                    rows[j] = acts + (t0 + j) * act_row_bytes;
+                dot(w_row, rows, n, k, out);
+                for (int j = 0; j < n; ++j)
+                    ys[(t0 + j) * m + row] = out[j] + b;
+            }
         }
     });
 }

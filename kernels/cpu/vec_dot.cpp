@@ -38,6 +38,20 @@ RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type) {
     }
 }
 
+RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
+    switch (weight_type) {
+        case DType::F32: return kernels.dotn_f32;
+        case DType::F16: return kernels.dotn_f16;
+        case DType::BF16: return kernels.dotn_bf16;
+        case DType::Q8_0: return kernels.dotn_q8_0;
+        case DType::Q4_0: return kernels.dotn_q4_0;
+        case DType::Q4_K: return kernels.dotn_q4_k;
+        case DType::Q5_K: return kernels.dotn_q5_k;
+        case DType::Q6_K: return kernels.dotn_q6_k;
+        default: fail("no dot product for weights of type ", dtype_name(weight_type));
+    }
+}
+
 void quantize_activation(DType type, const float* x, void* out, int64_t k) {
     if (type == DType::F32) {
         std::memcpy(out, x, size_t(k) * sizeof(float));

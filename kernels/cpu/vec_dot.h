@@ -16,6 +16,10 @@ namespace tandem::cpu {
 
 // Dot of one weight row (k elements of its type) with one activation row.
 using RowDotFn = float (*)(const void* weight_row, const void* activation_row, int64_t k);
+// Dots of one weight row with n (1..kMaxDotTokens) activation rows, each weight block read once.
+using RowDotNFn = void (*)(const void* weight_row, const void* const* activation_rows, int n,
+                           int64_t k, float* out);
+inline constexpr int kMaxDotTokens = 4;
 
 struct VecDotKernels {
     CpuIsa isa;
@@ -28,6 +32,7 @@ struct VecDotKernels {
     RowDotFn dot_q5_k;
     RowDotFn dot_q6_k;
     void (*bf16_to_f32)(const uint16_t* in, float* out, int64_t n);
+    RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q4_k, dotn_q5_k, dotn_q6_k;
 };
 
 const VecDotKernels& vec_dot_kernels();                // of the active ISA
@@ -35,6 +40,8 @@ const VecDotKernels& vec_dot_kernels_for(CpuIsa isa);  // of a given ISA (tests,
 
 // The dot function for weights of `weight_type` in `kernels`; throws for a non-weight type.
 RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type);
+
+RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type);
 
 // Converts k floats to the activation format `type` (f32: a copy; q8_0, q8_k: quantized).
 void quantize_activation(DType type, const float* x, void* out, int64_t k);

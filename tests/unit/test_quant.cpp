@@ -119,6 +119,53 @@ TEST(Quant, DotProductsOfEveryIsaMatchFloat64) {
     }
 }
 
+// The several-tokens-per-pass kernels give what one dot per token gives, for every weight type,
+// ISA and token count.
+TEST(Quant, MultiTokenDotsEqualSingleDots) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const int64_t k = 768;
+    const auto w = test::random_floats(rng, size_t(k));
+    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K,
+                       DType::Q5_K, DType::Q6_K}) {
+        std::vector<std::byte> wq(size_t(row_bytes(type, k)));
+        if (is_quantized_weight_type(type)) {
+            wq = quantize(type, w, 1, k);
+        } else {
+            for (int64_t i = 0; i < k; ++i) {
+                if (type == DType::F32) reinterpret_cast<float*>(wq.data())[i] = w[size_t(i)];
+                if (type == DType::BF16)
+                    reinterpret_cast<uint16_t*>(wq.data())[i] = f32_to_bf16(w[size_t(i)]);
+                if (type == DType::F16)
+                    reinterpret_cast<uint16_t*>(wq.data())[i] = f32_to_f16(w[size_t(i)]);
+            }
+        }
+        const DType act = cpu::vec_dot_type(type);
+        std::vector<std::vector<std::byte>> xs;
+        std::vector<const void*> rows;
+        for (int t = 0; t < cpu::kMaxDotTokens; ++t) {
+            const auto x = test::random_floats(rng, size_t(k));
+            xs.emplace_back(size_t(row_bytes(act, k)));
+            cpu::quantize_activation(act, x.data(), xs.back().data(), k);
+        }
+        for (const auto& x : xs)
+            rows.push_back(x.data());
+        for (CpuIsa isa : runnable_isas()) {
+            const auto& kernels = cpu::vec_dot_kernels_for(isa);
+            for (int n = 1; n <= cpu::kMaxDotTokens; ++n) {
+                float out[cpu::kMaxDotTokens];
+                cpu::row_dot_n(kernels, type)(wq.data(), rows.data(), n, k, out);
+                for (int t = 0; t < n; ++t) {
+                    const float single = cpu::row_dot(kernels, type)(wq.data(), rows[size_t(t)], k);
+                    EXPECT_NEAR(out[t], single, 1e-5f * (1.0f + std::fabs(single)))
+                        << dtype_name(type) << " isa " << cpu::isa_name(isa) << " n " << n
+                        << " token " << t;
+                }
+            }
+        }
+    }
+}
+
 TEST(Quant, FloatDotsOfEveryIsaMatchFloat64) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
