@@ -60,3 +60,24 @@ void write_tiny_model(const std::string& dir, uint64_t seed) {
 }
 
 }  // namespace tandem::test
+
+namespace tandem::test {
+
+void write_small_quantizable_model(const std::string& dir, uint64_t seed) {
+    SyntheticQwen3MoeSpec spec;
+    spec.vocab_size = 128;
+    spec.hidden_dim = 256;
+    spec.n_layers = 2;
+    spec.n_heads = 4;
+    spec.n_kv_heads = 2;
+    spec.head_dim = 64;
+    spec.n_experts = 4;
+    spec.n_experts_active = 2;
+    spec.expert_ffn_dim = 256;
+    spec.max_position_embeddings = 64;
+    spec.dtype = DType::F32;
+    spec.seed = seed;
+    write_synthetic_qwen3_moe(dir, spec);
+}
+
+}  // namespace tandem::test

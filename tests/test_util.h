@@ -44,5 +44,7 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std = 1.0
 
 // Writes a small valid Qwen3-MoE checkpoint (random weights, f32) into dir.
 void write_tiny_model(const std::string& dir, uint64_t seed = 1);
+// The same with hidden 256 and expert rows of 256, so every K-quant runs without fallback.
+void write_small_quantizable_model(const std::string& dir, uint64_t seed = 1);
 
 }  // namespace tandem::test

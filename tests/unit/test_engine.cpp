@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
+#include <cmath>
+#include <map>
 
 #include "kernels/error.h"
+#include "kernels/thread_pool.h"
 #include "models/config.h"
+#include "models/model.h"
 #include "tests/test_util.h"
 
 namespace tandem {
@@ -100,6 +104,40 @@ TEST_F(EngineTest, BadRequestsFailAndTheEngineStaysUsable) {
                             {.temperature = 0, .max_tokens = 3, .ignore_eos = true})
                   .tokens.size(),
               3u);
+}
+
+// Every quantized type end to end (attention, experts and lm_head quantized at load): logits
+// stay within each type's stated distance of the float model's, on a model whose rows are whole
+// K-quant blocks.
+TEST(QuantizedEngine, LogitsStayCloseToTheFloatModel) {
+    test::TempDir dir;
+    test::write_small_quantizable_model(dir.str());
+    const std::vector<int32_t> prompt = {5, 17, 3, 99, 42, 7, 64, 1};
+    auto logits_of = [&](const std::string& quantize) {
+        Engine engine = Engine::open(
+            {.model_dir = dir.str(), .n_threads = 2, .pin_threads = false, .quantize = quantize});
+        KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size())));
+        const SequenceStep step{.tokens = prompt, .cache = &cache, .all_logits = true};
+        OwnedTensor out = engine.model().forward({&step, 1}, engine.thread_pool());
+        return std::vector<float>(out.view.data_as<float>(),
+                                  out.view.data_as<float>() + out.view.numel());
+    };
+    const std::vector<float> reference = logits_of("");
+    const std::map<std::string, double> bound = {
+        {"q8_0", 0.03}, {"q6_k", 0.05}, {"q5_k", 0.08}, {"q4_k", 0.15}, {"q4_0", 0.2}};
+    for (const auto& [type, limit] : bound) {
+        const std::vector<float> got = logits_of(type);
+        double diff = 0, norm = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+            ASSERT_TRUE(std::isfinite(got[i])) << type;
+            diff += std::pow(double(got[i]) - reference[i], 2);
+            norm += double(reference[i]) * reference[i];
+        }
+        EXPECT_LT(std::sqrt(diff / norm), limit) << type;
+        RecordProperty(type + "_rel_l2", std::to_string(std::sqrt(diff / norm)));
+    }
+    EXPECT_THROW(Engine::open({.model_dir = dir.str(), .quantize = "q3_k"}), Error);
+    EXPECT_THROW(Engine::open({.model_dir = dir.str(), .quantize = "bf16"}), Error);
 }
 
 TEST_F(EngineTest, OpenRejectsBadConfig) {
