@@ -6,16 +6,18 @@ namespace tandem {
 
 KvCache::KvCache(const KvCacheShape& shape) : shape_(shape) {
     if (shape.n_layers <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
-        shape.v_head_dim <= 0 || shape.capacity <= 0)
+        shape.v_head_dim < 0 || shape.capacity <= 0)
         fail("KV cache: every dimension must be positive (layers ", shape.n_layers, ", kv heads ",
-             shape.n_kv_heads, ", head_dim ", shape.head_dim, ", capacity ", shape.capacity, ")");
+             shape.n_kv_heads, ", head_dim ", shape.head_dim, ", v_head_dim ", shape.v_head_dim,
+             " (0: keys only), capacity ", shape.capacity, ")");
     keys_.reserve(size_t(shape.n_layers));
     values_.reserve(size_t(shape.n_layers));
     for (int layer = 0; layer < shape.n_layers; ++layer) {
         keys_.push_back(
             make_tensor(DType::F32, {shape.capacity, shape.n_kv_heads, shape.head_dim}));
-        values_.push_back(
-            make_tensor(DType::F32, {shape.capacity, shape.n_kv_heads, shape.v_head_dim}));
+        if (shape.v_head_dim > 0)
+            values_.push_back(
+                make_tensor(DType::F32, {shape.capacity, shape.n_kv_heads, shape.v_head_dim}));
     }
 }
 
@@ -23,6 +25,7 @@ Tensor KvCache::keys(int layer) const {
     return keys_.at(size_t(layer)).view;
 }
 Tensor KvCache::values(int layer) const {
+    if (shape_.v_head_dim == 0) return Tensor();
     return values_.at(size_t(layer)).view;
 }
 
@@ -40,8 +43,10 @@ void KvCache::truncate(int64_t length) {
 
 size_t KvCache::bytes() const {
     size_t total = 0;
-    for (size_t i = 0; i < keys_.size(); ++i)
-        total += keys_[i].buffer.bytes() + values_[i].buffer.bytes();
+    for (const OwnedTensor& t : keys_)
+        total += t.buffer.bytes();
+    for (const OwnedTensor& t : values_)
+        total += t.buffer.bytes();
     return total;
 }
 

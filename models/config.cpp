@@ -124,8 +124,40 @@ void read_rope_scaling(const ConfigReader& scaling, RopeConfig& rope) {
             scaling.fail_key("high_freq_factor", "must exceed low_freq_factor");
         return;
     }
-    scaling.fail_key("rope_type",
-                     cat("'", type, "' is not supported (supported: default, linear, llama3)"));
+    if (type == "yarn") {
+        // factor may be null: read_common_config derives it from the context lengths.
+        rope.factor = scaling.number_or("factor", 0.0);
+        if (rope.factor < 0) scaling.fail_key("factor", "must be positive");
+        rope.original_max_position_embeddings =
+            scaling.int_or("original_max_position_embeddings", 0);
+        // transformers: `get("beta_fast") or 32`, so 0 means the default as well.
+        if (double b = scaling.number_or("beta_fast", 0.0); b != 0) rope.beta_fast = b;
+        if (double b = scaling.number_or("beta_slow", 0.0); b != 0) rope.beta_slow = b;
+        rope.mscale = scaling.number_or("mscale", 0.0);
+        rope.mscale_all_dim = scaling.number_or("mscale_all_dim", 0.0);
+        if (scaling.has("attention_factor"))
+            rope.attention_factor = scaling.number("attention_factor");
+        rope.truncate = scaling.bool_or("truncate", true);
+        return;
+    }
+    scaling.fail_key("rope_type", cat("'", type,
+                                      "' is not supported (supported: default, linear, llama3, "
+                                      "yarn)"));
+}
+
+// yarn's context lengths as transformers resolves them: a top-level
+// original_max_position_embeddings wins over the one in the rope dict, which defaults to
+// max_position_embeddings; a null factor is their ratio.
+void resolve_yarn(const ConfigReader& reader, ModelConfig& config) {
+    RopeConfig& rope = config.rope;
+    if (reader.has("original_max_position_embeddings"))
+        rope.original_max_position_embeddings =
+            reader.positive_int("original_max_position_embeddings");
+    if (rope.original_max_position_embeddings <= 0)
+        rope.original_max_position_embeddings = config.max_position_embeddings;
+    if (rope.factor == 0)
+        rope.factor =
+            double(config.max_position_embeddings) / double(rope.original_max_position_embeddings);
 }
 
 }  // namespace
@@ -162,6 +194,7 @@ void read_common_config(const ConfigReader& reader, ModelConfig& config) {
     config.rope.partial_rotary_factor =
         reader.number_or("partial_rotary_factor", config.rope.partial_rotary_factor);
     if (config.rope.theta <= 0) reader.fail_key("rope_theta", "must be positive");
+    if (config.rope.type == "yarn") resolve_yarn(reader, config);
 
     config.layer_is_moe.assign(size_t(config.n_layers), false);
 }

@@ -9,6 +9,7 @@
 #include "kernels/error.h"
 #include "kernels/log.h"
 #include "models/blocks/attention_block.h"
+#include "models/blocks/mla_attention_block.h"
 #include "models/blocks/moe_block.h"
 #include "models/quantize_weights.h"
 #include "models/rope.h"
@@ -60,10 +61,37 @@ AttentionWeights bind_attention(const ModelConfig& c, const Checkpoint& ckpt, in
     return w;
 }
 
+MlaWeights bind_mla(const ModelConfig& c, const Checkpoint& ckpt, int64_t layer) {
+    const MlaConfig& m = *c.mla;
+    const std::string p = cat("model.layers.", layer, ".");
+    const std::string a = p + "self_attn.";
+    const int64_t h = c.n_heads, r = m.kv_lora_rank;
+    MlaWeights w;
+    w.norm = ckpt.bind(p + "input_layernorm.weight", {c.hidden_dim});
+    if (m.q_lora_rank > 0) {
+        w.q_a = ckpt.bind(a + "q_a_proj.weight", {m.q_lora_rank, c.hidden_dim});
+        w.q_a_norm = ckpt.bind(a + "q_a_layernorm.weight", {m.q_lora_rank});
+        w.q_b = ckpt.bind(a + "q_b_proj.weight", {h * m.qk_head_dim(), m.q_lora_rank});
+        if (m.bias) w.q_a_bias = ckpt.bind(a + "q_a_proj.bias", {m.q_lora_rank});
+    } else {
+        w.q = ckpt.bind(a + "q_proj.weight", {h * m.qk_head_dim(), c.hidden_dim});
+    }
+    w.kv_a = ckpt.bind(a + "kv_a_proj_with_mqa.weight", {r + m.qk_rope_head_dim, c.hidden_dim});
+    w.kv_a_norm = ckpt.bind(a + "kv_a_layernorm.weight", {r});
+    w.kv_b = ckpt.bind(a + "kv_b_proj.weight", {h * (m.qk_nope_head_dim + m.v_head_dim), r});
+    w.o = ckpt.bind(a + "o_proj.weight", {c.hidden_dim, h * m.v_head_dim});
+    if (m.bias) {
+        w.kv_a_bias = ckpt.bind(a + "kv_a_proj_with_mqa.bias", {r + m.qk_rope_head_dim});
+        w.o_bias = ckpt.bind(a + "o_proj.bias", {c.hidden_dim});
+    }
+    return w;
+}
+
 MoeWeights bind_moe(const ModelConfig& c, const Checkpoint& ckpt, const DecoderNames& n,
                     int64_t layer) {
     MoeWeights w;
     w.router = ckpt.bind(expand(n.router, layer), {c.n_experts, c.hidden_dim});
+    if (c.router_bias) w.router_bias = ckpt.bind(expand(n.router_bias, layer), {c.n_experts});
     for (int64_t e = 0; e < c.n_experts; ++e)
         w.experts.push_back(
             bind_swiglu(ckpt, expand(n.expert_gate, layer, e), expand(n.expert_up, layer, e),
@@ -121,7 +149,11 @@ DecoderWeights bind_decoder_weights(const ModelConfig& c, const Checkpoint& ckpt
         c.tie_word_embeddings ? w.embed : ckpt.bind("lm_head.weight", {c.vocab_size, c.hidden_dim});
     for (int64_t layer = 0; layer < c.n_layers; ++layer) {
         LayerWeights lw;
-        lw.attention = bind_attention(c, ckpt, layer);
+        if (c.mla) {
+            lw.mla = bind_mla(c, ckpt, layer);
+        } else {
+            lw.attention = bind_attention(c, ckpt, layer);
+        }
         lw.ffn_norm = ckpt.bind(cat("model.layers.", layer, ".post_attention_layernorm.weight"),
                                 {c.hidden_dim});
         lw.is_moe = c.layer_is_moe[size_t(layer)];
@@ -147,6 +179,12 @@ Decoder::Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& 
 }
 
 KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
+    if (config_.mla)  // one latent row per position: [k_pe | c], see mla_attention_block.h
+        return {.n_layers = int(config_.n_layers),
+                .n_kv_heads = 1,
+                .head_dim = config_.mla->qk_rope_head_dim + config_.mla->kv_lora_rank,
+                .v_head_dim = 0,
+                .capacity = capacity};
     return {.n_layers = int(config_.n_layers),
             .n_kv_heads = config_.n_kv_heads,
             .head_dim = config_.head_dim,
@@ -205,8 +243,14 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
     OwnedTensor delta = make_tensor(DType::F32, {n_tokens, hidden});
     for (int layer = 0; layer < int(c.n_layers); ++layer) {
         const LayerWeights& lw = weights_.layers[size_t(layer)];
-        cpu::rms_norm(h.view, lw.attention.norm, float(c.rms_norm_eps), normed.view, pool);
-        attention_block(lw.attention, c, layer, inv_freq_, layout, normed.view, delta.view, pool);
+        if (c.mla) {
+            cpu::rms_norm(h.view, lw.mla.norm, float(c.rms_norm_eps), normed.view, pool);
+            mla_attention_block(lw.mla, c, layer, inv_freq_, layout, normed.view, delta.view, pool);
+        } else {
+            cpu::rms_norm(h.view, lw.attention.norm, float(c.rms_norm_eps), normed.view, pool);
+            attention_block(lw.attention, c, layer, inv_freq_, layout, normed.view, delta.view,
+                            pool);
+        }
         add_in_place(h.view, delta.view);
         cpu::rms_norm(h.view, lw.ffn_norm, float(c.rms_norm_eps), normed.view, pool);
         if (lw.is_moe) {

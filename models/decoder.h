@@ -3,7 +3,8 @@
 //   for each layer: h += attention(rms_norm(h)); h += ffn_or_moe(rms_norm(h))
 //   logits = lm_head(rms_norm(h))
 // Architectures differ in config keys, tensor names and a few switches (biases, q/k norm, shared
-// experts), which DecoderNames and ModelConfig carry. The weights are views into the mapped
+// experts, DeepSeek's latent attention and grouped routing), which DecoderNames and ModelConfig
+// carry. The weights are views into the mapped
 // checkpoint; nothing is copied.
 #pragma once
 
@@ -19,6 +20,7 @@ namespace tandem {
 // Checkpoint tensor names; "{L}" stands for the layer index and "{E}" for the expert index.
 struct DecoderNames {
     std::string router = "model.layers.{L}.mlp.gate.weight";
+    std::string router_bias = "model.layers.{L}.mlp.gate.e_score_correction_bias";
     std::string expert_gate = "model.layers.{L}.mlp.experts.{E}.gate_proj.weight";
     std::string expert_up = "model.layers.{L}.mlp.experts.{E}.up_proj.weight";
     std::string expert_down = "model.layers.{L}.mlp.experts.{E}.down_proj.weight";
@@ -39,16 +41,31 @@ struct AttentionWeights {
     Tensor q_norm, k_norm;  // [head_dim] per head, or [n_(kv_)heads * head_dim] full
 };
 
+// Multi-head latent attention (DeepSeek); shapes with R = kv_lora_rank, P = qk_rope_head_dim,
+// D = qk_nope_head_dim + P, V = v_head_dim, H = n_heads.
+struct MlaWeights {
+    Tensor norm;                // [hidden_dim] input_layernorm
+    Tensor q;                   // [H * D, hidden_dim], when q_lora_rank is 0
+    Tensor q_a, q_a_norm, q_b;  // [q_lora_rank, hidden_dim], [q_lora_rank], [H * D, q_lora_rank]
+    Tensor kv_a;                // [R + P, hidden_dim] kv_a_proj_with_mqa
+    Tensor kv_a_norm;           // [R]
+    Tensor kv_b;                // [H * (qk_nope_head_dim + V), R]: per head W_UK then W_UV
+    Tensor o;                   // [hidden_dim, H * V]
+    Tensor q_a_bias, kv_a_bias, o_bias;  // empty unless attention_bias
+};
+
 struct MoeWeights {
     Tensor router;                            // [n_experts, hidden_dim]
+    Tensor router_bias;                       // [n_experts] selection bias, or empty
     std::vector<cpu::ExpertWeights> experts;  // [n_experts]
     cpu::ExpertWeights shared;                // empty unless shared_expert_ffn_dim > 0
     Tensor shared_expert_gate;                // [1, hidden_dim], empty unless gated
 };
 
 struct LayerWeights {
-    AttentionWeights attention;
-    Tensor ffn_norm;  // [hidden_dim] post_attention_layernorm
+    AttentionWeights attention;  // unless the config has MLA
+    MlaWeights mla;              // when it does
+    Tensor ffn_norm;             // [hidden_dim] post_attention_layernorm
     bool is_moe = false;
     cpu::ExpertWeights dense;  // when !is_moe
     MoeWeights moe;            // when is_moe

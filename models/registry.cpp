@@ -14,9 +14,14 @@ namespace {
 
 const std::map<std::string, ArchitectureFactory>& registry() {
     static const std::map<std::string, ArchitectureFactory> factories = {
-        {"LlamaForCausalLM", &make_llama},        {"Qwen2ForCausalLM", &make_qwen2},
-        {"MixtralForCausalLM", &make_mixtral},    {"Qwen2MoeForCausalLM", &make_qwen2_moe},
-        {"Qwen3MoeForCausalLM", &make_qwen3_moe}, {"OlmoeForCausalLM", &make_olmoe},
+        {"LlamaForCausalLM", &make_llama},
+        {"Qwen2ForCausalLM", &make_qwen2},
+        {"MixtralForCausalLM", &make_mixtral},
+        {"Qwen2MoeForCausalLM", &make_qwen2_moe},
+        {"Qwen3MoeForCausalLM", &make_qwen3_moe},
+        {"OlmoeForCausalLM", &make_olmoe},
+        {"DeepseekV2ForCausalLM", &make_deepseek_v2},
+        {"DeepseekV3ForCausalLM", &make_deepseek_v3},
     };
     return factories;
 }

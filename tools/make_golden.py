@@ -6,13 +6,15 @@ float32 and bfloat16, plus `reference.safetensors` with transformers' logits and
 continuation. See tests/data/golden/README.md for the format.
 
     pip install torch transformers safetensors
-    python3 tools/make_golden.py
+    python3 tools/make_golden.py                 # every architecture
+    python3 tools/make_golden.py deepseek_v3     # only the ones named
 """
 
 import copy
 import json
 import math
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,10 @@ MIN_ROUTER_GAP = 1e-4  # k-th minus (k+1)-th router logit: a near tie could flip
 # Native bf16 rounds router logits to 2^-6 around 3, so a near tie there flips an expert and
 # moves logits_bf16 by whole units; ask for a few bf16 ulps so that it stays a usable reference.
 MIN_ROUTER_GAP_BF16 = 0.05
+# DeepSeek's routers run in f32 even in a bf16 model (gate.weight is kept in f32 and the
+# hidden state upcast), so only the bf16 rounding of the activations upstream moves them: a
+# tenth of the above suffices, and 0.05 over ~200 grouped decisions per layer is rarely met.
+MIN_ROUTER_GAP_BF16_F32_ROUTER = 0.005
 MAX_TRIES = 100
 
 # Shapes shared by all archs: head_dim 64/4 = 16, GQA 4 query heads on 2 KV heads. head_dim
@@ -123,6 +129,57 @@ ARCHS = {
             rope_parameters=rope(1e6), rms_norm_eps=1e-5,
         ),
     ),
+    # MLA with a full q_proj, softmax router limited to 2 of 4 groups, routed scaling 2,
+    # 2 shared experts, layer 0 dense. num_key_value_heads must equal the heads: transformers'
+    # repeat_kv would otherwise multiply the already per-head expanded keys.
+    "deepseek_v2": dict(
+        cls=transformers.DeepseekV2ForCausalLM,
+        cfg=transformers.DeepseekV2Config,
+        seed=7000,
+        kw=dict(
+            vocab_size=272, num_hidden_layers=3, num_key_value_heads=4, intermediate_size=96,
+            q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+            v_head_dim=16, n_routed_experts=16, num_experts_per_tok=3, moe_intermediate_size=16,
+            n_shared_experts=2, first_k_dense_replace=1, topk_method="group_limited_greedy",
+            n_group=4, topk_group=2, routed_scaling_factor=2.0, norm_topk_prob=False,
+            rope_parameters=rope(20000.0), rms_norm_eps=1e-5,
+        ),
+    ),
+    # q through the q_a / q_a_layernorm / q_b low-rank path, greedy top-k, 1 shared expert.
+    "deepseek_v2_qlora": dict(
+        cls=transformers.DeepseekV2ForCausalLM,
+        cfg=transformers.DeepseekV2Config,
+        seed=7100,
+        kw=dict(
+            vocab_size=240, num_hidden_layers=2, num_key_value_heads=4, intermediate_size=96,
+            q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+            v_head_dim=24, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
+            n_shared_experts=1, first_k_dense_replace=0, topk_method="greedy",
+            routed_scaling_factor=1.0, norm_topk_prob=False,
+            rope_parameters=rope(50000.0), rms_norm_eps=1e-6,
+        ),
+    ),
+    # V3: sigmoid router with a random e_score_correction_bias, noaux_tc over 2 of 4 groups,
+    # renormalised then scaled by 2.5, layer 0 dense, YaRN whose attention factor
+    # (mscale / mscale_all_dim) and softmax mscale^2 both differ from 1, and whose
+    # original context 64 puts the 4 rotary frequencies in all three ramp regimes.
+    "deepseek_v3": dict(
+        cls=transformers.DeepseekV3ForCausalLM,
+        cfg=transformers.DeepseekV3Config,
+        seed=7200,
+        kw=dict(
+            vocab_size=304, num_hidden_layers=3, num_key_value_heads=4, intermediate_size=96,
+            q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+            v_head_dim=16, n_routed_experts=16, num_experts_per_tok=3, moe_intermediate_size=16,
+            n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
+            routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True,
+            rope_parameters=rope(
+                10000.0, rope_type="yarn", factor=4.0, original_max_position_embeddings=64,
+                beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=0.8,
+            ),
+            rms_norm_eps=1e-6,
+        ),
+    ),
 }
 # fmt: on
 
@@ -143,6 +200,9 @@ def randomize(model):
                 p.copy_(0.3 * torch.randn_like(p))  # also the tied qwen2 head
             else:  # keep each projection roughly variance-preserving; fan-in is the last dim
                 p.copy_(torch.randn_like(p) / math.sqrt(p.shape[-1]))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias
+                b.copy_(0.2 * torch.randn_like(b))
 
 
 def bf16_copy(model):
@@ -184,12 +244,53 @@ def min_router_gap(model, ids):
         top = torch.topk(out[0].float(), module.top_k + 1, dim=-1).values
         gaps.append((top[:, -2] - top[:, -1]).min().item())
 
+    def deepseek_hook(module, args, out):
+        gaps.append(deepseek_router_gap(module, out[0]))
+
     routers = [m for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
     handles = [m.register_forward_hook(hook) for m in routers]
+    deepseek = [m for m in model.modules() if type(m).__name__.startswith("Deepseek")]
+    handles += [
+        m.register_forward_hook(deepseek_hook)
+        for m in deepseek
+        if type(m).__name__.endswith("TopkRouter")
+    ]
     logits_of(model, ids)
     for h in handles:
         h.remove()
     return min(gaps, default=math.inf)
+
+
+def deepseek_router_gap(router, logits):
+    """Smallest margin of a DeepSeek router's decisions, in router-logit units: between the
+    last kept and the first dropped group, and between the k-th and (k+1)-th expert among the
+    kept groups. Softmax is monotone, so V2 compares logits; V3 chooses on sigmoid + bias,
+    whose slope is at most 1/4, so a choice gap g needs a logit change of at least 4g."""
+    logits = logits.double()
+    n_experts = logits.shape[-1]
+    if hasattr(router, "e_score_correction_bias"):
+        choice = logits.sigmoid() + router.e_score_correction_bias.double()
+        unit, method = 4.0, "noaux_tc"
+    else:
+        choice, unit, method = logits, 1.0, router.topk_method
+    gaps = []
+    if method != "greedy":
+        grouped = choice.view(-1, router.num_group, n_experts // router.num_group)
+        if method == "noaux_tc":
+            group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+        else:
+            group_scores = grouped.max(dim=-1).values
+        top = torch.sort(group_scores, dim=-1, descending=True).values
+        k = router.topk_group
+        gaps.append((top[:, k - 1] - top[:, k]).min().item())
+        keep = torch.zeros_like(group_scores, dtype=torch.bool)
+        keep.scatter_(1, group_scores.topk(k, dim=-1).indices, True)
+        keep = keep.repeat_interleave(n_experts // router.num_group, dim=-1)
+        choice = choice.masked_fill(~keep, -math.inf)
+    top = torch.topk(choice, router.top_k + 1, dim=-1).values
+    expert_gap = top[:, -2] - top[:, -1]
+    gaps.append(expert_gap[torch.isfinite(expert_gap)].min().item())
+    return unit * min(gaps)
 
 
 def load(path, dtype):
@@ -210,12 +311,18 @@ def to_hub_v4_config(path):
             out["torch_dtype"] = v
         elif k == "num_local_experts" and cfg["model_type"] == "qwen3_moe":
             out["num_experts"] = v
+        elif k in ("head_dim", "qk_head_dim") and cfg["model_type"].startswith("deepseek"):
+            pass  # the Hub's DeepSeek configs have neither (transformers derives them)
         elif k == "transformers_version":
             out["rope_theta"] = rp.pop("rope_theta")
             out["rope_scaling"] = rp if rp["rope_type"] != "default" else None
             out[k] = v
         else:
             out[k] = v
+    if cfg["model_type"] == "deepseek_v3":  # as on the Hub; transformers neither reads nor writes them
+        out.update(scoring_func="sigmoid", topk_method="noaux_tc")
+    elif cfg["model_type"] == "deepseek_v2":
+        out["scoring_func"] = "softmax"
     cfg_path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
@@ -267,7 +374,10 @@ def build(name, spec, seed, workdir):
         if tag == "bf16":
             ids16, margins16 = greedy(native_model, prompt)
             gap16 = min_router_gap(native_model, torch.cat([prompt, ids16[:-1]]))
-            if gap16 < MIN_ROUTER_GAP_BF16:
+            min_gap16 = (
+                MIN_ROUTER_GAP_BF16_F32_ROUTER if name.startswith("deepseek") else MIN_ROUTER_GAP_BF16
+            )
+            if gap16 < min_gap16:
                 print(f"  {name}/{tag} seed {seed}: native bf16 router gap {gap16:.1e}; retry")
                 return None
             tensors["logits_bf16"] = native.contiguous()
@@ -302,7 +412,12 @@ def main():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     meta = {"transformers": transformers.__version__, "torch": torch.__version__}
-    for name, spec in ARCHS.items():
+    names = sys.argv[1:] or list(ARCHS)
+    unknown = [n for n in names if n not in ARCHS]
+    if unknown:
+        raise SystemExit(f"unknown architectures {unknown}; known: {list(ARCHS)}")
+    for name in names:
+        spec = ARCHS[name]
         for seed in range(spec["seed"], spec["seed"] + MAX_TRIES):
             with tempfile.TemporaryDirectory() as tmp:
                 results = build(name, spec, seed, Path(tmp))

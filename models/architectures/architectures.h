@@ -22,5 +22,7 @@ std::unique_ptr<Model> make_mixtral(const ConfigReader&, ModelConfig, Checkpoint
 std::unique_ptr<Model> make_qwen2_moe(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_qwen3_moe(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_olmoe(const ConfigReader&, ModelConfig, Checkpoint);
+std::unique_ptr<Model> make_deepseek_v2(const ConfigReader&, ModelConfig, Checkpoint);
+std::unique_ptr<Model> make_deepseek_v3(const ConfigReader&, ModelConfig, Checkpoint);
 
 }  // namespace tandem

@@ -1,48 +1,16 @@
 #include "models/blocks/moe_block.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/error.h"
+#include "models/blocks/router.h"
 
 namespace tandem {
 
 Routing route_tokens(const Tensor& logits, int64_t k, bool normalize) {
-    const int64_t n_tokens = logits.dim(0), n_experts = logits.dim(1);
-    if (k <= 0 || k > n_experts) fail("router: top-k ", k, " outside [1, ", n_experts, "]");
-    Routing routing{.n_tokens = n_tokens, .n_experts_active = k, .experts = {}, .weights = {}};
-    routing.experts.resize(size_t(n_tokens * k));
-    routing.weights.resize(size_t(n_tokens * k));
-    std::vector<float> probs(static_cast<size_t>(n_experts));
-    std::vector<int32_t> order(static_cast<size_t>(n_experts));
-    for (int64_t t = 0; t < n_tokens; ++t) {
-        const float* row = logits.data_as<const float>() + t * n_experts;
-        const float max_logit = *std::max_element(row, row + n_experts);
-        float total = 0.0f;
-        for (int64_t e = 0; e < n_experts; ++e)
-            total += probs[size_t(e)] = std::exp(row[e] - max_logit);
-        for (float& p : probs)
-            p /= total;
-        std::iota(order.begin(), order.end(), 0);
-        // Larger probability first; ties go to the lower expert id.
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-            return probs[size_t(a)] > probs[size_t(b)] ||
-                   (probs[size_t(a)] == probs[size_t(b)] && a < b);
-        });
-        float selected = 0.0f;
-        for (int64_t j = 0; j < k; ++j)
-            selected += probs[size_t(order[size_t(j)])];
-        for (int64_t j = 0; j < k; ++j) {
-            const int32_t e = order[size_t(j)];
-            routing.experts[size_t(t * k + j)] = e;
-            routing.weights[size_t(t * k + j)] =
-                normalize ? probs[size_t(e)] / selected : probs[size_t(e)];
-        }
-    }
-    return routing;
+    return route(logits, {.n_experts_active = k, .normalize = normalize}, {});
 }
 
 void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
@@ -50,7 +18,12 @@ void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const
     const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;
     OwnedTensor logits = make_tensor(DType::F32, {n_tokens, c.n_experts});
     cpu::linear(x, w.router, Tensor(), logits.view, pool);
-    Routing routing = route_tokens(logits.view, c.n_experts_active, c.norm_topk_prob);
+    std::vector<float> bias;
+    if (!w.router_bias.empty()) {
+        bias.resize(size_t(c.n_experts));
+        cpu::row_to_f32(w.router_bias.data(), w.router_bias.dtype(), c.n_experts, bias.data());
+    }
+    Routing routing = route(logits.view, router_options(c), bias);
     const ExpertGroups groups = group_by_expert(routing, c.n_experts);
     const LayerPlan plan = plan_cpu_only(c.n_experts);
     std::vector<uint8_t> skip(static_cast<size_t>(c.n_experts));

@@ -1,8 +1,10 @@
 // The MoE block of a decoder layer: router, top-k selection, routed experts, optional shared
-// expert with its sigmoid gate.
+// expert (with its sigmoid gate for Qwen2-MoE; always on, ungated, for DeepSeek).
 //
-// Router: softmax over all experts in f32, the k largest probabilities, renormalised to sum to
-// one when the config says so (Mixtral always, Qwen2/3-MoE and OLMoE per norm_topk_prob).
+// Router (models/blocks/router.h): softmax over all experts in f32, the k largest
+// probabilities, renormalised to sum to one when the config says so (Mixtral always, Qwen2/3-MoE
+// and OLMoE per norm_topk_prob); DeepSeek adds sigmoid scores, a selection bias, group-limited
+// choice and a scaling factor.
 #pragma once
 
 #include "models/config.h"
@@ -11,7 +13,8 @@
 
 namespace tandem {
 
-// logits: [n_tokens, n_experts] f32 router logits.
+// logits: [n_tokens, n_experts] f32 router logits. The softmax top-k router of
+// models/blocks/router.h with no groups, bias or scaling.
 Routing route_tokens(const Tensor& logits, int64_t n_experts_active, bool normalize);
 
 // x: [n_tokens, hidden_dim] f32, normalised; out: [n_tokens, hidden_dim] f32, overwritten.

@@ -220,7 +220,8 @@ TEST_P(GoldenQ8, LogitsWithinTheQuantizationTolerance) {
 
 std::vector<Case> cases(std::vector<std::string> dtypes) {
     std::vector<Case> out;
-    for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2"})
+    for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
+                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"})
         for (const auto& dtype : dtypes)
             out.push_back({arch, dtype});
     return out;

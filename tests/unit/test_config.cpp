@@ -86,8 +86,8 @@ TEST(Config, ErrorsNameTheKey) {
     j["num_key_value_heads"] = 3;
     EXPECT_NE(error_of(j).find("not a multiple"), std::string::npos);
     j = base_config();
-    j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-    EXPECT_NE(error_of(j).find("'yarn' is not supported"), std::string::npos);
+    j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 4.0}};
+    EXPECT_NE(error_of(j).find("'longrope' is not supported"), std::string::npos);
     j = base_config();
     j["vocab_size"] = -5;
     EXPECT_NE(error_of(j).find("vocab_size: must be positive"), std::string::npos);

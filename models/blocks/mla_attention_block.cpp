@@ -1,0 +1,145 @@
+#include "models/blocks/mla_attention_block.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/latent_attention.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope.h"
+#include "models/rope.h"
+
+namespace tandem {
+
+namespace {
+
+// Copies `n` rotary dims from `src` to `dst`, de-interleaving pairs (2i, 2i+1) into (i, i + n/2)
+// when `interleaved`.
+void copy_rope_part(const float* src, float* dst, int64_t n, bool interleaved) {
+    if (!interleaved) {
+        std::memcpy(dst, src, size_t(n) * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n / 2; ++i) {
+        dst[i] = src[2 * i];
+        dst[n / 2 + i] = src[2 * i + 1];
+    }
+}
+
+// q_lat[t, h, :] = W_UK_hᵀ q_nope[t, h] for every token, W_UK_h being rows
+// [h * (nope + v), h * (nope + v) + nope) of kv_b. Writes into q_abs[t, h, rope_dim:].
+void absorb_query(const Tensor& q, const Tensor& kv_b, const MlaConfig& m, int64_t n_heads,
+                  const Tensor& q_abs, ThreadPool& pool) {
+    const int64_t n_tokens = q.dim(0), d = m.qk_head_dim(), r = m.kv_lora_rank;
+    const int64_t p = m.qk_rope_head_dim, row = p + r;
+    const int64_t head_rows = m.qk_nope_head_dim + m.v_head_dim;
+    const auto* weights = static_cast<const std::byte*>(kv_b.data());
+    const int64_t row_bytes_kv = row_bytes(kv_b.dtype(), r);
+    pool.run(n_heads, [&](int64_t h) {
+        thread_local std::vector<float> w_row;
+        w_row.resize(size_t(r));
+        for (int64_t t = 0; t < n_tokens; ++t)
+            std::fill_n(q_abs.data_as<float>() + (t * n_heads + h) * row + p, r, 0.0f);
+        for (int64_t i = 0; i < m.qk_nope_head_dim; ++i) {
+            cpu::row_to_f32(weights + (h * head_rows + i) * row_bytes_kv, kv_b.dtype(), r,
+                            w_row.data());
+            for (int64_t t = 0; t < n_tokens; ++t) {
+                const float qi = q.data_as<const float>()[(t * n_heads + h) * d + i];
+                float* dst = q_abs.data_as<float>() + (t * n_heads + h) * row + p;
+                for (int64_t j = 0; j < r; ++j)
+                    dst[j] += qi * w_row[size_t(j)];
+            }
+        }
+    });
+}
+
+// attn[t, h * v + j] = W_UV_h[j] · lat[t, h], W_UV_h being rows
+// [h * (nope + v) + nope, (h + 1) * (nope + v)) of kv_b.
+void expand_values(const Tensor& lat, const Tensor& kv_b, const MlaConfig& m, int64_t n_heads,
+                   const Tensor& attn, ThreadPool& pool) {
+    const int64_t n_tokens = lat.dim(0), r = m.kv_lora_rank, v = m.v_head_dim;
+    const int64_t head_rows = m.qk_nope_head_dim + v;
+    const auto* weights = static_cast<const std::byte*>(kv_b.data());
+    const int64_t row_bytes_kv = row_bytes(kv_b.dtype(), r);
+    pool.run(n_heads, [&](int64_t h) {
+        thread_local std::vector<float> w_row;
+        w_row.resize(size_t(r));
+        for (int64_t j = 0; j < v; ++j) {
+            cpu::row_to_f32(weights + (h * head_rows + m.qk_nope_head_dim + j) * row_bytes_kv,
+                            kv_b.dtype(), r, w_row.data());
+            for (int64_t t = 0; t < n_tokens; ++t)
+                attn.data_as<float>()[(t * n_heads + h) * v + j] = cpu::dot_f32(
+                    w_row.data(), lat.data_as<const float>() + (t * n_heads + h) * r, r);
+        }
+    });
+}
+
+}  // namespace
+
+void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
+                         std::span<const double> inv_freq, const StepLayout& step, const Tensor& x,
+                         const Tensor& out, ThreadPool& pool) {
+    const MlaConfig& m = *c.mla;
+    const int64_t n_tokens = step.n_tokens, n_heads = c.n_heads;
+    const int64_t d = m.qk_head_dim(), p = m.qk_rope_head_dim, r = m.kv_lora_rank;
+    const int64_t row = p + r;
+    const float eps = float(c.rms_norm_eps);
+
+    OwnedTensor q = make_tensor(DType::F32, {n_tokens, n_heads * d});
+    if (m.q_lora_rank > 0) {
+        OwnedTensor q_lat = make_tensor(DType::F32, {n_tokens, m.q_lora_rank});
+        cpu::linear(x, w.q_a, w.q_a_bias, q_lat.view, pool);
+        cpu::rms_norm(q_lat.view, w.q_a_norm, eps, q_lat.view, pool);
+        cpu::linear(q_lat.view, w.q_b, Tensor(), q.view, pool);
+    } else {
+        cpu::linear(x, w.q, Tensor(), q.view, pool);
+    }
+    OwnedTensor kv = make_tensor(DType::F32, {n_tokens, r + p});
+    cpu::linear(x, w.kv_a, w.kv_a_bias, kv.view, pool);
+
+    // New cache rows [k_pe | rms_norm(c)] and absorbed queries [q_pe | W_UKᵀ q_nope].
+    OwnedTensor latent = make_tensor(DType::F32, {n_tokens, r});
+    OwnedTensor rows = make_tensor(DType::F32, {n_tokens, 1, row});
+    OwnedTensor q_abs = make_tensor(DType::F32, {n_tokens, n_heads, row});
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* kv_t = kv.view.data_as<const float>() + t * (r + p);
+        std::memcpy(latent.view.data_as<float>() + t * r, kv_t, size_t(r) * sizeof(float));
+        copy_rope_part(kv_t + r, rows.view.data_as<float>() + t * row, p, m.rope_interleave);
+        for (int64_t h = 0; h < n_heads; ++h)
+            copy_rope_part(
+                q.view.data_as<const float>() + (t * n_heads + h) * d + m.qk_nope_head_dim,
+                q_abs.view.data_as<float>() + (t * n_heads + h) * row, p, m.rope_interleave);
+    }
+    cpu::rms_norm(latent.view, w.kv_a_norm, eps, latent.view, pool);
+    for (int64_t t = 0; t < n_tokens; ++t)
+        std::memcpy(rows.view.data_as<float>() + t * row + p,
+                    latent.view.data_as<const float>() + t * r, size_t(r) * sizeof(float));
+    absorb_query(q.view, w.kv_b, m, n_heads, q_abs.view, pool);
+    const double rope_scale = rope_attention_factor(c.rope);
+    cpu::apply_rope(rows.view, step.positions, inv_freq, rope_scale);
+    cpu::apply_rope(q_abs.view, step.positions, inv_freq, rope_scale);
+
+    const float scale = float(std::pow(double(d), -0.5) * deepseek_softmax_mscale(c.rope));
+    OwnedTensor lat_out = make_tensor(DType::F32, {n_tokens, n_heads, r});
+    for (const StepSequence& seq : step.sequences) {
+        const int64_t start = seq.cache->length();
+        const Tensor cache = seq.cache->keys(layer);
+        std::memcpy(cache.data_as<float>() + start * row,
+                    rows.view.data_as<const float>() + seq.first_row * row,
+                    size_t(seq.n_tokens * row) * sizeof(float));
+        const int64_t end = seq.first_row + seq.n_tokens;
+        cpu::latent_attention({.q = q_abs.view.slice_rows(seq.first_row, end),
+                               .cache = cache,
+                               .out = lat_out.view.slice_rows(seq.first_row, end),
+                               .rope_dim = p,
+                               .start_pos = start,
+                               .scale = scale},
+                              pool);
+    }
+    OwnedTensor attn = make_tensor(DType::F32, {n_tokens, n_heads * m.v_head_dim});
+    expand_values(lat_out.view, w.kv_b, m, n_heads, attn.view, pool);
+    cpu::linear(attn.view, w.o, w.o_bias, out, pool);
+}
+
+}  // namespace tandem
