@@ -34,7 +34,8 @@ std::string from_code_points(const std::vector<char32_t>& cps, size_t b, size_t 
     return out;
 }
 
-const Value& arg(Args& args, size_t index, const char* name, const Value& fallback = Value()) {
+// By value: a reference to the default argument would dangle.
+Value arg(Args& args, size_t index, const char* name, const Value& fallback = Value()) {
     for (const auto& [n, v] : args.named)
         if (n == name) return v;
     if (index < args.positional.size()) return args.positional[index];
@@ -162,7 +163,7 @@ List iterate(const Value& v) {
 
 Value apply_filter(const std::string& name, Args& args) {
     const Value& v = args.positional[0];
-    auto a = [&](size_t i, const char* n, const Value& fallback = Value()) -> const Value& {
+    auto a = [&](size_t i, const char* n, const Value& fallback = Value()) -> Value {
         return arg(args, i, n, fallback);
     };
     if (name == "length" || name == "count") return length(v);
@@ -411,7 +412,7 @@ bool apply_test(const std::string& name, Args& args) {
 }
 
 Value call_method(const Value& obj, const std::string& name, Args& args) {
-    auto a = [&](size_t i, const char* n, const Value& fallback = Value()) -> const Value& {
+    auto a = [&](size_t i, const char* n, const Value& fallback = Value()) -> Value {
         return arg(args, i, n, fallback);
     };
     if (obj.is_string()) {

@@ -198,13 +198,13 @@ class Evaluator {
                 return e.literal;
             case Expr::Kind::Name:
                 return lookup(e.name);
-            case Expr::Kind::List: {
+            case Expr::Kind::Array: {
                 List list;
                 for (const auto& c : e.children)
                     list.push_back(eval(*c));
                 return Value(std::move(list));
             }
-            case Expr::Kind::Dict: {
+            case Expr::Kind::Map: {
                 Dict dict;
                 for (size_t k = 0; k + 1 < e.children.size(); k += 2) {
                     const Value key = eval(*e.children[k]);
@@ -310,12 +310,12 @@ class Evaluator {
         if (callee.kind == Expr::Kind::Attr) {
             const Value obj = eval(*callee.children[0]);
             const Value member = obj.get(callee.name);
-            if (member.kind() == Value::Kind::Function) return member.as_function()(args);
+            if (member.kind() == Value::Kind::Callable) return member.as_function()(args);
             if (obj.is_undefined()) fail("undefined value has no method '", callee.name, "'");
             return call_method(obj, callee.name, args);
         }
         const Value fn = eval(callee);
-        if (fn.kind() != Value::Kind::Function) {
+        if (fn.kind() != Value::Kind::Callable) {
             if (callee.kind == Expr::Kind::Name) fail("unknown function '", callee.name, "'");
             fail("'", fn.type_name(), "' object is not callable");
         }

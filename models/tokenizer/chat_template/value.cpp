@@ -19,12 +19,12 @@ Value::Value(int64_t i) : kind_(Kind::Int), i_(i) {}
 Value::Value(double f) : kind_(Kind::Float), f_(f) {}
 Value::Value(std::string s)
     : kind_(Kind::String), s_(std::make_shared<const std::string>(std::move(s))) {}
-Value::Value(List list) : kind_(Kind::List), list_(std::make_shared<const List>(std::move(list))) {}
+Value::Value(List list) : kind_(Kind::Array), list_(std::make_shared<const List>(std::move(list))) {}
 Value::Value(Dict dict, bool is_namespace)
-    : kind_(is_namespace ? Kind::Namespace : Kind::Dict),
+    : kind_(is_namespace ? Kind::Namespace : Kind::Map),
       dict_(std::make_shared<Dict>(std::move(dict))) {}
 Value::Value(Function fn)
-    : kind_(Kind::Function), fn_(std::make_shared<const Function>(std::move(fn))) {}
+    : kind_(Kind::Callable), fn_(std::make_shared<const Function>(std::move(fn))) {}
 
 Value Value::from_json(const nlohmann::ordered_json& json) {
     switch (json.type()) {
@@ -85,9 +85,9 @@ bool Value::truthy() const {
             return f_ != 0;
         case Kind::String:
             return !s_->empty();
-        case Kind::List:
+        case Kind::Array:
             return !list_->empty();
-        case Kind::Dict:
+        case Kind::Map:
             return !dict_->empty();
         default:
             return true;
@@ -219,13 +219,13 @@ std::string Value::repr() const {
             return python_float(f_);
         case Kind::String:
             return python_quote(*s_);
-        case Kind::List: {
+        case Kind::Array: {
             std::string out = "[";
             for (size_t k = 0; k < list_->size(); ++k)
                 out += (k ? ", " : "") + (*list_)[k].repr();
             return out + "]";
         }
-        case Kind::Dict:
+        case Kind::Map:
         case Kind::Namespace: {
             std::string out = kind_ == Kind::Namespace ? "<Namespace {" : "{";
             for (size_t k = 0; k < dict_->size(); ++k)
@@ -233,7 +233,7 @@ std::string Value::repr() const {
                        (*dict_)[k].second.repr();
             return out + (kind_ == Kind::Namespace ? "}>" : "}");
         }
-        case Kind::Function:
+        case Kind::Callable:
             return "<function>";
     }
     return "";
@@ -259,14 +259,14 @@ std::string Value::to_json(int indent, int depth) const {
                                     : python_float(f_);
         case Kind::String:
             return json_quote(*s_);
-        case Kind::List: {
+        case Kind::Array: {
             if (list_->empty()) return "[]";
             std::string out = "[";
             for (size_t k = 0; k < list_->size(); ++k)
                 out += (k ? item_sep : "") + newline + (*list_)[k].to_json(indent, depth + 1);
             return out + close + "]";
         }
-        case Kind::Dict:
+        case Kind::Map:
         case Kind::Namespace: {
             if (dict_->empty()) return "{}";
             std::string out = "{";
@@ -275,7 +275,7 @@ std::string Value::to_json(int indent, int depth) const {
                        (*dict_)[k].second.to_json(indent, depth + 1);
             return out + close + "}";
         }
-        case Kind::Function:
+        case Kind::Callable:
             fail("tojson: a function is not JSON serializable");
     }
     return "";
@@ -295,13 +295,13 @@ const char* Value::type_name() const {
             return "float";
         case Kind::String:
             return "string";
-        case Kind::List:
+        case Kind::Array:
             return "list";
-        case Kind::Dict:
+        case Kind::Map:
             return "dict";
         case Kind::Namespace:
             return "namespace";
-        case Kind::Function:
+        case Kind::Callable:
             return "function";
     }
     return "?";

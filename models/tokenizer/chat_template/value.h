@@ -29,7 +29,7 @@ using Function = std::function<Value(Args&)>;
 
 class Value {
   public:
-    enum class Kind { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Function };
+    enum class Kind { Undefined, None, Bool, Int, Float, String, Array, Map, Namespace, Callable };
 
     Value() = default;  // undefined
     static Value none();
@@ -49,8 +49,8 @@ class Value {
     bool is_none() const { return kind_ == Kind::None; }
     bool is_string() const { return kind_ == Kind::String; }
     bool is_number() const { return kind_ == Kind::Int || kind_ == Kind::Float; }
-    bool is_list() const { return kind_ == Kind::List; }
-    bool is_mapping() const { return kind_ == Kind::Dict || kind_ == Kind::Namespace; }
+    bool is_list() const { return kind_ == Kind::Array; }
+    bool is_mapping() const { return kind_ == Kind::Map || kind_ == Kind::Namespace; }
 
     bool as_bool() const { return b_; }
     int64_t as_int() const { return i_; }
