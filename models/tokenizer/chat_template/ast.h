@@ -27,8 +27,8 @@ struct Expr {
     enum class Kind {
         Literal,
         Name,
-        List,
-        Dict,
+        ListLiteral,
+        DictLiteral,
         Attr,
         Index,
         Slice,

@@ -390,7 +390,7 @@ bool apply_test(const std::string& name, Args& args) {
     if (name == "mapping") return v.is_mapping();
     if (name == "sequence") return v.is_list() || v.is_string() || v.is_mapping();
     if (name == "iterable") return v.is_list() || v.is_string() || v.is_mapping();
-    if (name == "callable") return v.kind() == K::Function;
+    if (name == "callable") return v.kind() == K::Callable;
     if (name == "even" || name == "odd") {
         if (v.kind() != K::Int) fail("test '", name, "': expected an integer");
         return (v.as_int() % 2 == 0) == (name == "even");

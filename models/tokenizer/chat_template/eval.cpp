@@ -198,13 +198,13 @@ class Evaluator {
                 return e.literal;
             case Expr::Kind::Name:
                 return lookup(e.name);
-            case Expr::Kind::Array: {
+            case Expr::Kind::ListLiteral: {
                 List list;
                 for (const auto& c : e.children)
                     list.push_back(eval(*c));
                 return Value(std::move(list));
             }
-            case Expr::Kind::Map: {
+            case Expr::Kind::DictLiteral: {
                 Dict dict;
                 for (size_t k = 0; k + 1 < e.children.size(); k += 2) {
                     const Value key = eval(*e.children[k]);

@@ -393,7 +393,7 @@ class Parser {
                 if (t.text == "(") {
                     ExprPtr e = parse_expression();
                     if (is_op(",")) {  // a tuple: evaluated as a list
-                        auto list = node(Expr::Kind::Array, t.offset);
+                        auto list = node(Expr::Kind::ListLiteral, t.offset);
                         list->children.push_back(std::move(e));
                         while (is_op(",")) {
                             next();
@@ -406,7 +406,7 @@ class Parser {
                     return e;
                 }
                 if (t.text == "[") {
-                    auto list = node(Expr::Kind::Array, t.offset);
+                    auto list = node(Expr::Kind::ListLiteral, t.offset);
                     while (!is_op("]")) {
                         list->children.push_back(parse_expression());
                         if (!is_op("]")) expect_op(",");
@@ -415,7 +415,7 @@ class Parser {
                     return list;
                 }
                 if (t.text == "{") {
-                    auto dict = node(Expr::Kind::Map, t.offset);
+                    auto dict = node(Expr::Kind::DictLiteral, t.offset);
                     while (!is_op("}")) {
                         dict->children.push_back(parse_expression());
                         expect_op(":");

@@ -19,7 +19,8 @@ Value::Value(int64_t i) : kind_(Kind::Int), i_(i) {}
 Value::Value(double f) : kind_(Kind::Float), f_(f) {}
 Value::Value(std::string s)
     : kind_(Kind::String), s_(std::make_shared<const std::string>(std::move(s))) {}
-Value::Value(List list) : kind_(Kind::Array), list_(std::make_shared<const List>(std::move(list))) {}
+Value::Value(List list)
+    : kind_(Kind::Array), list_(std::make_shared<const List>(std::move(list))) {}
 Value::Value(Dict dict, bool is_namespace)
     : kind_(is_namespace ? Kind::Namespace : Kind::Map),
       dict_(std::make_shared<Dict>(std::move(dict))) {}
@@ -324,13 +325,13 @@ bool equal(const Value& a, const Value& b) {
             return a.as_bool() == b.as_bool();
         case K::String:
             return a.as_string() == b.as_string();
-        case K::List: {
+        case K::Array: {
             if (a.as_list().size() != b.as_list().size()) return false;
             for (size_t k = 0; k < a.as_list().size(); ++k)
                 if (!equal(a.as_list()[k], b.as_list()[k])) return false;
             return true;
         }
-        case K::Dict:
+        case K::Map:
         case K::Namespace: {
             if (a.as_dict().size() != b.as_dict().size()) return false;
             for (const auto& [k, v] : a.as_dict())
