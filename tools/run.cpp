@@ -2,9 +2,13 @@
 //
 //   tandem-run --model DIR --prompt-ids 1,2,3 --max-tokens 64 --temperature 0
 //   tandem-run --model DIR --random-prompt 128 --max-tokens 64 --ignore-eos
+//   tandem-run --model DIR --prompt "Hello" | --chat messages.json   (needs DIR/tokenizer.json)
 #include <tandem/engine.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -12,6 +16,8 @@
 #include "kernels/log.h"
 #include "kernels/thread_pool.h"
 #include "models/config.h"
+#include "models/tokenizer/chat_template.h"
+#include "models/tokenizer/tokenizer.h"
 
 namespace {
 
@@ -34,16 +40,39 @@ std::vector<int32_t> parse_ids(const std::string& text) {
     return ids;
 }
 
+// Text prompts need the model's tokenizer: --prompt is encoded with BOS/EOS as the tokenizer
+// adds them; --chat is rendered with the chat template, whose text carries its own.
+std::vector<int32_t> text_prompt(const tandem::Tokenizer& tok, const std::string& prompt,
+                                 const std::string& chat_file) {
+    if (!chat_file.empty()) {
+        std::ifstream in(chat_file, std::ios::binary);
+        if (!in) tandem::fail(chat_file, ": cannot open");
+        nlohmann::ordered_json messages;
+        try {
+            messages = nlohmann::ordered_json::parse(in);
+        } catch (const nlohmann::json::exception& e) {
+            tandem::fail(chat_file, ": invalid JSON: ", e.what());
+        }
+        const std::string text = tandem::with_context(chat_file, [&] {
+            return tandem::apply_chat_template(tok, messages, /*add_generation_prompt=*/true);
+        });
+        return tok.encode(text, {.add_special_tokens = false});
+    }
+    return tok.encode(prompt);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"Generate tokens with a Tandem model and report prefill/decode tokens/s"};
     tandem::EngineConfig config;
     tandem::SamplingParams params;
-    std::string prompt_ids, log_level = "warn";
+    std::string prompt_ids, prompt_text, chat_file, log_level = "warn";
     int random_prompt = 0;
     app.add_option("--model", config.model_dir, "Hugging Face model directory")->required();
     app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids");
+    app.add_option("--prompt", prompt_text, "prompt text, encoded with the model's tokenizer");
+    app.add_option("--chat", chat_file, "JSON list of messages, rendered with the chat template");
     app.add_option("--random-prompt", random_prompt,
                    "use N random token ids as the prompt (seeded)");
     app.add_option("--max-tokens", params.max_tokens, "tokens to generate")->capture_default_str();
@@ -66,6 +95,16 @@ int main(int argc, char** argv) {
     try {
         tandem::set_log_level(tandem::parse_log_level(log_level));
         std::vector<int32_t> prompt = parse_ids(prompt_ids);
+        std::optional<tandem::Tokenizer> tok;
+        if (!prompt_text.empty() || !chat_file.empty()) {
+            const auto file = std::filesystem::path(config.model_dir) / "tokenizer.json";
+            if (!std::filesystem::exists(file))
+                tandem::fail(file.string(),
+                             " not found: --prompt and --chat need the model's tokenizer");
+            tok = tandem::Tokenizer::load(config.model_dir);
+            const auto ids = text_prompt(*tok, prompt_text, chat_file);
+            prompt.insert(prompt.end(), ids.begin(), ids.end());
+        }
         tandem::Engine engine = tandem::Engine::open(config);
         if (random_prompt > 0) {
             std::mt19937_64 rng(params.seed);
@@ -73,11 +112,13 @@ int main(int argc, char** argv) {
             for (int i = 0; i < random_prompt; ++i)
                 prompt.push_back(int32_t(rng() % vocab));
         }
-        if (prompt.empty()) tandem::fail("give a prompt with --prompt-ids or --random-prompt");
+        if (prompt.empty())
+            tandem::fail("give a prompt with --prompt, --chat, --prompt-ids or --random-prompt");
         const tandem::Generation out = engine.generate(prompt, params);
         for (size_t i = 0; i < out.tokens.size(); ++i)
             std::printf("%s%d", i ? " " : "", out.tokens[i]);
         std::printf("\n");
+        if (tok) std::printf("text: %s\n", tok->decode(out.tokens).c_str());
         const auto& t = out.timings;
         std::printf("finish: %s\n",
                     std::string(tandem::finish_reason_name(out.finish_reason)).c_str());

@@ -1,0 +1,43 @@
+// The real chat templates of qwen3, deepseek_v3 and llama3_1 rendered exactly as
+// transformers.apply_chat_template (fixtures from tools/make_tokenizer_fixtures.py).
+#include <gtest/gtest.h>
+
+#include "kernels/error.h"
+#include "models/tokenizer/chat_template.h"
+#include "tests/tokenizer/tokenizer_fixtures.h"
+
+namespace tandem {
+namespace {
+
+class ChatTemplateFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ChatTemplateFixture, RendersLikeTransformers) {
+    TANDEM_REQUIRE_TOKENIZER(tok, GetParam());
+    const auto cases = test::read_fixture(GetParam(), "chat.json");
+    ASSERT_GE(cases.size(), 12u);
+    ASSERT_FALSE(tok->chat_template().empty());
+    const ChatTemplate tmpl(tok->chat_template());
+    for (const auto& c : cases) {
+        SCOPED_TRACE(c["name"].get<std::string>());
+        ChatTemplateInputs inputs{.messages = c["messages"],
+                                  .tools = c["tools"],
+                                  .add_generation_prompt = c["add_generation_prompt"],
+                                  .variables = special_token_variables(*tok)};
+        for (const auto& [k, v] : c["kwargs"].items())
+            inputs.variables[k] = v;
+        std::string got;
+        try {
+            got = tmpl.render(inputs);
+        } catch (const Error& e) {
+            ADD_FAILURE() << e.what();
+            continue;
+        }
+        EXPECT_EQ(got, c["text"].get<std::string>());
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Real, ChatTemplateFixture,
+                         ::testing::Values("qwen3", "deepseek_v3", "llama3_1"));
+
+}  // namespace
+}  // namespace tandem
