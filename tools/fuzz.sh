@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes the safetensors header parser with libFuzzer (clang, ASan+UBSan) for a while.
-#   tools/fuzz.sh [seconds=120]
-# The corpus grows in build-fuzz/corpus (not committed); a crash leaves crash-* files there.
+# Fuzzes the parsers of untrusted files with libFuzzer (clang, ASan+UBSan) for a while:
+# the safetensors header parser, then tokenizer.json loading and chat templates.
+#   tools/fuzz.sh [seconds per target=120]
+# Corpora grow in build-fuzz/corpus* (not committed); a crash leaves crash-* files there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-120}
@@ -10,7 +11,7 @@ tools/install-deps.sh
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
     -DCMAKE_CXX_COMPILER=clang++ -DTANDEM_FUZZ=ON -DTANDEM_CUDA=OFF -DTANDEM_BUILD_TESTS=OFF \
     -DTANDEM_BUILD_BENCH=OFF
-cmake --build build-fuzz --target fuzz_safetensors
+cmake --build build-fuzz --target fuzz_safetensors fuzz_tokenizer
 
 corpus=build-fuzz/corpus
 mkdir -p "$corpus"
@@ -27,5 +28,18 @@ write("seed-two", {"__metadata__": {"format": "pt"},
 write("seed-empty", {}, b"")
 write("seed-scalar", {"s": {"dtype": "I64", "shape": [], "data_offsets": [0, 8]}}, bytes(8))
 PY
+# Tokenizer seeds: byte 0 selects the harness (even: tokenizer.json, odd: chat template).
+mkdir -p build-fuzz/corpus-tokenizer
+python3 - build-fuzz/corpus-tokenizer <<'PY'
+import sys, os, json
+tok = {"version": "1.0", "added_tokens": [], "normalizer": {"type": "NFC"},
+       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+       "post_processor": None, "decoder": {"type": "ByteLevel"},
+       "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]}}
+open(os.path.join(sys.argv[1], "seed-tokenizer"), "wb").write(b"\x00" + json.dumps(tok).encode())
+tmpl = "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<{{ m.role }}>{{ m.content | trim }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+open(os.path.join(sys.argv[1], "seed-template"), "wb").write(b"\x01" + tmpl.encode())
+PY
 cd build-fuzz
 ./tests/fuzz/fuzz_safetensors -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 corpus
+./tests/fuzz/fuzz_tokenizer -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 corpus-tokenizer

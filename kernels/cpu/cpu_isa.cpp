@@ -1,6 +1,11 @@
 #include "kernels/cpu/cpu_isa.h"
 
 #include <atomic>
+#include <cstdint>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "kernels/error.h"
 
@@ -8,19 +13,43 @@ namespace tandem::cpu {
 
 namespace {
 
+#if defined(__x86_64__)
+// CPUID and XGETBV read directly (not __builtin_cpu_supports, whose feature names differ between
+// compiler versions): an instruction set counts only if the CPU has it AND the OS saves its
+// registers (XCR0), or the first AVX instruction would fault.
+bool cpu_has(unsigned leaf, unsigned subleaf, int reg, int bit) {
+    unsigned r[4] = {0, 0, 0, 0};  // eax, ebx, ecx, edx
+    if (!__get_cpuid_count(leaf, subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+    return (r[reg] >> bit) & 1u;
+}
+
+uint64_t xcr0() {
+    uint32_t eax = 0, edx = 0;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return (uint64_t(edx) << 32) | eax;
+}
+
 CpuIsa detect() {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16"))
-        return CpuIsa::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2"))
-        return CpuIsa::Avx2;
-#endif
+    enum { kEax = 0, kEbx = 1, kEcx = 2 };
+    if (!cpu_has(1, 0, kEcx, 27)) return CpuIsa::Scalar;  // OSXSAVE: XGETBV usable
+    const uint64_t os_state = xcr0();
+    const bool os_avx = (os_state & 0x6) == 0x6;       // XMM and YMM state
+    const bool os_avx512 = (os_state & 0xe6) == 0xe6;  // plus opmask and ZMM state
+    const bool avx2 = os_avx && cpu_has(7, 0, kEbx, 5) && cpu_has(1, 0, kEcx, 12) &&  // AVX2, FMA
+                      cpu_has(1, 0, kEcx, 29) && cpu_has(7, 0, kEbx, 8);              // F16C, BMI2
+    const bool avx512 = avx2 && os_avx512 && cpu_has(7, 0, kEbx, 16) &&               // F
+                        cpu_has(7, 0, kEbx, 17) && cpu_has(7, 0, kEbx, 30) &&         // DQ, BW
+                        cpu_has(7, 0, kEbx, 31) && cpu_has(7, 0, kEcx, 11) &&         // VL, VNNI
+                        cpu_has(7, 1, kEax, 5);                                       // BF16
+    if (avx512) return CpuIsa::Avx512;
+    if (avx2) return CpuIsa::Avx2;
     return CpuIsa::Scalar;
 }
+#else
+CpuIsa detect() {
+    return CpuIsa::Scalar;
+}
+#endif
 
 std::atomic<int>& active() {
     static std::atomic<int> isa{int(detected_isa())};

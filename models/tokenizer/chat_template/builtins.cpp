@@ -180,23 +180,12 @@ Value apply_filter(const std::string& name, Args& args) {
         std::string out;
         for (const char c : v.str()) {
             switch (c) {
-                case '&':
-                    out += "&amp;";
-                    break;
-                case '<':
-                    out += "&lt;";
-                    break;
-                case '>':
-                    out += "&gt;";
-                    break;
-                case '"':
-                    out += "&#34;";
-                    break;
-                case '\'':
-                    out += "&#39;";
-                    break;
-                default:
-                    out += c;
+                case '&': out += "&amp;"; break;
+                case '<': out += "&lt;"; break;
+                case '>': out += "&gt;"; break;
+                case '"': out += "&#34;"; break;
+                case '\'': out += "&#39;"; break;
+                default: out += c;
             }
         }
         return Value(out);
@@ -219,7 +208,13 @@ Value apply_filter(const std::string& name, Args& args) {
     }
     if (name == "int") {
         if (v.kind() == Value::Kind::Int) return v;
-        if (v.kind() == Value::Kind::Float) return Value(int64_t(v.as_float()));
+        if (v.kind() == Value::Kind::Float) {
+            // Converting NaN or a float past int64 is undefined behaviour in C++; Python raises.
+            const double f = v.as_float();
+            if (!(f > -9.2e18 && f < 9.2e18))
+                fail("int(): ", f, " cannot be converted to an integer");
+            return Value(int64_t(f));
+        }
         if (v.is_string()) {
             try {
                 return Value(int64_t(std::stoll(v.as_string())));

@@ -1,6 +1,7 @@
 // Evaluates a parsed template: scopes (a for body and a macro call get their own, `if` does
 // not, as in Jinja), loop.* variables, loop controls, macros, and Python's operators.
 // Errors carry the position of the statement or expression at fault.
+#include <charconv>
 #include <cmath>
 #include <unordered_map>
 
@@ -55,19 +56,14 @@ class Evaluator {
 
     Flow exec(const Stmt& s, std::string& out) {
         switch (s.kind) {
-            case Stmt::Kind::Text:
-                out += s.text;
-                return Flow::Normal;
-            case Stmt::Kind::Output:
-                out += eval(*s.exprs[0]).str();
-                return Flow::Normal;
+            case Stmt::Kind::Text: out += s.text; return Flow::Normal;
+            case Stmt::Kind::Output: out += eval(*s.exprs[0]).str(); return Flow::Normal;
             case Stmt::Kind::If:
                 for (size_t k = 0; k < s.exprs.size(); ++k)
                     if (eval(*s.exprs[k]).truthy()) return exec(s.bodies[k], out);
                 if (s.bodies.size() > s.exprs.size()) return exec(s.bodies.back(), out);
                 return Flow::Normal;
-            case Stmt::Kind::For:
-                return exec_for(s, out);
+            case Stmt::Kind::For: return exec_for(s, out);
             case Stmt::Kind::Set: {
                 Value v;
                 if (s.exprs.empty()) {
@@ -90,15 +86,10 @@ class Evaluator {
                 }
                 return Flow::Normal;
             }
-            case Stmt::Kind::Macro:
-                scopes_.back()[s.names[0]] = make_macro(s);
-                return Flow::Normal;
-            case Stmt::Kind::Break:
-                return Flow::Break;
-            case Stmt::Kind::Continue:
-                return Flow::Continue;
-            case Stmt::Kind::Block:
-                return exec(s.bodies[0], out);
+            case Stmt::Kind::Macro: scopes_.back()[s.names[0]] = make_macro(s); return Flow::Normal;
+            case Stmt::Kind::Break: return Flow::Break;
+            case Stmt::Kind::Continue: return Flow::Continue;
+            case Stmt::Kind::Block: return exec(s.bodies[0], out);
         }
         return Flow::Normal;
     }
@@ -154,8 +145,19 @@ class Evaluator {
         return Flow::Normal;
     }
 
+    static constexpr int kMaxMacroDepth = 100;
+    int macro_depth_ = 0;
+
     Value make_macro(const Stmt& s) {
         return Value(Function([this, &s](Args& args) {
+            // A macro that calls itself would recurse until the stack overflows.
+            if (macro_depth_ >= kMaxMacroDepth)
+                fail("macro '", s.names[0], "' nested more than ", kMaxMacroDepth, " calls deep");
+            ++macro_depth_;
+            struct Leave {
+                int& depth;
+                ~Leave() { --depth; }
+            } leave{macro_depth_};
             scopes_.emplace_back();
             for (size_t k = 1; k < s.names.size(); ++k) {
                 Value v;
@@ -194,10 +196,8 @@ class Evaluator {
 
     Value eval_inner(const Expr& e) {
         switch (e.kind) {
-            case Expr::Kind::Literal:
-                return e.literal;
-            case Expr::Kind::Name:
-                return lookup(e.name);
+            case Expr::Kind::Literal: return e.literal;
+            case Expr::Kind::Name: return lookup(e.name);
             case Expr::Kind::ListLiteral: {
                 List list;
                 for (const auto& c : e.children)
@@ -216,16 +216,19 @@ class Evaluator {
             case Expr::Kind::Attr: {
                 const Value obj = eval(*e.children[0]);
                 if (obj.is_undefined()) fail("undefined value has no attribute '", e.name, "'");
-                if (obj.is_list() && !e.name.empty() && std::isdigit((unsigned char)e.name[0]))
-                    return subscript(obj, Value(int64_t(std::stoll(e.name))));
+                if (obj.is_list() && !e.name.empty() && std::isdigit((unsigned char)e.name[0])) {
+                    int64_t index = 0;
+                    const auto [end, ec] =
+                        std::from_chars(e.name.data(), e.name.data() + e.name.size(), index);
+                    if (ec != std::errc() || end != e.name.data() + e.name.size())
+                        fail("list index '", e.name, "' is not a valid integer");
+                    return subscript(obj, Value(index));
+                }
                 return obj.get(e.name);
             }
-            case Expr::Kind::Index:
-                return subscript(eval(*e.children[0]), eval(*e.children[1]));
-            case Expr::Kind::Slice:
-                return slice(e);
-            case Expr::Kind::Call:
-                return call(e);
+            case Expr::Kind::Index: return subscript(eval(*e.children[0]), eval(*e.children[1]));
+            case Expr::Kind::Slice: return slice(e);
+            case Expr::Kind::Call: return call(e);
             case Expr::Kind::Filter: {
                 Args args = eval_args(e, 1);
                 args.positional.insert(args.positional.begin(), eval(*e.children[0]));
@@ -245,8 +248,7 @@ class Evaluator {
                     return Value(e.name == "-" ? -v.as_float() : v.as_float());
                 fail("bad operand type for unary ", e.name, ": ", v.type_name());
             }
-            case Expr::Kind::Binary:
-                return binary(e);
+            case Expr::Kind::Binary: return binary(e);
             case Expr::Kind::Cond:
                 if (eval(*e.children[1]).truthy()) return eval(*e.children[0]);
                 return e.children[2] ? eval(*e.children[2]) : Value();

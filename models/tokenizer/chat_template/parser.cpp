@@ -4,6 +4,7 @@
 // `is test`. Supported statements: if/elif/else, for (unpacking, `if` filter, else), set
 // (incl. namespace attributes and block set), macro, break, continue, generation. Anything
 // else is an error naming it and its position.
+#include <charconv>
 #include <cstring>
 
 #include "kernels/error.h"
@@ -84,26 +85,13 @@ class Parser {
                     }
                     const char e = s[++j];
                     switch (e) {
-                        case 'n':
-                            value += '\n';
-                            break;
-                        case 't':
-                            value += '\t';
-                            break;
-                        case 'r':
-                            value += '\r';
-                            break;
-                        case '\\':
-                            value += '\\';
-                            break;
-                        case '\'':
-                            value += '\'';
-                            break;
-                        case '"':
-                            value += '"';
-                            break;
-                        default:
-                            value += '\\', value += e;
+                        case 'n': value += '\n'; break;
+                        case 't': value += '\t'; break;
+                        case 'r': value += '\r'; break;
+                        case '\\': value += '\\'; break;
+                        case '\'': value += '\''; break;
+                        case '"': value += '"'; break;
+                        default: value += '\\', value += e;
                     }
                 }
                 if (j >= s.size()) error(at, "unterminated string");
@@ -311,6 +299,8 @@ class Parser {
                     }
                 }
                 expect_op("]");
+                // `x[]` parses to an index with no expression; slices may omit any part.
+                if (!slice && !parts[0]) error(at, "empty subscript []");
                 auto s = node(slice ? Expr::Kind::Slice : Expr::Kind::Index, at);
                 s->children.push_back(std::move(e));
                 for (int k = 0; k < (slice ? 3 : 1); ++k)
@@ -377,10 +367,24 @@ class Parser {
                     s += next().text;  // adjacent literals concatenate
                 return literal(Value(std::move(s)));
             }
-            case Token::Kind::Int:
-                return literal(Value(int64_t(std::stoll(t.text))));
-            case Token::Kind::Float:
-                return literal(Value(std::stod(t.text)));
+            case Token::Kind::Int: {
+                // from_chars, not stoll: a literal past int64 is the template's error to report,
+                // not an out_of_range exception escaping the parser (found by fuzzing).
+                int64_t value = 0;
+                const auto [end, ec] =
+                    std::from_chars(t.text.data(), t.text.data() + t.text.size(), value);
+                if (ec != std::errc() || end != t.text.data() + t.text.size())
+                    error(t.offset, "integer literal ", t.text, " is out of range");
+                return literal(Value(value));
+            }
+            case Token::Kind::Float: {
+                double value = 0;
+                const auto [end, ec] =
+                    std::from_chars(t.text.data(), t.text.data() + t.text.size(), value);
+                if (ec != std::errc() || end != t.text.data() + t.text.size())
+                    error(t.offset, "float literal ", t.text, " is out of range");
+                return literal(Value(value));
+            }
             case Token::Kind::Name: {
                 if (t.text == "true" || t.text == "True") return literal(Value(true));
                 if (t.text == "false" || t.text == "False") return literal(Value(false));
@@ -426,8 +430,7 @@ class Parser {
                     return dict;
                 }
                 break;
-            default:
-                break;
+            default: break;
         }
         error(t.offset, t.kind == Token::Kind::End ? "unexpected end of expression"
                                                    : "unexpected '" + t.text + "'");

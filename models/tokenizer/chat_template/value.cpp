@@ -9,6 +9,32 @@
 
 namespace tandem::jinja {
 
+namespace {
+
+// Lists and dicts are shared references, so a template can build one that contains itself
+// (`{% set x = [] %}{{ x.append(x) }}`); the recursive walks below (repr, tojson, ==) would then
+// recurse until the stack overflows. A depth limit turns that into a template error (found by
+// fuzzing). Real templates nest a handful of levels.
+constexpr int kMaxNesting = 200;
+thread_local int g_nesting = 0;
+
+struct NestingGuard {
+    NestingGuard() {
+        if (++g_nesting > kMaxNesting) {
+            g_nesting = 0;  // the exception unwinds every guard; start the next call clean
+            fail("value nested more than ", kMaxNesting,
+                 " levels deep (does a list or dict contain itself?)");
+        }
+    }
+    ~NestingGuard() {
+        if (g_nesting > 0) --g_nesting;
+    }
+    NestingGuard(const NestingGuard&) = delete;
+    NestingGuard& operator=(const NestingGuard&) = delete;
+};
+
+}  // namespace
+
 Value Value::none() {
     Value v;
     v.kind_ = Kind::None;
@@ -28,18 +54,14 @@ Value::Value(Function fn)
     : kind_(Kind::Callable), fn_(std::make_shared<const Function>(std::move(fn))) {}
 
 Value Value::from_json(const nlohmann::ordered_json& json) {
+    const NestingGuard guard;
     switch (json.type()) {
-        case nlohmann::ordered_json::value_t::null:
-            return none();
-        case nlohmann::ordered_json::value_t::boolean:
-            return Value(json.get<bool>());
+        case nlohmann::ordered_json::value_t::null: return none();
+        case nlohmann::ordered_json::value_t::boolean: return Value(json.get<bool>());
         case nlohmann::ordered_json::value_t::number_integer:
-        case nlohmann::ordered_json::value_t::number_unsigned:
-            return Value(json.get<int64_t>());
-        case nlohmann::ordered_json::value_t::number_float:
-            return Value(json.get<double>());
-        case nlohmann::ordered_json::value_t::string:
-            return Value(json.get<std::string>());
+        case nlohmann::ordered_json::value_t::number_unsigned: return Value(json.get<int64_t>());
+        case nlohmann::ordered_json::value_t::number_float: return Value(json.get<double>());
+        case nlohmann::ordered_json::value_t::string: return Value(json.get<std::string>());
         case nlohmann::ordered_json::value_t::array: {
             List list;
             for (const auto& item : json)
@@ -52,8 +74,7 @@ Value Value::from_json(const nlohmann::ordered_json& json) {
                 dict.emplace_back(k, from_json(v));
             return Value(std::move(dict));
         }
-        default:
-            fail("unsupported JSON value in the template context");
+        default: fail("unsupported JSON value in the template context");
     }
 }
 
@@ -76,22 +97,14 @@ void Value::set(const std::string& key, Value v) const {
 bool Value::truthy() const {
     switch (kind_) {
         case Kind::Undefined:
-        case Kind::None:
-            return false;
-        case Kind::Bool:
-            return b_;
-        case Kind::Int:
-            return i_ != 0;
-        case Kind::Float:
-            return f_ != 0;
-        case Kind::String:
-            return !s_->empty();
-        case Kind::Array:
-            return !list_->empty();
-        case Kind::Map:
-            return !dict_->empty();
-        default:
-            return true;
+        case Kind::None: return false;
+        case Kind::Bool: return b_;
+        case Kind::Int: return i_ != 0;
+        case Kind::Float: return f_ != 0;
+        case Kind::String: return !s_->empty();
+        case Kind::Array: return !list_->empty();
+        case Kind::Map: return !dict_->empty();
+        default: return true;
     }
 }
 
@@ -159,27 +172,13 @@ std::string json_quote(const std::string& s) {
     std::string out = "\"";
     for (const char c : s) {
         switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            case '\b':
-                out += "\\b";
-                break;
-            case '\f':
-                out += "\\f";
-                break;
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            case '\b': out += "\\b"; break;
+            case '\f': out += "\\f"; break;
             default:
                 if ((unsigned char)c < 0x20) {
                     char buf[8];
@@ -197,29 +196,21 @@ std::string json_quote(const std::string& s) {
 
 std::string Value::str() const {
     switch (kind_) {
-        case Kind::Undefined:
-            return "";
-        case Kind::String:
-            return *s_;
-        default:
-            return repr();
+        case Kind::Undefined: return "";
+        case Kind::String: return *s_;
+        default: return repr();
     }
 }
 
 std::string Value::repr() const {
+    const NestingGuard guard;
     switch (kind_) {
-        case Kind::Undefined:
-            return "";
-        case Kind::None:
-            return "None";
-        case Kind::Bool:
-            return b_ ? "True" : "False";
-        case Kind::Int:
-            return std::to_string(i_);
-        case Kind::Float:
-            return python_float(f_);
-        case Kind::String:
-            return python_quote(*s_);
+        case Kind::Undefined: return "";
+        case Kind::None: return "None";
+        case Kind::Bool: return b_ ? "True" : "False";
+        case Kind::Int: return std::to_string(i_);
+        case Kind::Float: return python_float(f_);
+        case Kind::String: return python_quote(*s_);
         case Kind::Array: {
             std::string out = "[";
             for (size_t k = 0; k < list_->size(); ++k)
@@ -234,13 +225,13 @@ std::string Value::repr() const {
                        (*dict_)[k].second.repr();
             return out + (kind_ == Kind::Namespace ? "}>" : "}");
         }
-        case Kind::Callable:
-            return "<function>";
+        case Kind::Callable: return "<function>";
     }
     return "";
 }
 
 std::string Value::to_json(int indent, int depth) const {
+    const NestingGuard guard;
     const std::string newline =
         indent >= 0 ? "\n" + std::string(size_t(indent) * size_t(depth + 1), ' ') : "";
     const std::string close =
@@ -248,18 +239,14 @@ std::string Value::to_json(int indent, int depth) const {
     const std::string item_sep = indent >= 0 ? "," : ", ";
     switch (kind_) {
         case Kind::Undefined:
-        case Kind::None:
-            return "null";
-        case Kind::Bool:
-            return b_ ? "true" : "false";
-        case Kind::Int:
-            return std::to_string(i_);
+        case Kind::None: return "null";
+        case Kind::Bool: return b_ ? "true" : "false";
+        case Kind::Int: return std::to_string(i_);
         case Kind::Float:
             return std::isnan(f_)   ? "NaN"
                    : std::isinf(f_) ? (f_ > 0 ? "Infinity" : "-Infinity")
                                     : python_float(f_);
-        case Kind::String:
-            return json_quote(*s_);
+        case Kind::String: return json_quote(*s_);
         case Kind::Array: {
             if (list_->empty()) return "[]";
             std::string out = "[";
@@ -276,39 +263,29 @@ std::string Value::to_json(int indent, int depth) const {
                        (*dict_)[k].second.to_json(indent, depth + 1);
             return out + close + "}";
         }
-        case Kind::Callable:
-            fail("tojson: a function is not JSON serializable");
+        case Kind::Callable: fail("tojson: a function is not JSON serializable");
     }
     return "";
 }
 
 const char* Value::type_name() const {
     switch (kind_) {
-        case Kind::Undefined:
-            return "undefined";
-        case Kind::None:
-            return "none";
-        case Kind::Bool:
-            return "bool";
-        case Kind::Int:
-            return "int";
-        case Kind::Float:
-            return "float";
-        case Kind::String:
-            return "string";
-        case Kind::Array:
-            return "list";
-        case Kind::Map:
-            return "dict";
-        case Kind::Namespace:
-            return "namespace";
-        case Kind::Callable:
-            return "function";
+        case Kind::Undefined: return "undefined";
+        case Kind::None: return "none";
+        case Kind::Bool: return "bool";
+        case Kind::Int: return "int";
+        case Kind::Float: return "float";
+        case Kind::String: return "string";
+        case Kind::Array: return "list";
+        case Kind::Map: return "dict";
+        case Kind::Namespace: return "namespace";
+        case Kind::Callable: return "function";
     }
     return "?";
 }
 
 bool equal(const Value& a, const Value& b) {
+    const NestingGuard guard;
     using K = Value::Kind;
     if (a.is_number() && b.is_number()) {
         if (a.kind() == K::Int && b.kind() == K::Int) return a.as_int() == b.as_int();
@@ -319,12 +296,9 @@ bool equal(const Value& a, const Value& b) {
     if (a.kind() != b.kind()) return false;
     switch (a.kind()) {
         case K::Undefined:
-        case K::None:
-            return true;
-        case K::Bool:
-            return a.as_bool() == b.as_bool();
-        case K::String:
-            return a.as_string() == b.as_string();
+        case K::None: return true;
+        case K::Bool: return a.as_bool() == b.as_bool();
+        case K::String: return a.as_string() == b.as_string();
         case K::Array: {
             if (a.as_list().size() != b.as_list().size()) return false;
             for (size_t k = 0; k < a.as_list().size(); ++k)
@@ -338,8 +312,7 @@ bool equal(const Value& a, const Value& b) {
                 if (!equal(v, b.get(k)) || b.get(k).is_undefined()) return false;
             return true;
         }
-        default:
-            return false;
+        default: return false;
     }
 }
 
