@@ -5,14 +5,14 @@
 #   build:  cmake ninja g++ pkg-config ccache        (ccache: rebuilds in CI and at home are fast)
 #   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool
 #           flags), Eigen and oneDNN (dense kernels, named by the design), GoogleTest, Google
-#           Benchmark
+#           Benchmark, zlib (tandem-sim reads gzip-compressed routing traces)
 #   fuzz:   clang with libFuzzer (tools/fuzz.sh)
 set -euo pipefail
 
 packages=(
     cmake ninja-build g++ pkg-config ccache
     libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev
-    libgtest-dev libbenchmark-dev
+    libgtest-dev libbenchmark-dev zlib1g-dev
     clang libclang-rt-dev
 )
 
