@@ -26,10 +26,24 @@ struct Job {
     double ready;
 };
 
+// Reused storage: planning runs once per layer and step (and many times per step in the
+// prefetcher), where allocations were a third of the time. thread_local keeps the functions
+// reentrant for callers on several threads; nothing here starts one.
+struct Scratch {
+    std::vector<Job> miss, res, cpu, gpu, copies;
+    std::vector<uint8_t> done;
+    std::vector<ExpertPlacement> where;
+    LayerPlan other;
+};
+thread_local Scratch scratch;
+
 // The greedy of HybriMoE (see planner.h). Fills `where` for the active experts.
 void hybrimoe_assign(const PlanInput& in, std::vector<ExpertPlacement>& where) {
     const CostModel& c = in.cost;
-    std::vector<Job> miss, res;  // miss ascending by load, res descending
+    std::vector<Job>& miss = scratch.miss;  // ascending by load
+    std::vector<Job>& res = scratch.res;    // descending by load
+    miss.clear();
+    res.clear();
     for (size_t e = 0; e < in.tokens.size(); ++e) {
         if (in.tokens[e] <= 0) continue;
         const Job j{int32_t(e), in.tokens[e], ready_of(in, int32_t(e))};
@@ -135,7 +149,12 @@ void schedule_assignment(const PlanInput& in, std::span<const ExpertPlacement> p
     out.gpu_jobs.clear();
     out.transfers.clear();
 
-    std::vector<Job> cpu, gpu, copies;
+    std::vector<Job>& cpu = scratch.cpu;
+    std::vector<Job>& gpu = scratch.gpu;
+    std::vector<Job>& copies = scratch.copies;
+    cpu.clear();
+    gpu.clear();
+    copies.clear();
     for (size_t e = 0; e < placement.size(); ++e) {
         if (in.tokens[e] <= 0) continue;
         const Job j{int32_t(e), in.tokens[e], ready_of(in, int32_t(e))};
@@ -186,7 +205,8 @@ void schedule_assignment(const PlanInput& in, std::span<const ExpertPlacement> p
         if (a.tokens != b.tokens) return a.tokens > b.tokens;
         return a.ready != b.ready ? a.ready < b.ready : a.expert < b.expert;
     });
-    std::vector<uint8_t> done(gpu.size(), 0);
+    std::vector<uint8_t>& done = scratch.done;
+    done.assign(gpu.size(), 0);
     t = in.gpu_start_ms;
     size_t first_open = 0;
     for (size_t n_done = 0; n_done < gpu.size(); ++n_done) {
@@ -216,7 +236,8 @@ void schedule_assignment(const PlanInput& in, std::span<const ExpertPlacement> p
 
 void plan_layer(PlannerKind kind, const PlanInput& in, LayerPlan& out) {
     check_input(in);
-    std::vector<ExpertPlacement> where(in.tokens.size(), ExpertPlacement::Cpu);
+    std::vector<ExpertPlacement>& where = scratch.where;
+    where.assign(in.tokens.size(), ExpertPlacement::Cpu);
     if (kind != PlannerKind::HybriMoe) {
         baseline_assign(kind, in, where);
         schedule_assignment(in, where, out);
@@ -225,7 +246,7 @@ void plan_layer(PlannerKind kind, const PlanInput& in, LayerPlan& out) {
     hybrimoe_assign(in, where);
     schedule_assignment(in, where, out);
     // The greedy is myopic; the static and CPU-only assignments are cheap to check and bound it.
-    LayerPlan other;
+    LayerPlan& other = scratch.other;
     for (PlannerKind fallback : {PlannerKind::Static, PlannerKind::CpuOnly}) {
         std::fill(where.begin(), where.end(), ExpertPlacement::Cpu);
         baseline_assign(fallback, in, where);
