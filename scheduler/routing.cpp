@@ -30,7 +30,9 @@ ExpertGroups group_by_expert(const Routing& routing, int64_t n_experts) {
 }
 
 LayerPlan plan_cpu_only(int64_t n_experts) {
-    return LayerPlan{std::vector<ExpertPlacement>(size_t(n_experts), ExpertPlacement::Cpu)};
+    LayerPlan plan;
+    plan.placement.assign(size_t(n_experts), ExpertPlacement::Cpu);
+    return plan;
 }
 
 }  // namespace tandem

@@ -34,11 +34,32 @@ struct ExpertGroups {
 // expert id outside [0, n_experts).
 ExpertGroups group_by_expert(const Routing& routing, int64_t n_experts);
 
-// Where each routed expert of a layer runs this step.
-enum class ExpertPlacement : uint8_t { Cpu, Gpu };
+// Where each routed expert of a layer runs this step. Transfer: copied to the GPU over PCIe
+// during the layer, then computed there. Experts without tokens keep Cpu and have no job.
+enum class ExpertPlacement : uint8_t { Cpu, Gpu, Transfer };
 
+// One expert's work on one timeline, times in ms from the start of the layer.
+struct PlannedJob {
+    int32_t expert = 0;
+    int32_t tokens = 0;
+    double start_ms = 0;
+    double finish_ms = 0;
+};
+
+// A planner's answer for one layer (scheduler/planner.h): the placement per expert, the jobs of
+// each timeline in execution order, and the predicted finish times.
 struct LayerPlan {
     std::vector<ExpertPlacement> placement;  // [n_experts]
+    std::vector<PlannedJob> cpu_jobs;
+    std::vector<PlannedJob> gpu_jobs;   // resident and transferred experts
+    std::vector<PlannedJob> transfers;  // copy-engine jobs (demand transfers)
+    double cpu_finish_ms = 0;
+    double gpu_finish_ms = 0;
+    double pcie_finish_ms = 0;
+
+    double makespan_ms() const {
+        return cpu_finish_ms > gpu_finish_ms ? cpu_finish_ms : gpu_finish_ms;
+    }
 };
 
 // The CPU-only plan: every expert on the CPU. The baseline that hybrid planners are measured

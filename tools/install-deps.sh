@@ -5,15 +5,15 @@
 #   build:  cmake ninja g++ pkg-config ccache        (ccache: rebuilds in CI and at home are fast)
 #   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool
 #           flags), Eigen and oneDNN (dense kernels, named by the design), GoogleTest, Google
-#           Benchmark, PCRE2 (tokenizer regexes, Unicode-aware) and utf8proc (Unicode
-#           normalization for tokenizers)
+#           Benchmark, PCRE2 (tokenizer regexes, Unicode-aware), utf8proc (Unicode
+#           normalization for tokenizers), zlib (tandem-sim reads gzip-compressed routing traces)
 #   fuzz:   clang with libFuzzer (tools/fuzz.sh)
 set -euo pipefail
 
 packages=(
     cmake ninja-build g++ pkg-config ccache
     libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev
-    libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev
+    libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev
     clang libclang-rt-dev
 )
 

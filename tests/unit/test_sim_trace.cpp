@@ -1,0 +1,160 @@
+// tandem-sim's trace reader (both formats, in memory and from ../shared/traces when present)
+// and an end-to-end simulation on a tiny trace.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "kernels/error.h"
+#include "tests/test_util.h"
+#include "tools/sim_engine.h"
+#include "tools/sim_models.h"
+#include "tools/sim_trace.h"
+
+namespace tandem::sim {
+namespace {
+
+TEST(SimTrace, ParsesObjectLines) {
+    const std::string text =
+        R"({"seq": "a/1", "pos": 0, "experts": [[3, 1], [0, 2]], "weights": [[0.5, 0.25], [0.75, 0.125]]})"
+        "\n"
+        R"({"seq": "b/2", "pos": 0, "experts": [[2, 1], [1, 3]], "weights": [[0.5, 0.5], [0.5, 0.5]]})"
+        "\n";
+    const RoutingTrace t = parse_routing_trace(text, "mem");
+    EXPECT_EQ(t.n_tokens(), 2);
+    EXPECT_EQ(t.n_layers, 2);
+    EXPECT_EQ(t.top_k, 2);
+    EXPECT_TRUE(t.has_weights);
+    EXPECT_EQ(t.max_expert, 3);
+    EXPECT_EQ(t.seq, (std::vector<int32_t>{0, 1}));
+    EXPECT_EQ(t.experts_at(0, 1)[0], 0);
+    EXPECT_EQ(t.experts_at(1, 1)[1], 3);
+    EXPECT_FLOAT_EQ(t.weights_at(0, 1)[1], 0.125f);
+}
+
+TEST(SimTrace, ParsesPairLinesAndRenumbersLayers) {
+    const std::string text = "[[1, 5], [1, 7], [3, 0], [3, 2]]\n[[1, 6], [1, 5], [3, 1], [3, 2]]\n";
+    const RoutingTrace t = parse_routing_trace(text, "mem");
+    EXPECT_EQ(t.n_layers, 2);
+    EXPECT_EQ(t.top_k, 2);
+    EXPECT_FALSE(t.has_weights);
+    EXPECT_EQ(t.layer_ids, (std::vector<int32_t>{1, 3}));
+    EXPECT_EQ(t.experts_at(1, 0)[0], 6);
+    EXPECT_EQ(t.experts_at(1, 1)[0], 1);
+}
+
+TEST(SimTrace, ErrorsNameSourceAndLine) {
+    const std::string text = "[[0, 1], [0, 2]]\n[[0, 1]]\n";
+    try {
+        parse_routing_trace(text, "t.jsonl");
+        FAIL() << "expected an error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("t.jsonl: line 2"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(parse_routing_trace("{\"experts\": 3}\n", "x"), Error);
+    EXPECT_THROW(parse_routing_trace("", "x"), Error);
+    EXPECT_THROW(read_routing_trace("/nonexistent/trace.jsonl.gz"), Error);
+}
+
+std::string shared_trace(const std::string& name) {
+    return test::shared_dir() + "/traces/" + name;
+}
+
+TEST(SimTrace, ReadsTheSharedOlmoeDevTrace) {
+    const std::string path = shared_trace("olmoe-decode-dev.jsonl.gz");
+    if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present (../shared/traces)";
+    const RoutingTrace t = read_routing_trace(path, 300);
+    EXPECT_EQ(t.n_tokens(), 300);
+    EXPECT_EQ(t.n_layers, 16);
+    EXPECT_EQ(t.top_k, 8);
+    EXPECT_TRUE(t.has_weights);
+    EXPECT_LT(t.max_expert, 64);
+    // Probabilities of a token's top-8 are sorted and sum to at most 1 (no renormalisation).
+    float sum = 0;
+    for (int i = 0; i < 8; ++i)
+        sum += t.weights_at(0, 0)[i];
+    EXPECT_LE(sum, 1.0f + 1e-3f);
+    EXPECT_GE(t.weights_at(0, 0)[0], t.weights_at(0, 0)[7]);
+}
+
+TEST(SimTrace, ReadsTheSharedNvmoeTraces) {
+    struct Want {
+        const char* file;
+        int64_t layers, k, first_layer;
+    };
+    for (const Want& w : {Want{"nvmoe-dsv2lite-decode.jsonl.gz", 26, 6, 1},
+                          Want{"nvmoe-gptoss-decode.jsonl.gz", 36, 4, 0},
+                          Want{"nvmoe-olmoe-decode.jsonl.gz", 16, 8, 0}}) {
+        const std::string path = shared_trace(w.file);
+        if (!std::filesystem::exists(path))
+            GTEST_SKIP() << path << " not present (../shared/traces)";
+        const RoutingTrace t = read_routing_trace(path, 50);
+        EXPECT_EQ(t.n_layers, w.layers) << w.file;
+        EXPECT_EQ(t.top_k, w.k) << w.file;
+        EXPECT_EQ(t.layer_ids.front(), w.first_layer) << w.file;
+        EXPECT_FALSE(t.has_weights) << w.file;
+    }
+}
+
+TEST(Sim, EndToEndOnATinyTraceIsConsistent) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    // 16 layers x top-8 of 64, OLMoE's shape; a skewed routing so caching has something to find.
+    std::string text;
+    for (int tok = 0; tok < 60; ++tok) {
+        text += "{\"seq\": \"s\", \"experts\": [";
+        for (int l = 0; l < 16; ++l) {
+            std::vector<int> ids;
+            while (ids.size() < 8) {
+                const int e = int(rng() % 16 + (rng() % 4 == 0 ? rng() % 48 : 0));
+                if (std::find(ids.begin(), ids.end(), e) == ids.end()) ids.push_back(e);
+            }
+            text += l ? ", [" : "[";
+            for (size_t i = 0; i < ids.size(); ++i)
+                text += (i ? ", " : "") + std::to_string(ids[i]);
+            text += "]";
+        }
+        text += "]}\n";
+    }
+    const RoutingTrace t = parse_routing_trace(text, "tiny");
+    const ModelShape shape = model_preset("olmoe-1b-7b", 4.5);
+    const HardwareProfile hw = parse_hardware_profile(R"({
+        "cpu_bandwidth_gbs": 60, "cpu_gflops": 17.3, "cpu_expert_overhead_ms": 0,
+        "cpu_first_expert_ms": 0.79, "gpu_bandwidth_gbs": 768, "gpu_tflops": 100,
+        "gpu_expert_overhead_ms": 0.49, "pcie_bandwidth_gbs": 11.65, "pcie_latency_ms": 0,
+        "gpu_expert_memory_gb": 40})",
+                                                      "paper");
+    auto run = [&](SimPolicy p, double ratio) {
+        return simulate({.trace = t,
+                         .shape = shape,
+                         .hw = hw,
+                         .budget_ratio = ratio,
+                         .policy = p,
+                         .prompt_len = 32,
+                         .seed = seed});
+    };
+    const SimResult stat =
+        run({.cache = CachePolicyKind::Static, .planner = PlannerKind::Static}, 0.1);
+    const SimResult cpu =
+        run({.cache = CachePolicyKind::Lru, .planner = PlannerKind::CpuOnly}, 0.25);
+    const SimResult hyb = run({.cache = CachePolicyKind::Mrs,
+                               .planner = PlannerKind::HybriMoe,
+                               .prefetch = true,
+                               .predictor = "oracle:1"},
+                              0.1);
+    EXPECT_EQ(stat.bytes_moved, 0) << "static moves nothing after start-up";
+    EXPECT_EQ(stat.prefetch_issued, 0);
+    EXPECT_GT(stat.hit_rate, 0.0);
+    EXPECT_LT(hyb.tbt_ms, stat.tbt_ms);
+    EXPECT_LT(stat.tbt_ms, cpu.tbt_ms);
+    EXPECT_GT(hyb.prefetch_issued, 0);
+    EXPECT_LE(hyb.prefetch_used + hyb.prefetch_wasted, hyb.prefetch_issued);
+    EXPECT_GT(hyb.ttft_ms, 0.0);
+    // Budget 1: everything resident, nothing moves, every access hits.
+    const SimResult all =
+        run({.cache = CachePolicyKind::Lru, .planner = PlannerKind::HybriMoe}, 1.0);
+    EXPECT_DOUBLE_EQ(all.hit_rate, 1.0);
+    EXPECT_EQ(all.bytes_moved, 0);
+}
+
+}  // namespace
+}  // namespace tandem::sim

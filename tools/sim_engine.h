@@ -1,0 +1,67 @@
+// The what-if simulation behind tandem-sim: replays a routing trace through an expert cache, a
+// planner and (optionally) the prefetcher, on the cost model of a hardware profile, and predicts
+// decode time per token (TBT), time to first token (TTFT) for a prompt, hit rate and traffic.
+//
+// Time model, per decode token and MoE layer: the dense part (attention, router) runs on the GPU
+// at its bandwidth; then the planner's makespan for the layer's experts, where copies issued
+// earlier (prefetches, or demand copies of the previous layer) occupy the copy engine and a
+// prefetched expert still in flight delays its GPU job; the lm_head once per token. The CPU is
+// idle during attention (no overlap of a layer's experts with the next layer's attention, as in
+// the paper's per-layer scheduling).
+// Caches start warm with the experts most activated over the whole trace (the profile static
+// uses; the same start for every policy keeps them comparable). Hits are counted when a layer
+// runs, before its demand copies; an in-flight prefetch counts as a hit.
+// TTFT: one prefill step of `prompt_len` tokens whose routings are the first tokens of the trace
+// (the traces are decode-only), with real per-expert token counts, on a fresh warm cache; the
+// dense part is timed at the GPU's FLOP rate, attention's quadratic term is ignored.
+// Non-goals: prefetching during prefill; overlapping layers; modelling the executor's threads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cache/cache_policy.h"
+#include "scheduler/cost_model.h"
+#include "scheduler/planner.h"
+#include "tools/sim_trace.h"
+
+namespace tandem::sim {
+
+struct SimPolicy {
+    CachePolicyKind cache = CachePolicyKind::Mrs;
+    PlannerKind planner = PlannerKind::HybriMoe;
+    bool prefetch = false;
+    std::string predictor = {};  // with prefetch: "oracle:ACC" or "history"
+
+    std::string name() const;  // e.g. "mrs+hybrimoe+prefetch(oracle:0.8)"
+};
+
+struct SimConfig {
+    const RoutingTrace& trace;
+    const ModelShape& shape;
+    const HardwareProfile& hw;
+    double budget_ratio = 0.25;
+    SimPolicy policy = {};
+    int64_t prompt_len = 512;
+    double mrs_alpha = 0.5;
+    uint64_t seed = 1;
+};
+
+struct SimResult {
+    std::string policy;
+    SimPolicy spec;
+    double budget_ratio = 0;
+    int64_t slots = 0;
+    int64_t tokens = 0;
+    double hit_rate = 0;
+    int64_t prefetch_issued = 0;
+    int64_t prefetch_used = 0;
+    int64_t prefetch_wasted = 0;
+    double tbt_ms = 0;
+    double ttft_ms = 0;
+    int64_t bytes_moved = 0;
+};
+
+SimResult simulate(const SimConfig& config);
+
+}  // namespace tandem::sim

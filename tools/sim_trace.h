@@ -1,0 +1,46 @@
+// Routing traces for tandem-sim: the two formats of ../shared/traces/, gzip or plain, read in
+// place and normalised to one layout.
+//
+//   objects  (olmoe-decode-dev): one JSON object per token, {"seq", "experts": [[k ids] x L],
+//            "weights": [[k probabilities] x L], ...}
+//   pairs    (nvmoe-*): one JSON array per token, [[layer, expert], ...] for every MoE layer and
+//            activated expert, layers numbered as in the model; no probabilities.
+// Invariants of the result: every token has the same MoE layers and the same top-k; layers are
+// renumbered 0..n_layers-1 in model order (layer_ids keeps the model's numbers); expert ids are
+// >= 0. Errors name the file and the line.
+// Non-goals: hidden states (traces hold none), prefill routings (the traces are decode-only).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tandem::sim {
+
+struct RoutingTrace {
+    std::string source;
+    int64_t n_layers = 0;
+    int64_t top_k = 0;
+    std::vector<int32_t> layer_ids;  // [n_layers] the model's layer numbers
+    bool has_weights = false;
+    int32_t max_expert = -1;
+    std::vector<int32_t> seq;      // [n_tokens] sequence index, 0.. in order of appearance
+    std::vector<int32_t> experts;  // [n_tokens, n_layers, top_k]
+    std::vector<float> weights;    // [n_tokens, n_layers, top_k], empty without probabilities
+
+    int64_t n_tokens() const { return int64_t(seq.size()); }
+    const int32_t* experts_at(int64_t token, int64_t layer) const {
+        return experts.data() + (token * n_layers + layer) * top_k;
+    }
+    const float* weights_at(int64_t token, int64_t layer) const {
+        return weights.data() + (token * n_layers + layer) * top_k;
+    }
+};
+
+// Reads a trace file (gzip detected by its magic bytes). `max_tokens` > 0 stops early.
+RoutingTrace read_routing_trace(const std::string& path, int64_t max_tokens = 0);
+// Parses trace text already in memory (one JSON value per line); `source` names it in errors.
+RoutingTrace parse_routing_trace(const std::string& text, const std::string& source,
+                                 int64_t max_tokens = 0);
+
+}  // namespace tandem::sim
