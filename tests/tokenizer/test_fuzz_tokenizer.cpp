@@ -108,9 +108,11 @@ TEST(FuzzFindings, HugeIntegerLiteralIsAnError) {
 }
 
 TEST(FuzzFindings, SelfContainingNamespaceIsAnError) {
-    EXPECT_NE(
-        template_error("{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns }}").find("nested"),
-        std::string::npos);
+    // Also leaked memory: a reference cycle of shared dicts is never freed (LeakSanitizer).
+    for (const char* source : {"{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns }}",
+                               "{% set ns = namespace(a=1) %}{% set ns.a = [1, [ns]] %}"})
+        EXPECT_NE(template_error(source).find("contains the namespace itself"), std::string::npos)
+            << source;
 }
 
 TEST(FuzzFindings, RecursiveMacroIsAnError) {

@@ -85,7 +85,31 @@ Value Value::get(const std::string& key) const {
     return Value();
 }
 
+namespace {
+
+// Whether `v` is or contains (through lists and dicts) the dict `target`.
+bool refers_to(const Value& v, const Dict* target) {
+    const NestingGuard guard;
+    if ((v.kind() == Value::Kind::Map || v.kind() == Value::Kind::Namespace) &&
+        &v.as_dict() == target)
+        return true;
+    if (v.is_list()) {
+        for (const Value& item : v.as_list())
+            if (refers_to(item, target)) return true;
+    } else if (v.kind() == Value::Kind::Map || v.kind() == Value::Kind::Namespace) {
+        for (const auto& [key, item] : v.as_dict())
+            if (refers_to(item, target)) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
 void Value::set(const std::string& key, Value v) const {
+    // Values share their lists and dicts: storing a namespace (or something holding it) into
+    // itself would make a reference cycle that is never freed and never ends when printed.
+    if (refers_to(v, dict_.get()))
+        fail("cannot store '", key, "': the value contains the namespace itself");
     for (auto& [k, old] : *dict_)
         if (k == key) {
             old = std::move(v);
