@@ -13,6 +13,9 @@ int main(int argc, char** argv) {
     app.add_option("--out", out, "output directory")->required();
     app.add_option("--layers", spec.n_layers, "decoder layers")->capture_default_str();
     app.add_option("--hidden", spec.hidden_dim, "hidden size")->capture_default_str();
+    app.add_option("--heads", spec.n_heads, "attention heads")->capture_default_str();
+    app.add_option("--kv-heads", spec.n_kv_heads, "key/value heads")->capture_default_str();
+    app.add_option("--head-dim", spec.head_dim, "width of one head")->capture_default_str();
     app.add_option("--experts", spec.n_experts, "routed experts per layer")->capture_default_str();
     app.add_option("--top-k", spec.n_experts_active, "experts per token")->capture_default_str();
     app.add_option("--expert-ffn", spec.expert_ffn_dim, "expert intermediate size")
