@@ -42,7 +42,10 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std) {
     return out;
 }
 
-void write_tiny_model(const std::string& dir, uint64_t seed) {
+namespace {
+
+// A small f32 Qwen3-MoE spec; callers widen what they need.
+SyntheticQwen3MoeSpec small_spec(uint64_t seed) {
     SyntheticQwen3MoeSpec spec;
     spec.vocab_size = 96;
     spec.hidden_dim = 32;
@@ -56,27 +59,21 @@ void write_tiny_model(const std::string& dir, uint64_t seed) {
     spec.max_position_embeddings = 64;
     spec.dtype = DType::F32;
     spec.seed = seed;
-    write_synthetic_qwen3_moe(dir, spec);
+    return spec;
 }
 
-}  // namespace tandem::test
+}  // namespace
 
-namespace tandem::test {
+void write_tiny_model(const std::string& dir, uint64_t seed) {
+    write_synthetic_qwen3_moe(dir, small_spec(seed));
+}
 
 void write_small_quantizable_model(const std::string& dir, uint64_t seed) {
-    SyntheticQwen3MoeSpec spec;
+    SyntheticQwen3MoeSpec spec = small_spec(seed);
     spec.vocab_size = 128;
     spec.hidden_dim = 256;
-    spec.n_layers = 2;
-    spec.n_heads = 4;
-    spec.n_kv_heads = 2;
     spec.head_dim = 64;
-    spec.n_experts = 4;
-    spec.n_experts_active = 2;
     spec.expert_ffn_dim = 256;
-    spec.max_position_embeddings = 64;
-    spec.dtype = DType::F32;
-    spec.seed = seed;
     write_synthetic_qwen3_moe(dir, spec);
 }
 

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
 namespace tandem::cpu {
@@ -47,6 +47,8 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
     const float* v = a.v_cache.data_as<const float>();
     float* out = a.out.data_as<float>();
 
+    // The dispatch table once per call, not once per score.
+    const cpu::RowDotFn dot = vec_dot_kernels().dot_f32;
     pool.run(n_new * n_heads, [&](int64_t task) {
         const int64_t t = task / n_heads, h = task % n_heads, kv = h / group;
         const int64_t pos = a.start_pos + t;
@@ -57,7 +59,7 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
         scores.resize(size_t(pos + 1 - first));
         float max_score = -INFINITY;
         for (int64_t j = first; j <= pos; ++j) {
-            const float s = dot_f32(qh, k + (j * n_kv + kv) * head_dim, head_dim) * a.scale;
+            const float s = dot(qh, k + (j * n_kv + kv) * head_dim, head_dim) * a.scale;
             scores[size_t(j - first)] = s;
             max_score = std::max(max_score, s);
         }
