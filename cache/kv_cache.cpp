@@ -1,38 +1,113 @@
 #include "cache/kv_cache.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "kernels/error.h"
 
 namespace tandem {
 
-KvCache::KvCache(const KvCacheShape& shape) : shape_(shape) {
-    if (shape.n_layers <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 ||
-        shape.v_head_dim < 0 || shape.capacity <= 0)
+namespace {
+
+void check_shape(const KvCacheShape& shape) {
+    if (shape.n_layers <= 0 || shape.n_kv_heads <= 0 || shape.head_dim <= 0 || shape.v_head_dim < 0)
         fail("KV cache: every dimension must be positive (layers ", shape.n_layers, ", kv heads ",
              shape.n_kv_heads, ", head_dim ", shape.head_dim, ", v_head_dim ", shape.v_head_dim,
-             " (0: keys only), capacity ", shape.capacity, ")");
-    keys_.reserve(size_t(shape.n_layers));
-    values_.reserve(size_t(shape.n_layers));
-    for (int layer = 0; layer < shape.n_layers; ++layer) {
-        keys_.push_back(
-            make_tensor(DType::F32, {shape.capacity, shape.n_kv_heads, shape.head_dim}));
-        if (shape.v_head_dim > 0)
-            values_.push_back(
-                make_tensor(DType::F32, {shape.capacity, shape.n_kv_heads, shape.v_head_dim}));
-    }
+             " (0: keys only))");
 }
 
-Tensor KvCache::keys(int layer) const {
-    return keys_.at(size_t(layer)).view;
+}  // namespace
+
+KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t n_blocks)
+    : shape_(shape), block_size_(block_size), n_blocks_(n_blocks) {
+    check_shape(shape);
+    if (block_size <= 0 || n_blocks <= 0 || n_blocks > INT32_MAX)
+        fail("KV block pool: block size ", block_size, " and ", n_blocks,
+             " blocks must be positive");
+    const int64_t rows = n_blocks * block_size;
+    for (int layer = 0; layer < shape.n_layers; ++layer) {
+        keys_.push_back(make_tensor(DType::F32, {rows, shape.n_kv_heads, shape.head_dim}));
+        if (shape.v_head_dim > 0)
+            values_.push_back(make_tensor(DType::F32, {rows, shape.n_kv_heads, shape.v_head_dim}));
+    }
+    // Handed out lowest id first, so a lightly used pool touches only its first pages.
+    free_.resize(size_t(n_blocks));
+    for (int64_t i = 0; i < n_blocks; ++i)
+        free_[size_t(i)] = int32_t(n_blocks - 1 - i);
 }
-Tensor KvCache::values(int layer) const {
-    if (shape_.v_head_dim == 0) return Tensor();
-    return values_.at(size_t(layer)).view;
+
+size_t KvBlockPool::bytes_per_block(const KvCacheShape& shape, int64_t block_size) {
+    return size_t(shape.n_layers) * size_t(block_size) * size_t(shape.n_kv_heads) *
+           size_t(shape.head_dim + shape.v_head_dim) * sizeof(float);
+}
+
+int64_t KvBlockPool::free_blocks() const {
+    std::lock_guard lock(mutex_);
+    return int64_t(free_.size());
+}
+
+int32_t KvBlockPool::allocate() {
+    std::lock_guard lock(mutex_);
+    if (free_.empty()) return -1;
+    const int32_t block = free_.back();
+    free_.pop_back();
+    return block;
+}
+
+void KvBlockPool::release(int32_t block) {
+    std::lock_guard lock(mutex_);
+    free_.push_back(block);
+}
+
+KvRows KvBlockPool::keys(int layer, const int32_t* table, int64_t capacity) const {
+    return KvRows(keys_.at(size_t(layer)).view.data_as<float>(), table, block_size_,
+                  shape_.n_kv_heads, shape_.head_dim, capacity);
+}
+
+KvRows KvBlockPool::values(int layer, const int32_t* table, int64_t capacity) const {
+    if (shape_.v_head_dim == 0) return KvRows();
+    return KvRows(values_.at(size_t(layer)).view.data_as<float>(), table, block_size_,
+                  shape_.n_kv_heads, shape_.v_head_dim, capacity);
+}
+
+KvCache::KvCache(const KvCacheShape& shape) : max_positions_(shape.capacity) {
+    if (shape.capacity <= 0) fail("KV cache: capacity must be positive, got ", shape.capacity);
+    pool_ = std::make_shared<KvBlockPool>(shape, shape.capacity, 1);
+    reserve(shape.capacity);
+}
+
+KvCache::KvCache(std::shared_ptr<KvBlockPool> pool, int64_t max_positions)
+    : pool_(std::move(pool)), max_positions_(max_positions) {
+    if (max_positions <= 0) fail("KV cache: max_positions must be positive, got ", max_positions);
+}
+
+KvCache::~KvCache() {
+    for (int32_t block : table_)
+        pool_->release(block);
+}
+
+bool KvCache::reserve(int64_t positions) {
+    if (positions > max_positions_)
+        fail("KV cache: ", positions, " positions exceed the sequence's limit of ", max_positions_);
+    while (capacity() < positions) {
+        const int32_t block = pool_->allocate();
+        if (block < 0) return false;
+        table_.push_back(block);
+    }
+    return true;
+}
+
+KvRows KvCache::keys(int layer) const {
+    return pool_->keys(layer, table_.data(), capacity());
+}
+
+KvRows KvCache::values(int layer) const {
+    return pool_->values(layer, table_.data(), capacity());
 }
 
 void KvCache::commit(int64_t n) {
-    if (n < 0 || length_ + n > shape_.capacity)
-        fail("KV cache: ", length_, " + ", n, " positions exceed the capacity of ",
-             shape_.capacity);
+    if (n < 0 || length_ + n > capacity())
+        fail("KV cache: ", length_, " + ", n, " positions exceed the capacity of ", capacity());
     length_ += n;
 }
 
@@ -41,13 +116,35 @@ void KvCache::truncate(int64_t length) {
     length_ = length;
 }
 
+void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
+    if (length_ != 0 || n > other.length_ || shape().n_layers != other.shape().n_layers)
+        fail("KV cache: cannot copy ", n, " positions of a cache holding ", other.length_,
+             " into one holding ", length_);
+    if (!reserve(n)) fail("KV cache: no free blocks to copy ", n, " positions into");
+    for (int layer = 0; layer < shape().n_layers; ++layer) {
+        for (const auto& [from, to] : {std::pair{other.keys(layer), keys(layer)},
+                                       std::pair{other.values(layer), values(layer)}}) {
+            if (from.empty()) continue;
+            for (int64_t pos = 0; pos < n; ++pos)
+                std::memcpy(to.row(pos), from.row(pos), size_t(from.row_floats()) * sizeof(float));
+        }
+    }
+    length_ = n;
+}
+
 size_t KvCache::bytes() const {
-    size_t total = 0;
-    for (const OwnedTensor& t : keys_)
-        total += t.buffer.bytes();
-    for (const OwnedTensor& t : values_)
-        total += t.buffer.bytes();
-    return total;
+    return size_t(blocks()) * KvBlockPool::bytes_per_block(shape(), pool_->block_size());
+}
+
+void write_rows(const KvRows& rows, int64_t start, const float* src, int64_t n) {
+    const int64_t row_floats = rows.row_floats();
+    for (int64_t i = 0; i < n;) {
+        // Positions up to the end of the current block are adjacent: one copy for all of them.
+        const int64_t pos = start + i;
+        const int64_t run = std::min(n - i, rows.block_size - pos % rows.block_size);
+        std::memcpy(rows.row(pos), src + i * row_floats, size_t(run * row_floats) * sizeof(float));
+        i += run;
+    }
 }
 
 }  // namespace tandem

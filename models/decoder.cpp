@@ -224,9 +224,11 @@ void Decoder::quantize_weights(DType type, ThreadPool& pool) {
     q(weights_.lm_head);  // a tied lm_head gets its own quantized copy; the embedding stays
 }
 
-OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool) {
+OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool,
+                             StepRouting* routing) {
     const ModelConfig& c = config_;
     const StepLayout layout = layout_step(steps, c);
+    if (routing != nullptr) *routing = {};
     const int64_t n_tokens = layout.n_tokens, hidden = c.hidden_dim;
 
     OwnedTensor h = make_tensor(DType::F32, {n_tokens, hidden});
@@ -254,7 +256,12 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
         add_in_place(h.view, delta.view);
         cpu::rms_norm(h.view, lw.ffn_norm, float(c.rms_norm_eps), normed.view, pool);
         if (lw.is_moe) {
-            moe_block(lw.moe, c, normed.view, delta.view, pool);
+            Routing* layer_routing = nullptr;
+            if (routing != nullptr) {
+                routing->layers.push_back(layer);
+                layer_routing = &routing->routing.emplace_back();
+            }
+            moe_block(lw.moe, c, normed.view, delta.view, pool, layer_routing);
         } else {
             cpu::swiglu_ffn(normed.view, lw.dense, delta.view, pool);
         }

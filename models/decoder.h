@@ -84,7 +84,8 @@ class Decoder final : public Model {
     Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& names);
 
     const ModelConfig& config() const override { return config_; }
-    OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool) override;
+    OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
+                        StepRouting* routing = nullptr) override;
     KvCacheShape kv_cache_shape(int64_t capacity) const override;
     void quantize_weights(DType type, ThreadPool& pool) override;
 

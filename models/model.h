@@ -14,6 +14,7 @@
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 #include "models/config.h"
+#include "scheduler/routing.h"
 
 namespace tandem {
 
@@ -23,14 +24,23 @@ struct SequenceStep {
     bool all_logits = false;          // logits for every new token, else only for the last
 };
 
+// The experts every MoE layer chose for every token of a step, when forward() is asked for them
+// (to return them to the caller, record traces or replay routing).
+struct StepRouting {
+    std::vector<int> layers;       // model layer index of each entry
+    std::vector<Routing> routing;  // per entry: every row of the step, in order
+};
+
 class Model {
   public:
     virtual ~Model() = default;
     virtual const ModelConfig& config() const = 0;
 
     // Runs one step. Returns logits [n_rows, vocab_size] f32, rows in the order of `steps`.
-    // On error nothing is committed to any cache.
-    virtual OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool) = 0;
+    // On error nothing is committed to any cache. With `routing`, also fills in the routing of
+    // every token of the step.
+    virtual OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
+                                StepRouting* routing = nullptr) = 0;
 
     // Shape of a KV cache for one sequence of up to `capacity` positions.
     virtual KvCacheShape kv_cache_shape(int64_t capacity) const = 0;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "kernels/kv_rows.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 
@@ -15,8 +16,8 @@ namespace tandem::cpu {
 
 struct AttentionArgs {
     Tensor q;                    // [n_new, n_heads, head_dim] f32, after RoPE
-    Tensor k_cache;              // [capacity, n_kv_heads, head_dim] f32
-    Tensor v_cache;              // [capacity, n_kv_heads, v_head_dim] f32
+    KvRows k_cache;              // rows of n_kv_heads x head_dim, paged or contiguous
+    KvRows v_cache;              // rows of n_kv_heads x v_head_dim
     Tensor out;                  // [n_new, n_heads, v_head_dim] f32
     int64_t start_pos = 0;       // position of the first new token
     float scale = 1.0f;          // usually 1 / sqrt(head_dim)

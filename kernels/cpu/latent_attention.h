@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "kernels/kv_rows.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 
@@ -18,7 +19,7 @@ namespace tandem::cpu {
 
 struct LatentAttentionArgs {
     Tensor q;              // [n_new, n_heads, rope_dim + latent_dim] f32, rotary part first
-    Tensor cache;          // [capacity, 1, rope_dim + latent_dim] f32, rotary part first
+    KvRows cache;          // rows of 1 x (rope_dim + latent_dim) f32, rotary part first
     Tensor out;            // [n_new, n_heads, latent_dim] f32
     int64_t rope_dim = 0;  // the values are the cache rows past rope_dim
     int64_t start_pos = 0;

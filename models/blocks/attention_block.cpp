@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/linear.h"
@@ -29,16 +28,6 @@ void apply_qk_norm(const Tensor& proj, const Tensor& weight, int64_t n_heads, co
         const Tensor heads = proj.reshape({n_tokens * n_heads, c.head_dim});
         cpu::rms_norm(heads, weight, eps, heads, pool);
     }
-}
-
-// Copies rows [first, first + n) of `rows` ([n_tokens, n_kv_heads * dim]) into the cache at
-// positions [start, start + n).
-void append_to_cache(const Tensor& rows, const Tensor& cache, int64_t first, int64_t n,
-                     int64_t start) {
-    const int64_t row_floats = cache.dim(1) * cache.dim(2);
-    std::memcpy(cache.data_as<float>() + start * row_floats,
-                rows.data_as<const float>() + first * row_floats,
-                size_t(n * row_floats) * sizeof(float));
 }
 
 }  // namespace
@@ -71,9 +60,11 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     for (const StepSequence& seq : step.sequences) {
         const int64_t start = seq.cache->length();
-        const Tensor keys = seq.cache->keys(layer), values = seq.cache->values(layer);
-        append_to_cache(k.view, keys, seq.first_row, seq.n_tokens, start);
-        append_to_cache(v.view, values, seq.first_row, seq.n_tokens, start);
+        const KvRows keys = seq.cache->keys(layer), values = seq.cache->values(layer);
+        write_rows(keys, start, k.view.data_as<const float>() + seq.first_row * kv_dim,
+                   seq.n_tokens);
+        write_rows(values, start, v.view.data_as<const float>() + seq.first_row * kv_dim,
+                   seq.n_tokens);
         cpu::attention(
             {.q = q_heads.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
              .k_cache = keys,

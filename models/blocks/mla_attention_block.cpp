@@ -124,10 +124,9 @@ void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
     OwnedTensor lat_out = make_tensor(DType::F32, {n_tokens, n_heads, r});
     for (const StepSequence& seq : step.sequences) {
         const int64_t start = seq.cache->length();
-        const Tensor cache = seq.cache->keys(layer);
-        std::memcpy(cache.data_as<float>() + start * row,
-                    rows.view.data_as<const float>() + seq.first_row * row,
-                    size_t(seq.n_tokens * row) * sizeof(float));
+        const KvRows cache = seq.cache->keys(layer);
+        write_rows(cache, start, rows.view.data_as<const float>() + seq.first_row * row,
+                   seq.n_tokens);
         const int64_t end = seq.first_row + seq.n_tokens;
         cpu::latent_attention({.q = q_abs.view.slice_rows(seq.first_row, end),
                                .cache = cache,
