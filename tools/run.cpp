@@ -107,27 +107,33 @@ int main(int argc, char** argv) {
         }
         tandem::Engine engine = tandem::Engine::open(config);
         if (random_prompt > 0) {
-            std::mt19937_64 rng(params.seed);
+            std::mt19937_64 rng(params.seed.value_or(0));
             const auto vocab = uint64_t(engine.model_config().vocab_size);
             for (int i = 0; i < random_prompt; ++i)
                 prompt.push_back(int32_t(rng() % vocab));
         }
         if (prompt.empty())
             tandem::fail("give a prompt with --prompt, --chat, --prompt-ids or --random-prompt");
-        const tandem::Generation out = engine.generate(prompt, params);
-        for (size_t i = 0; i < out.tokens.size(); ++i)
-            std::printf("%s%d", i ? " " : "", out.tokens[i]);
+        const tandem::RequestOutput out = engine.generate(tandem::Prompt::tokens(prompt), params);
+        if (!out.error.empty()) tandem::fail(out.error);
+        const tandem::Completion& c = out.completions.at(0);
+        for (size_t i = 0; i < c.token_ids.size(); ++i)
+            std::printf("%s%d", i ? " " : "", c.token_ids[i]);
         std::printf("\n");
-        if (tok) std::printf("text: %s\n", tok->decode(out.tokens).c_str());
-        const auto& t = out.timings;
+        if (engine.has_tokenizer()) std::printf("text: %s\n", c.text.c_str());
         std::printf("finish: %s\n",
-                    std::string(tandem::finish_reason_name(out.finish_reason)).c_str());
+                    std::string(tandem::finish_reason_name(*c.finish_reason)).c_str());
+        // One request alone: its first token ends the prefill, the rest is decode.
+        const tandem::RequestTimings& t = out.timings;
+        const double prefill_s = t.first_token_seconds - t.queue_seconds;
+        const double decode_s = t.total_seconds - t.first_token_seconds;
+        auto rate = [](double n, double s) { return s > 0 ? n / s : 0.0; };
         std::printf("prefill: %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.prefill_tokens,
-                    t.prefill_seconds, t.prefill_tokens_per_second());
-        std::printf("decode:  %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.decode_tokens,
-                    t.decode_seconds, t.decode_tokens_per_second());
+                    prefill_s, rate(double(t.prefill_tokens), prefill_s));
+        std::printf("decode:  %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.decode_steps,
+                    decode_s, rate(double(t.decode_steps), decode_s));
         std::printf("threads: %d\n", engine.thread_pool().size());
-    } catch (const tandem::Error& e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "tandem-run: %s\n", e.what());
         return 1;
     }

@@ -1,44 +1,101 @@
 #include <tandem/engine.h>
-#include <algorithm>
-#include <chrono>
-#include <optional>
 
+#include <atomic>
+#include <filesystem>
+#include <optional>
+#include <random>
+
+#include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
-#include "kernels/thread_pool.h"
-#include "models/model.h"
+#include "models/tokenizer/chat_template.h"
 
 namespace tandem {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+constexpr int64_t kDefaultKvPositionsPerSequence = 4096;
+constexpr int64_t kDefaultKvBytesCap = int64_t(4) << 30;
 
-double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
+std::optional<Tokenizer> load_tokenizer_if_present(const std::string& model_dir) {
+    namespace fs = std::filesystem;
+    if (!fs::is_directory(model_dir) || !fs::exists(fs::path(model_dir) / "tokenizer.json"))
+        return std::nullopt;
+    return Tokenizer::load(model_dir);
+}
+
+// The KV pool: the configured budget, or room for every sequence slot at a typical length.
+int64_t kv_blocks(const EngineConfig& config, const KvCacheShape& shape, int64_t context) {
+    const auto block_bytes = int64_t(KvBlockPool::bytes_per_block(shape, config.kv_block_size));
+    int64_t budget = config.kv_cache_bytes;
+    if (budget == 0)
+        budget =
+            std::min(kDefaultKvBytesCap, int64_t(config.max_sequences) *
+                                             std::min(context, kDefaultKvPositionsPerSequence) /
+                                             config.kv_block_size * block_bytes);
+    const int64_t blocks = budget / block_bytes;
+    if (blocks < 1)
+        fail("EngineConfig.kv_cache_bytes: ", budget, " bytes do not hold one KV block of ",
+             block_bytes, " bytes");
+    return blocks;
+}
+
+void check_same_shape(const ModelConfig& a, const ModelConfig& b, const std::string& dir) {
+    if (a.architecture != b.architecture || a.n_layers != b.n_layers ||
+        a.hidden_dim != b.hidden_dim || a.n_heads != b.n_heads || a.n_kv_heads != b.n_kv_heads ||
+        a.head_dim != b.head_dim || a.vocab_size != b.vocab_size || a.n_experts != b.n_experts ||
+        a.n_experts_active != b.n_experts_active)
+        throw RequestError("reload_weights: " + dir + " holds a " + b.architecture + " with " +
+                           std::to_string(b.n_layers) + " layers and hidden size " +
+                           std::to_string(b.hidden_dim) + ", not the loaded " + a.architecture +
+                           "'s shape");
 }
 
 }  // namespace
 
-double GenerationTimings::prefill_tokens_per_second() const {
-    return prefill_seconds > 0 ? double(prefill_tokens) / prefill_seconds : 0.0;
-}
-
-double GenerationTimings::decode_tokens_per_second() const {
-    return decode_seconds > 0 ? double(decode_tokens) / decode_seconds : 0.0;
-}
-
 std::string_view finish_reason_name(FinishReason reason) {
-    return reason == FinishReason::Stop ? "stop" : "length";
+    switch (reason) {
+        case FinishReason::Stop: return "stop";
+        case FinishReason::Length: return "length";
+        case FinishReason::Abort: return "abort";
+        case FinishReason::Error: return "error";
+    }
+    return "unknown";
+}
+
+void RequestHandle::abort() {
+    if (state_) state_->abort_requested = true;
+}
+
+bool RequestHandle::finished() const {
+    if (!state_) return true;
+    std::lock_guard lock(state_->mutex);
+    return state_->done;
+}
+
+const RequestOutput& RequestHandle::wait() {
+    if (!state_) fail("RequestHandle::wait on an empty handle");
+    std::unique_lock lock(state_->mutex);
+    state_->finished_cv.wait(lock, [&] { return state_->done; });
+    return state_->output;
+}
+
+uint64_t RequestHandle::id() const {
+    return state_ ? state_->id : 0;
 }
 
 struct Engine::State {
     EngineConfig config;
     std::unique_ptr<ThreadPool> pool;
-    std::unique_ptr<Model> model;
+    std::optional<Tokenizer> tokenizer;
+    ModelConfig model_config;  // of the first checkpoint; reloads must match its shape
     int64_t context_length = 0;
+    std::optional<DType> quantize;
+    std::atomic<uint64_t> next_id{1};
+    std::mutex reload_mutex;
+    std::unique_ptr<Scheduler> scheduler;  // last: stops before the rest goes
 };
 
 Engine::Engine(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -49,89 +106,172 @@ Engine::~Engine() = default;
 Engine Engine::open(const EngineConfig& config) {
     if (config.model_dir.empty()) fail("EngineConfig.model_dir is empty");
     if (config.context_length < 0) fail("EngineConfig.context_length must be >= 0");
+    if (config.kv_block_size <= 0 || config.max_sequences <= 0 || config.max_step_tokens <= 0 ||
+        config.max_waiting_requests < 0 || config.kv_cache_bytes < 0)
+        fail(
+            "EngineConfig: kv_block_size, max_sequences and max_step_tokens must be positive, "
+            "kv_cache_bytes and max_waiting_requests not negative");
     auto state = std::make_unique<State>();
     state->config = config;
     if (cuda_compiled()) cuda_device_count();  // logs once when built with CUDA but no GPU is here
     state->pool = std::make_unique<ThreadPool>(
         ThreadPoolOptions{.n_threads = config.n_threads, .pin = config.pin_threads});
     if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
-    std::optional<DType> quantize;
     if (!config.quantize.empty()) {
-        quantize = dtype_from_name(config.quantize);
-        if (!quantize || !is_quantized_weight_type(*quantize))
+        state->quantize = dtype_from_name(config.quantize);
+        if (!state->quantize || !is_quantized_weight_type(*state->quantize))
             fail("EngineConfig.quantize: '", config.quantize,
                  "' is not one of q8_0, q4_0, q4_k, q5_k, q6_k");
     }
-    state->model = load_model(config.model_dir);
-    if (quantize) state->model->quantize_weights(*quantize, *state->pool);
-    const int64_t model_max = state->model->config().max_position_embeddings;
+    std::unique_ptr<Model> model = load_model(config.model_dir);
+    if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
+    state->tokenizer = load_tokenizer_if_present(config.model_dir);
+    state->model_config = model->config();
+    const int64_t model_max = model->config().max_position_embeddings;
     state->context_length = config.context_length == 0 ? model_max : config.context_length;
     if (state->context_length > model_max)
         log_warn("context length ", state->context_length,
                  " exceeds the model's max_position_embeddings ", model_max);
-    log_info("loaded ", state->model->config().architecture, " from ", config.model_dir, " with ",
-             state->pool->size(), " threads");
+    const KvCacheShape shape = model->kv_cache_shape(1);
+    auto blocks = std::make_shared<KvBlockPool>(shape, config.kv_block_size,
+                                                kv_blocks(config, shape, state->context_length));
+    log_info("loaded ", model->config().architecture, " from ", config.model_dir, " with ",
+             state->pool->size(), " threads; KV cache ", blocks->total_blocks(), " blocks of ",
+             config.kv_block_size, " positions (",
+             double(blocks->total_blocks()) *
+                 double(KvBlockPool::bytes_per_block(shape, config.kv_block_size)) / (1 << 20),
+             " MiB)");
+    state->scheduler = std::make_unique<Scheduler>(
+        std::move(blocks), std::move(model), *state->pool,
+        state->tokenizer ? &*state->tokenizer : nullptr,
+        SchedulerOptions{.context_length = state->context_length,
+                         .max_sequences = config.max_sequences,
+                         .max_step_tokens = config.max_step_tokens,
+                         .max_waiting_requests = config.max_waiting_requests});
     return Engine(std::move(state));
 }
 
+bool Engine::has_tokenizer() const {
+    return state_->tokenizer.has_value();
+}
+
+std::vector<int32_t> Engine::tokenize(const Prompt& prompt) const {
+    if (!prompt.token_ids.empty()) return prompt.token_ids;
+    if (!state_->tokenizer)
+        throw RequestError("the model at " + state_->config.model_dir +
+                           " has no tokenizer.json: send token ids");
+    const Tokenizer& tok = *state_->tokenizer;
+    try {
+        if (!prompt.messages.empty()) {
+            nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+            for (const ChatMessage& m : prompt.messages)
+                messages.push_back({{"role", m.role}, {"content", m.content}});
+            const std::string text =
+                apply_chat_template(tok, messages, prompt.add_generation_prompt);
+            // The template writes the special tokens itself (as transformers does).
+            return tok.encode(text, {.add_special_tokens = false});
+        }
+        return tok.encode(prompt.text, {.add_special_tokens = prompt.add_special_tokens});
+    } catch (const Error& e) {
+        throw RequestError(e.what());
+    }
+}
+
+std::string Engine::detokenize(std::span<const int32_t> ids, bool skip_special_tokens) const {
+    if (!state_->tokenizer) throw RequestError("the model has no tokenizer.json");
+    for (int32_t id : ids)
+        if (id < 0 || id >= vocab_size())
+            throw RequestError("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                               std::to_string(vocab_size()));
+    return state_->tokenizer->decode(ids, {.skip_special_tokens = skip_special_tokens});
+}
+
+std::string Engine::token_text(int32_t id) const {
+    if (!state_->tokenizer) return "";
+    return state_->tokenizer->decode({&id, 1}, {.skip_special_tokens = false});
+}
+
+RequestHandle Engine::submit(const Prompt& prompt, const SamplingParams& params,
+                             StreamCallback on_delta) {
+    auto request = std::make_shared<RequestHandle::State>();
+    request->id = state_->next_id++;
+    request->submitted = Clock::now();
+    try {
+        validate(params);
+    } catch (const Error& e) {
+        throw RequestError(e.what());
+    }
+    request->prompt = tokenize(prompt);
+    const std::vector<int32_t>& ids = request->prompt;
+    if (ids.empty()) throw RequestError("the prompt is empty");
+    for (int32_t id : ids)
+        if (id < 0 || id >= vocab_size())
+            throw RequestError("prompt token id " + std::to_string(id) +
+                               " is outside the vocabulary of " + std::to_string(vocab_size()));
+    if (int64_t(ids.size()) >= state_->context_length &&
+        !(params.max_tokens == 0 && int64_t(ids.size()) <= state_->context_length))
+        throw RequestError("the prompt of " + std::to_string(ids.size()) +
+                           " tokens does not fit the context length of " +
+                           std::to_string(state_->context_length) +
+                           " (it must leave room for one generated token)");
+    for (int32_t id : params.stop_token_ids)
+        if (id < 0 || id >= vocab_size())
+            throw RequestError("stop_token_ids: " + std::to_string(id) +
+                               " is outside the vocabulary");
+    request->params = params;
+    request->seed = params.seed ? *params.seed : std::random_device{}();
+    request->on_delta = std::move(on_delta);
+    state_->scheduler->submit(request);
+    return RequestHandle(std::move(request));
+}
+
+RequestOutput Engine::generate(const Prompt& prompt, const SamplingParams& params) {
+    RequestHandle handle = submit(prompt, params);
+    return handle.wait();
+}
+
+std::vector<float> Engine::score(std::span<const int32_t> token_ids) {
+    if (token_ids.size() < 2) throw RequestError("score needs at least two tokens");
+    const RequestOutput out = generate(Prompt::tokens({token_ids.begin(), token_ids.end()}),
+                                       {.temperature = 0, .max_tokens = 0, .prompt_logprobs = 0});
+    if (!out.error.empty()) fail("score: ", out.error);
+    std::vector<float> logprobs;
+    for (const TokenLogprob& lp : out.prompt_logprobs)
+        logprobs.push_back(lp.logprob);
+    return logprobs;
+}
+
+void Engine::reload_weights(const std::string& dir) {
+    std::lock_guard lock(state_->reload_mutex);
+    std::unique_ptr<Model> model = load_model(dir);
+    check_same_shape(state_->model_config, model->config(), dir);
+    if (state_->quantize) model->quantize_weights(*state_->quantize, *state_->pool);
+    std::unique_ptr<Model> old = state_->scheduler->swap_model(std::move(model));
+    log_info("reloaded the weights from ", dir);
+}
+
 const ModelConfig& Engine::model_config() const {
-    return state_->model->config();
+    return state_->model_config;
+}
+std::string Engine::model_name() const {
+    std::filesystem::path p(state_->config.model_dir);
+    if (!p.has_filename()) p = p.parent_path();
+    return p.filename().string();
 }
 int64_t Engine::context_length() const {
     return state_->context_length;
 }
+int64_t Engine::vocab_size() const {
+    return state_->model_config.vocab_size;
+}
+EngineStats Engine::stats() const {
+    return state_->scheduler->stats();
+}
 Model& Engine::model() {
-    return *state_->model;
+    return state_->scheduler->model();
 }
 ThreadPool& Engine::thread_pool() {
     return *state_->pool;
-}
-
-Generation Engine::generate(std::span<const int32_t> prompt, const SamplingParams& params) {
-    validate(params);
-    const ModelConfig& config = model_config();
-    if (prompt.empty()) fail("prompt is empty");
-    if (int64_t(prompt.size()) >= state_->context_length)
-        fail("prompt of ", prompt.size(), " tokens does not fit the context length of ",
-             state_->context_length, " (it must leave room for one generated token)");
-    const int64_t capacity =
-        std::min<int64_t>(state_->context_length, int64_t(prompt.size()) + params.max_tokens);
-    KvCache cache(
-        state_->model->kv_cache_shape(std::max<int64_t>(capacity, int64_t(prompt.size()))));
-    Sampler sampler(params);
-    Generation out;
-    if (params.max_tokens == 0) return out;
-
-    auto is_eos = [&](int32_t token) {
-        return !params.ignore_eos &&
-               std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), token) !=
-                   config.eos_token_ids.end();
-    };
-    const auto prefill_start = Clock::now();
-    const SequenceStep prefill{.tokens = prompt, .cache = &cache};
-    OwnedTensor logits = state_->model->forward({&prefill, 1}, *state_->pool);
-    out.timings.prefill_tokens = int64_t(prompt.size());
-    out.timings.prefill_seconds = seconds_since(prefill_start);
-
-    const auto decode_start = Clock::now();
-    for (;;) {
-        const int32_t token =
-            sampler.sample({logits.view.data_as<const float>(), size_t(config.vocab_size)});
-        out.tokens.push_back(token);
-        if (is_eos(token)) {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        if (int64_t(out.tokens.size()) >= params.max_tokens || cache.length() >= cache.capacity()) {
-            out.finish_reason = FinishReason::Length;
-            break;
-        }
-        const SequenceStep step{.tokens = {&out.tokens.back(), 1}, .cache = &cache};
-        logits = state_->model->forward({&step, 1}, *state_->pool);
-        ++out.timings.decode_tokens;
-    }
-    out.timings.decode_seconds = seconds_since(decode_start);
-    return out;
 }
 
 }  // namespace tandem

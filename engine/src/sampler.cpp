@@ -1,6 +1,7 @@
 #include <tandem/sampling.h>
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "kernels/error.h"
 
@@ -13,6 +14,22 @@ void validate(const SamplingParams& p) {
     if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) fail("top_p must be in (0, 1], got ", p.top_p);
     if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) fail("min_p must be in [0, 1], got ", p.min_p);
     if (p.max_tokens < 0) fail("max_tokens must be >= 0, got ", p.max_tokens);
+    if (p.n < 1 || p.n > 128) fail("n must be in [1, 128], got ", p.n);
+    if (p.min_tokens < 0 || p.min_tokens > p.max_tokens)
+        fail("min_tokens must be in [0, max_tokens = ", p.max_tokens, "], got ", p.min_tokens);
+    for (const std::string& stop : p.stop)
+        if (stop.empty()) fail("stop strings must not be empty");
+    if (p.stop.size() > 16) fail("at most 16 stop strings, got ", p.stop.size());
+    for (const auto& [value, name] : {std::pair{p.presence_penalty, "presence_penalty"},
+                                      {p.frequency_penalty, "frequency_penalty"}})
+        if (!(value >= -2.0f && value <= 2.0f)) fail(name, " must be in [-2, 2], got ", value);
+    if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
+        fail("repetition_penalty must be a finite number > 0, got ", p.repetition_penalty);
+    if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
+        fail("logprobs must be in [0, ", kMaxLogprobs, "] (or -1: none), got ", p.logprobs);
+    if (p.prompt_logprobs < -1 || p.prompt_logprobs > kMaxLogprobs)
+        fail("prompt_logprobs must be in [0, ", kMaxLogprobs, "] (or -1: none), got ",
+             p.prompt_logprobs);
 }
 
 int32_t argmax(std::span<const float> logits) {
@@ -20,7 +37,7 @@ int32_t argmax(std::span<const float> logits) {
     return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
+Sampler::Sampler(const SamplingParams& params, uint64_t seed) : params_(params), rng_(seed) {
     validate(params);
 }
 

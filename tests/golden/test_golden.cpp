@@ -125,11 +125,11 @@ TEST_P(GoldenBf16, CloseToNativeBf16Transformers) {
 }
 
 TEST_P(Golden, GreedyIdsMatchTransformers) {
-    const Generation out = engine_->generate(
-        ref_.prompt,
+    const RequestOutput out = engine_->generate(
+        Prompt::tokens(ref_.prompt),
         {.temperature = 0.0f, .max_tokens = int32_t(ref_.greedy.size()), .ignore_eos = true});
-    EXPECT_EQ(out.tokens, ref_.greedy);
-    EXPECT_EQ(out.finish_reason, FinishReason::Length);
+    EXPECT_EQ(out.completions.at(0).token_ids, ref_.greedy);
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Length);
 }
 
 TEST_P(Golden, PrefillEqualsTokenByTokenDecode) {

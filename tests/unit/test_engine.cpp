@@ -31,78 +31,89 @@ class EngineTest : public ::testing::Test {
     static test::TempDir* dir_;
 };
 
+RequestOutput generate(Engine& engine, std::vector<int32_t> prompt, const SamplingParams& params) {
+    return engine.generate(Prompt::tokens(std::move(prompt)), params);
+}
+const std::vector<int32_t>& tokens_of(const RequestOutput& out) {
+    return out.completions.at(0).token_ids;
+}
+
 test::TempDir* EngineTest::dir_ = nullptr;
 
 TEST_F(EngineTest, GeneratesMaxTokensAndReportsTimings) {
     Engine engine = open();
-    const std::vector<int32_t> prompt = {3, 4, 5, 6};
-    const Generation out =
-        engine.generate(prompt, {.temperature = 0, .max_tokens = 10, .ignore_eos = true});
-    EXPECT_EQ(out.tokens.size(), 10u);
-    EXPECT_EQ(out.finish_reason, FinishReason::Length);
-    EXPECT_EQ(out.timings.prefill_tokens, 4);
-    EXPECT_EQ(out.timings.decode_tokens, 9);
-    EXPECT_GT(out.timings.decode_tokens_per_second(), 0.0);
-    for (int32_t t : out.tokens)
+    const RequestOutput out =
+        generate(engine, {3, 4, 5, 6}, {.temperature = 0, .max_tokens = 10, .ignore_eos = true});
+    EXPECT_EQ(tokens_of(out).size(), 10u);
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Length);
+    EXPECT_EQ(out.prompt_tokens, 4);
+    EXPECT_EQ(out.completion_tokens, 10);
+    EXPECT_EQ(out.timings.decode_steps, 9);
+    EXPECT_GT(out.timings.total_seconds, 0.0);
+    EXPECT_GE(out.timings.first_token_seconds, out.timings.queue_seconds);
+    for (int32_t t : tokens_of(out))
         EXPECT_LT(t, engine.model_config().vocab_size);
 }
 
 TEST_F(EngineTest, SeededSamplingIsReproducible) {
     Engine engine = open();
-    const std::vector<int32_t> prompt = {7, 8, 9};
     const SamplingParams params{
         .temperature = 1.0f, .top_k = 20, .seed = 1234, .max_tokens = 12, .ignore_eos = true};
-    EXPECT_EQ(engine.generate(prompt, params).tokens, engine.generate(prompt, params).tokens);
+    EXPECT_EQ(tokens_of(generate(engine, {7, 8, 9}, params)),
+              tokens_of(generate(engine, {7, 8, 9}, params)));
 }
 
 TEST_F(EngineTest, StopsAtEos) {
     Engine engine = open();
-    const std::vector<int32_t> prompt = {10, 11};
-    // Find what greedy produces, then make sure generation stops when that token is EOS: the
-    // tiny model's EOS is 2, so force it with a model whose first greedy token we learn.
-    const Generation free =
-        engine.generate(prompt, {.temperature = 0, .max_tokens = 20, .ignore_eos = true});
+    // What greedy produces ignoring EOS; generation must stop at the first EOS (2) in it.
+    const RequestOutput free =
+        generate(engine, {10, 11}, {.temperature = 0, .max_tokens = 20, .ignore_eos = true});
     const auto eos = engine.model_config().eos_token_ids;
     ASSERT_EQ(eos, std::vector<int32_t>{2});
-    const Generation out = engine.generate(prompt, {.temperature = 0, .max_tokens = 20});
-    const auto first_eos = std::find(free.tokens.begin(), free.tokens.end(), 2);
-    if (first_eos == free.tokens.end()) {
-        EXPECT_EQ(out.tokens, free.tokens);
+    const RequestOutput out = generate(engine, {10, 11}, {.temperature = 0, .max_tokens = 20});
+    const std::vector<int32_t>& all = tokens_of(free);
+    const auto first_eos = std::find(all.begin(), all.end(), 2);
+    if (first_eos == all.end()) {
+        EXPECT_EQ(tokens_of(out), all);
     } else {
-        EXPECT_EQ(out.tokens, std::vector<int32_t>(free.tokens.begin(), first_eos + 1));
-        EXPECT_EQ(out.finish_reason, FinishReason::Stop);
+        EXPECT_EQ(tokens_of(out), std::vector<int32_t>(all.begin(), first_eos + 1));
+        EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Stop);
     }
 }
 
 TEST_F(EngineTest, ContextLimits) {
     Engine engine = open(16);
-    std::vector<int32_t> long_prompt(16, 5);
     try {
-        engine.generate(long_prompt, {.max_tokens = 4});
+        generate(engine, std::vector<int32_t>(16, 5), {.max_tokens = 4});
         FAIL() << "expected an error";
-    } catch (const Error& e) {
+    } catch (const RequestError& e) {
         EXPECT_NE(
             std::string(e.what()).find("prompt of 16 tokens does not fit the context length of 16"),
             std::string::npos)
             << e.what();
     }
     // A generation that reaches the context stops there with finish reason length.
-    const Generation out = engine.generate(
-        std::vector<int32_t>(10, 5), {.temperature = 0, .max_tokens = 50, .ignore_eos = true});
-    EXPECT_EQ(out.tokens.size(), 7u);  // positions 10..15 fed back, the 7th sampled at the end
-    EXPECT_EQ(out.finish_reason, FinishReason::Length);
+    const RequestOutput out = generate(engine, std::vector<int32_t>(10, 5),
+                                       {.temperature = 0, .max_tokens = 50, .ignore_eos = true});
+    EXPECT_EQ(tokens_of(out).size(), 6u);  // the sequence ends at 16 tokens
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Length);
 }
 
 TEST_F(EngineTest, BadRequestsFailAndTheEngineStaysUsable) {
     Engine engine = open();
-    EXPECT_THROW(engine.generate(std::vector<int32_t>{}, {}), Error);
-    EXPECT_THROW(engine.generate(std::vector<int32_t>{1, 96}, {}), Error);  // vocab is 96
-    EXPECT_THROW(engine.generate(std::vector<int32_t>{-1}, {}), Error);
-    EXPECT_THROW(engine.generate(std::vector<int32_t>{1}, {.top_p = 2.0f}), Error);
-    EXPECT_EQ(engine
-                  .generate(std::vector<int32_t>{1, 2, 3},
-                            {.temperature = 0, .max_tokens = 3, .ignore_eos = true})
-                  .tokens.size(),
+    EXPECT_THROW(generate(engine, {}, {}), RequestError);
+    EXPECT_THROW(generate(engine, {1, 96}, {}), RequestError);  // vocab is 96
+    EXPECT_THROW(generate(engine, {-1}, {}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.top_p = 2.0f}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.n = 0}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.max_tokens = 2, .min_tokens = 3}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.stop = {""}}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.presence_penalty = 3}), RequestError);
+    EXPECT_THROW(generate(engine, {1}, {.logprobs = kMaxLogprobs + 1}), RequestError);
+    EXPECT_THROW(engine.tokenize(Prompt::from_text("no tokenizer here")), RequestError);
+    EXPECT_EQ(tokens_of(generate(engine, {1, 2, 3},
+                                 {.temperature = 0, .max_tokens = 3, .ignore_eos = true}))
+                  .size(),
               3u);
 }
 

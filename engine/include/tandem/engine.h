@@ -1,11 +1,17 @@
 // The embedded C++ API of Tandem.
 //
 //   tandem::Engine engine = tandem::Engine::open({.model_dir = "path/to/hf-model"});
-//   tandem::Generation out = engine.generate(prompt_ids, {.temperature = 0, .max_tokens = 32});
+//   tandem::RequestOutput out = engine.generate(tandem::Prompt::from_text("Once upon a time"),
+//                                               {.temperature = 0, .max_tokens = 32});
+//   std::cout << out.completions[0].text;
 //
-// An Engine owns the model (memory-mapped weights), the worker threads and nothing global; two
-// engines can live in one process. Errors are tandem::Error exceptions whose message names the
-// file, tensor or parameter at fault; a failed call leaves the engine usable.
+// An Engine owns the model (memory-mapped weights), the worker threads, the paged KV cache and
+// one scheduler thread that runs continuous batching: every step, waiting requests join while
+// there is KV memory for them (first come, first served), long prompts are prefilled in chunks
+// next to the ongoing decodes, and finished sequences leave. All public methods are
+// thread-safe. Errors: RequestError for a bad request, QueueFullError when too many wait,
+// tandem::Error (a std::runtime_error) for files and configuration; a failed call leaves the
+// engine usable.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include <tandem/request.h>
 #include <tandem/sampling.h>
 
 namespace tandem {
@@ -23,30 +30,31 @@ class Model;
 class ThreadPool;
 
 struct EngineConfig {
-    std::string model_dir;       // a Hugging Face model directory
+    std::string model_dir;       // a Hugging Face model directory (or a .gguf file)
     int n_threads = 0;           // 0: one per physical core
     bool pin_threads = true;     // pin workers to physical cores
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
     std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
     std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
+    int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
+                                 // or the context, whichever is less, capped at 4 GiB
+    int64_t kv_block_size = 16;  // positions per KV block
+    int max_sequences = 64;      // sequences in one step at most
+    int64_t max_step_tokens = 512;    // tokens in one step at most (prefill chunks + decodes)
+    int max_waiting_requests = 1024;  // beyond this, submit() throws QueueFullError
 };
 
-enum class FinishReason { Stop, Length };
-
-struct GenerationTimings {
-    int64_t prefill_tokens = 0;
-    int64_t decode_tokens = 0;  // forward passes after the prefill
-    double prefill_seconds = 0;
-    double decode_seconds = 0;
-
-    double prefill_tokens_per_second() const;
-    double decode_tokens_per_second() const;
-};
-
-struct Generation {
-    std::vector<int32_t> tokens;  // generated ids, without the prompt
-    FinishReason finish_reason = FinishReason::Length;
-    GenerationTimings timings;
+struct EngineStats {
+    int64_t waiting_requests = 0;
+    int64_t running_requests = 0;
+    int64_t active_sequences = 0;
+    int64_t kv_blocks_used = 0;
+    int64_t kv_blocks_total = 0;
+    int64_t prompt_tokens_total = 0;
+    int64_t generated_tokens_total = 0;
+    int64_t steps_total = 0;
+    int64_t expert_cache_hits = 0;  // GPU expert cache; 0 while every expert runs on the CPU
+    int64_t expert_cache_misses = 0;
 };
 
 class Engine {
@@ -54,14 +62,34 @@ class Engine {
     static Engine open(const EngineConfig& config);
     Engine(Engine&&) noexcept;
     Engine& operator=(Engine&&) noexcept;
-    ~Engine();
+    ~Engine();  // aborts what is still running
 
-    // Generates up to params.max_tokens tokens after `prompt` (token ids). Stops at an EOS token of
-    // the model unless params.ignore_eos, or at the context length (finish reason Length).
-    Generation generate(std::span<const int32_t> prompt, const SamplingParams& params);
+    // Queues a request and returns at once; `on_delta`, if set, streams its tokens.
+    RequestHandle submit(const Prompt& prompt, const SamplingParams& params,
+                         StreamCallback on_delta = {});
+    // submit() and wait().
+    RequestOutput generate(const Prompt& prompt, const SamplingParams& params);
+
+    // The logprob of each token of `token_ids` after the first, given the tokens before it
+    // (size token_ids.size() - 1), computed in the same batches as generation.
+    std::vector<float> score(std::span<const int32_t> token_ids);
+
+    // Replaces the weights with those of the checkpoint in `dir`, which must have the same
+    // architecture and shapes. Happens between two steps; running requests continue with the
+    // new weights (their cached keys and values were computed with the old ones).
+    void reload_weights(const std::string& dir);
+
+    // Text <-> tokens with the model's tokenizer; throw RequestError if the model has none.
+    bool has_tokenizer() const;
+    std::vector<int32_t> tokenize(const Prompt& prompt) const;
+    std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
+    std::string token_text(int32_t id) const;  // one token's raw bytes, for logprob listings
 
     const ModelConfig& model_config() const;
+    std::string model_name() const;  // the model directory's last component
     int64_t context_length() const;
+    int64_t vocab_size() const;
+    EngineStats stats() const;
     Model& model();
     ThreadPool& thread_pool();
 
@@ -70,7 +98,5 @@ class Engine {
     explicit Engine(std::unique_ptr<State> state);
     std::unique_ptr<State> state_;
 };
-
-std::string_view finish_reason_name(FinishReason reason);  // "stop", "length"
 
 }  // namespace tandem

@@ -1,34 +1,61 @@
-// SamplingParams and Sampler: how the next token is drawn from a row of logits.
+// SamplingParams and Sampler: how the next token is drawn from a row of logits, and when a
+// sequence stops.
 //
-// temperature 0 means greedy (argmax). Otherwise, in this order: logits / temperature, softmax,
-// top_k (keep the k most probable), top_p (keep the smallest most-probable set whose mass reaches
-// top_p), min_p (keep tokens with p >= min_p * p_max), renormalise, draw. A Sampler owns its
-// random stream: the same seed, inputs and parameters give the same tokens.
+// Order of processing a row of logits (the model's raw output):
+//   1. logprobs, when asked, are taken from the raw logits (the model's own distribution, so
+//      they equal Engine::score() of the same sequence);
+//   2. penalties: repetition_penalty over prompt and generated tokens (Hugging Face's rule:
+//      positive logits divided, negative multiplied), then presence and frequency penalties
+//      over the generated tokens (OpenAI's rule: logit -= frequency * count + presence);
+//   3. before min_tokens tokens exist, EOS and stop_token_ids are masked out;
+//   4. temperature 0 means greedy (argmax). Otherwise logits / temperature, softmax, top_k,
+//      top_p (smallest most-probable set reaching top_p), min_p (p >= min_p * p_max),
+//      renormalise, draw.
+// A Sampler owns its random stream: the same seed, inputs and parameters give the same tokens.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace tandem {
 
 struct SamplingParams {
-    float temperature = 1.0f;  // 0: greedy
-    int32_t top_k = 0;         // 0: off
-    float top_p = 1.0f;        // 1: off
-    float min_p = 0.0f;        // 0: off
-    uint64_t seed = 0;
-    int32_t max_tokens = 16;
+    int32_t n = 1;                        // independent samples of the same prompt
+    float temperature = 1.0f;             // 0: greedy
+    int32_t top_k = 0;                    // 0: off
+    float top_p = 1.0f;                   // 1: off
+    float min_p = 0.0f;                   // 0: off
+    std::optional<uint64_t> seed;         // absent: drawn at random; sample i uses seed + i
+    int32_t max_tokens = 16;              // generated tokens at most, per sample
+    int32_t min_tokens = 0;               // EOS and stop tokens are not sampled before this many
+    std::vector<std::string> stop;        // stop strings; the text ends before the first match
+    std::vector<int32_t> stop_token_ids;  // extra tokens that end a sample like EOS
     bool ignore_eos = false;
+    float presence_penalty = 0.0f;       // [-2, 2]
+    float frequency_penalty = 0.0f;      // [-2, 2]
+    float repetition_penalty = 1.0f;     // > 0; 1: off
+    int32_t logprobs = -1;               // -1: none; k >= 0: the sampled token's and the top k
+    int32_t prompt_logprobs = -1;        // -1: none; k >= 0: each prompt token's and the top k
+    bool return_routed_experts = false;  // the experts each MoE layer chose, per position
+    bool skip_special_tokens = true;     // in the returned text
 };
 
 // Throws tandem::Error naming the parameter when a value is out of range.
 void validate(const SamplingParams& params);
 
+// The largest k of logprobs / prompt_logprobs a request may ask for.
+inline constexpr int32_t kMaxLogprobs = 20;
+
 class Sampler {
   public:
-    explicit Sampler(const SamplingParams& params);
+    // Seeded with params.seed (0 if absent), or with `seed`.
+    explicit Sampler(const SamplingParams& params) : Sampler(params, params.seed.value_or(0)) {}
+    Sampler(const SamplingParams& params, uint64_t seed);
+    // Draws from `logits` (penalties already applied); the row is left unchanged.
     int32_t sample(std::span<const float> logits);
 
   private:

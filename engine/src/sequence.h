@@ -1,0 +1,64 @@
+// Sequence: one sample of a request while it runs: its tokens, KV cache, sampler, detokenizer
+// and stop detection. Owned and touched only by the scheduler thread.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/kv_cache.h"
+#include "engine/src/request_state.h"
+#include "models/tokenizer/tokenizer.h"
+
+namespace tandem {
+
+// log-softmax of a row of logits, with the top-k alternatives when k > 0.
+TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t k);
+
+class Sequence {
+  public:
+    Sequence(RequestHandle::State& request, int32_t index, std::unique_ptr<KvCache> cache,
+             const Tokenizer* tokenizer, std::span<const int32_t> eos_token_ids,
+             int64_t context_length);
+
+    int32_t index() const { return index_; }
+    KvCache& cache() { return *cache_; }
+    const std::vector<int32_t>& tokens() const { return tokens_; }  // prompt + generated
+    int64_t generated() const { return int64_t(completion_.token_ids.size()); }
+    bool finished() const { return completion_.finish_reason.has_value(); }
+    bool wants_routing() const { return request_.params.return_routed_experts; }
+
+    // Samples the next token from `logits` (the row after the last token), records it and
+    // decides whether the sequence ends. Returns the delta to stream.
+    StreamDelta advance(std::span<const float> logits);
+    // Ends the sequence now (abort or error). Returns the final delta.
+    StreamDelta finish(FinishReason reason);
+
+    void add_routing(const RoutedExperts& shape, std::span<const int32_t> experts);
+    Completion take_completion() { return std::move(completion_); }
+
+  private:
+    void apply_penalties(std::vector<float>& logits) const;
+    // Appends detokenized text and ends at a stop string; returns the text safe to stream.
+    std::string append_text(int32_t token);
+    std::string flush_text();
+
+    RequestHandle::State& request_;
+    int32_t index_;
+    std::unique_ptr<KvCache> cache_;
+    const Tokenizer* tokenizer_;
+    std::span<const int32_t> eos_token_ids_;
+    int64_t context_length_;
+    Sampler sampler_;
+    std::optional<IncrementalDecoder> detokenizer_;
+    std::vector<int32_t> tokens_;
+    std::unordered_map<int32_t, int32_t> generated_counts_;
+    std::vector<float> scratch_;
+    size_t text_streamed_ = 0;  // bytes of completion_.text already streamed
+    Completion completion_;
+};
+
+}  // namespace tandem
