@@ -1,0 +1,314 @@
+// The embedded API under continuous batching: results independent of the batch, seeds, n,
+// stops, logprobs against score(), routed experts, streaming and aborts, the KV budget and the
+// queue, and reload_weights under load.
+#include <gtest/gtest.h>
+
+#include <tandem/engine.h>
+#include <atomic>
+#include <cmath>
+#include <future>
+#include <random>
+#include <thread>
+
+#include "models/config.h"
+#include "models/model.h"
+#include "tests/test_util.h"
+
+namespace tandem {
+namespace {
+
+class ApiTest : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite() {
+        a_ = new test::TempDir();
+        b_ = new test::TempDir();
+        test::write_tiny_model(a_->str(), 1);
+        test::write_tiny_model(b_->str(), 2);
+    }
+    static void TearDownTestSuite() {
+        delete a_;
+        delete b_;
+    }
+    static Engine open(const std::string& dir, EngineConfig config = {}) {
+        config.model_dir = dir;
+        config.n_threads = 2;
+        config.pin_threads = false;
+        return Engine::open(config);
+    }
+    static std::string chat_model() { return test::data_dir() + "/chat_tiny"; }
+    static test::TempDir *a_, *b_;
+};
+
+test::TempDir* ApiTest::a_ = nullptr;
+test::TempDir* ApiTest::b_ = nullptr;
+
+std::vector<int32_t> random_prompt(std::mt19937_64& rng, int64_t length, int32_t vocab) {
+    std::vector<int32_t> ids(static_cast<size_t>(length));
+    for (int32_t& id : ids)
+        id = int32_t(rng() % uint64_t(vocab));
+    return ids;
+}
+
+// 32 sequences of different lengths, submitted together and prefilled in chunks next to each
+// other's decodes, produce exactly what each produces alone.
+TEST_F(ApiTest, GreedyResultsDoNotDependOnTheBatch) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    Engine engine = open(a_->str(), {.max_step_tokens = 48});
+    const SamplingParams params{
+        .temperature = 0, .max_tokens = 12, .ignore_eos = true, .logprobs = 0};
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 32; ++i)
+        prompts.push_back(random_prompt(rng, 1 + int64_t(rng() % 40), 96));
+    std::vector<RequestHandle> handles;
+    for (const auto& p : prompts)
+        handles.push_back(engine.submit(Prompt::tokens(p), params));
+    double worst = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        const RequestOutput together = handles[i].wait();
+        const RequestOutput alone = engine.generate(Prompt::tokens(prompts[i]), params);
+        ASSERT_EQ(together.completions[0].token_ids, alone.completions[0].token_ids) << i;
+        for (size_t t = 0; t < alone.completions[0].logprobs.size(); ++t)
+            worst = std::max<double>(worst, std::abs(together.completions[0].logprobs[t].logprob -
+                                                     alone.completions[0].logprobs[t].logprob));
+    }
+    // Each token's row goes through the same kernels whatever else is in the step.
+    EXPECT_EQ(worst, 0.0);
+    EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+    EXPECT_EQ(engine.stats().active_sequences, 0);
+}
+
+TEST_F(ApiTest, SeedsReproduceAndSamplesDiffer) {
+    Engine engine = open(a_->str());
+    const SamplingParams params{
+        .n = 4, .temperature = 1.5f, .seed = 99, .max_tokens = 16, .ignore_eos = true};
+    const RequestOutput x = engine.generate(Prompt::tokens({5, 6, 7}), params);
+    const RequestOutput y = engine.generate(Prompt::tokens({5, 6, 7}), params);
+    ASSERT_EQ(x.completions.size(), 4u);
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(x.completions[size_t(i)].index, i);
+        EXPECT_EQ(x.completions[size_t(i)].token_ids, y.completions[size_t(i)].token_ids);
+        EXPECT_EQ(x.completions[size_t(i)].token_ids.size(), 16u);
+    }
+    EXPECT_NE(x.completions[0].token_ids, x.completions[1].token_ids);
+    EXPECT_EQ(x.completion_tokens, 64);
+    // Sample i of a request is what a single-sample request seeded with seed + i draws.
+    SamplingParams single = params;
+    single.n = 1;
+    single.seed = 99 + 2;
+    EXPECT_EQ(engine.generate(Prompt::tokens({5, 6, 7}), single).completions[0].token_ids,
+              x.completions[2].token_ids);
+}
+
+TEST_F(ApiTest, StopStringsAndStopTokens) {
+    Engine engine = open(chat_model());
+    const Prompt prompt = Prompt::from_text("Once upon a time");
+    const SamplingParams free{.temperature = 0, .max_tokens = 24, .ignore_eos = true};
+    const Completion all = engine.generate(prompt, free).completions[0];
+    ASSERT_GE(all.text.size(), 8u) << all.text;
+    // Stop at a piece of the text the model writes anyway.
+    SamplingParams stopping = free;
+    const std::string stop = all.text.substr(all.text.size() / 2, 3);
+    stopping.stop = {stop};
+    const Completion cut = engine.generate(prompt, stopping).completions[0];
+    EXPECT_EQ(cut.finish_reason, FinishReason::Stop);
+    EXPECT_EQ(cut.stop_reason, stop);
+    EXPECT_EQ(cut.text, all.text.substr(0, all.text.find(stop)));
+    // A stop token ends the sample after it, as EOS does; min_tokens holds it back.
+    SamplingParams by_token = free;
+    by_token.stop_token_ids = {all.token_ids[3]};
+    const Completion at_token = engine.generate(prompt, by_token).completions[0];
+    const auto first = std::find(all.token_ids.begin(), all.token_ids.end(), all.token_ids[3]);
+    EXPECT_EQ(at_token.token_ids, std::vector<int32_t>(all.token_ids.begin(), first + 1));
+    EXPECT_EQ(at_token.finish_reason, FinishReason::Stop);
+    by_token.min_tokens = 8;
+    EXPECT_GE(engine.generate(prompt, by_token).completions[0].token_ids.size(), 8u);
+}
+
+TEST_F(ApiTest, LogprobsEqualScoreOfTheSameSequence) {
+    TANDEM_SEEDED(seed);
+    Engine engine = open(a_->str());
+    const std::vector<int32_t> prompt = {9, 8, 7, 6, 5};
+    const RequestOutput out = engine.generate(Prompt::tokens(prompt), {.temperature = 1.0f,
+                                                                       .seed = seed,
+                                                                       .max_tokens = 10,
+                                                                       .ignore_eos = true,
+                                                                       .logprobs = 5,
+                                                                       .prompt_logprobs = 2});
+    const Completion& c = out.completions[0];
+    ASSERT_EQ(c.logprobs.size(), c.token_ids.size());
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), c.token_ids.begin(), c.token_ids.end());
+    const std::vector<float> scored = engine.score(all);
+    ASSERT_EQ(scored.size(), all.size() - 1);
+    ASSERT_EQ(out.prompt_logprobs.size(), prompt.size() - 1);
+    for (size_t i = 0; i + 1 < prompt.size(); ++i) {
+        EXPECT_EQ(out.prompt_logprobs[i].token, prompt[i + 1]);
+        EXPECT_NEAR(out.prompt_logprobs[i].logprob, scored[i], 1e-5);
+        EXPECT_EQ(out.prompt_logprobs[i].top.size(), 2u);
+    }
+    for (size_t t = 0; t < c.token_ids.size(); ++t) {
+        const TokenLogprob& lp = c.logprobs[t];
+        EXPECT_EQ(lp.token, c.token_ids[t]);
+        EXPECT_NEAR(lp.logprob, scored[prompt.size() - 1 + t], 1e-4) << t;
+        ASSERT_EQ(lp.top.size(), 5u);
+        for (size_t k = 1; k < 5; ++k)
+            EXPECT_GE(lp.top[k - 1].second, lp.top[k].second);
+        EXPECT_GE(lp.top[0].second, lp.logprob);
+        EXPECT_LE(lp.logprob, 0.0f);
+    }
+}
+
+TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
+    Engine engine = open(a_->str());
+    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9};
+    const RequestOutput out = engine.generate(
+        Prompt::tokens(prompt),
+        {.temperature = 0, .max_tokens = 5, .ignore_eos = true, .return_routed_experts = true});
+    const RoutedExperts& r = out.completions[0].routed_experts;
+    const ModelConfig& c = engine.model_config();
+    EXPECT_EQ(r.top_k, c.n_experts_active);
+    EXPECT_EQ(r.n_layers, int32_t(r.layers.size()));
+    EXPECT_GT(r.n_layers, 0);
+    EXPECT_EQ(r.positions(), int64_t(prompt.size()) + 5 - 1);
+    for (int32_t e : r.experts)
+        EXPECT_TRUE(e >= 0 && e < c.n_experts) << e;
+    // The prompt's routing is what a forward of the prompt alone chooses.
+    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size())));
+    const SequenceStep step{.tokens = prompt, .cache = &cache};
+    StepRouting routing;
+    engine.model().forward({&step, 1}, engine.thread_pool(), &routing);
+    ASSERT_EQ(int32_t(routing.routing.size()), r.n_layers);
+    for (size_t pos = 0; pos < prompt.size(); ++pos)
+        for (int32_t l = 0; l < r.n_layers; ++l)
+            for (int32_t k = 0; k < r.top_k; ++k)
+                EXPECT_EQ(
+                    r.experts[(pos * size_t(r.n_layers) + size_t(l)) * size_t(r.top_k) + size_t(k)],
+                    routing.routing[size_t(l)].experts[pos * size_t(r.top_k) + size_t(k)]);
+}
+
+TEST_F(ApiTest, StreamedDeltasAddUpToTheOutput) {
+    Engine engine = open(chat_model());
+    std::mutex mutex;
+    std::vector<std::string> text(2);
+    std::vector<std::vector<int32_t>> ids(2);
+    std::vector<int> finals(2);
+    RequestHandle h = engine.submit(
+        Prompt::chat({{"user", "Hello there"}}),
+        {.n = 2, .temperature = 0.8f, .seed = 5, .max_tokens = 20, .ignore_eos = true},
+        [&](const StreamDelta& d) {
+            std::lock_guard lock(mutex);
+            text[size_t(d.index)] += d.text;
+            ids[size_t(d.index)].insert(ids[size_t(d.index)].end(), d.token_ids.begin(),
+                                        d.token_ids.end());
+            finals[size_t(d.index)] += d.finish_reason.has_value();
+        });
+    const RequestOutput& out = h.wait();
+    for (size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(text[i], out.completions[i].text);
+        EXPECT_EQ(ids[i], out.completions[i].token_ids);
+        EXPECT_EQ(finals[i], 1);
+    }
+}
+
+TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
+    Engine engine = open(a_->str());
+    std::atomic<int> tokens{0};
+    RequestHandle h = engine.submit(
+        Prompt::tokens({1, 2, 3}), {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
+        [&](const StreamDelta& d) { tokens += int(d.token_ids.size()); });
+    while (tokens < 3)
+        std::this_thread::yield();
+    h.abort();
+    const RequestOutput& out = h.wait();
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
+    EXPECT_LT(out.completions[0].token_ids.size(), 60u);
+    EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+}
+
+TEST_F(ApiTest, FullKvCacheQueuesRequestsAndRejectsTheImpossible) {
+    // 6 blocks of 4 positions: one request of 3 + 8 tokens (3 blocks) at a time, two at most.
+    const KvCacheShape shape = open(a_->str()).model().kv_cache_shape(1);
+    const auto block = int64_t(KvBlockPool::bytes_per_block(shape, 4));
+    Engine engine = open(a_->str(), {.kv_cache_bytes = 6 * block, .kv_block_size = 4});
+    const SamplingParams params{.temperature = 0, .max_tokens = 8, .ignore_eos = true};
+    std::vector<RequestHandle> handles;
+    for (int i = 0; i < 10; ++i)
+        handles.push_back(engine.submit(Prompt::tokens({1, 2, int32_t(i)}), params));
+    for (int i = 0; i < 10; ++i) {
+        const RequestOutput& out = handles[size_t(i)].wait();
+        EXPECT_EQ(
+            out.completions[0].token_ids,
+            engine.generate(Prompt::tokens({1, 2, int32_t(i)}), params).completions[0].token_ids);
+    }
+    try {
+        engine.generate(Prompt::tokens({1, 2, 3}), {.max_tokens = 40});
+        FAIL() << "a request larger than the KV cache was accepted";
+    } catch (const RequestError& e) {
+        EXPECT_NE(std::string(e.what()).find("KV cache has only 6"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(engine.stats().kv_blocks_total, 6);
+}
+
+TEST_F(ApiTest, AFullQueueRefusesNewRequests) {
+    Engine engine = open(a_->str(), {.max_sequences = 1, .max_waiting_requests = 2});
+    const SamplingParams slow{.temperature = 0, .max_tokens = 40, .ignore_eos = true};
+    std::vector<RequestHandle> handles;
+    bool refused = false;
+    for (int i = 0; i < 8 && !refused; ++i) {
+        try {
+            handles.push_back(engine.submit(Prompt::tokens({1, 2}), slow));
+        } catch (const QueueFullError&) {
+            refused = true;
+        }
+    }
+    EXPECT_TRUE(refused);
+    for (RequestHandle& h : handles)
+        h.abort();
+    for (RequestHandle& h : handles)
+        h.wait();
+    EXPECT_EQ(engine.generate(Prompt::tokens({1, 2}), {.max_tokens = 2}).completions.size(), 1u);
+}
+
+TEST_F(ApiTest, PenaltiesReduceRepetition) {
+    Engine engine = open(a_->str());
+    auto distinct = [&](SamplingParams p) {
+        p.temperature = 0;
+        p.max_tokens = 40;
+        p.ignore_eos = true;
+        const auto ids = engine.generate(Prompt::tokens({4, 4, 4}), p).completions[0].token_ids;
+        return std::set<int32_t>(ids.begin(), ids.end()).size();
+    };
+    const size_t plain = distinct({});
+    EXPECT_GT(distinct({.frequency_penalty = 2.0f}), plain);
+    EXPECT_GT(distinct({.presence_penalty = 2.0f}), plain);
+    EXPECT_GT(distinct({.repetition_penalty = 5.0f}), plain);
+}
+
+// reload_weights between steps while other requests stream: they all finish, and what runs
+// after the reload is exactly what an engine opened on the new checkpoint computes.
+TEST_F(ApiTest, ReloadWeightsUnderLoad) {
+    Engine engine = open(a_->str());
+    Engine reference_b = open(b_->str());
+    const SamplingParams params{.temperature = 0, .max_tokens = 30, .ignore_eos = true};
+    std::vector<RequestHandle> running;
+    for (int i = 0; i < 4; ++i)
+        running.push_back(engine.submit(Prompt::tokens({int32_t(10 + i), 3}), params));
+    engine.reload_weights(b_->str());
+    for (RequestHandle& h : running)
+        EXPECT_EQ(h.wait().completions[0].token_ids.size(), 30u);
+    const std::vector<int32_t> prompt = {7, 7, 1};
+    EXPECT_EQ(engine.generate(Prompt::tokens(prompt), params).completions[0].token_ids,
+              reference_b.generate(Prompt::tokens(prompt), params).completions[0].token_ids);
+    engine.reload_weights(a_->str());
+    Engine reference_a = open(a_->str());
+    EXPECT_EQ(engine.score(prompt), reference_a.score(prompt));
+    // A checkpoint of another shape is refused and the engine keeps the one it has.
+    test::TempDir other;
+    test::write_small_quantizable_model(other.str());
+    EXPECT_THROW(engine.reload_weights(other.str()), RequestError);
+    EXPECT_EQ(engine.score(prompt), reference_a.score(prompt));
+}
+
+}  // namespace
+}  // namespace tandem
