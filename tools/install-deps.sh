@@ -6,14 +6,15 @@
 #   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool
 #           flags), Eigen and oneDNN (dense kernels, named by the design), GoogleTest, Google
 #           Benchmark, PCRE2 (tokenizer regexes, Unicode-aware), utf8proc (Unicode
-#           normalization for tokenizers), zlib (tandem-sim reads gzip-compressed routing traces)
+#           normalization for tokenizers), zlib (tandem-sim reads gzip-compressed routing traces),
+#           cpp-httplib (tandem-server's HTTP)
 #   fuzz:   clang with libFuzzer (tools/fuzz.sh)
 set -euo pipefail
 
 packages=(
     cmake ninja-build g++ pkg-config ccache
     libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev
-    libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev
+    libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcpp-httplib-dev
     clang libclang-rt-dev
 )
 

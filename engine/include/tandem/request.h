@@ -32,9 +32,21 @@ struct Prompt {
     bool add_special_tokens = true;     // text: the tokenizer's BOS/EOS rules
     bool add_generation_prompt = true;  // messages: end with the assistant header
 
-    static Prompt tokens(std::vector<int32_t> ids) { return {.token_ids = std::move(ids)}; }
-    static Prompt from_text(std::string s) { return {.text = std::move(s)}; }
-    static Prompt chat(std::vector<ChatMessage> m) { return {.messages = std::move(m)}; }
+    static Prompt tokens(std::vector<int32_t> ids) {
+        Prompt p;
+        p.token_ids = std::move(ids);
+        return p;
+    }
+    static Prompt from_text(std::string s) {
+        Prompt p;
+        p.text = std::move(s);
+        return p;
+    }
+    static Prompt chat(std::vector<ChatMessage> m) {
+        Prompt p;
+        p.messages = std::move(m);
+        return p;
+    }
 };
 
 enum class FinishReason { Stop, Length, Abort, Error };

@@ -1,0 +1,278 @@
+// POST /v1/completions and /v1/chat/completions: one engine request per prompt (each with n
+// samples), answered as one JSON object or streamed as server-sent events.
+#include <httplib.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "tools/server/api_error.h"
+#include "tools/server/openai.h"
+#include "tools/server/server.h"
+
+namespace tandem::server {
+
+namespace {
+
+using nlohmann::json;
+
+int64_t unix_now() {
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// A prompt as the engine will see it, with the text `echo` repeats.
+struct PreparedPrompt {
+    std::vector<int32_t> ids;
+    std::string text;
+};
+
+// The events of one streamed response: engine callbacks push, the HTTP writer pops.
+struct EventQueue {
+    std::mutex mutex;
+    std::condition_variable ready;
+    std::deque<std::string> events;
+    bool closed = false;
+
+    void push(std::string event) {
+        {
+            std::lock_guard lock(mutex);
+            events.push_back(std::move(event));
+        }
+        ready.notify_one();
+    }
+};
+
+std::string sse(const json& chunk) {
+    return "data: " + dump(chunk) + "\n\n";
+}
+
+}  // namespace
+
+void Server::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+    Engine& engine = *engine_.load();
+    json body;
+    try {
+        body = json::parse(req.body);
+    } catch (const json::parse_error& e) {
+        throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
+    }
+    GenerationRequest g = parse_generation_request(body, chat);
+    const std::string name = model_name();
+    if (!g.model.empty() && g.model != name && g.model != engine.model_name())
+        throw ApiError(
+            404, "the model '" + g.model + "' does not exist; this server serves '" + name + "'",
+            "model");
+
+    std::vector<PreparedPrompt> prompts;
+    for (const Prompt& p : g.prompts) {
+        PreparedPrompt prepared;
+        prepared.ids = engine.tokenize(p);
+        if (prepared.ids.empty()) throw ApiError(400, "the prompt is empty", "prompt");
+        const auto len = int64_t(prepared.ids.size());
+        if (len >= engine.context_length())
+            throw ApiError(400,
+                           "the prompt has " + std::to_string(len) +
+                               " tokens but the context length is " +
+                               std::to_string(engine.context_length()),
+                           chat ? "messages" : "prompt");
+        if (g.max_tokens_given && len + g.params.max_tokens > engine.context_length())
+            throw ApiError(400,
+                           "this model's context length is " +
+                               std::to_string(engine.context_length()) + " tokens; you asked for " +
+                               std::to_string(len + g.params.max_tokens) + " (" +
+                               std::to_string(len) + " in the prompt, " +
+                               std::to_string(g.params.max_tokens) + " to generate)",
+                           g.max_tokens_key);
+        if (g.echo)
+            prepared.text = p.token_ids.empty() && p.messages.empty()
+                                ? p.text
+                                : engine.detokenize(prepared.ids);
+        prompts.push_back(std::move(prepared));
+    }
+    const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+    const int64_t created = unix_now();
+    const int32_t n = g.params.n;
+    auto params_for = [&](const PreparedPrompt& p) {
+        SamplingParams params = g.params;
+        if (chat && !g.max_tokens_given)
+            params.max_tokens = int32_t(engine.context_length() - int64_t(p.ids.size()));
+        return params;
+    };
+    // By value: streaming callbacks outlive this handler.
+    auto logprobs_json = [chat, top = g.top_logprobs, legacy = g.legacy_logprobs, engine = &engine](
+                             const std::vector<TokenLogprob>& lps, size_t offset) -> json {
+        if (chat) return top >= 0 ? chat_logprobs(*engine, lps) : json(nullptr);
+        return legacy >= 0 ? completion_logprobs(*engine, lps, offset) : json(nullptr);
+    };
+
+    if (!g.stream) {
+        std::vector<RequestHandle> handles;
+        try {
+            for (const PreparedPrompt& p : prompts)
+                handles.push_back(engine.submit(Prompt::tokens(p.ids), params_for(p)));
+        } catch (...) {
+            for (RequestHandle& h : handles)
+                h.abort();
+            throw;
+        }
+        json choices = json::array();
+        int64_t prompt_tokens = 0, completion_tokens = 0;
+        for (size_t i = 0; i < handles.size(); ++i) {
+            const RequestOutput& out = handles[i].wait();
+            metrics_.observe_generation(out);
+            if (!out.error.empty()) throw std::runtime_error("generation failed: " + out.error);
+            prompt_tokens += out.prompt_tokens;
+            completion_tokens += out.completion_tokens;
+            for (const Completion& c : out.completions) {
+                json choice = {{"index", int64_t(i) * n + c.index},
+                               {"finish_reason", finish_reason_json(c.finish_reason)}};
+                if (chat) {
+                    choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+                    choice["logprobs"] = logprobs_json(c.logprobs, 0);
+                } else {
+                    const std::string& echo = prompts[i].text;
+                    choice["text"] = echo + c.text;
+                    if (g.legacy_logprobs >= 0) {
+                        std::vector<TokenLogprob> lps;
+                        if (g.echo) lps = out.prompt_logprobs;
+                        lps.insert(lps.end(), c.logprobs.begin(), c.logprobs.end());
+                        choice["logprobs"] = completion_logprobs(
+                            engine, lps, 0,
+                            g.echo ? std::optional<int32_t>(out.prompt_token_ids[0])
+                                   : std::nullopt);
+                    } else {
+                        choice["logprobs"] = nullptr;
+                    }
+                }
+                if (g.params.return_routed_experts) {
+                    const RoutedExperts& r = c.routed_experts;
+                    choice["routed_experts"] = {
+                        {"layers", r.layers}, {"top_k", r.top_k}, {"experts", r.experts}};
+                }
+                choices.push_back(choice);
+            }
+        }
+        json response = {
+            {"id", id},           {"object", chat ? "chat.completion" : "text_completion"},
+            {"created", created}, {"model", name},
+            {"choices", choices}, {"usage", usage_json(prompt_tokens, completion_tokens)}};
+        res.status = 200;
+        res.set_content(dump(response), "application/json");
+        return;
+    }
+
+    // Streaming: chunks are built in the engine's callbacks and written by httplib's thread.
+    auto queue = std::make_shared<EventQueue>();
+    auto handles = std::make_shared<std::vector<RequestHandle>>();
+    struct Progress {
+        std::mutex mutex;
+        int64_t finished = 0, completion_tokens = 0;
+        std::vector<size_t> text_offset;
+    };
+    auto progress = std::make_shared<Progress>();
+    const int64_t total_choices = int64_t(prompts.size()) * n;
+    progress->text_offset.assign(size_t(total_choices), 0);
+    int64_t prompt_tokens = 0;
+    for (const PreparedPrompt& p : prompts)
+        prompt_tokens += int64_t(p.ids.size());
+    const bool include_usage = g.include_usage;
+    auto chunk = [=](int64_t index, json fields) {
+        json choice = {{"index", index}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+        choice.update(fields);
+        return json{{"id", id},
+                    {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                    {"created", created},
+                    {"model", name},
+                    {"choices", json::array({choice})}};
+    };
+    // The first chunk of each choice: the assistant role (chat) or the echoed prompt.
+    for (size_t i = 0; i < prompts.size(); ++i)
+        for (int32_t j = 0; j < n; ++j) {
+            const int64_t index = int64_t(i) * n + j;
+            if (chat)
+                queue->push(
+                    sse(chunk(index, {{"delta", {{"role", "assistant"}, {"content", ""}}}})));
+            else if (g.echo)
+                queue->push(sse(chunk(index, {{"text", prompts[i].text}})));
+        }
+    try {
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            const int64_t base = int64_t(i) * n;
+            handles->push_back(engine.submit(
+                Prompt::tokens(prompts[i].ids), params_for(prompts[i]), [=](const StreamDelta& d) {
+                    const int64_t index = base + d.index;
+                    json fields;
+                    size_t offset = 0;
+                    {
+                        std::lock_guard lock(progress->mutex);
+                        progress->completion_tokens += int64_t(d.token_ids.size());
+                        offset = progress->text_offset[size_t(index)];
+                        progress->text_offset[size_t(index)] += d.text.size();
+                    }
+                    if (chat)
+                        fields["delta"] = d.text.empty() && d.finish_reason
+                                              ? json::object()
+                                              : json{{"content", d.text}};
+                    else
+                        fields["text"] = d.text;
+                    if (!d.logprobs.empty()) fields["logprobs"] = logprobs_json(d.logprobs, offset);
+                    if (d.finish_reason) {
+                        if (*d.finish_reason == FinishReason::Error) {
+                            queue->push(sse(error_body(500, "generation failed")));
+                        }
+                        fields["finish_reason"] = finish_reason_json(d.finish_reason);
+                    }
+                    if (d.token_ids.empty() && d.text.empty() && !d.finish_reason) return;
+                    queue->push(sse(chunk(index, fields)));
+                    if (!d.finish_reason) return;
+                    std::lock_guard lock(progress->mutex);
+                    if (++progress->finished < total_choices) return;
+                    if (include_usage)
+                        queue->push(sse(
+                            {{"id", id},
+                             {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                             {"created", created},
+                             {"model", name},
+                             {"choices", json::array()},
+                             {"usage", usage_json(prompt_tokens, progress->completion_tokens)}}));
+                    queue->push("data: [DONE]\n\n");
+                    std::lock_guard qlock(queue->mutex);
+                    queue->closed = true;
+                    queue->ready.notify_one();
+                }));
+        }
+    } catch (...) {
+        for (RequestHandle& h : *handles)
+            h.abort();
+        throw;
+    }
+    res.status = 200;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [queue](size_t, httplib::DataSink& sink) {
+            std::unique_lock lock(queue->mutex);
+            queue->ready.wait(lock, [&] { return !queue->events.empty() || queue->closed; });
+            while (!queue->events.empty()) {
+                const std::string event = std::move(queue->events.front());
+                queue->events.pop_front();
+                lock.unlock();
+                if (!sink.write(event.data(), event.size())) return false;  // client gone
+                lock.lock();
+            }
+            if (queue->closed) sink.done();
+            return true;
+        },
+        [this, handles](bool success) {
+            // Normal end or a broken connection: either way nothing may keep running.
+            for (RequestHandle& h : *handles)
+                if (!success) h.abort();
+            for (RequestHandle& h : *handles)
+                metrics_.observe_generation(h.wait());
+        });
+}
+
+}  // namespace tandem::server

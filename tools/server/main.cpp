@@ -1,0 +1,94 @@
+// tandem-server: an OpenAI-compatible HTTP server over one Tandem engine.
+//
+//   tandem-server --model path/to/model [--port 8000] [--api-key KEY]
+//
+// It listens at once and loads the model in the background: /health answers 503 until the
+// model is ready. SIGINT or SIGTERM stop it.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include <tandem/engine.h>
+
+#include "kernels/log.h"
+#include "tools/server/server.h"
+
+namespace {
+
+tandem::server::Server* g_server = nullptr;
+
+void on_signal(int) {
+    if (g_server != nullptr) g_server->stop();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"OpenAI-compatible HTTP server for a Tandem model"};
+    tandem::EngineConfig config;
+    tandem::server::ServerOptions options;
+    std::string log_level = "info";
+    double kv_cache_mb = 0;
+    app.add_option("--model", config.model_dir, "Hugging Face model directory")->required();
+    app.add_option("--host", options.host, "address to bind")->capture_default_str();
+    app.add_option("--port", options.port, "port, 0 = any free one")->capture_default_str();
+    app.add_option("--api-key", options.api_key, "require Authorization: Bearer KEY");
+    app.add_option("--admin-key", options.admin_key, "key of POST /v1/load_weights");
+    app.add_option("--weights-dir", options.weights_dir,
+                   "directory load_weights may read checkpoints from");
+    app.add_option("--served-model-name", options.served_model_name,
+                   "model id in the API (default: the directory name)");
+    app.add_option("--max-body-bytes", options.max_body_bytes, "larger bodies get 413")
+        ->capture_default_str();
+    app.add_option("--http-threads", options.http_threads, "concurrent connections")
+        ->capture_default_str();
+    app.add_option("--threads", config.n_threads, "engine threads, 0 = physical cores")
+        ->capture_default_str();
+    app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
+        ->capture_default_str();
+    app.add_option("--quantize", config.quantize, "quantize weights at load: q8_0, q4_k, ...");
+    app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB, 0 = default")
+        ->capture_default_str();
+    app.add_option("--max-sequences", config.max_sequences, "sequences per step")
+        ->capture_default_str();
+    app.add_option("--max-step-tokens", config.max_step_tokens, "tokens per step")
+        ->capture_default_str();
+    app.add_option("--max-waiting", config.max_waiting_requests, "queued requests before 503")
+        ->capture_default_str();
+    app.add_flag(
+        "--no-pin", [&](int64_t) { config.pin_threads = false; },
+        "do not pin engine threads to cores");
+    app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
+    CLI11_PARSE(app, argc, argv);
+    config.kv_cache_bytes = int64_t(kv_cache_mb * 1024 * 1024);
+
+    try {
+        tandem::set_log_level(tandem::parse_log_level(log_level));
+        tandem::server::Server server(options);
+        const int port = server.bind();
+        std::printf("tandem-server listening on http://%s:%d\n", options.host.c_str(), port);
+        std::fflush(stdout);
+        g_server = &server;
+        std::signal(SIGINT, on_signal);
+        std::signal(SIGTERM, on_signal);
+        std::signal(SIGPIPE, SIG_IGN);
+        std::thread http([&] { server.serve(); });
+        std::optional<tandem::Engine> engine;
+        try {
+            engine.emplace(tandem::Engine::open(config));
+            server.set_engine(&*engine);
+            tandem::log_info("serving ", config.model_dir);
+        } catch (const std::exception& e) {
+            tandem::log_error("cannot load ", config.model_dir, ": ", e.what());
+            server.set_load_error(e.what());
+        }
+        http.join();
+        server.set_engine(nullptr);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tandem-server: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,274 @@
+#include "tools/server/openai.h"
+
+#include <limits>
+
+#include "tools/server/api_error.h"
+
+namespace tandem::server {
+
+namespace {
+
+using nlohmann::json;
+
+// Typed readers: absent or null -> the default; a wrong type -> 400 naming the field.
+template <typename T>
+T read_int(const json& body, const char* key, T fallback, T lo, T hi) {
+    const auto it = body.find(key);
+    if (it == body.end() || it->is_null()) return fallback;
+    if (!it->is_number_integer())
+        throw ApiError(400, std::string("'") + key + "' must be an integer", key);
+    // nlohmann stores non-negative integers as unsigned: compare in the type it holds.
+    const bool in_range =
+        it->is_number_unsigned()
+            ? it->get<uint64_t>() <= uint64_t(hi) &&
+                  (lo <= 0 || it->get<uint64_t>() >= uint64_t(lo))
+            : it->get<int64_t>() >= int64_t(lo) && it->get<int64_t>() <= int64_t(hi);
+    if (!in_range)
+        throw ApiError(400,
+                       std::string("'") + key + "' must be in [" + std::to_string(lo) + ", " +
+                           std::to_string(hi) + "], got " + it->dump(),
+                       key);
+    return T(it->get<int64_t>());
+}
+
+float read_float(const json& body, const char* key, float fallback, float lo, float hi) {
+    const auto it = body.find(key);
+    if (it == body.end() || it->is_null()) return fallback;
+    if (!it->is_number()) throw ApiError(400, std::string("'") + key + "' must be a number", key);
+    const double v = it->get<double>();
+    if (!(v >= lo && v <= hi))
+        throw ApiError(400,
+                       std::string("'") + key + "' must be in [" + std::to_string(lo) + ", " +
+                           std::to_string(hi) + "], got " + it->dump(),
+                       key);
+    return float(v);
+}
+
+bool read_bool(const json& body, const char* key, bool fallback) {
+    const auto it = body.find(key);
+    if (it == body.end() || it->is_null()) return fallback;
+    if (!it->is_boolean()) throw ApiError(400, std::string("'") + key + "' must be a boolean", key);
+    return it->get<bool>();
+}
+
+std::vector<int32_t> read_ids(const json& value, const char* key) {
+    std::vector<int32_t> ids;
+    for (const json& id : value) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+            id.get<int64_t>() > std::numeric_limits<int32_t>::max())
+            throw ApiError(400, std::string("'") + key + "' must hold token ids (integers >= 0)",
+                           key);
+        ids.push_back(int32_t(id.get<int64_t>()));
+    }
+    return ids;
+}
+
+std::vector<std::string> read_stop(const json& body) {
+    const auto it = body.find("stop");
+    if (it == body.end() || it->is_null()) return {};
+    if (it->is_string()) return {it->get<std::string>()};
+    if (!it->is_array())
+        throw ApiError(400, "'stop' must be a string or a list of strings", "stop");
+    std::vector<std::string> stops;
+    for (const json& s : *it) {
+        if (!s.is_string() || s.get<std::string>().empty())
+            throw ApiError(400, "'stop' must hold non-empty strings", "stop");
+        stops.push_back(s.get<std::string>());
+    }
+    return stops;
+}
+
+std::string message_content(const json& m, size_t i) {
+    const std::string param = "messages[" + std::to_string(i) + "].content";
+    const auto it = m.find("content");
+    if (it == m.end() || it->is_null()) return "";
+    if (it->is_string()) return it->get<std::string>();
+    if (!it->is_array())
+        throw ApiError(400, "'" + param + "' must be a string or a list of parts", param);
+    std::string text;
+    for (const json& part : *it) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+            !part["text"].is_string())
+            throw ApiError(400, "'" + param + "': only text parts are supported", param);
+        text += part["text"].get<std::string>();
+    }
+    return text;
+}
+
+Prompt chat_prompt(const json& body) {
+    const auto it = body.find("messages");
+    if (it == body.end() || !it->is_array())
+        throw ApiError(400, "'messages' must be a list of messages", "messages");
+    if (it->empty()) throw ApiError(400, "'messages' must not be empty", "messages");
+    std::vector<ChatMessage> messages;
+    for (size_t i = 0; i < it->size(); ++i) {
+        const json& m = (*it)[i];
+        const std::string param = "messages[" + std::to_string(i) + "]";
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
+            m["role"].get<std::string>().empty())
+            throw ApiError(400, "'" + param + "' must be an object with a 'role' string", param);
+        messages.push_back({m["role"].get<std::string>(), message_content(m, i)});
+    }
+    Prompt prompt = Prompt::chat(std::move(messages));
+    prompt.add_generation_prompt = read_bool(body, "add_generation_prompt", true);
+    return prompt;
+}
+
+std::vector<Prompt> completion_prompts(const json& body) {
+    const auto it = body.find("prompt");
+    if (it == body.end() || it->is_null()) throw ApiError(400, "'prompt' is required", "prompt");
+    const char* shape =
+        "'prompt' must be a string, a list of strings, a list of token ids or a "
+        "list of lists of token ids";
+    if (it->is_string()) return {Prompt::from_text(it->get<std::string>())};
+    if (!it->is_array() || it->empty()) throw ApiError(400, shape, "prompt");
+    if ((*it)[0].is_number_integer()) return {Prompt::tokens(read_ids(*it, "prompt"))};
+    std::vector<Prompt> prompts;
+    for (const json& p : *it) {
+        if (p.is_string())
+            prompts.push_back(Prompt::from_text(p.get<std::string>()));
+        else if (p.is_array() && !p.empty())
+            prompts.push_back(Prompt::tokens(read_ids(p, "prompt")));
+        else
+            throw ApiError(400, shape, "prompt");
+    }
+    return prompts;
+}
+
+}  // namespace
+
+GenerationRequest parse_generation_request(const json& body, bool chat) {
+    if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
+    GenerationRequest r;
+    r.chat = chat;
+    if (const auto m = body.find("model"); m != body.end() && !m->is_null()) {
+        if (!m->is_string()) throw ApiError(400, "'model' must be a string", "model");
+        r.model = m->get<std::string>();
+    }
+    if (chat)
+        r.prompts = {chat_prompt(body)};
+    else
+        r.prompts = completion_prompts(body);
+
+    SamplingParams& p = r.params;
+    constexpr int32_t kMaxInt = std::numeric_limits<int32_t>::max();
+    p.n = read_int<int32_t>(body, "n", 1, 1, 16);
+    const int32_t best_of = read_int<int32_t>(body, "best_of", p.n, 1, 16);
+    if (best_of != p.n) throw ApiError(400, "'best_of' other than n is not supported", "best_of");
+    p.temperature = read_float(body, "temperature", 1.0f, 0.0f, 100.0f);
+    p.top_p = read_float(body, "top_p", 1.0f, 0.0f, 1.0f);
+    if (p.top_p == 0.0f) throw ApiError(400, "'top_p' must be in (0, 1]", "top_p");
+    const int32_t top_k = read_int<int32_t>(body, "top_k", 0, -1, kMaxInt);
+    p.top_k = top_k < 0 ? 0 : top_k;  // vLLM: -1 means off
+    p.min_p = read_float(body, "min_p", 0.0f, 0.0f, 1.0f);
+    if (body.contains("seed") && !body["seed"].is_null())
+        p.seed = uint64_t(read_int<int64_t>(body, "seed", 0, std::numeric_limits<int64_t>::min(),
+                                            std::numeric_limits<int64_t>::max()));
+    const char* max_key =
+        chat && body.contains("max_completion_tokens") && !body["max_completion_tokens"].is_null()
+            ? "max_completion_tokens"
+            : "max_tokens";
+    r.max_tokens_given = body.contains(max_key) && !body[max_key].is_null();
+    r.max_tokens_key = max_key;
+    p.max_tokens = read_int<int32_t>(body, max_key, chat ? 0 : 16, 0, kMaxInt);
+    p.min_tokens = read_int<int32_t>(body, "min_tokens", 0, 0, kMaxInt);
+    p.stop = read_stop(body);
+    if (p.stop.size() > 16) throw ApiError(400, "at most 16 stop strings", "stop");
+    if (const auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null()) {
+        if (!it->is_array())
+            throw ApiError(400, "'stop_token_ids' must be a list of token ids", "stop_token_ids");
+        p.stop_token_ids = read_ids(*it, "stop_token_ids");
+    }
+    p.ignore_eos = read_bool(body, "ignore_eos", false);
+    p.presence_penalty = read_float(body, "presence_penalty", 0.0f, -2.0f, 2.0f);
+    p.frequency_penalty = read_float(body, "frequency_penalty", 0.0f, -2.0f, 2.0f);
+    p.repetition_penalty = read_float(body, "repetition_penalty", 1.0f, 0.01f, 100.0f);
+    p.skip_special_tokens = read_bool(body, "skip_special_tokens", true);
+    p.return_routed_experts = read_bool(body, "return_routed_experts", false);
+    r.stream = read_bool(body, "stream", false);
+    if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+        if (!it->is_object())
+            throw ApiError(400, "'stream_options' must be an object", "stream_options");
+        r.include_usage = read_bool(*it, "include_usage", false);
+    }
+    if (chat) {
+        const bool logprobs = read_bool(body, "logprobs", false);
+        const int32_t top = read_int<int32_t>(body, "top_logprobs", -1, 0, kMaxLogprobs);
+        if (top >= 0 && !logprobs)
+            throw ApiError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs");
+        r.top_logprobs = logprobs ? std::max(top, 0) : -1;
+        p.logprobs = r.top_logprobs;
+    } else {
+        r.legacy_logprobs = read_int<int32_t>(body, "logprobs", -1, 0, kMaxLogprobs);
+        p.logprobs = r.legacy_logprobs;
+        r.echo = read_bool(body, "echo", false);
+        if (r.echo && r.legacy_logprobs >= 0) p.prompt_logprobs = r.legacy_logprobs;
+        if (body.contains("suffix") && !body["suffix"].is_null())
+            throw ApiError(400, "'suffix' is not supported", "suffix");
+    }
+    p.prompt_logprobs =
+        read_int<int32_t>(body, "prompt_logprobs", p.prompt_logprobs, -1, kMaxLogprobs);
+    return r;
+}
+
+nlohmann::json chat_logprob_entry(const Engine& engine, const TokenLogprob& lp) {
+    auto entry = [&](int32_t token, float logprob) {
+        const std::string text = engine.token_text(token);
+        return json{{"token", text},
+                    {"logprob", logprob},
+                    {"bytes", std::vector<uint8_t>(text.begin(), text.end())}};
+    };
+    json out = entry(lp.token, lp.logprob);
+    out["top_logprobs"] = json::array();
+    for (const auto& [token, logprob] : lp.top)
+        out["top_logprobs"].push_back(entry(token, logprob));
+    return out;
+}
+
+nlohmann::json chat_logprobs(const Engine& engine, const std::vector<TokenLogprob>& lps) {
+    json content = json::array();
+    for (const TokenLogprob& lp : lps)
+        content.push_back(chat_logprob_entry(engine, lp));
+    return {{"content", content}};
+}
+
+nlohmann::json completion_logprobs(const Engine& engine, const std::vector<TokenLogprob>& lps,
+                                   size_t offset, std::optional<int32_t> unscored_first) {
+    json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+         offsets = json::array();
+    auto add_token = [&](int32_t token) {
+        const std::string text = engine.token_text(token);
+        tokens.push_back(text);
+        offsets.push_back(offset);
+        offset += text.size();
+    };
+    if (unscored_first) {  // the prompt's first token has no context to be scored in
+        add_token(*unscored_first);
+        token_logprobs.push_back(nullptr);
+        top.push_back(nullptr);
+    }
+    for (const TokenLogprob& lp : lps) {
+        add_token(lp.token);
+        token_logprobs.push_back(lp.logprob);
+        json alternatives = json::object();
+        for (const auto& [token, logprob] : lp.top)
+            alternatives[engine.token_text(token)] = logprob;
+        top.push_back(alternatives);
+    }
+    return {{"tokens", tokens},
+            {"token_logprobs", token_logprobs},
+            {"top_logprobs", top},
+            {"text_offset", offsets}};
+}
+
+std::string finish_reason_json(std::optional<FinishReason> reason) {
+    return reason ? std::string(finish_reason_name(*reason)) : "";
+}
+
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+    return {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+}  // namespace tandem::server

@@ -1,0 +1,43 @@
+// The OpenAI request and response shapes: JSON bodies -> Prompt + SamplingParams, and engine
+// outputs -> completion / chat completion objects and stream chunks. Types are checked strictly
+// (a string where a number belongs is a 400 naming the field); unknown fields are ignored, as
+// vLLM and llama.cpp do.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <tandem/engine.h>
+#include <nlohmann/json.hpp>
+
+namespace tandem::server {
+
+struct GenerationRequest {
+    bool chat = false;
+    std::string model;
+    std::vector<Prompt> prompts;  // one for chat; completions may batch several
+    SamplingParams params;
+    bool max_tokens_given = false;
+    std::string max_tokens_key = "max_tokens";  // or max_completion_tokens (chat)
+    bool stream = false;
+    bool include_usage = false;
+    bool echo = false;             // completions: the prompt text before the completion
+    int32_t top_logprobs = -1;     // chat: -1 none, else alternatives per token
+    int32_t legacy_logprobs = -1;  // completions: -1 none
+};
+
+GenerationRequest parse_generation_request(const nlohmann::json& body, bool chat);
+
+// A token's text for logprob listings and its bytes.
+nlohmann::json chat_logprob_entry(const Engine& engine, const TokenLogprob& lp);
+nlohmann::json chat_logprobs(const Engine& engine, const std::vector<TokenLogprob>& lps);
+// The legacy completions logprobs object; `text_offset` counts from `offset`. With echo, the
+// prompt's first token leads with null logprobs.
+nlohmann::json completion_logprobs(const Engine& engine, const std::vector<TokenLogprob>& lps,
+                                   size_t offset, std::optional<int32_t> unscored_first = {});
+
+std::string finish_reason_json(std::optional<FinishReason> reason);
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+
+}  // namespace tandem::server
