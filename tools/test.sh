@@ -7,13 +7,20 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 tools/install-deps.sh
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+# The server tests' Python side (the official openai client, pytest) from PyPI, in a venv.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, requests" 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check openai pytest requests
+fi
+python=(-DPython3_EXECUTABLE="$PWD/.venv/bin/python")
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${python[@]}"
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
 # Sanitizers: the CPU code paths under AddressSanitizer and UndefinedBehaviorSanitizer.
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SANITIZE=ON \
-    -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF
+    -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
