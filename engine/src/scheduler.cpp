@@ -298,27 +298,36 @@ void Scheduler::fail_all(const std::string& message) {
 }
 
 void Scheduler::retire_finished() {
+    std::vector<std::shared_ptr<RequestHandle::State>> done;
     for (auto it = running_.begin(); it != running_.end();) {
-        const bool done = std::all_of(it->sequences.begin(), it->sequences.end(),
-                                      [](const auto& s) { return s->finished(); });
-        if (!done) {
+        const bool finished = std::all_of(it->sequences.begin(), it->sequences.end(),
+                                          [](const auto& s) { return s->finished(); });
+        if (!finished) {
             ++it;
             continue;
         }
         complete(*it);
-        {
-            std::lock_guard lock(mutex_);
-            reserved_blocks_ -= it->reserved_blocks;
-        }
+        done.push_back(it->request);
         it = running_.erase(it);  // the caches go, and their blocks with them
     }
-    std::lock_guard lock(mutex_);
-    stats_.running_requests = int64_t(running_.size());
-    int64_t active = 0;
-    for (const Running& r : running_)
-        for (const auto& seq : r.sequences)
-            active += seq->finished() ? 0 : 1;
-    stats_.active_sequences = active;
+    {
+        std::lock_guard lock(mutex_);
+        reserved_blocks_ = 0;
+        int64_t active = 0;
+        for (const Running& r : running_) {
+            reserved_blocks_ += r.reserved_blocks;
+            for (const auto& seq : r.sequences)
+                active += seq->finished() ? 0 : 1;
+        }
+        stats_.running_requests = int64_t(running_.size());
+        stats_.active_sequences = active;
+    }
+    // Only now, with the blocks back in the pool and the stats current, are the waiters woken.
+    for (const auto& request : done) {
+        std::lock_guard lock(request->mutex);
+        request->done = true;
+        request->finished_cv.notify_all();
+    }
 }
 
 void Scheduler::complete(Running& r) {
@@ -339,8 +348,6 @@ void Scheduler::complete(Running& r) {
     out.timings.total_seconds = seconds_between(request.submitted, now);
     out.timings.prefill_tokens = out.prompt_tokens;
     out.timings.decode_steps = std::max<int64_t>(0, out.completion_tokens - request.params.n);
-    request.done = true;
-    request.finished_cv.notify_all();
 }
 
 void Scheduler::complete_unstarted(RequestHandle::State& request, FinishReason reason,

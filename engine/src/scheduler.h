@@ -73,7 +73,7 @@ class Scheduler {
     void emit(Running& running, const StreamDelta& delta);
     void fail_all(const std::string& message);
     void retire_finished();
-    void complete(Running& running);
+    void complete(Running& running);  // fills the output; retire_finished() wakes the waiter
     static void complete_unstarted(RequestHandle::State& request, FinishReason reason,
                                    const std::string& error);
 
