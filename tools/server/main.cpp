@@ -6,6 +6,8 @@
 // model is ready. SIGINT or SIGTERM stop it.
 #include <CLI/CLI.hpp>
 
+#include <pthread.h>
+
 #include <csignal>
 #include <cstdio>
 #include <thread>
@@ -14,16 +16,6 @@
 
 #include "kernels/log.h"
 #include "tools/server/server.h"
-
-namespace {
-
-tandem::server::Server* g_server = nullptr;
-
-void on_signal(int) {
-    if (g_server != nullptr) g_server->stop();
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"OpenAI-compatible HTTP server for a Tandem model"};
@@ -66,15 +58,26 @@ int main(int argc, char** argv) {
 
     try {
         tandem::set_log_level(tandem::parse_log_level(log_level));
+        // SIGINT/SIGTERM are taken by a thread of their own (sigwait), never by a handler
+        // interrupting arbitrary code; every thread started below inherits the mask.
+        sigset_t stop_signals;
+        sigemptyset(&stop_signals);
+        sigaddset(&stop_signals, SIGINT);
+        sigaddset(&stop_signals, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+        std::signal(SIGPIPE, SIG_IGN);  // a closed connection is an error return, not a signal
         tandem::server::Server server(options);
         const int port = server.bind();
         std::printf("tandem-server listening on http://%s:%d\n", options.host.c_str(), port);
         std::fflush(stdout);
-        g_server = &server;
-        std::signal(SIGINT, on_signal);
-        std::signal(SIGTERM, on_signal);
-        std::signal(SIGPIPE, SIG_IGN);
         std::thread http([&] { server.serve(); });
+        std::thread signals([&] {
+            int signal = 0;
+            sigwait(&stop_signals, &signal);
+            tandem::log_info("signal ", signal, ": stopping");
+            server.stop();
+        });
+        signals.detach();  // the process ends with main
         std::optional<tandem::Engine> engine;
         try {
             engine.emplace(tandem::Engine::open(config));

@@ -51,9 +51,11 @@ Server::Server(ServerOptions options)
     http_->set_read_timeout(60, 0);
     http_->set_write_timeout(60, 0);
     // Clients keep connections open across many requests (the openai client pools them);
-    // closing after httplib's default of 5 requests races with a client reusing the socket.
+    // closing after httplib's default of 5 requests races with a client reusing the socket, and
+    // so does closing idle ones before the client does (httpx drops them after 5 s). Shutting
+    // down waits for idle connections, so this is also the longest a stop takes.
     http_->set_keep_alive_max_count(100000);
-    http_->set_keep_alive_timeout(30);
+    http_->set_keep_alive_timeout(10);
     // httplib answers some errors itself (404 no route, 413 body too large) with an empty body;
     // give them the OpenAI envelope. Our own error responses already have one.
     http_->set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
