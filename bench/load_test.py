@@ -30,6 +30,33 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def histogram(url, name):
+    """Cumulative buckets {le: count} and (sum, count) of a Prometheus histogram."""
+    buckets, total, count = {}, 0.0, 0
+    for line in requests.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + "_bucket{le="):
+            le = line.split('"')[1]
+            buckets[float("inf") if le == "+Inf" else float(le)] = int(line.split()[-1])
+        elif line.startswith(name + "_sum "):
+            total = float(line.split()[-1])
+        elif line.startswith(name + "_count "):
+            count = int(line.split()[-1])
+    return buckets, total, count
+
+
+def server_side(before, after, p):
+    """The upper bound of the bucket holding the p-th percentile, over the requests between
+    two scrapes, and the mean."""
+    (b0, s0, c0), (b1, s1, c1) = before, after
+    n = c1 - c0
+    if n <= 0:
+        return float("nan"), float("nan")
+    for le in sorted(b1):
+        if b1[le] - b0.get(le, 0) >= p / 100 * n:
+            return le, (s1 - s0) / n
+    return float("inf"), (s1 - s0) / n
+
+
 def start_server(model, threads):
     proc = subprocess.Popen(
         [str(ROOT / "build" / "tools" / "tandem-server"), "--model", model, "--port", "0",
@@ -92,7 +119,10 @@ def main():
         proc, url = start_server(args.model, args.threads)
     try:
         model = requests.get(url + "/v1/models").json()["data"][0]["id"]
+        names = ["tandem_time_to_first_token_seconds", "tandem_time_per_output_token_seconds"]
+        before = [histogram(url, n) for n in names]
         stats, elapsed = asyncio.run(run(args, url, model))
+        after = [histogram(url, n) for n in names]
     finally:
         if proc:
             proc.terminate()
@@ -106,6 +136,15 @@ def main():
         "ttft_p99_ms": round(1e3 * percentile(stats["ttft"], 99), 1),
         "tpot_p50_ms": round(1e3 * percentile(stats["tpot"], 50), 2),
         "tpot_p99_ms": round(1e3 * percentile(stats["tpot"], 99), 2),
+        # Server-side (from /metrics): the bucket bound holding p50/p99, and the mean. The
+        # client-side figures include the client's own scheduling, which on a small machine
+        # shares the cores with the server and reads streamed tokens in bursts.
+        "server_ttft_p50_le_ms": 1e3 * server_side(before[0], after[0], 50)[0],
+        "server_ttft_p99_le_ms": 1e3 * server_side(before[0], after[0], 99)[0],
+        "server_ttft_mean_ms": round(1e3 * server_side(before[0], after[0], 50)[1], 1),
+        "server_tpot_p50_le_ms": 1e3 * server_side(before[1], after[1], 50)[0],
+        "server_tpot_p99_le_ms": 1e3 * server_side(before[1], after[1], 99)[0],
+        "server_tpot_mean_ms": round(1e3 * server_side(before[1], after[1], 50)[1], 2),
         "output_tokens_per_second": round(
             stats["done"] * args.max_tokens / elapsed, 1),
     }
