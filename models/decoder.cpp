@@ -228,7 +228,11 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
                              StepRouting* routing) {
     const ModelConfig& c = config_;
     const StepLayout layout = layout_step(steps, c);
-    if (routing != nullptr) *routing = {};
+    if (routing != nullptr) {
+        const int lookahead = std::clamp(routing->lookahead, 0, 3);
+        *routing = {};
+        routing->lookahead = lookahead;
+    }
     const int64_t n_tokens = layout.n_tokens, hidden = c.hidden_dim;
 
     OwnedTensor h = make_tensor(DType::F32, {n_tokens, hidden});
@@ -260,6 +264,15 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
             if (routing != nullptr) {
                 routing->layers.push_back(layer);
                 layer_routing = &routing->routing.emplace_back();
+                std::vector<Routing>& predicted = routing->predicted.emplace_back();
+                for (int j = 1; j <= routing->lookahead; ++j) {
+                    const int later = layer + j;
+                    const bool moe =
+                        later < int(c.n_layers) && weights_.layers[size_t(later)].is_moe;
+                    predicted.push_back(
+                        moe ? route_with(weights_.layers[size_t(later)].moe, c, normed.view, pool)
+                            : Routing{});
+                }
             }
             moe_block(lw.moe, c, normed.view, delta.view, pool, layer_routing);
         } else {

@@ -27,8 +27,14 @@ struct SequenceStep {
 // The experts every MoE layer chose for every token of a step, when forward() is asked for them
 // (to return them to the caller, record traces or replay routing).
 struct StepRouting {
+    // In: also predict, from each MoE layer's input, what the routers of the next `lookahead`
+    // layers would choose (the gate lookahead a prefetcher can use), up to 3.
+    int lookahead = 0;
     std::vector<int> layers;       // model layer index of each entry
     std::vector<Routing> routing;  // per entry: every row of the step, in order
+    // [entry][j - 1]: layer layers[entry] + j's router applied to this entry's MoE input (the
+    // post-attention RMS-normed hidden state); empty where that layer is not an MoE layer.
+    std::vector<std::vector<Routing>> predicted;
 };
 
 class Model {

@@ -25,6 +25,8 @@ void validate(const SamplingParams& p) {
         if (!(value >= -2.0f && value <= 2.0f)) fail(name, " must be in [-2, 2], got ", value);
     if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
         fail("repetition_penalty must be a finite number > 0, got ", p.repetition_penalty);
+    if (p.routing_lookahead < 0 || p.routing_lookahead > 3)
+        fail("routing_lookahead must be in [0, 3], got ", p.routing_lookahead);
     if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
         fail("logprobs must be in [0, ", kMaxLogprobs, "] (or -1: none), got ", p.logprobs);
     if (p.prompt_logprobs < -1 || p.prompt_logprobs > kMaxLogprobs)

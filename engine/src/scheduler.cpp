@@ -17,6 +17,31 @@ int64_t ceil_div(int64_t a, int64_t b) {
     return (a + b - 1) / b;
 }
 
+// Rows [first, first + n) of a step's routing as RoutedExperts, position-major.
+RoutedExperts routing_of(const StepRouting& step, int64_t first, int64_t n, int32_t lookahead) {
+    RoutedExperts out{.n_layers = int32_t(step.layers.size()),
+                      .top_k = int32_t(step.routing.at(0).n_experts_active),
+                      .layers = {step.layers.begin(), step.layers.end()},
+                      .lookahead = lookahead};
+    const auto k = size_t(out.top_k);
+    for (int64_t t = first; t < first + n; ++t)
+        for (size_t l = 0; l < step.routing.size(); ++l) {
+            const Routing& layer = step.routing[l];
+            const size_t at = size_t(t) * k;
+            out.experts.insert(out.experts.end(), layer.experts.begin() + std::ptrdiff_t(at),
+                               layer.experts.begin() + std::ptrdiff_t(at + k));
+            out.weights.insert(out.weights.end(), layer.weights.begin() + std::ptrdiff_t(at),
+                               layer.weights.begin() + std::ptrdiff_t(at + k));
+            for (int32_t j = 0; j < lookahead; ++j) {
+                const std::vector<Routing>& predicted = step.predicted[l];
+                const Routing* p = size_t(j) < predicted.size() ? &predicted[size_t(j)] : nullptr;
+                for (size_t i = 0; i < k; ++i)
+                    out.predicted.push_back(p && !p->experts.empty() ? p->experts[at + i] : -1);
+            }
+        }
+    return out;
+}
+
 }  // namespace
 
 struct Scheduler::Entry {
@@ -36,8 +61,7 @@ Scheduler::Scheduler(std::shared_ptr<KvBlockPool> blocks, std::unique_ptr<Model>
       pool_(pool),
       tokenizer_(tokenizer),
       options_(options),
-      eos_token_ids_(model_->config().eos_token_ids),
-      top_k_(int32_t(model_->config().n_experts_active)) {
+      eos_token_ids_(model_->config().eos_token_ids) {
     stats_.kv_blocks_total = blocks_->total_blocks();
     thread_ = std::thread([this] { loop(); });
 }
@@ -176,6 +200,7 @@ bool Scheduler::step() {
     std::vector<SequenceStep> steps;
     int64_t budget = options_.max_step_tokens, rows = 0, tokens = 0;
     bool routing = false;
+    int lookahead = 0;
     auto add = [&](Running& r, Sequence& seq, std::span<const int32_t> ids, bool prefill,
                    bool all_logits) {
         entries.push_back({&r, &seq, int64_t(ids.size()), prefill, all_logits, rows, tokens});
@@ -184,6 +209,8 @@ bool Scheduler::step() {
         tokens += int64_t(ids.size());
         budget -= int64_t(ids.size());
         routing = routing || seq.wants_routing();
+        if (seq.wants_routing())
+            lookahead = std::max(lookahead, int(r.request->params.routing_lookahead));
     };
     // Decodes first: a running sequence never waits for someone else's prompt.
     for (Running& r : running_)
@@ -200,7 +227,7 @@ bool Scheduler::step() {
     if (steps.empty()) return false;
 
     OwnedTensor logits;
-    StepRouting step_routing;
+    StepRouting step_routing{.lookahead = lookahead};
     try {
         for (const SequenceStep& s : steps)
             if (!s.cache->reserve(s.cache->length() + int64_t(s.tokens.size())))
@@ -229,19 +256,21 @@ void Scheduler::process(Running& r, const Entry& e, const float* logits, int64_t
     };
     // Routing of this entry's tokens, position by position.
     if (e.sequence->wants_routing() && !routing.layers.empty()) {
-        RoutedExperts shape{.n_layers = int32_t(routing.layers.size()), .top_k = top_k_};
-        shape.layers.assign(routing.layers.begin(), routing.layers.end());
-        std::vector<int32_t> ids;
-        for (int64_t t = 0; t < e.n_tokens; ++t)
-            for (const Routing& layer : routing.routing) {
-                const int32_t* chosen = layer.experts.data() + (e.first_token + t) * top_k_;
-                ids.insert(ids.end(), chosen, chosen + top_k_);
-            }
+        RoutedExperts part =
+            routing_of(routing, e.first_token, e.n_tokens, r.request->params.routing_lookahead);
         if (e.prefill) {
-            if (r.prompt_routing.n_layers == 0) r.prompt_routing = shape;
-            r.prompt_routing.experts.insert(r.prompt_routing.experts.end(), ids.begin(), ids.end());
+            if (r.prompt_routing.n_layers == 0) {
+                r.prompt_routing = std::move(part);
+            } else {
+                auto append = [](auto& to, const auto& from) {
+                    to.insert(to.end(), from.begin(), from.end());
+                };
+                append(r.prompt_routing.experts, part.experts);
+                append(r.prompt_routing.weights, part.weights);
+                append(r.prompt_routing.predicted, part.predicted);
+            }
         } else {
-            e.sequence->add_routing(shape, ids);
+            e.sequence->add_routing(part);
         }
     }
     if (!e.prefill) {
@@ -272,8 +301,7 @@ void Scheduler::start_samples(Running& r, std::span<const float> logits) {
     r.first_token = Clock::now();
     for (auto& seq : r.sequences) {
         if (seq->index() > 0) seq->cache().copy_prefix_from(r.sequences[0]->cache(), prompt);
-        if (r.prompt_routing.n_layers > 0)
-            seq->add_routing(r.prompt_routing, r.prompt_routing.experts);
+        if (r.prompt_routing.n_layers > 0) seq->add_routing(r.prompt_routing);
         emit(r, seq->advance(logits));
     }
 }

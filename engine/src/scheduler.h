@@ -83,7 +83,6 @@ class Scheduler {
     const Tokenizer* tokenizer_;
     SchedulerOptions options_;
     std::vector<int32_t> eos_token_ids_;
-    int32_t top_k_ = 0;
 
     std::list<Running> running_;  // scheduler thread only
 

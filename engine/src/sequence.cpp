@@ -163,14 +163,18 @@ StreamDelta Sequence::finish(FinishReason reason) {
     return {.index = index_, .text = flush_text(), .finish_reason = reason};
 }
 
-void Sequence::add_routing(const RoutedExperts& shape, std::span<const int32_t> experts) {
+void Sequence::add_routing(const RoutedExperts& positions) {
     RoutedExperts& r = completion_.routed_experts;
     if (r.n_layers == 0) {
-        r.n_layers = shape.n_layers;
-        r.top_k = shape.top_k;
-        r.layers = shape.layers;
+        r.n_layers = positions.n_layers;
+        r.top_k = positions.top_k;
+        r.layers = positions.layers;
+        r.lookahead = positions.lookahead;
     }
-    r.experts.insert(r.experts.end(), experts.begin(), experts.end());
+    auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+    append(r.experts, positions.experts);
+    append(r.weights, positions.weights);
+    append(r.predicted, positions.predicted);
 }
 
 }  // namespace tandem

@@ -37,7 +37,8 @@ class Sequence {
     // Ends the sequence now (abort or error). Returns the final delta.
     StreamDelta finish(FinishReason reason);
 
-    void add_routing(const RoutedExperts& shape, std::span<const int32_t> experts);
+    // Appends positions of routing (a RoutedExperts whose vectors hold only those positions).
+    void add_routing(const RoutedExperts& positions);
     Completion take_completion() { return std::move(completion_); }
 
   private:

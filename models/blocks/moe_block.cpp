@@ -13,17 +13,21 @@ Routing route_tokens(const Tensor& logits, int64_t k, bool normalize) {
     return route(logits, {.n_experts_active = k, .normalize = normalize}, {});
 }
 
-void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
-               ThreadPool& pool, Routing* routing_out) {
-    const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;
-    OwnedTensor logits = make_tensor(DType::F32, {n_tokens, c.n_experts});
+Routing route_with(const MoeWeights& w, const ModelConfig& c, const Tensor& x, ThreadPool& pool) {
+    OwnedTensor logits = make_tensor(DType::F32, {x.dim(0), c.n_experts});
     cpu::linear(x, w.router, Tensor(), logits.view, pool);
     std::vector<float> bias;
     if (!w.router_bias.empty()) {
         bias.resize(size_t(c.n_experts));
         cpu::row_to_f32(w.router_bias.data(), w.router_bias.dtype(), c.n_experts, bias.data());
     }
-    Routing routing = route(logits.view, router_options(c), bias);
+    return route(logits.view, router_options(c), bias);
+}
+
+void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
+               ThreadPool& pool, Routing* routing_out) {
+    const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;
+    Routing routing = route_with(w, c, x, pool);
     const ExpertGroups groups = group_by_expert(routing, c.n_experts);
     const LayerPlan plan = plan_cpu_only(c.n_experts);
     std::vector<uint8_t> skip(static_cast<size_t>(c.n_experts));

@@ -17,6 +17,11 @@ namespace tandem {
 // models/blocks/router.h with no groups, bias or scaling.
 Routing route_tokens(const Tensor& logits, int64_t n_experts_active, bool normalize);
 
+// The routing `w`'s router chooses for x: [n_tokens, hidden_dim] f32, normalised. Also how the
+// gate lookahead predicts a later layer's experts from an earlier layer's input.
+Routing route_with(const MoeWeights& w, const ModelConfig& config, const Tensor& x,
+                   ThreadPool& pool);
+
 // x: [n_tokens, hidden_dim] f32, normalised; out: [n_tokens, hidden_dim] f32, overwritten.
 // If `routing` is given, the step's routing is stored there (for tests and trace recording).
 void moe_block(const MoeWeights& w, const ModelConfig& config, const Tensor& x, const Tensor& out,

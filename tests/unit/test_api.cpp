@@ -162,9 +162,12 @@ TEST_F(ApiTest, LogprobsEqualScoreOfTheSameSequence) {
 TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
     Engine engine = open(a_->str());
     const std::vector<int32_t> prompt = {3, 1, 4, 1, 5, 9};
-    const RequestOutput out = engine.generate(
-        Prompt::tokens(prompt),
-        {.temperature = 0, .max_tokens = 5, .ignore_eos = true, .return_routed_experts = true});
+    const RequestOutput out =
+        engine.generate(Prompt::tokens(prompt), {.temperature = 0,
+                                                 .max_tokens = 5,
+                                                 .ignore_eos = true,
+                                                 .return_routed_experts = true,
+                                                 .routing_lookahead = 2});
     const RoutedExperts& r = out.completions[0].routed_experts;
     const ModelConfig& c = engine.model_config();
     EXPECT_EQ(r.top_k, c.n_experts_active);
@@ -173,10 +176,16 @@ TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
     EXPECT_EQ(r.positions(), int64_t(prompt.size()) + 5 - 1);
     for (int32_t e : r.experts)
         EXPECT_TRUE(e >= 0 && e < c.n_experts) << e;
-    // The prompt's routing is what a forward of the prompt alone chooses.
+    ASSERT_EQ(r.weights.size(), r.experts.size());
+    for (float w : r.weights)
+        EXPECT_TRUE(w > 0.0f && w <= 1.0f) << w;
+    ASSERT_EQ(r.lookahead, 2);
+    ASSERT_EQ(r.predicted.size(), r.experts.size() * 2);
+    // The prompt's routing is what a forward of the prompt alone chooses, and so are the gate
+    // lookahead's predictions; past the last MoE layer there is nothing to predict.
     KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size())));
     const SequenceStep step{.tokens = prompt, .cache = &cache};
-    StepRouting routing;
+    StepRouting routing{.lookahead = 2};
     engine.model().forward({&step, 1}, engine.thread_pool(), &routing);
     ASSERT_EQ(int32_t(routing.routing.size()), r.n_layers);
     for (size_t pos = 0; pos < prompt.size(); ++pos)
@@ -185,6 +194,16 @@ TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
                 EXPECT_EQ(
                     r.experts[(pos * size_t(r.n_layers) + size_t(l)) * size_t(r.top_k) + size_t(k)],
                     routing.routing[size_t(l)].experts[pos * size_t(r.top_k) + size_t(k)]);
+    const auto k = size_t(r.top_k), layers = size_t(r.n_layers);
+    for (size_t pos = 0; pos < prompt.size(); ++pos)
+        for (size_t l = 0; l < layers; ++l)
+            for (size_t j = 0; j < 2; ++j)
+                for (size_t i = 0; i < k; ++i) {
+                    const int32_t got = r.predicted[((pos * layers + l) * 2 + j) * k + i];
+                    const Routing& want = routing.predicted[l][j];
+                    EXPECT_EQ(got, want.experts.empty() ? -1 : want.experts[pos * k + i]);
+                    if (l + j + 1 >= layers) EXPECT_EQ(got, -1);
+                }
 }
 
 TEST_F(ApiTest, StreamedDeltasAddUpToTheOutput) {
@@ -214,15 +233,24 @@ TEST_F(ApiTest, StreamedDeltasAddUpToTheOutput) {
 TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
     Engine engine = open(a_->str());
     std::atomic<int> tokens{0};
-    RequestHandle h = engine.submit(
-        Prompt::tokens({1, 2, 3}), {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
-        [&](const StreamDelta& d) { tokens += int(d.token_ids.size()); });
+    std::atomic<bool> aborted{false};
+    RequestHandle h = engine.submit(Prompt::tokens({1, 2, 3}),
+                                    {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
+                                    [&](const StreamDelta& d) {
+                                        tokens += int(d.token_ids.size());
+                                        // Hold the engine after the third token until the abort is
+                                        // in: the tiny model would otherwise finish all 60 before
+                                        // the test thread gets to it.
+                                        while (tokens == 3 && !aborted)
+                                            std::this_thread::yield();
+                                    });
     while (tokens < 3)
         std::this_thread::yield();
     h.abort();
+    aborted = true;
     const RequestOutput& out = h.wait();
     EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
-    EXPECT_LT(out.completions[0].token_ids.size(), 60u);
+    EXPECT_EQ(out.completions[0].token_ids.size(), 3u);
     EXPECT_EQ(engine.stats().kv_blocks_used, 0);
 }
 

@@ -65,6 +65,12 @@ struct RoutedExperts {
     int32_t top_k = 0;             // experts per token and layer
     std::vector<int32_t> layers;   // model layer index of each MoE layer
     std::vector<int32_t> experts;  // [positions, n_layers, top_k]
+    std::vector<float> weights;    // [positions, n_layers, top_k]: their routing weights
+    // With SamplingParams::routing_lookahead = J > 0: [positions, n_layers, J, top_k], the
+    // experts layer L + j's router would choose from layer L's MoE input; -1 where L + j is not
+    // an MoE layer.
+    int32_t lookahead = 0;
+    std::vector<int32_t> predicted;
     int64_t positions() const {
         return n_layers * top_k == 0 ? 0 : int64_t(experts.size()) / (n_layers * top_k);
     }

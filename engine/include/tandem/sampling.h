@@ -41,6 +41,8 @@ struct SamplingParams {
     int32_t logprobs = -1;               // -1: none; k >= 0: the sampled token's and the top k
     int32_t prompt_logprobs = -1;        // -1: none; k >= 0: each prompt token's and the top k
     bool return_routed_experts = false;  // the experts each MoE layer chose, per position
+    int32_t routing_lookahead = 0;       // 0-3: with routed experts, also what layers L+1..L+j's
+                                         // routers would choose from layer L's input
     bool skip_special_tokens = true;     // in the returned text
 };
 
