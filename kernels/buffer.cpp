@@ -12,7 +12,9 @@ constexpr size_t kAlignment = 64;
 }
 
 Buffer allocate(Device device, size_t bytes) {
-    if (!device.is_cpu()) fail("device ", device.name(), ": allocation is not available yet");
+    // sim memory is host memory (kernels/stream.h); CUDA allocation comes with the backend.
+    if (device.kind == DeviceKind::Cuda)
+        fail("device ", device.name(), ": allocation is not available yet");
     if (bytes == 0) return Buffer(device, nullptr, 0);
     const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     void* data = std::aligned_alloc(kAlignment, rounded);
