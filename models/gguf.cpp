@@ -76,6 +76,12 @@ class Cursor {
   public:
     explicit Cursor(std::span<const std::byte> bytes) : bytes_(bytes) {}
 
+    // GGUF v1 wrote counts, lengths and dimensions as u32; v2 and v3 as u64.
+    void set_narrow_counts(bool narrow) { narrow_ = narrow; }
+    uint64_t read_count(const char* what) {
+        return narrow_ ? read<uint32_t>(what) : read<uint64_t>(what);
+    }
+
     uint64_t position() const { return pos_; }
     uint64_t remaining() const { return bytes_.size() - pos_; }
 
@@ -89,7 +95,7 @@ class Cursor {
     }
 
     std::string read_string(const char* what) {
-        const auto length = read<uint64_t>(what);
+        const auto length = read_count(what);
         if (length > remaining())
             fail(what, ": string length ", length, " runs past the end of the file (", remaining(),
                  " bytes left)");
@@ -107,6 +113,7 @@ class Cursor {
 
     std::span<const std::byte> bytes_;
     uint64_t pos_ = 0;
+    bool narrow_ = false;
 };
 
 // The fewest bytes one element of `type` takes in the file: bounds array counts before anything
@@ -121,11 +128,11 @@ uint64_t min_element_bytes(GgufValueType type) {
         case GgufValueType::U32:
         case GgufValueType::I32:
         case GgufValueType::F32: return 4;
-        case GgufValueType::String:  // u64 length
+        case GgufValueType::String: return 4;  // its length (u32 in version 1)
         case GgufValueType::U64:
         case GgufValueType::I64:
         case GgufValueType::F64: return 8;
-        case GgufValueType::Array: return 12;  // u32 type + u64 count
+        case GgufValueType::Array: return 8;  // u32 type + count (u32 in version 1)
     }
     return 1;
 }
@@ -161,7 +168,7 @@ GgufValue read_value(Cursor& in, GgufValueType type, int depth) {
             if (depth >= kMaxArrayDepth)
                 fail("arrays nested deeper than ", kMaxArrayDepth, " levels");
             v.element_type = read_value_type(in, "array element type");
-            const auto count = in.read<uint64_t>("array length");
+            const auto count = in.read_count("array length");
             if (count > in.remaining() / min_element_bytes(v.element_type))
                 fail("array of ", count, " ", gguf_value_type_name(v.element_type),
                      " runs past the end of the file (", in.remaining(), " bytes left)");
@@ -181,7 +188,7 @@ GgufTensor read_tensor_info(Cursor& in) {
     if (n_dims > kMaxDims) fail(n_dims, " dimensions (at most ", kMaxDims, ")");
     std::vector<int64_t> ne;
     for (uint32_t d = 0; d < n_dims; ++d) {
-        const auto dim = in.read<uint64_t>("dimension");
+        const auto dim = in.read_count("dimension");
         if (dim > (uint64_t(1) << 48)) fail("dimension ", dim, " is implausibly large");
         ne.push_back(int64_t(dim));
     }
@@ -255,16 +262,15 @@ GgufContents parse_gguf(std::span<const std::byte> file, const std::string& orig
         if (magic != kMagic) fail("not a GGUF file (magic 0x", std::hex, magic, ")");
         GgufContents contents;
         contents.version = in.read<uint32_t>("version");
-        if (contents.version == 1)
-            fail("GGUF version 1 (32-bit counts) is not supported; convert to version 3");
-        if (contents.version != 2 && contents.version != 3)
-            fail("unknown GGUF version ", contents.version, " (supported: 2, 3)");
-        const auto n_tensors = in.read<uint64_t>("tensor count");
-        const auto n_kv = in.read<uint64_t>("metadata count");
-        // Each key-value pair takes at least 12 bytes and each tensor info 24: bound the counts
-        // by the file size before looping on them.
-        if (n_kv > in.remaining() / 12) fail("metadata count ", n_kv, " does not fit in the file");
-        if (n_tensors > in.remaining() / 24)
+        if (contents.version < 1 || contents.version > 3)
+            fail("unknown GGUF version ", contents.version, " (supported: 1, 2, 3)");
+        in.set_narrow_counts(contents.version == 1);
+        const auto n_tensors = in.read_count("tensor count");
+        const auto n_kv = in.read_count("metadata count");
+        // Each key-value pair takes at least 9 bytes and each tensor info 20 (with version 1's
+        // narrow counts): bound the counts by the file size before looping on them.
+        if (n_kv > in.remaining() / 9) fail("metadata count ", n_kv, " does not fit in the file");
+        if (n_tensors > in.remaining() / 20)
             fail("tensor count ", n_tensors, " does not fit in the file");
 
         for (uint64_t k = 0; k < n_kv; ++k) {

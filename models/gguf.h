@@ -1,6 +1,7 @@
-// The GGUF format of llama.cpp (versions 2 and 3): a header, typed metadata key-value pairs,
-// tensor infos, then the tensor data, each tensor aligned to general.alignment (32 by default).
-// Little-endian only; layout and type ids in ../shared/reference/gguf.md.
+// The GGUF format of llama.cpp (versions 2 and 3, and the first version's 32-bit counts): a header,
+// typed metadata key-value pairs, tensor infos, then the tensor data, each tensor aligned to
+// general.alignment (32 by default). Little-endian only; layout and type ids in
+// ../shared/reference/gguf.md.
 //
 // parse_gguf() validates a whole file held in memory and trusts nothing in it: magic and version,
 // every count and string length within the file, nesting depth of arrays, known value and tensor
