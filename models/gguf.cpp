@@ -1,6 +1,7 @@
 #include "models/gguf.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <regex>
@@ -32,7 +33,7 @@ constexpr GgmlTypeInfo kGgmlTypes[] = {
     {1, "f16", 1, 2, DType::F16},
     {2, "q4_0", 32, 18, DType::Q4_0},
     {3, "q4_1", 32, 20, std::nullopt},
-    {6, "q5_0", 32, 22, std::nullopt},
+    {6, "q5_0", 32, 22, DType::Q5_0},
     {7, "q5_1", 32, 24, std::nullopt},
     {8, "q8_0", 32, 34, DType::Q8_0},
     {9, "q8_1", 32, 36, std::nullopt},

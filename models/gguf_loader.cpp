@@ -1,8 +1,8 @@
 #include "models/gguf_loader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <regex>
-#include <set>
 
 #include "kernels/buffer.h"
 #include "kernels/error.h"
@@ -195,7 +195,7 @@ class ViewBuilder {
         const GgufModelFiles& files = storage_.files;
         const bool mixtral = config_["architectures"][0] == "MixtralForCausalLM";
         const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";
-        static const std::regex layer_name(R"(blk\.(\d+)\.(.+))");
+        static const std::regex layer_name(R"(blk\.(\d{1,9})\.(.+))");
         for (const GgufTensor* t : files.tensors()) {
             std::smatch m;
             if (t->name == "token_embd.weight") {
@@ -260,7 +260,7 @@ class ViewBuilder {
             add_experts(t, expert_name, gate, 0, 2);
             return add_experts(t, expert_name, up, 1, 2);
         }
-        static const std::regex legacy(R"(ffn_(gate|up|down)\.(\d+)\.weight)");  // old Mixtral
+        static const std::regex legacy(R"(ffn_(gate|up|down)\.(\d{1,9})\.weight)");  // old Mixtral
         std::smatch m;
         if (std::regex_match(suffix, m, legacy)) {
             const std::string which = m[1].str();

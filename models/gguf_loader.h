@@ -6,8 +6,8 @@
 // blk.N.ffn_{gate,up,down}_exps, ...) are presented under the Hugging Face names, so each
 // architecture's own factory reads and validates them. Nothing is dequantized: every tensor keeps
 // its stored type and is read in place from the mapped file (the CPU kernels take F32, F16, BF16,
-// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights; other types fail naming the tensor). The only copies
-// are the q and k projections of the llama architecture, whose rows llama.cpp's converter
+// Q8_0, Q5_0, Q4_0, Q4_K, Q5_K and Q6_K weights; other types fail naming the tensor). The only
+// copies are the q and k projections of the llama architecture, whose rows llama.cpp's converter
 // permuted for its interleaved RoPE and which are put back in Hugging Face order.
 //
 // Architectures: llama (with experts: Mixtral), qwen2, qwen2moe, qwen3moe, olmoe.

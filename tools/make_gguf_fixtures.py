@@ -7,8 +7,9 @@ Each model starts from the golden checkpoint's config (tests/data/golden/<arch>/
 shrunk so that all files stay small, with fresh random weights (make_golden.randomize):
   small  hidden 32, for F32, F16, Q8_0 and Q4_0 (blocks of 32)
   k      hidden 256, for Q4_K (blocks of 256); rows of other widths fall back per tensor as in
-         llama.cpp, but to Q4_0 where it picks Q5_0 (not a Tandem type yet) and to F16 below 32,
-         and attn_v is Q6_K as in llama.cpp's Q4_K_M: that file mixes Q4_K, Q6_K, Q4_0, F16, F32.
+         llama.cpp (Q5_0, or F16 below 32), and attn_v is Q6_K as in llama.cpp's Q4_K_M: that file
+         mixes Q4_K, Q6_K, Q5_0, F16 and F32 as real Q4_K_M files of Qwen1.5-MoE or DeepSeek-V2-Lite
+         do.
 reference.safetensors per arch holds prompt_ids and, per file, `logits_<type>`: transformers' f32
 forward pass on the weights as gguf-py's reference code dequantizes them from that file, and
 `logits_f32_k`: the same on the k model's original f32 weights (logits_f32 is the small one's).
@@ -159,7 +160,7 @@ def weight_type(name, shape, ftype):
     block = quants.GGML_QUANT_SIZES[ftype][0]
     if shape[-1] % block == 0:
         return ftype
-    return T.Q4_0 if shape[-1] % 32 == 0 else T.F16
+    return T.Q5_0 if shape[-1] % 32 == 0 else T.F16  # llama-quant.cpp's fallback for Q4_K
 
 
 def permute(w, n_head):

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
     app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
         ->capture_default_str();
     app.add_option("--quantize", config.quantize,
-                   "quantize weights at load: q8_0, q4_0, q4_k, q5_k, q6_k");
+                   "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
     app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512");
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);

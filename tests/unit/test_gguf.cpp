@@ -290,19 +290,19 @@ TEST(Gguf, LoaderErrorsNameKeyAndTensor) {
     EXPECT_ERROR_HAS(load_error(path), "m.gguf: metadata qwen2.embedding_length: missing");
 
     // A weight in a type Tandem cannot compute with: the llama fixture with ffn_down's type
-    // rewritten to q5_0 (its bytes still lie inside the file).
+    // rewritten to q4_1 (its bytes still lie inside the file).
     std::ifstream in(test::data_dir() + "/gguf/llama/model-f32.gguf", std::ios::binary);
     std::vector<uint8_t> file((std::istreambuf_iterator<char>(in)),
                               std::istreambuf_iterator<char>());
     const std::string name = "blk.0.ffn_down.weight";
     const size_t type_at = find(file, name) + name.size() + 4 + 2 * 8;  // n_dims, 2 dims
     ASSERT_EQ(file[type_at], 0);                                        // f32
-    file[type_at] = 6;                                                  // q5_0
+    file[type_at] = 3;                                                  // q4_1
     std::ofstream(path, std::ios::binary)
         .write(reinterpret_cast<const char*>(file.data()), std::streamsize(file.size()));
     const std::string message = load_error(path);
     EXPECT_ERROR_HAS(message, "m.gguf: tensor blk.0.ffn_down.weight");
-    EXPECT_ERROR_HAS(message, "q5_0 (unsupported dtype)");
+    EXPECT_ERROR_HAS(message, "q4_1 (unsupported dtype)");
 }
 
 TEST(Gguf, FuzzHarnessSurvivesRandomMutations) {
