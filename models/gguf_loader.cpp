@@ -206,8 +206,9 @@ class ViewBuilder {
                 add("lm_head.weight", *t);
             } else if (std::regex_match(t->name, m, layer_name)) {
                 layer_tensor(std::stoll(m[1].str()), m[2].str(), *t, mixtral, moe);
+            } else if (t->name != "rope_freqs.weight") {  // rope_freqs went into the config
+                unknown(*t);
             }
-            // Anything else (rope_freqs, read into the config) is not a decoder weight.
         }
         return std::move(views_);
     }
@@ -269,6 +270,14 @@ class ViewBuilder {
                                                                            : down),
                        t);
         }
+        unknown(t);
+    }
+
+    // A weight this loader has no place for: running without it would compute another model.
+    [[noreturn]] void unknown(const GgufTensor& t) const {
+        fail(storage_.files.path(), ": tensor ", t.name, ": not a weight of ",
+             config_["architectures"][0].get<std::string>(),
+             " that Tandem knows (another architecture, or a newer converter?)");
     }
 
     Checkpoint::View view_of(const GgufTensor& t, std::string origin) const {

@@ -289,6 +289,19 @@ TEST(Gguf, LoaderErrorsNameKeyAndTensor) {
     q.write(path);
     EXPECT_ERROR_HAS(load_error(path), "m.gguf: metadata qwen2.embedding_length: missing");
 
+    // A tensor the loader has no place for is an error, not silently dropped.
+    q.add_u32("qwen2.embedding_length", 8);
+    q.add_u32("qwen2.block_count", 1);
+    q.add_u32("qwen2.attention.head_count", 2);
+    q.add_u32("qwen2.context_length", 16);
+    q.add_f32("qwen2.attention.layer_norm_rms_epsilon", 1e-6f);
+    q.add_u32("qwen2.feed_forward_length", 16);
+    q.add_tensor("blk.0.attn_sinks.weight", 0, {2}, f32_data(2));
+    q.write(path);
+    EXPECT_ERROR_HAS(load_error(path),
+                     "m.gguf: tensor blk.0.attn_sinks.weight: not a weight of "
+                     "Qwen2ForCausalLM");
+
     // A weight in a type Tandem cannot compute with: the llama fixture with ffn_down's type
     // rewritten to q4_1 (its bytes still lie inside the file).
     std::ifstream in(test::data_dir() + "/gguf/llama/model-f32.gguf", std::ios::binary);
