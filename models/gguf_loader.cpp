@@ -111,6 +111,10 @@ Json gguf_model_config(const GgufModelFiles& files) {
     c["vocab_size"] = *vocab;
     c["hidden_size"] = uint("embedding_length");
     c["num_hidden_layers"] = uint("block_count");
+    // Every layer has tensors of its own: a larger count is a lie, and it would be looped over.
+    if (c["num_hidden_layers"].get<uint64_t>() > files.tensors().size())
+        fail(files.path(), ": metadata ", arch, ".block_count: ", c["num_hidden_layers"].dump(),
+             " layers, but the file holds ", files.tensors().size(), " tensors");
     c["num_attention_heads"] = uint("attention.head_count");
     if (const GgufValue* kv = files.value(arch + ".attention.head_count_kv");
         kv != nullptr && kv->type == GgufValueType::Array)
@@ -160,6 +164,9 @@ Json gguf_model_config(const GgufModelFiles& files) {
         if (auto v = uint_opt("expert_feed_forward_length")) expert_ffn = int64_t(*v);
         for (int64_t l = 0; !expert_ffn && l < c["num_hidden_layers"].get<int64_t>(); ++l) {
             expert_ffn = tensor_dim(files, cat("blk.", l, ".ffn_gate_exps.weight"), 1);
+            if (auto fused = tensor_dim(files, cat("blk.", l, ".ffn_gate_up_exps.weight"), 1);
+                !expert_ffn && fused)
+                expert_ffn = *fused / 2;
             if (!expert_ffn)
                 expert_ffn = tensor_dim(files, cat("blk.", l, ".ffn_gate.0.weight"), 0);
         }

@@ -289,8 +289,14 @@ TEST(Gguf, LoaderErrorsNameKeyAndTensor) {
     q.write(path);
     EXPECT_ERROR_HAS(load_error(path), "m.gguf: metadata qwen2.embedding_length: missing");
 
-    // A tensor the loader has no place for is an error, not silently dropped.
+    // A layer count beyond what the file could hold (it would be looped over).
     q.add_u32("qwen2.embedding_length", 8);
+    GgufWriter lie = q;
+    lie.add_u32("qwen2.block_count", 4000000000u);
+    lie.write(path);
+    EXPECT_ERROR_HAS(load_error(path), "qwen2.block_count: 4000000000 layers, but the file holds");
+
+    // A tensor the loader has no place for is an error, not silently dropped.
     q.add_u32("qwen2.block_count", 1);
     q.add_u32("qwen2.attention.head_count", 2);
     q.add_u32("qwen2.context_length", 16);
