@@ -5,6 +5,8 @@
 #include <map>
 #include <stdexcept>
 
+#include "kernels/cpu/quant.h"
+
 namespace tandem::test {
 
 namespace {
@@ -96,6 +98,45 @@ void GgufWriter::add_f32_array(const std::string& key, const std::vector<float>&
     add(key, 9, b);
 }
 
+namespace {
+
+void encode_value(const GgufWriter& w, const GgufValue& v, std::vector<uint8_t>& out) {
+    switch (v.type) {
+        case GgufValueType::U8: put(out, uint8_t(v.u)); break;
+        case GgufValueType::I8: put(out, int8_t(v.i)); break;
+        case GgufValueType::U16: put(out, uint16_t(v.u)); break;
+        case GgufValueType::I16: put(out, int16_t(v.i)); break;
+        case GgufValueType::U32: put(out, uint32_t(v.u)); break;
+        case GgufValueType::I32: put(out, int32_t(v.i)); break;
+        case GgufValueType::U64: put(out, v.u); break;
+        case GgufValueType::I64: put(out, v.i); break;
+        case GgufValueType::F32: put(out, float(v.f)); break;
+        case GgufValueType::F64: put(out, v.f); break;
+        case GgufValueType::Bool: put(out, uint8_t(v.b)); break;
+        case GgufValueType::String: {
+            const auto b = w.string_bytes(v.str);
+            out.insert(out.end(), b.begin(), b.end());
+            break;
+        }
+        case GgufValueType::Array: {
+            put(out, uint32_t(v.element_type));
+            const auto n = w.count_bytes(v.array.size());
+            out.insert(out.end(), n.begin(), n.end());
+            for (const GgufValue& e : v.array)
+                encode_value(w, e, out);
+            break;
+        }
+    }
+}
+
+}  // namespace
+
+void GgufWriter::add_value(const std::string& key, const GgufValue& v) {
+    std::vector<uint8_t> b;
+    encode_value(*this, v, b);
+    add(key, uint32_t(v.type), b);
+}
+
 void GgufWriter::add_tensor(const std::string& name, uint32_t ggml_type, std::vector<uint64_t> ne,
                             std::vector<uint8_t> data, int64_t offset) {
     tensors_.push_back({name, ggml_type, std::move(ne), std::move(data), offset});
@@ -142,6 +183,28 @@ void GgufWriter::write(const std::string& path, uint64_t alignment) const {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(b.data()), std::streamsize(b.size()));
     if (!out.flush()) throw std::runtime_error("cannot write " + path);
+}
+
+void write_dequantized_gguf(const std::string& path, const std::string& out) {
+    const GgufModelFiles files = GgufModelFiles::open(path);
+    GgufWriter w;
+    for (const auto& [key, value] : files.first().contents().metadata)
+        if (key.rfind("split.", 0) != 0) w.add_value(key, value);
+    for (const GgufTensor* t : files.tensors()) {
+        std::vector<uint64_t> ne(t->shape.rbegin(), t->shape.rend());
+        const auto* data = reinterpret_cast<const uint8_t*>(t->data);
+        if (!t->dtype || !is_quantized_weight_type(*t->dtype)) {
+            w.add_tensor(t->name, ggml_type_from_dtype(*t->dtype), ne, {data, data + t->bytes});
+            continue;
+        }
+        const int64_t k = int64_t(ne[0]), rows = int64_t(t->bytes) / row_bytes(*t->dtype, k);
+        std::vector<uint8_t> f32(size_t(rows * k) * sizeof(float));
+        for (int64_t r = 0; r < rows; ++r)
+            cpu::dequantize_row(*t->dtype, data + r * row_bytes(*t->dtype, k),
+                                reinterpret_cast<float*>(f32.data()) + r * k, k);
+        w.add_tensor(t->name, 0, ne, std::move(f32));
+    }
+    w.write(out);
 }
 
 void write_tokenizer_gguf(const std::string& dir, const std::string& pre, const std::string& path) {

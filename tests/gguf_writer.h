@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "models/gguf.h"
+
 namespace tandem::test {
 
 class GgufWriter {
@@ -24,6 +26,8 @@ class GgufWriter {
     void add_string_array(const std::string& key, const std::vector<std::string>& v);
     void add_i32_array(const std::string& key, const std::vector<int32_t>& v);
     void add_f32_array(const std::string& key, const std::vector<float>& v);
+    // Any parsed value, re-encoded (arrays nested as they were).
+    void add_value(const std::string& key, const GgufValue& v);
 
     // ne: dimensions innermost first, as GGUF lists them. offset < 0: the next aligned offset.
     void add_tensor(const std::string& name, uint32_t ggml_type, std::vector<uint64_t> ne,
@@ -53,6 +57,10 @@ class GgufWriter {
     std::vector<Kv> kvs_;
     std::vector<TensorInfo> tensors_;
 };
+
+// Writes `path` (a .gguf or any split of one) as one file with every block-quantized tensor
+// dequantized to F32 by Tandem's dequantize_row (bit-exact with gguf-py's), the rest as stored.
+void write_dequantized_gguf(const std::string& path, const std::string& out);
 
 // Writes a GGUF holding only the tokenizer.ggml.* metadata of a Hugging Face tokenizer
 // directory (tokenizer.json + tokenizer_config.json) as convert_hf_to_gguf.py would: `pre` is

@@ -3,8 +3,9 @@
 // logits that transformers computes with the weights gguf-py dequantizes from the same file, and
 // stay within a stated distance of the original f32 weights' logits.
 //
-// Tolerances. F32 and F16 files: the weights are exact, so max |diff| <= 1e-4 as in the other
-// golden tests. Quantized files: Tandem computes quantized dot products as llama.cpp does, with
+// Tolerances. F32 and F16 files, and every file with its quantized tensors dequantized by
+// Tandem (bit-exact with gguf-py, tests/data/quant) before loading: max |diff| <= 1e-4 as in
+// the other golden tests, i.e. equal to f32 rounding. Quantized files: Tandem computes quantized dot products as llama.cpp does, with
 // the activations quantized to 8 bits (Q8_0 / Q8_K blocks), so its logits differ from the f32
 // computation on dequantized weights by that rounding: relative L2 per position <= 4e-2 (measured
 // 0.010-0.023 over the 18 quantized files), and
@@ -22,6 +23,7 @@
 #include "models/model.h"
 #include "models/model_tokenizer.h"
 #include "models/safetensors.h"
+#include "tests/gguf_writer.h"
 #include "tests/test_util.h"
 
 namespace tandem {
@@ -104,6 +106,25 @@ TEST_P(GgufGolden, LogitsMatchDequantizedReference) {
                                             : 0.6;
     EXPECT_LE(worst_relative_l2(got, f32, vocab), bound)
         << "relative L2 to transformers on the original f32 weights";
+}
+
+// The same file with its quantized tensors dequantized to F32 (tests/gguf_writer.cpp): the
+// loading of quantized tensors (expert slices, llama's q/k rows, fallback types) is then exact to
+// f32 rounding against transformers on gguf-py's dequantization, with no activation rounding.
+TEST_P(GgufGolden, DequantizedFileMatchesToF32Rounding) {
+    const Case& c = GetParam();
+    const SafetensorsFile ref = SafetensorsFile::open(c.dir() + "/reference.safetensors");
+    test::TempDir dir;
+    test::write_dequantized_gguf(c.path(), dir.str() + "/dequantized.gguf");
+    std::unique_ptr<Model> model = load_model(dir.str() + "/dequantized.gguf");
+    ThreadPool pool({.n_threads = 2, .pin = false});
+    const std::vector<float> got = prefill(*model, ids(ref, "prompt_ids"), pool);
+    const std::vector<float> want = floats(ref, "logits_" + c.type);
+    ASSERT_EQ(got.size(), want.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+        worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
+    EXPECT_LE(worst, 1e-4) << "max abs diff";
 }
 
 TEST_P(GgufGolden, TokenizerAndTemplateFromMetadata) {
