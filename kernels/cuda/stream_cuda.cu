@@ -98,6 +98,17 @@ class CudaStream final : public Stream {
 
 }  // namespace
 
+void* cuda_malloc(Device device, size_t bytes) {
+    check(cudaSetDevice(device.index), "cudaSetDevice", device);
+    void* data = nullptr;
+    check(cudaMalloc(&data, bytes), "cudaMalloc", device);
+    return data;
+}
+
+void cuda_free(void* data) noexcept {
+    cudaFree(data);
+}
+
 std::unique_ptr<Stream> make_cuda_stream(Device device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || device.index >= count)
