@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 jobs=$(nproc)
+# ccache keys on paths relative to the checkout, so clones and worktrees share the cache.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 tools/install-deps.sh
 
 # The server tests' Python side (the official openai client, pytest) from PyPI, in a venv.
