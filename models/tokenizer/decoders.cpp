@@ -13,7 +13,7 @@ namespace tandem {
 
 namespace {
 
-class ByteLevel : public Decoder {
+class ByteLevel : public TokenDecoder {
   public:
     void decode_chain(std::vector<std::string>& tokens) const override {
         std::string bytes;
@@ -27,7 +27,7 @@ class ByteLevel : public Decoder {
     }
 };
 
-class Metaspace : public Decoder {
+class Metaspace : public TokenDecoder {
   public:
     Metaspace(std::string replacement, bool prepend)
         : replacement_(std::move(replacement)), prepend_(prepend) {}
@@ -53,7 +53,7 @@ class Metaspace : public Decoder {
     bool prepend_;
 };
 
-class Replace : public Decoder {
+class Replace : public TokenDecoder {
   public:
     explicit Replace(const nlohmann::json& json) : replacer_(json) {}
     void decode_chain(std::vector<std::string>& tokens) const override {
@@ -80,7 +80,7 @@ int byte_token(const std::string& t) {
     return value;
 }
 
-class ByteFallback : public Decoder {
+class ByteFallback : public TokenDecoder {
   public:
     void decode_chain(std::vector<std::string>& tokens) const override {
         std::vector<std::string> out;
@@ -111,7 +111,7 @@ class ByteFallback : public Decoder {
     }
 };
 
-class Fuse : public Decoder {
+class Fuse : public TokenDecoder {
   public:
     void decode_chain(std::vector<std::string>& tokens) const override {
         std::string all;
@@ -121,7 +121,7 @@ class Fuse : public Decoder {
     }
 };
 
-class Strip : public Decoder {
+class Strip : public TokenDecoder {
   public:
     Strip(std::string content, size_t start, size_t stop)
         : content_(std::move(content)), start_(start), stop_(stop) {}
@@ -143,21 +143,22 @@ class Strip : public Decoder {
     size_t start_, stop_;
 };
 
-class Sequence : public Decoder {
+class Sequence : public TokenDecoder {
   public:
-    explicit Sequence(std::vector<std::unique_ptr<Decoder>> parts) : parts_(std::move(parts)) {}
+    explicit Sequence(std::vector<std::unique_ptr<TokenDecoder>> parts)
+        : parts_(std::move(parts)) {}
     void decode_chain(std::vector<std::string>& tokens) const override {
         for (const auto& p : parts_)
             p->decode_chain(tokens);
     }
 
   private:
-    std::vector<std::unique_ptr<Decoder>> parts_;
+    std::vector<std::unique_ptr<TokenDecoder>> parts_;
 };
 
 }  // namespace
 
-std::unique_ptr<Decoder> make_decoder(const nlohmann::json& json) {
+std::unique_ptr<TokenDecoder> make_decoder(const nlohmann::json& json) {
     if (json.is_null()) return nullptr;
     const std::string type = json_string(json, "type");
     if (type == "ByteLevel") return std::make_unique<ByteLevel>();
@@ -178,7 +179,7 @@ std::unique_ptr<Decoder> make_decoder(const nlohmann::json& json) {
         return std::make_unique<Strip>(json_string(json, "content"), size_t(start), size_t(stop));
     }
     if (type == "Sequence") {
-        std::vector<std::unique_ptr<Decoder>> parts;
+        std::vector<std::unique_ptr<TokenDecoder>> parts;
         for (const auto& p : json_array(json, "decoders"))
             if (auto d = make_decoder(p)) parts.push_back(std::move(d));
         return std::make_unique<Sequence>(std::move(parts));

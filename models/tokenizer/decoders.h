@@ -11,13 +11,13 @@
 
 namespace tandem {
 
-class Decoder {
+class TokenDecoder {
   public:
-    virtual ~Decoder() = default;
+    virtual ~TokenDecoder() = default;
     virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
 };
 
 // nullptr for a null decoder. Throws tandem::Error naming an unknown "type".
-std::unique_ptr<Decoder> make_decoder(const nlohmann::json& json);
+std::unique_ptr<TokenDecoder> make_decoder(const nlohmann::json& json);
 
 }  // namespace tandem

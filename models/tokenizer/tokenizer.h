@@ -34,7 +34,7 @@
 namespace tandem {
 
 class Bpe;
-class Decoder;
+class TokenDecoder;
 class Normalizer;
 class PreTokenizer;
 
@@ -83,7 +83,7 @@ class Tokenizer {
     std::unique_ptr<Normalizer> normalizer_;
     std::unique_ptr<PreTokenizer> pre_tokenizer_;
     std::unique_ptr<Bpe> model_;
-    std::unique_ptr<Decoder> decoder_;
+    std::unique_ptr<TokenDecoder> decoder_;
     std::unique_ptr<AddedTokens> added_;
     std::vector<int32_t> prefix_ids_, suffix_ids_;  // added around a sequence
     std::string chat_template_, bos_token_, eos_token_;
