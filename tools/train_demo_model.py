@@ -159,11 +159,17 @@ def main():
         torch.set_rng_state(state["rng"])
         print(f"resumed at step {step}", flush=True)
 
+    def next_token_loss(rows, **kwargs):
+        """Cross-entropy of each position's next token; rows [batch, seq_len + 1]."""
+        out = model(input_ids=rows[:, :-1], **kwargs)
+        ce = torch.nn.functional.cross_entropy(out.logits.float().view(-1, config.vocab_size),
+                                               rows[:, 1:].reshape(-1))
+        return ce, out
+
     def evaluate():
         model.eval()
         with torch.no_grad():
-            losses = [model(input_ids=valid[i:i + 8, :-1], labels=valid[i:i + 8, 1:].contiguous(),
-                            output_router_logits=False).loss.item()
+            losses = [next_token_loss(valid[i:i + 8], output_router_logits=False)[0].item()
                       for i in range(0, len(valid), 8)]
         model.train()
         return sum(losses) / len(losses)
@@ -177,11 +183,9 @@ def main():
         batch = torch.stack([stream_t[s:s + args.seq_len + 1] for s in starts.tolist()])
         for g in optim.param_groups:
             g["lr"] = lr_at(step, args)
-        # labels are already shifted, so compute the loss here rather than through the
-        # model's shifting loss_function; aux_loss comes from the model's router logits.
-        out = model(input_ids=batch[:, :-1], output_router_logits=True)
-        ce = torch.nn.functional.cross_entropy(out.logits.float().view(-1, config.vocab_size),
-                                               batch[:, 1:].reshape(-1))
+        # The loss is computed here, not by passing labels (the model's loss_function shifts
+        # them once more); aux_loss comes from the model's router logits.
+        ce, out = next_token_loss(batch, output_router_logits=True)
         loss = ce + config.router_aux_loss_coef * out.aux_loss
         optim.zero_grad(set_to_none=True)
         loss.backward()
