@@ -32,7 +32,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer
 
-MODEL = Path("models/demo/tandem-demo-moe")
+MODEL = Path("models/demo/tandem-demo-moe")  # the default of --model
 EOT = 8189
 TEXT_PROMPTS = [
     "In the beginning God created the heaven and the earth.",
@@ -75,15 +75,15 @@ def perplexity(model, tok, docs, ctx):
             "bits_per_byte": total_nll / math.log(2) / n_bytes}
 
 
-def tandem_greedy(tandem_run, text, max_tokens):
-    out = subprocess.run([str(tandem_run), "--model", str(MODEL), "--prompt", text,
+def tandem_greedy(tandem_run, model_dir, text, max_tokens):
+    out = subprocess.run([str(tandem_run), "--model", str(model_dir), "--prompt", text,
                           "--max-tokens", str(max_tokens), "--temperature", "0", "--threads", "1"],
                          capture_output=True, text=True, check=True).stdout
     return [int(x) for x in out.splitlines()[0].split()]
 
 
 @torch.no_grad()
-def samples(model, tok, max_tokens, tandem_run):
+def samples(model, tok, max_tokens, tandem_run, model_dir):
     out = []
     for kind, text in [("text", t) for t in TEXT_PROMPTS] + \
                       [("chat", chat_text(q)) for q in CHAT_PROMPTS]:
@@ -93,7 +93,7 @@ def samples(model, tok, max_tokens, tandem_run):
         entry = {"kind": kind, "prompt": text, "ids": ids,
                  "text": tok.decode(ids, skip_special_tokens=False)}
         if tandem_run.exists():
-            entry["tandem_ids_equal"] = tandem_greedy(tandem_run, text, max_tokens) == ids
+            entry["tandem_ids_equal"] = tandem_greedy(tandem_run, model_dir, text, max_tokens) == ids
         out.append(entry)
     return out
 
@@ -173,6 +173,7 @@ def lookahead(model, tok, docs, n_prompts, prompt_tokens):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=MODEL)
     p.add_argument("--corpus", type=Path, default=Path("build/demo-corpus"))
     p.add_argument("--out", type=Path, default=Path("build/demo-eval.json"))
     p.add_argument("--ctx", type=int, default=256)
@@ -184,14 +185,15 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
-    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(args.model / "tokenizer.json"))
     # bf16 weights upcast to f32: the computation Tandem's CPU path does.
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        MODEL, dtype=torch.float32, attn_implementation="eager",
+        args.model, dtype=torch.float32, attn_implementation="eager",
         experts_implementation="eager").eval()
     docs = held_out(args.corpus)
-    result = {"model_step": json.loads((MODEL / "training_state.json").read_text())["step"]}
-    for name, fn in [("samples", lambda: samples(model, tok, args.max_tokens, args.tandem_run)),
+    result = {"model_step": json.loads((args.model / "training_state.json").read_text())["step"]}
+    for name, fn in [("samples", lambda: samples(model, tok, args.max_tokens, args.tandem_run,
+                                                 args.model)),
                      ("lookahead", lambda: lookahead(model, tok, docs, args.prompts,
                                                      args.prompt_tokens)),
                      ("perplexity", lambda: perplexity(model, tok, docs, args.ctx))]:
