@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Decode and prefill tokens/s of the default model (build/default-model, made by
-# tools/main-job.sh) over several runs, next to the machine's memory bandwidth measured in the
-# same invocation (read-only stream, from tandem-kernel-bench), and the fraction of the
-# bandwidth bound reached.
+# Decode and prefill tokens/s of the throughput model (build/default-model: tandem-synth's
+# synthetic ~214M-parameter Qwen3-MoE shape, random weights, made here on first use) over several
+# runs, next to the machine's memory bandwidth measured in the same invocation (read-only
+# stream, from tandem-kernel-bench), and the fraction of the bandwidth bound reached. It was
+# the main job's default model before the trained demo model (models/demo/tandem-demo-moe),
+# which at 45 MB sits largely in cache and so cannot show the memory-bandwidth bound.
 #   bench/default_model.sh [runs=5] [threads=0]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,9 +8,16 @@ continuation. See tests/data/golden/README.md for the format.
     pip install torch transformers safetensors
     python3 tools/make_golden.py                 # every architecture
     python3 tools/make_golden.py deepseek_v3     # only the ones named
+    python3 tools/make_golden.py demo            # the trained demo model (never by default)
+
+`demo` is not a random checkpoint: it is models/demo/tandem-demo-moe (bf16, trained by
+tools/train_demo_model.py), and only its reference is written, to
+tests/data/golden/demo/reference.safetensors, for a fixed English prompt. Rerun it whenever
+the demo model is retrained.
 """
 
 import copy
+import hashlib
 import json
 import math
 import shutil
@@ -408,11 +415,63 @@ def save_reference(tensors, path, meta):
     path.write_bytes(raw[:8] + header.encode().ljust(n) + raw[8 + n :])
 
 
+DEMO_MODEL = OUT.parent.parent.parent / "models" / "demo" / "tandem-demo-moe"
+# Candidate prompts for the demo model, tried in order: the first whose greedy continuation
+# and routing have no near ties is used. 13 to 31 tokens (the batch test slices 13 of them and
+# decodes one more into a 32-token cache).
+DEMO_PROMPTS = [
+    "In the beginning God created the heaven and the earth. And the earth was without form,",
+    "<|im_start|>user\nWhat does \"lantern\" mean?<|im_end|>\n<|im_start|>assistant\n",
+    "A dictionary is a book containing the words of a language, arranged in order,",
+    "Hacker, n. A person who enjoys exploring the details of programmable systems and",
+    "And the LORD spake unto Moses, saying, Speak unto the children of Israel, and",
+]
+
+
+def build_demo():
+    """The demo model's reference: the tensors of a bf16 case above, for a real prompt."""
+    from tokenizers import Tokenizer  # only the demo needs it
+
+    tok = Tokenizer.from_file(str(DEMO_MODEL / "tokenizer.json"))
+    ref = load(DEMO_MODEL, torch.float32)
+    native_model = load(DEMO_MODEL, torch.bfloat16)
+    for text in DEMO_PROMPTS:
+        prompt = torch.tensor(tok.encode(text).ids, dtype=torch.int64)
+        assert 13 <= len(prompt) <= 31, (text, len(prompt))
+        logits = logits_of(ref, prompt)
+        ids, margins = greedy(ref, prompt)
+        gap = min_router_gap(ref, torch.cat([prompt, ids[:-1]]))
+        if margins.min().item() < MIN_MARGIN or gap < MIN_ROUTER_GAP:
+            print(f"  demo: {text!r}: margin {margins.min():.1e}, router gap {gap:.1e}; next")
+            continue
+        native = logits_of(native_model, prompt)
+        ids16, margins16 = greedy(native_model, prompt)
+        tensors = {"prompt_ids": prompt, "logits": logits.contiguous(), "greedy_ids": ids,
+                   "logits_bf16": native.contiguous(), "greedy_ids_bf16": ids16,
+                   "greedy_margins_bf16": margins16}
+        dst = OUT / "demo"
+        dst.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256((DEMO_MODEL / "model.safetensors").read_bytes()).hexdigest()
+        meta = {"transformers": transformers.__version__, "torch": torch.__version__,
+                "prompt": text, "model_sha256": digest}
+        save_reference(tensors, dst / "reference.safetensors", meta)
+        print(f"demo: {text!r} ({len(prompt)} tokens) -> {tok.decode(ids.tolist())!r}; min "
+              f"margin {margins.min():.4f}, min router gap {gap:.1e}, max|logits_bf16 - logits| "
+              f"{(native - logits).abs().max():.3f}")
+        return
+    raise SystemExit("demo: every prompt has a near tie")
+
+
 def main():
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     meta = {"transformers": transformers.__version__, "torch": torch.__version__}
     names = sys.argv[1:] or list(ARCHS)
+    if "demo" in names:
+        build_demo()
+        names.remove("demo")
+        if not names:
+            return
     unknown = [n for n in names if n not in ARCHS]
     if unknown:
         raise SystemExit(f"unknown architectures {unknown}; known: {list(ARCHS)}")

@@ -2,9 +2,11 @@
 """Writes the tokenizer and chat-template fixtures of tests/data/tokenizer/ from Hugging Face.
 
 Run by hand (CI never runs it); needs PyPI `tokenizers` and `transformers`:
-    python3 tools/make_tokenizer_fixtures.py [--shared ../shared/tokenizers]
+    python3 tools/make_tokenizer_fixtures.py [--shared ../shared/tokenizers] [NAME ...]
 
-For each of qwen3, deepseek_v3, llama3_1, llama2 it writes <name>/encode.json: a list of
+For each of qwen3, deepseek_v3, llama3_1, llama2 (from ../shared/tokenizers) and demo (the
+committed tokenizer of models/demo/tandem-demo-moe; its strings add held-out documents of
+build/demo-corpus, made by tools/make_demo_corpus.sh) it writes <name>/encode.json: a list of
 {"text", "ids" (no special tokens), "ids_special", "decode" (of ids_special), "decode_skip"
 (the same with skip_special_tokens)}, computed by `tokenizers` from the folder's tokenizer.json.
 Special tokens follow Tandem's rule (models/tokenizer/tokenizer.h): when tokenizer_config.json
@@ -22,8 +24,12 @@ import random
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-NAMES = ["qwen3", "deepseek_v3", "llama3_1", "llama2"]
-CHAT_NAMES = ["qwen3", "deepseek_v3", "llama3_1"]
+NAMES = ["qwen3", "deepseek_v3", "llama3_1", "llama2", "demo"]
+CHAT_NAMES = ["qwen3", "deepseek_v3", "llama3_1", "demo"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Tokenizers committed in the repository rather than in ../shared/tokenizers.
+REPO_FOLDERS = {"demo": os.path.join(HERE, "..", "models", "demo", "tandem-demo-moe")}
+DEMO_CORPUS = os.path.join(HERE, "..", "build", "demo-corpus")
 
 ASCII = [
     "Hello world", " Hello world", "Hello world ", "hello", "HELLO", "Hello, World!",
@@ -122,19 +128,31 @@ def random_strings(seed, count):
     return out
 
 
+def heldout_texts(corpus, count=80, max_chars=1500):
+    """Every k-th document of the demo corpus's validation split, cut to max_chars: the text
+    the demo tokenizer was trained for but never saw."""
+    path = os.path.join(corpus, "valid.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} missing: run tools/make_demo_corpus.sh first")
+    docs = [json.loads(line)["text"] for line in open(path, encoding="utf-8")]
+    step = max(1, len(docs) // count)
+    return [doc[:max_chars] for doc in docs[::step][:count]]
+
+
 def token_content(v):
     if isinstance(v, dict):
         return v.get("content")
     return v
 
 
-def encode_cases(folder):
+def encode_cases(folder, extra_texts=()):
     raw = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
     cfg = json.load(open(os.path.join(folder, "tokenizer_config.json")))
     override = "add_bos_token" in cfg or "add_eos_token" in cfg
     bos, eos = token_content(cfg.get("bos_token")), token_content(cfg.get("eos_token"))
     texts = (ASCII + WHITESPACE + DIGITS + PUNCT + CODE + URLS + SCRIPTS + EMOJI + COMBINING +
-             FULLWIDTH + ODD + special_strings(raw) + random_strings(1234, 80))
+             FULLWIDTH + ODD + special_strings(raw) + random_strings(1234, 80) +
+             list(extra_texts))
     paragraph = " ".join(ASCII + SCRIPTS[:10] + CODE[:3])
     texts.append(paragraph)
     cases = []
@@ -262,15 +280,20 @@ def chat_cases(name, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    here = os.path.dirname(os.path.abspath(__file__))
-    parser.add_argument("--shared", default=os.path.join(here, "..", "..", "shared", "tokenizers"))
-    parser.add_argument("--out", default=os.path.join(here, "..", "tests", "data", "tokenizer"))
+    parser.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared", "tokenizers"))
+    parser.add_argument("--out", default=os.path.join(HERE, "..", "tests", "data", "tokenizer"))
+    parser.add_argument("--demo-corpus", default=DEMO_CORPUS)
+    parser.add_argument("names", nargs="*", help=f"some of {NAMES} (default: all)")
     args = parser.parse_args()
-    for name in NAMES:
-        folder = os.path.join(args.shared, name)
+    unknown = set(args.names) - set(NAMES)
+    if unknown:
+        parser.error(f"unknown tokenizers {sorted(unknown)}")
+    for name in args.names or NAMES:
+        folder = REPO_FOLDERS.get(name, os.path.join(args.shared, name))
         out = os.path.join(args.out, name)
         os.makedirs(out, exist_ok=True)
-        cases = encode_cases(folder)
+        extra = heldout_texts(args.demo_corpus) if name == "demo" else ()
+        cases = encode_cases(folder, extra)
         with open(os.path.join(out, "encode.json"), "w", encoding="utf-8") as f:
             json.dump(cases, f, ensure_ascii=False, indent=0)
         print(f"{name}: {len(cases)} strings")

@@ -2,6 +2,8 @@
 // by transformers via tools/make_golden.py) must reproduce the logits and greedy ids that
 // transformers computed, and the engine's own paths must agree with each other: a prefill
 // equals token-by-token decoding, and a batch of sequences equals each sequence run alone.
+// The trained demo model (models/demo/tandem-demo-moe, bf16) runs the same tests against its
+// reference in tests/data/golden/demo/, made by `tools/make_golden.py demo` for a real prompt.
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
@@ -42,15 +44,22 @@ std::vector<float> read_floats(const SafetensorsFile& file, const std::string& n
     return out;
 }
 
-Reference read_reference(const std::string& dir) {
-    const SafetensorsFile file = SafetensorsFile::open(dir + "/reference.safetensors");
+Reference read_reference(const std::string& path) {
+    const SafetensorsFile file = SafetensorsFile::open(path);
     return {read_ids(file, "prompt_ids"), read_floats(file, "logits"), read_ids(file, "greedy_ids"),
             read_floats(file, "logits_bf16")};
 }
 
 struct Case {
     std::string arch, dtype;
-    std::string dir() const { return test::data_dir() + "/golden/" + arch + "/" + dtype; }
+    std::string dir() const {
+        if (arch == "demo") return test::data_dir() + "/../../models/demo/tandem-demo-moe";
+        return test::data_dir() + "/golden/" + arch + "/" + dtype;
+    }
+    std::string reference() const {
+        if (arch == "demo") return test::data_dir() + "/golden/demo/reference.safetensors";
+        return dir() + "/reference.safetensors";
+    }
     friend void PrintTo(const Case& c, std::ostream* out) { *out << c.arch << "/" << c.dtype; }
 };
 
@@ -59,7 +68,7 @@ class Golden : public ::testing::TestWithParam<Case> {
     void SetUp() override {
         engine_ = std::make_unique<Engine>(
             Engine::open({.model_dir = GetParam().dir(), .n_threads = 2, .pin_threads = false}));
-        ref_ = read_reference(GetParam().dir());
+        ref_ = read_reference(GetParam().reference());
         vocab_ = engine_->model_config().vocab_size;
         ASSERT_EQ(ref_.logits.size(), ref_.prompt.size() * size_t(vocab_));
     }
@@ -195,7 +204,7 @@ class GoldenQ8 : public ::testing::TestWithParam<Case> {};
 TEST_P(GoldenQ8, LogitsWithinTheQuantizationTolerance) {
     Engine engine = Engine::open(
         {.model_dir = GetParam().dir(), .n_threads = 2, .pin_threads = false, .quantize = "q8_0"});
-    const Reference ref = read_reference(GetParam().dir());
+    const Reference ref = read_reference(GetParam().reference());
     const auto vocab = size_t(engine.model_config().vocab_size);
     KvCache cache(engine.model().kv_cache_shape(int64_t(ref.prompt.size())));
     const SequenceStep step{.tokens = ref.prompt, .cache = &cache, .all_logits = true};
@@ -218,12 +227,13 @@ TEST_P(GoldenQ8, LogitsWithinTheQuantizationTolerance) {
     RecordProperty("positions_within_5e-2", std::to_string(close) + "/" + std::to_string(n));
 }
 
-std::vector<Case> cases(std::vector<std::string> dtypes) {
+std::vector<Case> cases(std::vector<std::string> dtypes, bool with_demo) {
     std::vector<Case> out;
     for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
                              "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"})
         for (const auto& dtype : dtypes)
             out.push_back({arch, dtype});
+    if (with_demo) out.push_back({"demo", "bf16"});  // a bf16 checkpoint only
     return out;
 }
 
@@ -231,10 +241,12 @@ std::string case_name(const ::testing::TestParamInfo<Case>& param_info) {
     return param_info.param.arch + "_" + param_info.param.dtype;
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, Golden, ::testing::ValuesIn(cases({"f32", "bf16"})),
+constexpr bool kWithDemo = true;
+INSTANTIATE_TEST_SUITE_P(Architectures, Golden,
+                         ::testing::ValuesIn(cases({"f32", "bf16"}, kWithDemo)), case_name);
+INSTANTIATE_TEST_SUITE_P(Architectures, GoldenQ8, ::testing::ValuesIn(cases({"f32"}, !kWithDemo)),
                          case_name);
-INSTANTIATE_TEST_SUITE_P(Architectures, GoldenQ8, ::testing::ValuesIn(cases({"f32"})), case_name);
-INSTANTIATE_TEST_SUITE_P(Architectures, GoldenBf16, ::testing::ValuesIn(cases({"bf16"})),
+INSTANTIATE_TEST_SUITE_P(Architectures, GoldenBf16, ::testing::ValuesIn(cases({"bf16"}, kWithDemo)),
                          case_name);
 
 }  // namespace

@@ -1,4 +1,4 @@
-// The real chat templates of qwen3, deepseek_v3 and llama3_1 rendered exactly as
+// The real chat templates of qwen3, deepseek_v3, llama3_1 and the demo model rendered exactly as
 // transformers.apply_chat_template (fixtures from tools/make_tokenizer_fixtures.py).
 #include <gtest/gtest.h>
 
@@ -37,7 +37,7 @@ TEST_P(ChatTemplateFixture, RendersLikeTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Real, ChatTemplateFixture,
-                         ::testing::Values("qwen3", "deepseek_v3", "llama3_1"));
+                         ::testing::Values("qwen3", "deepseek_v3", "llama3_1", "demo"));
 
 }  // namespace
 }  // namespace tandem

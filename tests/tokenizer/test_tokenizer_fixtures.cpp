@@ -89,7 +89,7 @@ TEST_P(TokenizerFixture, IncrementalDecodeEqualsFullDecode) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Real, TokenizerFixture,
-                         ::testing::Values("qwen3", "deepseek_v3", "llama3_1", "llama2"));
+                         ::testing::Values("qwen3", "deepseek_v3", "llama3_1", "llama2", "demo"));
 
 }  // namespace
 }  // namespace tandem

@@ -1,5 +1,6 @@
 // Shared helpers of the tokenizer tests: the real tokenizer folders in ../shared/tokenizers
-// (skipped with a message when absent) and the committed fixtures in tests/data/tokenizer/.
+// (skipped with a message when absent), the demo model's tokenizer committed in
+// models/demo/tandem-demo-moe (never skipped), and the fixtures in tests/data/tokenizer/.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -19,10 +20,11 @@
 namespace tandem::test {
 
 inline std::string tokenizer_dir(const std::string& name) {
+    if (name == "demo") return data_dir() + "/../../models/demo/tandem-demo-moe";
     return shared_dir() + "/tokenizers/" + name;
 }
 
-// Loads the tokenizer once per process; nullptr when the shared folder is absent.
+// Loads the tokenizer once per process; nullptr when its folder is absent.
 inline const Tokenizer* shared_tokenizer(const std::string& name) {
     static std::map<std::string, std::unique_ptr<Tokenizer>> loaded;
     auto& slot = loaded[name];
