@@ -1,6 +1,6 @@
 // tandem-server: an OpenAI-compatible HTTP server over one Tandem engine.
 //
-//   tandem-server --model path/to/model [--port 8000] [--api-key KEY]
+//   tandem-server [--model path/to/model] [--port 8000] [--api-key KEY]
 //
 // It listens at once and loads the model in the background: /health answers 503 until the
 // model is ready. SIGINT or SIGTERM stop it.
@@ -23,7 +23,10 @@ int main(int argc, char** argv) {
     tandem::server::ServerOptions options;
     std::string log_level = "info";
     double kv_cache_mb = 0;
-    app.add_option("--model", config.model_dir, "Hugging Face model directory")->required();
+    // The demo model trained for Tandem (models/demo/) unless told otherwise.
+    config.model_dir = TANDEM_DEFAULT_MODEL;
+    app.add_option("--model", config.model_dir, "Hugging Face model directory or .gguf file")
+        ->capture_default_str();
     app.add_option("--host", options.host, "address to bind")->capture_default_str();
     app.add_option("--port", options.port, "port, 0 = any free one")->capture_default_str();
     app.add_option("--api-key", options.api_key, "require Authorization: Bearer KEY");
