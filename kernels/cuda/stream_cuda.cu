@@ -11,9 +11,14 @@ namespace tandem {
 
 namespace {
 
+// Device::name() lives in tandem_kernels, which this library sits below in the link order.
+std::string name_of(Device device) {
+    return "cuda:" + std::to_string(device.index);
+}
+
 void check(cudaError_t status, const char* what, Device device) {
     if (status != cudaSuccess)
-        throw std::runtime_error(device.name() + ": " + what + ": " + cudaGetErrorString(status));
+        throw std::runtime_error(name_of(device) + ": " + what + ": " + cudaGetErrorString(status));
 }
 
 cudaMemcpyKind kind_of(CopyDirection direction) {
@@ -82,7 +87,8 @@ class CudaStream final : public Stream {
     void wait(const std::shared_ptr<Event>& event) override {
         auto* cuda_event = dynamic_cast<CudaEvent*>(event.get());
         if (cuda_event == nullptr)
-            throw std::runtime_error(device_.name() + ": wait on an event of another device kind");
+            throw std::runtime_error(name_of(device_) +
+                                     ": wait on an event of another device kind");
         check(cudaStreamWaitEvent(stream_, cuda_event->handle(), 0), "cudaStreamWaitEvent",
               device_);
     }
@@ -112,7 +118,7 @@ void cuda_free(void* data) noexcept {
 std::unique_ptr<Stream> make_cuda_stream(Device device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || device.index >= count)
-        throw std::runtime_error(device.name() + ": no such CUDA device");
+        throw std::runtime_error(name_of(device) + ": no such CUDA device");
     return std::make_unique<CudaStream>(device);
 }
 
