@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
 
 #include "kernels/error.h"
 
@@ -18,7 +19,15 @@ constexpr size_t kAlignment = 64;
 Buffer allocate(Device device, size_t bytes) {
     if (bytes == 0) return Buffer(device, nullptr, 0);
     // Plain cudaMalloc on a GPU; sim memory is host memory (kernels/stream.h).
-    if (device.kind == DeviceKind::Cuda) return Buffer(device, cuda_malloc(device, bytes), bytes);
+    if (device.kind == DeviceKind::Cuda) {
+        if (device.index >= cuda_device_count())
+            fail(device.name(), ": no such CUDA device (", cuda_device_count(), " found)");
+        try {
+            return Buffer(device, cuda_malloc(device, bytes), bytes);
+        } catch (const std::runtime_error& e) {
+            fail(e.what());  // as a tandem::Error, like every other allocation failure
+        }
+    }
     const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     void* data = std::aligned_alloc(kAlignment, rounded);
     if (data == nullptr) fail("cpu: out of memory allocating ", bytes, " bytes");
