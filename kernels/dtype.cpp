@@ -21,7 +21,7 @@ constexpr DTypeInfo kTypes[] = {
     {DType::I64, "i64", "I64", 1, 8},    {DType::Q8_0, "q8_0", "", 32, 34},
     {DType::Q4_0, "q4_0", "", 32, 18},   {DType::Q4_K, "q4_k", "", 256, 144},
     {DType::Q5_K, "q5_k", "", 256, 176}, {DType::Q6_K, "q6_k", "", 256, 210},
-    {DType::Q8_K, "q8_k", "", 256, 292},
+    {DType::Q8_K, "q8_k", "", 256, 292}, {DType::Q5_0, "q5_0", "", 32, 22},
 };
 
 const DTypeInfo& info(DType dtype) {
@@ -75,8 +75,8 @@ bool is_float_weight_type(DType dtype) {
 }
 
 bool is_quantized_weight_type(DType dtype) {
-    return dtype == DType::Q8_0 || dtype == DType::Q4_0 || dtype == DType::Q4_K ||
-           dtype == DType::Q5_K || dtype == DType::Q6_K;
+    return dtype == DType::Q8_0 || dtype == DType::Q5_0 || dtype == DType::Q4_0 ||
+           dtype == DType::Q4_K || dtype == DType::Q5_K || dtype == DType::Q6_K;
 }
 
 bool is_weight_type(DType dtype) {

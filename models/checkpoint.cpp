@@ -63,26 +63,41 @@ Checkpoint Checkpoint::open(const std::string& dir) {
         fail(dir, ": no model.safetensors or model.safetensors.index.json");
     }
 
-    std::map<std::string, const SafetensorsFile*> by_shard;
+    std::map<std::string, const SafetensorsFile*> by_shard, in_shard;
     for (const auto& shard : shards) {
         auto file =
             std::make_unique<SafetensorsFile>(SafetensorsFile::open((root / shard).string()));
         by_shard[shard] = file.get();
         for (const auto& entry : file->contents().tensors) {
-            auto [it, inserted] =
-                checkpoint.index_.emplace(entry.name, Location{file.get(), &entry});
+            View view{.origin = cat(file->path(), ": tensor ", entry.name),
+                      .dtype = entry.dtype,
+                      .dtype_name = entry.dtype_name,
+                      .shape = entry.shape,
+                      .data = entry.data};
+            auto [it, inserted] = checkpoint.index_.emplace(entry.name, std::move(view));
             if (!inserted)
-                fail(dir, ": tensor ", entry.name, " appears in both ", it->second.file->path(),
-                     " and ", file->path());
+                fail(dir, ": tensor ", entry.name, " appears in both ",
+                     it->second.origin.substr(0, it->second.origin.find(": tensor ")), " and ",
+                     file->path());
+            in_shard[entry.name] = file.get();
         }
         checkpoint.files_.push_back(std::move(file));
     }
     for (const auto& [tensor, shard] : weight_map) {
         auto it = checkpoint.index_.find(tensor);
-        if (it == checkpoint.index_.end() || it->second.file != by_shard[shard])
+        if (it == checkpoint.index_.end() || in_shard[tensor] != by_shard[shard])
             fail(index_path.string(), ": lists tensor ", tensor, " in ", shard,
                  ", which does not contain it");
     }
+    return checkpoint;
+}
+
+Checkpoint Checkpoint::from_views(std::string origin, std::map<std::string, View> views,
+                                  std::shared_ptr<const void> owner) {
+    Checkpoint checkpoint;
+    checkpoint.dir_ = std::move(origin);
+    checkpoint.index_ = std::move(views);
+    checkpoint.owner_ = std::move(owner);
     return checkpoint;
 }
 
@@ -94,26 +109,33 @@ Tensor Checkpoint::bind_optional(const std::string& name, const Shape& shape) co
 Tensor Checkpoint::bind(const std::string& name, const Shape& shape) const {
     auto it = index_.find(name);
     if (it == index_.end()) fail(dir_, ": missing tensor ", name, " (expected ", shape.str(), ")");
-    const SafetensorsFile* file = it->second.file;
-    const SafetensorsEntry* entry = it->second.entry;
-    const std::string context = cat(file->path(), ": tensor ", name);
-    const Shape found = with_context(context, [&] { return Shape::from(entry->shape); });
-    if (!entry->dtype || !is_float_weight_type(*entry->dtype))
-        fail(context, ": expected ", shape.str(), " f32, f16 or bf16, found ", found.str(), " ",
-             entry->dtype_name, " (unsupported dtype)");
+    const View& entry = it->second;
+    const std::string& context = entry.origin;
+    const Shape found = with_context(context, [&] { return Shape::from(entry.shape); });
+    // Block-quantized types are rows of blocks: matrices only (never norms or biases).
+    const bool usable =
+        entry.dtype && (is_float_weight_type(*entry.dtype) ||
+                        (is_quantized_weight_type(*entry.dtype) && shape.rank >= 2));
+    if (!usable)
+        fail(context, ": expected ", shape.str(),
+             shape.rank >= 2 ? " of a float or block-quantized weight type" : " f32, f16 or bf16",
+             ", found ", found.str(), " ", entry.dtype_name, " (unsupported dtype)");
     if (!(found == shape))
-        fail(context, ": expected ", shape.str(), " ", dtype_name(*entry->dtype), ", found ",
-             found.str(), " ", dtype_name(*entry->dtype));
+        fail(context, ": expected ", shape.str(), " ", dtype_name(*entry.dtype), ", found ",
+             found.str(), " ", dtype_name(*entry.dtype));
     bound_.insert(name);
-    void* data = const_cast<std::byte*>(entry->data);
-    const auto alignment = uintptr_t(dtype_block_bytes(*entry->dtype));
+    void* data = const_cast<std::byte*>(entry.data);
+    // Quantized blocks need the alignment of their f16 scales; scalars that of their element.
+    const auto alignment =
+        uintptr_t(is_quantized_weight_type(*entry.dtype) ? 2 : dtype_block_bytes(*entry.dtype));
     if (reinterpret_cast<uintptr_t>(data) % alignment != 0) {
-        Buffer copy = allocate(Device::cpu(), entry->end - entry->begin);
+        const Tensor t(nullptr, *entry.dtype, found);
+        Buffer copy = allocate(Device::cpu(), size_t(t.bytes()));
         std::memcpy(copy.data(), data, copy.bytes());
         data = copy.data();
         aligned_copies_.push_back(std::move(copy));
     }
-    return Tensor(data, *entry->dtype, found);
+    return Tensor(data, *entry.dtype, found);
 }
 
 std::vector<std::string> Checkpoint::names() const {

@@ -1,13 +1,16 @@
 // Checkpoint: the tensors of a Hugging Face model directory, from one model.safetensors or the
-// shards listed in model.safetensors.index.json, all memory-mapped.
+// shards listed in model.safetensors.index.json, all memory-mapped; or tensors of another format
+// (GGUF, models/gguf_loader.cpp) presented under the Hugging Face names the architectures bind.
 //
 // bind() is how model code obtains weights: by name, with the shape it expects, and a check
-// that the stored dtype is one it can compute with. A mismatch names the file, the tensor, what
-// was expected and what was found.
+// that the stored dtype is one it can compute with (float types, and for matrices the
+// block-quantized types too). A mismatch names the file, the tensor, what was expected and what
+// was found.
 #pragma once
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -22,6 +25,19 @@ class Checkpoint {
     // Opens `dir`; throws tandem::Error naming the missing or malformed file.
     static Checkpoint open(const std::string& dir);
 
+    // A tensor held elsewhere: `origin` names it in errors ("m.gguf: tensor blk.0.attn_q.weight").
+    struct View {
+        std::string origin;
+        std::optional<DType> dtype;  // nullopt: a type Tandem cannot compute with
+        std::string dtype_name;
+        std::vector<int64_t> shape;
+        const std::byte* data = nullptr;
+    };
+    // A checkpoint of views named `name -> view`; `owner` keeps their memory alive as long as
+    // the checkpoint (or a moved-to copy) lives.
+    static Checkpoint from_views(std::string origin, std::map<std::string, View> views,
+                                 std::shared_ptr<const void> owner);
+
     const std::string& dir() const { return dir_; }
     bool contains(const std::string& name) const { return index_.count(name) != 0; }
 
@@ -35,14 +51,10 @@ class Checkpoint {
     std::vector<std::string> unbound_names() const;
 
   private:
-    struct Location {
-        const SafetensorsFile* file;
-        const SafetensorsEntry* entry;
-    };
-
     std::string dir_;
     std::vector<std::unique_ptr<SafetensorsFile>> files_;
-    std::map<std::string, Location> index_;
+    std::shared_ptr<const void> owner_;
+    std::map<std::string, View> index_;
     mutable std::set<std::string> bound_;
     // Aligned copies of tensors whose data in the file is not aligned to their element size
     // (valid safetensors, but reading them in place would be undefined behaviour).

@@ -194,6 +194,16 @@ void read_common_config(const ConfigReader& reader, ModelConfig& config) {
     config.rope.partial_rotary_factor =
         reader.number_or("partial_rotary_factor", config.rope.partial_rotary_factor);
     if (config.rope.theta <= 0) reader.fail_key("rope_theta", "must be positive");
+    // Not a Hugging Face key: what the GGUF loader passes on from a rope_freqs tensor.
+    if (reader.has("rope_freq_factors")) {
+        const Json& factors = reader.json().at("rope_freq_factors");
+        if (!factors.is_array()) reader.fail_key("rope_freq_factors", "expected a list");
+        for (const Json& f : factors) {
+            if (!f.is_number() || !(f.get<double>() > 0))
+                reader.fail_key("rope_freq_factors", "expected positive numbers");
+            config.rope.freq_factors.push_back(f.get<double>());
+        }
+    }
     if (config.rope.type == "yarn") resolve_yarn(reader, config);
 
     config.layer_is_moe.assign(size_t(config.n_layers), false);

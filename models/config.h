@@ -38,6 +38,9 @@ struct RopeConfig {
     double mscale_all_dim = 0.0;  // 0: absent; DeepSeek also scales the softmax by its square
     std::optional<double> attention_factor;
     bool truncate = true;
+    // Per-frequency divisors applied after everything above: GGUF files store Llama 3's scaling
+    // this way (the rope_freqs tensor) instead of its parameters. Empty: none.
+    std::vector<double> freq_factors;
 };
 
 // Multi-head latent attention (DeepSeek-V2/V3). Keys and values of all heads are up-projected

@@ -56,9 +56,11 @@ class Model {
     virtual void quantize_weights(DType type, ThreadPool& pool);
 };
 
-// Loads the Hugging Face model directory `dir` (config.json, safetensors, generation_config.json)
-// with the architecture its config names. Throws tandem::Error naming what is wrong.
-std::unique_ptr<Model> load_model(const std::string& dir);
+// Loads the Hugging Face model directory `path` (config.json, safetensors,
+// generation_config.json) with the architecture its config names, or a GGUF file (`*.gguf`, or
+// any file of a split model `*-00001-of-0000N.gguf`; models/gguf_loader.h). Throws tandem::Error
+// naming what is wrong.
+std::unique_ptr<Model> load_model(const std::string& path);
 
 // The `architectures` values load_model() accepts.
 std::vector<std::string> supported_architectures();

@@ -8,6 +8,8 @@ namespace tandem {
 
 Tensor quantize_weight(const Tensor& w, DType requested, ThreadPool& pool,
                        std::vector<Buffer>& storage) {
+    // Already block-quantized (a GGUF file's weights): kept as stored, never requantized.
+    if (is_quantized_weight_type(w.dtype())) return w;
     if (w.rank() != 2 || !is_float_weight_type(w.dtype()))
         fail("quantize: expected a [rows, k] float matrix, got ", w.describe());
     const int64_t rows = w.dim(0), k = w.dim(1);

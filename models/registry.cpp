@@ -1,10 +1,12 @@
-// load_model(): config.json -> architecture factory -> Model.
+// load_model(): config.json -> architecture factory -> Model; a .gguf file goes to the GGUF
+// loader, which ends in the same factories.
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "kernels/error.h"
 #include "models/architectures/architectures.h"
+#include "models/gguf_loader.h"
 
 namespace tandem {
 
@@ -53,7 +55,8 @@ std::vector<std::string> supported_architectures() {
 
 std::unique_ptr<Model> load_model(const std::string& dir) {
     const fs::path root(dir);
-    if (!fs::is_directory(root)) fail(dir, ": not a directory");
+    if (is_gguf_path(dir) && !fs::is_directory(root)) return load_gguf_model(dir);
+    if (!fs::is_directory(root)) fail(dir, ": not a directory or a .gguf file");
     const fs::path config_path = root / "config.json";
     const nlohmann::json json = read_json(config_path);
     const ConfigReader reader(json, config_path.string());

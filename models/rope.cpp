@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 
+#include "kernels/error.h"
+
 namespace tandem {
 
 namespace {
@@ -87,6 +89,13 @@ std::vector<double> rope_inv_freq(const ModelConfig& config) {
                 f = (1.0 - smooth) * f / rope.factor + smooth * f;
             }
         }
+    }
+    if (!config.rope.freq_factors.empty()) {
+        if (config.rope.freq_factors.size() != inv_freq.size())
+            fail("rope: ", config.rope.freq_factors.size(), " frequency factors for ",
+                 inv_freq.size(), " rotary frequencies");
+        for (size_t i = 0; i < inv_freq.size(); ++i)
+            inv_freq[i] /= config.rope.freq_factors[i];
     }
     return inv_freq;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write tests/data/quant/: gguf-py's reference quantization and dequantization of each weight
 type, for the bit-exactness test in tests/unit/test_quant.cpp (run by hand; CI only reads the
-files). gguf-py quantizes Q8_0 and Q4_0 bit-exactly like ggml; for the K-quants it only
+files). gguf-py quantizes Q8_0, Q4_0 and Q5_0 bit-exactly like ggml; for the K-quants it only
 dequantizes, so their blocks are random bytes with sane scales, and the test checks Tandem's
 dequantization of them.
 
@@ -37,11 +37,13 @@ def main():
     rng = np.random.default_rng(20261128)
     OUT.mkdir(parents=True, exist_ok=True)
     cases = []
-    for name, qtype in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_k", T.Q4_K), ("q5_k", T.Q5_K), ("q6_k", T.Q6_K)]:
+    # q5_0 last: the cases before it draw the same random numbers as before it was added.
+    for name, qtype in [("q8_0", T.Q8_0), ("q4_0", T.Q4_0), ("q4_k", T.Q4_K), ("q5_k", T.Q5_K), ("q6_k", T.Q6_K),
+                        ("q5_0", T.Q5_0)]:
         x = rng.standard_normal(N).astype(np.float32)
         x[:32] *= 1e-3  # a block of tiny values
         x[32:64] = 0.0  # an all-zero block
-        check_quantize = qtype in (T.Q8_0, T.Q4_0)
+        check_quantize = qtype in (T.Q8_0, T.Q4_0, T.Q5_0)
         q = quants.quantize(x, qtype).reshape(-1) if check_quantize else random_k_blocks(rng, qtype, N)
         d = quants.dequantize(q, qtype).astype(np.float32).reshape(-1)
         files = {key: f"{name}.{key}.bin" for key in ("input", "quantized", "dequantized")}

@@ -3,6 +3,7 @@
 //   tandem-run --model DIR --prompt-ids 1,2,3 --max-tokens 64 --temperature 0
 //   tandem-run --model DIR --random-prompt 128 --max-tokens 64 --ignore-eos
 //   tandem-run --model DIR --prompt "Hello" | --chat messages.json   (needs DIR/tokenizer.json)
+//   tandem-run --model model.gguf ...   (weights, config and tokenizer from one GGUF file)
 #include <tandem/engine.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "kernels/log.h"
 #include "kernels/thread_pool.h"
 #include "models/config.h"
+#include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 #include "models/tokenizer/tokenizer.h"
 
@@ -69,7 +71,8 @@ int main(int argc, char** argv) {
     tandem::SamplingParams params;
     std::string prompt_ids, prompt_text, chat_file, log_level = "warn";
     int random_prompt = 0;
-    app.add_option("--model", config.model_dir, "Hugging Face model directory")->required();
+    app.add_option("--model", config.model_dir, "Hugging Face model directory or .gguf file")
+        ->required();
     app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids");
     app.add_option("--prompt", prompt_text, "prompt text, encoded with the model's tokenizer");
     app.add_option("--chat", chat_file, "JSON list of messages, rendered with the chat template");
@@ -87,7 +90,7 @@ int main(int argc, char** argv) {
     app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
         ->capture_default_str();
     app.add_option("--quantize", config.quantize,
-                   "quantize weights at load: q8_0, q4_0, q4_k, q5_k, q6_k");
+                   "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
     app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512");
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
@@ -97,11 +100,9 @@ int main(int argc, char** argv) {
         std::vector<int32_t> prompt = parse_ids(prompt_ids);
         std::optional<tandem::Tokenizer> tok;
         if (!prompt_text.empty() || !chat_file.empty()) {
-            const auto file = std::filesystem::path(config.model_dir) / "tokenizer.json";
-            if (!std::filesystem::exists(file))
-                tandem::fail(file.string(),
-                             " not found: --prompt and --chat need the model's tokenizer");
-            tok = tandem::Tokenizer::load(config.model_dir);
+            // A directory's tokenizer.json, or the tokenizer metadata of a .gguf file.
+            tok = tandem::with_context("--prompt and --chat need the model's tokenizer",
+                                       [&] { return tandem::load_tokenizer(config.model_dir); });
             const auto ids = text_prompt(*tok, prompt_text, chat_file);
             prompt.insert(prompt.end(), ids.begin(), ids.end());
         }

@@ -50,6 +50,30 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n_blocks) {
     }
 }
 
+void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; ++b, x += kQK) {
+        float amax = 0.0f, max = 0.0f;  // the value of largest magnitude, sign kept
+        for (int j = 0; j < kQK; ++j) {
+            if (amax < std::fabs(x[j])) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        }
+        const float d = max / -16.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_f16(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < kQK / 2; ++j) {
+            const int lo = std::min(31, int(int8_t(x[j] * id + 16.5f)));
+            const int hi = std::min(31, int(int8_t(x[j + kQK / 2] * id + 16.5f)));
+            y[b].qs[j] = uint8_t((lo & 0xF) | ((hi & 0xF) << 4));
+            qh |= uint32_t((lo & 0x10) >> 4) << j;
+            qh |= uint32_t((hi & 0x10) >> 4) << (j + kQK / 2);
+        }
+        std::memcpy(y[b].qh, &qh, sizeof(qh));
+    }
+}
+
 // ggml's make_qkx2_quants: a scale and a min for n values with weights, searched over nstep
 // candidate scales around the min-max one, minimising the weighted squared error.
 float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, uint8_t* L,
@@ -308,6 +332,20 @@ void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n_blocks) {
     }
 }
 
+void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; ++b, y += kQK) {
+        const float d = f16_to_f32(x[b].d);
+        uint32_t qh;
+        std::memcpy(&qh, x[b].qh, sizeof(qh));
+        for (int j = 0; j < kQK / 2; ++j) {
+            const int lo = (x[b].qs[j] & 0xF) | int(((qh >> j) & 1u) << 4);
+            const int hi = (x[b].qs[j] >> 4) | int(((qh >> (j + kQK / 2)) & 1u) << 4);
+            y[j] = d * float(lo - 16);
+            y[j + kQK / 2] = d * float(hi - 16);
+        }
+    }
+}
+
 // Q4_K and Q5_K: qh == nullptr for Q4_K.
 void dequantize_k4(const uint16_t d16, const uint16_t dmin16, const uint8_t* scales,
                    const uint8_t* qh, const uint8_t* qs, float* y) {
@@ -364,6 +402,7 @@ void quantize_row(DType type, const float* x, void* out, int64_t n) {
     switch (type) {
         case DType::Q8_0: return quantize_q8_0(x, static_cast<BlockQ8_0*>(out), blocks);
         case DType::Q4_0: return quantize_q4_0(x, static_cast<BlockQ4_0*>(out), blocks);
+        case DType::Q5_0: return quantize_q5_0(x, static_cast<BlockQ5_0*>(out), blocks);
         case DType::Q4_K: return quantize_q4_k(x, static_cast<BlockQ4_K*>(out), blocks);
         case DType::Q5_K: return quantize_q5_k(x, static_cast<BlockQ5_K*>(out), blocks);
         case DType::Q6_K: return quantize_q6_k(x, static_cast<BlockQ6_K*>(out), blocks);
@@ -378,6 +417,7 @@ void dequantize_row(DType type, const void* in, float* out, int64_t n) {
     switch (type) {
         case DType::Q8_0: return dequantize_q8_0(static_cast<const BlockQ8_0*>(in), out, blocks);
         case DType::Q4_0: return dequantize_q4_0(static_cast<const BlockQ4_0*>(in), out, blocks);
+        case DType::Q5_0: return dequantize_q5_0(static_cast<const BlockQ5_0*>(in), out, blocks);
         case DType::Q4_K: {
             const auto* x = static_cast<const BlockQ4_K*>(in);
             for (int64_t b = 0; b < blocks; ++b)
@@ -405,6 +445,7 @@ void dequantize_row(DType type, const void* in, float* out, int64_t n) {
 DType vec_dot_type(DType weight_type) {
     switch (weight_type) {
         case DType::Q8_0:
+        case DType::Q5_0:
         case DType::Q4_0: return DType::Q8_0;
         case DType::Q4_K:
         case DType::Q5_K:

@@ -3,8 +3,10 @@
 //
 // Blocks run along the input (k) dimension of a weight row. Q8_0 and Q4_0 quantize exactly as
 // ggml's reference code and gguf-py do (bit for bit); the K-quants use ggml's reference
-// algorithms (make_qkx2_quants for Q4_K/Q5_K, make_qx_quants for Q6_K). Activations are
-// quantized to the weight type's dot-product partner: Q8_0 for Q8_0/Q4_0, Q8_K for the K-quants.
+// algorithms (make_qkx2_quants for Q4_K/Q5_K, make_qx_quants for Q6_K). Q5_0 (Q4_0 with a fifth
+// bit, which llama.cpp's K-quant files use for rows that are not whole super-blocks) quantizes as
+// ggml's reference too. Activations are quantized to the weight type's dot-product partner: Q8_0
+// for Q8_0/Q5_0/Q4_0, Q8_K for the K-quants.
 // These functions are the slow, obviously-correct path: load-time quantization and tests.
 #pragma once
 
@@ -24,6 +26,11 @@ struct BlockQ8_0 {
 struct BlockQ4_0 {
     uint16_t d;           // f16 scale
     uint8_t qs[kQK / 2];  // element j in the low nibble of byte j (j < 16), else high of j - 16
+};
+struct BlockQ5_0 {
+    uint16_t d;           // f16 scale
+    uint8_t qh[4];        // bit j: fifth bit of element j
+    uint8_t qs[kQK / 2];  // low four bits, nibbles as in Q4_0
 };
 struct BlockQ4_K {
     uint16_t d, dmin;      // f16 super-block scales of the 6-bit sub-block scales and mins
@@ -48,8 +55,9 @@ struct BlockQ8_K {
     int16_t bsums[kQKK / 16];  // sums of groups of 16 qs, for the K-quants' min terms
 };
 
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_K) == 144 &&
-              sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ5_0) == 22 &&
+              sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 &&
+              sizeof(BlockQ8_K) == 292);
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
 [[gnu::always_inline]] inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* scale,

@@ -31,6 +31,7 @@ RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type) {
         case DType::BF16: return kernels.dot_bf16;
         case DType::Q8_0: return kernels.dot_q8_0;
         case DType::Q4_0: return kernels.dot_q4_0;
+        case DType::Q5_0: return kernels.dot_q5_0;
         case DType::Q4_K: return kernels.dot_q4_k;
         case DType::Q5_K: return kernels.dot_q5_k;
         case DType::Q6_K: return kernels.dot_q6_k;
@@ -45,6 +46,7 @@ RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
         case DType::BF16: return kernels.dotn_bf16;
         case DType::Q8_0: return kernels.dotn_q8_0;
         case DType::Q4_0: return kernels.dotn_q4_0;
+        case DType::Q5_0: return kernels.dotn_q5_0;
         case DType::Q4_K: return kernels.dotn_q4_k;
         case DType::Q5_K: return kernels.dotn_q5_k;
         case DType::Q6_K: return kernels.dotn_q6_k;

@@ -1,7 +1,7 @@
 // Row dot products of every weight type with its activation format, per instruction set.
 //
 // A weight row of type T is dotted with an activation row of vec_dot_type(T): f32 for float
-// weights, Q8_0 for Q8_0/Q4_0, Q8_K for the K-quants. Activations are quantized once per step
+// weights, Q8_0 for Q8_0/Q5_0/Q4_0, Q8_K for the K-quants. Activations are quantized once per step
 // (quantize_activation) and then reused by every weight row, which is how each weight byte is
 // read once per step whatever the number of tokens. The table of the active ISA
 // (cpu_isa.h) is returned by vec_dot_kernels().
@@ -28,11 +28,13 @@ struct VecDotKernels {
     RowDotFn dot_bf16;  // bf16 weights
     RowDotFn dot_q8_0;  // q8_0 weights . q8_0 activations
     RowDotFn dot_q4_0;  // q4_0 weights . q8_0 activations
+    RowDotFn dot_q5_0;  // q5_0 weights . q8_0 activations
     RowDotFn dot_q4_k;  // q4_k weights . q8_k activations
     RowDotFn dot_q5_k;
     RowDotFn dot_q6_k;
     void (*bf16_to_f32)(const uint16_t* in, float* out, int64_t n);
-    RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q4_k, dotn_q5_k, dotn_q6_k;
+    RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
+        dotn_q6_k;
 };
 
 const VecDotKernels& vec_dot_kernels();                // of the active ISA

@@ -20,7 +20,8 @@ namespace {
 
 using cpu::CpuIsa;
 
-const DType kWeightTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+const DType kWeightTypes[] = {DType::Q8_0, DType::Q5_0, DType::Q4_0,
+                              DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 // Every ISA this CPU runs; the scalar path always.
 std::vector<CpuIsa> runnable_isas() {
@@ -56,7 +57,7 @@ TEST(Quant, RoundTripErrorIsWithinEachTypesBound) {
     const int64_t k = 1024;
     const auto x = test::random_floats(rng, size_t(k));
     // Relative RMS error bounds for Gaussian data (bits per weight 8.5, 4.5, 4.5, 5.5, 6.6).
-    const std::map<DType, double> bound = {{DType::Q8_0, 0.007}, {DType::Q4_0, 0.12},
+    const std::map<DType, double> bound = {{DType::Q8_0, 0.007}, {DType::Q4_0, 0.12}, {DType::Q5_0, 0.06},
                                            {DType::Q4_K, 0.1},   {DType::Q5_K, 0.05},
                                            {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}};
     for (const auto& [type, limit] : bound) {
@@ -334,7 +335,7 @@ TEST(Quant, ForcingAnUnsupportedIsaFails) {
     EXPECT_THROW(cpu::force_isa(CpuIsa::Avx512), Error);
 }
 
-// Bit-exactness against gguf-py: its quantization of Q8_0 and Q4_0 and its dequantization of
+// Bit-exactness against gguf-py: its quantization of Q8_0, Q4_0 and Q5_0 and its dequantization of
 // every type, on fixtures written by tools/make_quant_fixtures.py.
 TEST(Quant, MatchesGgufPyBitForBit) {
     const std::string dir = test::data_dir() + "/quant";

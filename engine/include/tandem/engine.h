@@ -30,7 +30,7 @@ class Model;
 class ThreadPool;
 
 struct EngineConfig {
-    std::string model_dir;       // a Hugging Face model directory (or a .gguf file)
+    std::string model_dir;       // a Hugging Face model directory or a .gguf file
     int n_threads = 0;           // 0: one per physical core
     bool pin_threads = true;     // pin workers to physical cores
     int64_t context_length = 0;  // 0: the model's max_position_embeddings

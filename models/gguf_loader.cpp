@@ -1,0 +1,394 @@
+#include "models/gguf_loader.h"
+
+#include <algorithm>
+#include <cstring>
+#include <regex>
+
+#include "kernels/buffer.h"
+#include "kernels/error.h"
+#include "models/architectures/architectures.h"
+
+namespace tandem {
+
+namespace {
+
+using Json = nlohmann::json;
+
+struct GgufArchitecture {
+    const char* gguf;     // general.architecture
+    const char* hf;       // the architectures entry of an equivalent config.json
+    const char* hf_moe;   // the same when {arch}.expert_count > 0 (llama -> Mixtral)
+    bool permuted_qk;     // llama.cpp's converter permuted q/k rows for interleaved RoPE
+    bool norm_topk_prob;  // what llama.cpp does when {arch}.expert_weights_norm is absent
+    ArchitectureFactory factory;
+    ArchitectureFactory factory_moe;
+};
+
+// llama.cpp runs llama with "normal" (interleaved pair) RoPE, so convert_hf_to_gguf.py permutes
+// the q and k rows of llama checkpoints; the qwen and olmoe families use NeoX RoPE, which is
+// Hugging Face's rotate-half, and are stored unpermuted. llama.cpp's MoE graphs renormalise the
+// top-k weights for Mixtral and Qwen3-MoE and not for Qwen2-MoE and OLMoE.
+const GgufArchitecture kArchitectures[] = {
+    {"llama", "LlamaForCausalLM", "MixtralForCausalLM", true, true, &make_llama, &make_mixtral},
+    {"qwen2", "Qwen2ForCausalLM", nullptr, false, false, &make_qwen2, nullptr},
+    {"qwen2moe", "Qwen2MoeForCausalLM", "Qwen2MoeForCausalLM", false, false, &make_qwen2_moe,
+     &make_qwen2_moe},
+    {"qwen3moe", "Qwen3MoeForCausalLM", "Qwen3MoeForCausalLM", false, true, &make_qwen3_moe,
+     &make_qwen3_moe},
+    {"olmoe", "OlmoeForCausalLM", "OlmoeForCausalLM", false, false, &make_olmoe, &make_olmoe},
+};
+
+const GgufArchitecture& find_architecture(const GgufModelFiles& files) {
+    const std::string name = files.get_string("general.architecture");
+    for (const GgufArchitecture& a : kArchitectures)
+        if (name == a.gguf) return a;
+    std::string known;
+    for (const GgufArchitecture& a : kArchitectures)
+        known += (known.empty() ? "" : ", ") + std::string(a.gguf);
+    fail(files.path(), ": metadata general.architecture: '", name,
+         "' is not supported (supported: ", known, ")");
+}
+
+bool is_moe(const GgufModelFiles& files, const std::string& arch) {
+    return files.get_uint_opt(arch + ".expert_count").value_or(0) > 0;
+}
+
+// The dimension `index` (outermost first) of a tensor, or nullopt when the tensor is absent.
+std::optional<int64_t> tensor_dim(const GgufModelFiles& files, const std::string& name,
+                                  size_t index) {
+    const GgufTensor* t = files.find(name);
+    if (t == nullptr || t->shape.size() <= index) return std::nullopt;
+    return t->shape[index];
+}
+
+// Layers whose FFN is a dense SwiGLU: those without a router tensor.
+std::vector<int64_t> dense_layers(const GgufModelFiles& files, int64_t n_layers) {
+    std::vector<int64_t> dense;
+    for (int64_t l = 0; l < n_layers; ++l)
+        if (files.find(cat("blk.", l, ".ffn_gate_inp.weight")) == nullptr) dense.push_back(l);
+    return dense;
+}
+
+Json rope_scaling(const GgufModelFiles& files, const std::string& arch) {
+    const std::string type = files.get_string_opt(arch + ".rope.scaling.type").value_or("none");
+    if (type == "none") return nullptr;
+    const std::string key = arch + ".rope.scaling.factor";
+    if (type == "linear") return {{"rope_type", "linear"}, {"factor", files.get_float(key)}};
+    if (type == "yarn") {
+        Json yarn = {{"rope_type", "yarn"}, {"factor", files.get_float(key)}};
+        if (auto original = files.get_uint_opt(arch + ".rope.scaling.original_context_length"))
+            yarn["original_max_position_embeddings"] = *original;
+        return yarn;
+    }
+    fail(files.path(), ": metadata ", arch, ".rope.scaling.type: '", type,
+         "' is not supported (supported: none, linear, yarn)");
+}
+
+}  // namespace
+
+std::vector<std::string> supported_gguf_architectures() {
+    std::vector<std::string> names;
+    for (const GgufArchitecture& a : kArchitectures)
+        names.emplace_back(a.gguf);
+    return names;
+}
+
+Json gguf_model_config(const GgufModelFiles& files) {
+    const GgufArchitecture& a = find_architecture(files);
+    const std::string arch = a.gguf;
+    const bool moe = is_moe(files, arch);
+    if (moe && a.hf_moe == nullptr)
+        fail(files.path(), ": metadata ", arch, ".expert_count: ", arch, " has no experts");
+    const auto uint = [&](const std::string& key) { return files.get_uint(arch + "." + key); };
+    const auto uint_opt = [&](const std::string& key) {
+        return files.get_uint_opt(arch + "." + key);
+    };
+
+    Json c;
+    c["architectures"] = {moe ? a.hf_moe : a.hf};
+    const auto vocab = tensor_dim(files, "token_embd.weight", 0);
+    if (!vocab) fail(files.path(), ": missing tensor token_embd.weight");
+    c["vocab_size"] = *vocab;
+    c["hidden_size"] = uint("embedding_length");
+    c["num_hidden_layers"] = uint("block_count");
+    // Every layer has tensors of its own: a larger count is a lie, and it would be looped over.
+    if (c["num_hidden_layers"].get<uint64_t>() > files.tensors().size())
+        fail(files.path(), ": metadata ", arch, ".block_count: ", c["num_hidden_layers"].dump(),
+             " layers, but the file holds ", files.tensors().size(), " tensors");
+    c["num_attention_heads"] = uint("attention.head_count");
+    if (const GgufValue* kv = files.value(arch + ".attention.head_count_kv");
+        kv != nullptr && kv->type == GgufValueType::Array)
+        fail(files.path(), ": metadata ", arch,
+             ".attention.head_count_kv: per-layer KV head counts are not supported");
+    c["num_key_value_heads"] =
+        uint_opt("attention.head_count_kv").value_or(c["num_attention_heads"].get<uint64_t>());
+    const auto key_length = uint_opt("attention.key_length");
+    if (key_length) {
+        if (uint_opt("attention.value_length").value_or(*key_length) != *key_length)
+            fail(files.path(), ": metadata ", arch,
+                 ".attention.value_length differs from key_length (not supported)");
+        c["head_dim"] = *key_length;
+    }
+    const uint64_t head_dim = key_length.value_or(c["hidden_size"].get<uint64_t>() /
+                                                  std::max<uint64_t>(1, c["num_attention_heads"]));
+    c["max_position_embeddings"] = uint("context_length");
+    c["rms_norm_eps"] = files.get_float(arch + ".attention.layer_norm_rms_epsilon");
+    c["rope_theta"] = files.get_float_opt(arch + ".rope.freq_base").value_or(10000.0);
+    if (auto rotary = uint_opt("rope.dimension_count"); rotary && head_dim > 0)
+        c["partial_rotary_factor"] = double(*rotary) / double(head_dim);
+    c["rope_scaling"] = rope_scaling(files, arch);
+    if (const GgufTensor* factors = files.find("rope_freqs.weight")) {
+        if (factors->dtype != DType::F32 || factors->shape.size() != 1)
+            fail(files.path(), ": tensor rope_freqs.weight: expected a 1-D f32 tensor");
+        std::vector<float> values(size_t(factors->shape[0]));
+        std::memcpy(values.data(), factors->data, values.size() * sizeof(float));
+        c["rope_freq_factors"] = values;
+    }
+    c["tie_word_embeddings"] = files.find("output.weight") == nullptr;
+    const bool qkv_bias = files.find("blk.0.attn_q.bias") != nullptr;
+    c["attention_bias"] = qkv_bias;
+    c["qkv_bias"] = qkv_bias;
+    if (auto ffn = uint_opt("feed_forward_length")) c["intermediate_size"] = *ffn;
+    if (auto window = uint_opt("attention.sliding_window")) c["sliding_window"] = *window;
+    if (auto clamp = files.get_float_opt(arch + ".attention.clamp_kqv")) c["clip_qkv"] = *clamp;
+
+    if (moe) {
+        c["num_experts"] = c["num_local_experts"] = uint("expert_count");
+        c["num_experts_per_tok"] = uint("expert_used_count");
+        c["norm_topk_prob"] =
+            files.get_bool_opt(arch + ".expert_weights_norm").value_or(a.norm_topk_prob);
+        c["mlp_only_layers"] = dense_layers(files, c["num_hidden_layers"].get<int64_t>());
+        c["decoder_sparse_step"] = 1;
+        // Expert and shared-expert widths: from the keys, else from the first MoE layer's tensors.
+        std::optional<int64_t> expert_ffn;
+        if (auto v = uint_opt("expert_feed_forward_length")) expert_ffn = int64_t(*v);
+        for (int64_t l = 0; !expert_ffn && l < c["num_hidden_layers"].get<int64_t>(); ++l) {
+            expert_ffn = tensor_dim(files, cat("blk.", l, ".ffn_gate_exps.weight"), 1);
+            if (auto fused = tensor_dim(files, cat("blk.", l, ".ffn_gate_up_exps.weight"), 1);
+                !expert_ffn && fused)
+                expert_ffn = *fused / 2;
+            if (!expert_ffn)
+                expert_ffn = tensor_dim(files, cat("blk.", l, ".ffn_gate.0.weight"), 0);
+        }
+        if (!expert_ffn)
+            fail(files.path(), ": metadata ", arch, ".expert_feed_forward_length missing");
+        c["moe_intermediate_size"] = *expert_ffn;
+        if (a.factory_moe == &make_mixtral || a.factory_moe == &make_olmoe)
+            c["intermediate_size"] = *expert_ffn;  // their experts are intermediate_size wide
+        std::optional<int64_t> shared;
+        if (auto v = uint_opt("expert_shared_feed_forward_length")) shared = int64_t(*v);
+        for (int64_t l = 0; !shared && l < c["num_hidden_layers"].get<int64_t>(); ++l)
+            shared = tensor_dim(files, cat("blk.", l, ".ffn_gate_shexp.weight"), 0);
+        if (shared) c["shared_expert_intermediate_size"] = *shared;
+    }
+    return c;
+}
+
+namespace {
+
+// Where the decoder's Hugging Face names point into the GGUF file, plus the storage of the q/k
+// rows put back in Hugging Face order.
+struct GgufStorage {
+    GgufModelFiles files;
+    std::vector<Buffer> buffers;
+};
+
+class ViewBuilder {
+  public:
+    ViewBuilder(GgufStorage& storage, const Json& config, bool permuted_qk)
+        : storage_(storage), config_(config), permuted_qk_(permuted_qk) {}
+
+    std::map<std::string, Checkpoint::View> build() {
+        const GgufModelFiles& files = storage_.files;
+        const bool mixtral = config_["architectures"][0] == "MixtralForCausalLM";
+        const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";
+        static const std::regex layer_name(R"(blk\.(\d{1,9})\.(.+))");
+        for (const GgufTensor* t : files.tensors()) {
+            std::smatch m;
+            if (t->name == "token_embd.weight") {
+                add("model.embed_tokens.weight", *t);
+            } else if (t->name == "output_norm.weight") {
+                add("model.norm.weight", *t);
+            } else if (t->name == "output.weight") {
+                add("lm_head.weight", *t);
+            } else if (std::regex_match(t->name, m, layer_name)) {
+                layer_tensor(std::stoll(m[1].str()), m[2].str(), *t, mixtral, moe);
+            } else if (t->name != "rope_freqs.weight") {  // rope_freqs went into the config
+                unknown(*t);
+            }
+        }
+        return std::move(views_);
+    }
+
+  private:
+    void layer_tensor(int64_t layer, const std::string& suffix, const GgufTensor& t, bool mixtral,
+                      const std::string& moe) {
+        const std::string p = cat("model.layers.", layer, ".");
+        static const std::map<std::string, std::string, std::less<>> simple = {
+            {"attn_norm.weight", "input_layernorm.weight"},
+            {"ffn_norm.weight", "post_attention_layernorm.weight"},
+            {"attn_v.weight", "self_attn.v_proj.weight"},
+            {"attn_v.bias", "self_attn.v_proj.bias"},
+            {"attn_output.weight", "self_attn.o_proj.weight"},
+            {"attn_output.bias", "self_attn.o_proj.bias"},
+            {"attn_q_norm.weight", "self_attn.q_norm.weight"},
+            {"attn_k_norm.weight", "self_attn.k_norm.weight"},
+            {"ffn_gate.weight", "mlp.gate_proj.weight"},
+            {"ffn_up.weight", "mlp.up_proj.weight"},
+            {"ffn_down.weight", "mlp.down_proj.weight"},
+            {"ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight"},
+            {"ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight"},
+            {"ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight"},
+        };
+        if (auto it = simple.find(suffix); it != simple.end()) return add(p + it->second, t);
+        const int64_t heads = config_["num_attention_heads"];
+        const int64_t kv_heads = config_["num_key_value_heads"];
+        if (suffix == "attn_q.weight" || suffix == "attn_q.bias" || suffix == "attn_k.weight" ||
+            suffix == "attn_k.bias") {
+            const bool q = suffix[5] == 'q';
+            const std::string name =
+                p + "self_attn." + (q ? "q" : "k") + "_proj." + suffix.substr(suffix.find('.') + 1);
+            return permuted_qk_ ? add_unpermuted(name, t, q ? heads : kv_heads) : add(name, t);
+        }
+        if (suffix == "ffn_gate_inp.weight") return add(p + moe + "gate.weight", t);
+        if (suffix == "ffn_gate_inp_shexp.weight") {
+            // llama.cpp stores the shared expert's gate as a vector; transformers as [1, hidden].
+            return add(p + "mlp.shared_expert_gate.weight", t,
+                       std::vector<int64_t>{1, t.shape.back()});
+        }
+        const std::string gate = mixtral ? "w1" : "gate_proj", up = mixtral ? "w3" : "up_proj",
+                          down = mixtral ? "w2" : "down_proj";
+        auto expert_name = [&](int64_t e, const std::string& proj) {
+            return cat(p, moe, "experts.", e, ".", proj, ".weight");
+        };
+        if (suffix == "ffn_gate_exps.weight") return add_experts(t, expert_name, gate, 0, 1);
+        if (suffix == "ffn_up_exps.weight") return add_experts(t, expert_name, up, 0, 1);
+        if (suffix == "ffn_down_exps.weight") return add_experts(t, expert_name, down, 0, 1);
+        if (suffix == "ffn_gate_up_exps.weight") {  // fused: gate rows, then up rows
+            add_experts(t, expert_name, gate, 0, 2);
+            return add_experts(t, expert_name, up, 1, 2);
+        }
+        static const std::regex legacy(R"(ffn_(gate|up|down)\.(\d{1,9})\.weight)");  // old Mixtral
+        std::smatch m;
+        if (std::regex_match(suffix, m, legacy)) {
+            const std::string which = m[1].str();
+            return add(expert_name(std::stoll(m[2].str()), which == "gate" ? gate
+                                                           : which == "up" ? up
+                                                                           : down),
+                       t);
+        }
+        unknown(t);
+    }
+
+    // A weight this loader has no place for: running without it would compute another model.
+    [[noreturn]] void unknown(const GgufTensor& t) const {
+        fail(storage_.files.path(), ": tensor ", t.name, ": not a weight of ",
+             config_["architectures"][0].get<std::string>(),
+             " that Tandem knows (another architecture, or a newer converter?)");
+    }
+
+    Checkpoint::View view_of(const GgufTensor& t, std::string origin) const {
+        return {.origin = std::move(origin),
+                .dtype = t.dtype,
+                .dtype_name = ggml_type_name(t.ggml_type),
+                .shape = t.shape,
+                .data = t.data};
+    }
+
+    void add(const std::string& name, const GgufTensor& t,
+             std::optional<std::vector<int64_t>> shape = std::nullopt) {
+        Checkpoint::View v = view_of(t, cat(storage_.files.path(), ": tensor ", t.name));
+        if (shape) v.shape = *shape;
+        put(name, std::move(v));
+    }
+
+    void put(const std::string& name, Checkpoint::View v) {
+        const std::string origin = v.origin;
+        if (!views_.emplace(name, std::move(v)).second)
+            fail(origin, ": a second tensor for ", name);
+    }
+
+    // Slices a 3-D [n_experts, rows, k] tensor into per-expert [rows / parts, k] matrices; `part`
+    // selects which of `parts` consecutive row ranges (fused gate_up has two).
+    template <class NameFn>
+    void add_experts(const GgufTensor& t, NameFn&& expert_name, const std::string& proj,
+                     int64_t part, int64_t parts) {
+        const std::string origin = cat(storage_.files.path(), ": tensor ", t.name);
+        if (t.shape.size() != 3 || t.shape[0] <= 0 || t.shape[1] % parts != 0)
+            fail(origin, ": expected [n_experts, rows, k], found ", Json(t.shape).dump());
+        const int64_t n_experts = t.shape[0], rows = t.shape[1] / parts;
+        const uint64_t expert_bytes = t.bytes / uint64_t(n_experts);
+        const uint64_t part_bytes = expert_bytes / uint64_t(parts);
+        for (int64_t e = 0; e < n_experts; ++e) {
+            Checkpoint::View v = view_of(t, cat(origin, " (expert ", e, ")"));
+            v.shape = {rows, t.shape[2]};
+            v.data = t.data + uint64_t(e) * expert_bytes + uint64_t(part) * part_bytes;
+            put(expert_name(e, proj), std::move(v));
+        }
+    }
+
+    // convert_hf_to_gguf.py's LlamaModel.permute: within each head, HF row j * (d/2) + i becomes
+    // row 2i + j. Rows are whole blocks of any type, so they move as bytes.
+    void add_unpermuted(const std::string& name, const GgufTensor& t, int64_t n_heads) {
+        const std::string origin = cat(storage_.files.path(), ": tensor ", t.name);
+        const int64_t rows = t.shape.empty() ? 0 : t.shape[0];
+        if (n_heads <= 0 || rows % (2 * n_heads) != 0)
+            fail(origin, ": ", rows, " rows do not split into ", n_heads, " heads of pairs");
+        const uint64_t row_bytes = rows == 0 ? 0 : t.bytes / uint64_t(rows);
+        const int64_t head_dim = rows / n_heads, half = head_dim / 2;
+        Buffer copy = allocate(Device::cpu(), size_t(t.bytes));
+        auto* out = static_cast<std::byte*>(copy.data());
+        for (int64_t h = 0; h < n_heads; ++h)
+            for (int64_t j = 0; j < 2; ++j)
+                for (int64_t i = 0; i < half; ++i)
+                    std::memcpy(out + uint64_t(h * head_dim + j * half + i) * row_bytes,
+                                t.data + uint64_t(h * head_dim + 2 * i + j) * row_bytes, row_bytes);
+        Checkpoint::View v = view_of(t, origin);
+        v.data = out;
+        storage_.buffers.push_back(std::move(copy));
+        put(name, std::move(v));
+    }
+
+    GgufStorage& storage_;
+    const Json& config_;
+    bool permuted_qk_;
+    std::map<std::string, Checkpoint::View> views_;
+};
+
+std::vector<int32_t> special_token_ids(const GgufModelFiles& files, const std::string& key) {
+    std::vector<int32_t> ids;
+    if (auto id = files.get_uint_opt(key)) {
+        if (*id > uint64_t(INT32_MAX)) fail(files.path(), ": metadata ", key, ": ", *id);
+        ids.push_back(int32_t(*id));
+    }
+    return ids;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_gguf_model(const std::string& path) {
+    auto storage = std::make_shared<GgufStorage>(GgufStorage{GgufModelFiles::open(path), {}});
+    const GgufModelFiles& files = storage->files;
+    const GgufArchitecture& a = find_architecture(files);
+    const Json json = gguf_model_config(files);
+    const bool moe = is_moe(files, a.gguf);
+
+    ModelConfig config;
+    config.architecture = json["architectures"][0];
+    if (auto bos = special_token_ids(files, "tokenizer.ggml.bos_token_id"); !bos.empty())
+        config.bos_token_id = bos[0];
+    // Generation ends at EOS and, for chat models, at the end-of-turn token when it differs.
+    for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"})
+        for (int32_t id : special_token_ids(files, key))
+            if (std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) ==
+                config.eos_token_ids.end())
+                config.eos_token_ids.push_back(id);
+
+    std::map<std::string, Checkpoint::View> views =
+        ViewBuilder(*storage, json, a.permuted_qk).build();
+    Checkpoint checkpoint = Checkpoint::from_views(path, std::move(views), storage);
+    const ConfigReader reader(json, path + " (metadata as config.json)");
+    return (moe ? a.factory_moe : a.factory)(reader, std::move(config), std::move(checkpoint));
+}
+
+}  // namespace tandem
