@@ -8,7 +8,7 @@
 
 #include "kernels/error.h"
 #include "models/config.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 #include "tools/synthetic_writer.h"
 
 namespace tandem {
