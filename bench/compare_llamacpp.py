@@ -42,6 +42,7 @@ CASES = {
 
 def llama_run(model, p, n, threads, seed):
     """One llama.cpp measurement in this process; prints one JSON line."""
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
@@ -49,16 +50,23 @@ def llama_run(model, p, n, threads, seed):
                 n_batch=512, n_ubatch=512, verbose=False)
     rng = random.Random(seed)
     vocab = llm.n_vocab()
+
+    def greedy():
+        # The last row's logits straight from llama.cpp: Llama.scores is only filled with
+        # logits_all, which would make llama.cpp compute logits for every prompt token.
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(vocab,))))
+
     prompt = [rng.randrange(3, vocab) for _ in range(p)]
     llm.eval(prompt[:16])  # warm-up, as tandem-bench does
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = greedy()
     prefill_end = time.perf_counter()
     for _ in range(n):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = greedy()
     end = time.perf_counter()
     print(json.dumps({"prefill_tps": p / (prefill_end - start),
                       "decode_tps": n / (end - prefill_end) if n else None}))
