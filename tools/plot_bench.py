@@ -41,17 +41,17 @@ def row_label(r):
 
 
 def plot_ratio(rows, out, plt):
-    # One series per (model, type, threads, batch, planner); ratio-0 rows join every planner.
+    # One series per configuration and planner; ratio-0 rows join every planner's series.
     series = defaultdict(dict)
     planners = sorted({r["planner"] for r in rows if r["gpu_expert_ratio"] > 0}) or ["cpu-only"]
     for r in rows:
-        key = (r["model"], r["weight_type"], r["threads"], r["batch"])
+        key = (row_label(r),)
         for planner in planners if r["gpu_expert_ratio"] == 0 else [r["planner"]]:
             series[key + (planner,)][r["gpu_expert_ratio"]] = r
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (model, wtype, threads, batch, planner), points in sorted(series.items()):
+    for (config, planner), points in sorted(series.items()):
         ratios = sorted(points)
-        label = f"{model} {wtype} t{threads} b{batch} {planner}"
+        label = f"{config} {planner}"
         for ax, field in zip(axes, ("decode_tps", "prefill_tps")):
             ys = [median(points[x][field]) for x in ratios]
             if all(y is None for y in ys):
@@ -86,9 +86,10 @@ def plot_bound(rows, out, plt):
     ax.set_xticks(list(xs))
     ax.set_xticklabels([row_label(r) for r in decoded], rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("decode tokens/s")
-    bws = sorted({round(r["bandwidth_gbps"], 1) for r in decoded})
-    ax.set_title("decode: achieved vs bound (measured read bandwidth "
-                 + ", ".join(f"{b} GB/s" for b in bws) + ")")
+    low = min(r["bandwidth_gbps"] for r in decoded)
+    high = max(r["bandwidth_gbps"] for r in decoded)
+    bw = f"{low:.1f} GB/s" if high - low < 0.05 else f"{low:.1f}-{high:.1f} GB/s"
+    ax.set_title(f"decode: achieved vs bound (measured read bandwidth {bw})")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
