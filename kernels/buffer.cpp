@@ -7,13 +7,18 @@
 
 namespace tandem {
 
+// Device memory of the CUDA backend (kernels/cuda/stream_cuda.cu; the stub fails).
+void* cuda_malloc(Device device, size_t bytes);
+void cuda_free(void* data) noexcept;
+
 namespace {
 constexpr size_t kAlignment = 64;
 }
 
 Buffer allocate(Device device, size_t bytes) {
-    if (!device.is_cpu()) fail("device ", device.name(), ": allocation is not available yet");
     if (bytes == 0) return Buffer(device, nullptr, 0);
+    // Plain cudaMalloc on a GPU; sim memory is host memory (kernels/stream.h).
+    if (device.kind == DeviceKind::Cuda) return Buffer(device, cuda_malloc(device, bytes), bytes);
     const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     void* data = std::aligned_alloc(kAlignment, rounded);
     if (data == nullptr) fail("cpu: out of memory allocating ", bytes, " bytes");
@@ -21,7 +26,11 @@ Buffer allocate(Device device, size_t bytes) {
 }
 
 Buffer::~Buffer() {
-    if (data_ != nullptr) std::free(data_);
+    if (data_ == nullptr) return;
+    if (device_.kind == DeviceKind::Cuda)
+        cuda_free(data_);
+    else
+        std::free(data_);
 }
 
 }  // namespace tandem

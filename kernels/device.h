@@ -2,7 +2,7 @@
 // used to test stream orchestration on machines without a GPU.
 //
 // A Device is a small value (kind + index). Memory on a device is obtained only through
-// allocate(), which returns an owning Buffer.
+// allocate(), which returns an owning Buffer. C++17, like kernels/stream.h.
 #pragma once
 
 #include <cstddef>
@@ -21,7 +21,11 @@ struct Device {
     static Device cpu() { return {}; }
     bool is_cpu() const { return kind == DeviceKind::Cpu; }
     std::string name() const;  // "cpu", "cuda:0", "sim:0"
-    friend bool operator==(const Device&, const Device&) = default;
+    // Spelled out rather than defaulted: CUDA sources include this header as C++17.
+    friend bool operator==(const Device& a, const Device& b) {
+        return a.kind == b.kind && a.index == b.index;
+    }
+    friend bool operator!=(const Device& a, const Device& b) { return !(a == b); }
 };
 
 // Parses "cpu", "cuda", "cuda:N", "sim", "sim:N"; throws tandem::Error naming the string.

@@ -171,6 +171,7 @@ std::vector<uint8_t> GgufWriter::bytes(uint64_t alignment) const {
     const size_t data_start = out.size();
     for (size_t i = 0; i < tensors_.size(); ++i) {
         const size_t end = data_start + offsets[i] + tensors_[i].data.size();
+        if (tensors_[i].data.empty()) continue;  // a tensor that lies about its size on purpose
         if (out.size() < end) out.resize(end, 0);
         std::memcpy(out.data() + data_start + offsets[i], tensors_[i].data.data(),
                     tensors_[i].data.size());

@@ -20,6 +20,8 @@
 #include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 #include "models/tokenizer/tokenizer.h"
+#include "tools/routing_recorder.h"
+#include "tools/run_prompts.h"
 
 namespace {
 
@@ -92,8 +94,21 @@ int main(int argc, char** argv) {
     app.add_option("--quantize", config.quantize,
                    "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
     app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512");
+    std::string prompts_file, record_file;
+    bool record_prefill = false;
+    app.add_option(
+        "--prompts-file", prompts_file,
+        "JSON lines of {\"id\", \"domain\", \"prompt\" | \"messages\"}, all run at once");
+    app.add_option("--record-routing", record_file,
+                   "write each token's experts and router weights per MoE layer (JSON lines; "
+                   ".gz compresses)");
+    app.add_option("--record-lookahead", params.routing_lookahead,
+                   "also record what layers L+1..L+J's routers predict from layer L (J <= 3)")
+        ->capture_default_str();
+    app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
+    params.return_routed_experts = !record_file.empty();
 
     try {
         tandem::set_log_level(tandem::parse_log_level(log_level));
@@ -107,6 +122,21 @@ int main(int argc, char** argv) {
             prompt.insert(prompt.end(), ids.begin(), ids.end());
         }
         tandem::Engine engine = tandem::Engine::open(config);
+        std::optional<tandem::RoutingRecorder> recorder;
+        if (!record_file.empty()) recorder.emplace(record_file, record_prefill);
+        if (!prompts_file.empty()) {
+            const tandem::PromptsSummary s = tandem::run_prompts_file(
+                engine, params, prompts_file, recorder ? &*recorder : nullptr);
+            std::printf(
+                "%lld requests: %lld prompt + %lld generated tokens in %.2f s = %.1f "
+                "generated tokens/s\n",
+                (long long)s.requests, (long long)s.prompt_tokens, (long long)s.generated_tokens,
+                s.seconds, s.seconds > 0 ? double(s.generated_tokens) / s.seconds : 0.0);
+            if (recorder)
+                std::printf("routing: %lld lines in %s\n", (long long)recorder->lines(),
+                            record_file.c_str());
+            return 0;
+        }
         if (random_prompt > 0) {
             std::mt19937_64 rng(params.seed.value_or(0));
             const auto vocab = uint64_t(engine.model_config().vocab_size);
@@ -118,6 +148,7 @@ int main(int argc, char** argv) {
         const tandem::RequestOutput out = engine.generate(tandem::Prompt::tokens(prompt), params);
         if (!out.error.empty()) tandem::fail(out.error);
         const tandem::Completion& c = out.completions.at(0);
+        if (recorder) recorder->write("prompt", "", out, 0);
         for (size_t i = 0; i < c.token_ids.size(); ++i)
             std::printf("%s%d", i ? " " : "", c.token_ids[i]);
         std::printf("\n");

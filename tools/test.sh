@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 jobs=$(nproc)
+# ccache keys on paths relative to the checkout, so clones and worktrees share the cache.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 tools/install-deps.sh
 
 # The server tests' Python side (the official openai client, pytest) from PyPI, in a venv.
@@ -24,3 +26,11 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_SAN
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+# ThreadSanitizer: what runs threads against each other — the sim device's streams and events,
+# and the engine's scheduler thread under concurrent submit/abort/stream/reload.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON \
+    -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
+cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_sim_device
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_engine

@@ -10,6 +10,7 @@
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
+#include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 
 namespace tandem {
@@ -19,11 +20,21 @@ namespace {
 constexpr int64_t kDefaultKvPositionsPerSequence = 4096;
 constexpr int64_t kDefaultKvBytesCap = int64_t(4) << 30;
 
-std::optional<Tokenizer> load_tokenizer_if_present(const std::string& model_dir) {
+// A directory's tokenizer.json or a GGUF file's tokenizer metadata; none is fine (token ids
+// only), a broken one is an error.
+std::optional<Tokenizer> load_tokenizer_if_present(const std::string& model_path) {
     namespace fs = std::filesystem;
-    if (!fs::is_directory(model_dir) || !fs::exists(fs::path(model_dir) / "tokenizer.json"))
+    if (fs::is_directory(model_path) && !fs::exists(fs::path(model_path) / "tokenizer.json"))
         return std::nullopt;
-    return Tokenizer::load(model_dir);
+    if (!fs::is_directory(model_path)) {
+        try {
+            return load_tokenizer(model_path);
+        } catch (const Error& e) {
+            log_warn("no tokenizer: ", e.what(), "; requests must send token ids");
+            return std::nullopt;
+        }
+    }
+    return load_tokenizer(model_path);
 }
 
 // The KV pool: the configured budget, or room for every sequence slot at a typical length.
@@ -256,7 +267,8 @@ const ModelConfig& Engine::model_config() const {
 std::string Engine::model_name() const {
     std::filesystem::path p(state_->config.model_dir);
     if (!p.has_filename()) p = p.parent_path();
-    return p.filename().string();
+    // A directory's name, or a GGUF file's without the extension.
+    return std::filesystem::is_regular_file(p) ? p.stem().string() : p.filename().string();
 }
 int64_t Engine::context_length() const {
     return state_->context_length;

@@ -14,10 +14,10 @@ MODEL = ROOT / "tests" / "data" / "chat_tiny"
 
 
 class RunningServer:
-    def __init__(self, *args):
+    def __init__(self, *args, model=MODEL):
         binary = os.environ.get("TANDEM_SERVER", str(ROOT / "build" / "tools" / "tandem-server"))
         self.proc = subprocess.Popen(
-            [binary, "--model", str(MODEL), "--port", "0", "--threads", "2", "--no-pin",
+            [binary, "--model", str(model), "--port", "0", "--threads", "2", "--no-pin",
              "--log-level", "warn", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()

@@ -141,3 +141,17 @@ def test_32_concurrent_streams_match_each_alone(server):
     for prompt, text in zip(prompts, together):
         alone = c.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0)
         assert text == alone.choices[0].text, prompt
+
+
+def test_a_gguf_model_is_served():
+    from conftest import ROOT, RunningServer
+    s = RunningServer(model=ROOT / "tests" / "data" / "gguf" / "qwen3_moe" / "model-q4_k.gguf")
+    try:
+        c = openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
+        assert [m.id for m in c.models.list().data] == ["model-q4_k"]
+        r = c.chat.completions.create(model="model-q4_k", messages=MESSAGES, max_tokens=8,
+                                      temperature=0)
+        assert r.usage.completion_tokens > 0
+        assert isinstance(r.choices[0].message.content, str)
+    finally:
+        s.stop()

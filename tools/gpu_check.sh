@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU session's one script (about 10 minutes on an H200): builds Tandem for sm_90 with the
+# CUDA backend, runs the GPU tests (CTest label `gpu`) and the unit tests, and prints a short
+# table. The full log goes to $1, or $OUT/gpu_check.log when the device tool sets OUT.
+#
+#   tools/gpu_check.sh [LOG]
+#
+# What it verifies today: the CUDA device layer (memory, copies, streams, events). The CUDA
+# kernels, whole-model GPU execution and the hybrid comparison of issues #5, #6 and #9 add their
+# sections here as they land.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=${1:-${OUT:-/tmp}/gpu_check.log}
+mkdir -p "$(dirname "$log")"
+jobs=$(nproc)
+status=0
+
+run() {  # run NAME COMMAND...: logs everything, remembers a failure, keeps going
+    local name=$1
+    shift
+    echo "=== $name: $*" >> "$log"
+    local start=$SECONDS
+    if "$@" >> "$log" 2>&1; then
+        results+=("| $name | ok | $((SECONDS - start)) s |")
+    else
+        results+=("| $name | FAILED | $((SECONDS - start)) s |")
+        status=1
+    fi
+}
+
+results=()
+: > "$log"
+run "nvidia-smi" nvidia-smi
+run "configure (sm_90, CUDA on)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DTANDEM_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=90-real;90-virtual"
+run "build" cmake --build build-gpu -j "$jobs"
+run "GPU tests (-L gpu)" ctest --test-dir build-gpu -L gpu --output-on-failure
+run "unit tests on this machine" ctest --test-dir build-gpu -L unit -j "$jobs" --output-on-failure
+
+echo "| step | result | time |"
+echo "|---|---|---|"
+printf '%s\n' "${results[@]}"
+grep -E "^\[ +(OK|FAILED|SKIPPED) +\] CudaDevice" "$log" | sed 's/^/    /' || true
+echo "full log: $log"
+exit $status
