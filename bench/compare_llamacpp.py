@@ -16,6 +16,10 @@ Each pair runs both engines once, each in a fresh process after a warm-up, in al
 Prompts are random token ids, decoding is greedy with EOS ignored. Prefill: prompt tokens over
 the time to the first generated token; decode: the n tokens after it over the time they took.
 The ratios printed are medians over pairs of the per-pair ratios.
+
+llama.cpp's OpenMP workers spin between ops by default. On a machine whose two cores other
+processes also use, that spinning slows it by up to 10x in some runs and not in others;
+--llama-omp-wait passive gives it steady figures there (bench/RESULTS.md has both).
 """
 
 import argparse
@@ -72,20 +76,22 @@ def llama_run(model, p, n, threads, seed):
                       "decode_tps": n / (end - prefill_end) if n else None}))
 
 
-def tandem_run(bench, model, p, n, threads, seed, bandwidth):
+def tandem_run(bench, model, p, n, threads, seed):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [str(bench), "--model", model, "-p", str(p), "-n", str(n), "-t", str(threads),
                "-r", "1", "--seed", str(seed), "--no-progress", "--json", out.name]
-        if bandwidth:
-            cmd += ["--bandwidth-gbps", str(bandwidth)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         row = json.loads(Path(out.name).read_text())["rows"][0]
     return row
 
 
-def llama_subprocess(model, p, n, threads, seed):
+def llama_subprocess(model, p, n, threads, seed, omp_wait):
+    env = dict(os.environ)
+    if omp_wait:
+        env["OMP_WAIT_POLICY"] = omp_wait
     out = subprocess.run([sys.executable, __file__, "--llama-run", model, str(p), str(n),
-                          str(threads), str(seed)], check=True, capture_output=True, text=True)
+                          str(threads), str(seed)], check=True, capture_output=True, text=True,
+                         env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,8 +125,14 @@ def main():
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--layers", type=int, default=0, help="override every case's depth")
     parser.add_argument("--bench", default=str(ROOT / "build" / "bench" / "tandem-bench"))
-    parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "tandem-bench-models"))
+    parser.add_argument("--model-dir",
+                        default=str(Path(tempfile.gettempdir()) / "tandem-bench-models"))
     parser.add_argument("--install", action="store_true", help="pip install llama-cpp-python")
+    # llama.cpp's OpenMP workers spin between ops by default; on a machine whose cores other
+    # processes also want, that spinning costs it several times its speed (bench/RESULTS.md),
+    # and passive waits are what such a machine should be run with.
+    parser.add_argument("--llama-omp-wait", choices=["active", "passive"],
+                        help="OMP_WAIT_POLICY for llama.cpp (default: OpenMP's own)")
     parser.add_argument("--json", help="write every measurement and the ratios here")
     args = parser.parse_args()
     ensure_llama_cpp(args.install)
@@ -130,7 +142,6 @@ def main():
         sys.exit(f"{bench} not found: build it (ninja -C build tandem-bench)")
 
     results = []
-    bandwidth = None
     for case in args.cases.split(","):
         if case not in CASES:
             sys.exit(f"unknown case {case}; known: {', '.join(CASES)}")
@@ -147,16 +158,18 @@ def main():
             got = {}
             for side in order:
                 if side == "tandem":
-                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
-                                     bandwidth)
-                    bandwidth = bandwidth or row["bandwidth_gbps"]
+                    # Each run measures the bandwidth itself: on a shared machine it changes
+                    # within minutes, and the bound must be the one of the same moment.
+                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed)
                     got["tandem"] = {"prefill_tps": row["prefill_tps"]["median"],
                                      "decode_tps": row["decode_tps"]["median"],
+                                     "bandwidth_gbps": row["bandwidth_gbps"],
                                      "bound_tps": row["bound_tps"],
                                      "bytes_per_token": row["bytes_per_token"]}
+                    got["of_bound"] = got["tandem"]["decode_tps"] / row["bound_tps"]
                 else:
                     got["llama"] = llama_subprocess(str(model), args.p, args.n, args.threads,
-                                                    seed)
+                                                    seed, args.llama_omp_wait)
             got["prefill_ratio"] = got["tandem"]["prefill_tps"] / got["llama"]["prefill_tps"]
             got["decode_ratio"] = got["tandem"]["decode_tps"] / got["llama"]["decode_tps"]
             print(f"{case} pair {i + 1}: Tandem prefill {got['tandem']['prefill_tps']:.1f} "
@@ -174,27 +187,29 @@ def main():
             "tandem_decode": med("decode_tps", "tandem"),
             "llama_decode": med("decode_tps", "llama"),
             "prefill_ratio": med("prefill_ratio"), "decode_ratio": med("decode_ratio"),
-            "bound_tps": pairs[0]["tandem"]["bound_tps"],
+            "bandwidth_gbps": med("bandwidth_gbps", "tandem"),
+            "bound_tps": med("bound_tps", "tandem"), "of_bound": med("of_bound"),
             "bytes_per_token": pairs[0]["tandem"]["bytes_per_token"],
         })
 
-    print(f"llama-cpp-python {llama_cpp.__version__}; {args.threads} threads; prompt {args.p}, "
-          f"decode {args.n} tokens; {args.pairs} alternating pairs; read bandwidth "
-          f"{bandwidth:.1f} GB/s; medians")
+    print(f"llama-cpp-python {llama_cpp.__version__} (OMP_WAIT_POLICY "
+          f"{args.llama_omp_wait or 'unset'}); {args.threads} threads; prompt {args.p}, "
+          f"decode {args.n} tokens; {args.pairs} alternating pairs; medians (bandwidth and "
+          f"bound: measured in each Tandem run)")
     print()
-    print("| case | MB/token | bound t/s | Tandem prefill | llama.cpp prefill | ratio | "
+    print("| case | MB/token | BW GB/s | bound t/s | Tandem prefill | llama.cpp prefill | ratio | "
           "Tandem decode | llama.cpp decode | ratio | Tandem decode of bound |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in results:
         print(f"| {r['model']} {r['layers']}L {r['weight_type']} | "
-              f"{r['bytes_per_token'] / 1e6:.0f} | {r['bound_tps']:.1f} | "
+              f"{r['bytes_per_token'] / 1e6:.0f} | {r['bandwidth_gbps']:.1f} | "
+              f"{r['bound_tps']:.1f} | "
               f"{r['tandem_prefill']:.1f} | {r['llama_prefill']:.1f} | "
               f"**{r['prefill_ratio']:.2f}x** | {r['tandem_decode']:.2f} | "
               f"{r['llama_decode']:.2f} | **{r['decode_ratio']:.2f}x** | "
-              f"{100 * r['tandem_decode'] / r['bound_tps']:.0f} % |")
+              f"{100 * r['of_bound']:.0f} % |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"bandwidth_gbps": bandwidth,
-                                               "results": results}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
