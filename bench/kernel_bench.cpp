@@ -12,11 +12,7 @@
 // Google Benchmark flags (--benchmark_filter, --benchmark_repetitions, ...) pass through.
 #include <benchmark/benchmark.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 
 #include <cstdio>
 #include <cstring>
@@ -25,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/machine.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/quant.h"
@@ -40,119 +37,11 @@ ThreadPool& pool() {
     return instance;
 }
 
-// ---- machine ceilings --------------------------------------------------------------------
+// ---- machine ceilings (bench/machine.h) -------------------------------------------------
 
 double g_bandwidth_gbps = 0, g_peak_gflops = 0;
-
-// The ceiling for streaming weights: a read-only pass (a sum) over 1 GiB, all threads. Weights
-// are only read, so this, not a triad (two reads, a write and a hidden write-allocate read), is
-// what decode can reach. The triad is printed beside it for comparison with STREAM figures.
+// Printed beside the read-only stream for comparison with STREAM figures.
 double g_triad_gbps = 0;
-
-// Four independent accumulators of 8 floats: enough loads in flight to saturate memory, not
-// the add latency.
-__attribute__((target("avx2"))) float sum_stream(const float* a, int64_t n) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 4; ++j)
-            acc[j] = _mm256_add_ps(acc[j], _mm256_loadu_ps(a + i + 8 * j));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes,
-                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    float sum = 0;
-    for (float v : lanes)
-        sum += v;
-    for (; i < n; ++i)
-        sum += a[i];
-    return sum;
-}
-
-double measure_read_bandwidth_gbps() {
-    const int64_t n = int64_t(256) << 20;  // 1 GiB of floats
-    std::vector<float> a(static_cast<size_t>(n), 1.0f);
-    std::vector<double> rates;
-    for (int rep = 0; rep < 5; ++rep) {
-        std::atomic<double> total{0};
-        const auto start = std::chrono::steady_clock::now();
-        pool().parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end) {
-            total = total + sum_stream(a.data() + begin, end - begin);
-        });
-        const double s =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        rates.push_back(double(n) * 4 / s / 1e9);
-    }
-    std::sort(rates.begin(), rates.end());
-    return rates[rates.size() / 2];
-}
-
-double measure_triad_gbps() {
-    const int64_t n = int64_t(64) << 20;  // 3 arrays of 256 MB
-    std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n), 1.0f),
-        c(static_cast<size_t>(n), 2.0f);
-    std::vector<double> rates;
-    for (int rep = 0; rep < 5; ++rep) {
-        const auto start = std::chrono::steady_clock::now();
-        pool().parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i)
-                a[size_t(i)] = b[size_t(i)] + 3.0f * c[size_t(i)];
-        });
-        const double s =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        rates.push_back(double(n) * 12 / s / 1e9);  // STREAM's convention: 3 streams
-    }
-    std::sort(rates.begin(), rates.end());
-    return rates[rates.size() / 2];
-}
-
-// Independent FMA chains, 10 accumulators per thread, 16 or 8 floats wide.
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef float Vec8 __attribute__((vector_size(32)));
-
-template <class Vec, int kWidth>
-[[gnu::always_inline]] inline float fma_chains(int64_t iterations) {
-    Vec acc[10], mul, add;
-    for (int i = 0; i < kWidth; ++i) {
-        mul[i] = 0.999999f;
-        add[i] = 1e-7f;
-    }
-    for (auto& v : acc)
-        v = mul;
-    for (int64_t it = 0; it < iterations; ++it)
-        for (auto& v : acc)
-            v = v * mul + add;
-    float sum = 0;
-    for (auto& v : acc)
-        for (int i = 0; i < kWidth; ++i)
-            sum += v[i];
-    return sum;
-}
-__attribute__((target("avx512f,fma"))) float fma_chains_512(int64_t n) {
-    return fma_chains<Vec16, 16>(n);
-}
-__attribute__((target("avx2,fma"))) float fma_chains_256(int64_t n) {
-    return fma_chains<Vec8, 8>(n);
-}
-
-double measure_peak_gflops() {
-    const bool wide = cpu::detected_isa() == cpu::CpuIsa::Avx512;
-    const int width = wide ? 16 : 8;
-    const int64_t iterations = 20'000'000;
-    std::vector<double> rates;
-    for (int rep = 0; rep < 3; ++rep) {
-        std::atomic<float> sink{0};
-        const auto start = std::chrono::steady_clock::now();
-        pool().run(pool().size(), [&](int64_t) {
-            sink = sink + (wide ? fma_chains_512(iterations) : fma_chains_256(iterations));
-        });
-        const double s =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        rates.push_back(double(iterations) * 10 * width * 2 * pool().size() / s / 1e9);
-    }
-    std::sort(rates.begin(), rates.end());
-    return rates[rates.size() / 2];
-}
 
 // ---- the expert kernel -----------------------------------------------------------------------
 
@@ -309,9 +198,9 @@ int main(int argc, char** argv) {
     int n_args = int(args.size());
     benchmark::Initialize(&n_args, args.data());
 
-    g_bandwidth_gbps = measure_read_bandwidth_gbps();
-    g_triad_gbps = measure_triad_gbps();
-    g_peak_gflops = measure_peak_gflops();
+    g_bandwidth_gbps = bench::measure_read_bandwidth_gbps(pool());
+    g_triad_gbps = bench::measure_triad_gbps(pool());
+    g_peak_gflops = bench::measure_peak_gflops(pool());
     if (!json)
         std::printf(
             "machine: %.1f GB/s triad bandwidth, %.1f GFLOP/s peak FMA (f32), %d threads, %s "

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Tandem against llama.cpp on the CPU: the same GGUF file, the same threads, the same prompt and
+generation lengths, runs alternating, and the per-pair ratio Tandem / llama.cpp.
+
+    bench/compare_llamacpp.py [--install] [--threads 2] [-p 512] [-n 64] [--pairs 3]
+                              [--cases olmoe-q8_0,olmoe-q4_k,qwen3-q4_k]
+
+llama.cpp is llama-cpp-python from PyPI, which compiles llama.cpp for this CPU when it installs
+(--install does it; on 2 cores it takes most of an hour: CMAKE_BUILD_PARALLEL_LEVEL=1 keeps the
+machine usable). The synthetic models are written by tandem-bench (seeded random weights at the
+real shapes, generated directly in the weight type) as GGUF files with llama.cpp's names and a
+placeholder vocabulary; both engines read the same file, every weight matrix in that type.
+
+Each pair runs both engines once, each in a fresh process after a warm-up, in alternating order
+(Tandem first in even pairs), so that slow drifts of a shared machine hit both sides alike.
+Prompts are random token ids, decoding is greedy with EOS ignored. Prefill: prompt tokens over
+the time to the first generated token; decode: the n tokens after it over the time they took.
+The ratios printed are medians over pairs of the per-pair ratios.
+
+llama.cpp's OpenMP workers spin between ops by default. On a machine whose two cores other
+processes also use, that spinning slows it by up to 10x in some runs and not in others;
+--llama-omp-wait passive gives it steady figures there (bench/RESULTS.md has both).
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name: (synthetic preset, layers, weight type). Depth is cut to fit the 24 GB dev machine with
+# room for both engines' page cache and llama.cpp's repacked copies.
+CASES = {
+    "olmoe-q8_0": ("olmoe-1b-7b", 8, "q8_0"),
+    "olmoe-q4_k": ("olmoe-1b-7b", 8, "q4_k"),
+    "qwen3-q4_k": ("qwen3-30b-a3b", 8, "q4_k"),
+}
+
+
+def llama_run(model, p, n, threads, seed):
+    """One llama.cpp measurement in this process; prints one JSON line."""
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=model, n_ctx=p + n + 16, n_threads=threads, n_threads_batch=threads,
+                n_batch=512, n_ubatch=512, verbose=False)
+    rng = random.Random(seed)
+    vocab = llm.n_vocab()
+
+    def greedy():
+        # The last row's logits straight from llama.cpp: Llama.scores is only filled with
+        # logits_all, which would make llama.cpp compute logits for every prompt token.
+        row = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(vocab,))))
+
+    prompt = [rng.randrange(3, vocab) for _ in range(p)]
+    llm.eval(prompt[:16])  # warm-up, as tandem-bench does
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    token = greedy()
+    prefill_end = time.perf_counter()
+    for _ in range(n):
+        llm.eval([token])
+        token = greedy()
+    end = time.perf_counter()
+    print(json.dumps({"prefill_tps": p / (prefill_end - start),
+                      "decode_tps": n / (end - prefill_end) if n else None}))
+
+
+def tandem_run(bench, model, p, n, threads, seed):
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [str(bench), "--model", model, "-p", str(p), "-n", str(n), "-t", str(threads),
+               "-r", "1", "--seed", str(seed), "--no-progress", "--json", out.name]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        row = json.loads(Path(out.name).read_text())["rows"][0]
+    return row
+
+
+def llama_subprocess(model, p, n, threads, seed, omp_wait):
+    env = dict(os.environ)
+    if omp_wait:
+        env["OMP_WAIT_POLICY"] = omp_wait
+    out = subprocess.run([sys.executable, __file__, "--llama-run", model, str(p), str(n),
+                          str(threads), str(seed)], check=True, capture_output=True, text=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ensure_llama_cpp(install):
+    try:
+        import llama_cpp  # noqa: F401
+        return
+    except ImportError:
+        pass
+    if not install:
+        sys.exit("llama-cpp-python is not installed: run with --install (it compiles llama.cpp, "
+                 "most of an hour on 2 cores)")
+    env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get(
+        "CMAKE_BUILD_PARALLEL_LEVEL", "1"), CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF")
+    subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python"], env=env,
+                   check=True)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--llama-run":
+        model, p, n, threads, seed = sys.argv[2:7]
+        llama_run(model, int(p), int(n), int(threads), int(seed))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " +
+                        ", ".join(f"{k} ({v[0]}, {v[1]} layers, {v[2]})"
+                                  for k, v in CASES.items()))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("-p", type=int, default=512, help="prompt tokens")
+    parser.add_argument("-n", type=int, default=64, help="decoded tokens")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=0, help="override every case's depth")
+    parser.add_argument("--bench", default=str(ROOT / "build" / "bench" / "tandem-bench"))
+    parser.add_argument("--model-dir",
+                        default=str(Path(tempfile.gettempdir()) / "tandem-bench-models"))
+    parser.add_argument("--install", action="store_true", help="pip install llama-cpp-python")
+    # llama.cpp's OpenMP workers spin between ops by default; on a machine whose cores other
+    # processes also want, that spinning costs it several times its speed (bench/RESULTS.md),
+    # and passive waits are what such a machine should be run with.
+    parser.add_argument("--llama-omp-wait", choices=["active", "passive"],
+                        help="OMP_WAIT_POLICY for llama.cpp (default: OpenMP's own)")
+    parser.add_argument("--json", help="write every measurement and the ratios here")
+    args = parser.parse_args()
+    ensure_llama_cpp(args.install)
+    import llama_cpp
+    bench = Path(args.bench)
+    if not bench.exists():
+        sys.exit(f"{bench} not found: build it (ninja -C build tandem-bench)")
+
+    results = []
+    for case in args.cases.split(","):
+        if case not in CASES:
+            sys.exit(f"unknown case {case}; known: {', '.join(CASES)}")
+        preset, layers, wtype = CASES[case]
+        layers = args.layers or layers
+        model = Path(args.model_dir) / f"{preset}-{layers}l-{wtype}-seed1.gguf"
+        if not model.exists():
+            subprocess.run([str(bench), "--model", f"synthetic:{preset}", "--layers", str(layers),
+                            "--quantize", wtype, "--write", str(model)], check=True)
+        pairs = []
+        for i in range(args.pairs):
+            seed = 100 + i
+            order = ["tandem", "llama"] if i % 2 == 0 else ["llama", "tandem"]
+            got = {}
+            for side in order:
+                if side == "tandem":
+                    # Each run measures the bandwidth itself: on a shared machine it changes
+                    # within minutes, and the bound must be the one of the same moment.
+                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed)
+                    got["tandem"] = {"prefill_tps": row["prefill_tps"]["median"],
+                                     "decode_tps": row["decode_tps"]["median"],
+                                     "bandwidth_gbps": row["bandwidth_gbps"],
+                                     "bound_tps": row["bound_tps"],
+                                     "bytes_per_token": row["bytes_per_token"]}
+                    got["of_bound"] = got["tandem"]["decode_tps"] / row["bound_tps"]
+                else:
+                    got["llama"] = llama_subprocess(str(model), args.p, args.n, args.threads,
+                                                    seed, args.llama_omp_wait)
+            got["prefill_ratio"] = got["tandem"]["prefill_tps"] / got["llama"]["prefill_tps"]
+            got["decode_ratio"] = got["tandem"]["decode_tps"] / got["llama"]["decode_tps"]
+            print(f"{case} pair {i + 1}: Tandem prefill {got['tandem']['prefill_tps']:.1f} "
+                  f"decode {got['tandem']['decode_tps']:.2f} | llama.cpp prefill "
+                  f"{got['llama']['prefill_tps']:.1f} decode {got['llama']['decode_tps']:.2f} "
+                  f"tok/s", file=sys.stderr, flush=True)
+            pairs.append(got)
+        med = lambda key, side=None: statistics.median(  # noqa: E731
+            p[side][key] if side else p[key] for p in pairs)
+        results.append({
+            "case": case, "model": preset, "layers": layers, "weight_type": wtype,
+            "threads": args.threads, "p": args.p, "n": args.n, "pairs": pairs,
+            "tandem_prefill": med("prefill_tps", "tandem"),
+            "llama_prefill": med("prefill_tps", "llama"),
+            "tandem_decode": med("decode_tps", "tandem"),
+            "llama_decode": med("decode_tps", "llama"),
+            "prefill_ratio": med("prefill_ratio"), "decode_ratio": med("decode_ratio"),
+            "bandwidth_gbps": med("bandwidth_gbps", "tandem"),
+            "bound_tps": med("bound_tps", "tandem"), "of_bound": med("of_bound"),
+            "bytes_per_token": pairs[0]["tandem"]["bytes_per_token"],
+        })
+
+    print(f"llama-cpp-python {llama_cpp.__version__} (OMP_WAIT_POLICY "
+          f"{args.llama_omp_wait or 'unset'}); {args.threads} threads; prompt {args.p}, "
+          f"decode {args.n} tokens; {args.pairs} alternating pairs; medians (bandwidth and "
+          f"bound: measured in each Tandem run)")
+    print()
+    print("| case | MB/token | BW GB/s | bound t/s | Tandem prefill | llama.cpp prefill | ratio | "
+          "Tandem decode | llama.cpp decode | ratio | Tandem decode of bound |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for r in results:
+        print(f"| {r['model']} {r['layers']}L {r['weight_type']} | "
+              f"{r['bytes_per_token'] / 1e6:.0f} | {r['bandwidth_gbps']:.1f} | "
+              f"{r['bound_tps']:.1f} | "
+              f"{r['tandem_prefill']:.1f} | {r['llama_prefill']:.1f} | "
+              f"**{r['prefill_ratio']:.2f}x** | {r['tandem_decode']:.2f} | "
+              f"{r['llama_decode']:.2f} | **{r['decode_ratio']:.2f}x** | "
+              f"{100 * r['of_bound']:.0f} % |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

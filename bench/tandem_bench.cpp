@@ -1,0 +1,400 @@
+// tandem-bench: prefill and decode throughput, in the manner of llama-bench, next to the
+// machine's measured memory bandwidth and the bound it puts on decode.
+//
+//   tandem-bench --model synthetic:olmoe-1b-7b --layers 4 --quantize q8_0 -p 512 -n 128 -r 3
+//   tandem-bench --model DIR|file.gguf -p 64,512 -n 32 -b 1,4 -t 1,2 --json out.json --csv out.csv
+//   tandem-bench --model synthetic:qwen3-30b-a3b --layers 6 --quantize q4_k --write q3.gguf
+//
+// Each case (threads x prompt length p x generated length n x batch b) runs -r times. One run
+// submits b requests of p random prompt tokens together (Engine::submit, so continuous batching
+// is what is measured) and generates n + 1 tokens each, greedy, EOS ignored. Prefill tokens/s:
+// b * p over the time from submission to the last request's first token. Decode tokens/s: the
+// tokens generated after that instant over the time they took (b * n for a batch that starts
+// together). A warm-up run precedes each engine's first case.
+//
+// Synthetic models are written once into --model-cache (seeded: the same name, depth, type and
+// seed give the same bytes) and reused: bf16 safetensors without --quantize, else one GGUF file
+// whose weights are generated directly in that type (no load-time quantization).
+//
+// Hybrid flags are parsed, validated and reported in every row; asking for GPU experts fails,
+// since the hybrid executor does not exist yet (issue #6).
+#include <tandem/engine.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+
+#include "bench/bench_report.h"
+#include "bench/machine.h"
+#include "bench/weight_bytes.h"
+#include "cache/cache_policy.h"
+#include "kernels/cpu/cpu_isa.h"
+#include "kernels/error.h"
+#include "kernels/thread_pool.h"
+#include "models/config.h"
+#include "models/gguf.h"
+#include "scheduler/planner.h"
+#include "tools/sim_trace.h"
+#include "tools/synthetic_writer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace tandem;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+    std::string model = "synthetic:olmoe-1b-7b";
+    int64_t layers = 0;  // synthetic: 0 = the real depth
+    uint64_t seed = 1;
+    std::vector<int64_t> prompts = {512};
+    std::vector<int64_t> gens = {128};
+    std::vector<int> batches = {1};
+    std::vector<int> threads = {0};
+    int repetitions = 3;
+    std::string quantize;
+    std::string json_path, csv_path;
+    std::vector<double> gpu_ratios = {0.0};
+    std::vector<std::string> planners = {"hybrimoe"};
+    std::string cache_policy = "mrs";
+    std::string prefetch = "off";
+    std::string replay_routing;
+    std::string write_path;
+    std::string model_cache = (fs::temp_directory_path() / "tandem-bench-models").string();
+    double bandwidth_gbps = 0;  // 0: measure
+    int64_t step_tokens = 512;
+    bool progress = false, no_progress = false;
+};
+
+// What the engine loads and what each row says about it.
+struct PreparedModel {
+    std::string path;
+    std::string name;
+    std::string engine_quantize;  // passed to EngineConfig::quantize
+    DType weight_type = DType::BF16;
+    DType router_type = DType::BF16;
+};
+
+DType parse_weight_type(const std::string& name) {
+    const auto type = dtype_from_name(name);
+    if (!type || !is_weight_type(*type))
+        fail("--quantize: '", name, "' is not a weight type (q8_0, q5_0, q4_0, q4_k, q5_k, q6_k)");
+    return *type;
+}
+
+std::string synthetic_path(const Options& o, const SyntheticModelSpec& spec, DType type) {
+    const std::string stem = spec.name + "-" + std::to_string(spec.n_layers) + "l-" +
+                             std::string(dtype_name(type)) + "-seed" + std::to_string(spec.seed);
+    return (fs::path(o.model_cache) / stem).string() + (is_float_weight_type(type) ? "" : ".gguf");
+}
+
+// Writes to a temporary name and renames, so an interrupted write is never mistaken for a model.
+void write_synthetic(const SyntheticModelSpec& spec, DType type, const std::string& path) {
+    const bool gguf = path.ends_with(".gguf");
+    const std::string tmp = path + ".partial";
+    fs::remove_all(tmp);
+    std::fprintf(
+        stderr, "tandem-bench: writing synthetic %s (%lld layers, %.2fB parameters, %s) to %s\n",
+        spec.name.c_str(), (long long)spec.n_layers, double(synthetic_parameter_count(spec)) / 1e9,
+        std::string(dtype_name(type)).c_str(), path.c_str());
+    const auto start = Clock::now();
+    const int64_t bytes =
+        gguf ? write_synthetic_gguf(tmp, spec, type) : write_synthetic_safetensors(tmp, spec, type);
+    fs::rename(tmp, path);
+    std::fprintf(stderr, "tandem-bench: %.2f GB in %.1f s\n", double(bytes) / 1e9,
+                 std::chrono::duration<double>(Clock::now() - start).count());
+}
+
+DType stored_weight_type(const std::string& path) {
+    if (is_gguf_path(path)) {
+        const GgufModelFiles files = GgufModelFiles::open(path);
+        for (const char* name : {"blk.0.ffn_down_exps.weight", "blk.0.attn_q.weight"})
+            if (const GgufTensor* t = files.find(name); t && t->dtype) return *t->dtype;
+        return DType::F16;
+    }
+    std::ifstream in(fs::path(path) / "config.json");
+    const auto config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    const std::string torch = config.is_object() ? config.value("torch_dtype", "bfloat16") : "";
+    return torch == "float32" ? DType::F32 : torch == "float16" ? DType::F16 : DType::BF16;
+}
+
+PreparedModel prepare_model(const Options& o) {
+    PreparedModel m;
+    if (o.model.starts_with("synthetic:")) {
+        SyntheticModelSpec spec = synthetic_preset(o.model.substr(10));
+        if (o.layers > 0) spec.n_layers = o.layers;
+        spec.seed = o.seed;
+        const DType type = o.quantize.empty() ? DType::BF16 : parse_weight_type(o.quantize);
+        m.path = synthetic_path(o, spec, type);
+        if (!fs::exists(m.path)) write_synthetic(spec, type, m.path);
+        m.name = spec.name;
+        m.weight_type = type;
+        m.router_type = is_float_weight_type(type) ? type : DType::F32;
+        return m;
+    }
+    if (o.layers > 0) fail("--layers cuts synthetic models only");
+    if (!fs::exists(o.model)) fail("--model: ", o.model, " does not exist");
+    m.path = o.model;
+    m.name = fs::path(o.model).filename().string();
+    if (m.name.empty()) m.name = fs::path(o.model).parent_path().filename().string();
+    m.engine_quantize = o.quantize;
+    const DType stored = stored_weight_type(o.model);
+    m.weight_type = o.quantize.empty() ? stored : parse_weight_type(o.quantize);
+    m.router_type = is_gguf_path(o.model) ? DType::F32 : stored;
+    return m;
+}
+
+void validate_hybrid_flags(const Options& o) {
+    for (double r : o.gpu_ratios) {
+        if (!(r >= 0 && r <= 1))
+            fail("--gpu-expert-ratio: ", r, " is not a fraction of the experts in [0, 1]");
+        if (r > 0)
+            fail("--gpu-expert-ratio ", r,
+                 ": hybrid execution is not built yet; see issue #6 (only 0, every expert on "
+                 "the CPU, runs today)");
+    }
+    for (const std::string& p : o.planners)
+        parse_planner(p);  // throws listing the planners
+    parse_cache_policy(o.cache_policy);
+    if (o.prefetch != "on" && o.prefetch != "off")
+        fail("--prefetch: '", o.prefetch, "' is not on or off");
+}
+
+// A routing trace must fit the model it would be replayed on: as many MoE layers at least (a
+// model cut with --layers replays the first ones), the same top-k, expert ids in range.
+void validate_trace(const std::string& path, const ModelConfig& config) {
+    const sim::RoutingTrace trace = sim::read_routing_trace(path, 256);
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < config.n_layers; ++l)
+        moe_layers += config.layer_is_moe.empty() || config.layer_is_moe[size_t(l)];
+    if (trace.n_layers < moe_layers || trace.top_k != config.n_experts_active ||
+        trace.max_expert >= config.n_experts)
+        fail("--replay-routing ", path, ": ", trace.n_layers, " MoE layers, top-", trace.top_k,
+             ", experts up to ", trace.max_expert, " do not fit the model (", moe_layers,
+             " MoE layers, top-", config.n_experts_active, " of ", config.n_experts, ")");
+    std::fprintf(stderr,
+                 "tandem-bench: %s fits the model; routing replay is applied by the hybrid "
+                 "executor (issue #6): CPU-only rows use the model's own routers\n",
+                 path.c_str());
+}
+
+struct RunResult {
+    double prefill_tps = 0;
+    double decode_tps = 0;
+    bool decoded = false;
+};
+
+// One run of a case: b requests submitted together; every streamed token is time-stamped.
+RunResult run_once(Engine& engine, int64_t p, int64_t n, int b, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    const auto vocab = uint64_t(engine.vocab_size());
+    struct Track {
+        std::vector<std::pair<double, int64_t>> events;  // (seconds since start, tokens)
+    };
+    std::vector<Track> tracks(static_cast<size_t>(b));
+    std::mutex mutex;
+    std::vector<RequestHandle> handles;
+    const auto start = Clock::now();
+    for (int i = 0; i < b; ++i) {
+        std::vector<int32_t> prompt(static_cast<size_t>(p));
+        for (auto& id : prompt)
+            id = int32_t(3 + rng() % (vocab - 3));  // past the usual BOS/EOS/UNK ids
+        SamplingParams params{
+            .temperature = 0.0f, .max_tokens = int32_t(n > 0 ? n + 1 : 1), .ignore_eos = true};
+        handles.push_back(
+            engine.submit(Prompt::tokens(std::move(prompt)), params, [&, i](const StreamDelta& d) {
+                const double t = std::chrono::duration<double>(Clock::now() - start).count();
+                std::lock_guard lock(mutex);
+                if (!d.token_ids.empty())
+                    tracks[size_t(i)].events.push_back({t, int64_t(d.token_ids.size())});
+            }));
+    }
+    for (RequestHandle& h : handles) {
+        const RequestOutput& out = h.wait();
+        if (!out.error.empty()) fail("request failed: ", out.error);
+    }
+    double prefill_end = 0, last = 0;
+    for (const Track& t : tracks) {
+        if (t.events.empty()) fail("a request finished without generating a token");
+        prefill_end = std::max(prefill_end, t.events.front().first);
+        last = std::max(last, t.events.back().first);
+    }
+    RunResult r;
+    r.prefill_tps = double(b) * double(p) / prefill_end;
+    int64_t decoded = 0;
+    for (const Track& t : tracks)
+        for (const auto& [time, count] : t.events)
+            if (time > prefill_end) decoded += count;
+    if (n > 0 && decoded > 0 && last > prefill_end) {
+        r.decoded = true;
+        r.decode_tps = double(decoded) / (last - prefill_end);
+    }
+    return r;
+}
+
+std::string join_command(int argc, char** argv) {
+    std::string s;
+    for (int i = 0; i < argc; ++i)
+        s += (i ? " " : "") + std::string(argv[i]);
+    return s;
+}
+
+int run(const Options& o, const std::string& command_line) {
+    validate_hybrid_flags(o);
+    if (!o.write_path.empty()) {
+        if (!o.model.starts_with("synthetic:")) fail("--write saves synthetic models only");
+        SyntheticModelSpec spec = synthetic_preset(o.model.substr(10));
+        if (o.layers > 0) spec.n_layers = o.layers;
+        spec.seed = o.seed;
+        const DType type = o.quantize.empty() ? DType::BF16 : parse_weight_type(o.quantize);
+        if (!is_float_weight_type(type) && !o.write_path.ends_with(".gguf"))
+            fail("--write ", o.write_path, ": ", dtype_name(type),
+                 " weights go into a GGUF file: name it *.gguf");
+        write_synthetic(spec, type, o.write_path);
+        return 0;
+    }
+    const PreparedModel model = prepare_model(o);
+    int64_t context = 0;
+    for (int64_t p : o.prompts)
+        for (int64_t n : o.gens)
+            context = std::max(context, p + n + 16);
+    const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
+
+    const int total =
+        int(o.threads.size() * o.prompts.size() * o.gens.size() * o.batches.size()) * o.repetitions;
+    bench::ProgressBar bar(total, !o.no_progress && (o.progress || isatty(STDERR_FILENO)));
+    int done = 0;
+    std::vector<bench::BenchRow> rows;
+    for (int t : o.threads) {
+        double bandwidth = o.bandwidth_gbps;
+        if (bandwidth <= 0) {
+            bar.update(done, "measuring memory bandwidth");
+            ThreadPool pool({.n_threads = t});
+            bandwidth = bench::measure_read_bandwidth_gbps(pool);
+        }
+        bar.update(done, "loading " + model.path);
+        Engine engine = Engine::open({.model_dir = model.path,
+                                      .n_threads = t,
+                                      .context_length = context,
+                                      .quantize = model.engine_quantize,
+                                      .max_sequences = std::max(max_batch, 1),
+                                      .max_step_tokens = o.step_tokens});
+        const ModelConfig& config = engine.model_config();
+        if (!o.replay_routing.empty() && t == o.threads.front())
+            validate_trace(o.replay_routing, config);
+        run_once(engine, std::min<int64_t>(16, o.prompts.front()), 4, 1, 0);  // warm-up
+        for (int64_t p : o.prompts)
+            for (int64_t n : o.gens)
+                for (int b : o.batches) {
+                    std::vector<double> prefill, decode;
+                    for (int rep = 0; rep < o.repetitions; ++rep) {
+                        bar.update(done, "t" + std::to_string(engine.thread_pool().size()) + " p" +
+                                             std::to_string(p) + " n" + std::to_string(n) + " b" +
+                                             std::to_string(b) + " rep " + std::to_string(rep + 1));
+                        const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep);
+                        prefill.push_back(r.prefill_tps);
+                        if (r.decoded) decode.push_back(r.decode_tps);
+                        ++done;
+                    }
+                    bench::BenchRow row;
+                    row.model = model.name;
+                    row.model_path = model.path;
+                    row.weight_type = std::string(dtype_name(model.weight_type));
+                    row.layers = config.n_layers;
+                    row.parameters = bench::parameter_count(config);
+                    row.isa = std::string(cpu::isa_name(cpu::active_isa()));
+                    row.threads = engine.thread_pool().size();
+                    row.batch = b;
+                    row.prompt_tokens = p;
+                    row.gen_tokens = n;
+                    row.repetitions = o.repetitions;
+                    row.gpu_expert_ratio = 0;  // validate_hybrid_flags refused anything else
+                    row.cache_policy = o.cache_policy;
+                    row.prefetch = o.prefetch == "on";
+                    row.replay_routing = o.replay_routing;
+                    row.prefill_tps = bench::summarize(prefill);
+                    row.decode_tps = bench::summarize(decode);
+                    row.bandwidth_gbps = bandwidth;
+                    row.bytes_per_token =
+                        bench::decode_step_bytes(config, model.weight_type, model.router_type, 1)
+                            .total();
+                    row.bytes_per_step =
+                        bench::decode_step_bytes(config, model.weight_type, model.router_type, b)
+                            .total();
+                    row.bound_tps = double(b) * bandwidth * 1e9 / row.bytes_per_step;
+                    row.bound_fraction = row.decode_tps.median / row.bound_tps;
+                    rows.push_back(row);
+                }
+    }
+    bar.finish();
+    bench::print_markdown(stdout, rows);
+    if (!o.json_path.empty()) bench::write_json(o.json_path, rows, command_line);
+    if (!o.csv_path.empty()) bench::write_csv(o.csv_path, rows);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Prefill and decode throughput of a Tandem model against the bandwidth bound"};
+    Options o;
+    std::string presets;
+    for (const std::string& name : synthetic_preset_names())
+        presets += (presets.empty() ? "" : ", ") + name;
+    app.add_option("-m,--model", o.model,
+                   "model directory, .gguf file, or synthetic:NAME with NAME one of " + presets)
+        ->capture_default_str();
+    app.add_option("--layers", o.layers, "synthetic models: decoder layers (0: the real depth)");
+    app.add_option("--seed", o.seed, "synthetic weights and prompts")->capture_default_str();
+    app.add_option("-p,--n-prompt", o.prompts, "prompt lengths (prefill)")->delimiter(',');
+    app.add_option("-n,--n-gen", o.gens, "generated lengths (decode; 0: prefill only)")
+        ->delimiter(',');
+    app.add_option("-b,--batch", o.batches, "concurrent sequences")->delimiter(',');
+    app.add_option("-t,--threads", o.threads, "worker threads (0: physical cores)")->delimiter(',');
+    app.add_option("-r,--repetitions", o.repetitions, "runs per case")->capture_default_str();
+    app.add_option("--quantize", o.quantize,
+                   "weight type: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k (synthetic: generated in "
+                   "it; else quantized at load)");
+    app.add_option("--json", o.json_path, "write the rows as JSON");
+    app.add_option("--csv", o.csv_path, "write the rows as CSV");
+    app.add_option("--gpu-expert-ratio", o.gpu_ratios,
+                   "fractions of each layer's experts on the GPU (hybrid; only 0 runs today)")
+        ->delimiter(',');
+    app.add_option("--planner", o.planners,
+                   "hybrid planners: hybrimoe, static, fiddler, gpu-stream, cpu-only")
+        ->delimiter(',');
+    app.add_option("--cache-policy", o.cache_policy, "GPU expert cache: mrs, lru, lfu, static")
+        ->capture_default_str();
+    app.add_option("--prefetch", o.prefetch, "on or off")->capture_default_str();
+    app.add_option("--replay-routing", o.replay_routing,
+                   "routing trace to replay (hybrid executor only, issue #6)");
+    app.add_option("--write", o.write_path,
+                   "write the synthetic model (a directory of safetensors, or FILE.gguf) and "
+                   "exit");
+    app.add_option("--model-cache", o.model_cache, "where synthetic models are kept")
+        ->capture_default_str();
+    app.add_option("--bandwidth-gbps", o.bandwidth_gbps, "use this bandwidth (0: measure)");
+    app.add_option("--step-tokens", o.step_tokens, "tokens per engine step at most (ubatch)")
+        ->capture_default_str();
+    app.add_flag("--progress", o.progress, "draw the progress bar even when stderr is a file");
+    app.add_flag("--no-progress", o.no_progress, "no progress bar");
+    CLI11_PARSE(app, argc, argv);
+    try {
+        if (o.repetitions < 1) fail("-r: at least 1");
+        for (int64_t p : o.prompts)
+            if (p < 1) fail("-p: prompts of at least one token");
+        for (int64_t n : o.gens)
+            if (n < 0) fail("-n: a generated length cannot be negative");
+        for (int b : o.batches)
+            if (b < 1) fail("-b: at least one sequence");
+        return run(o, join_command(argc, argv));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "\ntandem-bench: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,113 @@
+// The synthetic model writers of tandem-bench (tools/synthetic_writer.h): every architecture, as
+// safetensors and as GGUF in float and quantized types, loads and generates through the Engine;
+// the same spec and seed give the same bytes; the presets have the real models' sizes.
+#include <tandem/engine.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "kernels/error.h"
+#include "models/config.h"
+#include "tests/test_util.h"
+#include "tools/synthetic_writer.h"
+
+namespace tandem {
+namespace {
+
+// Small, but with rows of 256 so that every K-quant applies without fallback.
+SyntheticModelSpec tiny(SyntheticArch arch, uint64_t seed) {
+    SyntheticModelSpec s;
+    s.name = "tiny";
+    s.arch = arch;
+    s.vocab_size = 300;  // > the 259 byte and special tokens of the placeholder vocabulary
+    s.hidden_dim = 256;
+    s.n_layers = 2;
+    s.n_heads = 2;
+    s.n_kv_heads = arch == SyntheticArch::Olmoe ? 2 : 1;
+    s.head_dim = 128;
+    s.n_experts = 4;
+    s.n_experts_active = 2;
+    s.expert_ffn_dim = 256;
+    s.shared_expert_ffn_dim = arch == SyntheticArch::Qwen2Moe ? 512 : 0;
+    s.max_position_embeddings = 64;
+    s.seed = seed;
+    return s;
+}
+
+std::vector<int32_t> generate(const std::string& path) {
+    Engine engine = Engine::open({.model_dir = path, .n_threads = 1});
+    const RequestOutput out =
+        engine.generate(Prompt::tokens({5, 17, 200, 3}),
+                        {.temperature = 0.0f, .max_tokens = 6, .ignore_eos = true});
+    EXPECT_EQ(out.error, "");
+    return out.completions.at(0).token_ids;
+}
+
+std::string read_all(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+class SyntheticWriterTest : public ::testing::TestWithParam<SyntheticArch> {};
+
+TEST_P(SyntheticWriterTest, SafetensorsAndGgufLoadAndGenerate) {
+    TANDEM_SEEDED(seed);
+    const SyntheticModelSpec spec = tiny(GetParam(), seed);
+    test::TempDir dir;
+    write_synthetic_safetensors(dir.str() + "/st", spec, DType::BF16);
+    EXPECT_EQ(generate(dir.str() + "/st").size(), 6u);
+    for (DType type : {DType::F16, DType::Q8_0, DType::Q4_K}) {
+        SCOPED_TRACE(std::string(dtype_name(type)));
+        const std::string path = dir.str() + "/m-" + std::string(dtype_name(type)) + ".gguf";
+        write_synthetic_gguf(path, spec, type);
+        const std::vector<int32_t> ids = generate(path);
+        ASSERT_EQ(ids.size(), 6u);
+        for (int32_t id : ids)
+            EXPECT_TRUE(id >= 0 && id < spec.vocab_size) << id;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, SyntheticWriterTest,
+                         ::testing::Values(SyntheticArch::Qwen3Moe, SyntheticArch::Olmoe,
+                                           SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe));
+
+TEST(SyntheticWriter, SameSeedSameBytesOtherSeedOtherBytes) {
+    test::TempDir dir;
+    SyntheticModelSpec spec = tiny(SyntheticArch::Olmoe, 7);
+    write_synthetic_gguf(dir.str() + "/a.gguf", spec, DType::Q4_K);
+    write_synthetic_gguf(dir.str() + "/b.gguf", spec, DType::Q4_K);
+    spec.seed = 8;
+    write_synthetic_gguf(dir.str() + "/c.gguf", spec, DType::Q4_K);
+    const std::string a = read_all(dir.str() + "/a.gguf");
+    EXPECT_EQ(a, read_all(dir.str() + "/b.gguf"));
+    EXPECT_NE(a, read_all(dir.str() + "/c.gguf"));
+}
+
+TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
+    // Total parameters of reference/models.md 3.2, within 2 %.
+    const std::pair<const char*, double> expected[] = {{"mixtral-8x7b", 46.7e9},
+                                                       {"qwen3-30b-a3b", 30.5e9},
+                                                       {"qwen2-57b-a14b", 57.4e9},
+                                                       {"olmoe-1b-7b", 6.9e9},
+                                                       {"qwen1.5-moe-a2.7b", 14.3e9}};
+    for (const auto& [name, params] : expected) {
+        const double n = double(synthetic_parameter_count(synthetic_preset(name)));
+        EXPECT_NEAR(n / params, 1.0, 0.02) << name << ": " << n;
+    }
+    try {
+        synthetic_preset("llama-7b");
+        FAIL() << "an unknown preset was accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("olmoe-1b-7b"), std::string::npos) << e.what();
+    }
+}
+
+TEST(SyntheticWriter, SafetensorsRefusesQuantizedTypes) {
+    test::TempDir dir;
+    EXPECT_THROW(
+        write_synthetic_safetensors(dir.str(), tiny(SyntheticArch::Qwen3Moe, 1), DType::Q8_0),
+        Error);
+}
+
+}  // namespace
+}  // namespace tandem
