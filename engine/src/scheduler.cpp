@@ -259,16 +259,7 @@ void Scheduler::process(Running& r, const Entry& e, const float* logits, int64_t
         RoutedExperts part =
             routing_of(routing, e.first_token, e.n_tokens, r.request->params.routing_lookahead);
         if (e.prefill) {
-            if (r.prompt_routing.n_layers == 0) {
-                r.prompt_routing = std::move(part);
-            } else {
-                auto append = [](auto& to, const auto& from) {
-                    to.insert(to.end(), from.begin(), from.end());
-                };
-                append(r.prompt_routing.experts, part.experts);
-                append(r.prompt_routing.weights, part.weights);
-                append(r.prompt_routing.predicted, part.predicted);
-            }
+            append_routing(r.prompt_routing, part);
         } else {
             e.sequence->add_routing(part);
         }

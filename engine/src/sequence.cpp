@@ -163,18 +163,19 @@ StreamDelta Sequence::finish(FinishReason reason) {
     return {.index = index_, .text = flush_text(), .finish_reason = reason};
 }
 
-void Sequence::add_routing(const RoutedExperts& positions) {
-    RoutedExperts& r = completion_.routed_experts;
-    if (r.n_layers == 0) {
-        r.n_layers = positions.n_layers;
-        r.top_k = positions.top_k;
-        r.layers = positions.layers;
-        r.lookahead = positions.lookahead;
+void append_routing(RoutedExperts& to, const RoutedExperts& positions) {
+    if (to.n_layers == 0) {
+        to = positions;
+        return;
     }
-    auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
-    append(r.experts, positions.experts);
-    append(r.weights, positions.weights);
-    append(r.predicted, positions.predicted);
+    auto append = [](auto& a, const auto& b) { a.insert(a.end(), b.begin(), b.end()); };
+    append(to.experts, positions.experts);
+    append(to.weights, positions.weights);
+    append(to.predicted, positions.predicted);
+}
+
+void Sequence::add_routing(const RoutedExperts& positions) {
+    append_routing(completion_.routed_experts, positions);
 }
 
 }  // namespace tandem

@@ -15,6 +15,9 @@
 
 namespace tandem {
 
+// Appends the positions of `positions` to `to` (which takes its shape if it has none yet).
+void append_routing(RoutedExperts& to, const RoutedExperts& positions);
+
 // log-softmax of a row of logits, with the top-k alternatives when k > 0.
 TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t k);
 

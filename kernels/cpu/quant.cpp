@@ -30,15 +30,21 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t n_blocks) {
     }
 }
 
+// The value of largest magnitude in a block of kQK, sign kept (the first of equals, as ggml).
+float signed_absmax(const float* x) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+        if (amax < std::fabs(x[j])) {
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    }
+    return max;
+}
+
 void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n_blocks) {
     for (int64_t b = 0; b < n_blocks; ++b, x += kQK) {
-        float amax = 0.0f, max = 0.0f;  // the value of largest magnitude, sign kept
-        for (int j = 0; j < kQK; ++j) {
-            if (amax < std::fabs(x[j])) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
-        }
+        const float max = signed_absmax(x);
         const float d = max / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = f32_to_f16(d);
@@ -52,13 +58,7 @@ void quantize_q4_0(const float* x, BlockQ4_0* y, int64_t n_blocks) {
 
 void quantize_q5_0(const float* x, BlockQ5_0* y, int64_t n_blocks) {
     for (int64_t b = 0; b < n_blocks; ++b, x += kQK) {
-        float amax = 0.0f, max = 0.0f;  // the value of largest magnitude, sign kept
-        for (int j = 0; j < kQK; ++j) {
-            if (amax < std::fabs(x[j])) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
-        }
+        const float max = signed_absmax(x);
         const float d = max / -16.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = f32_to_f16(d);

@@ -118,7 +118,10 @@ def test_chat_logprobs(server):
         assert len(entry.top_logprobs) == 3
         # Greedy: the chosen token is the most probable one.
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-6)
-        assert bytes(entry.bytes).decode("utf-8", "replace") == entry.token or entry.bytes
+        assert entry.bytes, entry
+        # The text is the bytes, with partial UTF-8 characters replaced.
+        if "\ufffd" not in entry.token:
+            assert bytes(entry.bytes).decode("utf-8") == entry.token
 
 
 def test_32_concurrent_streams_match_each_alone(server):
