@@ -182,6 +182,7 @@ InsertResult ExpertCache::insert(ExpertKey key, InsertReason reason) {
     if (reason != InsertReason::Warmup) c.bytes_moved += config_.expert_bytes;
     if (reason == InsertReason::Prefetch) ++c.prefetch_inserts;
     result.inserted = true;
+    result.slot = slot;
     return result;
 }
 

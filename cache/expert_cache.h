@@ -50,6 +50,7 @@ enum class InsertReason : uint8_t { Demand, Prefetch, Warmup };
 
 struct InsertResult {
     bool inserted = false;  // false: already resident, not admitted, or every candidate pinned
+    int64_t slot = -1;      // where it went, when inserted
     std::optional<ExpertKey> evicted;
 };
 
@@ -61,6 +62,9 @@ class ExpertCache {
     int64_t occupancy() const { return occupancy_; }
     int64_t layer_occupancy(int32_t layer) const { return layer_count_[size_t(layer)]; }
     bool resident(ExpertKey key) const { return slot_of_[index(key)] >= 0; }
+    // The slot (0..capacity-1) that holds a resident expert, -1 if it is not resident: the
+    // executor's index into its device memory.
+    int64_t slot(ExpertKey key) const { return slot_of_[index(key)]; }
     bool admits(ExpertKey key) const { return policy_->admits(key); }
     // The policy's current priority of an expert (lower leaves first); for tests and reports.
     double priority(ExpertKey key) const { return policy_->priority(key); }

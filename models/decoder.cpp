@@ -11,6 +11,7 @@
 #include "models/blocks/attention_block.h"
 #include "models/blocks/mla_attention_block.h"
 #include "models/blocks/moe_block.h"
+#include "models/expert_runner.h"
 #include "models/quantize_weights.h"
 #include "models/rope.h"
 
@@ -172,6 +173,8 @@ Decoder::Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& 
     : config_(std::move(config)), checkpoint_(std::move(checkpoint)) {
     weights_ = bind_decoder_weights(config_, checkpoint_, names);
     inv_freq_ = rope_inv_freq(config_);
+    for (int layer = 0; layer < int(config_.n_layers); ++layer)
+        if (weights_.layers[size_t(layer)].is_moe) moe_layers_.push_back(layer);
     const auto unbound = checkpoint_.unbound_names();
     if (!unbound.empty())
         log_info(checkpoint_.dir(), ": ", unbound.size(), " tensors not used by ",
@@ -222,12 +225,53 @@ void Decoder::quantize_weights(DType type, ThreadPool& pool) {
         }
     }
     q(weights_.lm_head);  // a tied lm_head gets its own quantized copy; the embedding stays
+    if (runner_ != nullptr) set_expert_runner(runner_);  // the experts' weights moved
 }
+
+void Model::set_expert_runner(ExpertRunner*) {
+    fail(config().architecture, ": routed experts cannot be placed off the CPU for this model");
+}
+
+void Decoder::set_expert_runner(ExpertRunner* runner) {
+    if (runner != nullptr) {
+        std::vector<const MoeWeights*> moe;
+        for (int layer : moe_layers_)
+            moe.push_back(&weights_.layers[size_t(layer)].moe);
+        runner->bind(config_, moe);
+    }
+    runner_ = runner;
+}
+
+std::vector<Routing> Decoder::predict_later_moe_layers(int moe_index, const Tensor& x,
+                                                       ThreadPool& pool) const {
+    std::vector<Routing> predicted;
+    const int n = std::clamp(runner_->lookahead(), 0, 3);
+    for (int i = moe_index + 1; i <= moe_index + n && i < int(moe_layers_.size()); ++i)
+        predicted.push_back(
+            route_with(weights_.layers[size_t(moe_layers_[size_t(i)])].moe, config_, x, pool));
+    return predicted;
+}
+
+namespace {
+// end_step() on every way out of forward().
+struct StepScope {
+    ExpertRunner* runner;
+    StepScope(ExpertRunner* r, int64_t n_tokens) : runner(r) {
+        if (runner != nullptr) runner->begin_step(n_tokens);
+    }
+    ~StepScope() {
+        if (runner != nullptr) runner->end_step();
+    }
+    StepScope(const StepScope&) = delete;
+    StepScope& operator=(const StepScope&) = delete;
+};
+}  // namespace
 
 OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool,
                              StepRouting* routing) {
     const ModelConfig& c = config_;
     const StepLayout layout = layout_step(steps, c);
+    const StepScope scope(runner_, layout.n_tokens);
     if (routing != nullptr) {
         const int lookahead = std::clamp(routing->lookahead, 0, 3);
         *routing = {};
@@ -274,7 +318,16 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
                             : Routing{});
                 }
             }
-            moe_block(lw.moe, c, normed.view, delta.view, pool, layer_routing);
+            const int moe_index =
+                int(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
+            const std::vector<Routing> predicted =
+                runner_ != nullptr ? predict_later_moe_layers(moe_index, normed.view, pool)
+                                   : std::vector<Routing>{};
+            moe_block(lw.moe, c, normed.view, delta.view, pool, layer_routing,
+                      {.runner = runner_,
+                       .layer = layer,
+                       .moe_layer = moe_index,
+                       .predicted = predicted});
         } else {
             cpu::swiglu_ffn(normed.view, lw.dense, delta.view, pool);
         }

@@ -88,13 +88,20 @@ class Decoder final : public Model {
                         StepRouting* routing = nullptr) override;
     KvCacheShape kv_cache_shape(int64_t capacity) const override;
     void quantize_weights(DType type, ThreadPool& pool) override;
+    void set_expert_runner(ExpertRunner* runner) override;
 
   private:
+    // The gate lookahead of the runner: MoE layers moe_index + 1.. routed from x.
+    std::vector<Routing> predict_later_moe_layers(int moe_index, const Tensor& x,
+                                                  ThreadPool& pool) const;
+
     ModelConfig config_;
     Checkpoint checkpoint_;
     DecoderWeights weights_;
     std::vector<Buffer> quantized_;  // storage of weights quantized at load time
     std::vector<double> inv_freq_;
+    std::vector<int> moe_layers_;  // model layer index of each MoE layer
+    ExpertRunner* runner_ = nullptr;
 };
 
 // Binds the decoder weights named by `names` (exposed for tests of weight binding).

@@ -18,6 +18,8 @@
 
 namespace tandem {
 
+class ExpertRunner;
+
 struct SequenceStep {
     std::span<const int32_t> tokens;  // new tokens, appended after cache->length()
     KvCache* cache = nullptr;         // this sequence's cache, advanced by tokens.size()
@@ -50,6 +52,10 @@ class Model {
 
     // Shape of a KV cache for one sequence of up to `capacity` positions.
     virtual KvCacheShape kv_cache_shape(int64_t capacity) const = 0;
+
+    // Routed experts run on `runner` from now on (nullptr: on the CPU pool of forward()). The
+    // runner is bound to this model's weights here; it must outlive its use by this model.
+    virtual void set_expert_runner(ExpertRunner* runner);
 
     // Quantizes the weight matrices (attention, experts, dense FFNs, lm_head) to `type`, in
     // place, before the first forward(). Embeddings, norms and routers keep their type.

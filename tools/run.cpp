@@ -20,6 +20,7 @@
 #include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 #include "models/tokenizer/tokenizer.h"
+#include "tools/hybrid_flags.h"
 #include "tools/routing_recorder.h"
 #include "tools/run_prompts.h"
 
@@ -65,6 +66,19 @@ std::vector<int32_t> text_prompt(const tandem::Tokenizer& tok, const std::string
     return tok.encode(prompt);
 }
 
+// What the hybrid runtime did over the whole run.
+void print_hybrid_stats(const tandem::EngineStats& s) {
+    const int64_t accesses = s.expert_cache_hits + s.expert_cache_misses;
+    std::printf(
+        "experts: %lld on the CPU, %lld on the device; cache hit rate %.1f%% (%lld of %lld), "
+        "%lld evictions, %.1f MiB moved; prefetches %lld, used %lld\n",
+        (long long)s.experts_on_cpu, (long long)s.experts_on_device,
+        accesses ? 100.0 * double(s.expert_cache_hits) / double(accesses) : 0.0,
+        (long long)s.expert_cache_hits, (long long)accesses, (long long)s.expert_cache_evictions,
+        double(s.expert_bytes_moved) / (1 << 20), (long long)s.expert_prefetches,
+        (long long)s.expert_prefetches_used);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,6 +120,7 @@ int main(int argc, char** argv) {
                    "also record what layers L+1..L+J's routers predict from layer L (J <= 3)")
         ->capture_default_str();
     app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
+    add_hybrid_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     params.return_routed_experts = !record_file.empty();
@@ -135,6 +150,7 @@ int main(int argc, char** argv) {
             if (recorder)
                 std::printf("routing: %lld lines in %s\n", (long long)recorder->lines(),
                             record_file.c_str());
+            if (!config.expert_device.empty()) print_hybrid_stats(engine.stats());
             return 0;
         }
         if (random_prompt > 0) {
@@ -165,6 +181,7 @@ int main(int argc, char** argv) {
         std::printf("decode:  %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.decode_steps,
                     decode_s, rate(double(t.decode_steps), decode_s));
         std::printf("threads: %d\n", engine.thread_pool().size());
+        if (!config.expert_device.empty()) print_hybrid_stats(engine.stats());
     } catch (const std::exception& e) {
         std::fprintf(stderr, "tandem-run: %s\n", e.what());
         return 1;

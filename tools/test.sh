@@ -28,9 +28,11 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
 
 # ThreadSanitizer: what runs threads against each other — the sim device's streams and events,
-# and the engine's scheduler thread under concurrent submit/abort/stream/reload.
+# the engine's scheduler thread under concurrent submit/abort/stream/reload, and the hybrid
+# executor (CPU pool, sim compute and copy streams at once).
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON \
     -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
-cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine
+cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine test_hybrid_executor
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_sim_device
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_engine
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_hybrid_executor

@@ -5,6 +5,7 @@
 #include <optional>
 #include <random>
 
+#include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/device.h"
@@ -106,7 +107,8 @@ struct Engine::State {
     std::optional<DType> quantize;
     std::atomic<uint64_t> next_id{1};
     std::mutex reload_mutex;
-    std::unique_ptr<Scheduler> scheduler;  // last: stops before the rest goes
+    std::unique_ptr<HybridExecutor> executor;  // null: every expert on the CPU
+    std::unique_ptr<Scheduler> scheduler;      // last: stops before the rest goes
 };
 
 Engine::Engine(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -136,6 +138,7 @@ Engine Engine::open(const EngineConfig& config) {
     }
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
+    state->executor = make_hybrid_executor(config, *model, *state->pool);
     state->tokenizer = load_tokenizer_if_present(config.model_dir);
     state->model_config = model->config();
     const int64_t model_max = model->config().max_position_embeddings;
@@ -158,7 +161,8 @@ Engine Engine::open(const EngineConfig& config) {
         SchedulerOptions{.context_length = state->context_length,
                          .max_sequences = config.max_sequences,
                          .max_step_tokens = config.max_step_tokens,
-                         .max_waiting_requests = config.max_waiting_requests});
+                         .max_waiting_requests = config.max_waiting_requests,
+                         .expert_runner = state->executor.get()});
     return Engine(std::move(state));
 }
 
@@ -277,7 +281,9 @@ int64_t Engine::vocab_size() const {
     return state_->model_config.vocab_size;
 }
 EngineStats Engine::stats() const {
-    return state_->scheduler->stats();
+    EngineStats s = state_->scheduler->stats();
+    if (state_->executor) add_hybrid_stats(*state_->executor, s);
+    return s;
 }
 Model& Engine::model() {
     return state_->scheduler->model();

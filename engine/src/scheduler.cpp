@@ -114,6 +114,7 @@ std::unique_ptr<Model> Scheduler::swap_model(std::unique_ptr<Model> model) {
     swap_pending_ = true;
     wake_.notify_all();
     swapped_.wait(lock, [&] { return !swap_pending_ || stopping_; });
+    if (!swap_error_.empty()) fail(std::exchange(swap_error_, {}));
     return std::move(incoming_model_);  // now the old model
 }
 
@@ -134,7 +135,14 @@ void Scheduler::loop() {
             });
             if (stopping_) break;
             if (swap_pending_) {
-                std::swap(model_, incoming_model_);
+                try {  // between steps, on this thread: the runner is idle
+                    if (options_.expert_runner != nullptr)
+                        incoming_model_->set_expert_runner(options_.expert_runner);
+                    std::swap(model_, incoming_model_);
+                } catch (const std::exception& e) {
+                    swap_error_ = cat("reload_weights: ", e.what());
+                    model_->set_expert_runner(options_.expert_runner);  // back to the old weights
+                }
                 swap_pending_ = false;
                 swapped_.notify_all();
             }

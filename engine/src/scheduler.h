@@ -26,6 +26,7 @@
 #include "engine/src/request_state.h"
 #include "engine/src/sequence.h"
 #include "kernels/thread_pool.h"
+#include "models/expert_runner.h"
 #include "models/model.h"
 
 namespace tandem {
@@ -35,6 +36,7 @@ struct SchedulerOptions {
     int max_sequences = 64;
     int64_t max_step_tokens = 512;
     int max_waiting_requests = 1024;
+    ExpertRunner* expert_runner = nullptr;  // bound to each swapped-in model on this thread
 };
 
 class Scheduler {
@@ -92,6 +94,7 @@ class Scheduler {
     std::deque<std::shared_ptr<RequestHandle::State>> waiting_;
     std::unique_ptr<Model> incoming_model_;
     bool swap_pending_ = false;
+    std::string swap_error_;  // why binding the expert runner to the incoming model failed
     bool stopping_ = false;
     int64_t reserved_blocks_ = 0;
     EngineStats stats_;

@@ -25,24 +25,31 @@ Routing route_with(const MoeWeights& w, const ModelConfig& c, const Tensor& x, T
 }
 
 void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
-               ThreadPool& pool, Routing* routing_out) {
+               ThreadPool& pool, Routing* routing_out, const MoeRunnerContext& rc) {
     const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;
-    Routing routing = route_with(w, c, x, pool);
-    const ExpertGroups groups = group_by_expert(routing, c.n_experts);
-    const LayerPlan plan = plan_cpu_only(c.n_experts);
-    std::vector<uint8_t> skip(static_cast<size_t>(c.n_experts));
-    for (int64_t e = 0; e < c.n_experts; ++e)
-        skip[size_t(e)] = plan.placement[size_t(e)] != ExpertPlacement::Cpu;
-
+    Routing routing;
+    if (rc.runner == nullptr || !rc.runner->replace_routing(rc.moe_layer, n_tokens, routing))
+        routing = route_with(w, c, x, pool);
     std::fill_n(out.data_as<float>(), n_tokens * hidden, 0.0f);
-    cpu::moe_experts({.x = x,
-                      .out = out,
-                      .experts = w.experts,
-                      .offsets = groups.offsets,
-                      .token_index = groups.token_index,
-                      .token_weight = groups.token_weight,
-                      .skip = skip},
-                     pool);
+    if (rc.runner != nullptr) {
+        rc.runner->run({.layer = rc.layer,
+                        .moe_layer = rc.moe_layer,
+                        .weights = &w,
+                        .x = x,
+                        .routing = &routing,
+                        .predicted = rc.predicted,
+                        .out = out},
+                       pool);
+    } else {
+        const ExpertGroups groups = group_by_expert(routing, c.n_experts);
+        cpu::moe_experts({.x = x,
+                          .out = out,
+                          .experts = w.experts,
+                          .offsets = groups.offsets,
+                          .token_index = groups.token_index,
+                          .token_weight = groups.token_weight},
+                         pool);
+    }
 
     if (c.shared_expert_ffn_dim > 0) {
         OwnedTensor shared = make_tensor(DType::F32, {n_tokens, hidden});

@@ -9,6 +9,7 @@
 
 #include "models/config.h"
 #include "models/decoder.h"
+#include "models/expert_runner.h"
 #include "scheduler/routing.h"
 
 namespace tandem {
@@ -22,9 +23,18 @@ Routing route_tokens(const Tensor& logits, int64_t n_experts_active, bool normal
 Routing route_with(const MoeWeights& w, const ModelConfig& config, const Tensor& x,
                    ThreadPool& pool);
 
+// Who computes the routed experts, and what it needs to know about the layer. Without a runner
+// every expert runs on the CPU on `pool`.
+struct MoeRunnerContext {
+    ExpertRunner* runner = nullptr;
+    int layer = 0;
+    int moe_layer = 0;
+    std::span<const Routing> predicted = {};  // the gate lookahead (models/expert_runner.h)
+};
+
 // x: [n_tokens, hidden_dim] f32, normalised; out: [n_tokens, hidden_dim] f32, overwritten.
 // If `routing` is given, the step's routing is stored there (for tests and trace recording).
 void moe_block(const MoeWeights& w, const ModelConfig& config, const Tensor& x, const Tensor& out,
-               ThreadPool& pool, Routing* routing = nullptr);
+               ThreadPool& pool, Routing* routing = nullptr, const MoeRunnerContext& runner = {});
 
 }  // namespace tandem

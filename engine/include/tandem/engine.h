@@ -42,6 +42,26 @@ struct EngineConfig {
     int max_sequences = 64;      // sequences in one step at most
     int64_t max_step_tokens = 512;    // tokens in one step at most (prefill chunks + decodes)
     int max_waiting_requests = 1024;  // beyond this, submit() throws QueueFullError
+
+    // Hybrid execution of the routed experts (README "Hybrid runtime"). "": every expert runs on
+    // the CPU. "sim": the emulated device (runs anywhere; for tests and what-if runs). "cuda:N":
+    // a GPU (refused until the CUDA expert kernels exist).
+    std::string expert_device;
+    int64_t gpu_expert_budget = -1;    // device bytes for expert slots; -1: use gpu_expert_ratio
+    double gpu_expert_ratio = 0.25;    // of all routed experts, when no byte budget is set
+    std::string cache_policy = "mrs";  // mrs, lru, lfu, static
+    std::string planner = "hybrimoe";  // hybrimoe, static, fiddler, gpu-stream, cpu-only
+    bool prefetch = true;              // impact-driven prefetch of the next 3 layers' experts
+    // Cost model: a hardware profile (JSON, tools/profiles/), or "" to measure it on this machine
+    // at start-up, cached in calibration_file ("": ~/.cache/tandem/calibration.json).
+    std::string hardware_profile;
+    std::string calibration_file;
+    bool recalibrate = false;  // measure even when a cached calibration exists
+    // Routing replay: every MoE layer takes its experts and weights from this routing trace
+    // (formats of tools/README.md), token by token, instead of from its router; the prefetcher
+    // then predicts with replay_predictor ("oracle:ACC" or "history", as tandem-sim).
+    std::string replay_routing;
+    std::string replay_predictor = "oracle:0.8";
 };
 
 struct EngineStats {
@@ -53,8 +73,15 @@ struct EngineStats {
     int64_t prompt_tokens_total = 0;
     int64_t generated_tokens_total = 0;
     int64_t steps_total = 0;
-    int64_t expert_cache_hits = 0;  // GPU expert cache; 0 while every expert runs on the CPU
+    // The hybrid runtime's counters; 0 while every expert runs on the CPU.
+    int64_t expert_cache_hits = 0;
     int64_t expert_cache_misses = 0;
+    int64_t expert_cache_evictions = 0;
+    int64_t expert_bytes_moved = 0;  // demand copies and prefetches
+    int64_t expert_prefetches = 0;
+    int64_t expert_prefetches_used = 0;  // accessed before eviction
+    int64_t experts_on_cpu = 0;          // expert jobs computed by the CPU pool
+    int64_t experts_on_device = 0;
 };
 
 class Engine {

@@ -1,0 +1,462 @@
+#include "engine/src/hybrid_executor.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+
+#include "kernels/cpu/expert_ffn.h"
+#include "kernels/error.h"
+#include "kernels/log.h"
+#include "models/config.h"
+#include "models/decoder.h"
+#include "scheduler/prefetcher.h"
+
+namespace tandem {
+namespace {
+
+constexpr size_t kSlotAlign = 256;  // each of gate, up, down starts on this boundary
+
+size_t align_up(size_t n) {
+    return (n + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
+}
+
+size_t expert_slot_bytes(const cpu::ExpertWeights& w) {
+    return align_up(size_t(w.gate.bytes())) + align_up(size_t(w.up.bytes())) +
+           align_up(size_t(w.down.bytes()));
+}
+
+// An expert laid out at `p` (gate | up | down, each aligned) with the types and shapes of `like`.
+cpu::ExpertWeights expert_at(std::byte* p, const cpu::ExpertWeights& like, Device device) {
+    const size_t up_at = align_up(size_t(like.gate.bytes()));
+    const size_t down_at = up_at + align_up(size_t(like.up.bytes()));
+    return {.gate = Tensor(p, like.gate.dtype(), like.gate.shape(), device),
+            .up = Tensor(p + up_at, like.up.dtype(), like.up.shape(), device),
+            .down = Tensor(p + down_at, like.down.dtype(), like.down.shape(), device)};
+}
+
+// Queues the copies of expert `w` into `dst` (laid out as expert_at(dst, w)).
+void copy_expert(Stream& stream, const cpu::ExpertWeights& dst, const cpu::ExpertWeights& w) {
+    stream.copy_async(dst.gate.data(), w.gate.data(), size_t(w.gate.bytes()),
+                      CopyDirection::HostToDevice);
+    stream.copy_async(dst.up.data(), w.up.data(), size_t(w.up.bytes()),
+                      CopyDirection::HostToDevice);
+    stream.copy_async(dst.down.data(), w.down.data(), size_t(w.down.bytes()),
+                      CopyDirection::HostToDevice);
+}
+
+double now_ms() {
+    return std::chrono::duration<double, std::milli>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// The default warm set: experts 0, 1, ... of every layer in turn, until the slots are full.
+std::vector<ExpertKey> even_spread(int64_t slots, int64_t n_layers, int64_t n_experts) {
+    std::vector<ExpertKey> keys;
+    for (int64_t i = 0; i < std::min(slots, n_layers * n_experts); ++i)
+        keys.push_back({int32_t(i % n_layers), int32_t(i / n_layers)});
+    return keys;
+}
+
+}  // namespace
+
+HybridExecutor::HybridExecutor(HybridOptions options) : options_(std::move(options)) {
+    const Device d = options_.device;
+    if (d.kind == DeviceKind::Cpu)
+        fail("hybrid executor: the expert device must be sim or cuda:N, not cpu");
+    if (d.kind == DeviceKind::Cuda)
+        fail("hybrid executor: ", d.name(),
+             ": routed experts cannot run on a CUDA GPU yet (the CUDA expert kernels of the CUDA "
+             "backend are not built); use the sim device to run the hybrid runtime");
+    if (options_.budget_bytes < -1 || options_.budget_ratio < 0 || options_.budget_ratio > 1)
+        fail("hybrid executor: the expert budget must be >= 0 bytes or a ratio in [0, 1]");
+    device_pool_ = std::make_unique<ThreadPool>(ThreadPoolOptions{.n_threads = 1, .pin = false});
+    compute_ = make_stream(d);
+    copy_ = make_stream(d);
+}
+
+HybridExecutor::~HybridExecutor() {
+    // Queued work refers to the slots and the scratch buffers: let it finish first.
+    if (copy_) copy_->synchronize();
+    if (compute_) compute_->synchronize();
+}
+
+void HybridExecutor::bind(const ModelConfig& config,
+                          std::span<const MoeWeights* const> moe_layers) {
+    copy_->synchronize();
+    compute_->synchronize();
+    // Everything that can fail comes first, so that a failed bind leaves the old binding intact.
+    const int64_t n_layers = int64_t(moe_layers.size()), n_experts = config.n_experts;
+    size_t slot_bytes = 0;
+    for (const MoeWeights* layer : moe_layers) {
+        if (int64_t(layer->experts.size()) != n_experts)
+            fail("hybrid executor: a MoE layer has ", layer->experts.size(), " experts, not ",
+                 n_experts);
+        for (const cpu::ExpertWeights& e : layer->experts) {
+            const cpu::ExpertWeights& first = layer->experts[0];
+            if (e.gate.dtype() != first.gate.dtype() || e.up.dtype() != first.up.dtype() ||
+                e.down.dtype() != first.down.dtype())
+                fail(
+                    "hybrid executor: the experts of a MoE layer do not all have the same weight "
+                    "types");
+            slot_bytes = std::max(slot_bytes, expert_slot_bytes(e));
+        }
+    }
+    const int64_t total = n_layers * n_experts;
+    int64_t capacity = options_.budget_bytes >= 0
+                           ? expert_slots_for_bytes(options_.budget_bytes, int64_t(slot_bytes))
+                           : expert_slots_for_ratio(options_.budget_ratio, n_layers, n_experts);
+    capacity = std::clamp<int64_t>(capacity, 0, total);
+    std::vector<ExpertKey> warm = options_.warm_set;
+    if (warm.empty()) warm = even_spread(capacity, n_layers, n_experts);
+    if (int64_t(warm.size()) > capacity) warm.resize(size_t(capacity));
+    for (ExpertKey key : warm)
+        if (key.layer < 0 || key.layer >= n_layers || key.expert < 0 || key.expert >= n_experts)
+            fail("hybrid executor: warm-up expert (", key.layer, ", ", key.expert,
+                 ") is outside the model");
+    auto cache = std::make_unique<ExpertCache>(
+        ExpertCacheConfig{.policy = {.kind = options_.cache_policy,
+                                     .n_layers = n_layers,
+                                     .n_experts = n_experts,
+                                     .n_experts_active = config.n_experts_active,
+                                     .mrs_alpha = options_.mrs_alpha,
+                                     .static_set = warm},
+                          .expert_bytes = int64_t(slot_bytes),
+                          .capacity = capacity});
+    Buffer slots =
+        capacity > 0 ? allocate(options_.device, size_t(capacity) * slot_bytes) : Buffer();
+
+    layers_.assign(moe_layers.begin(), moe_layers.end());
+    n_experts_ = n_experts;
+    capacity_ = capacity;
+    slot_bytes_ = slot_bytes;
+    slots_ = std::move(slots);
+    cache_ = std::move(cache);
+    slot_ready_.assign(size_t(capacity_), nullptr);
+    slot_arrival_ms_.assign(size_t(capacity_), 0.0);
+    copy_free_ms_ = 0;
+    for (ExpertKey key : warm) {
+        const InsertResult r = cache_->insert(key, InsertReason::Warmup);
+        if (r.inserted) copy_in(r.slot, key.layer, key.expert);
+    }
+    copy_->synchronize();
+
+    tokens_.assign(size_t(n_experts_), 0);
+    resident_.assign(size_t(n_experts_), 0);
+    skip_.assign(size_t(n_experts_), 0);
+    ready_ms_.assign(size_t(n_experts_), 0.0);
+    predicted_tokens_.assign(3, std::vector<int32_t>(size_t(n_experts_)));
+    predicted_resident_.assign(3, std::vector<uint8_t>(size_t(n_experts_)));
+    prefetch_issued_ = 0;
+    running_ = {};
+    publish_counters();
+    log_info("hybrid executor on ", options_.device.name(), ": ", capacity_, " of ", total,
+             " routed experts fit in ", double(capacity_) * double(slot_bytes_) / (1 << 20),
+             " MiB; cache ", cache_policy_name(options_.cache_policy), ", planner ",
+             planner_name(options_.planner), ", prefetch ", options_.prefetch ? "on" : "off");
+}
+
+std::byte* HybridExecutor::slot_data(int64_t slot) const {
+    return static_cast<std::byte*>(slots_.data()) + size_t(slot) * slot_bytes_;
+}
+
+cpu::ExpertWeights HybridExecutor::slot_weights(int64_t slot, int32_t layer) const {
+    return expert_at(slot_data(slot), layers_[size_t(layer)]->experts[0], options_.device);
+}
+
+void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
+    const cpu::ExpertWeights& w = layers_[size_t(layer)]->experts[size_t(expert)];
+    copy_expert(*copy_, slot_weights(slot, layer), w);
+    slot_ready_[size_t(slot)] = copy_->record();
+    const double start = std::max(now_ms(), copy_free_ms_);
+    copy_free_ms_ = start + options_.cost.transfer_ms;
+    slot_arrival_ms_[size_t(slot)] = copy_free_ms_;
+}
+
+void HybridExecutor::begin_step(int64_t) {
+    last_layer_end_ms_ = -1;
+}
+
+void HybridExecutor::end_step() {
+    // A failed layer may have left device work queued that refers to this step's buffers.
+    compute_->synchronize();
+    last_layer_end_ms_ = -1;
+    publish_counters();
+}
+
+void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
+    const Routing& routing = *call.routing;
+    const int32_t layer = call.moe_layer;
+    const int64_t n_tokens = call.x.dim(0), hidden = call.x.dim(1);
+    const double start = now_ms();
+    if (last_layer_end_ms_ >= 0)  // attention and norms of this layer, as the prefetcher's clock
+        dense_ms_ = dense_ms_ == 0 ? start - last_layer_end_ms_
+                                   : 0.8 * dense_ms_ + 0.2 * (start - last_layer_end_ms_);
+
+    // 1. Loads, scores, accesses.
+    groups_ = group_by_expert(routing, n_experts_);
+    active_.clear();
+    for (int64_t e = 0; e < n_experts_; ++e) {
+        tokens_[size_t(e)] = int32_t(groups_.tokens_of(e));
+        if (tokens_[size_t(e)] > 0) active_.push_back(int32_t(e));
+    }
+    cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
+                         routing.weights);
+    cache_->record_access(layer, active_);
+
+    // 2. Plan against what is resident, with the arrival times of copies still in flight.
+    for (int64_t e = 0; e < n_experts_; ++e) {
+        const int64_t slot = cache_->slot({layer, int32_t(e)});
+        resident_[size_t(e)] = slot >= 0;
+        ready_ms_[size_t(e)] = 0;
+        if (slot >= 0 && slot_ready_[size_t(slot)] && !slot_ready_[size_t(slot)]->done())
+            ready_ms_[size_t(e)] = std::max(0.0, slot_arrival_ms_[size_t(slot)] - start);
+    }
+    plan_layer(options_.planner,
+               {.cost = options_.cost,
+                .tokens = tokens_,
+                .resident = resident_,
+                .ready_ms = ready_ms_,
+                .pcie_free_ms = std::max(0.0, copy_free_ms_ - start)},
+               plan_);
+    placement_ = plan_.placement;
+
+    // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
+    pins_.clear();
+    for (int32_t e : active_)
+        pins_.push_back({layer, e});
+    if (!call.predicted.empty())
+        for (int32_t e : call.predicted[0].experts)
+            pins_.push_back({layer + 1, e});
+    cache_->set_pinned(pins_);
+    for (const PlannedJob& copy : plan_.transfers) {
+        const InsertResult r = cache_->insert({layer, copy.expert}, InsertReason::Demand);
+        if (!r.inserted) {  // not admitted (static) or every slot pinned: the CPU takes it
+            placement_[size_t(copy.expert)] = ExpertPlacement::Cpu;
+            ++running_.refused_transfers;
+            continue;
+        }
+        copy_in(r.slot, layer, copy.expert);
+        ++running_.transfers;
+    }
+
+    // 4. The device's experts, in the planner's GPU order, each after its own copy.
+    const size_t out_bytes = size_t(n_tokens * hidden) * sizeof(float);
+    if (device_out_.bytes() < out_bytes) device_out_ = allocate(options_.device, out_bytes);
+    std::memset(device_out_.data(), 0, out_bytes);  // the stream is idle between layers
+    const Tensor device_out(device_out_.data(), DType::F32, {n_tokens, hidden}, options_.device);
+    bool device_used = false;
+    for (const PlannedJob& job : plan_.gpu_jobs) {
+        const int32_t e = job.expert;
+        if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
+        const int64_t slot = cache_->slot({layer, e});
+        if (slot < 0)
+            fail("hybrid executor: expert ", e, " of MoE layer ", layer, " lost its slot");
+        if (slot_ready_[size_t(slot)]) compute_->wait(slot_ready_[size_t(slot)]);
+        const int32_t begin = groups_.offsets[size_t(e)], n = int32_t(groups_.tokens_of(e));
+        compute_->launch_host([this, w = slot_weights(slot, layer), x = call.x, device_out, begin,
+                               n] {
+            const std::array<int32_t, 2> offsets = {0, n};
+            cpu::moe_experts(
+                {.x = x,
+                 .out = device_out,
+                 .experts = {&w, 1},
+                 .offsets = offsets,
+                 .token_index = std::span(groups_.token_index).subspan(size_t(begin), size_t(n)),
+                 .token_weight = std::span(groups_.token_weight).subspan(size_t(begin), size_t(n))},
+                *device_pool_);
+        });
+        ++running_.gpu_experts;
+        device_used = true;
+    }
+
+    // 5. Prefetches for the next layers, behind the demand copies.
+    if (options_.prefetch && !call.predicted.empty())
+        issue_prefetches(call, start + plan_.makespan_ms());
+
+    // 6. The CPU's experts, overlapping the device; then the device's sum joins the output.
+    for (int64_t e = 0; e < n_experts_; ++e) {
+        skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
+        if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
+    }
+    cpu::moe_experts({.x = call.x,
+                      .out = call.out,
+                      .experts = call.weights->experts,
+                      .offsets = groups_.offsets,
+                      .token_index = groups_.token_index,
+                      .token_weight = groups_.token_weight,
+                      .skip = skip_},
+                     pool);
+    compute_->synchronize();
+    if (device_used) {
+        const float* src = device_out.data_as<const float>();
+        float* dst = call.out.data_as<float>();
+        for (int64_t i = 0; i < n_tokens * hidden; ++i)
+            dst[i] += src[i];
+    }
+    ++running_.layers;
+    last_layer_end_ms_ = now_ms();
+}
+
+void HybridExecutor::issue_prefetches(const MoeLayerCall& call, double layer_end_ms) {
+    const int32_t layer = call.moe_layer;
+    const double now = now_ms();
+    std::vector<PrefetchLayer> later;
+    double starts_in = std::max(0.0, layer_end_ms - now);
+    const size_t n_later = std::min<size_t>(call.predicted.size(), 3);
+    for (size_t d = 0; d < n_later; ++d) {
+        const int32_t target = layer + int32_t(d) + 1;
+        std::vector<int32_t>& tokens = predicted_tokens_[d];
+        std::vector<uint8_t>& resident = predicted_resident_[d];
+        std::fill(tokens.begin(), tokens.end(), 0);
+        for (int32_t e : call.predicted[d].experts)
+            ++tokens[size_t(e)];
+        for (int64_t e = 0; e < n_experts_; ++e)
+            resident[size_t(e)] = cache_->resident({target, int32_t(e)});
+        starts_in += dense_ms_;
+        later.push_back({.layer = target,
+                         .predicted_tokens = tokens,
+                         .resident = resident,
+                         .starts_in_ms = starts_in});
+        plan_layer(options_.planner,
+                   {.cost = options_.cost, .tokens = tokens, .resident = resident}, scratch_plan_);
+        starts_in += scratch_plan_.makespan_ms();
+    }
+    const std::vector<PrefetchRequest> requests =
+        plan_prefetches({.cost = options_.cost,
+                         .planner = options_.planner,
+                         .layers = later,
+                         .copy_free_in_ms = std::max(0.0, copy_free_ms_ - now)});
+    if (requests.empty()) return;
+    // Every predicted target stays through the evictions these copies cause.
+    const size_t own_pins = pins_.size();
+    for (size_t d = 0; d < n_later; ++d)
+        for (int32_t e : call.predicted[d].experts)
+            pins_.push_back({layer + int32_t(d) + 1, e});
+    cache_->set_pinned(pins_);
+    for (const PrefetchRequest& r : requests) {
+        const InsertResult inserted = cache_->insert({r.layer, r.expert}, InsertReason::Prefetch);
+        if (!inserted.inserted) continue;
+        copy_in(inserted.slot, r.layer, r.expert);
+        ++prefetch_issued_;
+    }
+    pins_.resize(own_pins);
+    cache_->set_pinned(pins_);
+}
+
+void HybridExecutor::publish_counters() {
+    HybridCounters c = running_;
+    if (cache_) c.cache = cache_->total();
+    c.prefetch_issued = prefetch_issued_;
+    std::lock_guard lock(counters_mutex_);
+    published_ = c;
+}
+
+HybridCounters HybridExecutor::counters() const {
+    std::lock_guard lock(counters_mutex_);
+    return published_;
+}
+
+}  // namespace tandem
+
+namespace tandem {
+namespace {
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+}  // namespace
+
+CostModel HybridExecutor::calibrate(ThreadPool& pool) {
+    if (layers_.empty()) fail("hybrid executor: calibrate() before bind()");
+    constexpr int kRuns = 7;
+    constexpr int32_t kLongTokens = 16;
+    const MoeWeights& layer = *layers_[0];
+    const int64_t hidden = layer.experts[0].gate.dim(1);
+    OwnedTensor x = make_tensor(DType::F32, {kLongTokens, hidden});
+    OwnedTensor out = make_tensor(DType::F32, {kLongTokens, hidden});
+    for (int64_t i = 0; i < kLongTokens * hidden; ++i)  // any activations of a plausible size
+        x.view.data_as<float>()[i] = float((i * 7919) % 2001 - 1000) / 1000.0f;
+    Buffer scratch = allocate(options_.device, slot_bytes_);
+    int32_t next_expert = 0;
+
+    // One timed run: `n_experts` experts with `tokens` tokens each, on the CPU pool or the device.
+    auto time_run = [&](int n_experts, int32_t tokens, bool device) {
+        std::vector<int32_t> offsets = {0}, index;
+        std::vector<float> weight;
+        std::vector<cpu::ExpertWeights> experts;
+        for (int i = 0; i < n_experts; ++i) {
+            experts.push_back(layer.experts[size_t(next_expert)]);
+            next_expert = int32_t((next_expert + 1) % n_experts_);
+            for (int32_t t = 0; t < tokens; ++t) {
+                index.push_back(t);
+                weight.push_back(1.0f);
+            }
+            offsets.push_back(int32_t(index.size()));
+        }
+        const auto run = [&](ThreadPool& on, std::span<const cpu::ExpertWeights> w) {
+            cpu::moe_experts({.x = x.view.slice_rows(0, tokens),
+                              .out = out.view.slice_rows(0, tokens),
+                              .experts = w,
+                              .offsets = offsets,
+                              .token_index = index,
+                              .token_weight = weight},
+                             on);
+        };
+        if (!device) {
+            const double t0 = now_ms();
+            run(pool, experts);
+            return now_ms() - t0;
+        }
+        // The device computes from its memory: copy the first expert in, then time the kernel.
+        const cpu::ExpertWeights on_device =
+            expert_at(static_cast<std::byte*>(scratch.data()), experts[0], options_.device);
+        copy_expert(*copy_, on_device, experts[0]);
+        copy_->synchronize();
+        std::vector<cpu::ExpertWeights> same(size_t(n_experts), on_device);
+        double ms = 0;
+        compute_->launch_host([&] {
+            const double t0 = now_ms();
+            run(*device_pool_, same);
+            ms = now_ms() - t0;
+        });
+        compute_->synchronize();
+        return ms;
+    };
+    auto measure = [&](int n_experts, int32_t tokens, bool device) {
+        time_run(n_experts, tokens, device);  // warm-up: page faults, instruction caches
+        std::vector<double> runs;
+        for (int r = 0; r < kRuns; ++r)
+            runs.push_back(time_run(n_experts, tokens, device));
+        return median(runs);
+    };
+
+    CostModel c;
+    const double cpu_1 = measure(1, 1, false), cpu_16 = measure(1, kLongTokens, false);
+    const double cpu_4 = measure(4, 1, false);
+    c.cpu_b_ms = std::max(0.0, (cpu_16 - cpu_1) / double(kLongTokens - 1));
+    c.cpu_a_ms = std::max(0.0, (cpu_4 - cpu_1) / 3.0 - c.cpu_b_ms);
+    c.cpu_first_ms = std::max(0.0, cpu_1 - c.cpu_a_ms - c.cpu_b_ms);
+    const double gpu_1 = measure(1, 1, true), gpu_16 = measure(1, kLongTokens, true);
+    c.gpu_b_ms = std::max(0.0, (gpu_16 - gpu_1) / double(kLongTokens - 1));
+    c.gpu_a_ms = std::max(0.0, gpu_1 - c.gpu_b_ms);
+    std::vector<double> copies;
+    for (int r = 0; r < kRuns; ++r) {
+        const cpu::ExpertWeights& w = layer.experts[size_t(r % n_experts_)];
+        const double t0 = now_ms();
+        copy_expert(*copy_, expert_at(static_cast<std::byte*>(scratch.data()), w, options_.device),
+                    w);
+        copy_->synchronize();
+        copies.push_back(now_ms() - t0);
+    }
+    c.transfer_ms = median(copies);
+    log_info("calibrated the hybrid cost model: cpu ", c.cpu_a_ms, " + ", c.cpu_b_ms,
+             " ms/token (first expert +", c.cpu_first_ms, " ms), device ", c.gpu_a_ms, " + ",
+             c.gpu_b_ms, " ms/token, copy ", c.transfer_ms, " ms per expert");
+    return c;
+}
+
+}  // namespace tandem

@@ -1,0 +1,137 @@
+// HybridExecutor: runs each MoE layer's routed experts split between the CPU pool and a device,
+// as the per-layer planner decides, with an expert cache in device memory and the impact-driven
+// prefetcher (HybriMoE; ../shared/reference/hybrimoe.md).
+//
+// Per MoE layer, on the thread that runs the model:
+//   1. the routing gives the tokens per expert; the cache sees the router scores (MRS) and the
+//      accesses (hits and misses);
+//   2. the planner (scheduler/planner.h) places each activated expert: CPU, GPU (resident, or
+//      still arriving from a prefetch) or Transfer (copied now, then computed on the device);
+//   3. the experts this layer uses and the next layer's predicted ones are pinned, demand copies
+//      go to the copy stream (evicting the policy's victims), each followed by an event;
+//   4. the device's experts are queued on the compute stream, each waiting only for its own copy;
+//   5. prefetches for the next layers are queued on the copy stream behind the demand copies, in
+//      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
+//      computes (or by the replayed trace's predictor);
+//   6. meanwhile the CPU pool computes the CPU's experts from the host weights with the fused
+//      kernel, straight into the layer's output; then the device's partial sum is added to it.
+// Host weights (the mapped checkpoint or the load-time quantized copy) are the only host copy
+// and the source of every transfer. Slots hold one expert each (gate | up | down, each aligned).
+//
+// Devices: `sim` computes its experts with the CPU kernel on the compute stream's worker thread
+// (one thread, so the CPU pool keeps its cores) and takes its activations as already on the
+// device, as they would be after GPU attention. `cuda:N` needs the CUDA expert kernels of the
+// CUDA backend, which do not exist yet: the executor refuses it with that reason.
+// Counters are kept per layer by the cache; counters() may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "cache/expert_cache.h"
+#include "kernels/buffer.h"
+#include "kernels/stream.h"
+#include "models/expert_runner.h"
+#include "scheduler/cost_model.h"
+#include "scheduler/planner.h"
+
+namespace tandem {
+
+namespace cpu {
+struct ExpertWeights;
+}
+
+struct HybridOptions {
+    Device device = {DeviceKind::Sim, 0};
+    int64_t budget_bytes = -1;   // device memory for expert slots; -1: use budget_ratio
+    double budget_ratio = 0.25;  // of all routed experts of the model
+    CachePolicyKind cache_policy = CachePolicyKind::Mrs;
+    double mrs_alpha = 0.5;
+    PlannerKind planner = PlannerKind::HybriMoe;
+    bool prefetch = true;
+    CostModel cost = {};
+    // Experts copied in at bind() (and the fixed set of the `static` policy), most wanted first;
+    // empty: an even spread over the layers, expert ids in order (nothing better is known before
+    // the first step; a replayed trace gives its activation-frequency profile).
+    std::vector<ExpertKey> warm_set = {};
+};
+
+struct HybridCounters {
+    CacheCounters cache = {};
+    int64_t prefetch_issued = 0;
+    int64_t cpu_experts = 0;        // expert jobs run on the CPU
+    int64_t gpu_experts = 0;        // on the device (resident or transferred)
+    int64_t transfers = 0;          // demand copies
+    int64_t refused_transfers = 0;  // planned copies the cache could not admit: run on the CPU
+    int64_t layers = 0;
+};
+
+class HybridExecutor final : public ExpertRunner {
+  public:
+    explicit HybridExecutor(HybridOptions options);
+    ~HybridExecutor() override;
+
+    void bind(const ModelConfig& config, std::span<const MoeWeights* const> moe_layers) override;
+    int lookahead() const override { return options_.prefetch ? 3 : 0; }
+    void begin_step(int64_t n_tokens) override;
+    void run(const MoeLayerCall& call, ThreadPool& pool) override;
+    void end_step() override;
+
+    // Measures the cost model on this machine with the bound model's experts (MoE layer 0):
+    // CPU pool times for 1 expert x 1 token, 1 x 16 tokens and 4 x 1 token (the slope, the
+    // intercept and the first-expert warm-up), the device's for 1 x 1 and 1 x 16, and one
+    // expert's copy. Each is the median of 7 runs on experts not used by the previous run, so
+    // weights come from memory as they do in decode. Shared experts stay on the CPU: no GPU
+    // intercept. Call between steps.
+    CostModel calibrate(ThreadPool& pool);
+    void set_cost_model(const CostModel& cost) { options_.cost = cost; }
+
+    int64_t slots() const { return capacity_; }
+    int64_t slot_bytes() const { return int64_t(slot_bytes_); }
+    const HybridOptions& options() const { return options_; }
+    HybridCounters counters() const;
+
+  private:
+    std::byte* slot_data(int64_t slot) const;
+    cpu::ExpertWeights slot_weights(int64_t slot, int32_t layer) const;
+    void copy_in(int64_t slot, int32_t layer, int32_t expert);
+    void issue_prefetches(const MoeLayerCall& call, double layer_end_ms);
+    void publish_counters();
+
+    HybridOptions options_;
+    std::unique_ptr<ThreadPool> device_pool_;  // the sim device's one compute thread
+    std::unique_ptr<Stream> compute_, copy_;
+    std::vector<const MoeWeights*> layers_;
+    int64_t n_experts_ = 0;
+    int64_t capacity_ = 0;
+    size_t slot_bytes_ = 0;
+    Buffer slots_;
+    std::unique_ptr<ExpertCache> cache_;
+    std::vector<std::shared_ptr<Event>> slot_ready_;  // [capacity] the last copy into the slot
+    std::vector<double> slot_arrival_ms_;             // [capacity] when that copy should land
+    double copy_free_ms_ = 0;                         // when the copy engine should be idle
+    double dense_ms_ = 0;  // moving average of the time between two MoE layers
+    double last_layer_end_ms_ = -1;
+
+    // Per-layer scratch, reused.
+    ExpertGroups groups_;
+    std::vector<int32_t> tokens_, active_;
+    std::vector<uint8_t> resident_, skip_;
+    std::vector<double> ready_ms_;
+    std::vector<ExpertKey> pins_;
+    LayerPlan plan_, scratch_plan_;
+    std::vector<ExpertPlacement> placement_;
+    Buffer device_out_;  // [n_tokens, hidden_dim] f32 on the device: its experts' partial sum
+    std::vector<std::vector<int32_t>> predicted_tokens_;
+    std::vector<std::vector<uint8_t>> predicted_resident_;
+
+    int64_t prefetch_issued_ = 0;
+    HybridCounters running_ = {};
+    mutable std::mutex counters_mutex_;
+    HybridCounters published_ = {};
+};
+
+}  // namespace tandem

@@ -1,0 +1,80 @@
+#include "engine/src/hybrid_setup.h"
+
+#include "engine/src/calibration_cache.h"
+#include "kernels/dtype.h"
+#include "kernels/error.h"
+#include "kernels/log.h"
+#include "models/decoder.h"
+
+namespace tandem {
+std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config, Model& model,
+                                                     ThreadPool& pool) {
+    if (config.expert_device.empty()) return nullptr;
+    const ModelConfig& mc = model.config();
+    if (!mc.is_moe())
+        fail("EngineConfig.expert_device: ", mc.architecture,
+             " has no routed experts to place on a device");
+    HybridOptions options;
+    options.device = parse_device(config.expert_device);
+    if (config.gpu_expert_budget < -1)
+        fail("EngineConfig.gpu_expert_budget: ", config.gpu_expert_budget,
+             " (bytes, or -1 to use gpu_expert_ratio)");
+    if (!(config.gpu_expert_ratio >= 0 && config.gpu_expert_ratio <= 1))
+        fail("EngineConfig.gpu_expert_ratio: ", config.gpu_expert_ratio, " is not in [0, 1]");
+    options.budget_bytes = config.gpu_expert_budget;
+    options.budget_ratio = config.gpu_expert_ratio;
+    options.cache_policy = parse_cache_policy(config.cache_policy);
+    options.planner = parse_planner(config.planner);
+    options.prefetch = config.prefetch;
+    auto executor = std::make_unique<HybridExecutor>(options);
+    model.set_expert_runner(executor.get());
+
+    if (!config.hardware_profile.empty()) {
+        const HardwareProfile hw = load_hardware_profile(config.hardware_profile);
+        int64_t n_moe = 0;
+        for (bool moe : mc.layer_is_moe)
+            n_moe += moe;
+        const ModelShape shape{.name = mc.architecture,
+                               .n_moe_layers = n_moe,
+                               .n_experts = mc.n_experts,
+                               .n_experts_active = mc.n_experts_active,
+                               .hidden_dim = mc.hidden_dim,
+                               .expert_ffn_dim = mc.expert_ffn_dim,
+                               .bits_per_weight = 8.0 * double(executor->slot_bytes()) /
+                                                  double(3 * mc.hidden_dim * mc.expert_ffn_dim)};
+        executor->set_cost_model(CostModel::from_profile(hw, shape));
+        log_info("hybrid cost model from the hardware profile ", config.hardware_profile);
+        return executor;
+    }
+    const std::string file =
+        config.calibration_file.empty() ? default_calibration_file() : config.calibration_file;
+    const std::string key =
+        calibration_key(mc,
+                        cat(config.quantize.empty() ? "weights as stored" : config.quantize, ", ",
+                            executor->slot_bytes(), " bytes per expert"),
+                        pool.size(), options.device.name());
+    std::optional<CostModel> cost;
+    if (!config.recalibrate) cost = load_calibration(file, key);
+    if (cost) {
+        log_info("hybrid cost model from ", file);
+    } else {
+        cost = executor->calibrate(pool);
+        save_calibration(file, key, *cost);
+    }
+    executor->set_cost_model(*cost);
+    return executor;
+}
+
+void add_hybrid_stats(const HybridExecutor& executor, EngineStats& s) {
+    const HybridCounters c = executor.counters();
+    s.expert_cache_hits = c.cache.hits;
+    s.expert_cache_misses = c.cache.misses;
+    s.expert_cache_evictions = c.cache.evictions;
+    s.expert_bytes_moved = c.cache.bytes_moved;
+    s.expert_prefetches = c.prefetch_issued;
+    s.expert_prefetches_used = c.cache.prefetch_used;
+    s.experts_on_cpu = c.cpu_experts;
+    s.experts_on_device = c.gpu_experts;
+}
+
+}  // namespace tandem

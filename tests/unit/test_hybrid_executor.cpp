@@ -1,0 +1,233 @@
+// The hybrid executor on the sim device: whatever the planner, the budget and the prefetcher do,
+// the logits are the CPU reference's; the counters say the device really computed; bad
+// configurations are refused by name. Runs under ThreadSanitizer in CI (tools/test.sh).
+#include <gtest/gtest.h>
+
+#include <tandem/engine.h>
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "engine/src/calibration_cache.h"
+#include "engine/src/hybrid_executor.h"
+#include "kernels/error.h"
+#include "models/config.h"
+#include "models/model.h"
+#include "tests/test_util.h"
+#include "tools/synthetic_model.h"
+
+namespace tandem {
+namespace {
+
+// 16 experts, top-4, 3 MoE layers: budgets of 25 and 50 % leave real choices.
+void write_model(const std::string& dir, uint64_t seed) {
+    write_synthetic_qwen3_moe(dir, {.vocab_size = 128,
+                                    .hidden_dim = 64,
+                                    .n_layers = 3,
+                                    .n_heads = 4,
+                                    .n_kv_heads = 2,
+                                    .head_dim = 16,
+                                    .n_experts = 16,
+                                    .n_experts_active = 4,
+                                    .expert_ffn_dim = 32,
+                                    .max_position_embeddings = 128,
+                                    .dtype = DType::F32,
+                                    .seed = seed});
+}
+
+// A machine on which both sides are worth using for these tiny experts, so that every planner
+// splits layers between CPU and device (the paper's profile would send them all to the CPU).
+std::string write_profile(const test::TempDir& dir) {
+    const std::string path = dir.str() + "/profile.json";
+    std::ofstream(path) << R"({"name": "test", "cpu_bandwidth_gbs": 20, "cpu_gflops": 50,
+        "cpu_expert_overhead_ms": 0.02, "cpu_first_expert_ms": 0.03, "gpu_bandwidth_gbs": 1000,
+        "gpu_tflops": 100, "gpu_expert_overhead_ms": 0.01, "pcie_bandwidth_gbs": 25,
+        "pcie_latency_ms": 0.01, "gpu_expert_memory_gb": 1})";
+    return path;
+}
+
+// Logits of a prefill of `prompt` (every position) and then of `decode` one token at a time.
+std::vector<float> run_steps(Engine& engine, std::span<const int32_t> prompt,
+                             std::span<const int32_t> decode) {
+    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size() + decode.size())));
+    std::vector<float> logits;
+    auto step = [&](std::span<const int32_t> tokens) {
+        const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
+        OwnedTensor out = engine.model().forward({&s, 1}, engine.thread_pool());
+        logits.insert(logits.end(), out.view.data_as<float>(),
+                      out.view.data_as<float>() + out.view.numel());
+    };
+    step(prompt);
+    for (size_t i = 0; i < decode.size(); ++i)
+        step(decode.subspan(i, 1));
+    return logits;
+}
+
+class HybridExecutorTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        write_model(dir_.str(), seed_);
+        profile_ = write_profile(dir_);
+        std::mt19937_64 rng(seed_);
+        std::uniform_int_distribution<int32_t> token(0, 127);
+        for (int i = 0; i < 12; ++i)
+            prompt_.push_back(token(rng));
+        for (int i = 0; i < 6; ++i)
+            decode_.push_back(token(rng));
+    }
+
+    EngineConfig config(const std::string& planner, double ratio, bool prefetch) const {
+        return {.model_dir = dir_.str(),
+                .n_threads = 2,
+                .pin_threads = false,
+                .expert_device = "sim",
+                .gpu_expert_ratio = ratio,
+                .planner = planner,
+                .prefetch = prefetch,
+                .hardware_profile = profile_};
+    }
+
+    const uint64_t seed_ = test::fresh_seed();
+    test::TempDir dir_;
+    std::string profile_;
+    std::vector<int32_t> prompt_, decode_;
+};
+
+TEST_F(HybridExecutorTest, EveryPlannerAndBudgetGivesTheCpuLogits) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    const std::vector<float> reference = run_steps(cpu, prompt_, decode_);
+    for (const char* planner : {"hybrimoe", "static", "fiddler", "gpu-stream", "cpu-only"})
+        for (double ratio : {0.0, 0.25, 0.5, 1.0})
+            for (bool prefetch : {true, false}) {
+                SCOPED_TRACE(::testing::Message()
+                             << planner << " at " << ratio << (prefetch ? " with" : " without")
+                             << " prefetch");
+                Engine hybrid = Engine::open(config(planner, ratio, prefetch));
+                const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+                ASSERT_EQ(got.size(), reference.size());
+                for (size_t i = 0; i < got.size(); ++i)
+                    ASSERT_NEAR(got[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
+                        << "logit " << i;
+                const EngineStats s = hybrid.stats();
+                EXPECT_GT(s.expert_cache_hits + s.expert_cache_misses, 0);
+                if (ratio == 0.0) {
+                    EXPECT_EQ(s.experts_on_device, 0);
+                    EXPECT_EQ(s.expert_bytes_moved, 0);
+                }
+                if (ratio == 1.0) EXPECT_EQ(s.expert_cache_misses, 0);
+                const std::string p = planner;
+                if (p == "cpu-only") EXPECT_EQ(s.experts_on_device, 0);
+                if (p == "static" && ratio == 1.0) EXPECT_EQ(s.experts_on_cpu, 0);
+                if (p == "gpu-stream" && ratio > 0) {
+                    EXPECT_GT(s.experts_on_device, 0);
+                    if (ratio < 1) EXPECT_GT(s.expert_bytes_moved, 0);
+                }
+            }
+}
+
+// Concurrent requests through the scheduler thread, with the device and the CPU pool busy at
+// once: what ThreadSanitizer checks in CI.
+TEST_F(HybridExecutorTest, ConcurrentRequestsMatchTheCpuEngine) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    const SamplingParams greedy{.temperature = 0, .max_tokens = 8, .ignore_eos = true};
+    auto generate_all = [&](Engine& engine) {
+        std::vector<RequestHandle> handles;
+        for (int r = 0; r < 4; ++r) {
+            std::vector<int32_t> ids(prompt_.begin() + r, prompt_.end());
+            handles.push_back(engine.submit(Prompt::tokens(ids), greedy));
+        }
+        std::vector<std::vector<int32_t>> out;
+        for (RequestHandle& h : handles)
+            out.push_back(h.wait().completions.at(0).token_ids);
+        return out;
+    };
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    Engine hybrid = Engine::open(config("hybrimoe", 0.25, true));
+    EXPECT_EQ(generate_all(hybrid), generate_all(cpu));
+    const EngineStats s = hybrid.stats();
+    EXPECT_GT(s.experts_on_device, 0);
+    EXPECT_GT(s.experts_on_cpu, 0);
+}
+
+TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    test::TempDir other;
+    write_model(other.str(), seed_ + 1);
+    Engine reference =
+        Engine::open({.model_dir = other.str(), .n_threads = 2, .pin_threads = false});
+    Engine hybrid = Engine::open(config("hybrimoe", 0.5, true));
+    run_steps(hybrid, prompt_, decode_);
+    hybrid.reload_weights(other.str());
+    const std::vector<float> want = run_steps(reference, prompt_, decode_);
+    const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i]))) << "logit " << i;
+}
+
+TEST_F(HybridExecutorTest, CalibrationMeasuresAndIsCached) {
+    const std::string file = dir_.str() + "/calibration.json";
+    EngineConfig c = config("hybrimoe", 0.25, true);
+    c.hardware_profile.clear();
+    c.calibration_file = file;
+    Engine first = Engine::open(c);
+    ModelConfig mc = first.model_config();
+    const std::string key = calibration_key(mc, "weights as stored, 24576 bytes per expert",
+                                            first.thread_pool().size(), "sim:0");
+    const std::optional<CostModel> cached = load_calibration(file, key);
+    ASSERT_TRUE(cached) << "no entry '" << key << "' in " << file;
+    EXPECT_GT(cached->cpu_a_ms + cached->cpu_b_ms + cached->cpu_first_ms, 0);
+    EXPECT_GT(cached->transfer_ms, 0);  // the sim copy engine takes bytes / bandwidth + latency
+    for (double v : {cached->cpu_a_ms, cached->cpu_b_ms, cached->gpu_a_ms, cached->gpu_b_ms})
+        EXPECT_TRUE(std::isfinite(v) && v >= 0);
+    // A second engine reads the file instead of measuring; a damaged file is measured again.
+    save_calibration(file, key, {.cpu_a_ms = 9, .transfer_ms = 7});
+    EXPECT_EQ(load_calibration(file, key)->cpu_a_ms, 9);
+    std::ofstream(file) << "{not json";
+    EXPECT_FALSE(load_calibration(file, key));
+    Engine again = Engine::open(c);
+    EXPECT_TRUE(load_calibration(file, key));
+}
+
+TEST_F(HybridExecutorTest, BadConfigurationsAreRefusedByName) {
+    auto error_of = [&](EngineConfig c) -> std::string {
+        try {
+            Engine::open(c);
+        } catch (const Error& e) {
+            return e.what();
+        }
+        return "";
+    };
+    EngineConfig c = config("hybrimoe", 0.25, true);
+    c.expert_device = "cuda:0";
+    EXPECT_NE(error_of(c).find("CUDA expert kernels"), std::string::npos) << error_of(c);
+    c.expert_device = "cpu";
+    EXPECT_NE(error_of(c).find("not cpu"), std::string::npos) << error_of(c);
+    c.expert_device = "tpu";
+    EXPECT_NE(error_of(c).find("tpu"), std::string::npos) << error_of(c);
+    c = config("greedy", 0.25, true);
+    EXPECT_NE(error_of(c).find("greedy"), std::string::npos) << error_of(c);
+    c = config("hybrimoe", 1.5, true);
+    EXPECT_NE(error_of(c).find("gpu_expert_ratio"), std::string::npos) << error_of(c);
+    c = config("hybrimoe", 0.25, true);
+    c.cache_policy = "fifo";
+    EXPECT_NE(error_of(c).find("fifo"), std::string::npos) << error_of(c);
+    c = config("hybrimoe", 0.25, true);
+    c.hardware_profile = dir_.str() + "/missing.json";
+    EXPECT_NE(error_of(c).find("missing.json"), std::string::npos) << error_of(c);
+}
+
+TEST_F(HybridExecutorTest, ByteBudgetSetsTheSlots) {
+    HybridOptions options{.budget_bytes = 3 * 24576 + 100};
+    HybridExecutor executor(options);
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    cpu.model().set_expert_runner(&executor);
+    EXPECT_EQ(executor.slot_bytes(), 24576);  // 3 x 64 x 32 f32, each part 256-aligned
+    EXPECT_EQ(executor.slots(), 3);
+    cpu.model().set_expert_runner(nullptr);
+}
+
+}  // namespace
+}  // namespace tandem
