@@ -28,13 +28,16 @@ struct BenchRow {
     int64_t prompt_tokens = 0;
     int64_t gen_tokens = 0;
     int repetitions = 0;
-    // Hybrid configuration as asked; rows at ratio 0 run every expert on the CPU, whatever the
-    // planner, so their planner reads "cpu-only".
+    // Hybrid configuration; rows at ratio 0 run every expert on the CPU without a device, so
+    // their planner reads "cpu-only".
     double gpu_expert_ratio = 0;
     std::string planner = "cpu-only";
     std::string cache_policy;
     bool prefetch = false;
-    std::string replay_routing;  // trace file, "" when none
+    std::string replay_routing;         // trace file, "" when none
+    std::string expert_device;          // "" (every expert on the CPU), "sim", "cuda:0"
+    double expert_hit_rate = 0;         // the device's expert cache over the case's runs
+    double device_expert_fraction = 0;  // expert jobs computed by the device
     Stats prefill_tps;           // prompt tokens of all sequences / time to the last first token
     Stats decode_tps;            // tokens after that point / the time they took (empty: n = 0)
     double bandwidth_gbps = 0;   // read-only stream, this machine, these threads

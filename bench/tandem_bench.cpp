@@ -16,8 +16,10 @@
 // seed give the same bytes) and reused: bf16 safetensors without --quantize, else one GGUF file
 // whose weights are generated directly in that type (no load-time quantization).
 //
-// Hybrid flags are parsed, validated and reported in every row; asking for GPU experts fails,
-// since the hybrid executor does not exist yet (issue #6).
+// Hybrid rows: each --gpu-expert-ratio above 0 runs once per --planner with the experts split
+// between the CPU and --expert-device (sim by default: the emulated device; cuda:N on a GPU), and
+// reports the expert cache's hit rate and the device's share of the expert jobs. Ratio 0 is one
+// CPU-only row. --replay-routing replays a trace's routing (the model's routers are ignored).
 #include <tandem/engine.h>
 #include <unistd.h>
 
@@ -34,12 +36,12 @@
 #include "bench/weight_bytes.h"
 #include "cache/cache_policy.h"
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
 #include "models/config.h"
 #include "models/gguf.h"
 #include "scheduler/planner.h"
-#include "tools/sim_trace.h"
 #include "tools/synthetic_writer.h"
 
 namespace {
@@ -64,6 +66,8 @@ struct Options {
     std::string cache_policy = "mrs";
     std::string prefetch = "off";
     std::string replay_routing;
+    std::string expert_device = "sim";
+    std::string hardware_profile;
     std::string write_path;
     std::string model_cache = (fs::temp_directory_path() / "tandem-bench-models").string();
     double bandwidth_gbps = 0;  // 0: measure
@@ -153,11 +157,8 @@ void validate_hybrid_flags(const Options& o) {
     for (double r : o.gpu_ratios) {
         if (!(r >= 0 && r <= 1))
             fail("--gpu-expert-ratio: ", r, " is not a fraction of the experts in [0, 1]");
-        if (r > 0)
-            fail("--gpu-expert-ratio ", r,
-                 ": hybrid execution is not built yet; see issue #6 (only 0, every expert on "
-                 "the CPU, runs today)");
     }
+    parse_device(o.expert_device);
     for (const std::string& p : o.planners)
         parse_planner(p);  // throws listing the planners
     parse_cache_policy(o.cache_policy);
@@ -165,22 +166,40 @@ void validate_hybrid_flags(const Options& o) {
         fail("--prefetch: '", o.prefetch, "' is not on or off");
 }
 
-// A routing trace must fit the model it would be replayed on: as many MoE layers at least (a
-// model cut with --layers replays the first ones), the same top-k, expert ids in range.
-void validate_trace(const std::string& path, const ModelConfig& config) {
-    const sim::RoutingTrace trace = sim::read_routing_trace(path, 256);
-    int64_t moe_layers = 0;
-    for (int64_t l = 0; l < config.n_layers; ++l)
-        moe_layers += config.layer_is_moe.empty() || config.layer_is_moe[size_t(l)];
-    if (trace.n_layers < moe_layers || trace.top_k != config.n_experts_active ||
-        trace.max_expert >= config.n_experts)
-        fail("--replay-routing ", path, ": ", trace.n_layers, " MoE layers, top-", trace.top_k,
-             ", experts up to ", trace.max_expert, " do not fit the model (", moe_layers,
-             " MoE layers, top-", config.n_experts_active, " of ", config.n_experts, ")");
-    std::fprintf(stderr,
-                 "tandem-bench: %s fits the model; routing replay is applied by the hybrid "
-                 "executor (issue #6): CPU-only rows use the model's own routers\n",
-                 path.c_str());
+// One engine configuration of the sweep: every expert on the CPU, or a ratio with a planner.
+struct HybridCase {
+    double ratio = 0;
+    std::string planner = "cpu-only";
+};
+
+std::vector<HybridCase> hybrid_cases(const Options& o) {
+    std::vector<HybridCase> cases;
+    for (double r : o.gpu_ratios) {
+        if (r == 0) cases.push_back({});
+        for (const std::string& p : o.planners)
+            if (r > 0) cases.push_back({r, p});
+    }
+    return cases;
+}
+
+EngineConfig engine_config(const Options& o, const PreparedModel& model, const HybridCase& hc,
+                           int threads, int64_t context, int max_batch) {
+    EngineConfig c{.model_dir = model.path,
+                   .n_threads = threads,
+                   .context_length = context,
+                   .quantize = model.engine_quantize,
+                   .max_sequences = std::max(max_batch, 1),
+                   .max_step_tokens = o.step_tokens};
+    c.replay_routing = o.replay_routing;
+    if (hc.ratio > 0) {
+        c.expert_device = o.expert_device;
+        c.gpu_expert_ratio = hc.ratio;
+        c.planner = hc.planner;
+        c.cache_policy = o.cache_policy;
+        c.prefetch = o.prefetch == "on";
+        c.hardware_profile = o.hardware_profile;
+    }
+    return c;
 }
 
 struct RunResult {
@@ -265,8 +284,10 @@ int run(const Options& o, const std::string& command_line) {
             context = std::max(context, p + n + 16);
     const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
 
+    const std::vector<HybridCase> cases = hybrid_cases(o);
     const int total =
-        int(o.threads.size() * o.prompts.size() * o.gens.size() * o.batches.size()) * o.repetitions;
+        int(o.threads.size() * cases.size() * o.prompts.size() * o.gens.size() * o.batches.size()) *
+        o.repetitions;
     bench::ProgressBar bar(total, !o.no_progress && (o.progress || isatty(STDERR_FILENO)));
     int done = 0;
     std::vector<bench::BenchRow> rows;
@@ -277,59 +298,72 @@ int run(const Options& o, const std::string& command_line) {
             ThreadPool pool({.n_threads = t});
             bandwidth = bench::measure_read_bandwidth_gbps(pool);
         }
-        bar.update(done, "loading " + model.path);
-        Engine engine = Engine::open({.model_dir = model.path,
-                                      .n_threads = t,
-                                      .context_length = context,
-                                      .quantize = model.engine_quantize,
-                                      .max_sequences = std::max(max_batch, 1),
-                                      .max_step_tokens = o.step_tokens});
-        const ModelConfig& config = engine.model_config();
-        if (!o.replay_routing.empty() && t == o.threads.front())
-            validate_trace(o.replay_routing, config);
-        run_once(engine, std::min<int64_t>(16, o.prompts.front()), 4, 1, 0);  // warm-up
-        for (int64_t p : o.prompts)
-            for (int64_t n : o.gens)
-                for (int b : o.batches) {
-                    std::vector<double> prefill, decode;
-                    for (int rep = 0; rep < o.repetitions; ++rep) {
-                        bar.update(done, "t" + std::to_string(engine.thread_pool().size()) + " p" +
-                                             std::to_string(p) + " n" + std::to_string(n) + " b" +
-                                             std::to_string(b) + " rep " + std::to_string(rep + 1));
-                        const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep);
-                        prefill.push_back(r.prefill_tps);
-                        if (r.decoded) decode.push_back(r.decode_tps);
-                        ++done;
+        for (const HybridCase& hc : cases) {
+            bar.update(done, "loading " + model.path);
+            Engine engine = Engine::open(engine_config(o, model, hc, t, context, max_batch));
+            const ModelConfig& config = engine.model_config();
+            run_once(engine, std::min<int64_t>(16, o.prompts.front()), 4, 1, 0);  // warm-up
+            for (int64_t p : o.prompts)
+                for (int64_t n : o.gens)
+                    for (int b : o.batches) {
+                        std::vector<double> prefill, decode;
+                        const EngineStats before = engine.stats();
+                        for (int rep = 0; rep < o.repetitions; ++rep) {
+                            bar.update(done, "t" + std::to_string(engine.thread_pool().size()) +
+                                                 " p" + std::to_string(p) + " n" +
+                                                 std::to_string(n) + " b" + std::to_string(b) +
+                                                 " rep " + std::to_string(rep + 1));
+                            const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep);
+                            prefill.push_back(r.prefill_tps);
+                            if (r.decoded) decode.push_back(r.decode_tps);
+                            ++done;
+                        }
+                        bench::BenchRow row;
+                        row.model = model.name;
+                        row.model_path = model.path;
+                        row.weight_type = std::string(dtype_name(model.weight_type));
+                        row.layers = config.n_layers;
+                        row.parameters = bench::parameter_count(config);
+                        row.isa = std::string(cpu::isa_name(cpu::active_isa()));
+                        row.threads = engine.thread_pool().size();
+                        row.batch = b;
+                        row.prompt_tokens = p;
+                        row.gen_tokens = n;
+                        row.repetitions = o.repetitions;
+                        const EngineStats after = engine.stats();
+                        row.gpu_expert_ratio = hc.ratio;
+                        row.planner = hc.planner;
+                        row.replay_routing = o.replay_routing;
+                        if (hc.ratio > 0) {
+                            row.expert_device = o.expert_device;
+                            row.cache_policy = o.cache_policy;
+                            row.prefetch = o.prefetch == "on";
+                            const double hits =
+                                double(after.expert_cache_hits - before.expert_cache_hits);
+                            const double misses =
+                                double(after.expert_cache_misses - before.expert_cache_misses);
+                            const double on_device =
+                                double(after.experts_on_device - before.experts_on_device);
+                            const double on_cpu =
+                                double(after.experts_on_cpu - before.experts_on_cpu);
+                            row.expert_hit_rate = hits + misses > 0 ? hits / (hits + misses) : 0;
+                            row.device_expert_fraction =
+                                on_device + on_cpu > 0 ? on_device / (on_device + on_cpu) : 0;
+                        }
+                        row.prefill_tps = bench::summarize(prefill);
+                        row.decode_tps = bench::summarize(decode);
+                        row.bandwidth_gbps = bandwidth;
+                        row.bytes_per_token = bench::decode_step_bytes(config, model.weight_type,
+                                                                       model.router_type, 1)
+                                                  .total();
+                        row.bytes_per_step = bench::decode_step_bytes(config, model.weight_type,
+                                                                      model.router_type, b)
+                                                 .total();
+                        row.bound_tps = double(b) * bandwidth * 1e9 / row.bytes_per_step;
+                        row.bound_fraction = row.decode_tps.median / row.bound_tps;
+                        rows.push_back(row);
                     }
-                    bench::BenchRow row;
-                    row.model = model.name;
-                    row.model_path = model.path;
-                    row.weight_type = std::string(dtype_name(model.weight_type));
-                    row.layers = config.n_layers;
-                    row.parameters = bench::parameter_count(config);
-                    row.isa = std::string(cpu::isa_name(cpu::active_isa()));
-                    row.threads = engine.thread_pool().size();
-                    row.batch = b;
-                    row.prompt_tokens = p;
-                    row.gen_tokens = n;
-                    row.repetitions = o.repetitions;
-                    row.gpu_expert_ratio = 0;  // validate_hybrid_flags refused anything else
-                    row.cache_policy = o.cache_policy;
-                    row.prefetch = o.prefetch == "on";
-                    row.replay_routing = o.replay_routing;
-                    row.prefill_tps = bench::summarize(prefill);
-                    row.decode_tps = bench::summarize(decode);
-                    row.bandwidth_gbps = bandwidth;
-                    row.bytes_per_token =
-                        bench::decode_step_bytes(config, model.weight_type, model.router_type, 1)
-                            .total();
-                    row.bytes_per_step =
-                        bench::decode_step_bytes(config, model.weight_type, model.router_type, b)
-                            .total();
-                    row.bound_tps = double(b) * bandwidth * 1e9 / row.bytes_per_step;
-                    row.bound_fraction = row.decode_tps.median / row.bound_tps;
-                    rows.push_back(row);
-                }
+        }
     }
     bar.finish();
     bench::print_markdown(stdout, rows);
@@ -363,8 +397,12 @@ int main(int argc, char** argv) {
     app.add_option("--json", o.json_path, "write the rows as JSON");
     app.add_option("--csv", o.csv_path, "write the rows as CSV");
     app.add_option("--gpu-expert-ratio", o.gpu_ratios,
-                   "fractions of each layer's experts on the GPU (hybrid; only 0 runs today)")
+                   "fractions of all routed experts the device holds (0: every expert on the CPU)")
         ->delimiter(',');
+    app.add_option("--expert-device", o.expert_device, "device of the hybrid rows: sim or cuda:N")
+        ->capture_default_str();
+    app.add_option("--hardware-profile", o.hardware_profile,
+                   "cost model from this profile instead of calibrating at start-up");
     app.add_option("--planner", o.planners,
                    "hybrid planners: hybrimoe, static, fiddler, gpu-stream, cpu-only")
         ->delimiter(',');
@@ -372,7 +410,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--prefetch", o.prefetch, "on or off")->capture_default_str();
     app.add_option("--replay-routing", o.replay_routing,
-                   "routing trace to replay (hybrid executor only, issue #6)");
+                   "routing trace whose experts replace the routers' choices (synthetic models)");
     app.add_option("--write", o.write_path,
                    "write the synthetic model (a directory of safetensors, or FILE.gguf) and "
                    "exit");
