@@ -39,7 +39,7 @@
 #include "models/config.h"
 #include "models/gguf.h"
 #include "scheduler/planner.h"
-#include "tools/sim_trace.h"
+#include "scheduler/routing_trace.h"
 #include "tools/synthetic_writer.h"
 
 namespace {
@@ -168,7 +168,7 @@ void validate_hybrid_flags(const Options& o) {
 // A routing trace must fit the model it would be replayed on: as many MoE layers at least (a
 // model cut with --layers replays the first ones), the same top-k, expert ids in range.
 void validate_trace(const std::string& path, const ModelConfig& config) {
-    const sim::RoutingTrace trace = sim::read_routing_trace(path, 256);
+    const RoutingTrace trace = read_routing_trace(path, 256);
     int64_t moe_layers = 0;
     for (int64_t l = 0; l < config.n_layers; ++l)
         moe_layers += config.layer_is_moe.empty() || config.layer_is_moe[size_t(l)];

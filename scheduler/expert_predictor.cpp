@@ -1,16 +1,16 @@
-#include "tools/sim_predictor.h"
+#include "scheduler/expert_predictor.h"
 
 #include <algorithm>
 #include <numeric>
 
 #include "kernels/error.h"
 
-namespace tandem::sim {
+namespace tandem {
 namespace {
 
 constexpr int kMaxDistance = 3;
 
-class OraclePredictor final : public Predictor {
+class OraclePredictor final : public ExpertPredictor {
   public:
     OraclePredictor(const RoutingTrace& t, int64_t n_experts, double accuracy, uint64_t seed)
         : t_(t), n_experts_(n_experts), accuracy_(accuracy), rng_(seed) {}
@@ -40,7 +40,7 @@ class OraclePredictor final : public Predictor {
     std::mt19937_64 rng_;
 };
 
-class HistoryPredictor final : public Predictor {
+class HistoryPredictor final : public ExpertPredictor {
   public:
     HistoryPredictor(const RoutingTrace& t, int64_t n_experts)
         : t_(t),
@@ -109,8 +109,9 @@ class HistoryPredictor final : public Predictor {
 
 }  // namespace
 
-std::unique_ptr<Predictor> make_predictor(const std::string& spec, const RoutingTrace& trace,
-                                          int64_t n_experts, uint64_t seed) {
+std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
+                                                       const RoutingTrace& trace, int64_t n_experts,
+                                                       uint64_t seed) {
     if (spec == "history") return std::make_unique<HistoryPredictor>(trace, n_experts);
     if (spec == "oracle" || spec.rfind("oracle:", 0) == 0) {
         double acc = 0.8;
@@ -131,4 +132,4 @@ std::unique_ptr<Predictor> make_predictor(const std::string& spec, const Routing
     fail("--predictor ", spec, ": expected oracle:ACC, oracle or history");
 }
 
-}  // namespace tandem::sim
+}  // namespace tandem

@@ -1,5 +1,6 @@
-// Expert predictors for tandem-sim's prefetcher. A trace holds no hidden states, so the gates of
-// layers L+1..L+3 cannot be applied to layer L's; a predictor stands in for them.
+// Expert predictors for the prefetcher of tandem-sim and of routing replay. A trace holds no hidden
+// states, so the gates of layers L+1..L+3 cannot be applied to layer L's; a predictor stands in for
+// them.
 //   oracle:ACC  the true experts of the future layer, each replaced by a random other expert with
 //               probability 1-ACC. Default ACC = 0.8: cross-layer gate prediction on the residual
 //               stream is usually reported at roughly 80-90 % top-k recall for the next layer and
@@ -17,13 +18,13 @@
 #include <string>
 #include <vector>
 
-#include "tools/sim_trace.h"
+#include "scheduler/routing_trace.h"
 
-namespace tandem::sim {
+namespace tandem {
 
-class Predictor {
+class ExpertPredictor {
   public:
-    virtual ~Predictor() = default;
+    virtual ~ExpertPredictor() = default;
     // The predicted experts (top_k distinct ids) of `target` layer for token `token`, made at
     // `from` layer (< target) once the token's layers 0..from are known.
     virtual void predict(int64_t token, int64_t from, int64_t target,
@@ -33,7 +34,8 @@ class Predictor {
 };
 
 // "oracle:ACC" (ACC in [0, 1]), "oracle" (ACC = 0.8) or "history"; throws otherwise.
-std::unique_ptr<Predictor> make_predictor(const std::string& spec, const RoutingTrace& trace,
-                                          int64_t n_experts, uint64_t seed);
+std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
+                                                       const RoutingTrace& trace, int64_t n_experts,
+                                                       uint64_t seed);
 
-}  // namespace tandem::sim
+}  // namespace tandem
