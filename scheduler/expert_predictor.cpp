@@ -64,8 +64,10 @@ class HistoryPredictor final : public ExpertPredictor {
                 score_[size_t(e)] += row[e] / seen;
         }
         // The previous token of the same sequence at the target layer: worth about one certain
-        // co-occurrence, enough to break ties and to carry the start of the trace.
-        if (token > 0 && t_.seq[size_t(token - 1)] == t_.seq[size_t(token)]) {
+        // co-occurrence, enough to break ties and to carry the start of the trace. Only once that
+        // token has completed: in a step of several rows, the row before is still in flight.
+        if (token > 0 && last_observed_ == token - 1 &&
+            t_.seq[size_t(token - 1)] == t_.seq[size_t(token)]) {
             const int32_t* prev = t_.experts_at(token - 1, target);
             for (int64_t i = 0; i < t_.top_k; ++i)
                 score_[size_t(prev[i])] += 0.5f;
@@ -81,6 +83,7 @@ class HistoryPredictor final : public ExpertPredictor {
     }
 
     void observe(int64_t token) override {
+        last_observed_ = token;
         for (int64_t l = 0; l < t_.n_layers; ++l) {
             const int32_t* a = t_.experts_at(token, l);
             for (int64_t i = 0; i < t_.top_k; ++i)
@@ -103,6 +106,7 @@ class HistoryPredictor final : public ExpertPredictor {
     int64_t n_;
     std::vector<float> pair_;    // [n_layers, 3, n_experts, n_experts] co-occurrence counts
     std::vector<float> single_;  // [n_layers, n_experts] activation counts
+    int64_t last_observed_ = -1;
     std::vector<float> score_;
     std::vector<int32_t> order_;
 };

@@ -8,7 +8,8 @@
 //               simulator reports history next to it.
 //   history     only what the trace has shown so far: co-occurrence counts learned online between
 //               layer L's experts and layer L+d's (same token, d = 1..3), plus the previous
-//               token's experts at the target layer (temporal locality).
+//               token's experts at the target layer when that token is the last one observed
+//               (temporal locality; in tandem-sim's one-token steps it always is).
 // Non-goals: hidden states; per-token load prediction beyond one token per predicted expert.
 #pragma once
 
@@ -26,10 +27,13 @@ class ExpertPredictor {
   public:
     virtual ~ExpertPredictor() = default;
     // The predicted experts (top_k distinct ids) of `target` layer for token `token`, made at
-    // `from` layer (< target) once the token's layers 0..from are known.
+    // `from` layer (< target) once the token's layers 0..from are known. Tokens are trace token
+    // indices; a predictor must never be asked about a token it has observed (history would
+    // predict it from itself).
     virtual void predict(int64_t token, int64_t from, int64_t target,
                          std::vector<int32_t>& out) = 0;
-    // Token `token` is complete: every layer's experts are now history.
+    // Token `token` is complete: every layer's experts are now history. Tokens are observed in
+    // trace order.
     virtual void observe(int64_t token) {}
 };
 
