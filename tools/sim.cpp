@@ -14,9 +14,9 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "scheduler/routing_trace.h"
 #include "tools/sim_engine.h"
 #include "tools/sim_models.h"
-#include "tools/sim_trace.h"
 
 namespace {
 
@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
 
     try {
         const auto t0 = std::chrono::steady_clock::now();
-        const sim::RoutingTrace trace = sim::read_routing_trace(trace_path, max_tokens);
+        const RoutingTrace trace = read_routing_trace(trace_path, max_tokens);
         const ModelShape shape = sim::model_preset(model, bits);
         const HardwareProfile hw = load_hardware_profile(profile_path(profile));
         if (!trace.has_weights)

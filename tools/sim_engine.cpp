@@ -5,8 +5,8 @@
 
 #include "cache/expert_cache.h"
 #include "kernels/error.h"
+#include "scheduler/expert_predictor.h"
 #include "scheduler/prefetcher.h"
-#include "tools/sim_predictor.h"
 
 namespace tandem::sim {
 namespace {
@@ -237,8 +237,9 @@ SimResult simulate(const SimConfig& c) {
 
     // Decode: every token of the trace, one step each.
     Run run(c, cost, slots, profile);
-    std::unique_ptr<Predictor> predictor;
-    if (c.policy.prefetch) predictor = make_predictor(c.policy.predictor, t, s.n_experts, c.seed);
+    std::unique_ptr<ExpertPredictor> predictor;
+    if (c.policy.prefetch)
+        predictor = make_expert_predictor(c.policy.predictor, t, s.n_experts, c.seed);
     std::vector<std::vector<int32_t>> predicted(kPrefetchDistance + 1);
     std::vector<ExpertKey> next_pins;
     double total_ms = 0.0;

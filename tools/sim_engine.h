@@ -23,7 +23,7 @@
 #include "cache/cache_policy.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
-#include "tools/sim_trace.h"
+#include "scheduler/routing_trace.h"
 
 namespace tandem::sim {
 

@@ -10,9 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
 #include "tools/routing_recorder.h"
-#include "tools/sim_trace.h"
 
 namespace tandem {
 namespace {
@@ -35,7 +35,7 @@ TEST(RoutingRecorder, ARecordingParsesBackToWhatTheEngineRouted) {
         recorder.write("chat/0", "chat", b, 0);
         EXPECT_EQ(recorder.lines(), 2 * (7 - 1));  // decode inputs: generated tokens fed back
     }
-    const sim::RoutingTrace trace = sim::read_routing_trace(path);
+    const RoutingTrace trace = read_routing_trace(path);
     EXPECT_EQ(trace.n_layers, 3);
     EXPECT_EQ(trace.top_k, 2);
     EXPECT_TRUE(trace.has_weights);
@@ -65,7 +65,7 @@ TEST(RoutingRecorder, TheDemoTraceMatchesTheDemoModel) {
         GTEST_SKIP() << "no demo model trace at " << trace_path;
     std::ifstream in(config_path);
     const nlohmann::json config = nlohmann::json::parse(in);
-    const sim::RoutingTrace trace = sim::read_routing_trace(trace_path.string());
+    const RoutingTrace trace = read_routing_trace(trace_path.string());
     EXPECT_EQ(trace.n_layers, config.at("num_hidden_layers").get<int64_t>());
     EXPECT_EQ(trace.top_k, config.at("num_experts_per_tok").get<int64_t>());
     EXPECT_LT(trace.max_expert, config.value("num_experts", config.value("num_local_experts", 0)));

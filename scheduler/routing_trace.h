@@ -1,5 +1,6 @@
-// Routing traces for tandem-sim: the two formats of ../shared/traces/, gzip or plain, read in
-// place and normalised to one layout.
+// Routing traces: the two formats of ../shared/traces/, gzip or plain, read in place and
+// normalised to one layout. Read by tandem-sim and by the engine's routing replay
+// (scheduler/routing_replay.h).
 //
 //   objects  (olmoe-decode-dev): one JSON object per token, {"seq", "experts": [[k ids] x L],
 //            "weights": [[k probabilities] x L], ...}
@@ -15,7 +16,7 @@
 #include <string>
 #include <vector>
 
-namespace tandem::sim {
+namespace tandem {
 
 struct RoutingTrace {
     std::string source;
@@ -43,4 +44,4 @@ RoutingTrace read_routing_trace(const std::string& path, int64_t max_tokens = 0)
 RoutingTrace parse_routing_trace(const std::string& text, const std::string& source,
                                  int64_t max_tokens = 0);
 
-}  // namespace tandem::sim
+}  // namespace tandem

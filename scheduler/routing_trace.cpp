@@ -1,4 +1,4 @@
-#include "tools/sim_trace.h"
+#include "scheduler/routing_trace.h"
 
 #include <zlib.h>
 #include <nlohmann/json.hpp>
@@ -9,7 +9,7 @@
 
 #include "kernels/error.h"
 
-namespace tandem::sim {
+namespace tandem {
 namespace {
 
 // gzread inflates plain files too, so one path reads both.
@@ -149,4 +149,4 @@ RoutingTrace read_routing_trace(const std::string& path, int64_t max_tokens) {
     return parse_routing_trace(read_file(path), path, max_tokens);
 }
 
-}  // namespace tandem::sim
+}  // namespace tandem

@@ -1,16 +1,16 @@
-#include "tools/sim_predictor.h"
+#include "scheduler/expert_predictor.h"
 
 #include <algorithm>
 #include <numeric>
 
 #include "kernels/error.h"
 
-namespace tandem::sim {
+namespace tandem {
 namespace {
 
 constexpr int kMaxDistance = 3;
 
-class OraclePredictor final : public Predictor {
+class OraclePredictor final : public ExpertPredictor {
   public:
     OraclePredictor(const RoutingTrace& t, int64_t n_experts, double accuracy, uint64_t seed)
         : t_(t), n_experts_(n_experts), accuracy_(accuracy), rng_(seed) {}
@@ -40,7 +40,7 @@ class OraclePredictor final : public Predictor {
     std::mt19937_64 rng_;
 };
 
-class HistoryPredictor final : public Predictor {
+class HistoryPredictor final : public ExpertPredictor {
   public:
     HistoryPredictor(const RoutingTrace& t, int64_t n_experts)
         : t_(t),
@@ -64,8 +64,10 @@ class HistoryPredictor final : public Predictor {
                 score_[size_t(e)] += row[e] / seen;
         }
         // The previous token of the same sequence at the target layer: worth about one certain
-        // co-occurrence, enough to break ties and to carry the start of the trace.
-        if (token > 0 && t_.seq[size_t(token - 1)] == t_.seq[size_t(token)]) {
+        // co-occurrence, enough to break ties and to carry the start of the trace. Only once that
+        // token has completed: in a step of several rows, the row before is still in flight.
+        if (token > 0 && last_observed_ == token - 1 &&
+            t_.seq[size_t(token - 1)] == t_.seq[size_t(token)]) {
             const int32_t* prev = t_.experts_at(token - 1, target);
             for (int64_t i = 0; i < t_.top_k; ++i)
                 score_[size_t(prev[i])] += 0.5f;
@@ -81,6 +83,7 @@ class HistoryPredictor final : public Predictor {
     }
 
     void observe(int64_t token) override {
+        last_observed_ = token;
         for (int64_t l = 0; l < t_.n_layers; ++l) {
             const int32_t* a = t_.experts_at(token, l);
             for (int64_t i = 0; i < t_.top_k; ++i)
@@ -103,14 +106,16 @@ class HistoryPredictor final : public Predictor {
     int64_t n_;
     std::vector<float> pair_;    // [n_layers, 3, n_experts, n_experts] co-occurrence counts
     std::vector<float> single_;  // [n_layers, n_experts] activation counts
+    int64_t last_observed_ = -1;
     std::vector<float> score_;
     std::vector<int32_t> order_;
 };
 
 }  // namespace
 
-std::unique_ptr<Predictor> make_predictor(const std::string& spec, const RoutingTrace& trace,
-                                          int64_t n_experts, uint64_t seed) {
+std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
+                                                       const RoutingTrace& trace, int64_t n_experts,
+                                                       uint64_t seed) {
     if (spec == "history") return std::make_unique<HistoryPredictor>(trace, n_experts);
     if (spec == "oracle" || spec.rfind("oracle:", 0) == 0) {
         double acc = 0.8;
@@ -131,4 +136,4 @@ std::unique_ptr<Predictor> make_predictor(const std::string& spec, const Routing
     fail("--predictor ", spec, ": expected oracle:ACC, oracle or history");
 }
 
-}  // namespace tandem::sim
+}  // namespace tandem

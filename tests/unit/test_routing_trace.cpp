@@ -1,19 +1,19 @@
-// tandem-sim's trace reader (both formats, in memory and from ../shared/traces when present)
-// and an end-to-end simulation on a tiny trace.
+// The routing trace reader (both formats, in memory and from ../shared/traces when present)
+// and an end-to-end tandem-sim simulation on a tiny trace.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "kernels/error.h"
+#include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
 #include "tools/sim_engine.h"
 #include "tools/sim_models.h"
-#include "tools/sim_trace.h"
 
 namespace tandem::sim {
 namespace {
 
-TEST(SimTrace, ParsesObjectLines) {
+TEST(RoutingTrace, ParsesObjectLines) {
     const std::string text =
         R"({"seq": "a/1", "pos": 0, "experts": [[3, 1], [0, 2]], "weights": [[0.5, 0.25], [0.75, 0.125]]})"
         "\n"
@@ -31,7 +31,7 @@ TEST(SimTrace, ParsesObjectLines) {
     EXPECT_FLOAT_EQ(t.weights_at(0, 1)[1], 0.125f);
 }
 
-TEST(SimTrace, ParsesPairLinesAndRenumbersLayers) {
+TEST(RoutingTrace, ParsesPairLinesAndRenumbersLayers) {
     const std::string text = "[[1, 5], [1, 7], [3, 0], [3, 2]]\n[[1, 6], [1, 5], [3, 1], [3, 2]]\n";
     const RoutingTrace t = parse_routing_trace(text, "mem");
     EXPECT_EQ(t.n_layers, 2);
@@ -42,7 +42,7 @@ TEST(SimTrace, ParsesPairLinesAndRenumbersLayers) {
     EXPECT_EQ(t.experts_at(1, 1)[0], 1);
 }
 
-TEST(SimTrace, ErrorsNameSourceAndLine) {
+TEST(RoutingTrace, ErrorsNameSourceAndLine) {
     const std::string text = "[[0, 1], [0, 2]]\n[[0, 1]]\n";
     try {
         parse_routing_trace(text, "t.jsonl");
@@ -59,7 +59,7 @@ std::string shared_trace(const std::string& name) {
     return test::shared_dir() + "/traces/" + name;
 }
 
-TEST(SimTrace, ReadsTheSharedOlmoeDevTrace) {
+TEST(RoutingTrace, ReadsTheSharedOlmoeDevTrace) {
     const std::string path = shared_trace("olmoe-decode-dev.jsonl.gz");
     if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present (../shared/traces)";
     const RoutingTrace t = read_routing_trace(path, 300);
@@ -76,7 +76,7 @@ TEST(SimTrace, ReadsTheSharedOlmoeDevTrace) {
     EXPECT_GE(t.weights_at(0, 0)[0], t.weights_at(0, 0)[7]);
 }
 
-TEST(SimTrace, ReadsTheSharedNvmoeTraces) {
+TEST(RoutingTrace, ReadsTheSharedNvmoeTraces) {
     struct Want {
         const char* file;
         int64_t layers, k, first_layer;
