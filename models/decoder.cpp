@@ -181,6 +181,10 @@ Decoder::Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& 
                  config_.architecture, ", e.g. ", unbound.front());
 }
 
+Decoder::~Decoder() {
+    if (runner_ != nullptr) runner_->drain();  // e.g. prefetches still reading our weights
+}
+
 KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
     if (config_.mla)  // one latent row per position: [k_pe | c], see mla_attention_block.h
         return {.n_layers = int(config_.n_layers),

@@ -82,6 +82,7 @@ class Decoder final : public Model {
   public:
     // Binds every weight of `config` from `checkpoint` (which the decoder keeps mapped).
     Decoder(ModelConfig config, Checkpoint checkpoint, const DecoderNames& names);
+    ~Decoder() override;
 
     const ModelConfig& config() const override { return config_; }
     OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,

@@ -49,6 +49,9 @@ class ExpertRunner {
     virtual void run(const MoeLayerCall& call, ThreadPool& pool) = 0;
     // The step is over (whether or not it succeeded).
     virtual void end_step() {}
+    // The weights given to bind() are about to go away (the model is being destroyed): finish
+    // every queued use of them, e.g. copies still in flight, before returning.
+    virtual void drain() {}
 };
 
 }  // namespace tandem

@@ -6,6 +6,26 @@
 #include "kernels/log.h"
 
 namespace tandem {
+
+std::vector<ExpertKey> most_activated_experts(const RoutingTrace& t, int64_t n_experts,
+                                              int64_t count) {
+    std::vector<int64_t> activations(size_t(t.n_layers * n_experts), 0);
+    for (int64_t tok = 0; tok < t.n_tokens(); ++tok)
+        for (int64_t l = 0; l < t.n_layers; ++l)
+            for (int64_t i = 0; i < t.top_k; ++i)
+                ++activations[size_t(l * n_experts + t.experts_at(tok, l)[i])];
+    std::vector<int32_t> order(activations.size());
+    for (size_t i = 0; i < order.size(); ++i)
+        order[i] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return activations[size_t(a)] > activations[size_t(b)];
+    });
+    std::vector<ExpertKey> keys;
+    for (int64_t i = 0; i < std::min<int64_t>(count, int64_t(order.size())); ++i)
+        keys.push_back(
+            {int32_t(order[size_t(i)] / n_experts), int32_t(order[size_t(i)] % n_experts)});
+    return keys;
+}
 namespace {
 
 void check_fits(const RoutingTrace& t, const RoutingReplayConfig& c) {

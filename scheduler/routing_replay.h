@@ -27,11 +27,18 @@
 #include <string>
 #include <vector>
 
+#include "cache/cache_policy.h"
 #include "scheduler/expert_predictor.h"
 #include "scheduler/routing.h"
 #include "scheduler/routing_trace.h"
 
 namespace tandem {
+
+// The `count` most activated (layer, expert) pairs over the whole trace, across layers, most
+// activated first (ties by layer, then expert id): the activation-frequency profile that the
+// `static` policy keeps and that warms every cache at start-up.
+std::vector<ExpertKey> most_activated_experts(const RoutingTrace& trace, int64_t n_experts,
+                                              int64_t count);
 
 struct RoutingReplayConfig {
     int64_t n_moe_layers = 0;      // the model's MoE layers, in model order

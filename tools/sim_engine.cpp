@@ -7,30 +7,12 @@
 #include "kernels/error.h"
 #include "scheduler/expert_predictor.h"
 #include "scheduler/prefetcher.h"
+#include "scheduler/routing_replay.h"
 
 namespace tandem::sim {
 namespace {
 
 constexpr int kPrefetchDistance = 3;  // layers L+1..L+3, as the paper predicts
-
-// The `slots` most activated experts over the whole trace, across layers.
-std::vector<ExpertKey> frequency_profile(const RoutingTrace& t, int64_t n_experts, int64_t slots) {
-    std::vector<int64_t> count(size_t(t.n_layers * n_experts), 0);
-    for (int64_t tok = 0; tok < t.n_tokens(); ++tok)
-        for (int64_t l = 0; l < t.n_layers; ++l)
-            for (int64_t i = 0; i < t.top_k; ++i)
-                ++count[size_t(l * n_experts + t.experts_at(tok, l)[i])];
-    std::vector<int32_t> order(count.size());
-    for (size_t i = 0; i < order.size(); ++i)
-        order[i] = int32_t(i);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return count[size_t(a)] > count[size_t(b)]; });
-    std::vector<ExpertKey> set;
-    for (int64_t i = 0; i < std::min<int64_t>(slots, int64_t(order.size())); ++i)
-        set.push_back(
-            {int32_t(order[size_t(i)] / n_experts), int32_t(order[size_t(i)] % n_experts)});
-    return set;
-}
 
 class Run {
   public:
@@ -191,7 +173,7 @@ SimResult simulate(const SimConfig& c) {
              " experts");
     const CostModel cost = CostModel::from_profile(c.hw, s);
     const int64_t slots = expert_slots_for_ratio(c.budget_ratio, s.n_moe_layers, s.n_experts);
-    const std::vector<ExpertKey> profile = frequency_profile(t, s.n_experts, slots);
+    const std::vector<ExpertKey> profile = most_activated_experts(t, s.n_experts, slots);
     const double gpu_bw = c.hw.gpu_bandwidth_gbs * 1e6;  // bytes per ms
     const double gpu_flops = c.hw.gpu_tflops * 1e9;      // FLOP per ms
     const double dense_ms = double(s.dense_params_per_layer) * 2.0 / gpu_bw;

@@ -107,8 +107,8 @@ struct Engine::State {
     std::optional<DType> quantize;
     std::atomic<uint64_t> next_id{1};
     std::mutex reload_mutex;
-    std::unique_ptr<HybridExecutor> executor;  // null: every expert on the CPU
-    std::unique_ptr<Scheduler> scheduler;      // last: stops before the rest goes
+    ExpertRunners experts;  // hybrid executor, routing replay; empty: the CPU and the routers
+    std::unique_ptr<Scheduler> scheduler;  // last: stops before the rest goes
 };
 
 Engine::Engine(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -138,7 +138,7 @@ Engine Engine::open(const EngineConfig& config) {
     }
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
-    state->executor = make_hybrid_executor(config, *model, *state->pool);
+    state->experts = make_expert_runners(config, *model, *state->pool);
     state->tokenizer = load_tokenizer_if_present(config.model_dir);
     state->model_config = model->config();
     const int64_t model_max = model->config().max_position_embeddings;
@@ -162,7 +162,7 @@ Engine Engine::open(const EngineConfig& config) {
                          .max_sequences = config.max_sequences,
                          .max_step_tokens = config.max_step_tokens,
                          .max_waiting_requests = config.max_waiting_requests,
-                         .expert_runner = state->executor.get()});
+                         .expert_runner = state->experts.runner()});
     return Engine(std::move(state));
 }
 
@@ -282,7 +282,7 @@ int64_t Engine::vocab_size() const {
 }
 EngineStats Engine::stats() const {
     EngineStats s = state_->scheduler->stats();
-    if (state_->executor) add_hybrid_stats(*state_->executor, s);
+    if (state_->experts.executor) add_hybrid_stats(*state_->experts.executor, s);
     return s;
 }
 Model& Engine::model() {

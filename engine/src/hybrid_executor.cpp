@@ -78,6 +78,10 @@ HybridExecutor::HybridExecutor(HybridOptions options) : options_(std::move(optio
 
 HybridExecutor::~HybridExecutor() {
     // Queued work refers to the slots and the scratch buffers: let it finish first.
+    drain();
+}
+
+void HybridExecutor::drain() {
     if (copy_) copy_->synchronize();
     if (compute_) compute_->synchronize();
 }
@@ -174,15 +178,43 @@ void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
     slot_arrival_ms_[size_t(slot)] = copy_free_ms_;
 }
 
-void HybridExecutor::begin_step(int64_t) {
+void HybridExecutor::begin_step(int64_t n_tokens) {
     last_layer_end_ms_ = -1;
+    if (options_.replay) options_.replay->begin_step(n_tokens);
+}
+
+bool HybridExecutor::replace_routing(int moe_layer, int64_t, Routing& routing) {
+    if (!options_.replay) return false;
+    routing = options_.replay->routing(moe_layer);
+    return true;
 }
 
 void HybridExecutor::end_step() {
     // A failed layer may have left device work queued that refers to this step's buffers.
     compute_->synchronize();
     last_layer_end_ms_ = -1;
+    if (options_.replay && options_.replay->step_rows() > 0) options_.replay->end_step();
     publish_counters();
+}
+
+size_t HybridExecutor::predict_later_layers(const MoeLayerCall& call) {
+    const int64_t n_layers = int64_t(layers_.size());
+    size_t n = 0;
+    if (options_.replay) {
+        if (!options_.replay->has_predictor()) return 0;
+        for (int64_t target = call.moe_layer + 1; target <= call.moe_layer + 3 && target < n_layers;
+             ++target)
+            options_.replay->predict(call.moe_layer, target, predicted_tokens_[n++]);
+        return n;
+    }
+    for (const Routing& later : call.predicted) {
+        std::vector<int32_t>& tokens = predicted_tokens_[n++];
+        std::fill(tokens.begin(), tokens.end(), 0);
+        for (int32_t e : later.experts)
+            ++tokens[size_t(e)];
+        if (n == predicted_tokens_.size()) break;
+    }
+    return n;
 }
 
 void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
@@ -223,12 +255,13 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     placement_ = plan_.placement;
 
     // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
+    const size_t n_later = options_.prefetch ? predict_later_layers(call) : 0;
     pins_.clear();
     for (int32_t e : active_)
         pins_.push_back({layer, e});
-    if (!call.predicted.empty())
-        for (int32_t e : call.predicted[0].experts)
-            pins_.push_back({layer + 1, e});
+    if (n_later > 0)
+        for (int64_t e = 0; e < n_experts_; ++e)
+            if (predicted_tokens_[0][size_t(e)] > 0) pins_.push_back({layer + 1, int32_t(e)});
     cache_->set_pinned(pins_);
     for (const PlannedJob& copy : plan_.transfers) {
         const InsertResult r = cache_->insert({layer, copy.expert}, InsertReason::Demand);
@@ -272,8 +305,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     }
 
     // 5. Prefetches for the next layers, behind the demand copies.
-    if (options_.prefetch && !call.predicted.empty())
-        issue_prefetches(call, start + plan_.makespan_ms());
+    if (n_later > 0) issue_prefetches(layer, n_later, start + plan_.makespan_ms());
 
     // 6. The CPU's experts, overlapping the device; then the device's sum joins the output.
     for (int64_t e = 0; e < n_experts_; ++e) {
@@ -299,19 +331,14 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     last_layer_end_ms_ = now_ms();
 }
 
-void HybridExecutor::issue_prefetches(const MoeLayerCall& call, double layer_end_ms) {
-    const int32_t layer = call.moe_layer;
+void HybridExecutor::issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms) {
     const double now = now_ms();
     std::vector<PrefetchLayer> later;
     double starts_in = std::max(0.0, layer_end_ms - now);
-    const size_t n_later = std::min<size_t>(call.predicted.size(), 3);
     for (size_t d = 0; d < n_later; ++d) {
         const int32_t target = layer + int32_t(d) + 1;
-        std::vector<int32_t>& tokens = predicted_tokens_[d];
+        const std::vector<int32_t>& tokens = predicted_tokens_[d];
         std::vector<uint8_t>& resident = predicted_resident_[d];
-        std::fill(tokens.begin(), tokens.end(), 0);
-        for (int32_t e : call.predicted[d].experts)
-            ++tokens[size_t(e)];
         for (int64_t e = 0; e < n_experts_; ++e)
             resident[size_t(e)] = cache_->resident({target, int32_t(e)});
         starts_in += dense_ms_;
@@ -332,8 +359,9 @@ void HybridExecutor::issue_prefetches(const MoeLayerCall& call, double layer_end
     // Every predicted target stays through the evictions these copies cause.
     const size_t own_pins = pins_.size();
     for (size_t d = 0; d < n_later; ++d)
-        for (int32_t e : call.predicted[d].experts)
-            pins_.push_back({layer + int32_t(d) + 1, e});
+        for (int64_t e = 0; e < n_experts_; ++e)
+            if (predicted_tokens_[d][size_t(e)] > 0)
+                pins_.push_back({layer + int32_t(d) + 1, int32_t(e)});
     cache_->set_pinned(pins_);
     for (const PrefetchRequest& r : requests) {
         const InsertResult inserted = cache_->insert({r.layer, r.expert}, InsertReason::Prefetch);

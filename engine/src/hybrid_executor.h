@@ -12,7 +12,7 @@
 //   4. the device's experts are queued on the compute stream, each waiting only for its own copy;
 //   5. prefetches for the next layers are queued on the copy stream behind the demand copies, in
 //      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
-//      computes (or by the replayed trace's predictor);
+//      computes (or, under routing replay, by the replay's predictor);
 //   6. meanwhile the CPU pool computes the CPU's experts from the host weights with the fused
 //      kernel, straight into the layer's output; then the device's partial sum is added to it.
 // Host weights (the mapped checkpoint or the load-time quantized copy) are the only host copy
@@ -37,6 +37,7 @@
 #include "models/expert_runner.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
+#include "scheduler/routing_replay.h"
 
 namespace tandem {
 
@@ -57,6 +58,9 @@ struct HybridOptions {
     // empty: an even spread over the layers, expert ids in order (nothing better is known before
     // the first step; a replayed trace gives its activation-frequency profile).
     std::vector<ExpertKey> warm_set = {};
+    // Routing replay (not owned): the trace chooses every layer's experts, and its predictor,
+    // not the gate lookahead, feeds the prefetcher.
+    RoutingReplay* replay = nullptr;
 };
 
 struct HybridCounters {
@@ -75,10 +79,12 @@ class HybridExecutor final : public ExpertRunner {
     ~HybridExecutor() override;
 
     void bind(const ModelConfig& config, std::span<const MoeWeights* const> moe_layers) override;
-    int lookahead() const override { return options_.prefetch ? 3 : 0; }
+    int lookahead() const override { return options_.prefetch && !options_.replay ? 3 : 0; }
     void begin_step(int64_t n_tokens) override;
+    bool replace_routing(int moe_layer, int64_t n_tokens, Routing& routing) override;
     void run(const MoeLayerCall& call, ThreadPool& pool) override;
     void end_step() override;
+    void drain() override;
 
     // Measures the cost model on this machine with the bound model's experts (MoE layer 0):
     // CPU pool times for 1 expert x 1 token, 1 x 16 tokens and 4 x 1 token (the slope, the
@@ -98,7 +104,9 @@ class HybridExecutor final : public ExpertRunner {
     std::byte* slot_data(int64_t slot) const;
     cpu::ExpertWeights slot_weights(int64_t slot, int32_t layer) const;
     void copy_in(int64_t slot, int32_t layer, int32_t expert);
-    void issue_prefetches(const MoeLayerCall& call, double layer_end_ms);
+    // predicted_tokens_[d] for MoE layers layer + 1 + d, d < returned count.
+    size_t predict_later_layers(const MoeLayerCall& call);
+    void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
     void publish_counters();
 
     HybridOptions options_;

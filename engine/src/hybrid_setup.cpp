@@ -1,15 +1,43 @@
 #include "engine/src/hybrid_setup.h"
 
 #include "engine/src/calibration_cache.h"
+#include "engine/src/replay_runner.h"
 #include "kernels/dtype.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
 #include "models/decoder.h"
 
 namespace tandem {
+namespace {
+
+int64_t moe_layer_count(const ModelConfig& c) {
+    int64_t n = 0;
+    for (bool moe : c.layer_is_moe)
+        n += moe;
+    return n;
+}
+
+std::unique_ptr<RoutingReplay> make_replay(const EngineConfig& config, const ModelConfig& mc) {
+    if (config.replay_routing.empty()) return nullptr;
+    if (!mc.is_moe())
+        fail("EngineConfig.replay_routing: ", mc.architecture, " has no routed experts");
+    // Predictions only feed the device's prefetcher.
+    const bool predict = !config.expert_device.empty() && config.prefetch;
+    auto replay = std::make_unique<RoutingReplay>(
+        read_routing_trace(config.replay_routing),
+        RoutingReplayConfig{.n_moe_layers = moe_layer_count(mc),
+                            .n_experts = mc.n_experts,
+                            .n_experts_active = mc.n_experts_active,
+                            .allow_deeper_trace = true,
+                            .predictor = predict ? config.replay_predictor : ""});
+    log_info("replaying the routing of ", config.replay_routing, " (", replay->trace().n_tokens(),
+             " tokens, ", replay->trace().n_layers, " MoE layers) on ", moe_layer_count(mc),
+             " MoE layers");
+    return replay;
+}
+
 std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config, Model& model,
-                                                     ThreadPool& pool) {
-    if (config.expert_device.empty()) return nullptr;
+                                                     ThreadPool& pool, RoutingReplay* replay) {
     const ModelConfig& mc = model.config();
     if (!mc.is_moe())
         fail("EngineConfig.expert_device: ", mc.architecture,
@@ -26,16 +54,20 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
     options.cache_policy = parse_cache_policy(config.cache_policy);
     options.planner = parse_planner(config.planner);
     options.prefetch = config.prefetch;
+    options.replay = replay;
+    if (replay) {  // the trace's own profile: what `static` keeps and every policy starts from
+        const int64_t n_moe = moe_layer_count(mc);
+        for (ExpertKey key : most_activated_experts(replay->trace(), mc.n_experts,
+                                                    replay->trace().n_layers * mc.n_experts))
+            if (key.layer < n_moe) options.warm_set.push_back(key);  // a model cut in depth
+    }
     auto executor = std::make_unique<HybridExecutor>(options);
     model.set_expert_runner(executor.get());
 
     if (!config.hardware_profile.empty()) {
         const HardwareProfile hw = load_hardware_profile(config.hardware_profile);
-        int64_t n_moe = 0;
-        for (bool moe : mc.layer_is_moe)
-            n_moe += moe;
         const ModelShape shape{.name = mc.architecture,
-                               .n_moe_layers = n_moe,
+                               .n_moe_layers = moe_layer_count(mc),
                                .n_experts = mc.n_experts,
                                .n_experts_active = mc.n_experts_active,
                                .hidden_dim = mc.hidden_dim,
@@ -63,6 +95,25 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
     }
     executor->set_cost_model(*cost);
     return executor;
+}
+
+}  // namespace
+
+ExpertRunners make_expert_runners(const EngineConfig& config, Model& model, ThreadPool& pool) {
+    ExpertRunners r;
+    r.replay = make_replay(config, model.config());
+    try {
+        if (!config.expert_device.empty()) {
+            r.executor = make_hybrid_executor(config, model, pool, r.replay.get());
+        } else if (r.replay) {
+            r.cpu_replay = std::make_unique<CpuReplayRunner>(*r.replay);
+            model.set_expert_runner(r.cpu_replay.get());
+        }
+    } catch (...) {
+        model.set_expert_runner(nullptr);  // the runner dies with this frame; the model lives on
+        throw;
+    }
+    return r;
 }
 
 void add_hybrid_stats(const HybridExecutor& executor, EngineStats& s) {

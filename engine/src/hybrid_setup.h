@@ -1,6 +1,6 @@
-// From EngineConfig's hybrid fields to a HybridExecutor attached to the model: names parsed
-// (errors name the field), the cost model loaded from a hardware profile or calibrated on this
-// machine (cached, see calibration_cache.h).
+// From EngineConfig's hybrid and replay fields to the model's ExpertRunner: names parsed (errors
+// name the field), the routing trace read and checked against the model, the cost model loaded
+// from a hardware profile or calibrated on this machine (cached, see calibration_cache.h).
 #pragma once
 
 #include <memory>
@@ -8,13 +8,23 @@
 #include <tandem/engine.h>
 
 #include "engine/src/hybrid_executor.h"
+#include "scheduler/routing_replay.h"
 
 namespace tandem {
 
-// nullptr when config.expert_device is empty (every expert on the CPU). Otherwise the executor,
-// already bound to `model` (model.set_expert_runner) and calibrated.
-std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config, Model& model,
-                                                     ThreadPool& pool);
+struct ExpertRunners {
+    std::unique_ptr<RoutingReplay> replay;     // with EngineConfig.replay_routing
+    std::unique_ptr<HybridExecutor> executor;  // with EngineConfig.expert_device
+    std::unique_ptr<ExpertRunner> cpu_replay;  // replay without a device
+
+    // What the model runs its experts on; nullptr: its own routers and the CPU.
+    ExpertRunner* runner() const {
+        return executor ? static_cast<ExpertRunner*>(executor.get()) : cpu_replay.get();
+    }
+};
+
+// Builds the runners and binds the model to runner() (model.set_expert_runner).
+ExpertRunners make_expert_runners(const EngineConfig& config, Model& model, ThreadPool& pool);
 
 // The counters of `executor` in `stats`.
 void add_hybrid_stats(const HybridExecutor& executor, EngineStats& stats);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -14,6 +15,7 @@
 #include "kernels/error.h"
 #include "models/config.h"
 #include "models/model.h"
+#include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
 #include "tools/synthetic_model.h"
 
@@ -149,6 +151,88 @@ TEST_F(HybridExecutorTest, ConcurrentRequestsMatchTheCpuEngine) {
     const EngineStats s = hybrid.stats();
     EXPECT_GT(s.experts_on_device, 0);
     EXPECT_GT(s.experts_on_cpu, 0);
+}
+
+// A trace in the objects format for the test model: 40 tokens, 3 layers, top-4 of 16 experts,
+// skewed towards low ids as real traces are towards their hot experts.
+std::string write_trace(const test::TempDir& dir, uint64_t seed) {
+    const std::string path = dir.str() + "/trace.jsonl";
+    std::ofstream out(path);
+    std::mt19937_64 rng(seed);
+    for (int t = 0; t < 40; ++t) {
+        std::string experts = "[", weights = "[";
+        for (int l = 0; l < 3; ++l) {
+            std::vector<int> ids;
+            while (ids.size() < 4) {
+                const int e = int(rng() % 16) / (rng() % 2 + 1);
+                if (std::find(ids.begin(), ids.end(), e) == ids.end()) ids.push_back(e);
+            }
+            experts += (l ? ",[" : "[");
+            weights += (l ? ",[" : "[");
+            for (int i = 0; i < 4; ++i) {
+                experts += (i ? "," : "") + std::to_string(ids[size_t(i)]);
+                weights += (i ? "," : "") + std::to_string(0.1 + 0.1 * i);
+            }
+            experts += "]";
+            weights += "]";
+        }
+        out << R"({"seq": "test/0", "experts": )" << experts << "], \"weights\": " << weights << "]}\n";
+    }
+    return path;
+}
+
+// Under replay every layer takes the trace's experts, row after row, step after step; the
+// executor with either predictor gives the same logits as the CPU replaying the same trace.
+TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    const std::string trace_path = write_trace(dir_, seed_);
+    const RoutingTrace trace = read_routing_trace(trace_path);
+    Engine cpu = Engine::open({.model_dir = dir_.str(),
+                               .n_threads = 2,
+                               .pin_threads = false,
+                               .replay_routing = trace_path});
+    {
+        KvCache cache(cpu.model().kv_cache_shape(int64_t(prompt_.size() + 1)));
+        StepRouting routing;
+        int64_t first_token = 0;
+        for (std::span<const int32_t> tokens :
+             {std::span<const int32_t>(prompt_), std::span<const int32_t>(decode_).first(1)}) {
+            const SequenceStep step{.tokens = tokens, .cache = &cache};
+            cpu.model().forward({&step, 1}, cpu.thread_pool(), &routing);
+            ASSERT_EQ(routing.routing.size(), 3u);
+            for (int l = 0; l < 3; ++l)
+                for (size_t row = 0; row < tokens.size(); ++row)
+                    for (int i = 0; i < 4; ++i) {
+                        const int64_t token = (first_token + int64_t(row)) % trace.n_tokens();
+                        EXPECT_EQ(routing.routing[size_t(l)].experts[row * 4 + size_t(i)],
+                                  trace.experts_at(token, l)[i])
+                            << "layer " << l << " row " << row;
+                    }
+            first_token += int64_t(tokens.size());
+        }
+    }
+    Engine cpu_again = Engine::open({.model_dir = dir_.str(),
+                                     .n_threads = 2,
+                                     .pin_threads = false,
+                                     .replay_routing = trace_path});
+    const std::vector<float> reference = run_steps(cpu_again, prompt_, decode_);
+    for (const char* predictor : {"oracle:0.8", "history"})
+        for (const char* planner : {"hybrimoe", "static", "gpu-stream"}) {
+            SCOPED_TRACE(::testing::Message() << planner << " predicting with " << predictor);
+            EngineConfig c = config(planner, 0.25, true);
+            c.replay_routing = trace_path;
+            c.replay_predictor = predictor;
+            Engine hybrid = Engine::open(c);
+            const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+            ASSERT_EQ(got.size(), reference.size());
+            for (size_t i = 0; i < got.size(); ++i)
+                ASSERT_NEAR(got[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
+                    << "logit " << i;
+        }
+    EngineConfig bad = config("hybrimoe", 0.25, true);
+    bad.replay_routing = trace_path;
+    bad.replay_predictor = "psychic";
+    EXPECT_THROW(Engine::open(bad), Error);
 }
 
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
