@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
+#include <zlib.h>
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -17,6 +19,8 @@
 #include "models/model.h"
 #include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
+#include "tools/sim_engine.h"
+#include "tools/sim_models.h"
 #include "tools/synthetic_model.h"
 
 namespace tandem {
@@ -176,7 +180,8 @@ std::string write_trace(const test::TempDir& dir, uint64_t seed) {
             experts += "]";
             weights += "]";
         }
-        out << R"({"seq": "test/0", "experts": )" << experts << "], \"weights\": " << weights << "]}\n";
+        out << R"({"seq": "test/0", "experts": )" << experts << "], \"weights\": " << weights
+            << "]}\n";
     }
     return path;
 }
@@ -233,6 +238,82 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
     bad.replay_routing = trace_path;
     bad.replay_predictor = "psychic";
     EXPECT_THROW(Engine::open(bad), Error);
+}
+
+// The executor and tandem-sim share the cache, the policies and the planners: replaying the
+// same decode tokens one per step, from the same warm set, without prefetch, with planners whose
+// choices do not depend on timing (static: no copies; gpu-stream: every miss copied), their
+// caches must make the same decisions, hit for hit.
+TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
+    const std::string shared = test::shared_dir() + "/traces/olmoe-decode-dev.jsonl.gz";
+    if (!std::filesystem::exists(shared))
+        GTEST_SKIP() << shared << " not present (../shared/traces)";
+    constexpr int kTokens = 64;
+    test::TempDir dir;
+    const std::string trace_path = dir.str() + "/head.jsonl";
+    {  // the first kTokens tokens, so that both warm from the same profile
+        gzFile in = gzopen(shared.c_str(), "rb");
+        ASSERT_NE(in, nullptr);
+        std::ofstream out(trace_path);
+        std::vector<char> line(1 << 20);
+        for (int t = 0; t < kTokens && gzgets(in, line.data(), int(line.size())) != nullptr; ++t)
+            out << line.data();
+        gzclose(in);
+    }
+    const RoutingTrace trace = read_routing_trace(trace_path);
+    ASSERT_EQ(trace.n_tokens(), kTokens);
+    write_synthetic_qwen3_moe(dir.str() + "/model", {.vocab_size = 64,
+                                                     .hidden_dim = 32,
+                                                     .n_layers = 16,
+                                                     .n_heads = 4,
+                                                     .n_kv_heads = 2,
+                                                     .head_dim = 8,
+                                                     .n_experts = 64,
+                                                     .n_experts_active = 8,
+                                                     .expert_ffn_dim = 16,
+                                                     .max_position_embeddings = 256,
+                                                     .dtype = DType::F32});
+    const HardwareProfile hw = parse_hardware_profile(
+        R"({"name": "t", "cpu_bandwidth_gbs": 50, "cpu_gflops": 100, "cpu_expert_overhead_ms": 0,
+            "cpu_first_expert_ms": 0, "gpu_bandwidth_gbs": 1000, "gpu_tflops": 100,
+            "gpu_expert_overhead_ms": 0, "pcie_bandwidth_gbs": 25, "pcie_latency_ms": 0,
+            "gpu_expert_memory_gb": 1})",
+        "test profile");
+    const ModelShape shape = sim::model_preset("olmoe-1b-7b", 4.5);
+    struct Case {
+        const char* cache;
+        const char* planner;
+        double ratio;
+    };
+    for (auto [cache, planner, ratio] :
+         {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
+          Case{"lru", "gpu-stream", 0.5}}) {
+        SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
+        const sim::SimResult predicted = sim::simulate(
+            {.trace = trace,
+             .shape = shape,
+             .hw = hw,
+             .budget_ratio = ratio,
+             .policy = {.cache = parse_cache_policy(cache), .planner = parse_planner(planner)}});
+        Engine engine = Engine::open({.model_dir = dir.str() + "/model",
+                                      .n_threads = 2,
+                                      .pin_threads = false,
+                                      .expert_device = "sim",
+                                      .gpu_expert_ratio = ratio,
+                                      .cache_policy = cache,
+                                      .planner = planner,
+                                      .prefetch = false,
+                                      .hardware_profile = "",
+                                      .calibration_file = dir.str() + "/calibration.json",
+                                      .replay_routing = trace_path});
+        // One prompt token and kTokens - 1 decode steps: trace tokens 0 .. kTokens - 1.
+        const RequestOutput out = engine.generate(
+            Prompt::tokens({1}), {.temperature = 0, .max_tokens = kTokens, .ignore_eos = true});
+        ASSERT_TRUE(out.error.empty()) << out.error;
+        const EngineStats s = engine.stats();
+        ASSERT_EQ(s.expert_cache_hits + s.expert_cache_misses, kTokens * 16 * 8);
+        EXPECT_EQ(double(s.expert_cache_hits) / double(kTokens * 16 * 8), predicted.hit_rate);
+    }
 }
 
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
