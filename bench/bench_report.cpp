@@ -65,9 +65,10 @@ void print_markdown(std::FILE* out, const std::vector<BenchRow>& rows) {
             format("%.2f", r.gpu_expert_ratio),
             r.expert_device.empty()
                 ? r.planner
-                : format("%s (%s: %.0f %% hits, %.0f %% of experts)", r.planner.c_str(),
-                         r.expert_device.c_str(), 100 * r.expert_hit_rate,
-                         100 * r.device_expert_fraction),
+                : format("%s (%s: %.0f %% hits, %.0f %% of experts, %lld/%lld prefetches used)",
+                         r.planner.c_str(), r.expert_device.c_str(), 100 * r.expert_hit_rate,
+                         100 * r.device_expert_fraction, (long long)r.prefetches_used,
+                         (long long)r.prefetches),
             mean_sd(r.prefill_tps),
             mean_sd(r.decode_tps),
             decoded ? format("%.2f", r.decode_tps.median) : "-",
@@ -135,6 +136,8 @@ void write_json(const std::string& path, const std::vector<BenchRow>& rows,
             {"expert_device", r.expert_device},
             {"expert_hit_rate", r.expert_hit_rate},
             {"device_expert_fraction", r.device_expert_fraction},
+            {"prefetches", r.prefetches},
+            {"prefetches_used", r.prefetches_used},
             {"prefill_tps", stats_json(r.prefill_tps)},
             {"decode_tps", stats_json(r.decode_tps)},
             {"bandwidth_gbps", r.bandwidth_gbps},
@@ -155,7 +158,7 @@ void write_csv(const std::string& path, const std::vector<BenchRow>& rows) {
     out << "model,weight_type,layers,parameters,isa,threads,batch,prompt_tokens,gen_tokens,"
            "repetitions,gpu_expert_ratio,planner,cache_policy,prefetch,replay_routing,expert_"
            "device,"
-           "expert_hit_rate,device_expert_fraction,"
+           "expert_hit_rate,device_expert_fraction,prefetches,prefetches_used,"
            "prefill_tps_mean,prefill_tps_stddev,prefill_tps_median,decode_tps_mean,"
            "decode_tps_stddev,decode_tps_median,bandwidth_gbps,bytes_per_token,bytes_per_step,"
            "bound_tps,bound_fraction\n";
@@ -169,8 +172,9 @@ void write_csv(const std::string& path, const std::vector<BenchRow>& rows) {
             << ',' << r.prompt_tokens << ',' << r.gen_tokens << ',' << r.repetitions << ','
             << r.gpu_expert_ratio << ',' << r.planner << ',' << r.cache_policy << ','
             << (r.prefetch ? "on" : "off") << ',' << r.replay_routing << ',' << r.expert_device
-            << ',' << r.expert_hit_rate << ',' << r.device_expert_fraction << ','
-            << stats(r.prefill_tps) << ',' << stats(r.decode_tps) << ','
+            << ',' << r.expert_hit_rate << ',' << r.device_expert_fraction << ',' << r.prefetches
+            << ',' << r.prefetches_used << ',' << stats(r.prefill_tps) << ',' << stats(r.decode_tps)
+            << ','
             << format("%.3f,%.0f,%.0f,%.3f", r.bandwidth_gbps, r.bytes_per_token, r.bytes_per_step,
                       r.bound_tps)
             << ',' << (r.decode_tps.samples.empty() ? "" : format("%.4f", r.bound_fraction))

@@ -38,6 +38,8 @@ struct BenchRow {
     std::string expert_device;          // "" (every expert on the CPU), "sim", "cuda:0"
     double expert_hit_rate = 0;         // the device's expert cache over the case's runs
     double device_expert_fraction = 0;  // expert jobs computed by the device
+    int64_t prefetches = 0;             // issued over the case's runs
+    int64_t prefetches_used = 0;        // of those, accessed before eviction
     Stats prefill_tps;           // prompt tokens of all sequences / time to the last first token
     Stats decode_tps;            // tokens after that point / the time they took (empty: n = 0)
     double bandwidth_gbps = 0;   // read-only stream, this machine, these threads

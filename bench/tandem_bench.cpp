@@ -349,6 +349,9 @@ int run(const Options& o, const std::string& command_line) {
                             row.expert_hit_rate = hits + misses > 0 ? hits / (hits + misses) : 0;
                             row.device_expert_fraction =
                                 on_device + on_cpu > 0 ? on_device / (on_device + on_cpu) : 0;
+                            row.prefetches = after.expert_prefetches - before.expert_prefetches;
+                            row.prefetches_used =
+                                after.expert_prefetches_used - before.expert_prefetches_used;
                         }
                         row.prefill_tps = bench::summarize(prefill);
                         row.decode_tps = bench::summarize(decode);

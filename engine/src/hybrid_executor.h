@@ -22,6 +22,14 @@
 // (one thread, so the CPU pool keeps its cores) and takes its activations as already on the
 // device, as they would be after GPU attention. `cuda:N` needs the CUDA expert kernels of the
 // CUDA backend, which do not exist yet: the executor refuses it with that reason.
+// CUDA graphs (not built; this is the plan the interfaces keep open): the host plans each layer
+// only after its routing is known, so a captured decode step cannot contain the plan's choices as
+// fixed launches. The CUDA path is to keep the choices in data: the router's top-k is copied to
+// pinned memory and a cudaLaunchHostFunc on the compute stream runs the planner and the CPU
+// experts (as kTransformers triggers its CPU work), writing the layer's device expert list and
+// copy list into mapped pinned tables; one grouped expert kernel reads the list, and the copies
+// are a gather kernel reading the host weights through the mapping, so the graph is the same
+// every step while the experts it runs and moves change. On sim the host drives each layer.
 // Counters are kept per layer by the cache; counters() may be called from any thread.
 #pragma once
 
