@@ -5,9 +5,9 @@
 #
 #   tools/gpu_check.sh [LOG]
 #
-# What it verifies today: the CUDA device layer (memory, copies, streams, events). The CUDA
-# kernels, whole-model GPU execution and the hybrid comparison of issues #5, #6 and #9 add their
-# sections here as they land.
+# What it verifies today: the CUDA device layer (memory, copies, streams, events); the hybrid
+# comparison of issues #6 and #9 is prepared (it needs the CUDA expert kernels of issue #5). The
+# CUDA kernels and whole-model GPU execution add their sections here as they land.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-${OUT:-/tmp}/gpu_check.log}
@@ -36,6 +36,20 @@ run "configure (sm_90, CUDA on)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_
 run "build" cmake --build build-gpu -j "$jobs"
 run "GPU tests (-L gpu)" ctest --test-dir build-gpu -L gpu --output-on-failure
 run "unit tests on this machine" ctest --test-dir build-gpu -L unit -j "$jobs" --output-on-failure
+
+# The hybrid comparison (issues #6 and #9): a synthetic OLMoE-1B-7B-shaped model in Q4_K with the
+# routing of the dev trace replayed, experts split between this machine's cores and the GPU at
+# 25/50/75 % of the routed experts, hybrimoe against static. Until the CUDA expert kernels exist
+# the executor refuses cuda:0 and this step fails saying so.
+trace=../shared/traces/olmoe-decode-dev.jsonl.gz
+if [[ -f $trace ]]; then
+    run "hybrid: tandem-bench on cuda:0" build-gpu/bench/tandem-bench \
+        -m synthetic:olmoe-1b-7b --layers 16 --quantize q4_k -p 512 -n 64 -r 3 \
+        --gpu-expert-ratio 0,0.25,0.5,0.75 --planner hybrimoe,static --prefetch on \
+        --expert-device cuda:0 --replay-routing "$trace" --json "${OUT:-/tmp}/hybrid.json" \
+        --no-progress
+    grep -E "^\| olmoe" "$log" | tail -n 7 | sed 's/^/    /' || true
+fi
 
 echo "| step | result | time |"
 echo "|---|---|---|"
