@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "bench/bench_report.h"
@@ -42,6 +43,7 @@
 #include "models/config.h"
 #include "models/gguf.h"
 #include "scheduler/planner.h"
+#include "tools/routing_recorder.h"
 #include "tools/synthetic_writer.h"
 
 namespace {
@@ -66,6 +68,7 @@ struct Options {
     std::string cache_policy = "mrs";
     std::string prefetch = "off";
     std::string replay_routing;
+    std::string record_routing;
     std::string expert_device = "sim";
     std::string hardware_profile;
     std::string write_path;
@@ -209,7 +212,8 @@ struct RunResult {
 };
 
 // One run of a case: b requests submitted together; every streamed token is time-stamped.
-RunResult run_once(Engine& engine, int64_t p, int64_t n, int b, uint64_t seed) {
+RunResult run_once(Engine& engine, int64_t p, int64_t n, int b, uint64_t seed,
+                   RoutingRecorder* recorder = nullptr) {
     std::mt19937_64 rng(seed);
     const auto vocab = uint64_t(engine.vocab_size());
     struct Track {
@@ -225,6 +229,7 @@ RunResult run_once(Engine& engine, int64_t p, int64_t n, int b, uint64_t seed) {
             id = int32_t(3 + rng() % (vocab - 3));  // past the usual BOS/EOS/UNK ids
         SamplingParams params{
             .temperature = 0.0f, .max_tokens = int32_t(n > 0 ? n + 1 : 1), .ignore_eos = true};
+        params.return_routed_experts = recorder != nullptr;
         handles.push_back(
             engine.submit(Prompt::tokens(std::move(prompt)), params, [&, i](const StreamDelta& d) {
                 const double t = std::chrono::duration<double>(Clock::now() - start).count();
@@ -233,9 +238,10 @@ RunResult run_once(Engine& engine, int64_t p, int64_t n, int b, uint64_t seed) {
                     tracks[size_t(i)].events.push_back({t, int64_t(d.token_ids.size())});
             }));
     }
-    for (RequestHandle& h : handles) {
-        const RequestOutput& out = h.wait();
+    for (size_t i = 0; i < handles.size(); ++i) {
+        const RequestOutput& out = handles[i].wait();
         if (!out.error.empty()) fail("request failed: ", out.error);
+        if (recorder) recorder->write(cat("bench/", seed, "-", i), "bench", out, 0);
     }
     double prefill_end = 0, last = 0;
     for (const Track& t : tracks) {
@@ -285,6 +291,8 @@ int run(const Options& o, const std::string& command_line) {
     const int max_batch = *std::max_element(o.batches.begin(), o.batches.end());
 
     const std::vector<HybridCase> cases = hybrid_cases(o);
+    std::optional<RoutingRecorder> recorder;
+    if (!o.record_routing.empty()) recorder.emplace(o.record_routing, false);
     const int total =
         int(o.threads.size() * cases.size() * o.prompts.size() * o.gens.size() * o.batches.size()) *
         o.repetitions;
@@ -313,7 +321,8 @@ int run(const Options& o, const std::string& command_line) {
                                                  " p" + std::to_string(p) + " n" +
                                                  std::to_string(n) + " b" + std::to_string(b) +
                                                  " rep " + std::to_string(rep + 1));
-                            const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep);
+                            const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep,
+                                                         recorder ? &*recorder : nullptr);
                             prefill.push_back(r.prefill_tps);
                             if (r.decoded) decode.push_back(r.decode_tps);
                             ++done;
@@ -414,6 +423,8 @@ int main(int argc, char** argv) {
     app.add_option("--prefetch", o.prefetch, "on or off")->capture_default_str();
     app.add_option("--replay-routing", o.replay_routing,
                    "routing trace whose experts replace the routers' choices (synthetic models)");
+    app.add_option("--record-routing", o.record_routing,
+                   "write every timed run's decode routing as a trace (JSON lines, .gz ok)");
     app.add_option("--write", o.write_path,
                    "write the synthetic model (a directory of safetensors, or FILE.gguf) and "
                    "exit");
