@@ -84,7 +84,7 @@ void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
     const int64_t n_tokens = step.n_tokens, n_heads = c.n_heads;
     const int64_t d = m.qk_head_dim(), p = m.qk_rope_head_dim, r = m.kv_lora_rank;
     const int64_t row = p + r;
-    const float eps = float(c.rms_norm_eps);
+    const float eps = float(m.latent_norm_eps);
 
     OwnedTensor q = make_tensor(DType::F32, {n_tokens, n_heads * d});
     if (m.q_lora_rank > 0) {
