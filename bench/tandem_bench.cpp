@@ -119,9 +119,12 @@ void write_synthetic(const SyntheticModelSpec& spec, DType type, const std::stri
 
 DType stored_weight_type(const std::string& path) {
     if (is_gguf_path(path)) {
+        // The routed experts' type, else the attention output's: DeepSeek's first layers are
+        // dense, and with q_lora it has no attn_q.
         const GgufModelFiles files = GgufModelFiles::open(path);
-        for (const char* name : {"blk.0.ffn_down_exps.weight", "blk.0.attn_q.weight"})
-            if (const GgufTensor* t = files.find(name); t && t->dtype) return *t->dtype;
+        for (const char* suffix : {".ffn_down_exps.weight", ".attn_output.weight"})
+            for (const GgufTensor* t : files.tensors())
+                if (t->name.ends_with(suffix) && t->dtype) return *t->dtype;
         return DType::F16;
     }
     std::ifstream in(fs::path(path) / "config.json");

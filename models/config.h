@@ -54,6 +54,7 @@ struct MlaConfig {
     int64_t v_head_dim = 0;
     bool rope_interleave = true;  // rotary pairs (2i, 2i+1) instead of (i, i + d/2)
     bool bias = false;            // attention_bias: biases on q_a_proj, kv_a_proj_with_mqa, o_proj
+    double latent_norm_eps = 1e-6;  // of q_a_layernorm and kv_a_layernorm, not rms_norm_eps
     int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
 };
 

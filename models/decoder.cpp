@@ -79,7 +79,14 @@ MlaWeights bind_mla(const ModelConfig& c, const Checkpoint& ckpt, int64_t layer)
     }
     w.kv_a = ckpt.bind(a + "kv_a_proj_with_mqa.weight", {r + m.qk_rope_head_dim, c.hidden_dim});
     w.kv_a_norm = ckpt.bind(a + "kv_a_layernorm.weight", {r});
-    w.kv_b = ckpt.bind(a + "kv_b_proj.weight", {h * (m.qk_nope_head_dim + m.v_head_dim), r});
+    // k_b_proj / v_b_proj: not Hugging Face names, but what the GGUF loader calls the split
+    // attn_k_b / attn_v_b tensors (the names llama.cpp's converter gives them on the way).
+    if (ckpt.contains(a + "k_b_proj.weight")) {
+        w.k_b = ckpt.bind(a + "k_b_proj.weight", {h, r, m.qk_nope_head_dim});
+        w.v_b = ckpt.bind(a + "v_b_proj.weight", {h, m.v_head_dim, r});
+    } else {
+        w.kv_b = ckpt.bind(a + "kv_b_proj.weight", {h * (m.qk_nope_head_dim + m.v_head_dim), r});
+    }
     w.o = ckpt.bind(a + "o_proj.weight", {c.hidden_dim, h * m.v_head_dim});
     if (m.bias) {
         w.kv_a_bias = ckpt.bind(a + "kv_a_proj_with_mqa.bias", {r + m.qk_rope_head_dim});

@@ -49,8 +49,13 @@ struct MlaWeights {
     Tensor q_a, q_a_norm, q_b;  // [q_lora_rank, hidden_dim], [q_lora_rank], [H * D, q_lora_rank]
     Tensor kv_a;                // [R + P, hidden_dim] kv_a_proj_with_mqa
     Tensor kv_a_norm;           // [R]
-    Tensor kv_b;                // [H * (qk_nope_head_dim + V), R]: per head W_UK then W_UV
-    Tensor o;                   // [hidden_dim, H * V]
+    // The key/value up-projections, in one of two layouts: Hugging Face's kv_b, or the split
+    // that llama.cpp's converter writes to GGUF since its MLA support (k_b per head transposed,
+    // which is the layout the absorbed query reads row by row).
+    Tensor kv_b;  // [H * (qk_nope_head_dim + V), R]: per head W_UK then W_UV; or empty, and:
+    Tensor k_b;   // [H, R, qk_nope_head_dim]: per head W_UKᵀ
+    Tensor v_b;   // [H, V, R]: per head W_UV
+    Tensor o;     // [hidden_dim, H * V]
     Tensor q_a_bias, kv_a_bias, o_bias;  // empty unless attention_bias
 };
 

@@ -1,6 +1,7 @@
 #include "models/gguf_loader.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <regex>
 
@@ -16,26 +17,25 @@ using Json = nlohmann::json;
 
 struct GgufArchitecture {
     const char* gguf;     // general.architecture
-    const char* hf;       // the architectures entry of an equivalent config.json
+    const char* hf;       // the architectures entry of an equivalent config.json; nullptr: none
     const char* hf_moe;   // the same when {arch}.expert_count > 0 (llama -> Mixtral)
     bool permuted_qk;     // llama.cpp's converter permuted q/k rows for interleaved RoPE
     bool norm_topk_prob;  // what llama.cpp does when {arch}.expert_weights_norm is absent
-    ArchitectureFactory factory;
-    ArchitectureFactory factory_moe;
 };
 
 // llama.cpp runs llama with "normal" (interleaved pair) RoPE, so convert_hf_to_gguf.py permutes
 // the q and k rows of llama checkpoints; the qwen and olmoe families use NeoX RoPE, which is
-// Hugging Face's rotate-half, and are stored unpermuted. llama.cpp's MoE graphs renormalise the
-// top-k weights for Mixtral and Qwen3-MoE and not for Qwen2-MoE and OLMoE.
+// Hugging Face's rotate-half, and are stored unpermuted. deepseek2 uses llama.cpp's interleaved
+// RoPE too, but DeepSeek's own rotary pairs are interleaved already, so its converter permutes
+// nothing. llama.cpp's MoE graphs renormalise the top-k weights for Mixtral and Qwen3-MoE and
+// not for Qwen2-MoE and OLMoE. deepseek2 is V2 or V3 by its router (deepseek2_config).
 const GgufArchitecture kArchitectures[] = {
-    {"llama", "LlamaForCausalLM", "MixtralForCausalLM", true, true, &make_llama, &make_mixtral},
-    {"qwen2", "Qwen2ForCausalLM", nullptr, false, false, &make_qwen2, nullptr},
-    {"qwen2moe", "Qwen2MoeForCausalLM", "Qwen2MoeForCausalLM", false, false, &make_qwen2_moe,
-     &make_qwen2_moe},
-    {"qwen3moe", "Qwen3MoeForCausalLM", "Qwen3MoeForCausalLM", false, true, &make_qwen3_moe,
-     &make_qwen3_moe},
-    {"olmoe", "OlmoeForCausalLM", "OlmoeForCausalLM", false, false, &make_olmoe, &make_olmoe},
+    {"llama", "LlamaForCausalLM", "MixtralForCausalLM", true, true},
+    {"qwen2", "Qwen2ForCausalLM", nullptr, false, false},
+    {"qwen2moe", "Qwen2MoeForCausalLM", "Qwen2MoeForCausalLM", false, false},
+    {"qwen3moe", "Qwen3MoeForCausalLM", "Qwen3MoeForCausalLM", false, true},
+    {"olmoe", "OlmoeForCausalLM", "OlmoeForCausalLM", false, false},
+    {"deepseek2", nullptr, "DeepseekV2ForCausalLM", false, false},
 };
 
 const GgufArchitecture& find_architecture(const GgufModelFiles& files) {
@@ -78,10 +78,107 @@ Json rope_scaling(const GgufModelFiles& files, const std::string& arch) {
         Json yarn = {{"rope_type", "yarn"}, {"factor", files.get_float(key)}};
         if (auto original = files.get_uint_opt(arch + ".rope.scaling.original_context_length"))
             yarn["original_max_position_embeddings"] = *original;
+        // llama.cpp's defaults are transformers' (32 and 1), so absent keys may stay absent.
+        if (auto beta = files.get_float_opt(arch + ".rope.scaling.yarn_beta_fast"))
+            yarn["beta_fast"] = *beta;
+        if (auto beta = files.get_float_opt(arch + ".rope.scaling.yarn_beta_slow"))
+            yarn["beta_slow"] = *beta;
         return yarn;
     }
     fail(files.path(), ": metadata ", arch, ".rope.scaling.type: '", type,
          "' is not supported (supported: none, linear, yarn)");
+}
+
+// deepseek2, as llama.cpp's DeepseekV2Model converter writes DeepSeek-V2 and V3, into the keys of
+// DeepseekV2Config / DeepseekV3Config. Two generations of files exist. Before llama.cpp's MLA
+// support, key_length / value_length are a head's qk and v widths and kv_b is one tensor. Since,
+// key_length / value_length describe the latent row (kv_lora_rank + rope, kv_lora_rank), the head
+// widths are key_length_mla / value_length_mla, head_count_kv is 1, and kv_b is split into k_b
+// and v_b (read in place, see MlaWeights). Absent router keys mean what llama.cpp assumes:
+// softmax, no renormalisation, no scaling, no groups.
+void deepseek2_config(const GgufModelFiles& files, Json& c) {
+    const auto key = [](const std::string& k) { return "deepseek2." + k; };
+    const int64_t n_layers = c["num_hidden_layers"];
+    c["num_key_value_heads"] = c["num_attention_heads"];  // every head has keys once up-projected
+    const auto q_lora = files.get_uint_opt(key("attention.q_lora_rank"));
+    c["q_lora_rank"] = q_lora ? Json(*q_lora) : Json(nullptr);  // null: a full q_proj
+    c["kv_lora_rank"] = files.get_uint(key("attention.kv_lora_rank"));
+    const uint64_t rope = files.get_uint(key("rope.dimension_count"));
+    const bool split_era = files.has(key("attention.key_length_mla"));
+    const std::string qk_key = key(split_era ? "attention.key_length_mla" : "attention.key_length");
+    const uint64_t qk = files.get_uint(qk_key);
+    if (qk <= rope)
+        fail(files.path(), ": metadata ", qk_key, ": ", qk, " leaves no room beside ", rope,
+             " rotary dims (", key("rope.dimension_count"), ")");
+    c["qk_nope_head_dim"] = qk - rope;
+    c["qk_rope_head_dim"] = rope;
+    c["v_head_dim"] =
+        files.get_uint(key(split_era ? "attention.value_length_mla" : "attention.value_length"));
+    c["rope_interleave"] = true;
+    c["attention_bias"] = false;
+
+    c["intermediate_size"] = files.get_uint(key("feed_forward_length"));
+    c["n_routed_experts"] = files.get_uint(key("expert_count"));
+    c["num_experts_per_tok"] = files.get_uint(key("expert_used_count"));
+    c["moe_intermediate_size"] = files.get_uint(key("expert_feed_forward_length"));
+    c["n_shared_experts"] = files.get_uint_opt(key("expert_shared_count")).value_or(0);
+    int64_t first_moe = 0;  // first_k_dense_replace; else the leading layers without a router
+    if (auto lead = files.get_uint_opt(key("leading_dense_block_count"))) {
+        first_moe = int64_t(std::min<uint64_t>(*lead, uint64_t(n_layers)));
+    } else {
+        while (first_moe < n_layers &&
+               files.find(cat("blk.", first_moe, ".ffn_gate_inp.weight")) == nullptr)
+            ++first_moe;
+    }
+    c["first_k_dense_replace"] = first_moe;
+    c["moe_layer_freq"] = 1;
+    c["routed_scaling_factor"] = files.get_float_opt(key("expert_weights_scale")).value_or(1.0);
+    c["norm_topk_prob"] = files.get_bool_opt(key("expert_weights_norm")).value_or(false);
+
+    const uint64_t gating = files.get_uint_opt(key("expert_gating_func")).value_or(1);
+    const uint64_t groups = files.get_uint_opt(key("expert_group_count")).value_or(1);
+    const uint64_t groups_used =
+        files.get_uint_opt(key("expert_group_used_count")).value_or(groups);
+    const std::string bias = cat("blk.", first_moe, ".exp_probs_b.bias");
+    const bool has_bias = files.find(bias) != nullptr;
+    if (gating == 2) {  // sigmoid + selection bias: DeepSeek-V3's noaux_tc router
+        if (!has_bias)
+            fail(files.path(), ": missing tensor ", bias, " (", key("expert_gating_func"),
+                 " 2, sigmoid, is supported with DeepSeek-V3's selection bias only)");
+        c["architectures"] = {"DeepseekV3ForCausalLM"};
+        c["scoring_func"] = "sigmoid";
+        c["topk_method"] = "noaux_tc";
+        c["n_group"] = groups;
+        c["topk_group"] = groups_used;
+    } else if (gating == 1) {  // softmax: DeepSeek-V2's router, grouped when the file says so
+        if (has_bias)
+            fail(files.path(), ": tensor ", bias,
+                 ": a selection bias with softmax routing is not supported");
+        c["architectures"] = {"DeepseekV2ForCausalLM"};
+        c["scoring_func"] = "softmax";
+        const bool grouped = groups > 1 && groups_used < groups;
+        c["topk_method"] = grouped ? "group_limited_greedy" : "greedy";
+        if (grouped) {
+            c["n_group"] = groups;
+            c["topk_group"] = groups_used;
+        }
+    } else {
+        fail(files.path(), ": metadata ", key("expert_gating_func"), ": ", gating,
+             " is not supported (1 softmax, 2 sigmoid)");
+    }
+
+    // YaRN as llama.cpp's deepseek2 graph computes it: cos and sin unscaled (it divides out the
+    // attention factor ggml applies), and the softmax scaled by mscale(factor, mscale_all_dim)^2
+    // with yarn_log_multiplier = 0.1 * mscale_all_dim. That is transformers' result when mscale
+    // equals mscale_all_dim, as in every DeepSeek config; a file cannot say otherwise.
+    if (Json& yarn = c["rope_scaling"]; yarn.is_object() && yarn["rope_type"] == "yarn") {
+        const std::string attn = key("rope.scaling.attn_factor");
+        if (auto f = files.get_float_opt(attn); f && std::fabs(*f - 1.0) > 1e-6)
+            fail(files.path(), ": metadata ", attn, ": ", *f, " is not supported (only 1)");
+        yarn["attention_factor"] = 1.0;
+        yarn["mscale_all_dim"] =
+            files.get_float_opt(key("rope.scaling.yarn_log_multiplier")).value_or(0.0) / 0.1;
+    }
 }
 
 }  // namespace
@@ -99,6 +196,9 @@ Json gguf_model_config(const GgufModelFiles& files) {
     const bool moe = is_moe(files, arch);
     if (moe && a.hf_moe == nullptr)
         fail(files.path(), ": metadata ", arch, ".expert_count: ", arch, " has no experts");
+    if (!moe && a.hf == nullptr)
+        fail(files.path(), ": metadata ", arch, ".expert_count: missing or 0; Tandem runs ", arch,
+             " with experts only");
     const auto uint = [&](const std::string& key) { return files.get_uint(arch + "." + key); };
     const auto uint_opt = [&](const std::string& key) {
         return files.get_uint_opt(arch + "." + key);
@@ -120,6 +220,23 @@ Json gguf_model_config(const GgufModelFiles& files) {
         kv != nullptr && kv->type == GgufValueType::Array)
         fail(files.path(), ": metadata ", arch,
              ".attention.head_count_kv: per-layer KV head counts are not supported");
+    c["max_position_embeddings"] = uint("context_length");
+    c["rms_norm_eps"] = files.get_float(arch + ".attention.layer_norm_rms_epsilon");
+    c["rope_theta"] = files.get_float_opt(arch + ".rope.freq_base").value_or(10000.0);
+    c["rope_scaling"] = rope_scaling(files, arch);
+    if (const GgufTensor* factors = files.find("rope_freqs.weight")) {
+        if (factors->dtype != DType::F32 || factors->shape.size() != 1)
+            fail(files.path(), ": tensor rope_freqs.weight: expected a 1-D f32 tensor");
+        std::vector<float> values(size_t(factors->shape[0]));
+        std::memcpy(values.data(), factors->data, values.size() * sizeof(float));
+        c["rope_freq_factors"] = values;
+    }
+    c["tie_word_embeddings"] = files.find("output.weight") == nullptr;
+    if (arch == "deepseek2") {
+        deepseek2_config(files, c);
+        return c;
+    }
+
     c["num_key_value_heads"] =
         uint_opt("attention.head_count_kv").value_or(c["num_attention_heads"].get<uint64_t>());
     const auto key_length = uint_opt("attention.key_length");
@@ -131,20 +248,8 @@ Json gguf_model_config(const GgufModelFiles& files) {
     }
     const uint64_t head_dim = key_length.value_or(c["hidden_size"].get<uint64_t>() /
                                                   std::max<uint64_t>(1, c["num_attention_heads"]));
-    c["max_position_embeddings"] = uint("context_length");
-    c["rms_norm_eps"] = files.get_float(arch + ".attention.layer_norm_rms_epsilon");
-    c["rope_theta"] = files.get_float_opt(arch + ".rope.freq_base").value_or(10000.0);
     if (auto rotary = uint_opt("rope.dimension_count"); rotary && head_dim > 0)
         c["partial_rotary_factor"] = double(*rotary) / double(head_dim);
-    c["rope_scaling"] = rope_scaling(files, arch);
-    if (const GgufTensor* factors = files.find("rope_freqs.weight")) {
-        if (factors->dtype != DType::F32 || factors->shape.size() != 1)
-            fail(files.path(), ": tensor rope_freqs.weight: expected a 1-D f32 tensor");
-        std::vector<float> values(size_t(factors->shape[0]));
-        std::memcpy(values.data(), factors->data, values.size() * sizeof(float));
-        c["rope_freq_factors"] = values;
-    }
-    c["tie_word_embeddings"] = files.find("output.weight") == nullptr;
     const bool qkv_bias = files.find("blk.0.attn_q.bias") != nullptr;
     c["attention_bias"] = qkv_bias;
     c["qkv_bias"] = qkv_bias;
@@ -173,7 +278,8 @@ Json gguf_model_config(const GgufModelFiles& files) {
         if (!expert_ffn)
             fail(files.path(), ": metadata ", arch, ".expert_feed_forward_length missing");
         c["moe_intermediate_size"] = *expert_ffn;
-        if (a.factory_moe == &make_mixtral || a.factory_moe == &make_olmoe)
+        const std::string hf_moe = a.hf_moe;
+        if (hf_moe == "MixtralForCausalLM" || hf_moe == "OlmoeForCausalLM")
             c["intermediate_size"] = *expert_ffn;  // their experts are intermediate_size wide
         std::optional<int64_t> shared;
         if (auto v = uint_opt("expert_shared_feed_forward_length")) shared = int64_t(*v);
@@ -196,7 +302,10 @@ struct GgufStorage {
 class ViewBuilder {
   public:
     ViewBuilder(GgufStorage& storage, const Json& config, bool permuted_qk)
-        : storage_(storage), config_(config), permuted_qk_(permuted_qk) {}
+        : storage_(storage),
+          config_(config),
+          permuted_qk_(permuted_qk),
+          deepseek_(config["architectures"][0].get<std::string>().starts_with("Deepseek")) {}
 
     std::map<std::string, Checkpoint::View> build() {
         const GgufModelFiles& files = storage_.files;
@@ -224,6 +333,25 @@ class ViewBuilder {
     void layer_tensor(int64_t layer, const std::string& suffix, const GgufTensor& t, bool mixtral,
                       const std::string& moe) {
         const std::string p = cat("model.layers.", layer, ".");
+        // DeepSeek's names (k_b_proj and v_b_proj: see bind_mla); a file of another
+        // architecture with these tensors is refused below instead of half-used.
+        static const std::map<std::string, std::string, std::less<>> deepseek = {
+            {"attn_q_a.weight", "self_attn.q_a_proj.weight"},
+            {"attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"},
+            {"attn_q_b.weight", "self_attn.q_b_proj.weight"},
+            {"attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight"},
+            {"attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"},
+            {"attn_kv_b.weight", "self_attn.kv_b_proj.weight"},
+            {"attn_k_b.weight", "self_attn.k_b_proj.weight"},
+            {"attn_v_b.weight", "self_attn.v_b_proj.weight"},
+            {"exp_probs_b.bias", "mlp.gate.e_score_correction_bias"},
+            {"ffn_gate_shexp.weight", "mlp.shared_experts.gate_proj.weight"},
+            {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"},
+            {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"},
+        };
+        if (deepseek_)
+            if (auto it = deepseek.find(suffix); it != deepseek.end())
+                return add(p + it->second, t);
         static const std::map<std::string, std::string, std::less<>> simple = {
             {"attn_norm.weight", "input_layernorm.weight"},
             {"ffn_norm.weight", "post_attention_layernorm.weight"},
@@ -352,6 +480,7 @@ class ViewBuilder {
     GgufStorage& storage_;
     const Json& config_;
     bool permuted_qk_;
+    bool deepseek_;
     std::map<std::string, Checkpoint::View> views_;
 };
 
@@ -371,7 +500,6 @@ std::unique_ptr<Model> load_gguf_model(const std::string& path) {
     const GgufModelFiles& files = storage->files;
     const GgufArchitecture& a = find_architecture(files);
     const Json json = gguf_model_config(files);
-    const bool moe = is_moe(files, a.gguf);
 
     ModelConfig config;
     config.architecture = json["architectures"][0];
@@ -388,7 +516,9 @@ std::unique_ptr<Model> load_gguf_model(const std::string& path) {
         ViewBuilder(*storage, json, a.permuted_qk).build();
     Checkpoint checkpoint = Checkpoint::from_views(path, std::move(views), storage);
     const ConfigReader reader(json, path + " (metadata as config.json)");
-    return (moe ? a.factory_moe : a.factory)(reader, std::move(config), std::move(checkpoint));
+    const ArchitectureFactory factory = find_architecture_factory(config.architecture);
+    if (factory == nullptr) fail(path, ": no factory for ", config.architecture);
+    return factory(reader, std::move(config), std::move(checkpoint));
 }
 
 }  // namespace tandem

@@ -10,7 +10,9 @@
 // copies are the q and k projections of the llama architecture, whose rows llama.cpp's converter
 // permuted for its interleaved RoPE and which are put back in Hugging Face order.
 //
-// Architectures: llama (with experts: Mixtral), qwen2, qwen2moe, qwen3moe, olmoe.
+// Architectures: llama (with experts: Mixtral), qwen2, qwen2moe, qwen3moe, olmoe, deepseek2
+// (DeepSeek-V2 and V3, with kv_b whole as older converters wrote it or split into k_b and v_b as
+// newer ones do; both are read in place).
 #pragma once
 
 #include <memory>

@@ -46,6 +46,11 @@ void read_special_tokens(const ConfigReader& reader, ModelConfig& config) {
 
 }  // namespace
 
+ArchitectureFactory find_architecture_factory(const std::string& name) {
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : it->second;
+}
+
 std::vector<std::string> supported_architectures() {
     std::vector<std::string> names;
     for (const auto& [name, factory] : registry())

@@ -16,10 +16,14 @@ forward pass on the weights as gguf-py's reference code dequantizes them from th
 
 Layout variants, so that each naming convention is read somewhere: mixtral F16 uses the legacy
 per-expert names (blk.N.ffn_gate.E.weight), qwen3_moe Q8_0 the fused ffn_gate_up_exps, olmoe Q4_0
-is split in two files (-00001-of-00002.gguf).
+is split in two files (-00001-of-00002.gguf). deepseek2 files come in both of llama.cpp's
+generations: F32 and Q4_0 as converters wrote them before llama.cpp's MLA support (one attn_kv_b,
+key_length = the head's qk width), F16, Q8_0 and Q4_K as they write them since (attn_kv_b split
+into attn_k_b, per head transposed, and attn_v_b; key_length_mla; head_count_kv 1).
 
     pip install gguf numpy torch transformers
-    python3 tools/make_gguf_fixtures.py
+    python3 tools/make_gguf_fixtures.py                 # every architecture
+    python3 tools/make_gguf_fixtures.py deepseek_v3     # only the ones named
 """
 
 import json
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 import transformers
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter, TokenType, quants
+from gguf import ExpertGatingFuncType, GGUFWriter, RopeScalingType, TokenType, quants
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -46,8 +50,10 @@ PROMPT_LEN = 8
 VOCAB = 128  # 3 specials + the 95 printable ASCII bytes + 30 merges: ASCII text only
 
 GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen2_moe": "qwen2moe",
-             "qwen3_moe": "qwen3moe", "olmoe": "olmoe"}
-SEEDS = {"llama": 11, "mixtral": 12, "qwen2": 13, "qwen2_moe": 14, "qwen3_moe": 15, "olmoe": 16}
+             "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "deepseek_v2": "deepseek2",
+             "deepseek_v3": "deepseek2"}
+SEEDS = {"llama": 11, "mixtral": 12, "qwen2": 13, "qwen2_moe": 14, "qwen3_moe": 15, "olmoe": 16,
+         "deepseek_v2": 17, "deepseek_v3": 18}
 
 
 def shrink(arch, variant):
@@ -80,7 +86,32 @@ def shrink(arch, variant):
         cfg["shared_expert_intermediate_size"] = 32
     if arch == "llama":  # llama3 rope: GGUF stores it as the rope_freqs tensor
         cfg["rope_parameters"]["original_max_position_embeddings"] = 64
+    if arch.startswith("deepseek"):
+        shrink_deepseek(cfg, arch)
     return cfg
+
+
+def shrink_deepseek(cfg, arch):
+    """MLA rows of whole Q8_0 blocks (kv_lora_rank 64, qk_nope 32) so that kv_b, k_b and v_b are
+    quantized in the small files, and no two MLA widths equal (a k_b read transposed, or a key
+    length of the wrong generation, cannot pass); 2 layers (dense, MoE) of 8 experts in 4
+    groups. YaRN on both, with mscale equal to mscale_all_dim as in every DeepSeek config: GGUF
+    keeps only yarn_log_multiplier (0.1 * mscale_all_dim), and llama.cpp computes the rest as if
+    the two were equal."""
+    for key in ("head_dim", "qk_head_dim"):
+        cfg.pop(key, None)
+    cfg.update(num_key_value_heads=cfg["num_attention_heads"],  # transformers' MLA needs it
+               kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=8, v_head_dim=16,
+               q_lora_rank=32 if arch == "deepseek_v3" else None, num_hidden_layers=2,
+               first_k_dense_replace=1, n_routed_experts=8, num_experts_per_tok=2,
+               moe_intermediate_size=16, n_group=4, topk_group=2)
+    if arch == "deepseek_v2":  # unscaled experts, as in DeepSeek-V2-Lite (V3 keeps its 2.5)
+        cfg["routed_scaling_factor"] = 1.0
+        cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 20000.0, "factor": 8.0,
+                                  "original_max_position_embeddings": 32, "beta_fast": 32,
+                                  "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}
+    else:
+        cfg["rope_parameters"]["mscale"] = cfg["rope_parameters"]["mscale_all_dim"]
 
 
 def make_model(arch, variant):
@@ -174,6 +205,8 @@ def unpermute(w, n_head):
 
 def gguf_tensors(arch, model, layout):
     """HF state dict -> [(gguf name, array, hf names + how to undo)] in convert_hf_to_gguf order."""
+    if GGUF_ARCH[arch] == "deepseek2":
+        return deepseek_tensors(model, layout)
     cfg = model.config
     sd = saved_state(model)
     llama = GGUF_ARCH[arch] == "llama"
@@ -243,6 +276,111 @@ def gguf_tensors(arch, model, layout):
     return out
 
 
+def deepseek_tensors(model, layout):
+    """convert_hf_to_gguf.py's DeepseekV2Model: 3-D experts, e_score_correction_bias as
+    exp_probs_b.bias, and kv_b_proj whole (layout "kv_b") or, as converters do since llama.cpp's
+    MLA support (layout "split"), viewed as [heads, nope + v, rank] and split into k_b (transposed
+    to [heads, rank, nope]) and v_b ([heads, v, rank]). No q/k permutation."""
+    cfg = model.config
+    sd = saved_state(model)
+    out = []
+
+    def plain(gname, hname):
+        out.append((gname, sd[hname], lambda d, h=hname: {h: d}))
+
+    plain("token_embd.weight", "model.embed_tokens.weight")
+    heads, nope, v = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
+    for layer in range(cfg.num_hidden_layers):
+        p, b = f"model.layers.{layer}.", f"blk.{layer}."
+        a = p + "self_attn."
+        plain(b + "attn_norm.weight", p + "input_layernorm.weight")
+        if cfg.q_lora_rank:
+            plain(b + "attn_q_a.weight", a + "q_a_proj.weight")
+            plain(b + "attn_q_a_norm.weight", a + "q_a_layernorm.weight")
+            plain(b + "attn_q_b.weight", a + "q_b_proj.weight")
+        else:
+            plain(b + "attn_q.weight", a + "q_proj.weight")
+        plain(b + "attn_kv_a_mqa.weight", a + "kv_a_proj_with_mqa.weight")
+        plain(b + "attn_kv_a_norm.weight", a + "kv_a_layernorm.weight")
+        h = a + "kv_b_proj.weight"
+        if layout == "split":  # k_b's restore keeps its part for v_b's, which rebuilds kv_b
+            kv_b = sd[h].reshape(heads, nope + v, -1)
+            k_b = np.ascontiguousarray(kv_b[:, :nope].transpose(0, 2, 1))
+            part = {}
+
+            def restore_kv_b(d, h=h, part=part):
+                k_rows = part["k_b"].transpose(0, 2, 1)
+                return {h: np.concatenate([k_rows, d], axis=1).reshape(heads * (nope + v), -1)}
+
+            out.append((b + "attn_k_b.weight", k_b, lambda d, part=part: part.update(k_b=d) or {}))
+            out.append((b + "attn_v_b.weight", np.ascontiguousarray(kv_b[:, nope:]), restore_kv_b))
+        else:
+            plain(b + "attn_kv_b.weight", h)
+        plain(b + "attn_output.weight", a + "o_proj.weight")
+        plain(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
+        if p + "mlp.gate.weight" in sd:
+            plain(b + "ffn_gate_inp.weight", p + "mlp.gate.weight")
+            if p + "mlp.gate.e_score_correction_bias" in sd:
+                plain(b + "exp_probs_b.bias", p + "mlp.gate.e_score_correction_bias")
+            n_exp = cfg.n_routed_experts
+            for w in ("gate", "up", "down"):
+                names = [f"{p}mlp.experts.{e}.{w}_proj.weight" for e in range(n_exp)]
+                out.append((f"{b}ffn_{w}_exps.weight", np.stack([sd[n] for n in names]),
+                            lambda d, names=names: {n: d[e] for e, n in enumerate(names)}))
+            for w in ("gate", "up", "down"):
+                plain(f"{b}ffn_{w}_shexp.weight", f"{p}mlp.shared_experts.{w}_proj.weight")
+        else:
+            for w in ("gate", "up", "down"):
+                plain(f"{b}ffn_{w}.weight", f"{p}mlp.{w}_proj.weight")
+    plain("output_norm.weight", "model.norm.weight")
+    if not cfg.tie_word_embeddings:
+        plain("output.weight", "lm_head.weight")
+    return out
+
+
+def add_deepseek_metadata(w, cfg, layout):
+    """DeepseekV2Model.set_gguf_parameters and the TextModel keys it relies on, of the converter
+    generation that `layout` belongs to (see deepseek_tensors)."""
+    split = layout == "split"
+    rank, rope = cfg.kv_lora_rank, cfg.qk_rope_head_dim
+    w.add_leading_dense_block_count(cfg.first_k_dense_replace)
+    w.add_vocab_size(cfg.vocab_size)
+    if cfg.q_lora_rank:
+        w.add_q_lora_rank(cfg.q_lora_rank)
+    w.add_kv_lora_rank(rank)
+    if split:
+        w.add_key_length(rank + rope)
+        w.add_value_length(rank)
+        w.add_key_length_mla(cfg.qk_nope_head_dim + rope)
+        w.add_value_length_mla(cfg.v_head_dim)
+    else:
+        w.add_key_length(cfg.qk_nope_head_dim + rope)
+        w.add_value_length(cfg.v_head_dim)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    w.add_expert_count(cfg.n_routed_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    w.add_expert_shared_count(cfg.n_shared_experts)
+    w.add_expert_weights_scale(cfg.routed_scaling_factor)
+    if cfg.norm_topk_prob or not split:
+        w.add_expert_weights_norm(cfg.norm_topk_prob)
+    v3 = cfg.model_type == "deepseek_v3"
+    if v3 or split:  # an old V2 file without it tests the default, softmax
+        w.add_expert_gating_func(
+            ExpertGatingFuncType.SIGMOID if v3 else ExpertGatingFuncType.SOFTMAX)
+    w.add_expert_group_count(cfg.n_group)
+    w.add_expert_group_used_count(cfg.topk_group)
+    w.add_rope_dimension_count(rope)
+    rp = cfg.rope_parameters
+    if rp.get("rope_type") == "yarn":
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+        if split:
+            w.add_rope_scaling_yarn_beta_fast(rp["beta_fast"])
+            w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
+        w.add_rope_scaling_yarn_log_mul(0.1 * rp["mscale_all_dim"])
+
+
 def rope_freqs(cfg):
     """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors for llama3 scaling."""
     rope = cfg.rope_parameters
@@ -302,15 +440,19 @@ def write_gguf(path, arch, model, ftype, layout, splits):
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    # llama.cpp's MLA graphs treat the latent as one KV head (see deepseek_tensors)
+    w.add_head_count_kv(1 if layout == "split" else cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
+    if ga == "deepseek2":
+        add_deepseek_metadata(w, cfg, layout)
+    else:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
     w.add_file_type({T.F32: 0, T.F16: 1, T.Q8_0: 7, T.Q4_0: 2, T.Q4_K: 15}[ftype])
     n_exp = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
-    if n_exp:
+    if n_exp and ga != "deepseek2":
         w.add_expert_count(n_exp)
         w.add_expert_used_count(cfg.num_experts_per_tok)
     if arch in ("qwen2_moe", "qwen3_moe"):
@@ -361,7 +503,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     types = [("f32", T.F32, "small"), ("f16", T.F16, "small"), ("q8_0", T.Q8_0, "small"),
              ("q4_0", T.Q4_0, "small"), ("q4_k", T.Q4_K, "k")]
-    for arch in GGUF_ARCH:
+    for arch in sys.argv[1:] or GGUF_ARCH:
         out = OUT / arch
         out.mkdir(exist_ok=True)
         for old in out.glob("*.gguf"):
@@ -374,6 +516,8 @@ def main():
         ref["logits_f32_k"] = f32["k"]  # logits_f32 is that of the small model (exact weights)
         for tag, ftype, variant in types:
             layout = {("mixtral", "f16"): "legacy", ("qwen3_moe", "q8_0"): "fused"}.get((arch, tag), "3d")
+            if GGUF_ARCH[arch] == "deepseek2":
+                layout = "kv_b" if tag in ("f32", "q4_0") else "split"
             splits = 8 if (arch, tag) == ("olmoe", "q4_0") else 0
             state = write_gguf(out / f"model-{tag}.gguf", arch, models[variant], ftype, layout, splits)
             ref[f"logits_{tag}"] = logits_with(models[variant], state, ids)
@@ -382,7 +526,7 @@ def main():
         save_file({k: v.contiguous() for k, v in ref.items()}, out / "reference.safetensors",
                   metadata={"gguf": version("gguf"), "transformers": transformers.__version__,
                             "torch": torch.__version__})
-    size = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())  # all archs
     print(f"total {size // 1024} KiB")
 
 

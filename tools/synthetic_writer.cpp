@@ -157,6 +157,78 @@ bool is_qwen(SyntheticArch arch) {
 
 // ---- Hugging Face layout ---------------------------------------------------------------------
 
+bool is_deepseek(SyntheticArch arch) {
+    return arch == SyntheticArch::DeepseekV2;
+}
+
+float fan_in_std(int64_t fan_in) {
+    return 1.0f / std::sqrt(float(fan_in));
+}
+
+// DeepSeek-V2's config.json keys, as on the Hub (DeepSeek-V2-Lite's: softmax greedy routing,
+// unscaled, no renormalisation).
+void deepseek_config(const SyntheticModelSpec& s, nlohmann::json& c) {
+    c["architectures"] = {"DeepseekV2ForCausalLM"};
+    c["model_type"] = "deepseek_v2";
+    c.erase("head_dim");  // transformers derives it; Hub configs lack it
+    c["num_key_value_heads"] = s.n_heads;
+    c["q_lora_rank"] = s.mla.q_lora_rank > 0 ? nlohmann::json(s.mla.q_lora_rank) : nullptr;
+    c["kv_lora_rank"] = s.mla.kv_lora_rank;
+    c["qk_nope_head_dim"] = s.mla.qk_nope_head_dim;
+    c["qk_rope_head_dim"] = s.mla.qk_rope_head_dim;
+    c["v_head_dim"] = s.mla.v_head_dim;
+    c["n_routed_experts"] = s.n_experts;
+    c["moe_intermediate_size"] = s.expert_ffn_dim;
+    c["n_shared_experts"] = s.shared_expert_ffn_dim / s.expert_ffn_dim;
+    c["intermediate_size"] = s.dense_ffn_dim;
+    c["first_k_dense_replace"] = s.n_dense_layers;
+    c["moe_layer_freq"] = 1;
+    c["scoring_func"] = "softmax";
+    c["topk_method"] = "greedy";
+    c["n_group"] = 1;
+    c["topk_group"] = 1;
+    c["routed_scaling_factor"] = 1.0;
+    if (s.yarn_factor > 0)
+        c["rope_scaling"] = {{"type", "yarn"},
+                             {"factor", s.yarn_factor},
+                             {"original_max_position_embeddings", s.yarn_original_context},
+                             {"mscale", s.yarn_mscale},
+                             {"mscale_all_dim", s.yarn_mscale},
+                             {"beta_fast", 32},
+                             {"beta_slow", 1}};
+}
+
+// DeepSeek-V2's latent attention projections, with Hugging Face's names and kv_b, or with
+// llama.cpp's names and kv_b split into attn_k_b and attn_v_b as its converter writes them now.
+template <class Add>
+void plan_mla(const SyntheticModelSpec& s, const std::string& p, bool gguf, Add&& add) {
+    const SyntheticMla& m = s.mla;
+    const int64_t h = s.n_heads, qk = m.qk_nope_head_dim + m.qk_rope_head_dim;
+    const std::string a = p + (gguf ? "attn_" : "self_attn.");
+    const auto name = [&](const char* hf, const char* ggml) {
+        return a + (gguf ? ggml : hf) + ".weight";
+    };
+    if (m.q_lora_rank > 0) {
+        add(name("q_a_proj", "q_a"), {m.q_lora_rank, s.hidden_dim}, fan_in_std(s.hidden_dim));
+        add(name("q_a_layernorm", "q_a_norm"), {m.q_lora_rank}, 0.0f);
+        add(name("q_b_proj", "q_b"), {h * qk, m.q_lora_rank}, fan_in_std(m.q_lora_rank));
+    } else {
+        add(name("q_proj", "q"), {h * qk, s.hidden_dim}, fan_in_std(s.hidden_dim));
+    }
+    add(name("kv_a_proj_with_mqa", "kv_a_mqa"), {m.kv_lora_rank + m.qk_rope_head_dim, s.hidden_dim},
+        fan_in_std(s.hidden_dim));
+    add(name("kv_a_layernorm", "kv_a_norm"), {m.kv_lora_rank}, 0.0f);
+    if (gguf) {
+        // W_UK's values as in kv_b, stored transposed per head
+        add(a + "k_b.weight", {h, m.kv_lora_rank, m.qk_nope_head_dim}, fan_in_std(m.kv_lora_rank));
+        add(a + "v_b.weight", {h, m.v_head_dim, m.kv_lora_rank}, fan_in_std(m.kv_lora_rank));
+    } else {
+        add(a + "kv_b_proj.weight", {h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank},
+            fan_in_std(m.kv_lora_rank));
+    }
+    add(name("o_proj", "output"), {s.hidden_dim, h * m.v_head_dim}, fan_in_std(h * m.v_head_dim));
+}
+
 nlohmann::json hf_config(const SyntheticModelSpec& s, DType dtype) {
     nlohmann::json c = {
         {"vocab_size", s.vocab_size},
@@ -204,6 +276,7 @@ nlohmann::json hf_config(const SyntheticModelSpec& s, DType dtype) {
             c["num_local_experts"] = s.n_experts;
             c["intermediate_size"] = s.expert_ffn_dim;
             break;
+        case SyntheticArch::DeepseekV2: deepseek_config(s, c); break;
     }
     return c;
 }
@@ -220,10 +293,21 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
         const std::string p = "model.layers." + std::to_string(l) + ".";
         add(p + "input_layernorm.weight", {s.hidden_dim}, 0.0f);
         add(p + "post_attention_layernorm.weight", {s.hidden_dim}, 0.0f);
-        add(p + "self_attn.q_proj.weight", {q_dim, s.hidden_dim}, proj_std);
-        add(p + "self_attn.k_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
-        add(p + "self_attn.v_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
-        add(p + "self_attn.o_proj.weight", {s.hidden_dim, q_dim}, 1.0f / std::sqrt(float(q_dim)));
+        if (is_deepseek(s.arch)) {
+            plan_mla(s, p, false, add);
+            if (l < s.n_dense_layers) {
+                const int64_t f = s.dense_ffn_dim;
+                add(p + "mlp.gate_proj.weight", {f, s.hidden_dim}, proj_std);
+                add(p + "mlp.up_proj.weight", {f, s.hidden_dim}, proj_std);
+                add(p + "mlp.down_proj.weight", {s.hidden_dim, f}, fan_in_std(f));
+                continue;
+            }
+        } else {
+            add(p + "self_attn.q_proj.weight", {q_dim, s.hidden_dim}, proj_std);
+            add(p + "self_attn.k_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
+            add(p + "self_attn.v_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
+            add(p + "self_attn.o_proj.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
+        }
         if (s.arch == SyntheticArch::Qwen2Moe) {
             add(p + "self_attn.q_proj.bias", {q_dim}, 0.02f);
             add(p + "self_attn.k_proj.bias", {kv_dim}, 0.02f);
@@ -251,11 +335,13 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
         }
         if (s.shared_expert_ffn_dim > 0) {
             const int64_t f = s.shared_expert_ffn_dim;
-            add(p + "mlp.shared_expert.gate_proj.weight", {f, s.hidden_dim}, proj_std);
-            add(p + "mlp.shared_expert.up_proj.weight", {f, s.hidden_dim}, proj_std);
-            add(p + "mlp.shared_expert.down_proj.weight", {s.hidden_dim, f},
-                1.0f / std::sqrt(float(f)));
-            add(p + "mlp.shared_expert_gate.weight", {1, s.hidden_dim}, proj_std);
+            const std::string shared =
+                p + (is_deepseek(s.arch) ? "mlp.shared_experts." : "mlp.shared_expert.");
+            add(shared + "gate_proj.weight", {f, s.hidden_dim}, proj_std);
+            add(shared + "up_proj.weight", {f, s.hidden_dim}, proj_std);
+            add(shared + "down_proj.weight", {s.hidden_dim, f}, fan_in_std(f));
+            if (s.arch == SyntheticArch::Qwen2Moe)  // DeepSeek's shared experts are ungated
+                add(p + "mlp.shared_expert_gate.weight", {1, s.hidden_dim}, proj_std);
         }
     }
     add("model.norm.weight", {s.hidden_dim}, 0.0f);
@@ -277,6 +363,7 @@ const char* gguf_arch(SyntheticArch arch) {
         case SyntheticArch::Qwen2Moe: return "qwen2moe";
         case SyntheticArch::Olmoe: return "olmoe";
         case SyntheticArch::Mixtral: return "llama";
+        case SyntheticArch::DeepseekV2: return "deepseek2";
     }
     return "";
 }
@@ -295,10 +382,25 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
     for (int64_t l = 0; l < s.n_layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         f32(p + "attn_norm.weight", {s.hidden_dim}, 0.0f);
-        matrix(p + "attn_q.weight", {q_dim, s.hidden_dim}, proj_std);
-        matrix(p + "attn_k.weight", {kv_dim, s.hidden_dim}, proj_std);
-        matrix(p + "attn_v.weight", {kv_dim, s.hidden_dim}, proj_std);
-        matrix(p + "attn_output.weight", {s.hidden_dim, q_dim}, 1.0f / std::sqrt(float(q_dim)));
+        if (is_deepseek(s.arch)) {
+            plan_mla(s, p, true, [&](std::string name, std::vector<int64_t> shape, float std) {
+                if (shape.size() == 1) return f32(std::move(name), std::move(shape), std);
+                matrix(std::move(name), std::move(shape), std);
+            });
+            f32(p + "ffn_norm.weight", {s.hidden_dim}, 0.0f);
+            if (l < s.n_dense_layers) {
+                const int64_t f = s.dense_ffn_dim;
+                matrix(p + "ffn_gate.weight", {f, s.hidden_dim}, proj_std);
+                matrix(p + "ffn_up.weight", {f, s.hidden_dim}, proj_std);
+                matrix(p + "ffn_down.weight", {s.hidden_dim, f}, fan_in_std(f));
+                continue;
+            }
+        } else {
+            matrix(p + "attn_q.weight", {q_dim, s.hidden_dim}, proj_std);
+            matrix(p + "attn_k.weight", {kv_dim, s.hidden_dim}, proj_std);
+            matrix(p + "attn_v.weight", {kv_dim, s.hidden_dim}, proj_std);
+            matrix(p + "attn_output.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
+        }
         if (s.arch == SyntheticArch::Qwen2Moe) {
             f32(p + "attn_q.bias", {q_dim}, 0.02f);
             f32(p + "attn_k.bias", {kv_dim}, 0.02f);
@@ -311,7 +413,7 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
             f32(p + "attn_q_norm.weight", {q_dim}, 0.0f);
             f32(p + "attn_k_norm.weight", {kv_dim}, 0.0f);
         }
-        f32(p + "ffn_norm.weight", {s.hidden_dim}, 0.0f);
+        if (!is_deepseek(s.arch)) f32(p + "ffn_norm.weight", {s.hidden_dim}, 0.0f);
         f32(p + "ffn_gate_inp.weight", {s.n_experts, s.hidden_dim}, proj_std);
         const int64_t e = s.n_experts, f = s.expert_ffn_dim;
         matrix(p + "ffn_gate_exps.weight", {e, f, s.hidden_dim}, proj_std);
@@ -319,7 +421,8 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
         matrix(p + "ffn_down_exps.weight", {e, s.hidden_dim, f}, 1.0f / std::sqrt(float(f)));
         if (s.shared_expert_ffn_dim > 0) {
             const int64_t g = s.shared_expert_ffn_dim;
-            f32(p + "ffn_gate_inp_shexp.weight", {s.hidden_dim}, proj_std);
+            if (s.arch == SyntheticArch::Qwen2Moe)
+                f32(p + "ffn_gate_inp_shexp.weight", {s.hidden_dim}, proj_std);
             matrix(p + "ffn_gate_shexp.weight", {g, s.hidden_dim}, proj_std);
             matrix(p + "ffn_up_shexp.weight", {g, s.hidden_dim}, proj_std);
             matrix(p + "ffn_down_shexp.weight", {s.hidden_dim, g}, 1.0f / std::sqrt(float(g)));
@@ -381,6 +484,33 @@ class GgufHeader {
     uint64_t n_kv = 0;
 };
 
+// deepseek2's keys as llama.cpp's converter writes them since its MLA support: head_count_kv 1
+// and key/value lengths of the latent row, the heads' widths in the *_mla keys.
+void gguf_deepseek_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
+    const std::string a = gguf_arch(s.arch);
+    const SyntheticMla& m = s.mla;
+    h.kv_u32(a + ".attention.head_count_kv", 1);
+    if (m.q_lora_rank > 0) h.kv_u32(a + ".attention.q_lora_rank", uint32_t(m.q_lora_rank));
+    h.kv_u32(a + ".attention.kv_lora_rank", uint32_t(m.kv_lora_rank));
+    h.kv_u32(a + ".attention.key_length", uint32_t(m.kv_lora_rank + m.qk_rope_head_dim));
+    h.kv_u32(a + ".attention.value_length", uint32_t(m.kv_lora_rank));
+    h.kv_u32(a + ".attention.key_length_mla", uint32_t(m.qk_nope_head_dim + m.qk_rope_head_dim));
+    h.kv_u32(a + ".attention.value_length_mla", uint32_t(m.v_head_dim));
+    h.kv_u32(a + ".rope.dimension_count", uint32_t(m.qk_rope_head_dim));
+    h.kv_u32(a + ".leading_dense_block_count", uint32_t(s.n_dense_layers));
+    h.kv_u32(a + ".expert_feed_forward_length", uint32_t(s.expert_ffn_dim));
+    h.kv_u32(a + ".expert_shared_count", uint32_t(s.shared_expert_ffn_dim / s.expert_ffn_dim));
+    h.kv_f32(a + ".expert_weights_scale", 1.0f);
+    h.kv_u32(a + ".expert_gating_func", 1);  // softmax
+    h.kv_u32(a + ".vocab_size", uint32_t(s.vocab_size));
+    if (s.yarn_factor > 0) {
+        h.kv_str(a + ".rope.scaling.type", "yarn");
+        h.kv_f32(a + ".rope.scaling.factor", float(s.yarn_factor));
+        h.kv_u32(a + ".rope.scaling.original_context_length", uint32_t(s.yarn_original_context));
+        h.kv_f32(a + ".rope.scaling.yarn_log_multiplier", float(0.1 * s.yarn_mscale));
+    }
+}
+
 void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
     const std::string a = gguf_arch(s.arch);
     h.kv_str("general.architecture", a);
@@ -390,18 +520,23 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
     h.kv_u32(a + ".embedding_length", uint32_t(s.hidden_dim));
     h.kv_u32(a + ".feed_forward_length",
              uint32_t(is_qwen(s.arch) ? std::max(s.shared_expert_ffn_dim, 4 * s.expert_ffn_dim)
-                                      : s.expert_ffn_dim));
+                      : is_deepseek(s.arch) ? s.dense_ffn_dim
+                                            : s.expert_ffn_dim));
     h.kv_u32(a + ".attention.head_count", uint32_t(s.n_heads));
-    h.kv_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
-    h.kv_u32(a + ".attention.key_length", uint32_t(s.head_dim));
-    h.kv_u32(a + ".attention.value_length", uint32_t(s.head_dim));
-    h.kv_u32(a + ".rope.dimension_count", uint32_t(s.head_dim));
+    if (is_deepseek(s.arch)) {
+        gguf_deepseek_metadata(h, s);
+    } else {
+        h.kv_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
+        h.kv_u32(a + ".attention.key_length", uint32_t(s.head_dim));
+        h.kv_u32(a + ".attention.value_length", uint32_t(s.head_dim));
+        h.kv_u32(a + ".rope.dimension_count", uint32_t(s.head_dim));
+    }
     h.kv_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
     h.kv_f32(a + ".rope.freq_base", float(s.rope_theta));
     h.kv_u32(a + ".expert_count", uint32_t(s.n_experts));
     h.kv_u32(a + ".expert_used_count", uint32_t(s.n_experts_active));
     if (is_qwen(s.arch)) h.kv_u32(a + ".expert_feed_forward_length", uint32_t(s.expert_ffn_dim));
-    if (s.shared_expert_ffn_dim > 0)
+    if (s.shared_expert_ffn_dim > 0 && !is_deepseek(s.arch))  // deepseek2: expert_shared_count
         h.kv_u32(a + ".expert_shared_feed_forward_length", uint32_t(s.shared_expert_ffn_dim));
     h.kv_bool(a + ".expert_weights_norm", s.norm_topk_prob);
     if (s.arch == SyntheticArch::Mixtral) h.kv_u32(a + ".vocab_size", uint32_t(s.vocab_size));
@@ -441,7 +576,37 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
 }  // namespace
 
 std::vector<std::string> synthetic_preset_names() {
-    return {"mixtral-8x7b", "qwen3-30b-a3b", "qwen2-57b-a14b", "olmoe-1b-7b", "qwen1.5-moe-a2.7b"};
+    return {"mixtral-8x7b", "qwen3-30b-a3b",     "qwen2-57b-a14b",
+            "olmoe-1b-7b",  "qwen1.5-moe-a2.7b", "deepseek-v2-lite"};
+}
+
+// DeepSeek-V2-Lite's config.json (reference/models.md 3.2): MLA without q_lora, 2 shared experts,
+// the first layer dense, YaRN x40 over 4096 positions.
+SyntheticModelSpec deepseek_v2_lite() {
+    return {.name = "deepseek-v2-lite",
+            .arch = SyntheticArch::DeepseekV2,
+            .vocab_size = 102400,
+            .hidden_dim = 2048,
+            .n_layers = 27,
+            .n_heads = 16,
+            .n_kv_heads = 16,
+            .n_experts = 64,
+            .n_experts_active = 6,
+            .expert_ffn_dim = 1408,
+            .shared_expert_ffn_dim = 2 * 1408,
+            .max_position_embeddings = 163840,
+            .rope_theta = 10000.0,
+            .norm_topk_prob = false,
+            .mla = {.q_lora_rank = 0,
+                    .kv_lora_rank = 512,
+                    .qk_nope_head_dim = 128,
+                    .qk_rope_head_dim = 64,
+                    .v_head_dim = 128},
+            .n_dense_layers = 1,
+            .dense_ffn_dim = 10944,
+            .yarn_factor = 40.0,
+            .yarn_original_context = 4096,
+            .yarn_mscale = 0.707};
 }
 
 SyntheticModelSpec synthetic_preset(const std::string& name) {
@@ -457,14 +622,14 @@ SyntheticModelSpec synthetic_preset(const std::string& name) {
         {"olmoe-1b-7b", A::Olmoe, 50304, 2048, 16, 16, 16, 128, 64, 8, 1024, 0, 4096, 1e4, false},
         {"qwen1.5-moe-a2.7b", A::Qwen2Moe, 151936, 2048, 24, 16, 16, 128, 60, 4, 1408, 5632, 8192,
          1e6, false},
+        deepseek_v2_lite(),
     };
     std::string known;
     for (const SyntheticModelSpec& p : presets) {
         if (p.name == name) return p;
         known += (known.empty() ? "" : ", ") + p.name;
     }
-    fail("synthetic model '", name, "' is not one of: ", known,
-         " (deepseek-v2-lite: not yet, the synthetic writer emits no MLA attention)");
+    fail("synthetic model '", name, "' is not one of: ", known);
 }
 
 int64_t synthetic_parameter_count(const SyntheticModelSpec& spec) {

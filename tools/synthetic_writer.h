@@ -1,4 +1,5 @@
-// Synthetic MoE models at the shapes of real ones (Mixtral-8x7B, Qwen3-30B-A3B, ...), with seeded
+// Synthetic MoE models at the shapes of real ones (Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V2-Lite,
+// ...), with seeded
 // random weights, for benchmarks on machines that hold no real checkpoint: tandem-bench's
 // `--model synthetic:NAME`, and the same file handed to other engines (llama.cpp) for a side by
 // side run.
@@ -23,7 +24,16 @@
 
 namespace tandem {
 
-enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe };
+enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe, DeepseekV2 };
+
+// DeepSeek-V2's multi-head latent attention (models/blocks/mla_attention_block.h).
+struct SyntheticMla {
+    int64_t q_lora_rank = 0;  // 0: a full q_proj
+    int64_t kv_lora_rank = 0;
+    int64_t qk_nope_head_dim = 0;
+    int64_t qk_rope_head_dim = 0;
+    int64_t v_head_dim = 0;
+};
 
 struct SyntheticModelSpec {
     std::string name;  // the preset's name, e.g. "olmoe-1b-7b"
@@ -33,18 +43,29 @@ struct SyntheticModelSpec {
     int64_t n_layers = 0;
     int64_t n_heads = 0;
     int64_t n_kv_heads = 0;
-    int64_t head_dim = 0;
+    int64_t head_dim = 0;  // DeepseekV2: unused (mla has the widths)
     int64_t n_experts = 0;
     int64_t n_experts_active = 0;
     int64_t expert_ffn_dim = 0;
-    int64_t shared_expert_ffn_dim = 0;  // Qwen2-MoE's gated shared expert; 0: none
+    // Qwen2-MoE's gated shared expert, or DeepSeek's ungated shared experts together
+    // (n_shared_experts * expert_ffn_dim); 0: none.
+    int64_t shared_expert_ffn_dim = 0;
     int64_t max_position_embeddings = 4096;
     double rope_theta = 10000.0;
     bool norm_topk_prob = false;
     uint64_t seed = 1;
+    // DeepseekV2 only: MLA, the leading dense layers (first_k_dense_replace) of dense_ffn_dim,
+    // and YaRN (factor 0: none) with mscale = mscale_all_dim as in DeepSeek's configs.
+    SyntheticMla mla;
+    int64_t n_dense_layers = 0;
+    int64_t dense_ffn_dim = 0;
+    double yarn_factor = 0;
+    int64_t yarn_original_context = 0;
+    double yarn_mscale = 0;
 };
 
-// The presets, at the shapes of reference/models.md 3.2 (full depth; cut it with n_layers).
+// The presets, at the shapes of reference/models.md 3.2 (full depth; cut it with n_layers, which
+// keeps DeepSeek's leading dense layer).
 std::vector<std::string> synthetic_preset_names();
 // Throws tandem::Error naming the known presets for any other name.
 SyntheticModelSpec synthetic_preset(const std::string& name);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "models/checkpoint.h"
 #include "models/config.h"
@@ -15,6 +16,9 @@ namespace tandem {
 // architecture name and the generation config's token ids) and binds its weights.
 using ArchitectureFactory = std::unique_ptr<Model> (*)(const ConfigReader& reader,
                                                        ModelConfig config, Checkpoint checkpoint);
+
+// The factory registered for an `architectures` name (models/registry.cpp); nullptr if none.
+ArchitectureFactory find_architecture_factory(const std::string& name);
 
 std::unique_ptr<Model> make_llama(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_qwen2(const ConfigReader&, ModelConfig, Checkpoint);

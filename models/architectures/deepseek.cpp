@@ -40,6 +40,10 @@ MlaConfig read_mla(const ConfigReader& reader, bool v3) {
     // transformers' V2 always rotates interleaved pairs; V3 makes it a config switch.
     m.rope_interleave = v3 ? reader.bool_or("rope_interleave", true) : true;
     m.bias = reader.bool_or("attention_bias", false);
+    // transformers and DeepSeek's code build q_a_layernorm and kv_a_layernorm without an eps
+    // argument, so they keep RMSNorm's default whatever rms_norm_eps says (1e-6 in every
+    // published config, where the two agree).
+    m.latent_norm_eps = 1e-6;
     return m;
 }
 

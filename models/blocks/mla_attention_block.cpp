@@ -27,26 +27,46 @@ void copy_rope_part(const float* src, float* dst, int64_t n, bool interleaved) {
     }
 }
 
-// q_lat[t, h, :] = W_UK_hᵀ q_nope[t, h] for every token, W_UK_h being rows
-// [h * (nope + v), h * (nope + v) + nope) of kv_b. Writes into q_abs[t, h, rope_dim:].
-void absorb_query(const Tensor& q, const Tensor& kv_b, const MlaConfig& m, int64_t n_heads,
+// q_lat[t, h, :] = W_UK_hᵀ q_nope[t, h] for every token, written into q_abs[t, h, rope_dim:].
+// From kv_b, W_UK_h is rows [h * (nope + v), h * (nope + v) + nope): each row (one nope index)
+// adds a multiple of itself to q_lat. From k_b, W_UK_hᵀ is the R rows of k_b[h]: each gives one
+// element of q_lat as a dot product.
+void absorb_query(const Tensor& q, const MlaWeights& w, const MlaConfig& m, int64_t n_heads,
                   const Tensor& q_abs, ThreadPool& pool) {
     const int64_t n_tokens = q.dim(0), d = m.qk_head_dim(), r = m.kv_lora_rank;
-    const int64_t p = m.qk_rope_head_dim, row = p + r;
-    const int64_t head_rows = m.qk_nope_head_dim + m.v_head_dim;
-    const auto* weights = static_cast<const std::byte*>(kv_b.data());
-    const int64_t row_bytes_kv = row_bytes(kv_b.dtype(), r);
+    const int64_t p = m.qk_rope_head_dim, row = p + r, nope = m.qk_nope_head_dim;
+    const float* q_data = q.data_as<const float>();
+    float* out = q_abs.data_as<float>();
+    if (!w.k_b.empty()) {
+        const auto* weights = static_cast<const std::byte*>(w.k_b.data());
+        const int64_t k_row_bytes = row_bytes(w.k_b.dtype(), nope);
+        pool.run(n_heads, [&](int64_t h) {
+            thread_local std::vector<float> w_row;
+            w_row.resize(size_t(nope));
+            for (int64_t j = 0; j < r; ++j) {
+                cpu::row_to_f32(weights + (h * r + j) * k_row_bytes, w.k_b.dtype(), nope,
+                                w_row.data());
+                for (int64_t t = 0; t < n_tokens; ++t)
+                    out[(t * n_heads + h) * row + p + j] =
+                        cpu::dot_f32(w_row.data(), q_data + (t * n_heads + h) * d, nope);
+            }
+        });
+        return;
+    }
+    const auto* weights = static_cast<const std::byte*>(w.kv_b.data());
+    const int64_t head_rows = nope + m.v_head_dim;
+    const int64_t kv_row_bytes = row_bytes(w.kv_b.dtype(), r);
     pool.run(n_heads, [&](int64_t h) {
         thread_local std::vector<float> w_row;
         w_row.resize(size_t(r));
         for (int64_t t = 0; t < n_tokens; ++t)
-            std::fill_n(q_abs.data_as<float>() + (t * n_heads + h) * row + p, r, 0.0f);
-        for (int64_t i = 0; i < m.qk_nope_head_dim; ++i) {
-            cpu::row_to_f32(weights + (h * head_rows + i) * row_bytes_kv, kv_b.dtype(), r,
+            std::fill_n(out + (t * n_heads + h) * row + p, r, 0.0f);
+        for (int64_t i = 0; i < nope; ++i) {
+            cpu::row_to_f32(weights + (h * head_rows + i) * kv_row_bytes, w.kv_b.dtype(), r,
                             w_row.data());
             for (int64_t t = 0; t < n_tokens; ++t) {
-                const float qi = q.data_as<const float>()[(t * n_heads + h) * d + i];
-                float* dst = q_abs.data_as<float>() + (t * n_heads + h) * row + p;
+                const float qi = q_data[(t * n_heads + h) * d + i];
+                float* dst = out + (t * n_heads + h) * row + p;
                 for (int64_t j = 0; j < r; ++j)
                     dst[j] += qi * w_row[size_t(j)];
             }
@@ -55,19 +75,22 @@ void absorb_query(const Tensor& q, const Tensor& kv_b, const MlaConfig& m, int64
 }
 
 // attn[t, h * v + j] = W_UV_h[j] · lat[t, h], W_UV_h being rows
-// [h * (nope + v) + nope, (h + 1) * (nope + v)) of kv_b.
-void expand_values(const Tensor& lat, const Tensor& kv_b, const MlaConfig& m, int64_t n_heads,
+// [h * (nope + v) + nope, (h + 1) * (nope + v)) of kv_b, or the v rows of v_b[h].
+void expand_values(const Tensor& lat, const MlaWeights& w, const MlaConfig& m, int64_t n_heads,
                    const Tensor& attn, ThreadPool& pool) {
     const int64_t n_tokens = lat.dim(0), r = m.kv_lora_rank, v = m.v_head_dim;
-    const int64_t head_rows = m.qk_nope_head_dim + v;
-    const auto* weights = static_cast<const std::byte*>(kv_b.data());
-    const int64_t row_bytes_kv = row_bytes(kv_b.dtype(), r);
+    const bool split = w.kv_b.empty();
+    const Tensor& uv = split ? w.v_b : w.kv_b;
+    const int64_t head_rows = split ? v : m.qk_nope_head_dim + v;
+    const int64_t first_row = split ? 0 : m.qk_nope_head_dim;
+    const auto* weights = static_cast<const std::byte*>(uv.data());
+    const int64_t uv_row_bytes = row_bytes(uv.dtype(), r);
     pool.run(n_heads, [&](int64_t h) {
         thread_local std::vector<float> w_row;
         w_row.resize(size_t(r));
         for (int64_t j = 0; j < v; ++j) {
-            cpu::row_to_f32(weights + (h * head_rows + m.qk_nope_head_dim + j) * row_bytes_kv,
-                            kv_b.dtype(), r, w_row.data());
+            cpu::row_to_f32(weights + (h * head_rows + first_row + j) * uv_row_bytes, uv.dtype(), r,
+                            w_row.data());
             for (int64_t t = 0; t < n_tokens; ++t)
                 attn.data_as<float>()[(t * n_heads + h) * v + j] = cpu::dot_f32(
                     w_row.data(), lat.data_as<const float>() + (t * n_heads + h) * r, r);
@@ -84,7 +107,7 @@ void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
     const int64_t n_tokens = step.n_tokens, n_heads = c.n_heads;
     const int64_t d = m.qk_head_dim(), p = m.qk_rope_head_dim, r = m.kv_lora_rank;
     const int64_t row = p + r;
-    const float eps = float(c.rms_norm_eps);
+    const float eps = float(m.latent_norm_eps);
 
     OwnedTensor q = make_tensor(DType::F32, {n_tokens, n_heads * d});
     if (m.q_lora_rank > 0) {
@@ -115,7 +138,7 @@ void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
     for (int64_t t = 0; t < n_tokens; ++t)
         std::memcpy(rows.view.data_as<float>() + t * row + p,
                     latent.view.data_as<const float>() + t * r, size_t(r) * sizeof(float));
-    absorb_query(q.view, w.kv_b, m, n_heads, q_abs.view, pool);
+    absorb_query(q.view, w, m, n_heads, q_abs.view, pool);
     const double rope_scale = rope_attention_factor(c.rope);
     cpu::apply_rope(rows.view, step.positions, inv_freq, rope_scale);
     cpu::apply_rope(q_abs.view, step.positions, inv_freq, rope_scale);
@@ -137,7 +160,7 @@ void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
                               pool);
     }
     OwnedTensor attn = make_tensor(DType::F32, {n_tokens, n_heads * m.v_head_dim});
-    expand_values(lat_out.view, w.kv_b, m, n_heads, attn.view, pool);
+    expand_values(lat_out.view, w, m, n_heads, attn.view, pool);
     cpu::linear(attn.view, w.o, w.o_bias, out, pool);
 }
 

@@ -14,7 +14,8 @@
 // tokens the expanded path needs fewer FLOPs only when n > (nope + v) * R / (2R - nope - v)
 // (about 170 for DeepSeek-V2-Lite), because absorbed attention works in R + P dims instead of
 // nope + P and v; one path keeps prefill bit-for-bit consistent with decode and the cache layout
-// single. An expanded prefill path for long chunks is a possible follow-up.
+// single. An expanded prefill path for long chunks is a possible follow-up. W_UK and W_UV come
+// from Hugging Face's kv_b or from GGUF's split k_b / v_b (MlaWeights), read in place either way.
 //
 // RoPE: DeepSeek's rotary pairs are interleaved (2i, 2i+1) (V2 always, V3 when
 // rope_interleave); both q_pe and k_pe are de-interleaved before the rotate-half kernel, a

@@ -3,15 +3,25 @@
 // logits that transformers computes with the weights gguf-py dequantizes from the same file, and
 // stay within a stated distance of the original f32 weights' logits.
 //
-// Tolerances. F32 and F16 files, and every file with its quantized tensors dequantized by
-// Tandem (bit-exact with gguf-py, tests/data/quant) before loading: max |diff| <= 1e-4 as in
-// the other golden tests, i.e. equal to f32 rounding. Quantized files: Tandem computes quantized dot products as llama.cpp does, with
-// the activations quantized to 8 bits (Q8_0 / Q8_K blocks), so its logits differ from the f32
-// computation on dequantized weights by that rounding: relative L2 per position <= 4e-2 (measured
-// 0.010-0.023 over the 18 quantized files), and
-// against the original f32 weights the quantization error itself: F16 <= 2e-3, Q8_0 <= 6e-2, and
-// <= 0.6 for Q4_0 and Q4_K (measured up to 0.47 for Q4_0 on these 32-wide random models, which
-// have no redundancy to hide it).
+// Tolerances. F32 and F16 files, and every file with its quantized tensors dequantized by Tandem
+// (bit-exact with gguf-py, tests/data/quant) before loading: max |diff| <= 1e-4 as in the other
+// golden tests, i.e. equal to f32 rounding. Quantized files: Tandem computes quantized dot products
+// as llama.cpp does, with the activations quantized to 8 bits (Q8_0 / Q8_K blocks), so its logits
+// differ from the f32 computation on dequantized weights by that rounding: relative L2 per position
+// <= 4e-2 (measured 0.010-0.023 over the 18 quantized files of the other architectures), and
+// against the original f32 weights the quantization error itself: F16 <= 2e-3, Q8_0 <= 6e-2, and <=
+// 0.6 for Q4_0 and Q4_K (measured up to 0.47 for Q4_0 on these 32-wide random models, which have no
+// redundancy to hide it).
+//
+// DeepSeek (deepseek2 files, both converter generations) moves further on the same rounding: seven
+// matrices per layer are quantized instead of four and grouped routing puts more choices near a
+// tie. Its quantized files are within 0.1 of their dequantized reference (measured 0.012-0.085, the
+// worst at one position of the Q4_K DeepSeek-V2 model, whose routers have a near tie there: a gap
+// of 0.03 that the 8-bit activations can close), and the f32 distances are sanity bounds only: F16
+// <= 3e-3, Q8_0 <= 0.15, Q4 <= 1.2 (measured 0.0022, 0.079, 0.91; transformers itself moves as far
+// on the dequantized weights). What pins DeepSeek's loading down is the exact comparisons, and the
+// f32 (kv_b whole) and f16 (k_b / v_b split) files against the original weights, which the script's
+// own inverse of the split cannot fake.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -75,6 +85,16 @@ double worst_relative_l2(std::span<const float> got, std::span<const float> want
     return worst;
 }
 
+struct Bounds {
+    double activations;         // relative L2 of a quantized file to the same reference
+    double f32, f16, q8_0, q4;  // relative L2 to the original f32 weights' logits
+};
+
+Bounds bounds(const Case& c) {
+    if (c.arch.starts_with("deepseek")) return {0.1, 1e-5, 3e-3, 0.15, 1.2};
+    return {4e-2, 1e-5, 2e-3, 6e-2, 0.6};
+}
+
 class GgufGolden : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GgufGolden, LogitsMatchDequantizedReference) {
@@ -89,21 +109,22 @@ TEST_P(GgufGolden, LogitsMatchDequantizedReference) {
     const std::vector<float> got = prefill(*model, prompt, pool);
     ASSERT_EQ(got.size(), want.size());
     const size_t vocab = size_t(model->config().vocab_size);
+    const Bounds b = bounds(c);
     if (c.type == "f32" || c.type == "f16") {
         double worst = 0;
         for (size_t i = 0; i < got.size(); ++i)
             worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
         EXPECT_LE(worst, 1e-4) << "max abs diff to transformers on the file's weights";
     } else {
-        EXPECT_LE(worst_relative_l2(got, want, vocab), 4e-2)
+        EXPECT_LE(worst_relative_l2(got, want, vocab), b.activations)
             << "relative L2 to transformers on the file's dequantized weights";
     }
     RecordProperty("rel_l2_to_dequantized", std::to_string(worst_relative_l2(got, want, vocab)));
     RecordProperty("rel_l2_to_f32", std::to_string(worst_relative_l2(got, f32, vocab)));
-    const double bound = c.type == "f32"    ? 1e-5
-                         : c.type == "f16"  ? 2e-3
-                         : c.type == "q8_0" ? 6e-2
-                                            : 0.6;
+    const double bound = c.type == "f32"    ? b.f32
+                         : c.type == "f16"  ? b.f16
+                         : c.type == "q8_0" ? b.q8_0
+                                            : b.q4;
     EXPECT_LE(worst_relative_l2(got, f32, vocab), bound)
         << "relative L2 to transformers on the original f32 weights";
 }
@@ -125,6 +146,7 @@ TEST_P(GgufGolden, DequantizedFileMatchesToF32Rounding) {
     for (size_t i = 0; i < got.size(); ++i)
         worst = std::max(worst, std::fabs(double(got[i]) - want[i]));
     EXPECT_LE(worst, 1e-4) << "max abs diff";
+    RecordProperty("max_abs_diff", std::to_string(worst));
 }
 
 TEST_P(GgufGolden, TokenizerAndTemplateFromMetadata) {
@@ -140,7 +162,8 @@ TEST_P(GgufGolden, TokenizerAndTemplateFromMetadata) {
 
 std::vector<Case> all_cases() {
     std::vector<Case> cases;
-    for (const char* arch : {"llama", "mixtral", "qwen2", "qwen2_moe", "qwen3_moe", "olmoe"})
+    for (const char* arch : {"llama", "mixtral", "qwen2", "qwen2_moe", "qwen3_moe", "olmoe",
+                             "deepseek_v2", "deepseek_v3"})
         for (const char* type : {"f32", "f16", "q8_0", "q4_0", "q4_k"})
             cases.push_back({arch, type});
     return cases;

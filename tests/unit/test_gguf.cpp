@@ -11,6 +11,7 @@
 
 #include "kernels/error.h"
 #include "models/gguf.h"
+#include "models/gguf_loader.h"
 #include "models/model.h"
 #include "tests/gguf_writer.h"
 #include "tests/test_util.h"
@@ -322,6 +323,89 @@ TEST(Gguf, LoaderErrorsNameKeyAndTensor) {
     const std::string message = load_error(path);
     EXPECT_ERROR_HAS(message, "m.gguf: tensor blk.0.ffn_down.weight");
     EXPECT_ERROR_HAS(message, "q4_1 (unsupported dtype)");
+}
+
+// `path` written again to `out` with the metadata `key` set to the u32 `value` (added when absent)
+// and without the tensor `drop`.
+void rewrite_gguf(const std::string& path, const std::string& out, const std::string& key,
+                  uint32_t value, const std::string& drop = "") {
+    const GgufModelFiles files = GgufModelFiles::open(path);
+    GgufWriter w;
+    for (const auto& [k, v] : files.first().contents().metadata)
+        if (k != key) w.add_value(k, v);
+    if (!key.empty()) w.add_u32(key, value);
+    for (const GgufTensor* t : files.tensors()) {
+        if (t->name == drop) continue;
+        const auto* data = reinterpret_cast<const uint8_t*>(t->data);
+        w.add_tensor(t->name, t->ggml_type, {t->shape.rbegin(), t->shape.rend()},
+                     {data, data + t->bytes});
+    }
+    w.write(out);
+}
+
+// The deepseek2 fixtures (tools/make_gguf_fixtures.py): both converter generations give the same
+// DeepseekV2Config, and the router decides between V2 and V3.
+TEST(Gguf, Deepseek2MetadataBecomesDeepseekConfig) {
+    const std::string dir = test::data_dir() + "/gguf/";
+    for (const char* file : {"deepseek_v2/model-f32.gguf", "deepseek_v2/model-f16.gguf"}) {
+        SCOPED_TRACE(file);  // kv_b whole, key_length per head; split, key_length_mla
+        const nlohmann::json c = gguf_model_config(GgufModelFiles::open(dir + file));
+        EXPECT_EQ(c["architectures"][0], "DeepseekV2ForCausalLM");
+        EXPECT_EQ(c["num_key_value_heads"], 2);
+        EXPECT_TRUE(c["q_lora_rank"].is_null());
+        EXPECT_EQ(c["kv_lora_rank"], 64);
+        EXPECT_EQ(c["qk_nope_head_dim"], 32);
+        EXPECT_EQ(c["qk_rope_head_dim"], 8);
+        EXPECT_EQ(c["v_head_dim"], 16);
+        EXPECT_EQ(c["first_k_dense_replace"], 1);
+        EXPECT_EQ(c["n_shared_experts"], 2);
+        EXPECT_EQ(c["scoring_func"], "softmax");
+        EXPECT_EQ(c["topk_method"], "group_limited_greedy");
+        EXPECT_EQ(c["n_group"], 4);
+        EXPECT_EQ(c["topk_group"], 2);
+        EXPECT_EQ(c["rope_scaling"]["attention_factor"], 1.0);
+        EXPECT_NEAR(c["rope_scaling"]["mscale_all_dim"].get<double>(), 0.707, 1e-6);
+    }
+    const nlohmann::json v3 =
+        gguf_model_config(GgufModelFiles::open(dir + "deepseek_v3/model-q8_0.gguf"));
+    EXPECT_EQ(v3["architectures"][0], "DeepseekV3ForCausalLM");
+    EXPECT_EQ(v3["topk_method"], "noaux_tc");
+    EXPECT_EQ(v3["q_lora_rank"], 32);
+    EXPECT_EQ(v3["norm_topk_prob"], true);
+    EXPECT_NEAR(v3["routed_scaling_factor"].get<double>(), 2.5, 1e-6);
+}
+
+TEST(Gguf, Deepseek2RouterErrorsNameKeyAndTensor) {
+    test::TempDir dir;
+    const std::string v3 = test::data_dir() + "/gguf/deepseek_v3/model-f16.gguf";
+    const std::string path = dir.str() + "/m.gguf";
+    rewrite_gguf(v3, path, "deepseek2.expert_gating_func", 2, "blk.1.exp_probs_b.bias");
+    EXPECT_ERROR_HAS(load_error(path), "m.gguf: missing tensor blk.1.exp_probs_b.bias");
+    rewrite_gguf(v3, path, "deepseek2.expert_gating_func", 1);
+    EXPECT_ERROR_HAS(load_error(path),
+                     "tensor blk.1.exp_probs_b.bias: a selection bias with "
+                     "softmax routing is not supported");
+    rewrite_gguf(v3, path, "deepseek2.expert_gating_func", 3);
+    EXPECT_ERROR_HAS(load_error(path), "deepseek2.expert_gating_func: 3 is not supported");
+    // A file with k_b but not v_b: the binder names what is missing.
+    rewrite_gguf(v3, path, "", 0, "blk.0.attn_v_b.weight");
+    EXPECT_ERROR_HAS(load_error(path), "missing tensor model.layers.0.self_attn.v_b_proj.weight");
+    // DeepSeek's tensor names mean nothing in another architecture's file.
+    const std::string qwen = test::data_dir() + "/gguf/qwen2/model-f32.gguf";
+    const GgufModelFiles q = GgufModelFiles::open(qwen);
+    GgufWriter w;
+    for (const auto& [k, v] : q.first().contents().metadata)
+        w.add_value(k, v);
+    for (const GgufTensor* t : q.tensors()) {
+        const auto* data = reinterpret_cast<const uint8_t*>(t->data);
+        w.add_tensor(t->name, t->ggml_type, {t->shape.rbegin(), t->shape.rend()},
+                     {data, data + t->bytes});
+    }
+    w.add_tensor("blk.0.attn_kv_b.weight", 0, {2}, f32_data(2));
+    w.write(path);
+    EXPECT_ERROR_HAS(load_error(path),
+                     "tensor blk.0.attn_kv_b.weight: not a weight of "
+                     "Qwen2ForCausalLM");
 }
 
 TEST(Gguf, FuzzHarnessSurvivesRandomMutations) {

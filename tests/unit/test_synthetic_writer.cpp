@@ -1,6 +1,7 @@
 // The synthetic model writers of tandem-bench (tools/synthetic_writer.h): every architecture, as
 // safetensors and as GGUF in float and quantized types, loads and generates through the Engine;
-// the same spec and seed give the same bytes; the presets have the real models' sizes.
+// the same spec and seed give the same bytes; the presets have the real models' sizes; a cut of
+// DeepSeek-V2-Lite's preset has its shapes once loaded.
 #include <tandem/engine.h>
 
 #include <fstream>
@@ -8,13 +9,15 @@
 
 #include "kernels/error.h"
 #include "models/config.h"
+#include "models/model.h"
 #include "tests/test_util.h"
 #include "tools/synthetic_writer.h"
 
 namespace tandem {
 namespace {
 
-// Small, but with rows of 256 so that every K-quant applies without fallback.
+// Small, but with rows of 256 so that every K-quant applies without fallback (but to DeepSeek's
+// attn_k_b, whose rows are qk_nope wide, as in the real model).
 SyntheticModelSpec tiny(SyntheticArch arch, uint64_t seed) {
     SyntheticModelSpec s;
     s.name = "tiny";
@@ -31,6 +34,19 @@ SyntheticModelSpec tiny(SyntheticArch arch, uint64_t seed) {
     s.shared_expert_ffn_dim = arch == SyntheticArch::Qwen2Moe ? 512 : 0;
     s.max_position_embeddings = 64;
     s.seed = seed;
+    if (arch == SyntheticArch::DeepseekV2) {
+        s.n_kv_heads = s.n_heads;
+        s.mla = {.kv_lora_rank = 256,
+                 .qk_nope_head_dim = 128,
+                 .qk_rope_head_dim = 64,
+                 .v_head_dim = 128};
+        s.shared_expert_ffn_dim = 2 * s.expert_ffn_dim;
+        s.n_dense_layers = 1;
+        s.dense_ffn_dim = 512;
+        s.yarn_factor = 4;
+        s.yarn_original_context = 16;
+        s.yarn_mscale = 0.707;
+    }
     return s;
 }
 
@@ -69,7 +85,8 @@ TEST_P(SyntheticWriterTest, SafetensorsAndGgufLoadAndGenerate) {
 
 INSTANTIATE_TEST_SUITE_P(Archs, SyntheticWriterTest,
                          ::testing::Values(SyntheticArch::Qwen3Moe, SyntheticArch::Olmoe,
-                                           SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe));
+                                           SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe,
+                                           SyntheticArch::DeepseekV2));
 
 TEST(SyntheticWriter, SameSeedSameBytesOtherSeedOtherBytes) {
     test::TempDir dir;
@@ -85,11 +102,9 @@ TEST(SyntheticWriter, SameSeedSameBytesOtherSeedOtherBytes) {
 
 TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     // Total parameters of reference/models.md 3.2, within 2 %.
-    const std::pair<const char*, double> expected[] = {{"mixtral-8x7b", 46.7e9},
-                                                       {"qwen3-30b-a3b", 30.5e9},
-                                                       {"qwen2-57b-a14b", 57.4e9},
-                                                       {"olmoe-1b-7b", 6.9e9},
-                                                       {"qwen1.5-moe-a2.7b", 14.3e9}};
+    const std::pair<const char*, double> expected[] = {
+        {"mixtral-8x7b", 46.7e9}, {"qwen3-30b-a3b", 30.5e9},     {"qwen2-57b-a14b", 57.4e9},
+        {"olmoe-1b-7b", 6.9e9},   {"qwen1.5-moe-a2.7b", 14.3e9}, {"deepseek-v2-lite", 15.7e9}};
     for (const auto& [name, params] : expected) {
         const double n = double(synthetic_parameter_count(synthetic_preset(name)));
         EXPECT_NEAR(n / params, 1.0, 0.02) << name << ": " << n;
@@ -100,6 +115,42 @@ TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("olmoe-1b-7b"), std::string::npos) << e.what();
     }
+}
+
+// DeepSeek-V2-Lite's layers as the preset writes them, cut to 2 (the dense one and a MoE one),
+// 8 of the 64 experts and a vocabulary of 1024 so that the Q4_K file stays near 120 MB: it loads
+// with the preset's shapes (MLA, YaRN, shared experts) and runs a prefill and a decode step.
+TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
+    SyntheticModelSpec spec = synthetic_preset("deepseek-v2-lite");
+    spec.n_layers = 2;
+    spec.n_experts = 8;
+    spec.vocab_size = 1024;
+    test::TempDir dir;
+    const std::string path = dir.str() + "/ds.gguf";
+    write_synthetic_gguf(path, spec, DType::Q4_K);
+
+    const std::unique_ptr<Model> model = load_model(path);
+    const ModelConfig& c = model->config();
+    EXPECT_EQ(c.architecture, "DeepseekV2ForCausalLM");
+    ASSERT_TRUE(c.mla.has_value());
+    EXPECT_EQ(c.mla->q_lora_rank, 0);
+    EXPECT_EQ(c.mla->kv_lora_rank, 512);
+    EXPECT_EQ(c.mla->qk_nope_head_dim, 128);
+    EXPECT_EQ(c.mla->qk_rope_head_dim, 64);
+    EXPECT_EQ(c.mla->v_head_dim, 128);
+    EXPECT_EQ(c.layer_is_moe, (std::vector<bool>{false, true}));
+    EXPECT_EQ(c.ffn_dim, 10944);
+    EXPECT_EQ(c.expert_ffn_dim, 1408);
+    EXPECT_EQ(c.shared_expert_ffn_dim, 2816);
+    EXPECT_EQ(c.n_experts_active, 6);
+    EXPECT_EQ(c.rope.type, "yarn");
+    EXPECT_EQ(c.rope.factor, 40.0);
+    EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
+
+    const std::vector<int32_t> ids = generate(path);
+    ASSERT_EQ(ids.size(), 6u);
+    for (int32_t id : ids)
+        EXPECT_TRUE(id >= 0 && id < spec.vocab_size) << id;
 }
 
 TEST(SyntheticWriter, SafetensorsRefusesQuantizedTypes) {

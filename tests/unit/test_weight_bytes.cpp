@@ -42,6 +42,24 @@ TEST(WeightBytes, MatchTheReferenceTable) {
     }
 }
 
+// DeepSeek-V2-Lite: MLA projections (q 16 x 192, kv_a 576, kv_b 16 x 256 from 512, o), the dense
+// first layer, 2 shared experts; reference/models.md 3.3 says 1.38 GB at 4.5 bits per weight.
+TEST(WeightBytes, CountsLatentAttentionDenseLayersAndSharedExperts) {
+    ModelConfig c = moe(102400, 2048, 27, 16, 16, 64, 64, 6, 1408);
+    c.mla = MlaConfig{
+        .kv_lora_rank = 512, .qk_nope_head_dim = 128, .qk_rope_head_dim = 64, .v_head_dim = 128};
+    c.ffn_dim = 10944;
+    c.shared_expert_ffn_dim = 2816;
+    c.layer_is_moe[0] = false;
+    const bench::StepBytes b = bench::decode_step_bytes(c, DType::Q4_K, DType::Q4_K);
+    EXPECT_NEAR(b.total() / 1e9 / 1.38, 1.0, 0.03) << b.total();
+    EXPECT_NEAR(b.attention / 27 / (4.5 / 8), 2048.0 * 3072 + 2048 * 576 + 512 * 4096 + 2048 * 2048,
+                1.0);
+    EXPECT_NEAR(b.dense_ffn / (4.5 / 8), 3.0 * 2048 * 10944, 1.0);
+    EXPECT_NEAR(b.shared_experts / 26 / (4.5 / 8), 3.0 * 2048 * 2816, 1.0);
+    EXPECT_NEAR(bench::parameter_count(c) / 15.7e9, 1.0, 0.02);
+}
+
 TEST(WeightBytes, BatchesTouchMoreExpertsUpToAll) {
     const ModelConfig c = moe(50304, 2048, 16, 16, 16, 128, 64, 8, 1024);
     const double one = bench::decode_step_bytes(c, DType::Q8_0, DType::F32, 1).routed_experts;
