@@ -125,7 +125,8 @@ def test_tokenize_detokenize_and_metrics(server):
                  "tandem_generation_tokens_total", "tandem_time_to_first_token_seconds_bucket",
                  "tandem_time_per_output_token_seconds_bucket", "tandem_requests_waiting",
                  "tandem_active_sequences", "tandem_kv_cache_usage_ratio",
-                 "tandem_expert_cache_hit_ratio"]:
+                 "tandem_expert_cache_hit_ratio", "tandem_experts_on_device_total",
+                 "tandem_expert_prefetches_used_total"]:
         assert name in text, name
     assert 'status="400"' in text
 

@@ -158,3 +158,25 @@ def test_a_gguf_model_is_served():
         assert isinstance(r.choices[0].message.content, str)
     finally:
         s.stop()
+
+
+def test_hybrid_runtime_on_the_sim_device_serves_the_same_tokens(server):
+    """--expert-device sim: half of the routed experts in device slots, planned per layer; the
+    greedy answers are the CPU server's, and /metrics counts the device's expert jobs."""
+    from conftest import ROOT, RunningServer
+    s = RunningServer("--expert-device", "sim", "--gpu-expert-ratio", "0.5",
+                      "--hardware-profile", str(ROOT / "tools" / "profiles" /
+                                                "rtx4090-ddr5-pcie4.json"))
+    try:
+        hybrid = openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
+        for prompt in ["Once upon a time", "The fox said", "1, 2, 3,"]:
+            want = client(server).completions.create(model=MODEL, prompt=prompt, max_tokens=12,
+                                                     temperature=0)
+            got = hybrid.completions.create(model=MODEL, prompt=prompt, max_tokens=12,
+                                            temperature=0)
+            assert got.choices[0].text == want.choices[0].text, prompt
+        assert s.metric("tandem_experts_on_device_total") > 0
+        assert s.metric("tandem_expert_cache_hits_total") > 0
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0

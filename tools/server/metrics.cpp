@@ -112,6 +112,20 @@ std::string Metrics::render(const EngineStats* stats) const {
     metric(out, "tandem_expert_cache_hit_ratio", "gauge",
            "Expert cache hits over lookups (0 when every expert runs on the CPU).",
            lookups ? double(s.expert_cache_hits) / double(lookups) : 0.0);
+    metric(out, "tandem_expert_cache_evictions_total", "counter",
+           "Routed experts evicted from the device's expert slots.",
+           double(s.expert_cache_evictions));
+    metric(out, "tandem_expert_bytes_moved_total", "counter",
+           "Expert weight bytes copied to the device (demand copies and prefetches).",
+           double(s.expert_bytes_moved));
+    metric(out, "tandem_expert_prefetches_total", "counter", "Expert prefetches issued.",
+           double(s.expert_prefetches));
+    metric(out, "tandem_expert_prefetches_used_total", "counter",
+           "Prefetched experts used before their eviction.", double(s.expert_prefetches_used));
+    metric(out, "tandem_experts_on_cpu_total", "counter",
+           "Routed expert jobs computed by the CPU pool.", double(s.experts_on_cpu));
+    metric(out, "tandem_experts_on_device_total", "counter",
+           "Routed expert jobs computed by the expert device.", double(s.experts_on_device));
     return out;
 }
 
