@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cstring>
 
+#include "engine/src/expert_slot.h"
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
@@ -14,42 +14,6 @@
 
 namespace tandem {
 namespace {
-
-constexpr size_t kSlotAlign = 256;  // each of gate, up, down starts on this boundary
-
-size_t align_up(size_t n) {
-    return (n + kSlotAlign - 1) / kSlotAlign * kSlotAlign;
-}
-
-size_t expert_slot_bytes(const cpu::ExpertWeights& w) {
-    return align_up(size_t(w.gate.bytes())) + align_up(size_t(w.up.bytes())) +
-           align_up(size_t(w.down.bytes()));
-}
-
-// An expert laid out at `p` (gate | up | down, each aligned) with the types and shapes of `like`.
-cpu::ExpertWeights expert_at(std::byte* p, const cpu::ExpertWeights& like, Device device) {
-    const size_t up_at = align_up(size_t(like.gate.bytes()));
-    const size_t down_at = up_at + align_up(size_t(like.up.bytes()));
-    return {.gate = Tensor(p, like.gate.dtype(), like.gate.shape(), device),
-            .up = Tensor(p + up_at, like.up.dtype(), like.up.shape(), device),
-            .down = Tensor(p + down_at, like.down.dtype(), like.down.shape(), device)};
-}
-
-// Queues the copies of expert `w` into `dst` (laid out as expert_at(dst, w)).
-void copy_expert(Stream& stream, const cpu::ExpertWeights& dst, const cpu::ExpertWeights& w) {
-    stream.copy_async(dst.gate.data(), w.gate.data(), size_t(w.gate.bytes()),
-                      CopyDirection::HostToDevice);
-    stream.copy_async(dst.up.data(), w.up.data(), size_t(w.up.bytes()),
-                      CopyDirection::HostToDevice);
-    stream.copy_async(dst.down.data(), w.down.data(), size_t(w.down.bytes()),
-                      CopyDirection::HostToDevice);
-}
-
-double now_ms() {
-    return std::chrono::duration<double, std::milli>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 // The default warm set: experts 0, 1, ... of every layer in turn, until the slots are full.
 std::vector<ExpertKey> even_spread(int64_t slots, int64_t n_layers, int64_t n_experts) {
@@ -384,107 +348,6 @@ void HybridExecutor::publish_counters() {
 HybridCounters HybridExecutor::counters() const {
     std::lock_guard lock(counters_mutex_);
     return published_;
-}
-
-}  // namespace tandem
-
-namespace tandem {
-namespace {
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
-}  // namespace
-
-CostModel HybridExecutor::calibrate(ThreadPool& pool) {
-    if (layers_.empty()) fail("hybrid executor: calibrate() before bind()");
-    constexpr int kRuns = 7;
-    constexpr int32_t kLongTokens = 16;
-    const MoeWeights& layer = *layers_[0];
-    const int64_t hidden = layer.experts[0].gate.dim(1);
-    OwnedTensor x = make_tensor(DType::F32, {kLongTokens, hidden});
-    OwnedTensor out = make_tensor(DType::F32, {kLongTokens, hidden});
-    for (int64_t i = 0; i < kLongTokens * hidden; ++i)  // any activations of a plausible size
-        x.view.data_as<float>()[i] = float((i * 7919) % 2001 - 1000) / 1000.0f;
-    Buffer scratch = allocate(options_.device, slot_bytes_);
-    int32_t next_expert = 0;
-
-    // One timed run: `n_experts` experts with `tokens` tokens each, on the CPU pool or the device.
-    auto time_run = [&](int n_experts, int32_t tokens, bool device) {
-        std::vector<int32_t> offsets = {0}, index;
-        std::vector<float> weight;
-        std::vector<cpu::ExpertWeights> experts;
-        for (int i = 0; i < n_experts; ++i) {
-            experts.push_back(layer.experts[size_t(next_expert)]);
-            next_expert = int32_t((next_expert + 1) % n_experts_);
-            for (int32_t t = 0; t < tokens; ++t) {
-                index.push_back(t);
-                weight.push_back(1.0f);
-            }
-            offsets.push_back(int32_t(index.size()));
-        }
-        const auto run = [&](ThreadPool& on, std::span<const cpu::ExpertWeights> w) {
-            cpu::moe_experts({.x = x.view.slice_rows(0, tokens),
-                              .out = out.view.slice_rows(0, tokens),
-                              .experts = w,
-                              .offsets = offsets,
-                              .token_index = index,
-                              .token_weight = weight},
-                             on);
-        };
-        if (!device) {
-            const double t0 = now_ms();
-            run(pool, experts);
-            return now_ms() - t0;
-        }
-        // The device computes from its memory: copy the first expert in, then time the kernel.
-        const cpu::ExpertWeights on_device =
-            expert_at(static_cast<std::byte*>(scratch.data()), experts[0], options_.device);
-        copy_expert(*copy_, on_device, experts[0]);
-        copy_->synchronize();
-        std::vector<cpu::ExpertWeights> same(size_t(n_experts), on_device);
-        double ms = 0;
-        compute_->launch_host([&] {
-            const double t0 = now_ms();
-            run(*device_pool_, same);
-            ms = now_ms() - t0;
-        });
-        compute_->synchronize();
-        return ms;
-    };
-    auto measure = [&](int n_experts, int32_t tokens, bool device) {
-        time_run(n_experts, tokens, device);  // warm-up: page faults, instruction caches
-        std::vector<double> runs;
-        for (int r = 0; r < kRuns; ++r)
-            runs.push_back(time_run(n_experts, tokens, device));
-        return median(runs);
-    };
-
-    CostModel c;
-    const double cpu_1 = measure(1, 1, false), cpu_16 = measure(1, kLongTokens, false);
-    const double cpu_4 = measure(4, 1, false);
-    c.cpu_b_ms = std::max(0.0, (cpu_16 - cpu_1) / double(kLongTokens - 1));
-    c.cpu_a_ms = std::max(0.0, (cpu_4 - cpu_1) / 3.0 - c.cpu_b_ms);
-    c.cpu_first_ms = std::max(0.0, cpu_1 - c.cpu_a_ms - c.cpu_b_ms);
-    const double gpu_1 = measure(1, 1, true), gpu_16 = measure(1, kLongTokens, true);
-    c.gpu_b_ms = std::max(0.0, (gpu_16 - gpu_1) / double(kLongTokens - 1));
-    c.gpu_a_ms = std::max(0.0, gpu_1 - c.gpu_b_ms);
-    std::vector<double> copies;
-    for (int r = 0; r < kRuns; ++r) {
-        const cpu::ExpertWeights& w = layer.experts[size_t(r % n_experts_)];
-        const double t0 = now_ms();
-        copy_expert(*copy_, expert_at(static_cast<std::byte*>(scratch.data()), w, options_.device),
-                    w);
-        copy_->synchronize();
-        copies.push_back(now_ms() - t0);
-    }
-    c.transfer_ms = median(copies);
-    log_info("calibrated the hybrid cost model: cpu ", c.cpu_a_ms, " + ", c.cpu_b_ms,
-             " ms/token (first expert +", c.cpu_first_ms, " ms), device ", c.gpu_a_ms, " + ",
-             c.gpu_b_ms, " ms/token, copy ", c.transfer_ms, " ms per expert");
-    return c;
 }
 
 }  // namespace tandem

@@ -1,0 +1,109 @@
+// HybridExecutor::calibrate(): the cost model measured on this machine (hybrid_executor.h).
+#include <algorithm>
+
+#include "engine/src/expert_slot.h"
+#include "engine/src/hybrid_executor.h"
+#include "kernels/error.h"
+#include "kernels/log.h"
+#include "models/decoder.h"
+
+namespace tandem {
+namespace {
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+}  // namespace
+
+CostModel HybridExecutor::calibrate(ThreadPool& pool) {
+    if (layers_.empty()) fail("hybrid executor: calibrate() before bind()");
+    constexpr int kRuns = 7;
+    constexpr int32_t kLongTokens = 16;
+    const MoeWeights& layer = *layers_[0];
+    const int64_t hidden = layer.experts[0].gate.dim(1);
+    OwnedTensor x = make_tensor(DType::F32, {kLongTokens, hidden});
+    OwnedTensor out = make_tensor(DType::F32, {kLongTokens, hidden});
+    for (int64_t i = 0; i < kLongTokens * hidden; ++i)  // any activations of a plausible size
+        x.view.data_as<float>()[i] = float((i * 7919) % 2001 - 1000) / 1000.0f;
+    Buffer scratch = allocate(options_.device, slot_bytes_);
+    int32_t next_expert = 0;
+
+    // One timed run: `n_experts` experts with `tokens` tokens each, on the CPU pool or the device.
+    auto time_run = [&](int n_experts, int32_t tokens, bool device) {
+        std::vector<int32_t> offsets = {0}, index;
+        std::vector<float> weight;
+        std::vector<cpu::ExpertWeights> experts;
+        for (int i = 0; i < n_experts; ++i) {
+            experts.push_back(layer.experts[size_t(next_expert)]);
+            next_expert = int32_t((next_expert + 1) % n_experts_);
+            for (int32_t t = 0; t < tokens; ++t) {
+                index.push_back(t);
+                weight.push_back(1.0f);
+            }
+            offsets.push_back(int32_t(index.size()));
+        }
+        const auto run = [&](ThreadPool& on, std::span<const cpu::ExpertWeights> w) {
+            cpu::moe_experts({.x = x.view.slice_rows(0, tokens),
+                              .out = out.view.slice_rows(0, tokens),
+                              .experts = w,
+                              .offsets = offsets,
+                              .token_index = index,
+                              .token_weight = weight},
+                             on);
+        };
+        if (!device) {
+            const double t0 = now_ms();
+            run(pool, experts);
+            return now_ms() - t0;
+        }
+        // The device computes from its memory: copy the first expert in, then time the kernel.
+        const cpu::ExpertWeights on_device =
+            expert_at(static_cast<std::byte*>(scratch.data()), experts[0], options_.device);
+        copy_expert(*copy_, on_device, experts[0]);
+        copy_->synchronize();
+        std::vector<cpu::ExpertWeights> same(size_t(n_experts), on_device);
+        double ms = 0;
+        compute_->launch_host([&] {
+            const double t0 = now_ms();
+            run(*device_pool_, same);
+            ms = now_ms() - t0;
+        });
+        compute_->synchronize();
+        return ms;
+    };
+    auto measure = [&](int n_experts, int32_t tokens, bool device) {
+        time_run(n_experts, tokens, device);  // warm-up: page faults, instruction caches
+        std::vector<double> runs;
+        for (int r = 0; r < kRuns; ++r)
+            runs.push_back(time_run(n_experts, tokens, device));
+        return median(runs);
+    };
+
+    CostModel c;
+    const double cpu_1 = measure(1, 1, false), cpu_16 = measure(1, kLongTokens, false);
+    const double cpu_4 = measure(4, 1, false);
+    c.cpu_b_ms = std::max(0.0, (cpu_16 - cpu_1) / double(kLongTokens - 1));
+    c.cpu_a_ms = std::max(0.0, (cpu_4 - cpu_1) / 3.0 - c.cpu_b_ms);
+    c.cpu_first_ms = std::max(0.0, cpu_1 - c.cpu_a_ms - c.cpu_b_ms);
+    const double gpu_1 = measure(1, 1, true), gpu_16 = measure(1, kLongTokens, true);
+    c.gpu_b_ms = std::max(0.0, (gpu_16 - gpu_1) / double(kLongTokens - 1));
+    c.gpu_a_ms = std::max(0.0, gpu_1 - c.gpu_b_ms);
+    std::vector<double> copies;
+    for (int r = 0; r < kRuns; ++r) {
+        const cpu::ExpertWeights& w = layer.experts[size_t(r % n_experts_)];
+        const double t0 = now_ms();
+        copy_expert(*copy_, expert_at(static_cast<std::byte*>(scratch.data()), w, options_.device),
+                    w);
+        copy_->synchronize();
+        copies.push_back(now_ms() - t0);
+    }
+    c.transfer_ms = median(copies);
+    log_info("calibrated the hybrid cost model: cpu ", c.cpu_a_ms, " + ", c.cpu_b_ms,
+             " ms/token (first expert +", c.cpu_first_ms, " ms), device ", c.gpu_a_ms, " + ",
+             c.gpu_b_ms, " ms/token, copy ", c.transfer_ms, " ms per expert");
+    return c;
+}
+
+}  // namespace tandem
