@@ -238,49 +238,52 @@ TEST_P(AttentionTest, ChunksDecodesAndBatchesGiveTheSameBits) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     const int n = 75, heads = 8, kv_heads = 2, dim = 64;
-    for (CpuIsa isa : runnable_isas()) {
-        cpu::force_isa(isa);
-        SCOPED_TRACE(cpu::isa_name(isa));
-        const auto q = test::random_floats(rng, size_t(n * heads * dim));
-        const auto k = test::random_floats(rng, size_t(n * kv_heads * dim));
-        const auto v = test::random_floats(rng, size_t(n * kv_heads * dim));
-        PagedRows kc(dtype, n, 16, kv_heads, dim, rng), vc(dtype, n, 16, kv_heads, dim, rng);
-        write_rows(kc.rows, 0, k.data(), n);
-        write_rows(vc.rows, 0, v.data(), n);
-        OwnedTensor qt = tensor_of(q, {n, heads, dim});
-        auto args = [&](const OwnedTensor& out, int begin, int end) {
-            return cpu::AttentionArgs{.q = qt.view.slice_rows(begin, end),
-                                      .k_cache = kc.rows,
-                                      .v_cache = vc.rows,
-                                      .out = out.view.slice_rows(begin, end),
-                                      .start_pos = begin,
-                                      .scale = 0.125f};
-        };
-        OwnedTensor whole = nan_tensor({n, heads, dim});
-        cpu::attention(args(whole, 0, n), pool());
-        const auto same = [&](const OwnedTensor& other, const char* how) {
-            EXPECT_EQ(std::memcmp(whole.view.data(), other.view.data(), size_t(whole.view.bytes())),
-                      0)
-                << how;
-        };
-        OwnedTensor decoded = nan_tensor({n, heads, dim});
-        for (int t = 0; t < n; ++t)
-            cpu::attention(args(decoded, t, t + 1), pool());
-        same(decoded, "token by token");
-        OwnedTensor chunked = nan_tensor({n, heads, dim});
-        for (int begin = 0; begin < n;) {
-            const int end = std::min(n, begin + 1 + int(rng() % 40));
-            cpu::attention(args(chunked, begin, end), pool());
-            begin = end;
+    for (CpuIsa isa : runnable_isas())
+        for (int window : {0, 13}) {
+            cpu::force_isa(isa);
+            SCOPED_TRACE(::testing::Message() << cpu::isa_name(isa) << " window " << window);
+            const auto q = test::random_floats(rng, size_t(n * heads * dim));
+            const auto k = test::random_floats(rng, size_t(n * kv_heads * dim));
+            const auto v = test::random_floats(rng, size_t(n * kv_heads * dim));
+            PagedRows kc(dtype, n, 16, kv_heads, dim, rng), vc(dtype, n, 16, kv_heads, dim, rng);
+            write_rows(kc.rows, 0, k.data(), n);
+            write_rows(vc.rows, 0, v.data(), n);
+            OwnedTensor qt = tensor_of(q, {n, heads, dim});
+            auto args = [&](const OwnedTensor& out, int begin, int end) {
+                return cpu::AttentionArgs{.q = qt.view.slice_rows(begin, end),
+                                          .k_cache = kc.rows,
+                                          .v_cache = vc.rows,
+                                          .out = out.view.slice_rows(begin, end),
+                                          .start_pos = begin,
+                                          .scale = 0.125f,
+                                          .sliding_window = window};
+            };
+            OwnedTensor whole = nan_tensor({n, heads, dim});
+            cpu::attention(args(whole, 0, n), pool());
+            const auto same = [&](const OwnedTensor& other, const char* how) {
+                EXPECT_EQ(
+                    std::memcmp(whole.view.data(), other.view.data(), size_t(whole.view.bytes())),
+                    0)
+                    << how;
+            };
+            OwnedTensor decoded = nan_tensor({n, heads, dim});
+            for (int t = 0; t < n; ++t)
+                cpu::attention(args(decoded, t, t + 1), pool());
+            same(decoded, "token by token");
+            OwnedTensor chunked = nan_tensor({n, heads, dim});
+            for (int begin = 0; begin < n;) {
+                const int end = std::min(n, begin + 1 + int(rng() % 40));
+                cpu::attention(args(chunked, begin, end), pool());
+                begin = end;
+            }
+            same(chunked, "random chunks");
+            // All of it as three sequences of one batch, listed in a scrambled order.
+            OwnedTensor batched = nan_tensor({n, heads, dim});
+            const std::vector<cpu::AttentionArgs> batch = {
+                args(batched, 50, 75), args(batched, 0, 9), args(batched, 9, 50)};
+            cpu::attention(batch, pool());
+            same(batched, "one batch");
         }
-        same(chunked, "random chunks");
-        // All of it as three sequences of one batch, listed in a scrambled order.
-        OwnedTensor batched = nan_tensor({n, heads, dim});
-        const std::vector<cpu::AttentionArgs> batch = {args(batched, 50, 75), args(batched, 0, 9),
-                                                       args(batched, 9, 50)};
-        cpu::attention(batch, pool());
-        same(batched, "one batch");
-    }
 }
 
 INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionTest,
