@@ -1,10 +1,14 @@
-// tandem-kernel-bench: the CPU expert kernel against the machine's own ceilings, in one run.
+// tandem-kernel-bench: the CPU expert and attention kernels against the machine's own ceilings,
+// in one run.
 //
 // First it measures the memory bandwidth (a read-only stream over 1 GiB, plus a STREAM triad) and
 // the peak FMA rate (independent FMA chains on every thread); then it times the fused MoE kernel
 // (cpu::moe_experts) for one layer step at real expert shapes: every token routed to the same top-k
 // experts, M tokens per expert, weights of each type. Expert sets rotate through a pool of at least
-// 512 MB so that weights come from DRAM, as in decode.
+// 512 MB so that weights come from DRAM, as in decode. The attention cases (attention/...) time
+// cpu::attention at a real GQA shape per KV cache type: prefill of n tokens and one decode token
+// at a long context, whose caches rotate through 256 MB likewise; `per_position` is the kernel
+// before blocked prefill (each query position streams all its keys), kept here for comparison.
 //
 //   tandem-kernel-bench                 # markdown-ish table (Google Benchmark console output)
 //   tandem-kernel-bench --json          # one JSON object per case, then the machine line
@@ -13,7 +17,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -22,9 +26,12 @@
 #include <vector>
 
 #include "bench/machine.h"
+#include "cache/kv_cache.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 
@@ -107,8 +114,7 @@ ExpertPool make_pool(const ExpertShape& s, DType type) {
 }
 
 struct CaseInfo {
-    std::string model, dtype;
-    int64_t m, n, k, experts;
+    std::string fields;  // the case's own JSON fields, "\"kernel\":...,"
     double bytes, flops;
 };
 std::map<std::string, CaseInfo> g_cases;
@@ -154,6 +160,151 @@ void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m) {
         flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+// ---- attention -------------------------------------------------------------------------------
+
+struct AttentionShape {
+    const char* model;
+    int64_t n_heads, n_kv_heads, head_dim;
+};
+const AttentionShape kAttentionShapes[] = {{"qwen3-30b-a3b", 32, 4, 128},
+                                           {"olmoe-1b-7b", 16, 16, 128}};
+
+// The attention kernel as it was before blocked prefill (d2a1060), f32 rows only: every
+// (position, head) streams all its keys with one dot product and one std::exp per score.
+void per_position_attention(const cpu::AttentionArgs& a, ThreadPool& pool) {
+    const int64_t n_new = a.q.dim(0), n_heads = a.q.dim(1), head_dim = a.q.dim(2);
+    const int64_t group = n_heads / a.k_cache.n_heads, v_dim = a.v_cache.head_dim;
+    const float* q = a.q.data_as<const float>();
+    float* out = a.out.data_as<float>();
+    const cpu::RowDotFn dot = cpu::vec_dot_kernels().dot_f32;
+    auto row = [](const KvRows& rows, int64_t pos, int64_t head) {
+        return reinterpret_cast<const float*>(rows.at(pos, head));
+    };
+    pool.run(n_new * n_heads, [&](int64_t task) {
+        const int64_t t = task / n_heads, h = task % n_heads, kv = h / group;
+        const int64_t pos = a.start_pos + t;
+        const float* qh = q + (t * n_heads + h) * head_dim;
+        thread_local std::vector<float> scores;
+        scores.resize(size_t(pos + 1));
+        float max_score = -INFINITY;
+        for (int64_t j = 0; j <= pos; ++j) {
+            scores[size_t(j)] = dot(qh, row(a.k_cache, j, kv), head_dim) * a.scale;
+            max_score = std::max(max_score, scores[size_t(j)]);
+        }
+        float total = 0.0f;
+        for (float& s : scores)
+            total += s = std::exp(s - max_score);
+        float* oh = out + (t * n_heads + h) * v_dim;
+        std::fill(oh, oh + v_dim, 0.0f);
+        for (int64_t j = 0; j <= pos; ++j) {
+            const float p = scores[size_t(j)] / total;
+            const float* vj = row(a.v_cache, j, kv);
+            for (int64_t d = 0; d < v_dim; ++d)
+                oh[d] += p * vj[d];
+        }
+    });
+}
+
+// Which kernel on which cache: the blocked kernel on pool blocks as the engine has them
+// ([heads, 16 positions, head_dim] each), the same kernel on position-major rows (the pool's
+// layout before it, still what a contiguous tensor gives), and the per-position kernel on
+// position-major rows, i.e. the attention before this kernel.
+enum class AttentionImpl { Blocked, BlockedPositionMajor, PerPosition };
+
+const char* impl_name(AttentionImpl impl) {
+    switch (impl) {
+        case AttentionImpl::Blocked: return "blocked";
+        case AttentionImpl::BlockedPositionMajor: return "blocked_position_major";
+        case AttentionImpl::PerPosition: return "per_position";
+    }
+    return "?";
+}
+
+// Keys and values of `context` positions, in either layout.
+struct AttentionCache {
+    std::unique_ptr<KvCache> paged;
+    OwnedTensor keys, values;  // position-major: [context, n_kv_heads, head_dim]
+    KvRows k() const { return paged ? paged->keys(0) : KvRows(keys.view); }
+    KvRows v() const { return paged ? paged->values(0) : KvRows(values.view); }
+};
+
+// n_new tokens at positions [context - n_new, context) of one sequence: a prefill when n_new is
+// the context, a decode step when it is 1. Decode caches rotate through 256 MB so that keys and
+// values come from DRAM, as they do when every layer has its own.
+void bench_attention(benchmark::State& state, AttentionShape s, DType kv_type, AttentionImpl impl,
+                     int64_t n_new, int64_t context) {
+    const KvCacheShape shape{.n_layers = 1,
+                             .n_kv_heads = s.n_kv_heads,
+                             .head_dim = s.head_dim,
+                             .v_head_dim = s.head_dim,
+                             .dtype = kv_type};
+    const int64_t block = 16, blocks_per_cache = (context + block - 1) / block;
+    const auto cache_bytes = int64_t(KvBlockPool::bytes_per_block(shape, block)) * blocks_per_cache;
+    const int64_t n_caches =
+        n_new == 1 ? std::max<int64_t>(1, (int64_t(256) << 20) / cache_bytes) : 1;
+    auto blocks = std::make_shared<KvBlockPool>(shape, block, blocks_per_cache * n_caches);
+    std::mt19937_64 rng(3);
+    std::normal_distribution<float> normal;
+    std::vector<float> rows(size_t(context * s.n_kv_heads * s.head_dim));
+    for (float& x : rows)
+        x = normal(rng);
+    std::vector<AttentionCache> caches(static_cast<size_t>(n_caches));
+    for (AttentionCache& c : caches) {
+        if (impl == AttentionImpl::Blocked) {
+            c.paged = std::make_unique<KvCache>(blocks, context);
+            c.paged->reserve(context);
+        } else {
+            c.keys = make_tensor(kv_type, {context, s.n_kv_heads, s.head_dim});
+            c.values = make_tensor(kv_type, {context, s.n_kv_heads, s.head_dim});
+        }
+        write_rows(c.k(), 0, rows.data(), context);
+        write_rows(c.v(), 0, rows.data(), context);
+    }
+    OwnedTensor q = make_tensor(DType::F32, {n_new, s.n_heads, s.head_dim});
+    OwnedTensor out = make_tensor(DType::F32, {n_new, s.n_heads, s.head_dim});
+    for (int64_t i = 0; i < q.view.numel(); ++i)
+        q.view.data_as<float>()[i] = normal(rng);
+    size_t next = 0;
+    for (auto _ : state) {
+        const cpu::AttentionArgs args{.q = q.view,
+                                      .k_cache = caches[next].k(),
+                                      .v_cache = caches[next].v(),
+                                      .out = out.view,
+                                      .start_pos = context - n_new,
+                                      .scale = 1.0f / std::sqrt(float(s.head_dim))};
+        if (impl == AttentionImpl::PerPosition)
+            per_position_attention(args, pool());
+        else
+            cpu::attention(args, pool());
+        next = (next + 1) % caches.size();
+    }
+}
+
+void register_attention(const AttentionShape& s, DType kv_type, AttentionImpl impl, int64_t n_new,
+                        int64_t context) {
+    const std::string kv(dtype_name(kv_type));
+    const std::string what =
+        n_new == 1 ? "decode:" + std::to_string(context) : "prefill:" + std::to_string(n_new);
+    const std::string name =
+        "attention/" + std::string(s.model) + "/" + impl_name(impl) + "/" + kv + "/" + what;
+    benchmark::RegisterBenchmark(name.c_str(), bench_attention, s, kv_type, impl, n_new, context)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    // Scores and weighted values: 2 x 2 flops per (query head, key, d); keys and values read.
+    double pairs = 0;
+    for (int64_t t = context - n_new; t < context; ++t)
+        pairs += double(t + 1);
+    const double flops = 4.0 * double(s.n_heads * s.head_dim) * pairs;
+    const double bytes =
+        2.0 * double(context * s.n_kv_heads * s.head_dim) * double(dtype_block_bytes(kv_type));
+    char fields[256];
+    std::snprintf(fields, sizeof(fields),
+                  "\"kernel\":\"attention\",\"model\":\"%s\",\"impl\":\"%s\",\"kv_type\":"
+                  "\"%s\",\"n_new\":%lld,\"context\":%lld,",
+                  s.model, impl_name(impl), kv.c_str(), (long long)n_new, (long long)context);
+    g_cases[name + "/real_time"] = {fields, bytes, flops};
+}
+
 // Prints one JSON object per case (median when repetitions are asked for), for tools.
 class JsonLinesReporter : public benchmark::BenchmarkReporter {
   public:
@@ -170,12 +321,9 @@ class JsonLinesReporter : public benchmark::BenchmarkReporter {
                 run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
             const double gbps = c.bytes / seconds / 1e9, gflops = c.flops / seconds / 1e9;
             std::printf(
-                "{\"kernel\":\"moe_experts\",\"model\":\"%s\",\"dtype\":\"%s\",\"m\":%lld,\"n\":%"
-                "lld,"
-                "\"k\":%lld,\"experts\":%lld,\"seconds\":%.6g,\"gbps\":%.4g,\"gflops\":%.4g,"
-                "\"bw_fraction\":%.4f,\"flops_fraction\":%.4f}\n",
-                c.model.c_str(), c.dtype.c_str(), (long long)c.m, (long long)c.n, (long long)c.k,
-                (long long)c.experts, seconds, gbps, gflops, gbps / g_bandwidth_gbps,
+                "{%s\"seconds\":%.6g,\"gbps\":%.4g,\"gflops\":%.4g,\"bw_fraction\":%.4f,"
+                "\"flops_fraction\":%.4f}\n",
+                c.fields.c_str(), seconds, gbps, gflops, gbps / g_bandwidth_gbps,
                 gflops / g_peak_gflops);
         }
         std::fflush(stdout);
@@ -231,11 +379,27 @@ int main(int argc, char** argv) {
                 const double bytes = 3.0 * double(s.hidden * s.ffn / dtype_block_size(type) *
                                                   dtype_block_bytes(type) * s.top_k);
                 const double flops = 2.0 * 3 * double(s.hidden * s.ffn * m * s.top_k);
-                g_cases[name + "/real_time"] = {
-                    s.model, std::string(dtype_name(type)), m, s.ffn, s.hidden, s.top_k, bytes,
-                    flops};
+                char fields[256];
+                std::snprintf(fields, sizeof(fields),
+                              "\"kernel\":\"moe_experts\",\"model\":\"%s\",\"dtype\":\"%s\","
+                              "\"m\":%lld,\"n\":%lld,\"k\":%lld,\"experts\":%lld,",
+                              s.model, std::string(dtype_name(type)).c_str(), (long long)m,
+                              (long long)s.ffn, (long long)s.hidden, (long long)s.top_k);
+                g_cases[name + "/real_time"] = {fields, bytes, flops};
             }
         }
+    }
+    for (const AttentionShape& s : kAttentionShapes) {
+        if (!full && std::string(s.model) != "qwen3-30b-a3b") continue;
+        for (AttentionImpl impl : {AttentionImpl::Blocked, AttentionImpl::BlockedPositionMajor,
+                                   AttentionImpl::PerPosition})
+            for (DType kv : {DType::F32, DType::F16, DType::BF16}) {
+                // The baselines in f32, the rows the per-position kernel reads.
+                if (impl != AttentionImpl::Blocked && kv != DType::F32) continue;
+                register_attention(s, kv, impl, 512, 512);
+                register_attention(s, kv, impl, 2048, 2048);
+                register_attention(s, kv, impl, 1, 4096);
+            }
     }
     if (json) {
         JsonLinesReporter reporter;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
 namespace tandem {
@@ -14,6 +15,8 @@ void check_shape(const KvCacheShape& shape) {
         fail("KV cache: every dimension must be positive (layers ", shape.n_layers, ", kv heads ",
              shape.n_kv_heads, ", head_dim ", shape.head_dim, ", v_head_dim ", shape.v_head_dim,
              " (0: keys only))");
+    if (!is_kv_cache_type(shape.dtype))
+        fail("KV cache: rows of ", dtype_name(shape.dtype), " are not supported (f32, f16, bf16)");
 }
 
 }  // namespace
@@ -24,11 +27,12 @@ KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t 
     if (block_size <= 0 || n_blocks <= 0 || n_blocks > INT32_MAX)
         fail("KV block pool: block size ", block_size, " and ", n_blocks,
              " blocks must be positive");
-    const int64_t rows = n_blocks * block_size;
     for (int layer = 0; layer < shape.n_layers; ++layer) {
-        keys_.push_back(make_tensor(DType::F32, {rows, shape.n_kv_heads, shape.head_dim}));
+        keys_.push_back(
+            make_tensor(shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.head_dim}));
         if (shape.v_head_dim > 0)
-            values_.push_back(make_tensor(DType::F32, {rows, shape.n_kv_heads, shape.v_head_dim}));
+            values_.push_back(make_tensor(
+                shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.v_head_dim}));
     }
     // Handed out lowest id first, so a lightly used pool touches only its first pages.
     free_.resize(size_t(n_blocks));
@@ -38,7 +42,7 @@ KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t 
 
 size_t KvBlockPool::bytes_per_block(const KvCacheShape& shape, int64_t block_size) {
     return size_t(shape.n_layers) * size_t(block_size) * size_t(shape.n_kv_heads) *
-           size_t(shape.head_dim + shape.v_head_dim) * sizeof(float);
+           size_t(shape.head_dim + shape.v_head_dim) * size_t(dtype_block_bytes(shape.dtype));
 }
 
 int64_t KvBlockPool::free_blocks() const {
@@ -60,14 +64,14 @@ void KvBlockPool::release(int32_t block) {
 }
 
 KvRows KvBlockPool::keys(int layer, const int32_t* table, int64_t capacity) const {
-    return KvRows(keys_.at(size_t(layer)).view.data_as<float>(), table, block_size_,
-                  shape_.n_kv_heads, shape_.head_dim, capacity);
+    return KvRows(keys_.at(size_t(layer)).view.data(), table, block_size_, shape_.n_kv_heads,
+                  shape_.head_dim, capacity, shape_.dtype);
 }
 
 KvRows KvBlockPool::values(int layer, const int32_t* table, int64_t capacity) const {
     if (shape_.v_head_dim == 0) return KvRows();
-    return KvRows(values_.at(size_t(layer)).view.data_as<float>(), table, block_size_,
-                  shape_.n_kv_heads, shape_.v_head_dim, capacity);
+    return KvRows(values_.at(size_t(layer)).view.data(), table, block_size_, shape_.n_kv_heads,
+                  shape_.v_head_dim, capacity, shape_.dtype);
 }
 
 KvCache::KvCache(const KvCacheShape& shape) : max_positions_(shape.capacity) {
@@ -117,7 +121,8 @@ void KvCache::truncate(int64_t length) {
 }
 
 void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
-    if (length_ != 0 || n > other.length_ || shape().n_layers != other.shape().n_layers)
+    if (length_ != 0 || n > other.length_ || shape().n_layers != other.shape().n_layers ||
+        shape().dtype != other.shape().dtype)
         fail("KV cache: cannot copy ", n, " positions of a cache holding ", other.length_,
              " into one holding ", length_);
     if (!reserve(n)) fail("KV cache: no free blocks to copy ", n, " positions into");
@@ -125,8 +130,10 @@ void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
         for (const auto& [from, to] : {std::pair{other.keys(layer), keys(layer)},
                                        std::pair{other.values(layer), values(layer)}}) {
             if (from.empty()) continue;
+            const auto bytes = size_t(from.head_dim * from.element_bytes());
             for (int64_t pos = 0; pos < n; ++pos)
-                std::memcpy(to.row(pos), from.row(pos), size_t(from.row_floats()) * sizeof(float));
+                for (int64_t head = 0; head < from.n_heads; ++head)
+                    std::memcpy(to.at(pos, head), from.at(pos, head), bytes);
         }
     }
     length_ = n;
@@ -137,13 +144,18 @@ size_t KvCache::bytes() const {
 }
 
 void write_rows(const KvRows& rows, int64_t start, const float* src, int64_t n) {
-    const int64_t row_floats = rows.row_floats();
-    for (int64_t i = 0; i < n;) {
-        // Positions up to the end of the current block are adjacent: one copy for all of them.
-        const int64_t pos = start + i;
-        const int64_t run = std::min(n - i, rows.block_size - pos % rows.block_size);
-        std::memcpy(rows.row(pos), src + i * row_floats, size_t(run * row_floats) * sizeof(float));
-        i += run;
+    const int64_t dim = rows.head_dim;
+    const cpu::VecDotKernels& convert = cpu::vec_dot_kernels();
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t head = 0; head < rows.n_heads; ++head) {
+            const float* from = src + (i * rows.n_heads + head) * dim;
+            void* to = rows.at(start + i, head);
+            switch (rows.dtype) {
+                case DType::F16: convert.f32_to_f16(from, static_cast<uint16_t*>(to), dim); break;
+                case DType::BF16: convert.f32_to_bf16(from, static_cast<uint16_t*>(to), dim); break;
+                default: std::memcpy(to, from, size_t(dim) * sizeof(float));
+            }
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 // Sequences of any length share the memory without fragmentation; a finished sequence returns
 // its blocks at once.
 //
-// Row layout: keys n_kv_heads x head_dim f32 per position, values n_kv_heads x v_head_dim.
+// Rows: keys n_kv_heads x head_dim per position, values n_kv_heads x v_head_dim, in the shape's
+// dtype (f32, f16 or bf16: one per engine, so a block's bytes and the number of positions a
+// memory budget holds follow it). Rows arrive in f32 and are rounded on write. Within a block
+// each head's positions are adjacent (kernels/kv_rows.h says why).
 // `length` counts the positions already filled; a forward step writes positions
 // [length, length + n_new) of every layer (after reserve() made room) and then commits them.
 // v_head_dim 0 means no values: multi-head latent attention (DeepSeek) caches one latent row per
@@ -25,8 +28,9 @@ struct KvCacheShape {
     int n_layers = 0;
     int64_t n_kv_heads = 0;
     int64_t head_dim = 0;
-    int64_t v_head_dim = 0;  // 0: keys only (latent cache)
-    int64_t capacity = 0;    // positions (a pool ignores it)
+    int64_t v_head_dim = 0;    // 0: keys only (latent cache)
+    int64_t capacity = 0;      // positions (a pool ignores it)
+    DType dtype = DType::F32;  // of the stored rows: f32, f16 or bf16
 };
 
 class KvBlockPool {
@@ -54,7 +58,7 @@ class KvBlockPool {
     KvCacheShape shape_;
     int64_t block_size_;
     int64_t n_blocks_;
-    std::vector<OwnedTensor> keys_, values_;  // per layer [n_blocks * block_size, heads, dim]
+    std::vector<OwnedTensor> keys_, values_;  // per layer [n_blocks, heads, block_size, dim]
     mutable std::mutex mutex_;
     std::vector<int32_t> free_;
 };
@@ -100,7 +104,8 @@ class KvCache {
     int64_t length_ = 0;
 };
 
-// Copies n rows of src (n x rows.row_floats() floats) to positions [start, start + n).
+// Stores n rows of src (n x rows.row_elements() floats) at positions [start, start + n),
+// converted to rows.dtype (bf16 rounds to nearest even, f16 as IEEE does).
 void write_rows(const KvRows& rows, int64_t start, const float* src, int64_t n);
 
 }  // namespace tandem

@@ -5,6 +5,7 @@
 #include <optional>
 #include <random>
 
+#include "cache/kv_cache.h"
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
@@ -136,6 +137,10 @@ Engine Engine::open(const EngineConfig& config) {
             fail("EngineConfig.quantize: '", config.quantize,
                  "' is not one of q8_0, q4_0, q4_k, q5_k, q6_k");
     }
+    const std::optional<DType> kv_type = dtype_from_name(config.kv_cache_type);
+    if (!kv_type || !is_kv_cache_type(*kv_type))
+        fail("EngineConfig.kv_cache_type: '", config.kv_cache_type,
+             "' is not one of f32, f16, bf16");
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
     state->experts = make_expert_runners(config, *model, *state->pool);
@@ -146,12 +151,13 @@ Engine Engine::open(const EngineConfig& config) {
     if (state->context_length > model_max)
         log_warn("context length ", state->context_length,
                  " exceeds the model's max_position_embeddings ", model_max);
-    const KvCacheShape shape = model->kv_cache_shape(1);
+    KvCacheShape shape = model->kv_cache_shape(1);
+    shape.dtype = *kv_type;
     auto blocks = std::make_shared<KvBlockPool>(shape, config.kv_block_size,
                                                 kv_blocks(config, shape, state->context_length));
     log_info("loaded ", model->config().architecture, " from ", config.model_dir, " with ",
              state->pool->size(), " threads; KV cache ", blocks->total_blocks(), " blocks of ",
-             config.kv_block_size, " positions (",
+             config.kv_block_size, " positions in ", dtype_name(shape.dtype), " (",
              double(blocks->total_blocks()) *
                  double(KvBlockPool::bytes_per_block(shape, config.kv_block_size)) / (1 << 20),
              " MiB)");

@@ -1,10 +1,6 @@
 #include "kernels/cpu/latent_attention.h"
 
-#include <algorithm>
-#include <cmath>
-#include <vector>
-
-#include "kernels/cpu/linear.h"
+#include "kernels/cpu/attention_tile.h"
 #include "kernels/error.h"
 
 namespace tandem::cpu {
@@ -32,36 +28,18 @@ void check_args(const LatentAttentionArgs& a) {
 
 void latent_attention(const LatentAttentionArgs& a, ThreadPool& pool) {
     check_args(a);
-    const int64_t n_new = a.q.dim(0), n_heads = a.q.dim(1), row = a.q.dim(2);
-    const int64_t latent_dim = row - a.rope_dim;
-    const float* q = a.q.data_as<const float>();
-    float* out = a.out.data_as<float>();
-
-    pool.run(n_new * n_heads, [&](int64_t task) {
-        const int64_t t = task / n_heads, h = task % n_heads, pos = a.start_pos + t;
-        const float* qh = q + (t * n_heads + h) * row;
-        thread_local std::vector<float> scores;
-        scores.resize(size_t(pos + 1));
-        float max_score = -INFINITY;
-        for (int64_t j = 0; j <= pos; ++j) {
-            const float s = dot_f32(qh, a.cache.row(j), row) * a.scale;
-            scores[size_t(j)] = s;
-            max_score = std::max(max_score, s);
-        }
-        float total = 0.0f;
-        for (float& s : scores) {
-            s = std::exp(s - max_score);
-            total += s;
-        }
-        float* oh = out + (t * n_heads + h) * latent_dim;
-        std::fill(oh, oh + latent_dim, 0.0f);
-        for (int64_t j = 0; j <= pos; ++j) {
-            const float p = scores[size_t(j)] / total;
-            const float* vj = a.cache.row(j) + a.rope_dim;
-            for (int64_t d = 0; d < latent_dim; ++d)
-                oh[d] += p * vj[d];
-        }
-    });
+    const int64_t row = a.q.dim(2);
+    const AttentionProblem problem{
+        .q = a.q.data_as<const float>(),
+        .out = a.out.data_as<float>(),
+        .n_new = a.q.dim(0),
+        .n_heads = a.q.dim(1),
+        .n_kv_heads = 1,
+        .k = {.rows = a.cache, .dim = row},
+        .v = {.rows = a.cache, .offset = a.rope_dim, .dim = row - a.rope_dim},
+        .start_pos = a.start_pos,
+        .scale = a.scale};
+    run_attention({&problem, 1}, pool);
 }
 
 }  // namespace tandem::cpu

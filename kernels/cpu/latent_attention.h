@@ -6,7 +6,10 @@
 //   out[h]      = sum_j softmax_j(score) * cache[j][rope_dim:]
 // The caller turns q_nope into latent space with W_UK and the output back with W_UV (see
 // models/blocks/mla_attention_block.h). New rows must already be in the cache at
-// [start_pos, start_pos + n_new). Scores and softmax in f32, as kernels/cpu/attention.h.
+// [start_pos, start_pos + n_new). This is grouped-query attention with one KV head whose values
+// are the keys' latent part, so it runs on the tiles of kernels/cpu/attention.h: cache rows in
+// f32, f16 or bf16, blocked prefill, every head of a decode token in one pass over the rows,
+// and the same bits whatever the batch.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +22,7 @@ namespace tandem::cpu {
 
 struct LatentAttentionArgs {
     Tensor q;              // [n_new, n_heads, rope_dim + latent_dim] f32, rotary part first
-    KvRows cache;          // rows of 1 x (rope_dim + latent_dim) f32, rotary part first
+    KvRows cache;          // rows of 1 x (rope_dim + latent_dim), rotary part first
     Tensor out;            // [n_new, n_heads, latent_dim] f32
     int64_t rope_dim = 0;  // the values are the cache rows past rope_dim
     int64_t start_pos = 0;

@@ -32,7 +32,12 @@ struct VecDotKernels {
     RowDotFn dot_q4_k;  // q4_k weights . q8_k activations
     RowDotFn dot_q5_k;
     RowDotFn dot_q6_k;
+    // Row conversions (KV cache rows, bf16 weights): f32 -> f16 as IEEE, f32 -> bf16 rounded
+    // to nearest even. The AVX-512 bf16 store (vcvtneps2bf16) flushes f32 subnormals to zero.
     void (*bf16_to_f32)(const uint16_t* in, float* out, int64_t n);
+    void (*f16_to_f32)(const uint16_t* in, float* out, int64_t n);
+    void (*f32_to_f16)(const float* in, uint16_t* out, int64_t n);
+    void (*f32_to_bf16)(const float* in, uint16_t* out, int64_t n);
     RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
         dotn_q6_k;
 };

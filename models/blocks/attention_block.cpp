@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/linear.h"
@@ -58,6 +59,8 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
 
     OwnedTensor attended = make_tensor(DType::F32, {n_tokens, c.n_heads, c.head_dim});
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    std::vector<cpu::AttentionArgs> sequences;
+    sequences.reserve(step.sequences.size());
     for (const StepSequence& seq : step.sequences) {
         const int64_t start = seq.cache->length();
         const KvRows keys = seq.cache->keys(layer), values = seq.cache->values(layer);
@@ -65,16 +68,17 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
                    seq.n_tokens);
         write_rows(values, start, v.view.data_as<const float>() + seq.first_row * kv_dim,
                    seq.n_tokens);
-        cpu::attention(
+        sequences.push_back(
             {.q = q_heads.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
              .k_cache = keys,
              .v_cache = values,
              .out = attended.view.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
              .start_pos = start,
              .scale = scale,
-             .sliding_window = c.sliding_window},
-            pool);
+             .sliding_window = c.sliding_window});
     }
+    // One job for the whole step: a step of many single-token decodes still fills the pool.
+    cpu::attention(sequences, pool);
     cpu::linear(attended.view.reshape({n_tokens, q_dim}), w.o, w.o_bias, out, pool);
 }
 

@@ -151,6 +151,45 @@ TEST(QuantizedEngine, LogitsStayCloseToTheFloatModel) {
     EXPECT_THROW(Engine::open({.model_dir = dir.str(), .quantize = "bf16"}), Error);
 }
 
+// EngineConfig.kv_cache_type: f16 and bf16 hold twice the positions in the same budget, and
+// their logprobs stay within 1e-2 of the f32 cache's on the tiny model (the golden tests state
+// the logit tolerance per architecture); anything else is refused by name.
+TEST_F(EngineTest, KvCacheTypeHoldsTwiceThePositionsAndStaysClose) {
+    const std::vector<int32_t> tokens = {5, 17, 3, 9, 42, 7, 64, 1, 33, 12, 80, 2, 6};
+    auto open_with = [&](const std::string& type) {
+        return Engine::open({.model_dir = dir_->str(),
+                             .n_threads = 2,
+                             .pin_threads = false,
+                             .kv_cache_bytes = int64_t(1) << 20,
+                             .kv_cache_type = type});
+    };
+    Engine f32 = open_with("f32");
+    const std::vector<float> reference = f32.score(tokens);
+    for (const std::string type : {"f16", "bf16"}) {
+        Engine half = open_with(type);
+        EXPECT_EQ(half.stats().kv_blocks_total, 2 * f32.stats().kv_blocks_total) << type;
+        const std::vector<float> got = half.score(tokens);
+        ASSERT_EQ(got.size(), reference.size());
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+            worst = std::max(worst, std::fabs(double(got[i]) - reference[i]));
+        EXPECT_LT(worst, 1e-2) << type;
+        RecordProperty(type + "_max_logprob_diff", std::to_string(worst));
+        EXPECT_EQ(tokens_of(generate(half, {3, 4, 5},
+                                     {.temperature = 0, .max_tokens = 6, .ignore_eos = true}))
+                      .size(),
+                  6u);
+    }
+    for (const std::string bad : {"q8_0", "f64", "F16", ""}) {
+        try {
+            open_with(bad);
+            ADD_FAILURE() << "accepted kv_cache_type '" << bad << "'";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("'" + bad + "'"), std::string::npos) << e.what();
+        }
+    }
+}
+
 TEST_F(EngineTest, OpenRejectsBadConfig) {
     EXPECT_THROW(Engine::open({.model_dir = ""}), Error);
     EXPECT_THROW(Engine::open({.model_dir = dir_->str(), .n_threads = -1}), Error);

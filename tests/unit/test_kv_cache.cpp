@@ -1,5 +1,6 @@
 // The paged KV cache: blocks come from and go back to the pool, a full pool refuses politely,
-// and attention over scattered blocks equals attention over one contiguous cache.
+// f16/bf16 blocks take half the bytes, and attention over scattered blocks equals attention over
+// one contiguous cache in every KV type.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -34,12 +35,32 @@ TEST(KvCache, BlocksComeFromThePoolAndGoBack) {
     EXPECT_EQ(KvBlockPool::bytes_per_block(kShape, 4), size_t(2 * 4 * 2 * 16 * 4));
 }
 
-TEST(KvCache, AttentionOverScatteredBlocksEqualsContiguous) {
+TEST(KvCache, HalfPrecisionBlocksTakeHalfTheBytesAndOtherTypesAreRefused) {
+    for (DType type : {DType::F16, DType::BF16}) {
+        KvCacheShape shape = kShape;
+        shape.dtype = type;
+        EXPECT_EQ(KvBlockPool::bytes_per_block(shape, 4),
+                  KvBlockPool::bytes_per_block(kShape, 4) / 2);
+        KvBlockPool pool(shape, 4, 3);
+        EXPECT_EQ(pool.keys(0, nullptr, 0).dtype, type);
+    }
+    for (DType type : {DType::I32, DType::Q8_0}) {
+        KvCacheShape shape = kShape;
+        shape.dtype = type;
+        EXPECT_THROW(KvBlockPool(shape, 4, 3), Error) << dtype_name(type);
+    }
+}
+
+class KvCacheTypes : public ::testing::TestWithParam<DType> {};
+
+TEST_P(KvCacheTypes, AttentionOverScatteredBlocksEqualsContiguous) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     std::normal_distribution<float> normal;
     const int64_t n = 23, heads = 4, kv = 2, dim = 8;
-    auto pool = std::make_shared<KvBlockPool>(kShape, 4, 16);
+    KvCacheShape shape = kShape;
+    shape.dtype = GetParam();
+    auto pool = std::make_shared<KvBlockPool>(shape, 4, 16);
     // Take blocks in a scrambled order so the sequence's blocks are not adjacent.
     std::vector<std::unique_ptr<KvCache>> fillers;
     for (int i = 0; i < 5; ++i) {
@@ -50,8 +71,12 @@ TEST(KvCache, AttentionOverScatteredBlocksEqualsContiguous) {
     fillers.erase(fillers.begin() + 2);
     KvCache paged(pool, n);
     ASSERT_TRUE(paged.reserve(n));
-    KvCache flat(
-        {.n_layers = 2, .n_kv_heads = kv, .head_dim = dim, .v_head_dim = dim, .capacity = n});
+    KvCache flat({.n_layers = 2,
+                  .n_kv_heads = kv,
+                  .head_dim = dim,
+                  .v_head_dim = dim,
+                  .capacity = n,
+                  .dtype = GetParam()});
     std::vector<float> k(size_t(n * kv * dim)), v(k.size());
     for (float& x : k)
         x = normal(rng);
@@ -86,6 +111,12 @@ TEST(KvCache, AttentionOverScatteredBlocksEqualsContiguous) {
     EXPECT_EQ(fork.length(), n);
     EXPECT_EQ(run(fork), run(flat));
 }
+
+INSTANTIATE_TEST_SUITE_P(KvTypes, KvCacheTypes,
+                         ::testing::Values(DType::F32, DType::F16, DType::BF16),
+                         [](const auto& param_info) {
+                             return std::string(dtype_name(param_info.param));
+                         });
 
 }  // namespace
 }  // namespace tandem

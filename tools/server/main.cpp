@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
     app.add_option("--quantize", config.quantize, "quantize weights at load: q8_0, q4_k, ...");
     app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB, 0 = default")
         ->capture_default_str();
+    app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")
+        ->capture_default_str();
     app.add_option("--max-sequences", config.max_sequences, "sequences per step")
         ->capture_default_str();
     app.add_option("--max-step-tokens", config.max_step_tokens, "tokens per step")

@@ -39,7 +39,11 @@ struct EngineConfig {
     int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
                                  // or the context, whichever is less, capped at 4 GiB
     int64_t kv_block_size = 16;  // positions per KV block
-    int max_sequences = 64;      // sequences in one step at most
+    // Element type of the cached keys and values: "f32", "f16" or "bf16". f16/bf16 halve the
+    // bytes per position (twice the positions in the same kv_cache_bytes, half the bytes that
+    // decode attention reads) at the cost of rounding keys and values once, when written.
+    std::string kv_cache_type = "f32";
+    int max_sequences = 64;           // sequences in one step at most
     int64_t max_step_tokens = 512;    // tokens in one step at most (prefill chunks + decodes)
     int max_waiting_requests = 1024;  // beyond this, submit() throws QueueFullError
 
