@@ -34,6 +34,22 @@ std::vector<RowBlock> row_blocks(std::span<const int64_t> experts, int64_t rows,
     return blocks;
 }
 
+// Calls fn(rows, count) for tiles of up to `streams` rows covering [begin, end), each tile taking
+// one row from each of `streams` consecutive stretches of the range. A tile of adjacent rows would
+// interleave its reads inside one page, which defeats the hardware stream prefetcher (2.5x slower
+// from DRAM in a measurement on the development VM); rows a stretch apart are each read in order.
+template <class Fn>
+void for_each_row_tile(int64_t begin, int64_t end, int streams, Fn fn) {
+    const int64_t stretch = (end - begin + streams - 1) / streams;
+    for (int64_t t = 0; t < stretch; ++t) {
+        int64_t rows[kMaxDotRows];
+        int count = 0;
+        for (int s = 0; s < streams; ++s)
+            if (const int64_t row = begin + s * stretch + t; row < end) rows[count++] = row;
+        fn(rows, count);
+    }
+}
+
 void check_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn) {
     const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
         return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && is_weight_type(t.dtype()) &&
@@ -117,6 +133,24 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         const auto* up = static_cast<const std::byte*>(w.up.data());
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
+        const RowsDotFn dot_rows = row_dot_rows(kernels, w.gate.dtype());
+        if (last - first == 1 && dot_rows) {  // one token (decode): rows share its activation
+            const void* x_row = xs + a.token_index[size_t(first)] * act_bytes;
+            // A tile: gate and up of kMaxDotRows / 2 rows.
+            for_each_row_tile(block.begin, block.end, kMaxDotRows / 2,
+                              [&](const int64_t* row, int n) {
+                                  const void* w_rows[kMaxDotRows];
+                                  for (int j = 0; j < n; ++j) {
+                                      w_rows[j] = gate + row[j] * w_row_bytes;
+                                      w_rows[n + j] = up + row[j] * w_row_bytes;
+                                  }
+                                  float gu[kMaxDotRows];
+                                  dot_rows(w_rows, 2 * n, x_row, hidden, gu);
+                                  for (int j = 0; j < n; ++j)
+                                      act[size_t(first * ffn + row[j])] = silu(gu[j]) * gu[n + j];
+                              });
+            return;
+        }
         for (int64_t row = block.begin; row < block.end; ++row) {
             for (int64_t s0 = first; s0 < last; s0 += kMaxDotTokens) {
                 const int n = int(std::min<int64_t>(kMaxDotTokens, last - s0));
@@ -165,6 +199,20 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         thread_local std::vector<float> widened;
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
+        const RowsDotFn dot_rows = mixed_down ? nullptr : row_dot_rows(kernels, down.dtype());
+        if (last - first == 1 && dot_rows) {  // one token, as in job 1
+            const void* slot_row = acts + first * act_bytes;
+            for_each_row_tile(block.begin, block.end, kMaxDotRows, [&](const int64_t* row, int n) {
+                const void* w_rows[kMaxDotRows];
+                for (int j = 0; j < n; ++j)
+                    w_rows[j] = rows + row[j] * w_row_bytes;
+                float out[kMaxDotRows];
+                dot_rows(w_rows, n, slot_row, ffn, out);
+                for (int j = 0; j < n; ++j)
+                    partial[size_t(first * hidden + row[j])] = out[j];
+            });
+            return;
+        }
         for (int64_t row = block.begin; row < block.end; ++row) {
             const void* w_row = rows + row * w_row_bytes;
             if (mixed_down) {
