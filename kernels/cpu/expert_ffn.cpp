@@ -14,6 +14,10 @@ namespace tandem::cpu {
 
 namespace {
 
+// Up to this many intermediate elements are quantized on the calling thread (a decode step of a
+// top-8 model with ffn 2048 has 16K); beyond, in a pool job.
+constexpr int64_t kInlineQuantizeElements = int64_t(1) << 15;
+
 // A block of output rows of one expert's matrix: the unit of work of both jobs.
 struct RowBlock {
     int64_t expert, begin, end;
@@ -179,11 +183,17 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     const std::byte* acts = reinterpret_cast<const std::byte*>(act.data());
     if (down_type != DType::F32) {
         act_q.resize(size_t(n_slots * act_bytes));
-        pool.parallel_for(n_slots, 1, [&](int64_t begin, int64_t end) {
+        const auto quantize_slots = [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s)
                 quantize_activation(down_type, act.data() + s * ffn, act_q.data() + s * act_bytes,
                                     ffn);
-        });
+        };
+        // A decode step's few slots take microseconds: on the caller, with no job boundary at
+        // which a preempted worker would hold up the step.
+        if (n_slots * ffn <= kInlineQuantizeElements)
+            quantize_slots(0, n_slots);
+        else
+            pool.parallel_for(n_slots, 1, quantize_slots);
         acts = act_q.data();
     }
 
