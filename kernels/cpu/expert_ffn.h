@@ -6,7 +6,9 @@
 // projection for every (expert, block of hidden rows). Activations are converted to each weight
 // type's dot-product format once per step (x once, each token's intermediate once), and every
 // expert's weights are read once for all of its tokens. Experts flagged in `skip` (placed on
-// another device by the scheduler) are left out, so hybrid execution uses the same kernel.
+// another device by the scheduler) are left out, so hybrid execution uses the same kernel. An
+// expert with one token (decode) has no tokens to share a weight load; where the ISA has a
+// several-row dot for its type (Q4_K on AVX-512) a few rows share the token's activation instead.
 #pragma once
 
 #include <cstdint>

@@ -54,6 +54,10 @@ RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
     }
 }
 
+RowsDotFn row_dot_rows(const VecDotKernels& kernels, DType weight_type) {
+    return weight_type == DType::Q4_K ? kernels.dotr_q4_k : nullptr;
+}
+
 void quantize_activation(DType type, const float* x, void* out, int64_t k) {
     if (type == DType::F32) {
         std::memcpy(out, x, size_t(k) * sizeof(float));

@@ -20,6 +20,13 @@ using RowDotFn = float (*)(const void* weight_row, const void* activation_row, i
 using RowDotNFn = void (*)(const void* weight_row, const void* const* activation_rows, int n,
                            int64_t k, float* out);
 inline constexpr int kMaxDotTokens = 4;
+// Dots of n (1..kMaxDotRows) weight rows with one activation row, each activation block read
+// once for all of them: the one-token (decode) case, where there are no tokens to share a weight
+// load but several rows can share the activation's loads and its per-block setup. Only where it
+// measured faster (Q4_K on AVX-512); elsewhere callers dot one row at a time with RowDotNFn.
+using RowsDotFn = void (*)(const void* const* weight_rows, int n, const void* activation_row,
+                           int64_t k, float* out);
+inline constexpr int kMaxDotRows = 4;
 
 struct VecDotKernels {
     CpuIsa isa;
@@ -40,6 +47,7 @@ struct VecDotKernels {
     void (*f32_to_bf16)(const float* in, uint16_t* out, int64_t n);
     RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
         dotn_q6_k;
+    RowsDotFn dotr_q4_k;  // null where the ISA has none
 };
 
 const VecDotKernels& vec_dot_kernels();                // of the active ISA
@@ -49,6 +57,9 @@ const VecDotKernels& vec_dot_kernels_for(CpuIsa isa);  // of a given ISA (tests,
 RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type);
 
 RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type);
+
+// The several-row dot for `weight_type`, or null where there is none (see RowsDotFn).
+RowsDotFn row_dot_rows(const VecDotKernels& kernels, DType weight_type);
 
 // Converts k floats to the activation format `type` (f32: a copy; q8_0, q8_k: quantized).
 void quantize_activation(DType type, const float* x, void* out, int64_t k);

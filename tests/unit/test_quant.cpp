@@ -167,6 +167,85 @@ TEST(Quant, MultiTokenDotsEqualSingleDots) {
     }
 }
 
+// The several-rows-per-pass kernels (one activation row, decode) give what one dot per row gives
+// and what float64 gives over the dequantized weights and activation: every weight type and ISA
+// that has one, one super-block and many, every row count up to the tile, rows not adjacent.
+TEST(Quant, MultiRowDotsEqualSingleDotsAndFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
+                           DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+    if (cpu::detected_isa() == CpuIsa::Avx512) {  // where the Q4_K one must exist
+        ASSERT_NE(cpu::row_dot_rows(cpu::vec_dot_kernels_for(CpuIsa::Avx512), DType::Q4_K),
+                  nullptr);
+    }
+    int tested = 0;
+    for (int64_t k : {int64_t(256), int64_t(256 * 11)}) {
+        const int64_t n_rows = cpu::kMaxDotRows + 3;
+        const auto w = test::random_floats(rng, size_t(n_rows * k));
+        const auto x = test::random_floats(rng, size_t(k));
+        for (DType type : types) {
+            std::vector<std::byte> wq(size_t(n_rows * row_bytes(type, k)));
+            std::vector<float> wd(w.size());
+            if (is_quantized_weight_type(type)) {
+                wq = quantize(type, w, n_rows, k);
+                wd = dequantize(type, wq, n_rows, k);
+            } else {
+                for (size_t i = 0; i < w.size(); ++i) {
+                    if (type == DType::F32) reinterpret_cast<float*>(wq.data())[i] = w[i];
+                    if (type == DType::BF16)
+                        reinterpret_cast<uint16_t*>(wq.data())[i] = f32_to_bf16(w[i]);
+                    if (type == DType::F16)
+                        reinterpret_cast<uint16_t*>(wq.data())[i] = f32_to_f16(w[i]);
+                }
+                for (size_t i = 0; i < w.size(); ++i)
+                    wd[i] = type == DType::BF16  ? bf16_to_f32(f32_to_bf16(w[i]))
+                            : type == DType::F16 ? f16_to_f32(f32_to_f16(w[i]))
+                                                 : w[i];
+            }
+            const DType act = cpu::vec_dot_type(type);
+            std::vector<std::byte> xq(size_t(row_bytes(act, k)));
+            cpu::quantize_activation(act, x.data(), xq.data(), k);
+            const auto xd = act == DType::F32 ? x : dequantize(act, xq, 1, k);
+            const int64_t stride = row_bytes(type, k);
+            for (CpuIsa isa : runnable_isas()) {
+                const auto& kernels = cpu::vec_dot_kernels_for(isa);
+                const cpu::RowsDotFn dot_rows = cpu::row_dot_rows(kernels, type);
+                if (!dot_rows) continue;
+                ++tested;
+                for (int n = 1; n <= cpu::kMaxDotRows; ++n) {
+                    // Rows n - 1, n, ..., then wrapping: a tile need not be contiguous rows.
+                    const void* rows[cpu::kMaxDotRows];
+                    int64_t row_ids[cpu::kMaxDotRows];
+                    for (int j = 0; j < n; ++j) {
+                        row_ids[j] = (n - 1 + 2 * j) % n_rows;
+                        rows[j] = wq.data() + row_ids[j] * stride;
+                    }
+                    float out[cpu::kMaxDotRows + 1];
+                    out[n] = 12345.0f;  // sentinel past the last row
+                    dot_rows(rows, n, xq.data(), k, out);
+                    EXPECT_EQ(out[n], 12345.0f) << dtype_name(type) << " wrote past row " << n;
+                    for (int j = 0; j < n; ++j) {
+                        const float single = cpu::row_dot(kernels, type)(rows[j], xq.data(), k);
+                        double want = 0, scale = 0;
+                        for (int64_t i = 0; i < k; ++i) {
+                            const double p = double(wd[size_t(row_ids[j] * k + i)]) * xd[size_t(i)];
+                            want += p;
+                            scale += std::fabs(p);
+                        }
+                        const auto where = ::testing::Message()
+                                           << dtype_name(type) << " isa " << cpu::isa_name(isa)
+                                           << " k " << k << " rows " << n << " row " << j;
+                        EXPECT_NEAR(out[j], single, 1e-5f * (1.0f + std::fabs(single))) << where;
+                        EXPECT_NEAR(out[j], want, 1e-5 * scale + 1e-6) << where;
+                    }
+                }
+            }
+        }
+    }
+    if (tested == 0) GTEST_SKIP() << "no several-row dot on this CPU's instruction sets";
+}
+
 TEST(Quant, FloatDotsOfEveryIsaMatchFloat64) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
