@@ -42,6 +42,13 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std) {
     return out;
 }
 
+std::vector<cpu::CpuIsa> runnable_isas() {
+    std::vector<cpu::CpuIsa> isas;
+    for (cpu::CpuIsa isa : {cpu::CpuIsa::Scalar, cpu::CpuIsa::Avx2, cpu::CpuIsa::Avx512})
+        if (int(isa) <= int(cpu::detected_isa())) isas.push_back(isa);
+    return isas;
+}
+
 namespace {
 
 // A small f32 Qwen3-MoE spec; callers widen what they need.

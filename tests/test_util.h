@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/tensor.h"
 
 namespace tandem::test {
@@ -37,6 +38,15 @@ class TempDir {
 
   private:
     std::filesystem::path path_;
+};
+
+// Every CPU kernel ISA this machine runs, the scalar path always: tests loop over them with
+// cpu::force_isa.
+std::vector<cpu::CpuIsa> runnable_isas();
+
+// Restores the detected ISA when a test ends, pass or fail.
+struct IsaGuard {
+    ~IsaGuard() { cpu::force_isa(std::nullopt); }
 };
 
 // Normal(0, std) values.

@@ -23,22 +23,13 @@ namespace tandem {
 namespace {
 
 using cpu::CpuIsa;
+using test::IsaGuard;
+using test::runnable_isas;
 
 ThreadPool& pool() {
     static ThreadPool instance({.n_threads = 3, .pin = false});
     return instance;
 }
-
-std::vector<CpuIsa> runnable_isas() {
-    std::vector<CpuIsa> isas;
-    for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512})
-        if (int(isa) <= int(cpu::detected_isa())) isas.push_back(isa);
-    return isas;
-}
-
-struct IsaGuard {
-    ~IsaGuard() { cpu::force_isa(std::nullopt); }
-};
 
 // The value the cache holds after rounding v to its type.
 double stored(float v, DType dtype) {

@@ -134,64 +134,7 @@ TEST(CpuOps, RopeRotatesHalvesByPosition) {
         }
 }
 
-// Attention of n_new tokens at start_pos over a cache, against a float64 softmax reference.
-void check_attention(int n_new, int start, int heads, int kv_heads, int head_dim, int window,
-                     uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    const int ctx = start + n_new, capacity = ctx + 3;
-    const auto q = random_floats(rng, size_t(n_new * heads * head_dim));
-    const auto k = random_floats(rng, size_t(capacity * kv_heads * head_dim));
-    const auto v = random_floats(rng, size_t(capacity * kv_heads * head_dim));
-    OwnedTensor qt = tensor_from(q, {n_new, heads, head_dim});
-    OwnedTensor kt = tensor_from(k, {capacity, kv_heads, head_dim});
-    OwnedTensor vt = tensor_from(v, {capacity, kv_heads, head_dim});
-    OwnedTensor out = nan_tensor({n_new, heads, head_dim});
-    const float scale = 1.0f / std::sqrt(float(head_dim));
-    cpu::attention({.q = qt.view,
-                    .k_cache = kt.view,
-                    .v_cache = vt.view,
-                    .out = out.view,
-                    .start_pos = start,
-                    .scale = scale,
-                    .sliding_window = window},
-                   pool());
-    std::vector<double> want(size_t(n_new * heads * head_dim));
-    for (int t = 0; t < n_new; ++t)
-        for (int h = 0; h < heads; ++h) {
-            const int kv = h / (heads / kv_heads), pos = start + t;
-            const int first = window > 0 ? std::max(0, pos - window + 1) : 0;
-            std::vector<double> s;
-            double mx = -1e300;
-            for (int j = first; j <= pos; ++j) {
-                double dot = 0;
-                for (int d = 0; d < head_dim; ++d)
-                    dot += double(q[size_t((t * heads + h) * head_dim + d)]) *
-                           k[size_t((j * kv_heads + kv) * head_dim + d)];
-                s.push_back(dot * scale);
-                mx = std::max(mx, s.back());
-            }
-            double total = 0;
-            for (double& e : s)
-                total += e = std::exp(e - mx);
-            for (int d = 0; d < head_dim; ++d) {
-                double acc = 0;
-                for (int j = first; j <= pos; ++j)
-                    acc += s[size_t(j - first)] / total *
-                           v[size_t((j * kv_heads + kv) * head_dim + d)];
-                want[size_t((t * heads + h) * head_dim + d)] = acc;
-            }
-        }
-    expect_close(out.view.data_as<float>(), want, 1e-5, "attention");
-}
-
-TEST(CpuOps, AttentionMatchesReference) {
-    TANDEM_SEEDED(seed);
-    check_attention(1, 0, 2, 1, 8, 0, seed);       // first token of a sequence
-    check_attention(7, 0, 4, 2, 16, 0, seed + 1);  // prefill, GQA
-    check_attention(1, 11, 6, 3, 5, 0, seed + 2);  // decode, odd head_dim
-    check_attention(3, 5, 4, 4, 8, 4, seed + 3);   // sliding window
-}
-
+// Attention itself is tested on every ISA and KV type in test_attention.cpp.
 TEST(CpuOps, AttentionRejectsPositionsPastTheCache) {
     OwnedTensor q = make_tensor(DType::F32, {2, 2, 4}), k = make_tensor(DType::F32, {3, 1, 4});
     OwnedTensor v = make_tensor(DType::F32, {3, 1, 4}), out = make_tensor(DType::F32, {2, 2, 4});

@@ -19,22 +19,11 @@ namespace tandem {
 namespace {
 
 using cpu::CpuIsa;
+using test::IsaGuard;
+using test::runnable_isas;
 
 const DType kWeightTypes[] = {DType::Q8_0, DType::Q5_0, DType::Q4_0,
                               DType::Q4_K, DType::Q5_K, DType::Q6_K};
-
-// Every ISA this CPU runs; the scalar path always.
-std::vector<CpuIsa> runnable_isas() {
-    std::vector<CpuIsa> isas;
-    for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512})
-        if (int(isa) <= int(cpu::detected_isa())) isas.push_back(isa);
-    return isas;
-}
-
-// Restores the detected ISA when a test ends, pass or fail.
-struct IsaGuard {
-    ~IsaGuard() { cpu::force_isa(std::nullopt); }
-};
 
 std::vector<std::byte> quantize(DType type, const std::vector<float>& x, int64_t rows, int64_t k) {
     std::vector<std::byte> out(size_t(rows * row_bytes(type, k)));
@@ -57,9 +46,9 @@ TEST(Quant, RoundTripErrorIsWithinEachTypesBound) {
     const int64_t k = 1024;
     const auto x = test::random_floats(rng, size_t(k));
     // Relative RMS error bounds for Gaussian data (bits per weight 8.5, 4.5, 4.5, 5.5, 6.6).
-    const std::map<DType, double> bound = {{DType::Q8_0, 0.007}, {DType::Q4_0, 0.12}, {DType::Q5_0, 0.06},
-                                           {DType::Q4_K, 0.1},   {DType::Q5_K, 0.05},
-                                           {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}};
+    const std::map<DType, double> bound = {
+        {DType::Q8_0, 0.007}, {DType::Q4_0, 0.12},  {DType::Q5_0, 0.06}, {DType::Q4_K, 0.1},
+        {DType::Q5_K, 0.05},  {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}};
     for (const auto& [type, limit] : bound) {
         const auto back = dequantize(type, quantize(type, x, 1, k), 1, k);
         double err = 0, norm = 0;
