@@ -1,9 +1,10 @@
 // DeepSeek's routers (models/blocks/router.h) against a float64 reference written from
 // transformers' DeepseekV2TopkRouter / DeepseekV3TopkRouter: group-limited greedy (softmax, max
 // per group), noaux_tc (sigmoid + selection bias, top-2 sum per group, renormalised), and the
-// routed scaling factor. Random logits are drawn with a spread that makes near ties
-// astronomically unlikely; the selection must match exactly, the weights to 1e-6 relative to
-// the scaling factor.
+// routed scaling factor. The selection must match exactly and the weights to 1e-6 relative to
+// the scaling factor, except for tokens whose choice is within 1e-5 of flipping in float64
+// (sigmoid scores near 1 plus a bias do tie in f32 now and then), which are counted, not
+// compared.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,7 +23,20 @@ namespace {
 struct Reference {
     std::set<int> experts;
     std::vector<double> weight;  // [n_experts], 0 unless chosen
+    // How far the choice is from flipping: the smallest gap, at the group cut and at the expert
+    // cut, between the last one kept and the first one left out. f32 scores cannot be expected
+    // to agree with float64 on a choice closer than their rounding.
+    double margin = 1e300;
 };
+
+// v[order[k - 1]] - v[order[k]] for v sorted descending by `order`; infinite when nothing is
+// left out.
+double cut_gap(const std::vector<double>& v, int k) {
+    if (k >= int(v.size())) return 1e300;
+    std::vector<double> sorted = v;
+    std::sort(sorted.rbegin(), sorted.rend());
+    return sorted[size_t(k - 1)] - sorted[size_t(k)];
+}
 
 std::vector<int> top(const std::vector<double>& v, int k) {
     std::vector<int> order(v.size());
@@ -48,6 +62,7 @@ Reference reference(const float* logits, int n_experts, const RouterOptions& o,
     }
     for (int e = 0; e < n_experts; ++e)
         choice[e] = scores[e] + (bias.empty() ? 0.0 : bias[e]);
+    double group_margin = 1e300;
     if (o.topk != RouterTopk::Greedy) {
         const int size = n_experts / int(o.n_groups);
         std::vector<double> group(size_t(o.n_groups));
@@ -56,11 +71,14 @@ Reference reference(const float* logits, int n_experts, const RouterOptions& o,
             std::sort(members.rbegin(), members.rend());
             group[g] = o.topk == RouterTopk::NoauxTc ? members[0] + members[1] : members[0];
         }
+        group_margin = cut_gap(group, int(o.topk_groups));
         const std::vector<int> kept = top(group, int(o.topk_groups));
         for (int e = 0; e < n_experts; ++e)
             if (std::find(kept.begin(), kept.end(), e / size) == kept.end()) choice[e] = -1e300;
     }
-    Reference ref{.experts = {}, .weight = std::vector<double>(size_t(n_experts), 0.0)};
+    Reference ref{.experts = {},
+                  .weight = std::vector<double>(size_t(n_experts), 0.0),
+                  .margin = std::min(group_margin, cut_gap(choice, int(o.n_experts_active)))};
     double sum = 0;
     for (int e : top(choice, int(o.n_experts_active))) {
         ref.experts.insert(e);
@@ -81,8 +99,13 @@ void check_against_reference(const RouterOptions& o, int n_experts, bool with_bi
         Tensor(const_cast<float*>(logits.data()), DType::F32, {n_tokens, n_experts}), o, bias);
     ASSERT_EQ(r.experts.size(), size_t(n_tokens * o.n_experts_active));
     int outside_plain_top_k = 0;  // tokens where the groups or the bias changed the choice
+    int near_ties = 0;
     for (int t = 0; t < n_tokens; ++t) {
         const Reference ref = reference(logits.data() + t * n_experts, n_experts, o, bias);
+        if (ref.margin < 1e-5) {  // a coin toss in f32; seen once in a few thousand runs
+            ++near_ties;
+            continue;
+        }
         std::set<int> got;
         for (int j = 0; j < o.n_experts_active; ++j) {
             const int e = r.experts[size_t(t * o.n_experts_active + j)];
@@ -100,6 +123,7 @@ void check_against_reference(const RouterOptions& o, int n_experts, bool with_bi
     // The grouped/biased choice must actually differ from plain top-k somewhere, or this test
     // would pass for a router that ignores groups and bias.
     if (o.topk != RouterTopk::Greedy) EXPECT_GT(outside_plain_top_k, 0);
+    EXPECT_LE(near_ties, 2) << "of " << n_tokens << " tokens too close to call";
 }
 
 TEST(GroupedRouting, GroupLimitedGreedySoftmaxMatchesFloat64) {
