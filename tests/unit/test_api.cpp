@@ -202,7 +202,9 @@ TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
                     const int32_t got = r.predicted[((pos * layers + l) * 2 + j) * k + i];
                     const Routing& want = routing.predicted[l][j];
                     EXPECT_EQ(got, want.experts.empty() ? -1 : want.experts[pos * k + i]);
-                    if (l + j + 1 >= layers) EXPECT_EQ(got, -1);
+                    if (l + j + 1 >= layers) {
+                        EXPECT_EQ(got, -1);
+                    }
                 }
 }
 

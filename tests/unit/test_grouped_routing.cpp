@@ -122,7 +122,9 @@ void check_against_reference(const RouterOptions& o, int n_experts, bool with_bi
     }
     // The grouped/biased choice must actually differ from plain top-k somewhere, or this test
     // would pass for a router that ignores groups and bias.
-    if (o.topk != RouterTopk::Greedy) EXPECT_GT(outside_plain_top_k, 0);
+    if (o.topk != RouterTopk::Greedy) {
+        EXPECT_GT(outside_plain_top_k, 0);
+    }
     EXPECT_LE(near_ties, 2) << "of " << n_tokens << " tokens too close to call";
 }
 

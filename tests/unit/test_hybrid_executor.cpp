@@ -122,13 +122,21 @@ TEST_F(HybridExecutorTest, EveryPlannerAndBudgetGivesTheCpuLogits) {
                     EXPECT_EQ(s.experts_on_device, 0);
                     EXPECT_EQ(s.expert_bytes_moved, 0);
                 }
-                if (ratio == 1.0) EXPECT_EQ(s.expert_cache_misses, 0);
+                if (ratio == 1.0) {
+                    EXPECT_EQ(s.expert_cache_misses, 0);
+                }
                 const std::string p = planner;
-                if (p == "cpu-only") EXPECT_EQ(s.experts_on_device, 0);
-                if (p == "static" && ratio == 1.0) EXPECT_EQ(s.experts_on_cpu, 0);
+                if (p == "cpu-only") {
+                    EXPECT_EQ(s.experts_on_device, 0);
+                }
+                if (p == "static" && ratio == 1.0) {
+                    EXPECT_EQ(s.experts_on_cpu, 0);
+                }
                 if (p == "gpu-stream" && ratio > 0) {
                     EXPECT_GT(s.experts_on_device, 0);
-                    if (ratio < 1) EXPECT_GT(s.expert_bytes_moved, 0);
+                    if (ratio < 1) {
+                        EXPECT_GT(s.expert_bytes_moved, 0);
+                    }
                 }
             }
 }

@@ -132,8 +132,9 @@ TEST_F(SimDevice, DestroyingAStreamFinishesItsWork) {
 
 TEST_F(SimDevice, OtherDevicesAndBadOptionsAreRefused) {
     EXPECT_THROW(make_stream(Device::cpu()), Error);
-    if (!cuda_compiled() || cuda_device_count() == 0)
+    if (!cuda_compiled() || cuda_device_count() == 0) {
         EXPECT_THROW(make_stream(Device{DeviceKind::Cuda, 0}), std::exception);
+    }
     EXPECT_THROW(set_sim_options({.host_to_device_bytes_per_second = 0}), Error);
     auto stream = make_stream(kSim);
     EXPECT_THROW(stream->wait(nullptr), Error);
