@@ -30,7 +30,9 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/tile_gemm.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
@@ -113,13 +115,35 @@ ExpertPool make_pool(const ExpertShape& s, DType type) {
     return p;
 }
 
+int64_t w_bytes(DType type, int64_t rows, int64_t k) {
+    return rows * row_bytes(type, k);
+}
+
 struct CaseInfo {
     std::string fields;  // the case's own JSON fields, "\"kernel\":...,"
     double bytes, flops;
 };
 std::map<std::string, CaseInfo> g_cases;
 
-void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m) {
+// Which path a case forces: the dot-product kernels, the bf16 tile path (tile_gemm.h), or
+// whatever the engine's policy picks (auto).
+enum class Path { Auto, Dot, Tile };
+const char* path_name(Path p) {
+    return p == Path::Dot ? "dot" : p == Path::Tile ? "tile" : "auto";
+}
+
+// Sets the tile policy for one case and restores Auto after it.
+struct ForcePath {
+    explicit ForcePath(Path p) {
+        cpu::set_tile_gemm_policy(p == Path::Dot    ? cpu::TileGemmPolicy::Never
+                                  : p == Path::Tile ? cpu::TileGemmPolicy::Always
+                                                    : cpu::TileGemmPolicy::Auto);
+    }
+    ~ForcePath() { cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto); }
+};
+
+void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m, Path path) {
+    const ForcePath force(path);
     static std::map<std::pair<std::string, int>, ExpertPool> pools;  // reused across M
     ExpertPool& p = pools.try_emplace({s.model, int(type)}, make_pool(s, type)).first->second;
     const int64_t n_sets = int64_t(p.experts.size()) / s.top_k;
@@ -158,6 +182,66 @@ void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m) {
         bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
     state.counters["GFLOP/s"] = benchmark::Counter(
         flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+void register_moe(const ExpertShape& s, DType type, int64_t m, Path path) {
+    const std::string name = std::string("moe/") + s.model + "/" + std::string(dtype_name(type)) +
+                             "/m:" + std::to_string(m) + "/path:" + path_name(path);
+    benchmark::RegisterBenchmark(name.c_str(), bench_moe, s, type, m, path)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    const double bytes =
+        3.0 * double(s.hidden * s.ffn / dtype_block_size(type) * dtype_block_bytes(type) * s.top_k);
+    const double flops = 2.0 * 3 * double(s.hidden * s.ffn * m * s.top_k);
+    char fields[256];
+    std::snprintf(fields, sizeof(fields),
+                  "\"kernel\":\"moe_experts\",\"model\":\"%s\",\"dtype\":\"%s\",\"path\":\"%s\","
+                  "\"m\":%lld,\"n\":%lld,\"k\":%lld,\"experts\":%lld,",
+                  s.model, std::string(dtype_name(type)).c_str(), path_name(path), (long long)m,
+                  (long long)s.ffn, (long long)s.hidden, (long long)s.top_k);
+    g_cases[name + "/real_time"] = {fields, bytes, flops};
+}
+
+// ---- dense projections (cpu::linear): attention's and the lm_head's shape class ----------------
+
+struct LinearShape {
+    const char* name;
+    int64_t rows, k;
+};
+// Qwen3-30B-A3B's q_proj (32 heads x 128 from hidden 2048) and OLMoE's o_proj.
+const LinearShape kLinearShapes[] = {{"qwen3-30b-a3b-q_proj", 4096, 2048},
+                                     {"olmoe-1b-7b-o_proj", 2048, 2048}};
+
+void bench_linear(benchmark::State& state, LinearShape s, DType type, int64_t m, Path path) {
+    const ForcePath force(path);
+    std::mt19937_64 rng(3);
+    const OwnedTensor w = random_matrix(type, s.rows, s.k, rng);
+    OwnedTensor x = make_tensor(DType::F32, {m, s.k}), y = make_tensor(DType::F32, {m, s.rows});
+    std::normal_distribution<float> normal;
+    for (int64_t i = 0; i < m * s.k; ++i)
+        x.view.data_as<float>()[i] = normal(rng);
+    for (auto _ : state)
+        cpu::linear(x.view, w.view, Tensor(), y.view, pool());
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(m * s.rows * s.k),
+                                                   benchmark::Counter::kIsIterationInvariantRate,
+                                                   benchmark::Counter::kIs1000);
+}
+
+void register_linear(const LinearShape& s, DType type, int64_t m, Path path) {
+    const std::string name = std::string("linear/") + s.name + "/" + std::string(dtype_name(type)) +
+                             "/m:" + std::to_string(m) + "/path:" + path_name(path);
+    benchmark::RegisterBenchmark(name.c_str(), bench_linear, s, type, m, path)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    char fields[256];
+    std::snprintf(fields, sizeof(fields),
+                  "\"kernel\":\"linear\",\"model\":\"%s\",\"dtype\":\"%s\",\"path\":\"%s\","
+                  "\"m\":%lld,\"n\":%lld,\"k\":%lld,",
+                  s.name, std::string(dtype_name(type)).c_str(), path_name(path), (long long)m,
+                  (long long)s.rows, (long long)s.k);
+    // The weights stay in cache across iterations at these sizes: bytes are the matrix once.
+    g_cases[name + "/real_time"] = {fields, double(w_bytes(type, s.rows, s.k)),
+                                    2.0 * double(m * s.rows * s.k)};
 }
 
 // ---- attention -------------------------------------------------------------------------------
@@ -359,7 +443,7 @@ int main(int argc, char** argv) {
     const std::vector<DType> types = {DType::BF16, DType::Q8_0, DType::Q4_0,
                                       DType::Q4_K, DType::Q5_K, DType::Q6_K};
     const std::vector<int64_t> ms =
-        full ? std::vector<int64_t>{1, 2, 4, 8, 16, 64, 256} : std::vector<int64_t>{1, 8, 64};
+        full ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256} : std::vector<int64_t>{1, 8, 64};
     for (const ExpertShape& s : kShapes) {
         if (!full && std::string(s.model) == "mixtral-8x7b")
             continue;  // 700 MB a step: --full only
@@ -370,25 +454,21 @@ int main(int argc, char** argv) {
             // case.
             if (s.ffn % dtype_block_size(type) != 0 || s.hidden % dtype_block_size(type) != 0)
                 continue;
-            for (int64_t m : ms) {
-                const std::string name = std::string("moe/") + s.model + "/" +
-                                         std::string(dtype_name(type)) + "/m:" + std::to_string(m);
-                benchmark::RegisterBenchmark(name.c_str(), bench_moe, s, type, m)
-                    ->Unit(benchmark::kMillisecond)
-                    ->UseRealTime();
-                const double bytes = 3.0 * double(s.hidden * s.ffn / dtype_block_size(type) *
-                                                  dtype_block_bytes(type) * s.top_k);
-                const double flops = 2.0 * 3 * double(s.hidden * s.ffn * m * s.top_k);
-                char fields[256];
-                std::snprintf(fields, sizeof(fields),
-                              "\"kernel\":\"moe_experts\",\"model\":\"%s\",\"dtype\":\"%s\","
-                              "\"m\":%lld,\"n\":%lld,\"k\":%lld,\"experts\":%lld,",
-                              s.model, std::string(dtype_name(type)).c_str(), (long long)m,
-                              (long long)s.ffn, (long long)s.hidden, (long long)s.top_k);
-                g_cases[name + "/real_time"] = {fields, bytes, flops};
-            }
+            for (int64_t m : ms)
+                for (Path path : {Path::Auto, Path::Dot, Path::Tile}) {
+                    // Both paths side by side where the tile path could run; auto otherwise.
+                    const bool both = m > 1 && cpu::tile_gemm_available(type);
+                    if (both == (path == Path::Auto)) continue;
+                    register_moe(s, type, m, path);
+                }
         }
     }
+    for (const LinearShape& s : kLinearShapes)
+        for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})
+            for (int64_t m : {16, 64, 512})
+                for (Path path : {Path::Dot, Path::Tile})
+                    if (path == Path::Dot || cpu::tile_gemm_available(type))
+                        register_linear(s, type, m, path);
     for (const AttentionShape& s : kAttentionShapes) {
         if (!full && std::string(s.model) != "qwen3-30b-a3b") continue;
         for (AttentionImpl impl : {AttentionImpl::Blocked, AttentionImpl::BlockedPositionMajor,

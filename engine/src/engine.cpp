@@ -9,6 +9,7 @@
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/tile_gemm.h"
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
@@ -131,6 +132,7 @@ Engine Engine::open(const EngineConfig& config) {
     state->pool = std::make_unique<ThreadPool>(
         ThreadPoolOptions{.n_threads = config.n_threads, .pin = config.pin_threads});
     if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
+    if (config.batch_invariant) cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Never);
     if (!config.quantize.empty()) {
         state->quantize = dtype_from_name(config.quantize);
         if (!state->quantize || !is_quantized_weight_type(*state->quantize))

@@ -7,6 +7,7 @@
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/tile_gemm.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
@@ -29,12 +30,23 @@ int64_t rows_per_task(int64_t total_rows, int n_threads) {
     return std::clamp<int64_t>(total_rows / (int64_t(n_threads) * 4), 8, 128);
 }
 
-std::vector<RowBlock> row_blocks(std::span<const int64_t> experts, int64_t rows, int n_threads) {
-    const int64_t step = rows_per_task(rows * int64_t(experts.size()), n_threads);
-    std::vector<RowBlock> blocks;
+void add_row_blocks(std::vector<RowBlock>& blocks, std::span<const int64_t> experts, int64_t rows,
+                    int64_t step) {
     for (int64_t e : experts)
         for (int64_t r = 0; r < rows; r += step)
             blocks.push_back({e, r, std::min(rows, r + step)});
+}
+
+// The tasks of a job: tile-path experts (tiled) in tiles of their input dimension k, first since
+// they are the longest; then the dot-product experts (dotted) in blocks sized for balance.
+// types: each expert's weight type for this job.
+std::vector<RowBlock> row_blocks(std::span<const int64_t> tiled, std::span<const int64_t> dotted,
+                                 std::span<const DType> types, int64_t rows, int64_t k,
+                                 int n_threads) {
+    std::vector<RowBlock> blocks;
+    for (int64_t e : tiled)
+        add_row_blocks(blocks, std::span(&e, 1), rows, tile_gemm_rows(types[size_t(e)], k));
+    add_row_blocks(blocks, dotted, rows, rows_per_task(rows * int64_t(dotted.size()), n_threads));
     return blocks;
 }
 
@@ -63,6 +75,57 @@ void check_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn
         w.gate.dtype() != w.up.dtype())
         fail("moe_experts: expert ", e, ": gate ", w.gate.describe(), ", up ", w.up.describe(),
              ", down ", w.down.describe(), " do not form a SwiGLU expert of hidden ", hidden);
+}
+
+// The tiled experts' activations (x or the intermediate) in one buffer of 4 bytes per element
+// and slot: expert e's rows, in its tile type (f32 or bf16), are dense from slot first(e).
+struct TileRows {
+    std::vector<std::byte> bytes;
+    int64_t width = 0;
+
+    TileRows(int64_t n_slots, int64_t width_)
+        : bytes(size_t(n_slots * width_ * 4)), width(width_) {}
+    std::byte* row(int64_t first, int64_t slot, DType type) {
+        return bytes.data() + first * width * 4 + (slot - first) * row_bytes(type, width);
+    }
+};
+
+// Job 1 of a tiled expert: gate and up rows [block.begin, block.end) for all of its slots,
+// silu(gate) * up into act [n_slots, ffn].
+void gate_up_tile(const ExpertWeights& w, const RowBlock& block, std::span<const int32_t> offsets,
+                  TileRows& x_slots, int64_t hidden, int64_t ffn, float* act) {
+    const int64_t first = offsets[size_t(block.expert)];
+    const int64_t m = offsets[size_t(block.expert + 1)] - first, n = block.end - block.begin;
+    thread_local std::vector<float> gate, up;
+    gate.resize(size_t(m * n));
+    up.resize(size_t(m * n));
+    const int64_t w_row_bytes = row_bytes(w.gate.dtype(), hidden);
+    const void* x = x_slots.row(first, first, tile_gemm_activation_type(w.gate.dtype()));
+    tile_gemm(x, m, static_cast<const std::byte*>(w.gate.data()) + block.begin * w_row_bytes,
+              w.gate.dtype(), n, hidden, gate.data());
+    tile_gemm(x, m, static_cast<const std::byte*>(w.up.data()) + block.begin * w_row_bytes,
+              w.up.dtype(), n, hidden, up.data());
+    for (int64_t i = 0; i < m; ++i) {
+        float* row = act + (first + i) * ffn + block.begin;
+        for (int64_t j = 0; j < n; ++j)
+            row[j] = silu(gate[size_t(i * n + j)]) * up[size_t(i * n + j)];
+    }
+}
+
+// Job 2 of a tiled expert: down rows [block.begin, block.end) for all of its slots, into
+// partial [n_slots, hidden].
+void down_tile(const Tensor& down, const RowBlock& block, std::span<const int32_t> offsets,
+               TileRows& act_slots, int64_t hidden, int64_t ffn, float* partial) {
+    const int64_t first = offsets[size_t(block.expert)];
+    const int64_t m = offsets[size_t(block.expert + 1)] - first, n = block.end - block.begin;
+    thread_local std::vector<float> out;
+    out.resize(size_t(m * n));
+    tile_gemm(
+        act_slots.row(first, first, tile_gemm_activation_type(down.dtype())), m,
+        static_cast<const std::byte*>(down.data()) + block.begin * row_bytes(down.dtype(), ffn),
+        down.dtype(), n, ffn, out.data());
+    for (int64_t i = 0; i < m; ++i)
+        std::copy_n(out.data() + i * n, n, partial + (first + i) * hidden + block.begin);
 }
 
 }  // namespace
@@ -107,9 +170,40 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     const VecDotKernels& kernels = vec_dot_kernels();
     const int64_t n_slots = a.offsets.back();
 
-    // x in the format of each gate/up weight type present (usually one), converted once.
+    // Experts with enough tokens take the tile path (tile_gemm.h); the rest the dot products.
+    // tiled_expert: per slot, its expert if that expert is tiled, else -1.
+    std::vector<int64_t> tiled, dotted;
+    std::vector<int64_t> tiled_expert(size_t(n_slots), -1);
+    std::vector<DType> gate_types(static_cast<size_t>(n_experts)),
+        down_types(static_cast<size_t>(n_experts));
+    for (int64_t e : active) {
+        const ExpertWeights& w = a.experts[size_t(e)];
+        gate_types[size_t(e)] = w.gate.dtype();
+        down_types[size_t(e)] = w.down.dtype();
+        const int64_t first = a.offsets[size_t(e)], tokens = a.offsets[size_t(e + 1)] - first;
+        const bool tile =
+            use_tile_gemm(w.gate.dtype(), tokens) && use_tile_gemm(w.down.dtype(), tokens);
+        (tile ? tiled : dotted).push_back(e);
+        if (tile) std::fill_n(tiled_expert.begin() + first, tokens, e);
+    }
+    const auto is_tiled = [&](int64_t slot) { return tiled_expert[size_t(slot)] >= 0; };
+
+    // The tiled experts' tokens in their tile types, in slot order.
+    TileRows x_slots(tiled.empty() ? 0 : n_slots, hidden);
+    if (!tiled.empty())
+        pool.parallel_for(n_slots, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t s = begin; s < end; ++s)
+                if (const int64_t e = tiled_expert[size_t(s)]; e >= 0) {
+                    const DType type = tile_gemm_activation_type(gate_types[size_t(e)]);
+                    to_tile_activations(
+                        a.x.data_as<const float>() + a.token_index[size_t(s)] * hidden, type,
+                        x_slots.row(a.offsets[size_t(e)], s, type), hidden);
+                }
+        });
+
+    // x in the format of each dot-product gate/up weight type (usually one), converted once.
     std::map<DType, std::vector<std::byte>> x_acts;
-    for (int64_t e : active)
+    for (int64_t e : dotted)
         x_acts.try_emplace(vec_dot_type(a.experts[size_t(e)].gate.dtype()));
     for (auto& [type, buffer] : x_acts) {
         const int64_t bytes = row_bytes(type, hidden);
@@ -124,10 +218,15 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
 
     // Job 1: gate and up rows of every active expert, for all of its tokens.
     std::vector<float> act(size_t(n_slots * ffn));  // [n_slots, ffn]: silu(gate) * up
-    const std::vector<RowBlock> gate_blocks = row_blocks(active, ffn, pool.size());
+    const std::vector<RowBlock> gate_blocks =
+        row_blocks(tiled, dotted, gate_types, ffn, hidden, pool.size());
     pool.run(int64_t(gate_blocks.size()), [&](int64_t task) {
         const RowBlock& block = gate_blocks[size_t(task)];
         const ExpertWeights& w = a.experts[size_t(block.expert)];
+        if (is_tiled(a.offsets[size_t(block.expert)])) {
+            gate_up_tile(w, block, a.offsets, x_slots, hidden, ffn, act.data());
+            return;
+        }
         const DType act_type = vec_dot_type(w.gate.dtype());
         const int64_t act_bytes = row_bytes(act_type, hidden);
         const std::byte* xs = x_acts.at(act_type).data();
@@ -171,22 +270,31 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     });
 
     // Each slot's intermediate in its down weights' format.
-    DType down_type = vec_dot_type(a.experts[size_t(active[0])].down.dtype());
-    for (int64_t e : active)
+    // (The tiled experts' in bf16.)
+    const int64_t first_dotted = dotted.empty() ? active[0] : dotted[0];
+    DType down_type = vec_dot_type(a.experts[size_t(first_dotted)].down.dtype());
+    for (int64_t e : dotted)
         if (vec_dot_type(a.experts[size_t(e)].down.dtype()) != down_type) down_type = DType::F32;
-    const bool mixed_down = down_type == DType::F32 &&
-                            vec_dot_type(a.experts[size_t(active[0])].down.dtype()) != DType::F32;
+    const bool mixed_down =
+        down_type == DType::F32 &&
+        vec_dot_type(a.experts[size_t(first_dotted)].down.dtype()) != DType::F32;
     // Mixed down types in one layer are rare (GGUF Q4_K_M mixes types across layers, not
     // experts); they take the f32 path through dequantized rows below.
     const int64_t act_bytes = row_bytes(down_type, ffn);
     std::vector<std::byte> act_q;
     const std::byte* acts = reinterpret_cast<const std::byte*>(act.data());
-    if (down_type != DType::F32) {
-        act_q.resize(size_t(n_slots * act_bytes));
+    TileRows act_slots(tiled.empty() ? 0 : n_slots, ffn);
+    if (down_type != DType::F32 || !tiled.empty()) {
+        if (down_type != DType::F32) act_q.resize(size_t(n_slots * act_bytes));
         const auto quantize_slots = [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s)
-                quantize_activation(down_type, act.data() + s * ffn, act_q.data() + s * act_bytes,
-                                    ffn);
+                if (const int64_t e = tiled_expert[size_t(s)]; e >= 0) {
+                    const DType type = tile_gemm_activation_type(down_types[size_t(e)]);
+                    to_tile_activations(act.data() + s * ffn, type,
+                                        act_slots.row(a.offsets[size_t(e)], s, type), ffn);
+                } else if (down_type != DType::F32)
+                    quantize_activation(down_type, act.data() + s * ffn,
+                                        act_q.data() + s * act_bytes, ffn);
         };
         // A decode step's few slots take microseconds: on the caller, with no job boundary at
         // which a preempted worker would hold up the step.
@@ -194,15 +302,20 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
             quantize_slots(0, n_slots);
         else
             pool.parallel_for(n_slots, 1, quantize_slots);
-        acts = act_q.data();
+        if (down_type != DType::F32) acts = act_q.data();
     }
 
     // Job 2: down rows of every active expert, into per-slot partial outputs.
     std::vector<float> partial(size_t(n_slots * hidden));  // [n_slots, hidden]
-    const std::vector<RowBlock> down_blocks = row_blocks(active, hidden, pool.size());
+    const std::vector<RowBlock> down_blocks =
+        row_blocks(tiled, dotted, down_types, hidden, ffn, pool.size());
     pool.run(int64_t(down_blocks.size()), [&](int64_t task) {
         const RowBlock& block = down_blocks[size_t(task)];
         const Tensor& down = a.experts[size_t(block.expert)].down;
+        if (is_tiled(a.offsets[size_t(block.expert)])) {
+            down_tile(down, block, a.offsets, act_slots, hidden, ffn, partial.data());
+            return;
+        }
         const int64_t w_row_bytes = row_bytes(down.dtype(), ffn);
         const auto* rows = static_cast<const std::byte*>(down.data());
         const RowDotNFn dot = mixed_down ? kernels.dotn_f32 : row_dot_n(kernels, down.dtype());

@@ -1,8 +1,10 @@
 #include "kernels/cpu/linear.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/tile_gemm.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
@@ -29,6 +31,41 @@ void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, con
         fail("linear: y must be [", x.dim(0), ", ", w.dim(0), "] f32, got ", y.describe());
     if (!bias.empty() && (bias.numel() != w.dim(0) || !is_float_weight_type(bias.dtype())))
         fail("linear: bias must have ", w.dim(0), " elements, got ", bias.describe());
+}
+
+// The large-M path (tile_gemm.h): x once in bf16, then one task per tile of weight rows. Tiles
+// shrink (to 16 rows) when the matrix is too narrow for four tasks per thread.
+void linear_tiled(const Tensor& x, const Tensor& w, std::span<const float> bias, const Tensor& y,
+                  ThreadPool& pool) {
+    const int64_t n_tokens = x.dim(0), m = w.dim(0), k = w.dim(1);
+    // f32 activations are used in place; bf16 ones converted once.
+    const DType act_type = tile_gemm_activation_type(w.dtype());
+    std::vector<uint16_t> xb(act_type == DType::BF16 ? size_t(n_tokens * k) : 0);
+    const void* acts = x.data();
+    if (act_type == DType::BF16) {
+        pool.parallel_for(n_tokens, 1, [&](int64_t begin, int64_t end) {
+            for (int64_t t = begin; t < end; ++t)
+                to_tile_activations(x.data_as<const float>() + t * k, act_type, xb.data() + t * k,
+                                    k);
+        });
+        acts = xb.data();
+    }
+    const int64_t balanced = (m + 4 * pool.size() - 1) / (4 * pool.size());
+    const int64_t step =
+        std::min(tile_gemm_rows(w.dtype(), k), std::max<int64_t>(16, (balanced + 15) / 16 * 16));
+    const auto* w_bytes = static_cast<const std::byte*>(w.data());
+    const int64_t w_row_bytes = row_bytes(w.dtype(), k);
+    float* ys = y.data_as<float>();
+    pool.run((m + step - 1) / step, [&](int64_t task) {
+        const int64_t begin = task * step, n = std::min(m, begin + step) - begin;
+        thread_local std::vector<float> tile;
+        tile.resize(size_t(n_tokens * n));
+        tile_gemm(acts, n_tokens, w_bytes + begin * w_row_bytes, w.dtype(), n, k, tile.data());
+        for (int64_t t = 0; t < n_tokens; ++t)
+            for (int64_t j = 0; j < n; ++j)
+                ys[t * m + begin + j] =
+                    tile[size_t(t * n + j)] + (bias.empty() ? 0.0f : bias[size_t(begin + j)]);
+    });
 }
 
 }  // namespace
@@ -70,6 +107,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
         bias_f32.resize(size_t(m));
         row_to_f32(bias.data(), bias.dtype(), m, bias_f32.data());
     }
+    if (use_tile_gemm(w.dtype(), n_tokens)) return linear_tiled(x, w, bias_f32, y, pool);
     const VecDotKernels& kernels = vec_dot_kernels();
     const RowDotNFn dot = row_dot_n(kernels, w.dtype());
 

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "kernels/cpu/tile_gemm.h"
 #include "models/config.h"
 #include "models/model.h"
 #include "tests/test_util.h"
@@ -50,11 +51,14 @@ std::vector<int32_t> random_prompt(std::mt19937_64& rng, int64_t length, int32_t
 }
 
 // 32 sequences of different lengths, submitted together and prefilled in chunks next to each
-// other's decodes, produce exactly what each produces alone.
+// other's decodes, produce exactly what each produces alone, with batch_invariant.
 TEST_F(ApiTest, GreedyResultsDoNotDependOnTheBatch) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
-    Engine engine = open(a_->str(), {.max_step_tokens = 48});
+    struct RestorePolicy {
+        ~RestorePolicy() { cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto); }
+    } restore;
+    Engine engine = open(a_->str(), {.batch_invariant = true, .max_step_tokens = 48});
     const SamplingParams params{
         .temperature = 0, .max_tokens = 12, .ignore_eos = true, .logprobs = 0};
     std::vector<std::vector<int32_t>> prompts;

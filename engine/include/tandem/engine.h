@@ -36,6 +36,11 @@ struct EngineConfig {
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
     std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
     std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
+    // Every token's logits independent of the rest of its step, bit for bit (scoring that must
+    // reproduce sampling exactly, as RL post-training wants). Switches off the large-M tile path
+    // of the CPU kernels (kernels/cpu/tile_gemm.h), which prefill uses from a few tokens per
+    // weight matrix up: prefill is then 1.4-4x slower. Process-wide, like cpu_isa.
+    bool batch_invariant = false;
     int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
                                  // or the context, whichever is less, capped at 4 GiB
     int64_t kv_block_size = 16;  // positions per KV block

@@ -1,0 +1,236 @@
+#include "kernels/cpu/tile_gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <dnnl.hpp>
+#include <map>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/bf16_tiles.h"
+#include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/vec_dot.h"
+#include "kernels/error.h"
+
+namespace tandem::cpu {
+
+namespace {
+
+// TANDEM_TILE_GEMM=never|always|auto sets the starting policy (A/B runs of whole models, or a
+// user who wants the exact f32-activation path for bf16 weights); unset or unknown: auto.
+TileGemmPolicy policy_from_environment() {
+    const char* value = std::getenv("TANDEM_TILE_GEMM");
+    if (value == nullptr) return TileGemmPolicy::Auto;
+    const std::string_view v(value);
+    return v == "never"    ? TileGemmPolicy::Never
+           : v == "always" ? TileGemmPolicy::Always
+                           : TileGemmPolicy::Auto;
+}
+
+std::atomic<TileGemmPolicy> g_policy{policy_from_environment()};
+
+// Bytes of one bf16 weight tile: with the tokens' activations it stays in a 1 MB L2.
+constexpr int64_t kTileBytes = int64_t(256) << 10;
+
+const dnnl::engine& cpu_engine() {
+    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    return engine;
+}
+
+// oneDNN runs its OpenMP loops with the calling thread's OpenMP thread count; inside a task of
+// Tandem's pool that must be 1 (the pool already occupies every core). Restored on exit, since
+// the calling thread may be the embedding program's.
+class SingleOmpThread {
+  public:
+    SingleOmpThread() : saved_(omp_get_max_threads()) {
+        if (saved_ != 1) omp_set_num_threads(1);
+    }
+    ~SingleOmpThread() {
+        if (saved_ != 1) omp_set_num_threads(saved_);
+    }
+    SingleOmpThread(const SingleOmpThread&) = delete;
+    SingleOmpThread& operator=(const SingleOmpThread&) = delete;
+
+  private:
+    int saved_;
+};
+
+// One matmul of a given shape, ready to run on this thread: y[m, n] = a[m, k] · b[n, k]ᵀ, all
+// dense, a and b bf16 or f32. The scratchpad is ours (user mode) so that threads never share
+// oneDNN's.
+struct Matmul {
+    dnnl::matmul primitive;
+    dnnl::memory a, b, y, scratch;
+    std::vector<std::byte> scratch_bytes;
+    std::string impl;
+};
+
+Matmul make_matmul(int64_t m, int64_t n, int64_t k, bool bf16) {
+    using dnnl::memory;
+    const memory::data_type type = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+    const memory::desc a({m, k}, type, memory::format_tag::ab);
+    const memory::desc b({k, n}, type, memory::format_tag::ba);
+    const memory::desc y({m, n}, memory::data_type::f32, memory::format_tag::ab);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, y), attr, cpu_engine());
+    Matmul mm{.primitive = dnnl::matmul(pd),
+              .a = memory(a, cpu_engine(), nullptr),
+              .b = memory(b, cpu_engine(), nullptr),
+              .y = memory(y, cpu_engine(), nullptr),
+              .impl = pd.impl_info_str()};
+    const memory::desc scratch = pd.scratchpad_desc();
+    mm.scratch_bytes.resize(std::max<size_t>(scratch.get_size(), 1));
+    mm.scratch = memory(scratch, cpu_engine(), mm.scratch_bytes.data());
+    return mm;
+}
+
+// This thread's matmuls by shape (m varies with the tokens per expert, so a few dozen shapes
+// per model); dropped wholesale past a bound rather than tracked by use.
+Matmul& thread_matmul(int64_t m, int64_t n, int64_t k, bool bf16) {
+    thread_local std::map<std::tuple<int64_t, int64_t, int64_t, bool>, Matmul> cache;
+    const auto key = std::make_tuple(m, n, k, bf16);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+    if (cache.size() >= 512) cache.clear();
+    return cache.emplace(key, make_matmul(m, n, k, bf16)).first->second;
+}
+
+// Whether oneDNN runs f32 and bf16 matmuls with its AVX-512 brgemm here (its reference or
+// emulated kernels would be slower than the dot-product path); asked once.
+bool onednn_brgemm() {
+    static const bool ok = [] {
+        try {
+            const SingleOmpThread single;
+            return make_matmul(16, 64, 256, true).impl.starts_with("brg") &&
+                   make_matmul(16, 64, 256, false).impl.starts_with("brg");
+        } catch (const dnnl::error&) {
+            return false;
+        }
+    }();
+    return ok;
+}
+
+bool tile_type(DType type) {
+    switch (type) {
+        case DType::F32:
+        case DType::F16:
+        case DType::BF16:
+        case DType::Q8_0:
+        case DType::Q4_0:
+        case DType::Q5_0:
+        case DType::Q4_K:
+        case DType::Q5_K:
+        case DType::Q6_K: return true;
+        default: return false;
+    }
+}
+
+}  // namespace
+
+void set_tile_gemm_policy(TileGemmPolicy policy) {
+    g_policy.store(policy);
+}
+
+TileGemmPolicy tile_gemm_policy() {
+    return g_policy.load();
+}
+
+bool tile_gemm_available(DType weight_type) {
+    return tile_type(weight_type) && active_isa() == CpuIsa::Avx512 && onednn_brgemm();
+}
+
+// Measured with tandem-kernel-bench (moe/.../path:dot against path:tile, OLMoE and Qwen3-30B-A3B
+// expert shapes, 2 threads, AVX-512 BF16; bench/RESULTS.md 2026-11-29): the smallest M at which
+// the tile path was faster on both shapes. f32, f16 and bf16 weights take f32 tiles; Q8_0 and
+// Q4_K have vector dequantizers to bf16 and break even at M = 8; the other types dequantize
+// through f32 rows and break even at 16-32.
+int64_t tile_gemm_min_tokens(DType weight_type) {
+    switch (weight_type) {
+        case DType::F32:
+        case DType::F16:
+        case DType::BF16: return 4;
+        case DType::Q8_0:
+        case DType::Q4_K: return 16;
+        default: return 32;
+    }
+}
+
+bool use_tile_gemm(DType weight_type, int64_t n_tokens) {
+    switch (tile_gemm_policy()) {
+        case TileGemmPolicy::Never: return false;
+        case TileGemmPolicy::Always: return n_tokens > 0 && tile_gemm_available(weight_type);
+        case TileGemmPolicy::Auto:
+            return n_tokens >= tile_gemm_min_tokens(weight_type) &&
+                   tile_gemm_available(weight_type);
+    }
+    return false;
+}
+
+DType tile_gemm_activation_type(DType weight_type) {
+    return is_quantized_weight_type(weight_type) ? DType::BF16 : DType::F32;
+}
+
+void to_tile_activations(const float* x, DType type, void* out, int64_t n) {
+    if (type == DType::BF16)
+        vec_dot_kernels().f32_to_bf16(x, static_cast<uint16_t*>(out), n);
+    else
+        std::copy_n(x, n, static_cast<float*>(out));
+}
+
+int64_t tile_gemm_rows(DType weight_type, int64_t k) {
+    const int64_t element = tile_gemm_activation_type(weight_type) == DType::BF16 ? 2 : 4;
+    return std::clamp<int64_t>(kTileBytes / (element * k) / 16 * 16, 16, 128);
+}
+
+void weight_rows_to_bf16(const void* w_rows, DType weight_type, int64_t n_rows, int64_t k,
+                         uint16_t* out) {
+    if (active_isa() == CpuIsa::Avx512 && avx512::rows_to_bf16(w_rows, weight_type, n_rows, k, out))
+        return;
+    thread_local std::vector<float> row;
+    row.resize(size_t(k));
+    const int64_t bytes = row_bytes(weight_type, k);
+    for (int64_t r = 0; r < n_rows; ++r) {
+        row_to_f32(static_cast<const std::byte*>(w_rows) + r * bytes, weight_type, k, row.data());
+        vec_dot_kernels().f32_to_bf16(row.data(), out + r * k, k);
+    }
+}
+
+void tile_gemm(const void* a, int64_t m, const void* w_rows, DType weight_type, int64_t n_rows,
+               int64_t k, float* y) {
+    if (!tile_gemm_available(weight_type))
+        fail("tile_gemm: no tile path for ", dtype_name(weight_type), " on this CPU");
+    const bool bf16 = tile_gemm_activation_type(weight_type) == DType::BF16;
+    const void* b = w_rows;
+    if (bf16) {
+        thread_local std::vector<uint16_t> tile;
+        tile.resize(size_t(n_rows * k));
+        weight_rows_to_bf16(w_rows, weight_type, n_rows, k, tile.data());
+        b = tile.data();
+    } else if (weight_type != DType::F32) {
+        thread_local std::vector<float> tile;
+        tile.resize(size_t(n_rows * k));
+        const int64_t bytes = row_bytes(weight_type, k);
+        for (int64_t r = 0; r < n_rows; ++r)
+            row_to_f32(static_cast<const std::byte*>(w_rows) + r * bytes, weight_type, k,
+                       tile.data() + r * k);
+        b = tile.data();
+    }
+    const SingleOmpThread single;
+    Matmul& mm = thread_matmul(m, n_rows, k, bf16);
+    mm.a.set_data_handle(const_cast<void*>(a));
+    mm.b.set_data_handle(const_cast<void*>(b));
+    mm.y.set_data_handle(y);
+    thread_local dnnl::stream stream(cpu_engine());
+    mm.primitive.execute(stream, {{DNNL_ARG_SRC, mm.a},
+                                  {DNNL_ARG_WEIGHTS, mm.b},
+                                  {DNNL_ARG_DST, mm.y},
+                                  {DNNL_ARG_SCRATCHPAD, mm.scratch}});
+    stream.wait();
+}
+
+}  // namespace tandem::cpu
