@@ -9,6 +9,10 @@
 // cpu::attention at a real GQA shape per KV cache type: prefill of n tokens and one decode token
 // at a long context, whose caches rotate through 256 MB likewise; `per_position` is the kernel
 // before blocked prefill (each query position streams all its keys), kept here for comparison.
+// Where the tile path (kernels/cpu/tile_gemm.h) can run, each expert case with M > 1 runs twice,
+// path:dot (the dot-product kernels) and path:tile, side by side: the thresholds of
+// tile_gemm_min_tokens come from these pairs. linear/... cases do the same for dense
+// projections (Qwen3-30B-A3B's q_proj, OLMoE's o_proj) at M = 16, 64, 512.
 //
 //   tandem-kernel-bench                 # markdown-ish table (Google Benchmark console output)
 //   tandem-kernel-bench --json          # one JSON object per case, then the machine line

@@ -1,7 +1,8 @@
-// Weight rows to bf16 tiles with AVX-512 BF16, for the tile path of tile_gemm.h: the formats
-// that large models ship in (Q8_0, Q4_K) get a vector dequantizer; compiled for the avx512 level
-// only (flags in kernels/CMakeLists.txt) and called only when that level is active. Each value is
-// formed in f32 exactly as dequantize_row does, then rounded to bf16 (nearest even).
+// Weight rows to bf16 tiles with AVX-512 BF16, for the tile path of tile_gemm.h. The formats large
+// models ship in get a vector dequantizer: Q8_0, Q4_K, and Q6_K (which Q4_K_M files use for some
+// matrices). Compiled for the avx512 level only (flags in kernels/CMakeLists.txt) and called only
+// when that level is active. Each value is formed in f32 as dequantize_row forms it (Q4_K: with one
+// fused multiply-subtract), then rounded to bf16 (nearest even).
 #include "kernels/cpu/bf16_tiles.h"
 
 #include <immintrin.h>
@@ -65,6 +66,48 @@ void q4_k_row(const BlockQ4_K* x, int64_t n_blocks, uint16_t* out) {
     }
 }
 
+// 32 six-bit values (as bytes 0..63) minus 32, times scale_lo for the first 16 and scale_hi for
+// the last 16.
+[[gnu::always_inline]] inline void q6_store(__m256i q, float scale_lo, float scale_hi,
+                                            uint16_t* out) {
+    const __m256i centred = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(centred)));
+    const __m512 hi =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(centred, 1)));
+    store_bf16x32(_mm512_mul_ps(_mm512_set1_ps(scale_lo), lo),
+                  _mm512_mul_ps(_mm512_set1_ps(scale_hi), hi), out);
+}
+
+// As dequantize_q6_k: per half of a block, element l of each quarter takes the low or high
+// nibble of ql[l] or ql[l + 32] and two bits of qh[l]; 16 elements share a scale.
+void q6_k_row(const BlockQ6_K* x, int64_t n_blocks, uint16_t* out) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
+    for (int64_t b = 0; b < n_blocks; ++b) {
+        const float d = f16(x[b].d);
+        for (int half = 0; half < 2; ++half, out += 128) {
+            const uint8_t* ql = x[b].ql + 64 * half;
+            const int8_t* sc = x[b].scales + 8 * half;
+            const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+            const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+            const __m256i h =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qh + 32 * half));
+            const auto high_bits = [&](int shift) {  // bits shift, shift + 1 of qh, moved to 4, 5
+                return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, shift), low2), 4);
+            };
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(a, low4), high_bits(0));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(c, low4), high_bits(2));
+            const __m256i q3 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), low4), high_bits(4));
+            const __m256i q4 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), low4), high_bits(6));
+            q6_store(q1, d * float(sc[0]), d * float(sc[1]), out);
+            q6_store(q2, d * float(sc[2]), d * float(sc[3]), out + 32);
+            q6_store(q3, d * float(sc[4]), d * float(sc[5]), out + 64);
+            q6_store(q4, d * float(sc[6]), d * float(sc[7]), out + 96);
+        }
+    }
+}
+
 }  // namespace
 
 bool rows_to_bf16(const void* rows, DType type, int64_t n_rows, int64_t k, uint16_t* out) {
@@ -75,6 +118,9 @@ bool rows_to_bf16(const void* rows, DType type, int64_t n_rows, int64_t k, uint1
             case DType::Q8_0: q8_0_row(reinterpret_cast<const BlockQ8_0*>(in), k / kQK, out); break;
             case DType::Q4_K:
                 q4_k_row(reinterpret_cast<const BlockQ4_K*>(in), k / kQKK, out);
+                break;
+            case DType::Q6_K:
+                q6_k_row(reinterpret_cast<const BlockQ6_K*>(in), k / kQKK, out);
                 break;
             default: return false;
         }

@@ -9,6 +9,9 @@
 // another device by the scheduler) are left out, so hybrid execution uses the same kernel. An
 // expert with one token (decode) has no tokens to share a weight load; where the ISA has a
 // several-row dot for its type (Q4_K on AVX-512) a few rows share the token's activation instead.
+// An expert with enough tokens (use_tile_gemm: prefill) takes the tile path of tile_gemm.h
+// instead — its rows converted to L2-sized tiles and multiplied by oneDNN's matmul — within the
+// same two jobs, so busy and idle experts of one step share the threads.
 #pragma once
 
 #include <cstdint>

@@ -11,6 +11,7 @@
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/tile_gemm.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 #include "tests/test_util.h"
@@ -268,9 +269,14 @@ ThreadPool& pool() {
 }
 
 // linear() with quantized weights, on every ISA, against float64 over the dequantized weights
-// and the activations as the kernel quantizes them.
+// and the activations as the kernel quantizes them. The dot products only: the tile path, which
+// rounds activations to bf16 instead, has its own tests (test_tile_gemm.cpp).
 TEST(Quant, LinearWithQuantizedWeightsOnEveryIsa) {
     IsaGuard guard;
+    cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Never);
+    struct RestorePolicy {
+        ~RestorePolicy() { cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto); }
+    } restore;
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     for (DType type : kWeightTypes) {
