@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
     add_hybrid_flags(app, config);
+    add_numa_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     params.return_routed_experts = !record_file.empty();
