@@ -3,6 +3,7 @@
 #include <hwloc.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -138,8 +139,10 @@ NodeMemory CpuTopology::allocate_on_node(int node, size_t bytes) const {
                 m.hwloc_ = hwloc_;
                 return m;
             }
-            log_warn("NUMA: could not bind ", bytes, " bytes to node ", obj->os_index, " (",
-                     std::strerror(errno), "); they land where first touched");
+            static std::atomic<bool> warned{false};  // once, not once per layer and node
+            if (!warned.exchange(true))
+                log_warn("NUMA: could not bind ", bytes, " bytes to node ", obj->os_index, " (",
+                         std::strerror(errno), "); node memory lands where first touched");
         }
     }
     m.data_ = aligned_bytes(bytes);
