@@ -18,7 +18,8 @@ void CpuExperts::bind(std::span<const MoeWeights* const> moe_layers) {
         layers_.clear();
         throw;
     }
-    log_info("NUMA: copied the routed experts' ffn slices to ", numa_->n_nodes(), " nodes (",
+    log_info("NUMA: copied the routed experts' ffn slices to ", numa_->n_nodes(),
+             numa_->n_nodes() == 1 ? " node (" : " nodes (",
              double(copied_bytes()) / double(1 << 20), " MiB)");
 }
 
