@@ -26,6 +26,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -71,6 +72,7 @@ struct Options {
     std::string record_routing;
     std::string expert_device = "sim";
     std::string hardware_profile;
+    std::string numa = "auto", numa_topology;
     std::string write_path;
     std::string model_cache = (fs::temp_directory_path() / "tandem-bench-models").string();
     double bandwidth_gbps = 0;  // 0: measure
@@ -197,6 +199,8 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
                    .max_sequences = std::max(max_batch, 1),
                    .max_step_tokens = o.step_tokens};
     c.replay_routing = o.replay_routing;
+    c.numa = o.numa;
+    c.numa_topology = o.numa_topology;
     if (hc.ratio > 0) {
         c.expert_device = o.expert_device;
         c.gpu_expert_ratio = hc.ratio;
@@ -392,6 +396,7 @@ int run(const Options& o, const std::string& command_line) {
 int main(int argc, char** argv) {
     CLI::App app{"Prefill and decode throughput of a Tandem model against the bandwidth bound"};
     Options o;
+    if (const char* env = std::getenv("TANDEM_HWLOC_SYNTHETIC")) o.numa_topology = env;
     std::string presets;
     for (const std::string& name : synthetic_preset_names())
         presets += (presets.empty() ? "" : ", ") + name;
@@ -428,6 +433,10 @@ int main(int argc, char** argv) {
                    "routing trace whose experts replace the routers' choices (synthetic models)");
     app.add_option("--record-routing", o.record_routing,
                    "write every timed run's decode routing as a trace (JSON lines, .gz ok)");
+    app.add_option("--numa", o.numa, "routed experts per NUMA node: auto, off, distribute")
+        ->capture_default_str();
+    app.add_option("--numa-topology", o.numa_topology,
+                   "hwloc synthetic topology instead of this machine's (see tandem-run)");
     app.add_option("--write", o.write_path,
                    "write the synthetic model (a directory of safetensors, or FILE.gguf) and "
                    "exit");

@@ -1,9 +1,8 @@
 #include "kernels/thread_pool.h"
 
-#include <hwloc.h>
-
 #include <algorithm>
 
+#include "kernels/cpu_topology.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
 
@@ -22,43 +21,15 @@ namespace {
 // next job of a decode step, short enough not to steal a core from serial work for long.
 constexpr int kSpinIterations = 4000;
 
-// hwloc's view of the machine, loaded once. Never destroyed: workers of pools that live in
-// static storage may still use it at exit.
-struct Topology {
-    hwloc_topology_t handle = nullptr;
-    int n_cores = 0;
-
-    Topology() {
-        if (hwloc_topology_init(&handle) != 0 || hwloc_topology_load(handle) != 0) {
-            handle = nullptr;
-            return;
-        }
-        n_cores = hwloc_get_nbobjs_by_type(handle, HWLOC_OBJ_CORE);
-    }
-};
-
-Topology& topology() {
-    static Topology* instance = new Topology();
-    return *instance;
-}
-
 void pin_current_thread_to_core(int core) {
-    Topology& topo = topology();
-    if (topo.handle == nullptr || topo.n_cores <= 0) return;
-    hwloc_obj_t obj =
-        hwloc_get_obj_by_type(topo.handle, HWLOC_OBJ_CORE, unsigned(core % topo.n_cores));
-    if (obj == nullptr || obj->cpuset == nullptr) return;
-    hwloc_bitmap_t set = hwloc_bitmap_dup(obj->cpuset);
-    hwloc_bitmap_singlify(set);  // one hardware thread of the core: hyperthreads stay unused
-    if (hwloc_set_cpubind(topo.handle, set, HWLOC_CPUBIND_THREAD) != 0)
+    if (!CpuTopology::system()->pin_current_thread(core))
         log_debug("thread pool: could not pin a worker to core ", core);
-    hwloc_bitmap_free(set);
 }
 
 }  // namespace
 
 int physical_core_count() {
-    const int n = topology().n_cores;
+    const int n = CpuTopology::system()->core_count();
     if (n > 0) return n;
     return std::max(1u, std::thread::hardware_concurrency());
 }
@@ -69,8 +40,10 @@ ThreadPool::ThreadPool(ThreadPoolOptions options) {
     workers_.reserve(size_t(n_threads_ - 1));
     // The caller counts as thread 0 and keeps core 0 free of pinned workers.
     for (int w = 1; w < n_threads_; ++w) {
-        workers_.emplace_back([this, w, pin = options.pin] {
-            if (pin) pin_current_thread_to_core(w);
+        const int core =
+            options.cores.empty() ? w : options.cores[size_t(w) % options.cores.size()];
+        workers_.emplace_back([this, w, core, pin = options.pin] {
+            if (pin) pin_current_thread_to_core(core);
             worker_loop(w);
         });
     }
@@ -87,7 +60,7 @@ ThreadPool::~ThreadPool() {
         worker.join();
 }
 
-void ThreadPool::worker_loop(int) {
+void ThreadPool::worker_loop(int worker) {
     uint64_t seen = 0;
     for (;;) {
         uint64_t current = generation_.load(std::memory_order_acquire);
@@ -102,7 +75,7 @@ void ThreadPool::worker_loop(int) {
             current = generation_.load(std::memory_order_acquire);
         }
         seen = current;
-        work_on_current_job();
+        work_on_current_job(worker);
         if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard lock(mutex_);
             done_.notify_one();
@@ -110,7 +83,16 @@ void ThreadPool::worker_loop(int) {
     }
 }
 
-void ThreadPool::work_on_current_job() {
+void ThreadPool::work_on_current_job(int thread) {
+    if (per_thread_) {
+        try {
+            (*job_)(thread);
+        } catch (...) {
+            std::lock_guard lock(mutex_);
+            if (!error_) error_ = std::current_exception();
+        }
+        return;
+    }
     for (;;) {
         const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
         if (task >= job_tasks_) return;
@@ -130,17 +112,32 @@ void ThreadPool::run(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
             fn(task);
         return;
     }
+    dispatch(&fn, n_tasks, false);
+}
+
+void ThreadPool::run_on_each_thread(const std::function<void(int)>& fn) {
+    if (workers_.empty()) {
+        fn(0);
+        return;
+    }
+    const std::function<void(int64_t)> job = [&fn](int64_t thread) { fn(int(thread)); };
+    dispatch(&job, n_threads_, true);
+}
+
+void ThreadPool::dispatch(const std::function<void(int64_t)>* job, int64_t n_tasks,
+                          bool per_thread) {
     {
         std::lock_guard lock(mutex_);
-        job_ = &fn;
+        job_ = job;
         job_tasks_ = n_tasks;
+        per_thread_ = per_thread;
         next_task_.store(0, std::memory_order_relaxed);
         error_ = nullptr;
         busy_workers_.store(int(workers_.size()), std::memory_order_relaxed);
         generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    work_on_current_job();
+    work_on_current_job(0);
     // Every worker must check out before fn (on the caller's stack) goes out of scope.
     for (int spin = 0; busy_workers_.load(std::memory_order_acquire) != 0 && spin < kSpinIterations;
          ++spin)

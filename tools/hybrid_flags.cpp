@@ -1,5 +1,7 @@
 #include "tools/hybrid_flags.h"
 
+#include <cstdlib>
+
 namespace tandem {
 
 void add_hybrid_flags(CLI::App& app, EngineConfig& config) {
@@ -39,6 +41,21 @@ void add_hybrid_flags(CLI::App& app, EngineConfig& config) {
     app.add_option("--replay-predictor", config.replay_predictor,
                    "prefetch predictor under replay: oracle:ACC or history")
         ->capture_default_str()
+        ->group(group);
+}
+
+void add_numa_flags(CLI::App& app, EngineConfig& config) {
+    const char* group = "NUMA";
+    if (const char* env = std::getenv("TANDEM_HWLOC_SYNTHETIC")) config.numa_topology = env;
+    app.add_option("--numa", config.numa,
+                   "routed experts split per NUMA node: auto (when there are several), off, "
+                   "distribute (always)")
+        ->check(CLI::IsMember({"auto", "off", "distribute"}))
+        ->capture_default_str()
+        ->group(group);
+    app.add_option("--numa-topology", config.numa_topology,
+                   "hwloc synthetic topology instead of this machine's, e.g. \"numa:2 core:4 "
+                   "pu:1\" (default: $TANDEM_HWLOC_SYNTHETIC); for tests, nothing is bound")
         ->group(group);
 }
 

@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
     add_hybrid_flags(app, config);
+    add_numa_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     params.return_routed_experts = !record_file.empty();
@@ -185,6 +186,9 @@ int main(int argc, char** argv) {
         std::printf("decode:  %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.decode_steps,
                     decode_s, rate(double(t.decode_steps), decode_s));
         std::printf("threads: %d\n", engine.thread_pool().size());
+        if (const int64_t nodes = engine.stats().numa_nodes; nodes > 0)
+            std::printf("numa: routed experts split over %lld node%s\n", (long long)nodes,
+                        nodes == 1 ? "" : "s");
         if (!config.expert_device.empty()) print_hybrid_stats(engine.stats());
     } catch (const std::exception& e) {
         std::fprintf(stderr, "tandem-run: %s\n", e.what());

@@ -28,12 +28,15 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
 
 # ThreadSanitizer: what runs threads against each other — the sim device's streams and events,
-# the engine's scheduler thread under concurrent submit/abort/stream/reload, and the hybrid
-# executor (CPU pool, sim compute and copy streams at once).
+# the NUMA node pools, the engine's scheduler thread under concurrent submit/abort/stream/reload,
+# and the hybrid executor (CPU pool, sim compute and copy streams at once).
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON \
     -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
-cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine test_hybrid_executor
+cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine test_hybrid_executor \
+    test_numa
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_sim_device
+# (the NUMA node pools: leaders and per-node pools running at once, on synthetic topologies)
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_numa
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_engine
 # (the comparison with tandem-sim replays a long trace: its threads are those of the rest)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_hybrid_executor \

@@ -291,6 +291,7 @@ int64_t Engine::vocab_size() const {
 EngineStats Engine::stats() const {
     EngineStats s = state_->scheduler->stats();
     if (state_->experts.executor) add_hybrid_stats(*state_->experts.executor, s);
+    if (state_->experts.numa) s.numa_nodes = state_->experts.numa->n_nodes();
     return s;
 }
 Model& Engine::model() {

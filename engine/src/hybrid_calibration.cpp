@@ -35,8 +35,10 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
         std::vector<int32_t> offsets = {0}, index;
         std::vector<float> weight;
         std::vector<cpu::ExpertWeights> experts;
+        std::vector<int32_t> chosen;
         for (int i = 0; i < n_experts; ++i) {
             experts.push_back(layer.experts[size_t(next_expert)]);
+            chosen.push_back(next_expert);
             next_expert = int32_t((next_expert + 1) % n_experts_);
             for (int32_t t = 0; t < tokens; ++t) {
                 index.push_back(t);
@@ -53,6 +55,29 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
                               .token_weight = weight},
                              on);
         };
+        if (!device && cpu_experts_.numa()) {
+            // Per node on the slice copies, as run() computes: those exist for the layer's
+            // experts only, so the same experts get their tokens through whole-layer offsets.
+            std::vector<int32_t> count(size_t(n_experts_), 0), layer_offsets = {0}, slots;
+            for (int32_t e : chosen)
+                count[size_t(e)] += tokens;
+            for (int64_t e = 0; e < n_experts_; ++e) {
+                for (int32_t s = 0; s < count[size_t(e)]; ++s)
+                    slots.push_back(s % tokens);
+                layer_offsets.push_back(int32_t(slots.size()));
+            }
+            const std::vector<float> ones(slots.size(), 1.0f);
+            const double t0 = now_ms();
+            cpu_experts_.run(0,
+                             {.x = x.view.slice_rows(0, tokens),
+                              .out = out.view.slice_rows(0, tokens),
+                              .experts = layer.experts,
+                              .offsets = layer_offsets,
+                              .token_index = slots,
+                              .token_weight = ones},
+                             pool);
+            return now_ms() - t0;
+        }
         if (!device) {
             const double t0 = now_ms();
             run(pool, experts);

@@ -25,7 +25,8 @@ std::vector<ExpertKey> even_spread(int64_t slots, int64_t n_layers, int64_t n_ex
 
 }  // namespace
 
-HybridExecutor::HybridExecutor(HybridOptions options) : options_(std::move(options)) {
+HybridExecutor::HybridExecutor(HybridOptions options)
+    : options_(std::move(options)), cpu_experts_(options_.numa) {
     const Device d = options_.device;
     if (d.kind == DeviceKind::Cpu)
         fail("hybrid executor: the expert device must be sim or cuda:N, not cpu");
@@ -94,6 +95,9 @@ void HybridExecutor::bind(const ModelConfig& config,
                           .capacity = capacity});
     Buffer slots =
         capacity > 0 ? allocate(options_.device, size_t(capacity) * slot_bytes) : Buffer();
+    // Last of what can fail; it frees the old NUMA copies first (a failure here leaves the CPU
+    // experts unbound until the caller binds again, as the scheduler does after a failed reload).
+    cpu_experts_.bind(moe_layers);
 
     layers_.assign(moe_layers.begin(), moe_layers.end());
     n_experts_ = n_experts;
@@ -276,7 +280,8 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
         if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
     }
-    cpu::moe_experts({.x = call.x,
+    cpu_experts_.run(layer,
+                     {.x = call.x,
                       .out = call.out,
                       .experts = call.weights->experts,
                       .offsets = groups_.offsets,

@@ -14,7 +14,8 @@
 //      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
 //      computes (or, under routing replay, by the replay's predictor);
 //   6. meanwhile the CPU pool computes the CPU's experts from the host weights with the fused
-//      kernel, straight into the layer's output; then the device's partial sum is added to it.
+//      kernel (per NUMA node on its slice copies, with NUMA pools), straight into the layer's
+//      output; then the device's partial sum is added to it.
 // Host weights (the mapped checkpoint or the load-time quantized copy) are the only host copy
 // and the source of every transfer. Slots hold one expert each (gate | up | down, each aligned).
 //
@@ -40,6 +41,7 @@
 #include <vector>
 
 #include "cache/expert_cache.h"
+#include "engine/src/cpu_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
 #include "models/expert_runner.h"
@@ -69,6 +71,9 @@ struct HybridOptions {
     // Routing replay (not owned): the trace chooses every layer's experts, and its predictor,
     // not the gate lookahead, feeds the prefetcher.
     RoutingReplay* replay = nullptr;
+    // NUMA pools (not owned): the CPU's experts run as NUMA tensor parallelism on them
+    // (engine/src/cpu_experts.h); nullptr: on the pool given to run().
+    NumaPools* numa = nullptr;
 };
 
 struct HybridCounters {
@@ -118,6 +123,7 @@ class HybridExecutor final : public ExpertRunner {
     void publish_counters();
 
     HybridOptions options_;
+    CpuExperts cpu_experts_;
     std::unique_ptr<ThreadPool> device_pool_;  // the sim device's one compute thread
     std::unique_ptr<Stream> compute_, copy_;
     std::vector<const MoeWeights*> layers_;

@@ -1,7 +1,7 @@
 #include "engine/src/hybrid_setup.h"
 
 #include "engine/src/calibration_cache.h"
-#include "engine/src/replay_runner.h"
+#include "engine/src/cpu_runner.h"
 #include "kernels/dtype.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
@@ -37,7 +37,8 @@ std::unique_ptr<RoutingReplay> make_replay(const EngineConfig& config, const Mod
 }
 
 std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config, Model& model,
-                                                     ThreadPool& pool, RoutingReplay* replay) {
+                                                     ThreadPool& pool, RoutingReplay* replay,
+                                                     NumaPools* numa) {
     const ModelConfig& mc = model.config();
     if (!mc.is_moe())
         fail("EngineConfig.expert_device: ", mc.architecture,
@@ -55,6 +56,7 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
     options.planner = parse_planner(config.planner);
     options.prefetch = config.prefetch;
     options.replay = replay;
+    options.numa = numa;
     if (replay) {  // the trace's own profile: what `static` keeps and every policy starts from
         const int64_t n_moe = moe_layer_count(mc);
         for (ExpertKey key : most_activated_experts(replay->trace(), mc.n_experts,
@@ -83,7 +85,8 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
     const std::string key =
         calibration_key(mc,
                         cat(config.quantize.empty() ? "weights as stored" : config.quantize, ", ",
-                            executor->slot_bytes(), " bytes per expert"),
+                            executor->slot_bytes(), " bytes per expert",
+                            numa ? cat(", NUMA over ", numa->n_nodes(), " nodes") : ""),
                         pool.size(), options.device.name());
     std::optional<CostModel> cost;
     if (!config.recalibrate) cost = load_calibration(file, key);
@@ -99,15 +102,28 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
 
 }  // namespace
 
+std::unique_ptr<NumaPools> make_numa_pools(const EngineConfig& config, const ModelConfig& mc) {
+    if (config.numa != "auto" && config.numa != "off" && config.numa != "distribute")
+        fail("EngineConfig.numa: '", config.numa, "' is not one of auto, off, distribute");
+    if (config.numa == "off" || !mc.is_moe()) return nullptr;
+    const std::shared_ptr<const CpuTopology> topology =
+        config.numa_topology.empty() ? CpuTopology::system()
+                                     : CpuTopology::synthetic(config.numa_topology);
+    if (config.numa == "auto" && topology->nodes().size() < 2) return nullptr;
+    return std::make_unique<NumaPools>(NumaPoolsOptions{
+        .topology = topology, .n_threads = config.n_threads, .pin = config.pin_threads});
+}
+
 ExpertRunners make_expert_runners(const EngineConfig& config, Model& model, ThreadPool& pool) {
     ExpertRunners r;
+    r.numa = make_numa_pools(config, model.config());
     r.replay = make_replay(config, model.config());
     try {
         if (!config.expert_device.empty()) {
-            r.executor = make_hybrid_executor(config, model, pool, r.replay.get());
-        } else if (r.replay) {
-            r.cpu_replay = std::make_unique<CpuReplayRunner>(*r.replay);
-            model.set_expert_runner(r.cpu_replay.get());
+            r.executor = make_hybrid_executor(config, model, pool, r.replay.get(), r.numa.get());
+        } else if (r.replay || r.numa) {
+            r.cpu = std::make_unique<CpuRunner>(r.replay.get(), r.numa.get());
+            model.set_expert_runner(r.cpu.get());
         }
     } catch (...) {
         model.set_expert_runner(nullptr);  // the runner dies with this frame; the model lives on

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <set>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "kernels/thread_pool.h"
@@ -45,6 +47,32 @@ TEST(ThreadPool, RethrowsTaskErrorsAndStaysUsable) {
     std::atomic<int> count{0};
     pool.run(10, [&](int64_t) { count++; });
     EXPECT_EQ(count.load(), 10);
+}
+
+// run_on_each_thread: one call per thread, each on a different thread, the caller's being 0;
+// jobs of both kinds interleave, and errors come back.
+TEST(ThreadPool, RunsOnEachThreadOnce) {
+    for (int n : {1, 2, 5}) {
+        ThreadPool pool({.n_threads = n, .pin = true, .cores = {1, 0}});  // pins to cores 0 and 1
+        for (int round = 0; round < 50; ++round) {
+            std::vector<std::thread::id> ids(static_cast<size_t>(n));
+            std::vector<int> calls(static_cast<size_t>(n), 0);
+            pool.run_on_each_thread([&](int thread) {
+                calls[size_t(thread)]++;
+                ids[size_t(thread)] = std::this_thread::get_id();
+            });
+            ASSERT_EQ(calls, std::vector<int>(size_t(n), 1));
+            ASSERT_EQ(ids[0], std::this_thread::get_id());
+            ASSERT_EQ(std::set<std::thread::id>(ids.begin(), ids.end()).size(), size_t(n));
+            std::atomic<int> count{0};
+            pool.run(17, [&](int64_t) { count++; });
+            ASSERT_EQ(count.load(), 17);
+        }
+        EXPECT_THROW(pool.run_on_each_thread([&](int thread) {
+            if (thread == n - 1) throw std::runtime_error("last thread");
+        }),
+                     std::runtime_error);
+    }
 }
 
 TEST(ThreadPool, DefaultsToPhysicalCores) {

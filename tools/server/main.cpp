@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
         "--no-pin", [&](int64_t) { config.pin_threads = false; },
         "do not pin engine threads to cores");
     add_hybrid_flags(app, config);
+    add_numa_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     config.kv_cache_bytes = int64_t(kv_cache_mb * 1024 * 1024);

@@ -30,9 +30,16 @@ class Model;
 class ThreadPool;
 
 struct EngineConfig {
-    std::string model_dir;       // a Hugging Face model directory or a .gguf file
-    int n_threads = 0;           // 0: one per physical core
-    bool pin_threads = true;     // pin workers to physical cores
+    std::string model_dir;    // a Hugging Face model directory or a .gguf file
+    int n_threads = 0;        // 0: one per physical core
+    bool pin_threads = true;  // pin workers to physical cores
+    // NUMA tensor parallelism of the routed experts (README "NUMA"): "auto" on a machine with
+    // more than one NUMA node, "off", or "distribute" (always, even on one node). Each node's
+    // pool computes a slice of every expert from its own copy of that slice in its own memory.
+    std::string numa = "auto";
+    // A hwloc synthetic topology ("numa:2 core:4 pu:1") used instead of this machine's for the
+    // NUMA decision and pools: runs the multi-node path anywhere (nothing is pinned or bound).
+    std::string numa_topology;
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
     std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
     std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
@@ -91,6 +98,8 @@ struct EngineStats {
     int64_t expert_prefetches_used = 0;  // accessed before eviction
     int64_t experts_on_cpu = 0;          // expert jobs computed by the CPU pool
     int64_t experts_on_device = 0;
+    // NUMA nodes the routed experts are split over (EngineConfig.numa); 0: not split.
+    int64_t numa_nodes = 0;
 };
 
 class Engine {
