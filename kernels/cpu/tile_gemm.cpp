@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <dnnl.hpp>
 #include <map>
+#include <mutex>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -97,6 +98,11 @@ Matmul& thread_matmul(int64_t m, int64_t n, int64_t k, bool bf16) {
     const auto key = std::make_tuple(m, n, k, bf16);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
     if (cache.size() >= 512) cache.clear();
+    // Creation goes through oneDNN's process-wide primitive cache; one at a time (a miss here is
+    // rare: once per thread and shape), so pool threads meeting a new shape together do not race
+    // inside it (ThreadSanitizer reported such a race in libdnnl 2.6).
+    static std::mutex creating;
+    const std::lock_guard lock(creating);
     return cache.emplace(key, make_matmul(m, n, k, bf16)).first->second;
 }
 

@@ -147,7 +147,7 @@ TEST_P(Golden, GreedyIdsMatchTransformers) {
 // to f32 rounding of the same sums; with it, prefill's products are the tile path's f32 matmuls,
 // whose sums run in another order than decode's dot products.
 TEST_P(Golden, PrefillEqualsTokenByTokenDecode) {
-    for (const auto [policy, limit] :
+    for (const auto& [policy, limit] :
          {std::pair{cpu::TileGemmPolicy::Never, 1e-5}, {cpu::TileGemmPolicy::Auto, 1e-4}}) {
         SCOPED_TRACE(policy == cpu::TileGemmPolicy::Never ? "no tile path" : "tile path");
         cpu::set_tile_gemm_policy(policy);
