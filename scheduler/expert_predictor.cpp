@@ -127,13 +127,13 @@ std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
                 used = 0;
             }
             if (used != spec.size() - 7 || !(acc >= 0.0 && acc <= 1.0))
-                fail("--predictor ", spec, ": ACC must be a number in [0, 1]");
+                fail("predictor '", spec, "': ACC must be a number in [0, 1]");
         }
         if (n_experts <= trace.top_k)
-            fail("--predictor ", spec, ": needs more experts than top-k to replace one");
+            fail("predictor '", spec, "': needs more experts than top-k to replace one");
         return std::make_unique<OraclePredictor>(trace, n_experts, acc, seed);
     }
-    fail("--predictor ", spec, ": expected oracle:ACC, oracle or history");
+    fail("predictor '", spec, "': expected oracle:ACC, oracle or history");
 }
 
 }  // namespace tandem

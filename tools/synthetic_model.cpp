@@ -8,23 +8,11 @@
 
 #include "kernels/error.h"
 #include "models/safetensors.h"
+#include "tools/split_mix64.h"
 
 namespace tandem {
 
 namespace {
-
-// SplitMix64: fast, seedable, and good enough for weights that only need to look random.
-struct SplitMix64 {
-    uint64_t state;
-    uint64_t next() {
-        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    // Uniform in [-1, 1).
-    float symmetric() { return float(double(next() >> 11) * 0x1.0p-52 - 1.0); }
-};
 
 struct TensorData {
     std::string name;

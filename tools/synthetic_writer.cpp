@@ -11,6 +11,7 @@
 
 #include "kernels/error.h"
 #include "models/gguf.h"
+#include "tools/split_mix64.h"
 
 namespace tandem {
 
@@ -38,17 +39,6 @@ int64_t numel(const std::vector<int64_t>& shape) {
 int64_t tensor_bytes(const PlannedTensor& t) {
     return numel(t.shape) / dtype_block_size(t.dtype) * dtype_block_bytes(t.dtype);
 }
-
-// SplitMix64: fast and seedable; the weights only need to look random.
-struct SplitMix64 {
-    uint64_t state;
-    uint64_t next() {
-        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-};
 
 // The standard deviation of a block's dequantized values per unit of its scale d, for random
 // quant bytes (uniform codes, uniform 6-bit sub-block scales); the K-quants' dmin is set so that
