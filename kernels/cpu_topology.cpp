@@ -83,6 +83,7 @@ void CpuTopology::load(const std::string& synthetic) {
     // is not this system, and we bind nothing.
     this_system_ = synthetic.empty() && hwloc_topology_is_thissystem(hwloc_) != 0;
     n_cores_ = std::max(0, hwloc_get_nbobjs_by_type(hwloc_, HWLOC_OBJ_CORE));
+    n_pus_ = std::max(n_cores_, hwloc_get_nbobjs_by_type(hwloc_, HWLOC_OBJ_PU));
     const int n_nodes = hwloc_get_nbobjs_by_type(hwloc_, HWLOC_OBJ_NUMANODE);
     for (int i = 0; i < n_nodes; ++i) {
         hwloc_obj_t node = hwloc_get_obj_by_type(hwloc_, HWLOC_OBJ_NUMANODE, unsigned(i));
@@ -112,12 +113,18 @@ std::string CpuTopology::describe() const {
     return s;
 }
 
-bool CpuTopology::pin_current_thread(int core) const {
+bool CpuTopology::pin_current_thread(int core, int smt) const {
     if (!this_system_ || n_cores_ <= 0) return false;
     hwloc_obj_t obj = hwloc_get_obj_by_type(hwloc_, HWLOC_OBJ_CORE, unsigned(core % n_cores_));
     if (obj == nullptr || obj->cpuset == nullptr) return false;
+    const int threads = hwloc_get_nbobjs_inside_cpuset_by_type(hwloc_, obj->cpuset, HWLOC_OBJ_PU);
+    if (smt > 0 && threads > 1) {
+        obj = hwloc_get_obj_inside_cpuset_by_type(hwloc_, obj->cpuset, HWLOC_OBJ_PU,
+                                                  unsigned(smt % threads));
+        if (obj == nullptr || obj->cpuset == nullptr) return false;
+    }
     hwloc_bitmap_t set = hwloc_bitmap_dup(obj->cpuset);
-    hwloc_bitmap_singlify(set);  // one hardware thread of the core: hyperthreads stay unused
+    hwloc_bitmap_singlify(set);  // one hardware thread of the core (the first unless smt > 0)
     const bool pinned = hwloc_set_cpubind(hwloc_, set, HWLOC_CPUBIND_THREAD) == 0;
     hwloc_bitmap_free(set);
     return pinned;

@@ -68,9 +68,13 @@ class CpuTopology {
     const std::vector<NumaNodeCores>& nodes() const { return nodes_; }
     std::string describe() const;  // "2 NUMA nodes (synthetic): 0: 4 cores, 1: 4 cores"
 
-    // Pins the calling thread to one hardware thread of physical core `core` (a logical index);
-    // false when this is not this system or the OS refused.
-    bool pin_current_thread(int core) const;
+    // Hardware threads (PUs) of the physical cores; core_count() without SMT.
+    int hardware_thread_count() const { return n_pus_; }
+
+    // Pins the calling thread to hardware thread `smt` (0: the first; taken modulo the core's
+    // threads) of physical core `core` (a logical index); false when this is not this system or
+    // the OS refused.
+    bool pin_current_thread(int core, int smt = 0) const;
 
     // `bytes` bound to nodes()[node] before first touch (hwloc_alloc_membind), page aligned.
     // On a synthetic topology, or when the OS refuses the binding, ordinary memory instead
@@ -84,6 +88,7 @@ class CpuTopology {
     hwloc_topology* hwloc_ = nullptr;
     bool this_system_ = false;
     int n_cores_ = 0;
+    int n_pus_ = 0;
     std::vector<NumaNodeCores> nodes_;
     std::string synthetic_;
 };

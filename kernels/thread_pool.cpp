@@ -21,12 +21,16 @@ namespace {
 // next job of a decode step, short enough not to steal a core from serial work for long.
 constexpr int kSpinIterations = 4000;
 
-void pin_current_thread_to_core(int core) {
-    if (!CpuTopology::system()->pin_current_thread(core))
-        log_debug("thread pool: could not pin a worker to core ", core);
+void pin_current_thread_to_core(int core, int smt) {
+    if (!CpuTopology::system()->pin_current_thread(core, smt))
+        log_debug("thread pool: could not pin a worker to core ", core, " thread ", smt);
 }
 
 }  // namespace
+
+int hardware_thread_count() {
+    return std::max(physical_core_count(), CpuTopology::system()->hardware_thread_count());
+}
 
 int physical_core_count() {
     const int n = CpuTopology::system()->core_count();
@@ -36,14 +40,21 @@ int physical_core_count() {
 
 ThreadPool::ThreadPool(ThreadPoolOptions options) {
     if (options.n_threads < 0) fail("thread pool: n_threads must be >= 0, got ", options.n_threads);
-    n_threads_ = options.n_threads == 0 ? physical_core_count() : options.n_threads;
+    n_threads_ = options.n_threads != 0 ? options.n_threads
+                 : options.hyperthreads ? hardware_thread_count()
+                                        : physical_core_count();
+    const int n_cores = options.cores.empty() ? physical_core_count() : int(options.cores.size());
     workers_.reserve(size_t(n_threads_ - 1));
     // The caller counts as thread 0 and keeps core 0 free of pinned workers.
     for (int w = 1; w < n_threads_; ++w) {
-        const int core =
+        // Without hyperthreads every worker takes a core's first hardware thread (core w, as
+        // before: a pool larger than the machine wraps around its cores).
+        const int slot =
             options.cores.empty() ? w : options.cores[size_t(w) % options.cores.size()];
-        workers_.emplace_back([this, w, core, pin = options.pin] {
-            if (pin) pin_current_thread_to_core(core);
+        const int core = options.hyperthreads && options.cores.empty() ? w % n_cores : slot;
+        const int smt = options.hyperthreads ? w / n_cores : 0;
+        workers_.emplace_back([this, w, core, smt, pin = options.pin] {
+            if (pin) pin_current_thread_to_core(core, smt);
             worker_loop(w);
         });
     }

@@ -23,8 +23,13 @@
 namespace tandem {
 
 struct ThreadPoolOptions {
-    int n_threads = 0;  // 0: one per physical core
+    int n_threads = 0;  // 0: one per physical core (per hardware thread with hyperthreads)
     bool pin = true;    // pin worker i to physical core i (hyperthreads unused)
+    // Use the cores' second (third...) hardware threads too: thread i goes to core i % cores,
+    // hardware thread i / cores, so every core gets its first thread before any gets a second.
+    // Off by default: the kernels are bandwidth- or FMA-bound and two threads per core mostly
+    // add contention; ask for it where a measurement says otherwise.
+    bool hyperthreads = false;
     // With pin: worker i goes to cores[i % size] (hwloc logical core indices) instead of core i,
     // e.g. the cores of one NUMA node.
     std::vector<int> cores = {};
@@ -70,5 +75,7 @@ class ThreadPool {
 
 // Physical cores of this machine (hwloc); at least 1.
 int physical_core_count();
+// Hardware threads of those cores (hwloc PUs); at least physical_core_count().
+int hardware_thread_count();
 
 }  // namespace tandem

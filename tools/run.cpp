@@ -101,6 +101,8 @@ int main(int argc, char** argv) {
     app.add_option("--min-p", params.min_p, "0 = off")->capture_default_str();
     app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
     app.add_flag("--ignore-eos", params.ignore_eos, "keep generating after an EOS token");
+    app.add_flag("--hyperthreads", config.hyperthreads,
+                 "use the cores' hyperthreads too (--threads 0: one per hardware thread)");
     app.add_option("--threads", config.n_threads, "worker threads, 0 = physical cores")
         ->capture_default_str();
     app.add_option("--ctx", config.context_length, "context length, 0 = the model's")

@@ -129,8 +129,10 @@ Engine Engine::open(const EngineConfig& config) {
     auto state = std::make_unique<State>();
     state->config = config;
     if (cuda_compiled()) cuda_device_count();  // logs once when built with CUDA but no GPU is here
-    state->pool = std::make_unique<ThreadPool>(
-        ThreadPoolOptions{.n_threads = config.n_threads, .pin = config.pin_threads});
+    state->pool =
+        std::make_unique<ThreadPool>(ThreadPoolOptions{.n_threads = config.n_threads,
+                                                       .pin = config.pin_threads,
+                                                       .hyperthreads = config.hyperthreads});
     if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
     if (config.batch_invariant) cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Never);
     if (!config.quantize.empty()) {

@@ -129,6 +129,8 @@ TEST(NumaTopology, SyntheticTopologiesListNodesAndBindNothing) {
         cores.insert(node.cores.begin(), node.cores.end());
     }
     EXPECT_EQ(cores.size(), 6u) << "a core listed under two nodes";
+    EXPECT_EQ(t->hardware_thread_count(), 12);
+    EXPECT_EQ(CpuTopology::synthetic("core:4 pu:1")->hardware_thread_count(), 4);
     // hwloc answers success to binding calls on a made-up machine; ours must say no.
     EXPECT_FALSE(t->pin_current_thread(1));
     NodeMemory m = t->allocate_on_node(1, 10000);

@@ -81,5 +81,18 @@ TEST(ThreadPool, DefaultsToPhysicalCores) {
     EXPECT_GE(pool.size(), 1);
 }
 
+// With hyperthreads the default is one thread per hardware thread, each pinned to its core's
+// i-th thread (modulo what the core has), and the pool works as any other.
+TEST(ThreadPool, HyperthreadsTakeEveryHardwareThread) {
+    EXPECT_GE(hardware_thread_count(), physical_core_count());
+    ThreadPool pool({.hyperthreads = true});
+    EXPECT_EQ(pool.size(), hardware_thread_count());
+    ThreadPool wider({.n_threads = 2 * physical_core_count() + 1, .hyperthreads = true});
+    std::vector<std::atomic<int>> hits(1000);
+    wider.run(int64_t(hits.size()), [&](int64_t i) { hits[size_t(i)]++; });
+    for (const auto& h : hits)
+        EXPECT_EQ(h.load(), 1);
+}
+
 }  // namespace
 }  // namespace tandem

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--http-threads", options.http_threads, "concurrent connections")
         ->capture_default_str();
+    app.add_flag("--hyperthreads", config.hyperthreads,
+                 "use the cores' hyperthreads too (--threads 0: one per hardware thread)");
     app.add_option("--threads", config.n_threads, "engine threads, 0 = physical cores")
         ->capture_default_str();
     app.add_option("--ctx", config.context_length, "context length, 0 = the model's")

@@ -33,6 +33,9 @@ struct EngineConfig {
     std::string model_dir;    // a Hugging Face model directory or a .gguf file
     int n_threads = 0;        // 0: one per physical core
     bool pin_threads = true;  // pin workers to physical cores
+    // Use the cores' hyperthreads too (n_threads 0 then means one per hardware thread); off by
+    // default since the kernels saturate a core's memory or FMA units with one thread.
+    bool hyperthreads = false;
     // NUMA tensor parallelism of the routed experts (README "NUMA"): "auto" on a machine with
     // more than one NUMA node, "off", or "distribute" (always, even on one node). Each node's
     // pool computes a slice of every expert from its own copy of that slice in its own memory.
