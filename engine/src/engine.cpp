@@ -134,7 +134,7 @@ Engine Engine::open(const EngineConfig& config) {
                                                        .pin = config.pin_threads,
                                                        .hyperthreads = config.hyperthreads});
     if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
-    if (config.batch_invariant) cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Never);
+    if (config.batch_invariant) cpu::set_batch_invariant_kernels(true);
     if (!config.quantize.empty()) {
         state->quantize = dtype_from_name(config.quantize);
         if (!state->quantize || !is_quantized_weight_type(*state->quantize))

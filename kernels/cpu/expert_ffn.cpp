@@ -50,22 +50,6 @@ std::vector<RowBlock> row_blocks(std::span<const int64_t> tiled, std::span<const
     return blocks;
 }
 
-// Calls fn(rows, count) for tiles of up to `streams` rows covering [begin, end), each tile taking
-// one row from each of `streams` consecutive stretches of the range. A tile of adjacent rows would
-// interleave its reads inside one page, which defeats the hardware stream prefetcher (2.5x slower
-// from DRAM in a measurement on the development VM); rows a stretch apart are each read in order.
-template <class Fn>
-void for_each_row_tile(int64_t begin, int64_t end, int streams, Fn fn) {
-    const int64_t stretch = (end - begin + streams - 1) / streams;
-    for (int64_t t = 0; t < stretch; ++t) {
-        int64_t rows[kMaxDotRows];
-        int count = 0;
-        for (int s = 0; s < streams; ++s)
-            if (const int64_t row = begin + s * stretch + t; row < end) rows[count++] = row;
-        fn(rows, count);
-    }
-}
-
 void check_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn) {
     const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
         return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && is_weight_type(t.dtype()) &&
@@ -169,6 +153,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
 
     const VecDotKernels& kernels = vec_dot_kernels();
     const int64_t n_slots = a.offsets.back();
+    const int64_t per_pass = dot_tokens_per_pass();
 
     // Experts with enough tokens take the tile path (tile_gemm.h); the rest the dot products.
     // tiled_expert: per slot, its expert if that expert is tiled, else -1.
@@ -236,7 +221,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         const auto* up = static_cast<const std::byte*>(w.up.data());
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
-        const RowsDotFn dot_rows = row_dot_rows(kernels, w.gate.dtype());
+        const RowsDotFn dot_rows = one_token_row_dots(kernels, w.gate.dtype());
         if (last - first == 1 && dot_rows) {  // one token (decode): rows share its activation
             const void* x_row = xs + a.token_index[size_t(first)] * act_bytes;
             // A tile: gate and up of kMaxDotRows / 2 rows.
@@ -255,8 +240,8 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
             return;
         }
         for (int64_t row = block.begin; row < block.end; ++row) {
-            for (int64_t s0 = first; s0 < last; s0 += kMaxDotTokens) {
-                const int n = int(std::min<int64_t>(kMaxDotTokens, last - s0));
+            for (int64_t s0 = first; s0 < last; s0 += per_pass) {
+                const int n = int(std::min<int64_t>(per_pass, last - s0));
                 const void* rows[kMaxDotTokens];
                 float g[kMaxDotTokens], u[kMaxDotTokens];
                 for (int j = 0; j < n; ++j)
@@ -322,7 +307,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         thread_local std::vector<float> widened;
         const int64_t first = a.offsets[size_t(block.expert)],
                       last = a.offsets[size_t(block.expert + 1)];
-        const RowsDotFn dot_rows = mixed_down ? nullptr : row_dot_rows(kernels, down.dtype());
+        const RowsDotFn dot_rows = mixed_down ? nullptr : one_token_row_dots(kernels, down.dtype());
         if (last - first == 1 && dot_rows) {  // one token, as in job 1
             const void* slot_row = acts + first * act_bytes;
             for_each_row_tile(block.begin, block.end, kMaxDotRows, [&](const int64_t* row, int n) {
@@ -343,8 +328,8 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
                 row_to_f32(w_row, down.dtype(), ffn, widened.data());
                 w_row = widened.data();
             }
-            for (int64_t s0 = first; s0 < last; s0 += kMaxDotTokens) {
-                const int n = int(std::min<int64_t>(kMaxDotTokens, last - s0));
+            for (int64_t s0 = first; s0 < last; s0 += per_pass) {
+                const int n = int(std::min<int64_t>(per_pass, last - s0));
                 const void* slot_rows[kMaxDotTokens];
                 float out[kMaxDotTokens];
                 for (int j = 0; j < n; ++j)

@@ -129,14 +129,36 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& 
     float* ys = y.data_as<float>();
     const auto* w_bytes = static_cast<const std::byte*>(w.data());
     const int64_t w_row_bytes = row_bytes(w.dtype(), k);
+    const int64_t per_pass = dot_tokens_per_pass();
+    if (const RowsDotFn dot_rows = one_token_row_dots(kernels, w.dtype());
+        n_tokens == 1 && dot_rows) {
+        // One token (decode: the projections and the lm_head) where the ISA has a several-row
+        // dot: rows share the token's activation, each a stretch of the task's range apart so
+        // every row streams in order. Tasks of up to 256 rows, at least 4 per thread.
+        const int64_t step = std::clamp<int64_t>(m / (4 * pool.size()), kRowsPerTask, 256);
+        pool.run((m + step - 1) / step, [&](int64_t task) {
+            for_each_row_tile(
+                task * step, std::min(m, (task + 1) * step), kMaxDotRows,
+                [&](const int64_t* row, int n) {
+                    const void* w_rows[kMaxDotRows];
+                    for (int j = 0; j < n; ++j)
+                        w_rows[j] = w_bytes + row[j] * w_row_bytes;
+                    float out[kMaxDotRows];
+                    dot_rows(w_rows, n, acts, k, out);
+                    for (int j = 0; j < n; ++j)
+                        ys[row[j]] = out[j] + (bias_f32.empty() ? 0.0f : bias_f32[size_t(row[j])]);
+                });
+        });
+        return;
+    }
     pool.run((m + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
         const int64_t row_end = std::min(m, (task + 1) * kRowsPerTask);
         for (int64_t row = task * kRowsPerTask; row < row_end; ++row) {
             const void* w_row = w_bytes + row * w_row_bytes;
             const float b = bias_f32.empty() ? 0.0f : bias_f32[size_t(row)];
             // Up to kMaxDotTokens tokens per pass over the row.
-            for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxDotTokens) {
-                const int n = int(std::min<int64_t>(kMaxDotTokens, n_tokens - t0));
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += per_pass) {
+                const int n = int(std::min<int64_t>(per_pass, n_tokens - t0));
                 const void* rows[kMaxDotTokens];
                 float out[kMaxDotTokens];
                 for (int j = 0; j < n; ++j)

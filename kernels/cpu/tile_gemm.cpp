@@ -34,6 +34,7 @@ TileGemmPolicy policy_from_environment() {
 }
 
 std::atomic<TileGemmPolicy> g_policy{policy_from_environment()};
+std::atomic<bool> g_batch_invariant{false};
 
 // Bytes of one bf16 weight tile: with the tokens' activations it stays in a 1 MB L2.
 constexpr int64_t kTileBytes = int64_t(256) << 10;
@@ -146,6 +147,22 @@ TileGemmPolicy tile_gemm_policy() {
     return g_policy.load();
 }
 
+void set_batch_invariant_kernels(bool on) {
+    g_batch_invariant.store(on);
+}
+
+bool batch_invariant_kernels() {
+    return g_batch_invariant.load();
+}
+
+int dot_tokens_per_pass() {
+    return batch_invariant_kernels() ? 1 : kMaxDotTokens;
+}
+
+RowsDotFn one_token_row_dots(const VecDotKernels& kernels, DType weight_type) {
+    return batch_invariant_kernels() ? nullptr : row_dot_rows(kernels, weight_type);
+}
+
 bool tile_gemm_available(DType weight_type) {
     return tile_type(weight_type) && active_isa() == CpuIsa::Avx512 && onednn_brgemm();
 }
@@ -169,6 +186,7 @@ int64_t tile_gemm_min_tokens(DType weight_type) {
 }
 
 bool use_tile_gemm(DType weight_type, int64_t n_tokens) {
+    if (batch_invariant_kernels()) return false;
     switch (tile_gemm_policy()) {
         case TileGemmPolicy::Never: return false;
         case TileGemmPolicy::Always: return n_tokens > 0 && tile_gemm_available(weight_type);

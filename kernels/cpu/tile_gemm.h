@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/dtype.h"
 
 namespace tandem::cpu {
@@ -36,6 +37,22 @@ enum class TileGemmPolicy {
 // Process-wide; not thread-safe with running kernels (call it between steps, like force_isa).
 void set_tile_gemm_policy(TileGemmPolicy policy);
 TileGemmPolicy tile_gemm_policy();
+
+// Batch-invariant kernels: every row of a product is computed by the same arithmetic whatever
+// the number of tokens beside it — no tile path, and no several-row dots for one token (they
+// sum in another order than the per-row dot products). For EngineConfig.batch_invariant;
+// process-wide like the policy.
+void set_batch_invariant_kernels(bool on);
+bool batch_invariant_kernels();
+
+// Tokens per pass of the dot products over a weight row: kMaxDotTokens, or 1 when batch-invariant
+// (the quantized several-token dots do not sum a token's blocks in the order the one-token dot
+// does).
+int dot_tokens_per_pass();
+
+// The several-row dot for `weight_type` (vec_dot.h), or null where there is none or the kernels
+// are batch-invariant.
+RowsDotFn one_token_row_dots(const VecDotKernels& kernels, DType weight_type);
 
 // F32 for f32, f16 and bf16 weights, BF16 for the block-quantized types.
 DType tile_gemm_activation_type(DType weight_type);

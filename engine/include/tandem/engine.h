@@ -49,7 +49,8 @@ struct EngineConfig {
     // Every token's logits independent of the rest of its step, bit for bit (scoring that must
     // reproduce sampling exactly, as RL post-training wants). Switches off the large-M tile path
     // of the CPU kernels (kernels/cpu/tile_gemm.h), which prefill uses from a few tokens per
-    // weight matrix up: prefill is then 1.4-4x slower. Process-wide, like cpu_isa.
+    // weight matrix up (prefill is then 1.4-4x slower), and the several-row Q4_K dots of
+    // one-token products (decode somewhat slower). Process-wide, like cpu_isa.
     bool batch_invariant = false;
     int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
                                  // or the context, whichever is less, capped at 4 GiB
