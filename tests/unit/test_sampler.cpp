@@ -78,7 +78,10 @@ TEST(Sampler, FollowsTheSoftmaxDistribution) {
         const double expected = draws * p[i] / total;
         chi2 += std::pow(counts[int32_t(i)] - expected, 2) / expected;
     }
-    EXPECT_LT(chi2, 16.27);  // chi-square, 3 degrees of freedom, p = 0.001
+    // Chi-square, 3 degrees of freedom, p = 1e-6: with a fresh seed every run, p = 0.001 failed
+    // a correct sampler about once per thousand runs (it did, on 2026-11-29). With 200000 draws,
+    // the first token's probability off by 5 % of itself gives an expected chi-square of ~71.
+    EXPECT_LT(chi2, 30.66);
 }
 
 TEST(Sampler, RejectsBadParameters) {
