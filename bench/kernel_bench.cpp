@@ -131,9 +131,14 @@ std::map<std::string, CaseInfo> g_cases;
 
 // Which path a case forces: the dot-product kernels, the bf16 tile path (tile_gemm.h), or
 // whatever the engine's policy picks (auto).
-enum class Path { Auto, Dot, Tile };
+// invariant: the batch-invariant kernels (one token per pass, no several-row dots), the
+// baseline of one-token products.
+enum class Path { Auto, Dot, Tile, Invariant };
 const char* path_name(Path p) {
-    return p == Path::Dot ? "dot" : p == Path::Tile ? "tile" : "auto";
+    return p == Path::Dot         ? "dot"
+           : p == Path::Tile      ? "tile"
+           : p == Path::Invariant ? "invariant"
+                                  : "auto";
 }
 
 // Sets the tile policy for one case and restores Auto after it.
@@ -142,8 +147,12 @@ struct ForcePath {
         cpu::set_tile_gemm_policy(p == Path::Dot    ? cpu::TileGemmPolicy::Never
                                   : p == Path::Tile ? cpu::TileGemmPolicy::Always
                                                     : cpu::TileGemmPolicy::Auto);
+        cpu::set_batch_invariant_kernels(p == Path::Invariant);
     }
-    ~ForcePath() { cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto); }
+    ~ForcePath() {
+        cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto);
+        cpu::set_batch_invariant_kernels(false);
+    }
 };
 
 void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m, Path path) {
@@ -473,6 +482,11 @@ int main(int argc, char** argv) {
                 for (Path path : {Path::Dot, Path::Tile})
                     if (path == Path::Dot || cpu::tile_gemm_available(type))
                         register_linear(s, type, m, path);
+    // One token (decode): the lm_head of Qwen3-30B-A3B (151936 x 2048, from DRAM), with the
+    // several-row dots (auto) and without (invariant).
+    for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})
+        for (Path path : {Path::Auto, Path::Invariant})
+            register_linear({"qwen3-30b-a3b-lm_head", 151936, 2048}, type, 1, path);
     for (const AttentionShape& s : kAttentionShapes) {
         if (!full && std::string(s.model) != "qwen3-30b-a3b") continue;
         for (AttentionImpl impl : {AttentionImpl::Blocked, AttentionImpl::BlockedPositionMajor,
