@@ -5,9 +5,12 @@
 //
 // A tile is n_pos consecutive positions x n_heads adjacent query heads. Keys are visited in
 // chunks of kKeyChunk positions aligned to position 0, and every row keeps its own running max,
-// sum and output (online softmax, f32). A row's arithmetic therefore depends only on its query,
-// its position and the cache, never on which other rows share its tile: prefill in any chunking
-// and token-by-token decode give the same bits, which batch invariance relies on.
+// sum and output (online softmax, f32). A score is the dot product of a query row with a key
+// row, vectorised along head_dim and summed by a fixed tree; the weighted values are added row by
+// row. A row's arithmetic therefore depends only on its query, its position and the cache, never
+// on which other rows share its tile: prefill in any chunking and token-by-token decode (a tile
+// of one token's query heads of one KV head) give the same bits, which batch invariance relies
+// on. (Bits may differ between instruction sets, whose vector widths differ.)
 #pragma once
 
 #include <cstdint>
@@ -45,7 +48,7 @@ struct AttentionTile {
 
 // Where a tile's working set lies in its caller-provided scratch, in floats from the start (each
 // 64-byte aligned): scaled queries, unnormalised outputs, running max and sum per row, the
-// chunk's transposed keys and its keys and values converted to f32.
+// chunk's transposed keys (tiles of many rows) and its keys and values converted to f32.
 struct AttentionScratch {
     int64_t q, o, max, sum, kt, keys, values, total;
 };
