@@ -44,14 +44,20 @@ CASES = {
 }
 
 
-def llama_run(model, p, n, threads, seed):
+# KV cache element types as both engines name them: Tandem's --kv-cache-type and ggml's type ids
+# for llama.cpp's type_k / type_v (GGML_TYPE_F32 = 0, GGML_TYPE_F16 = 1).
+KV_TYPES = {"f32": 0, "f16": 1}
+
+
+def llama_run(model, p, n, threads, seed, kv_type):
     """One llama.cpp measurement in this process; prints one JSON line."""
     import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
     llm = Llama(model_path=model, n_ctx=p + n + 16, n_threads=threads, n_threads_batch=threads,
-                n_batch=512, n_ubatch=512, verbose=False)
+                n_batch=512, n_ubatch=512, type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type],
+                verbose=False)
     rng = random.Random(seed)
     vocab = llm.n_vocab()
 
@@ -76,22 +82,23 @@ def llama_run(model, p, n, threads, seed):
                       "decode_tps": n / (end - prefill_end) if n else None}))
 
 
-def tandem_run(bench, model, p, n, threads, seed):
+def tandem_run(bench, model, p, n, threads, seed, kv_type):
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [str(bench), "--model", model, "-p", str(p), "-n", str(n), "-t", str(threads),
-               "-r", "1", "--seed", str(seed), "--no-progress", "--json", out.name]
+               "-r", "1", "--seed", str(seed), "--kv-cache-type", kv_type, "--no-progress",
+               "--json", out.name]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         row = json.loads(Path(out.name).read_text())["rows"][0]
     return row
 
 
-def llama_subprocess(model, p, n, threads, seed, omp_wait):
+def llama_subprocess(model, p, n, threads, seed, omp_wait, kv_type):
     env = dict(os.environ)
     if omp_wait:
         env["OMP_WAIT_POLICY"] = omp_wait
     out = subprocess.run([sys.executable, __file__, "--llama-run", model, str(p), str(n),
-                          str(threads), str(seed)], check=True, capture_output=True, text=True,
-                         env=env)
+                          str(threads), str(seed), kv_type], check=True, capture_output=True,
+                         text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -112,8 +119,8 @@ def ensure_llama_cpp(install):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--llama-run":
-        model, p, n, threads, seed = sys.argv[2:7]
-        llama_run(model, int(p), int(n), int(threads), int(seed))
+        model, p, n, threads, seed, kv_type = sys.argv[2:8]
+        llama_run(model, int(p), int(n), int(threads), int(seed), kv_type)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " +
@@ -123,6 +130,9 @@ def main():
     parser.add_argument("-p", type=int, default=512, help="prompt tokens")
     parser.add_argument("-n", type=int, default=64, help="decoded tokens")
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--kv-cache-type", choices=sorted(KV_TYPES), default="f16",
+                        help="KV cache type of both engines (f16: llama.cpp's default; entries "
+                             "in bench/RESULTS.md before 2026-11-29 08:30 ran Tandem in f32)")
     parser.add_argument("--layers", type=int, default=0, help="override every case's depth")
     parser.add_argument("--bench", default=str(ROOT / "build" / "bench" / "tandem-bench"))
     parser.add_argument("--model-dir",
@@ -160,7 +170,8 @@ def main():
                 if side == "tandem":
                     # Each run measures the bandwidth itself: on a shared machine it changes
                     # within minutes, and the bound must be the one of the same moment.
-                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed)
+                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
+                                     args.kv_cache_type)
                     got["tandem"] = {"prefill_tps": row["prefill_tps"]["median"],
                                      "decode_tps": row["decode_tps"]["median"],
                                      "bandwidth_gbps": row["bandwidth_gbps"],
@@ -169,7 +180,8 @@ def main():
                     got["of_bound"] = got["tandem"]["decode_tps"] / row["bound_tps"]
                 else:
                     got["llama"] = llama_subprocess(str(model), args.p, args.n, args.threads,
-                                                    seed, args.llama_omp_wait)
+                                                    seed, args.llama_omp_wait,
+                                                    args.kv_cache_type)
             got["prefill_ratio"] = got["tandem"]["prefill_tps"] / got["llama"]["prefill_tps"]
             got["decode_ratio"] = got["tandem"]["decode_tps"] / got["llama"]["decode_tps"]
             print(f"{case} pair {i + 1}: Tandem prefill {got['tandem']['prefill_tps']:.1f} "
@@ -182,6 +194,7 @@ def main():
         results.append({
             "case": case, "model": preset, "layers": layers, "weight_type": wtype,
             "threads": args.threads, "p": args.p, "n": args.n, "pairs": pairs,
+            "kv_cache_type": args.kv_cache_type,
             "tandem_prefill": med("prefill_tps", "tandem"),
             "llama_prefill": med("prefill_tps", "llama"),
             "tandem_decode": med("decode_tps", "tandem"),
@@ -193,7 +206,8 @@ def main():
         })
 
     print(f"llama-cpp-python {llama_cpp.__version__} (OMP_WAIT_POLICY "
-          f"{args.llama_omp_wait or 'unset'}); {args.threads} threads; prompt {args.p}, "
+          f"{args.llama_omp_wait or 'unset'}); KV cache {args.kv_cache_type} in both; "
+          f"{args.threads} threads; prompt {args.p}, "
           f"decode {args.n} tokens; {args.pairs} alternating pairs; medians (bandwidth and "
           f"bound: measured in each Tandem run)")
     print()
