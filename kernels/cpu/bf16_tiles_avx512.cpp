@@ -1,11 +1,14 @@
-// Weight rows to bf16 tiles with AVX-512 BF16, for the tile path of tile_gemm.h. The formats large
-// models ship in get a vector dequantizer: Q8_0, Q4_K, and Q6_K (which Q4_K_M files use for some
-// matrices). Compiled for the avx512 level only (flags in kernels/CMakeLists.txt) and called only
-// when that level is active. Each value is formed in f32 as dequantize_row forms it (Q4_K: with one
-// fused multiply-subtract), then rounded to bf16 (nearest even).
+// Weight rows to bf16 tiles with AVX-512 BF16, for the tile path of tile_gemm.h: a vector
+// dequantizer for every block-quantized weight type (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K).
+// Compiled for the avx512 level only (flags in kernels/CMakeLists.txt) and called only when that
+// level is active. Each value is formed in f32 as dequantize_row forms it (the K-quants' scale *
+// q - min with one fused multiply-subtract), then rounded to bf16 (nearest even).
 #include "kernels/cpu/bf16_tiles.h"
 
 #include <immintrin.h>
+
+#include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/quant.h"
 
@@ -43,10 +46,23 @@ void q8_0_row(const BlockQ8_0* x, int64_t n_blocks, uint16_t* out) {
     return _mm512_fmsub_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(nibbles)), min);
 }
 
-void q4_k_row(const BlockQ4_K* x, int64_t n_blocks, uint16_t* out) {
-    const __m128i low_mask = _mm_set1_epi8(0x0F);
+// Q4_K (qh == nullptr) and Q5_K rows: as dequantize_k4, chunk c of 64 values takes the low
+// nibbles of its 32 bytes for sub-block 2c and the high nibbles for 2c + 1; Q5_K adds bit 2c
+// (or 2c + 1) of qh[l] as the fifth bit of value l.
+template <class Block>
+void k4_row(const Block* x, int64_t n_blocks, uint16_t* out) {
+    const __m128i low_mask = _mm_set1_epi8(0x0F), one = _mm_set1_epi8(1);
     for (int64_t b = 0; b < n_blocks; ++b) {
         const float d = f16(x[b].d), dmin = f16(x[b].dmin);
+        __m128i h0 = _mm_setzero_si128(), h1 = _mm_setzero_si128();
+        if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+            h0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qh));
+            h1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qh + 16));
+        }
+        // The fifth bits of sub-block `bit` as 16 in each byte (0 for Q4_K).
+        const auto fifth = [&](__m128i h, int bit) {
+            return _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(h, bit), one), 4);
+        };
         for (int chunk = 0; chunk < 4; ++chunk, out += 64) {
             uint8_t sc_lo, m_lo, sc_hi, m_hi;
             get_scale_min_k4(2 * chunk, x[b].scales, &sc_lo, &m_lo);
@@ -56,13 +72,43 @@ void q4_k_row(const BlockQ4_K* x, int64_t n_blocks, uint16_t* out) {
             const uint8_t* q = x[b].qs + 32 * chunk;
             const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
             const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
-            // Low nibbles: sub-block 2 * chunk; high nibbles: 2 * chunk + 1.
-            store_bf16x32(k4_values(_mm_and_si128(a, low_mask), s0, n0),
-                          k4_values(_mm_and_si128(c, low_mask), s0, n0), out);
-            store_bf16x32(k4_values(_mm_and_si128(_mm_srli_epi16(a, 4), low_mask), s1, n1),
-                          k4_values(_mm_and_si128(_mm_srli_epi16(c, 4), low_mask), s1, n1),
+            const int lo_bit = 2 * chunk, hi_bit = 2 * chunk + 1;
+            store_bf16x32(
+                k4_values(_mm_or_si128(_mm_and_si128(a, low_mask), fifth(h0, lo_bit)), s0, n0),
+                k4_values(_mm_or_si128(_mm_and_si128(c, low_mask), fifth(h1, lo_bit)), s0, n0),
+                out);
+            store_bf16x32(k4_values(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), low_mask),
+                                                 fifth(h0, hi_bit)),
+                                    s1, n1),
+                          k4_values(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(c, 4), low_mask),
+                                                 fifth(h1, hi_bit)),
+                                    s1, n1),
                           out + 32);
         }
+    }
+}
+
+// Q4_0 (qh == nullptr: values nibble - 8) and Q5_0 (nibble | fifth bit << 4, minus 16) rows, as
+// dequantize_q4_0 / dequantize_q5_0: value j of a block is the low nibble of qs[j] (j < 16) or
+// the high nibble of qs[j - 16], and bit j of qh its fifth bit.
+template <class Block>
+void q_0_row(const Block* x, int64_t n_blocks, uint16_t* out) {
+    const __m128i low_mask = _mm_set1_epi8(0x0F);
+    constexpr bool five = std::is_same_v<Block, BlockQ5_0>;
+    const __m512i offset = _mm512_set1_epi32(five ? 16 : 8), sixteen = _mm512_set1_epi32(16);
+    for (int64_t b = 0; b < n_blocks; ++b, out += kQK) {
+        const __m512 d = _mm512_set1_ps(f16(x[b].d));
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs));
+        __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(q, low_mask));
+        __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low_mask));
+        if constexpr (five) {
+            uint32_t qh;
+            std::memcpy(&qh, x[b].qh, sizeof(qh));
+            lo = _mm512_mask_add_epi32(lo, __mmask16(qh & 0xFFFF), lo, sixteen);
+            hi = _mm512_mask_add_epi32(hi, __mmask16(qh >> 16), hi, sixteen);
+        }
+        store_bf16x32(_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(lo, offset))),
+                      _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(hi, offset))), out);
     }
 }
 
@@ -116,9 +162,10 @@ bool rows_to_bf16(const void* rows, DType type, int64_t n_rows, int64_t k, uint1
     for (int64_t r = 0; r < n_rows; ++r, in += bytes, out += k) {
         switch (type) {
             case DType::Q8_0: q8_0_row(reinterpret_cast<const BlockQ8_0*>(in), k / kQK, out); break;
-            case DType::Q4_K:
-                q4_k_row(reinterpret_cast<const BlockQ4_K*>(in), k / kQKK, out);
-                break;
+            case DType::Q4_0: q_0_row(reinterpret_cast<const BlockQ4_0*>(in), k / kQK, out); break;
+            case DType::Q5_0: q_0_row(reinterpret_cast<const BlockQ5_0*>(in), k / kQK, out); break;
+            case DType::Q4_K: k4_row(reinterpret_cast<const BlockQ4_K*>(in), k / kQKK, out); break;
+            case DType::Q5_K: k4_row(reinterpret_cast<const BlockQ5_K*>(in), k / kQKK, out); break;
             case DType::Q6_K:
                 q6_k_row(reinterpret_cast<const BlockQ6_K*>(in), k / kQKK, out);
                 break;

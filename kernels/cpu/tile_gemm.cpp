@@ -170,18 +170,17 @@ bool tile_gemm_available(DType weight_type) {
 // Measured with tandem-kernel-bench (moe/.../path:dot against path:tile, OLMoE and Qwen3-30B-A3B
 // expert shapes, 2 threads, AVX-512 BF16; bench/RESULTS.md 2026-11-29): the smallest M at which
 // the tile path was faster on both shapes. f32, f16 and bf16 weights take f32 tiles and win from
-// M = 4. Q8_0 and Q4_K (vector dequantizers) break even at M = 8 against their fast dot
-// products; Q6_K (vector dequantizer, slower dot products) wins 1.4x at 8; Q4_0, Q5_0 and Q5_K
-// dequantize through f32 rows and break even at 16-32.
+// M = 4. Every quantized type has a vector dequantizer to bf16: Q4_0, Q5_0 and Q6_K (slower dot
+// products) win 1.4-1.7x at M = 8; Q8_0, Q4_K and Q5_K (fast dot products) break even at 8.
 int64_t tile_gemm_min_tokens(DType weight_type) {
     switch (weight_type) {
         case DType::F32:
         case DType::F16:
         case DType::BF16: return 4;
+        case DType::Q4_0:
+        case DType::Q5_0:
         case DType::Q6_K: return 8;
-        case DType::Q8_0:
-        case DType::Q4_K: return 16;
-        default: return 32;
+        default: return 16;
     }
 }
 
