@@ -47,11 +47,11 @@ ThreadPool::ThreadPool(ThreadPoolOptions options) {
     workers_.reserve(size_t(n_threads_ - 1));
     // The caller counts as thread 0 and keeps core 0 free of pinned workers.
     for (int w = 1; w < n_threads_; ++w) {
-        // Without hyperthreads every worker takes a core's first hardware thread (core w, as
-        // before: a pool larger than the machine wraps around its cores).
-        const int slot =
-            options.cores.empty() ? w : options.cores[size_t(w) % options.cores.size()];
-        const int core = options.hyperthreads && options.cores.empty() ? w % n_cores : slot;
+        // Core w mod the cores (of the list, or of the machine); with hyperthreads its
+        // (w / cores)-th hardware thread, without always its first (a pool larger than the
+        // cores wraps around them).
+        const int index = w % n_cores;
+        const int core = options.cores.empty() ? index : options.cores[size_t(index)];
         const int smt = options.hyperthreads ? w / n_cores : 0;
         workers_.emplace_back([this, w, core, smt, pin = options.pin] {
             if (pin) pin_current_thread_to_core(core, smt);

@@ -39,26 +39,17 @@ void add_row_blocks(std::vector<RowBlock>& blocks, std::span<const int64_t> expe
 
 // The tasks of a job: tile-path experts (tiled) in tiles of their input dimension k, first since
 // they are the longest; then the dot-product experts (dotted) in blocks sized for balance.
-// types: each expert's weight type for this job.
+// matrix: the job's weight matrix of an expert (gate for job 1, down for job 2).
 std::vector<RowBlock> row_blocks(std::span<const int64_t> tiled, std::span<const int64_t> dotted,
-                                 std::span<const DType> types, int64_t rows, int64_t k,
+                                 std::span<const ExpertWeights> experts,
+                                 Tensor ExpertWeights::*matrix, int64_t rows, int64_t k,
                                  int n_threads) {
     std::vector<RowBlock> blocks;
     for (int64_t e : tiled)
-        add_row_blocks(blocks, std::span(&e, 1), rows, tile_gemm_rows(types[size_t(e)], k));
+        add_row_blocks(blocks, std::span(&e, 1), rows,
+                       tile_gemm_rows((experts[size_t(e)].*matrix).dtype(), k));
     add_row_blocks(blocks, dotted, rows, rows_per_task(rows * int64_t(dotted.size()), n_threads));
     return blocks;
-}
-
-void check_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn) {
-    const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
-        return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && is_weight_type(t.dtype()) &&
-               t.is_contiguous() && cols % dtype_block_size(t.dtype()) == 0;
-    };
-    if (!ok(w.gate, ffn, hidden) || !ok(w.up, ffn, hidden) || !ok(w.down, hidden, ffn) ||
-        w.gate.dtype() != w.up.dtype())
-        fail("moe_experts: expert ", e, ": gate ", w.gate.describe(), ", up ", w.up.describe(),
-             ", down ", w.down.describe(), " do not form a SwiGLU expert of hidden ", hidden);
 }
 
 // The tiled experts' activations (x or the intermediate) in one buffer of 4 bytes per element
@@ -114,6 +105,17 @@ void down_tile(const Tensor& down, const RowBlock& block, std::span<const int32_
 
 }  // namespace
 
+void check_swiglu_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int64_t ffn) {
+    const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
+        return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && is_weight_type(t.dtype()) &&
+               t.is_contiguous() && cols % dtype_block_size(t.dtype()) == 0;
+    };
+    if (!ok(w.gate, ffn, hidden) || !ok(w.up, ffn, hidden) || !ok(w.down, hidden, ffn) ||
+        w.gate.dtype() != w.up.dtype())
+        fail("expert ", e, ": gate ", w.gate.describe(), ", up ", w.up.describe(), ", down ",
+             w.down.describe(), " do not form a SwiGLU expert of hidden ", hidden);
+}
+
 void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool) {
     const int64_t n = x.dim(0), ffn_dim = w.gate.dim(0);
     OwnedTensor gate = make_tensor(DType::F32, {n, ffn_dim});
@@ -149,7 +151,8 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     if (active.empty()) return;
     const int64_t ffn = a.experts[size_t(active[0])].gate.dim(0);
     for (int64_t e : active)
-        check_expert(a.experts[size_t(e)], e, hidden, ffn);
+        with_context("moe_experts",
+                     [&] { check_swiglu_expert(a.experts[size_t(e)], e, hidden, ffn); });
 
     const VecDotKernels& kernels = vec_dot_kernels();
     const int64_t n_slots = a.offsets.back();
@@ -159,12 +162,8 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     // tiled_expert: per slot, its expert if that expert is tiled, else -1.
     std::vector<int64_t> tiled, dotted;
     std::vector<int64_t> tiled_expert(size_t(n_slots), -1);
-    std::vector<DType> gate_types(static_cast<size_t>(n_experts)),
-        down_types(static_cast<size_t>(n_experts));
     for (int64_t e : active) {
         const ExpertWeights& w = a.experts[size_t(e)];
-        gate_types[size_t(e)] = w.gate.dtype();
-        down_types[size_t(e)] = w.down.dtype();
         const int64_t first = a.offsets[size_t(e)], tokens = a.offsets[size_t(e + 1)] - first;
         const bool tile =
             use_tile_gemm(w.gate.dtype(), tokens) && use_tile_gemm(w.down.dtype(), tokens);
@@ -179,7 +178,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         pool.parallel_for(n_slots, 1, [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s)
                 if (const int64_t e = tiled_expert[size_t(s)]; e >= 0) {
-                    const DType type = tile_gemm_activation_type(gate_types[size_t(e)]);
+                    const DType type = tile_gemm_activation_type(a.experts[size_t(e)].gate.dtype());
                     to_tile_activations(
                         a.x.data_as<const float>() + a.token_index[size_t(s)] * hidden, type,
                         x_slots.row(a.offsets[size_t(e)], s, type), hidden);
@@ -204,7 +203,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     // Job 1: gate and up rows of every active expert, for all of its tokens.
     std::vector<float> act(size_t(n_slots * ffn));  // [n_slots, ffn]: silu(gate) * up
     const std::vector<RowBlock> gate_blocks =
-        row_blocks(tiled, dotted, gate_types, ffn, hidden, pool.size());
+        row_blocks(tiled, dotted, a.experts, &ExpertWeights::gate, ffn, hidden, pool.size());
     pool.run(int64_t(gate_blocks.size()), [&](int64_t task) {
         const RowBlock& block = gate_blocks[size_t(task)];
         const ExpertWeights& w = a.experts[size_t(block.expert)];
@@ -274,7 +273,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         const auto quantize_slots = [&](int64_t begin, int64_t end) {
             for (int64_t s = begin; s < end; ++s)
                 if (const int64_t e = tiled_expert[size_t(s)]; e >= 0) {
-                    const DType type = tile_gemm_activation_type(down_types[size_t(e)]);
+                    const DType type = tile_gemm_activation_type(a.experts[size_t(e)].down.dtype());
                     to_tile_activations(act.data() + s * ffn, type,
                                         act_slots.row(a.offsets[size_t(e)], s, type), ffn);
                 } else if (down_type != DType::F32)
@@ -293,7 +292,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     // Job 2: down rows of every active expert, into per-slot partial outputs.
     std::vector<float> partial(size_t(n_slots * hidden));  // [n_slots, hidden]
     const std::vector<RowBlock> down_blocks =
-        row_blocks(tiled, dotted, down_types, hidden, ffn, pool.size());
+        row_blocks(tiled, dotted, a.experts, &ExpertWeights::down, hidden, ffn, pool.size());
     pool.run(int64_t(down_blocks.size()), [&](int64_t task) {
         const RowBlock& block = down_blocks[size_t(task)];
         const Tensor& down = a.experts[size_t(block.expert)].down;

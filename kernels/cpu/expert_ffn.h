@@ -41,6 +41,10 @@ struct MoeExpertsArgs {
 
 void moe_experts(const MoeExpertsArgs& args, ThreadPool& pool);
 
+// Throws tandem::Error unless w is a SwiGLU expert the fused kernel runs: gate and up [ffn,
+// hidden] of one weight type, down [hidden, ffn], contiguous, rows in whole blocks.
+void check_swiglu_expert(const ExpertWeights& w, int64_t index, int64_t hidden, int64_t ffn);
+
 // One dense SwiGLU FFN over all rows of x: out = down(silu(gate(x)) * up(x)); out is overwritten.
 void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool);
 

@@ -33,8 +33,8 @@ void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, con
         fail("linear: bias must have ", w.dim(0), " elements, got ", bias.describe());
 }
 
-// The large-M path (tile_gemm.h): x once in bf16, then one task per tile of weight rows. Tiles
-// shrink (to 16 rows) when the matrix is too narrow for four tasks per thread.
+// The large-M path (tile_gemm.h): x once in the tile type, then one task per tile of weight rows.
+// Tiles shrink (to 16 rows) when the matrix is too narrow for four tasks per thread.
 void linear_tiled(const Tensor& x, const Tensor& w, std::span<const float> bias, const Tensor& y,
                   ThreadPool& pool) {
     const int64_t n_tokens = x.dim(0), m = w.dim(0), k = w.dim(1);

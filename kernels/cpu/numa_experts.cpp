@@ -26,21 +26,6 @@ struct SliceLayout {
     size_t gate = 0, up = 0, down = 0;
 };
 
-void check_experts(std::span<const ExpertWeights> experts, int64_t ffn, int64_t hidden) {
-    const auto ok = [](const Tensor& t, int64_t rows, int64_t cols) {
-        return t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols && t.is_contiguous() &&
-               is_weight_type(t.dtype()) && cols % dtype_block_size(t.dtype()) == 0;
-    };
-    for (size_t e = 0; e < experts.size(); ++e) {
-        const ExpertWeights& w = experts[e];
-        if (!ok(w.gate, ffn, hidden) || !ok(w.up, ffn, hidden) || !ok(w.down, hidden, ffn))
-            fail("NUMA expert slices: expert ", e, " has gate ", w.gate.describe(), ", up ",
-                 w.up.describe(), ", down ", w.down.describe(), "; expected [", ffn, ", ", hidden,
-                 "], [", ffn, ", ", hidden, "], [", hidden, ", ", ffn,
-                 "], contiguous, in whole blocks");
-    }
-}
-
 }  // namespace
 
 std::vector<FfnSlice> plan_ffn_slices(int64_t ffn_dim, int64_t granule,
@@ -80,7 +65,10 @@ NumaExpertSlices::NumaExpertSlices(std::span<const ExpertWeights> experts, NumaP
     experts_.resize(size_t(n_nodes));
     if (experts.empty()) return;
     const int64_t ffn = experts[0].gate.dim(0), hidden = experts[0].gate.dim(1);
-    check_experts(experts, ffn, hidden);
+    with_context("NUMA expert slices", [&] {
+        for (size_t e = 0; e < experts.size(); ++e)
+            check_swiglu_expert(experts[e], int64_t(e), hidden, ffn);
+    });
     const std::vector<int> weight = pools.threads_per_node();
     slices_ = plan_ffn_slices(ffn, ffn_slice_granule(experts), weight);
 

@@ -36,7 +36,7 @@ TileGemmPolicy policy_from_environment() {
 std::atomic<TileGemmPolicy> g_policy{policy_from_environment()};
 std::atomic<bool> g_batch_invariant{false};
 
-// Bytes of one bf16 weight tile: with the tokens' activations it stays in a 1 MB L2.
+// Bytes of one weight tile (f32 or bf16): with the tokens' activations it stays in a 1 MB L2.
 constexpr int64_t kTileBytes = int64_t(256) << 10;
 
 const dnnl::engine& cpu_engine() {
@@ -122,21 +122,6 @@ bool onednn_brgemm() {
     return ok;
 }
 
-bool tile_type(DType type) {
-    switch (type) {
-        case DType::F32:
-        case DType::F16:
-        case DType::BF16:
-        case DType::Q8_0:
-        case DType::Q4_0:
-        case DType::Q5_0:
-        case DType::Q4_K:
-        case DType::Q5_K:
-        case DType::Q6_K: return true;
-        default: return false;
-    }
-}
-
 }  // namespace
 
 void set_tile_gemm_policy(TileGemmPolicy policy) {
@@ -164,7 +149,7 @@ RowsDotFn one_token_row_dots(const VecDotKernels& kernels, DType weight_type) {
 }
 
 bool tile_gemm_available(DType weight_type) {
-    return tile_type(weight_type) && active_isa() == CpuIsa::Avx512 && onednn_brgemm();
+    return is_weight_type(weight_type) && active_isa() == CpuIsa::Avx512 && onednn_brgemm();
 }
 
 // Measured with tandem-kernel-bench (moe/.../path:dot against path:tile, OLMoE and Qwen3-30B-A3B
