@@ -55,6 +55,9 @@ class Stream {
     // Blocks until everything queued so far has run. Rethrows the first exception thrown by
     // launch_host work on sim (the stream keeps working).
     virtual void synchronize() = 0;
+    // The backend's own handle (a cudaStream_t on cuda:N), for kernels launched on this stream;
+    // null on sim.
+    virtual void* native_handle() { return nullptr; }
 };
 
 // A new stream on `device` (sim or cuda). Throws tandem::Error when the device is not there.

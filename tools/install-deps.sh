@@ -4,7 +4,8 @@
 #
 #   build:  cmake ninja g++ pkg-config ccache        (ccache: rebuilds in CI and at home are fast)
 #   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool
-#           flags), Eigen and oneDNN (dense kernels, named by the design), GoogleTest, Google
+#           flags), Eigen and oneDNN (dense kernels, named by the design; its CMake config needs the OpenCL
+#           headers, a Recommends that --no-install-recommends skips), GoogleTest, Google
 #           Benchmark, PCRE2 (tokenizer regexes, Unicode-aware), utf8proc (Unicode
 #           normalization for tokenizers), zlib (tandem-sim reads gzip-compressed routing traces),
 #           cpp-httplib (tandem-server's HTTP)
@@ -13,7 +14,7 @@ set -euo pipefail
 
 packages=(
     cmake ninja-build g++ pkg-config ccache
-    libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev
+    libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev ocl-icd-opencl-dev
     libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcpp-httplib-dev
     clang libclang-rt-dev
 )

@@ -97,6 +97,8 @@ class CudaStream final : public Stream {
         check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize", device_);
     }
 
+    void* native_handle() override { return stream_; }
+
   private:
     Device device_;
     cudaStream_t stream_ = nullptr;

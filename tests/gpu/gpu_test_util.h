@@ -1,0 +1,58 @@
+// Helpers of the GPU tests (CTest label `gpu`): skip where no CUDA device is present, move host
+// vectors to and from device memory through a stream, and poison outputs so that an element a
+// kernel never wrote shows up as NaN. Plain C++: the tests drive the kernels through their host
+// launchers (kernels/cuda/*.h) and compare with the CPU kernels or float64.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "kernels/device.h"
+#include "kernels/stream.h"
+#include "kernels/tensor.h"
+
+namespace tandem::test {
+
+inline const Device kGpu{DeviceKind::Cuda, 0};
+
+// In a TEST body: skips (with the reason) where this binary sees no CUDA device.
+#define TANDEM_REQUIRE_GPU()                                                              \
+    do {                                                                                  \
+        if (!::tandem::cuda_compiled()) GTEST_SKIP() << "built without the CUDA backend"; \
+        if (::tandem::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device here";    \
+    } while (0)
+
+// A device tensor holding a copy of `bytes` host bytes; the copy is complete on return.
+OwnedTensor upload_bytes(const void* host, size_t bytes, DType dtype, Shape shape, Stream& stream);
+
+template <class T>
+OwnedTensor upload(const std::vector<T>& host, DType dtype, Shape shape, Stream& stream) {
+    return upload_bytes(host.data(), host.size() * sizeof(T), dtype, shape, stream);
+}
+
+// A device tensor whose every byte is 0xFF: NaN as f32, f16 and bf16, so an unwritten output
+// element fails any comparison.
+OwnedTensor poisoned(DType dtype, Shape shape, Stream& stream);
+
+// The tensor's bytes, copied back after the stream's queued work.
+std::vector<uint8_t> download_bytes(const Tensor& device, Stream& stream);
+
+template <class T>
+std::vector<T> download(const Tensor& device, Stream& stream) {
+    const std::vector<uint8_t> bytes = download_bytes(device, stream);
+    std::vector<T> out(bytes.size() / sizeof(T));
+    std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+    return out;
+}
+
+// max |a - b| / max(max |b|, floor): the normalised error the GPU tests bound. NaN in either
+// vector gives infinity, so unwritten (poisoned) outputs fail.
+double max_rel_error(const std::vector<float>& a, const std::vector<double>& b,
+                     double floor = 1e-6);
+double max_rel_error(const std::vector<float>& a, const std::vector<float>& b, double floor = 1e-6);
+
+}  // namespace tandem::test
