@@ -62,4 +62,50 @@ TANDEM_HD float f16_bits_to_f32(uint16_t h) {
     return sign ? -magnitude : magnitude;
 }
 
+// Round to nearest even, overflow to infinity, NaN a quiet NaN: the same bits as
+// tandem::f32_to_f16 (and the F16C conversion write_rows uses, for every non-NaN input).
+TANDEM_HD uint16_t f32_to_f16_bits(float value) {
+    const uint32_t bits = f32_to_bits(value);
+    const uint16_t sign = uint16_t((bits >> 16) & 0x8000u);
+    const uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return sign | 0x7e00u;
+    if (magnitude >= 0x47800000u) return sign | 0x7c00u;
+    if (magnitude < 0x38800000u) {
+        // A subnormal half or zero: shift the mantissa with its implicit one, round to even.
+        if (magnitude < 0x33000000u) return sign;
+        const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+        const uint32_t shift = 126 - (magnitude >> 23);  // 14..24
+        uint32_t half = mantissa >> shift;
+        const uint32_t rest = mantissa & ((1u << shift) - 1);
+        const uint32_t halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (half & 1u))) ++half;
+        return uint16_t(sign | half);
+    }
+    // Normal: rebias the exponent and round the 13 dropped bits (a carry may reach infinity).
+    uint32_t half = (magnitude >> 13) - (112u << 10);
+    const uint32_t rest = magnitude & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1u))) ++half;
+    return uint16_t(sign | half);
+}
+
+// Element i of an array of f32 (kind 0), f16 (1) or bf16 (2), as float: weights and KV rows are
+// read in their stored type. FloatKind keeps device code free of tandem::DType's other members.
+enum class FloatKind : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+TANDEM_HD float load_float(const void* data, FloatKind kind, int64_t i) {
+    switch (kind) {
+        case FloatKind::F16: return f16_bits_to_f32(static_cast<const uint16_t*>(data)[i]);
+        case FloatKind::BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(data)[i]);
+        default: return static_cast<const float*>(data)[i];
+    }
+}
+
+TANDEM_HD void store_float(void* data, FloatKind kind, int64_t i, float value) {
+    switch (kind) {
+        case FloatKind::F16: static_cast<uint16_t*>(data)[i] = f32_to_f16_bits(value); break;
+        case FloatKind::BF16: static_cast<uint16_t*>(data)[i] = f32_to_bf16_bits(value); break;
+        default: static_cast<float*>(data)[i] = value;
+    }
+}
+
 }  // namespace tandem::cuda
