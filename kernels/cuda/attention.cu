@@ -1,0 +1,451 @@
+// attention() and write_kv() on the GPU (attention.h).
+//
+// attention_kernel<kRowsPerWarp>: 4 warps; a tile's rows r = slot * 4 + warp, so a decode tile
+// of 4 query heads gives each warp one row. Shared memory holds the tile's scaled queries
+// [rows, qs], one chunk of 32 keys [32, qs] and values [32, vs] converted to f32, and each warp's
+// probabilities [rows per warp, 32]. qs = 4 x an odd number >= head_dim, so the float4 loads of
+// 32 lanes reading 32 different keys hit distinct banks; padding is zero. Per chunk, lane j scores
+// key j against the warp's rows, the row max is a warp reduction, and each lane then accumulates
+// the output dimensions lane, lane + 32, ... of its rows.
+#include "kernels/cuda/attention.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numbers>
+#include <vector>
+
+#include "kernels/cuda/attention_math.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/tensor_checks.h"
+
+namespace tandem::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 32;                  // keys per chunk: one per lane
+constexpr int kMaxDim = 256;                // head_dim and v_head_dim
+constexpr int kDimsPerLane = kMaxDim / 32;  // output dims a lane accumulates per row
+// Shared memory a block may use: under the 99 KiB of sm_86/sm_89, so every target runs it.
+constexpr size_t kSharedBudget = 96 * 1024;
+// Keys per split at least, so a split's fixed cost (queries, combine) stays small.
+constexpr int64_t kMinSplitKeys = 256;
+
+struct Sequence {
+    const float* q;  // [n_new, n_heads, head_dim]
+    float* out;      // [n_new, n_heads, v_dim]
+    KvView k, v;
+    int64_t n_heads, head_dim, v_dim, start_pos, window;
+    float q_scale;  // scale x log2(e)
+};
+
+// One block's work: rows (positions [t0, t0 + n_pos) x heads [head0, head0 + n_heads)) of one
+// sequence, keys [key_begin, key_end). partial < 0: write out; else the partial row of row r is
+// partial + r.
+struct Tile {
+    int32_t seq, kv_head, head0, n_heads;
+    int64_t t0, n_pos, key_begin, key_end;
+    int64_t partial;
+};
+
+// The splits of one tile, for the combine kernel: n_splits x rows partial rows from `partial`.
+struct SplitGroup {
+    int32_t seq, head0, n_heads, n_splits;
+    int64_t t0, n_pos, partial;
+};
+
+struct SharedLayout {
+    int64_t qs, vs;              // row strides (floats) of queries/keys and of values
+    int64_t q, k, v, p, floats;  // offsets
+};
+
+SharedLayout shared_layout(int rows_per_warp, int64_t head_dim, int64_t v_dim) {
+    int64_t quads = (head_dim + 3) / 4;
+    if (quads % 2 == 0) ++quads;
+    SharedLayout l{};
+    l.qs = quads * 4;
+    l.vs = (v_dim + 3) / 4 * 4;
+    l.q = 0;
+    l.k = l.q + kWarps * rows_per_warp * l.qs;
+    l.v = l.k + kChunk * l.qs;
+    l.p = l.v + kChunk * l.vs;
+    l.floats = l.p + kWarps * rows_per_warp * kChunk;
+    return l;
+}
+
+__device__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset /= 2)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+__device__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Rows [kChunk, dim) of one chunk of keys or values into shared memory as f32 (stride floats
+// apart), zero past dim and past key_end.
+__device__ void load_chunk(const KvView& kv, int64_t kv_head, int64_t c0, int64_t key_end,
+                           int64_t dim, int64_t stride, float* dst) {
+    for (int64_t idx = threadIdx.x; idx < kChunk * stride; idx += kThreads) {
+        const int64_t j = idx / stride, d = idx % stride, pos = c0 + j;
+        float value = 0.0f;
+        if (d < dim && pos < key_end)
+            value = load_float(kv.base, kv.kind, kv_element(kv, pos, kv_head) + d);
+        dst[idx] = value;
+    }
+}
+
+template <int kRowsPerWarp>
+__global__ void __launch_bounds__(kThreads)
+    attention_kernel(const Sequence* sequences, const Tile* tiles, SharedLayout layout,
+                     float* partials, int64_t partial_stride) {
+    extern __shared__ float4 shared4[];
+    float* shared = reinterpret_cast<float*>(shared4);
+    const Tile tile = tiles[blockIdx.x];
+    const Sequence& s = sequences[tile.seq];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t rows = tile.n_pos * tile.n_heads;
+    float* qs = shared + layout.q;
+    float* ks = shared + layout.k;
+    float* vs = shared + layout.v;
+    float* ps = shared + layout.p + warp * kRowsPerWarp * kChunk;
+
+    for (int64_t idx = threadIdx.x; idx < kWarps * kRowsPerWarp * layout.qs; idx += kThreads) {
+        const int64_t r = idx / layout.qs, d = idx % layout.qs;
+        float value = 0.0f;
+        if (r < rows && d < s.head_dim) {
+            const int64_t t = tile.t0 + r / tile.n_heads, h = tile.head0 + r % tile.n_heads;
+            value = s.q[(t * s.n_heads + h) * s.head_dim + d] * s.q_scale;
+        }
+        qs[idx] = value;
+    }
+
+    float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kDimsPerLane];
+    int64_t pos[kRowsPerWarp], first_key[kRowsPerWarp];
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+        const int64_t r = int64_t(i) * kWarps + warp;
+        pos[i] = s.start_pos + tile.t0 + r / tile.n_heads;
+        first_key[i] = s.window > 0 ? max(int64_t(0), pos[i] - s.window + 1) : 0;
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+        for (int e = 0; e < kDimsPerLane; ++e)
+            acc[i][e] = 0.0f;
+    }
+    const int64_t quads = layout.qs / 4;
+
+    for (int64_t c0 = tile.key_begin; c0 < tile.key_end; c0 += kChunk) {
+        __syncthreads();  // the previous chunk is consumed (and, first time, q is stored)
+        load_chunk(s.k, tile.kv_head, c0, tile.key_end, s.head_dim, layout.qs, ks);
+        load_chunk(s.v, tile.kv_head, c0, tile.key_end, s.v_dim, layout.vs, vs);
+        __syncthreads();
+        float score[kRowsPerWarp];
+        for (int i = 0; i < kRowsPerWarp; ++i)
+            score[i] = 0.0f;
+        const float4* key = reinterpret_cast<const float4*>(ks + lane * layout.qs);
+        for (int64_t d4 = 0; d4 < quads; ++d4) {
+            const float4 k4 = key[d4];
+            for (int i = 0; i < kRowsPerWarp; ++i) {
+                const float4 q4 = reinterpret_cast<const float4*>(
+                    qs + (int64_t(i) * kWarps + warp) * layout.qs)[d4];
+                score[i] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
+            }
+        }
+        const int64_t key_pos = c0 + lane;
+        for (int i = 0; i < kRowsPerWarp; ++i) {
+            const int64_t r = int64_t(i) * kWarps + warp;
+            if (r >= rows) break;  // warp-uniform: later slots are empty too
+            const bool visible =
+                key_pos < tile.key_end && key_pos <= pos[i] && key_pos >= first_key[i];
+            const float sc = visible ? score[i] : -INFINITY;
+            const float m_new = fmaxf(m[i], warp_max(sc));
+            float p = 0.0f, rescale = 1.0f;
+            if (m_new != -INFINITY) {
+                p = visible ? exp2f(sc - m_new) : 0.0f;
+                rescale = softmax_rescale(m[i], m_new);
+            }
+            m[i] = m_new;
+            l[i] = l[i] * rescale + p;
+            for (int e = 0; e < kDimsPerLane; ++e)
+                acc[i][e] *= rescale;
+            ps[i * kChunk + lane] = p;
+        }
+        __syncwarp();
+        for (int j = 0; j < kChunk; j += 4) {
+            for (int i = 0; i < kRowsPerWarp; ++i) {
+                if (int64_t(i) * kWarps + warp >= rows) break;
+                const float4 p4 = *reinterpret_cast<const float4*>(ps + i * kChunk + j);
+                for (int e = 0; e < kDimsPerLane; ++e) {
+                    const int64_t d = e * 32 + lane;
+                    if (d >= s.v_dim) break;
+                    const float* v = vs + j * layout.vs + d;
+                    acc[i][e] += p4.x * v[0] + p4.y * v[layout.vs] + p4.z * v[2 * layout.vs] +
+                                 p4.w * v[3 * layout.vs];
+                }
+            }
+        }
+        __syncwarp();
+    }
+
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+        const int64_t r = int64_t(i) * kWarps + warp;
+        if (r >= rows) break;
+        const float sum = warp_sum(l[i]);
+        if (tile.partial < 0) {
+            const int64_t t = tile.t0 + r / tile.n_heads, h = tile.head0 + r % tile.n_heads;
+            float* out = s.out + (t * s.n_heads + h) * s.v_dim;
+            for (int e = 0; e < kDimsPerLane; ++e)
+                if (e * 32 + lane < s.v_dim) out[e * 32 + lane] = acc[i][e] / sum;
+        } else {
+            float* row = partials + (tile.partial + r) * partial_stride;
+            if (lane == 0) {
+                row[PartialRow::kMax] = m[i];
+                row[PartialRow::kSum] = sum;
+            }
+            for (int e = 0; e < kDimsPerLane; ++e)
+                if (e * 32 + lane < s.v_dim) row[PartialRow::kAcc + e * 32 + lane] = acc[i][e];
+        }
+    }
+}
+
+// One block per (split group, row): the row's output from its splits' partial rows.
+__global__ void combine_kernel(const Sequence* sequences, const SplitGroup* groups,
+                               const float* partials, int64_t partial_stride) {
+    const SplitGroup g = groups[blockIdx.x];
+    const int64_t r = blockIdx.y, rows = g.n_pos * g.n_heads;
+    if (r >= rows) return;
+    const Sequence& s = sequences[g.seq];
+    const int64_t t = g.t0 + r / g.n_heads, h = g.head0 + r % g.n_heads;
+    float* out = s.out + (t * s.n_heads + h) * s.v_dim;
+    const float* first = partials + (g.partial + r) * partial_stride;
+    for (int64_t d = threadIdx.x; d < s.v_dim; d += blockDim.x)
+        out[d] = combine_partials(first, rows * partial_stride, g.n_splits, d);
+}
+
+KvView view_of(const KvRows& rows, const char* name) {
+    // A contiguous tensor (KvRows(Tensor)) points at a host table holding 0: read no table.
+    const bool contiguous = rows.block_size == rows.capacity && rows.head_stride == rows.head_dim &&
+                            rows.pos_stride == rows.n_heads * rows.head_dim;
+    if (!contiguous && rows.block_table == nullptr)
+        fail("attention: the ", name, " cache has no block table");
+    return {.base = rows.base,
+            .block_table = contiguous ? nullptr : rows.block_table,
+            .block_size = rows.block_size,
+            .pos_stride = rows.pos_stride,
+            .head_stride = rows.head_stride,
+            .block_stride = rows.block_stride,
+            .kind = float_kind(rows.dtype, "attention", name)};
+}
+
+void check_args(Context& ctx, const AttentionArgs& a) {
+    require_f32(a.q, 3, ctx.device(), "attention", "q [n_new, n_heads, head_dim]");
+    require_f32(a.out, 3, ctx.device(), "attention", "out [n_new, n_heads, v_head_dim]");
+    const KvRows &k = a.k_cache, &v = a.v_cache;
+    if (k.empty() || v.empty()) fail("attention: the KV cache is empty");
+    const int64_t n_new = a.q.dim(0), n_heads = a.q.dim(1), n_kv = k.n_heads;
+    if (n_kv == 0 || n_heads % n_kv != 0)
+        fail("attention: ", n_heads, " query heads are not a multiple of ", n_kv, " KV heads");
+    if (k.head_dim != a.q.dim(2) || v.n_heads != n_kv || v.capacity != k.capacity)
+        fail("attention: q ", a.q.describe(), ", keys of ", n_kv, " x ", k.head_dim,
+             " and values of ", v.n_heads, " x ", v.head_dim, " disagree");
+    if (a.out.dim(0) != n_new || a.out.dim(1) != n_heads || a.out.dim(2) != v.head_dim)
+        fail("attention: out ", a.out.describe(), " does not match q ", a.q.describe());
+    if (k.head_dim > kMaxDim || v.head_dim > kMaxDim || k.head_dim == 0 || v.head_dim == 0)
+        fail("attention: head_dim ", k.head_dim, " and v_head_dim ", v.head_dim, " must be in [1, ",
+             kMaxDim, "] on CUDA");
+    if (a.start_pos < 0 || a.start_pos + n_new > k.capacity)
+        fail("attention: positions [", a.start_pos, ", ", a.start_pos + n_new,
+             ") exceed the KV cache capacity ", k.capacity);
+    if (a.sliding_window < 0) fail("attention: sliding window ", a.sliding_window, " < 0");
+}
+
+template <int kRowsPerWarp>
+void launch_tiles(Context& ctx, const Sequence* sequences, const Tile* tiles, int64_t n_tiles,
+                  const SharedLayout& layout, float* partials, int64_t partial_stride) {
+    const size_t bytes = size_t(layout.floats) * sizeof(float);
+    TANDEM_CUDA_CHECK(cudaFuncSetAttribute(
+        attention_kernel<kRowsPerWarp>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    attention_kernel<kRowsPerWarp>
+        <<<unsigned(n_tiles), kThreads, bytes, native_stream(ctx.stream())>>>(
+            sequences, tiles, layout, partials, partial_stride);
+    TANDEM_CUDA_CHECK_LAUNCH("attention_kernel");
+}
+
+// Appends the bytes of `items` to `table` at a 16-byte boundary; returns their offset.
+template <class T>
+size_t append(std::vector<std::byte>& table, const std::vector<T>& items) {
+    const size_t offset = (table.size() + 15) / 16 * 16;
+    table.resize(offset + items.size() * sizeof(T));
+    if (!items.empty()) std::memcpy(table.data() + offset, items.data(), items.size() * sizeof(T));
+    return offset;
+}
+
+}  // namespace
+
+void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
+    std::vector<Sequence> seqs;
+    int64_t max_dim = 1, max_v_dim = 1, max_rows = 1;
+    for (const AttentionArgs& a : sequences) {
+        check_args(ctx, a);
+        const int64_t group = a.q.dim(1) / a.k_cache.n_heads;
+        max_dim = std::max(max_dim, a.q.dim(2));
+        max_v_dim = std::max(max_v_dim, a.v_cache.head_dim);
+        max_rows = std::max(max_rows, a.q.dim(0) * group);
+        seqs.push_back({.q = a.q.data_as<const float>(),
+                        .out = a.out.data_as<float>(),
+                        .k = view_of(a.k_cache, "key"),
+                        .v = view_of(a.v_cache, "value"),
+                        .n_heads = a.q.dim(1),
+                        .head_dim = a.q.dim(2),
+                        .v_dim = a.v_cache.head_dim,
+                        .start_pos = a.start_pos,
+                        .window = a.sliding_window,
+                        .q_scale = a.scale * std::numbers::log2e_v<float>});
+    }
+    // Rows per warp: enough for the largest tile, as shared memory allows.
+    int rows_per_warp = 1;
+    while (rows_per_warp < 8 && kWarps * rows_per_warp < max_rows &&
+           size_t(shared_layout(rows_per_warp * 2, max_dim, max_v_dim).floats) * sizeof(float) <=
+               kSharedBudget)
+        rows_per_warp *= 2;
+    const SharedLayout layout = shared_layout(rows_per_warp, max_dim, max_v_dim);
+    const int64_t tile_rows = kWarps * rows_per_warp;
+
+    std::vector<Tile> tiles;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+        const AttentionArgs& a = sequences[i];
+        const int64_t n_new = a.q.dim(0), n_kv = a.k_cache.n_heads, group = a.q.dim(1) / n_kv;
+        const int64_t heads = std::min(group, tile_rows), positions = tile_rows / heads;
+        for (int64_t kv = 0; kv < n_kv; ++kv)
+            for (int64_t h0 = kv * group; h0 < (kv + 1) * group; h0 += heads)
+                for (int64_t t0 = 0; t0 < n_new; t0 += positions) {
+                    const int64_t n_pos = std::min(positions, n_new - t0);
+                    const int64_t first = a.start_pos + t0;
+                    const int64_t key_begin =
+                        a.sliding_window > 0 ? std::max<int64_t>(0, first - a.sliding_window + 1)
+                                             : 0;
+                    tiles.push_back({.seq = int32_t(i),
+                                     .kv_head = int32_t(kv),
+                                     .head0 = int32_t(h0),
+                                     .n_heads = int32_t(std::min(heads, (kv + 1) * group - h0)),
+                                     .t0 = t0,
+                                     .n_pos = n_pos,
+                                     .key_begin = key_begin,
+                                     .key_end = first + n_pos,
+                                     .partial = -1});
+                }
+    }
+    if (tiles.empty()) return;
+
+    // Split the key ranges when the tiles would leave the GPU idle (decode, short batches).
+    const int64_t wanted = 4 * int64_t(ctx.multiprocessors());
+    const int64_t splits_wanted = (wanted + int64_t(tiles.size()) - 1) / int64_t(tiles.size());
+    std::vector<Tile> work;
+    std::vector<SplitGroup> groups;
+    int64_t n_partials = 0;
+    for (const Tile& t : tiles) {
+        const int64_t keys = t.key_end - t.key_begin;
+        const int64_t splits = std::min(splits_wanted, (keys + kMinSplitKeys - 1) / kMinSplitKeys);
+        if (splits <= 1) {
+            work.push_back(t);
+            continue;
+        }
+        // Split lengths in whole chunks.
+        const int64_t chunks = (keys + kChunk - 1) / kChunk;
+        const int64_t per_split = (chunks + splits - 1) / splits * kChunk;
+        const int64_t rows = t.n_pos * t.n_heads;
+        int32_t n_splits = 0;
+        for (int64_t begin = t.key_begin; begin < t.key_end; begin += per_split, ++n_splits) {
+            Tile part = t;
+            part.key_begin = begin;
+            part.key_end = std::min(t.key_end, begin + per_split);
+            part.partial = n_partials + n_splits * rows;
+            work.push_back(part);
+        }
+        groups.push_back({.seq = t.seq,
+                          .head0 = t.head0,
+                          .n_heads = t.n_heads,
+                          .n_splits = n_splits,
+                          .t0 = t.t0,
+                          .n_pos = t.n_pos,
+                          .partial = n_partials});
+        n_partials += n_splits * rows;
+    }
+
+    std::vector<std::byte> table;
+    const size_t seq_offset = append(table, seqs);
+    const size_t work_offset = append(table, work);
+    const size_t group_offset = append(table, groups);
+    auto* device =
+        static_cast<std::byte*>(ctx.upload(ScratchSlot::Tables, table.data(), table.size()));
+    const auto* device_seqs = reinterpret_cast<const Sequence*>(device + seq_offset);
+    const int64_t partial_stride = PartialRow::kAcc + max_v_dim;
+    float* partials = nullptr;
+    if (n_partials > 0)
+        partials = static_cast<float*>(ctx.scratch(
+            ScratchSlot::Attention, size_t(n_partials * partial_stride) * sizeof(float)));
+    const auto* device_work = reinterpret_cast<const Tile*>(device + work_offset);
+    const auto n_work = int64_t(work.size());
+    switch (rows_per_warp) {
+        case 1:
+            launch_tiles<1>(ctx, device_seqs, device_work, n_work, layout, partials,
+                            partial_stride);
+            break;
+        case 2:
+            launch_tiles<2>(ctx, device_seqs, device_work, n_work, layout, partials,
+                            partial_stride);
+            break;
+        case 4:
+            launch_tiles<4>(ctx, device_seqs, device_work, n_work, layout, partials,
+                            partial_stride);
+            break;
+        default:
+            launch_tiles<8>(ctx, device_seqs, device_work, n_work, layout, partials,
+                            partial_stride);
+    }
+    if (groups.empty()) return;
+    const dim3 grid(unsigned(groups.size()), unsigned(tile_rows));
+    combine_kernel<<<grid, 128, 0, native_stream(ctx.stream())>>>(
+        device_seqs, reinterpret_cast<const SplitGroup*>(device + group_offset), partials,
+        partial_stride);
+    TANDEM_CUDA_CHECK_LAUNCH("combine_kernel");
+}
+
+namespace {
+
+__global__ void write_kv_kernel(KvView rows, int64_t start, const float* src, int64_t n_heads,
+                                int64_t head_dim, int64_t n) {
+    const int64_t row = n_heads * head_dim;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n * row;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / row, head = i % row / head_dim, d = i % head_dim;
+        store_float(const_cast<std::byte*>(rows.base), rows.kind,
+                    kv_element(rows, start + t, head) + d, src[i]);
+    }
+}
+
+}  // namespace
+
+void write_kv(Context& ctx, const KvRows& rows, int64_t start, const Tensor& src) {
+    require_f32(src, 2, ctx.device(), "write_kv", "src [n, n_heads * head_dim]");
+    if (rows.empty()) fail("write_kv: the KV rows are empty");
+    const int64_t n = src.dim(0);
+    if (src.dim(1) != rows.n_heads * rows.head_dim)
+        fail("write_kv: src ", src.describe(), " for rows of ", rows.n_heads, " x ", rows.head_dim);
+    if (start < 0 || start + n > rows.capacity)
+        fail("write_kv: positions [", start, ", ", start + n, ") exceed the capacity ",
+             rows.capacity);
+    if (n == 0) return;
+    const KvView view = view_of(rows, "write_kv");
+    const int64_t total = n * rows.n_heads * rows.head_dim;
+    const unsigned blocks =
+        unsigned(std::min<int64_t>(blocks_for(total, 256), int64_t(ctx.multiprocessors()) * 8));
+    write_kv_kernel<<<blocks, 256, 0, native_stream(ctx.stream())>>>(
+        view, start, src.data_as<const float>(), rows.n_heads, rows.head_dim, n);
+    TANDEM_CUDA_CHECK_LAUNCH("write_kv_kernel");
+}
+
+}  // namespace tandem::cuda

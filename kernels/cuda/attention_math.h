@@ -1,0 +1,61 @@
+// Arithmetic of the CUDA attention kernels (attention.cu) shared with the CPU twin test: where a
+// KV element lives in the paged cache, the rescaling of an online softmax when its running max
+// grows, and the combine step of split-K (flash-decoding) partial results. Scores are kept in
+// base 2 (queries scaled by scale x log2(e)), as in the CPU kernels.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/host_device.h"
+
+namespace tandem::cuda {
+
+// A KvRows as the device reads it: block_table is device memory, or null for a contiguous
+// [capacity, n_heads, head_dim] tensor (a single block, number 0).
+struct KvView {
+    const std::byte* base = nullptr;
+    const int32_t* block_table = nullptr;
+    int64_t block_size = 1;
+    int64_t pos_stride = 0, head_stride = 0, block_stride = 0;  // in elements
+    FloatKind kind = FloatKind::F32;
+};
+
+// Element index of element 0 of head `head` at position `pos`.
+TANDEM_HD int64_t kv_element(const KvView& v, int64_t pos, int64_t head) {
+    const int64_t block = v.block_table != nullptr ? v.block_table[pos / v.block_size] : 0;
+    return block * v.block_stride + pos % v.block_size * v.pos_stride + head * v.head_stride;
+}
+
+// The factor that rescales a running sum and output when the running max goes from m_old to
+// m_new (>= m_old): 0 while nothing has been seen (m_old = -inf), so no inf - inf appears.
+TANDEM_HD float softmax_rescale(float m_old, float m_new) {
+    return m_old == -INFINITY ? 0.0f : exp2f(m_old - m_new);
+}
+
+// A split's partial result for one query row, as the split-K kernel writes it: the running max
+// (base 2), the sum of 2^(score - max) and the unnormalised output, [2 + v_dim] floats.
+struct PartialRow {
+    static constexpr int kMax = 0, kSum = 1, kAcc = 2;
+};
+
+// Output element d of one query row from its n_splits partial rows, `split_stride` floats apart:
+// sum_s 2^(m_s - m) acc_s[d] / sum_s 2^(m_s - m) l_s with m the largest m_s. Splits that saw no
+// key (m_s = -inf) weigh 0.
+TANDEM_HD float combine_partials(const float* partial, int64_t split_stride, int n_splits,
+                                 int64_t d) {
+    float m = -INFINITY;
+    for (int s = 0; s < n_splits; ++s)
+        m = fmaxf(m, partial[s * split_stride + PartialRow::kMax]);
+    float sum = 0.0f, acc = 0.0f;
+    for (int s = 0; s < n_splits; ++s) {
+        const float* row = partial + s * split_stride;
+        const float w = softmax_rescale(row[PartialRow::kMax], m);
+        sum += w * row[PartialRow::kSum];
+        acc += w * row[PartialRow::kAcc + d];
+    }
+    return acc / sum;
+}
+
+}  // namespace tandem::cuda
