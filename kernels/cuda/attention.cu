@@ -86,16 +86,42 @@ __device__ float warp_sum(float v) {
     return v;
 }
 
-// Rows [kChunk, dim) of one chunk of keys or values into shared memory as f32 (stride floats
-// apart), zero past dim and past key_end.
+// Four elements [i, i + 4) of KV rows as f32, i a multiple of 4 and the rows 16-byte aligned
+// (KvView::aligned4): one 16- or 8-byte load.
+__device__ float4 load_four(const KvView& kv, int64_t i) {
+    if (kv.kind == FloatKind::F32) return *reinterpret_cast<const float4*>(kv.base + i * 4);
+    const uint2 bits = *reinterpret_cast<const uint2*>(kv.base + i * 2);
+    if (kv.kind == FloatKind::F16)
+        return {f16_bits_to_f32(uint16_t(bits.x)), f16_bits_to_f32(uint16_t(bits.x >> 16)),
+                f16_bits_to_f32(uint16_t(bits.y)), f16_bits_to_f32(uint16_t(bits.y >> 16))};
+    // bf16: the high half of an f32.
+    return {__uint_as_float(bits.x << 16), __uint_as_float(bits.x & 0xffff0000u),
+            __uint_as_float(bits.y << 16), __uint_as_float(bits.y & 0xffff0000u)};
+}
+
+// One chunk of keys or values, positions [c0, c0 + kChunk), into shared memory as f32 rows
+// `stride` floats apart (a multiple of 4), zero past dim and past key_end. Each warp takes every
+// kWarps-th position, so a row's address is computed once and its lanes read it contiguously.
 __device__ void load_chunk(const KvView& kv, int64_t kv_head, int64_t c0, int64_t key_end,
                            int64_t dim, int64_t stride, float* dst) {
-    for (int64_t idx = threadIdx.x; idx < kChunk * stride; idx += kThreads) {
-        const int64_t j = idx / stride, d = idx % stride, pos = c0 + j;
-        float value = 0.0f;
-        if (d < dim && pos < key_end)
-            value = load_float(kv.base, kv.kind, kv_element(kv, pos, kv_head) + d);
-        dst[idx] = value;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int j = warp; j < kChunk; j += kWarps) {
+        float* row = dst + j * stride;
+        const int64_t pos = c0 + j;
+        if (pos >= key_end) {
+            for (int64_t d = lane; d < stride; d += 32)
+                row[d] = 0.0f;
+            continue;
+        }
+        const int64_t first = kv_element(kv, pos, kv_head);
+        if (kv.aligned4) {
+            for (int64_t d = lane * 4; d < stride; d += 128)
+                *reinterpret_cast<float4*>(row + d) =
+                    d < dim ? load_four(kv, first + d) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        } else {
+            for (int64_t d = lane; d < stride; d += 32)
+                row[d] = d < dim ? load_float(kv.base, kv.kind, first + d) : 0.0f;
+        }
     }
 }
 
@@ -149,6 +175,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int64_t d4 = 0; d4 < quads; ++d4) {
             const float4 k4 = key[d4];
             for (int i = 0; i < kRowsPerWarp; ++i) {
+                if (int64_t(i) * kWarps + warp >= rows) break;  // warp-uniform
                 const float4 q4 = reinterpret_cast<const float4*>(
                     qs + (int64_t(i) * kWarps + warp) * layout.qs)[d4];
                 score[i] += q4.x * k4.x + q4.y * k4.y + q4.z * k4.z + q4.w * k4.w;
@@ -231,13 +258,17 @@ KvView view_of(const KvRows& rows, const char* name) {
                             rows.pos_stride == rows.n_heads * rows.head_dim;
     if (!contiguous && rows.block_table == nullptr)
         fail("attention: the ", name, " cache has no block table");
+    const int64_t element = rows.element_bytes();
+    const bool aligned4 =
+        rows.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(rows.base) % (4 * element) == 0;
     return {.base = rows.base,
             .block_table = contiguous ? nullptr : rows.block_table,
             .block_size = rows.block_size,
             .pos_stride = rows.pos_stride,
             .head_stride = rows.head_stride,
             .block_stride = rows.block_stride,
-            .kind = float_kind(rows.dtype, "attention", name)};
+            .kind = float_kind(rows.dtype, "attention", name),
+            .aligned4 = aligned4};
 }
 
 void check_args(Context& ctx, const AttentionArgs& a) {
@@ -375,6 +406,10 @@ void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
         n_partials += n_splits * rows;
     }
 
+    // Longest first, so the blocks that start last are short ones (balance, not results).
+    std::stable_sort(work.begin(), work.end(), [](const Tile& a, const Tile& b) {
+        return (a.key_end - a.key_begin) * a.n_pos > (b.key_end - b.key_begin) * b.n_pos;
+    });
     std::vector<std::byte> table;
     const size_t seq_offset = append(table, seqs);
     const size_t work_offset = append(table, work);

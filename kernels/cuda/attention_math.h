@@ -20,6 +20,7 @@ struct KvView {
     int64_t block_size = 1;
     int64_t pos_stride = 0, head_stride = 0, block_stride = 0;  // in elements
     FloatKind kind = FloatKind::F32;
+    bool aligned4 = false;  // rows may be read 4 elements at a time (head_dim % 4 == 0, base)
 };
 
 // Element index of element 0 of head `head` at position `pos`.
