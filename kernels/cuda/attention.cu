@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/cuda/attention_math.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/tensor_checks.h"
 
@@ -22,15 +23,10 @@ namespace tandem::cuda {
 
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = kAttentionWarps;
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk = 32;                  // keys per chunk: one per lane
-constexpr int kMaxDim = 256;                // head_dim and v_head_dim
-constexpr int kDimsPerLane = kMaxDim / 32;  // output dims a lane accumulates per row
-// Shared memory a block may use: under the 99 KiB of sm_86/sm_89, so every target runs it.
-constexpr size_t kSharedBudget = 96 * 1024;
-// Keys per split at least, so a split's fixed cost (queries, combine) stays small.
-constexpr int64_t kMinSplitKeys = 256;
+constexpr int kChunk = kAttentionChunk;
+constexpr int kDimsPerLane = kAttentionMaxDim / 32;  // output dims a lane accumulates per row
 
 struct Sequence {
     const float* q;  // [n_new, n_heads, head_dim]
@@ -40,39 +36,9 @@ struct Sequence {
     float q_scale;  // scale x log2(e)
 };
 
-// One block's work: rows (positions [t0, t0 + n_pos) x heads [head0, head0 + n_heads)) of one
-// sequence, keys [key_begin, key_end). partial < 0: write out; else the partial row of row r is
-// partial + r.
-struct Tile {
-    int32_t seq, kv_head, head0, n_heads;
-    int64_t t0, n_pos, key_begin, key_end;
-    int64_t partial;
-};
-
-// The splits of one tile, for the combine kernel: n_splits x rows partial rows from `partial`.
-struct SplitGroup {
-    int32_t seq, head0, n_heads, n_splits;
-    int64_t t0, n_pos, partial;
-};
-
-struct SharedLayout {
-    int64_t qs, vs;              // row strides (floats) of queries/keys and of values
-    int64_t q, k, v, p, floats;  // offsets
-};
-
-SharedLayout shared_layout(int rows_per_warp, int64_t head_dim, int64_t v_dim) {
-    int64_t quads = (head_dim + 3) / 4;
-    if (quads % 2 == 0) ++quads;
-    SharedLayout l{};
-    l.qs = quads * 4;
-    l.vs = (v_dim + 3) / 4 * 4;
-    l.q = 0;
-    l.k = l.q + kWarps * rows_per_warp * l.qs;
-    l.v = l.k + kChunk * l.qs;
-    l.p = l.v + kChunk * l.vs;
-    l.floats = l.p + kWarps * rows_per_warp * kChunk;
-    return l;
-}
+using Tile = AttentionTile;
+using SplitGroup = AttentionSplitGroup;
+using SharedLayout = AttentionSharedLayout;
 
 __device__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset /= 2)
@@ -284,9 +250,10 @@ void check_args(Context& ctx, const AttentionArgs& a) {
              " and values of ", v.n_heads, " x ", v.head_dim, " disagree");
     if (a.out.dim(0) != n_new || a.out.dim(1) != n_heads || a.out.dim(2) != v.head_dim)
         fail("attention: out ", a.out.describe(), " does not match q ", a.q.describe());
-    if (k.head_dim > kMaxDim || v.head_dim > kMaxDim || k.head_dim == 0 || v.head_dim == 0)
+    if (k.head_dim > kAttentionMaxDim || v.head_dim > kAttentionMaxDim || k.head_dim == 0 ||
+        v.head_dim == 0)
         fail("attention: head_dim ", k.head_dim, " and v_head_dim ", v.head_dim, " must be in [1, ",
-             kMaxDim, "] on CUDA");
+             kAttentionMaxDim, "] on CUDA");
     if (a.start_pos < 0 || a.start_pos + n_new > k.capacity)
         fail("attention: positions [", a.start_pos, ", ", a.start_pos + n_new,
              ") exceed the KV cache capacity ", k.capacity);
@@ -318,13 +285,9 @@ size_t append(std::vector<std::byte>& table, const std::vector<T>& items) {
 
 void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
     std::vector<Sequence> seqs;
-    int64_t max_dim = 1, max_v_dim = 1, max_rows = 1;
+    std::vector<AttentionShape> shapes;
     for (const AttentionArgs& a : sequences) {
         check_args(ctx, a);
-        const int64_t group = a.q.dim(1) / a.k_cache.n_heads;
-        max_dim = std::max(max_dim, a.q.dim(2));
-        max_v_dim = std::max(max_v_dim, a.v_cache.head_dim);
-        max_rows = std::max(max_rows, a.q.dim(0) * group);
         seqs.push_back({.q = a.q.data_as<const float>(),
                         .out = a.out.data_as<float>(),
                         .k = view_of(a.k_cache, "key"),
@@ -335,114 +298,51 @@ void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
                         .start_pos = a.start_pos,
                         .window = a.sliding_window,
                         .q_scale = a.scale * std::numbers::log2e_v<float>});
+        shapes.push_back({.n_new = a.q.dim(0),
+                          .n_heads = a.q.dim(1),
+                          .n_kv_heads = a.k_cache.n_heads,
+                          .head_dim = a.q.dim(2),
+                          .v_dim = a.v_cache.head_dim,
+                          .start_pos = a.start_pos,
+                          .window = a.sliding_window});
     }
-    // Rows per warp: enough for the largest tile, as shared memory allows.
-    int rows_per_warp = 1;
-    while (rows_per_warp < 8 && kWarps * rows_per_warp < max_rows &&
-           size_t(shared_layout(rows_per_warp * 2, max_dim, max_v_dim).floats) * sizeof(float) <=
-               kSharedBudget)
-        rows_per_warp *= 2;
-    const SharedLayout layout = shared_layout(rows_per_warp, max_dim, max_v_dim);
-    const int64_t tile_rows = kWarps * rows_per_warp;
+    const AttentionPlan plan = plan_attention(shapes, ctx.multiprocessors());
+    if (plan.tiles.empty()) return;
 
-    std::vector<Tile> tiles;
-    for (size_t i = 0; i < sequences.size(); ++i) {
-        const AttentionArgs& a = sequences[i];
-        const int64_t n_new = a.q.dim(0), n_kv = a.k_cache.n_heads, group = a.q.dim(1) / n_kv;
-        const int64_t heads = std::min(group, tile_rows), positions = tile_rows / heads;
-        for (int64_t kv = 0; kv < n_kv; ++kv)
-            for (int64_t h0 = kv * group; h0 < (kv + 1) * group; h0 += heads)
-                for (int64_t t0 = 0; t0 < n_new; t0 += positions) {
-                    const int64_t n_pos = std::min(positions, n_new - t0);
-                    const int64_t first = a.start_pos + t0;
-                    const int64_t key_begin =
-                        a.sliding_window > 0 ? std::max<int64_t>(0, first - a.sliding_window + 1)
-                                             : 0;
-                    tiles.push_back({.seq = int32_t(i),
-                                     .kv_head = int32_t(kv),
-                                     .head0 = int32_t(h0),
-                                     .n_heads = int32_t(std::min(heads, (kv + 1) * group - h0)),
-                                     .t0 = t0,
-                                     .n_pos = n_pos,
-                                     .key_begin = key_begin,
-                                     .key_end = first + n_pos,
-                                     .partial = -1});
-                }
-    }
-    if (tiles.empty()) return;
-
-    // Split the key ranges when the tiles would leave the GPU idle (decode, short batches).
-    const int64_t wanted = 4 * int64_t(ctx.multiprocessors());
-    const int64_t splits_wanted = (wanted + int64_t(tiles.size()) - 1) / int64_t(tiles.size());
-    std::vector<Tile> work;
-    std::vector<SplitGroup> groups;
-    int64_t n_partials = 0;
-    for (const Tile& t : tiles) {
-        const int64_t keys = t.key_end - t.key_begin;
-        const int64_t splits = std::min(splits_wanted, (keys + kMinSplitKeys - 1) / kMinSplitKeys);
-        if (splits <= 1) {
-            work.push_back(t);
-            continue;
-        }
-        // Split lengths in whole chunks.
-        const int64_t chunks = (keys + kChunk - 1) / kChunk;
-        const int64_t per_split = (chunks + splits - 1) / splits * kChunk;
-        const int64_t rows = t.n_pos * t.n_heads;
-        int32_t n_splits = 0;
-        for (int64_t begin = t.key_begin; begin < t.key_end; begin += per_split, ++n_splits) {
-            Tile part = t;
-            part.key_begin = begin;
-            part.key_end = std::min(t.key_end, begin + per_split);
-            part.partial = n_partials + n_splits * rows;
-            work.push_back(part);
-        }
-        groups.push_back({.seq = t.seq,
-                          .head0 = t.head0,
-                          .n_heads = t.n_heads,
-                          .n_splits = n_splits,
-                          .t0 = t.t0,
-                          .n_pos = t.n_pos,
-                          .partial = n_partials});
-        n_partials += n_splits * rows;
-    }
-
-    // Longest first, so the blocks that start last are short ones (balance, not results).
-    std::stable_sort(work.begin(), work.end(), [](const Tile& a, const Tile& b) {
-        return (a.key_end - a.key_begin) * a.n_pos > (b.key_end - b.key_begin) * b.n_pos;
-    });
     std::vector<std::byte> table;
     const size_t seq_offset = append(table, seqs);
-    const size_t work_offset = append(table, work);
-    const size_t group_offset = append(table, groups);
+    const size_t tile_offset = append(table, plan.tiles);
+    const size_t group_offset = append(table, plan.groups);
     auto* device =
         static_cast<std::byte*>(ctx.upload(ScratchSlot::Tables, table.data(), table.size()));
     const auto* device_seqs = reinterpret_cast<const Sequence*>(device + seq_offset);
-    const int64_t partial_stride = PartialRow::kAcc + max_v_dim;
+    const int64_t partial_stride = PartialRow::kAcc + plan.max_v_dim;
     float* partials = nullptr;
-    if (n_partials > 0)
+    if (plan.n_partials > 0)
         partials = static_cast<float*>(ctx.scratch(
-            ScratchSlot::Attention, size_t(n_partials * partial_stride) * sizeof(float)));
-    const auto* device_work = reinterpret_cast<const Tile*>(device + work_offset);
-    const auto n_work = int64_t(work.size());
-    switch (rows_per_warp) {
+            ScratchSlot::Attention, size_t(plan.n_partials * partial_stride) * sizeof(float)));
+    const auto* device_tiles = reinterpret_cast<const Tile*>(device + tile_offset);
+    const auto n_tiles = int64_t(plan.tiles.size());
+    const SharedLayout& layout = plan.layout;
+    switch (plan.rows_per_warp) {
         case 1:
-            launch_tiles<1>(ctx, device_seqs, device_work, n_work, layout, partials,
+            launch_tiles<1>(ctx, device_seqs, device_tiles, n_tiles, layout, partials,
                             partial_stride);
             break;
         case 2:
-            launch_tiles<2>(ctx, device_seqs, device_work, n_work, layout, partials,
+            launch_tiles<2>(ctx, device_seqs, device_tiles, n_tiles, layout, partials,
                             partial_stride);
             break;
         case 4:
-            launch_tiles<4>(ctx, device_seqs, device_work, n_work, layout, partials,
+            launch_tiles<4>(ctx, device_seqs, device_tiles, n_tiles, layout, partials,
                             partial_stride);
             break;
         default:
-            launch_tiles<8>(ctx, device_seqs, device_work, n_work, layout, partials,
+            launch_tiles<8>(ctx, device_seqs, device_tiles, n_tiles, layout, partials,
                             partial_stride);
     }
-    if (groups.empty()) return;
-    const dim3 grid(unsigned(groups.size()), unsigned(tile_rows));
+    if (plan.groups.empty()) return;
+    const dim3 grid(unsigned(plan.groups.size()), unsigned(kWarps * plan.rows_per_warp));
     combine_kernel<<<grid, 128, 0, native_stream(ctx.stream())>>>(
         device_seqs, reinterpret_cast<const SplitGroup*>(device + group_offset), partials,
         partial_stride);

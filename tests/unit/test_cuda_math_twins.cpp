@@ -1,4 +1,5 @@
-// CPU twins of the CUDA kernels' arithmetic (kernels/cuda/*_math.h, host_device.h): the very
+// CPU twins of the CUDA kernels' arithmetic (kernels/cuda/*_math.h, host_device.h, and the
+// attention kernel's plan, attention_plan.h): the very
 // TANDEM_HD functions the kernels run, called here on the host and compared with the CPU kernels
 // (cpu::apply_rope, tandem::route, write_rows, KvRows::at, tandem::f32_to_f16) or float64 on
 // fresh random inputs. Runs on every CI build, GPU or not; label unit.
@@ -6,13 +7,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "cache/kv_cache.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_math.h"
+#include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/host_device.h"
 #include "kernels/cuda/rope_math.h"
 #include "kernels/cuda/router_math.h"
@@ -224,6 +228,205 @@ TEST(CudaMathTwins, KvElementMatchesKvRowsAt) {
         for (int64_t h = 0; h < n_heads; ++h)
             ASSERT_EQ(rows.base + cuda::kv_element(view, pos, h) * 2, rows.at(pos, h))
                 << "pos " << pos << " head " << h;
+}
+
+ThreadPool& pool() {
+    static ThreadPool instance({.n_threads = 2, .pin = false});
+    return instance;
+}
+
+struct EmulatedSequence {
+    cuda::AttentionShape shape;
+    const float* q;
+    cuda::KvView k, v;
+    float scale;
+    float* out;
+};
+
+// The CUDA attention kernel's algorithm, row by row on the CPU, over plan_attention's tiles:
+// each tile's rows walk their key range in chunks of kAttentionChunk with the kernel's masks and
+// online softmax, write the output or a partial row, and split groups are combined with
+// combine_partials. Checks the plan (every output row covered once, splits and partial indices)
+// and the per-row arithmetic; not the lanes and shared memory, which only a GPU runs.
+void emulate_cuda_attention(std::span<const EmulatedSequence> seqs, int multiprocessors) {
+    std::vector<cuda::AttentionShape> shapes;
+    for (const EmulatedSequence& s : seqs)
+        shapes.push_back(s.shape);
+    const cuda::AttentionPlan plan = cuda::plan_attention(shapes, multiprocessors);
+    const int64_t stride = cuda::PartialRow::kAcc + plan.max_v_dim;
+    std::vector<float> partials(size_t(plan.n_partials * stride), NAN);
+    for (const cuda::AttentionTile& tile : plan.tiles) {
+        const EmulatedSequence& s = seqs[size_t(tile.seq)];
+        const cuda::AttentionShape& sh = s.shape;
+        const float q_scale = s.scale * std::numbers::log2e_v<float>;
+        ASSERT_LE(tile.n_pos * tile.n_heads, cuda::kAttentionWarps * plan.rows_per_warp);
+        for (int64_t r = 0; r < tile.n_pos * tile.n_heads; ++r) {
+            const int64_t t = tile.t0 + r / tile.n_heads, h = tile.head0 + r % tile.n_heads;
+            ASSERT_EQ(h / (sh.n_heads / sh.n_kv_heads), tile.kv_head);
+            const int64_t pos = sh.start_pos + t;
+            const int64_t first_key = sh.window > 0 ? std::max<int64_t>(0, pos - sh.window + 1) : 0;
+            std::vector<float> q(size_t(sh.head_dim)), acc(size_t(sh.v_dim), 0.0f);
+            for (int64_t d = 0; d < sh.head_dim; ++d)
+                q[size_t(d)] = s.q[(t * sh.n_heads + h) * sh.head_dim + d] * q_scale;
+            float m = -INFINITY, sum = 0.0f;
+            for (int64_t c0 = tile.key_begin; c0 < tile.key_end; c0 += cuda::kAttentionChunk) {
+                float score[cuda::kAttentionChunk];
+                bool visible[cuda::kAttentionChunk];
+                float chunk_max = -INFINITY;
+                for (int j = 0; j < cuda::kAttentionChunk; ++j) {
+                    const int64_t key = c0 + j;
+                    visible[j] = key < tile.key_end && key <= pos && key >= first_key;
+                    score[j] = 0.0f;
+                    if (!visible[j]) continue;
+                    const int64_t at = cuda::kv_element(s.k, key, tile.kv_head);
+                    for (int64_t d = 0; d < sh.head_dim; ++d)
+                        score[j] += q[size_t(d)] * cuda::load_float(s.k.base, s.k.kind, at + d);
+                    chunk_max = std::max(chunk_max, score[j]);
+                }
+                const float m_new = std::max(m, chunk_max);
+                if (m_new == -INFINITY) continue;
+                const float rescale = cuda::softmax_rescale(m, m_new);
+                sum *= rescale;
+                for (float& a : acc)
+                    a *= rescale;
+                for (int j = 0; j < cuda::kAttentionChunk; ++j) {
+                    if (!visible[j]) continue;
+                    const float p = std::exp2(score[j] - m_new);
+                    sum += p;
+                    const int64_t at = cuda::kv_element(s.v, c0 + j, tile.kv_head);
+                    for (int64_t d = 0; d < sh.v_dim; ++d)
+                        acc[size_t(d)] += p * cuda::load_float(s.v.base, s.v.kind, at + d);
+                }
+                m = m_new;
+            }
+            if (tile.partial < 0) {
+                float* out = s.out + (t * sh.n_heads + h) * sh.v_dim;
+                for (int64_t d = 0; d < sh.v_dim; ++d) {
+                    ASSERT_TRUE(std::isnan(out[d])) << "row written twice: token " << t;
+                    out[d] = acc[size_t(d)] / sum;
+                }
+            } else {
+                float* row = partials.data() + (tile.partial + r) * stride;
+                ASSERT_TRUE(std::isnan(row[0])) << "partial row written twice";
+                row[cuda::PartialRow::kMax] = m;
+                row[cuda::PartialRow::kSum] = sum;
+                std::copy(acc.begin(), acc.end(), row + cuda::PartialRow::kAcc);
+            }
+        }
+    }
+    for (const cuda::AttentionSplitGroup& g : plan.groups) {
+        const EmulatedSequence& s = seqs[size_t(g.seq)];
+        const int64_t rows = g.n_pos * g.n_heads;
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t t = g.t0 + r / g.n_heads, h = g.head0 + r % g.n_heads;
+            float* out = s.out + (t * s.shape.n_heads + h) * s.shape.v_dim;
+            for (int64_t d = 0; d < s.shape.v_dim; ++d) {
+                ASSERT_TRUE(std::isnan(out[d])) << "split row also written directly";
+                out[d] = cuda::combine_partials(partials.data() + (g.partial + r) * stride,
+                                                rows * stride, g.n_splits, d);
+            }
+        }
+    }
+}
+
+struct EmulationCase {
+    int64_t n_heads, n_kv_heads, head_dim, v_dim;
+    DType dtype;
+    int64_t window;
+    std::vector<std::pair<int64_t, int64_t>> sequences;  // (start_pos, n_new)
+    int multiprocessors;
+};
+
+TEST(CudaMathTwins, AttentionPlanAndRowArithmeticMatchCpuAttention) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const std::vector<EmulationCase> cases = {
+        {32, 8, 128, 128, DType::BF16, 0, {{0, 1}, {16, 1}, {254, 1}, {4095, 1}}, 132},
+        {8, 8, 64, 64, DType::F16, 0, {{1999, 1}}, 132},
+        {16, 2, 80, 80, DType::F32, 0, {{17, 7}, {255, 64}}, 8},
+        {8, 8, 64, 64, DType::BF16, 0, {{255, 300}}, 132},
+        {32, 8, 64, 64, DType::BF16, 0, {{0, 300}, {1000, 1}, {40, 7}}, 132},
+        {32, 8, 128, 128, DType::BF16, 128, {{4000, 1}, {500, 64}}, 132},
+        {16, 2, 64, 64, DType::F16, 37, {{300, 7}, {0, 17}}, 16},
+        {16, 2, 96, 64, DType::BF16, 0, {{700, 1}, {33, 64}}, 132},
+        {8, 2, 256, 256, DType::BF16, 0, {{3000, 1}, {100, 40}}, 132},
+    };
+    const int64_t block_size = 16;
+    for (const EmulationCase& c : cases) {
+        SCOPED_TRACE("heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) +
+                     " head_dim " + std::to_string(c.head_dim) + " window " +
+                     std::to_string(c.window) + " SMs " + std::to_string(c.multiprocessors));
+        const size_t n = c.sequences.size();
+        std::vector<std::vector<int32_t>> tables(n);
+        std::vector<std::vector<uint8_t>> k_store(n), v_store(n);
+        std::vector<std::vector<float>> queries(n), want(n), got(n);
+        std::vector<cpu::AttentionArgs> cpu_args;
+        std::vector<EmulatedSequence> emulated;
+        const float scale = 1.0f / std::sqrt(float(c.head_dim));
+        for (size_t i = 0; i < n; ++i) {
+            const auto [start, n_new] = c.sequences[i];
+            const int64_t length = start + n_new;
+            const int64_t blocks = (length + block_size - 1) / block_size;
+            tables[i].resize(size_t(blocks + 1));
+            std::iota(tables[i].begin(), tables[i].end(), 0);
+            std::shuffle(tables[i].begin(), tables[i].end(), rng);
+            const int64_t element = c.dtype == DType::F32 ? 4 : 2;
+            k_store[i].resize(
+                size_t((blocks + 1) * block_size * c.n_kv_heads * c.head_dim * element));
+            v_store[i].resize(size_t((blocks + 1) * block_size * c.n_kv_heads * c.v_dim * element));
+            const KvRows k(k_store[i].data(), tables[i].data(), block_size, c.n_kv_heads,
+                           c.head_dim, blocks * block_size, c.dtype);
+            const KvRows v(v_store[i].data(), tables[i].data(), block_size, c.n_kv_heads, c.v_dim,
+                           blocks * block_size, c.dtype);
+            write_rows(k, 0, random_floats(rng, size_t(length * c.n_kv_heads * c.head_dim)).data(),
+                       length);
+            write_rows(v, 0, random_floats(rng, size_t(length * c.n_kv_heads * c.v_dim)).data(),
+                       length);
+            queries[i] = random_floats(rng, size_t(n_new * c.n_heads * c.head_dim));
+            want[i].assign(size_t(n_new * c.n_heads * c.v_dim), NAN);
+            got[i].assign(want[i].size(), NAN);
+            cpu_args.push_back(
+                {.q = Tensor(queries[i].data(), DType::F32, {n_new, c.n_heads, c.head_dim}),
+                 .k_cache = k,
+                 .v_cache = v,
+                 .out = Tensor(want[i].data(), DType::F32, {n_new, c.n_heads, c.v_dim}),
+                 .start_pos = start,
+                 .scale = scale,
+                 .sliding_window = c.window});
+            const auto kind = c.dtype == DType::F32   ? cuda::FloatKind::F32
+                              : c.dtype == DType::F16 ? cuda::FloatKind::F16
+                                                      : cuda::FloatKind::BF16;
+            const auto view = [&](const KvRows& rows) {
+                return cuda::KvView{.base = rows.base,
+                                    .block_table = rows.block_table,
+                                    .block_size = rows.block_size,
+                                    .pos_stride = rows.pos_stride,
+                                    .head_stride = rows.head_stride,
+                                    .block_stride = rows.block_stride,
+                                    .kind = kind};
+            };
+            emulated.push_back({.shape = {.n_new = n_new,
+                                          .n_heads = c.n_heads,
+                                          .n_kv_heads = c.n_kv_heads,
+                                          .head_dim = c.head_dim,
+                                          .v_dim = c.v_dim,
+                                          .start_pos = start,
+                                          .window = c.window},
+                                .q = queries[i].data(),
+                                .k = view(k),
+                                .v = view(v),
+                                .scale = scale,
+                                .out = got[i].data()});
+        }
+        cpu::attention(cpu_args, pool());
+        emulate_cuda_attention(emulated, c.multiprocessors);
+        for (size_t i = 0; i < n; ++i)
+            for (size_t j = 0; j < got[i].size(); ++j)
+                // f32 in another order: ~1e-6; NaN (a row never written) fails.
+                ASSERT_NEAR(got[i][j], want[i][j], 2e-5)
+                    << "sequence " << i << " element " << j << " (token "
+                    << int64_t(j) / (c.n_heads * c.v_dim) << ")";
+    }
 }
 
 }  // namespace

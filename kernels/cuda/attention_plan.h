@@ -1,0 +1,69 @@
+// How the CUDA attention kernel (attention.cu) cuts one call's sequences into blocks: tiles of up
+// to kWarps x rows_per_warp query rows (positions x the query heads of one KV head), the key
+// range of each, and where the GPU would otherwise idle (decode), splits of those key ranges
+// whose partial results a combine kernel merges. Plain C++ compiled in every build, so that the
+// CPU twin test runs the kernel's algorithm over this very plan (tests/unit/
+// test_cuda_math_twins.cpp) without a GPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace tandem::cuda {
+
+inline constexpr int kAttentionWarps = 4;
+inline constexpr int kAttentionChunk = 32;        // keys per chunk: one per lane
+inline constexpr int64_t kAttentionMaxDim = 256;  // head_dim and v_head_dim
+// Shared memory a block may use: under the 99 KiB of sm_86/sm_89/sm_120, so every target runs it.
+inline constexpr size_t kAttentionSharedBudget = 96 * 1024;
+// Keys per split at least, so a split's fixed cost (loading queries, combining) stays small.
+inline constexpr int64_t kAttentionMinSplitKeys = 256;
+
+// The shape of one sequence's attention in a call.
+struct AttentionShape {
+    int64_t n_new = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, v_dim = 0;
+    int64_t start_pos = 0, window = 0;
+};
+
+// One block's work: rows r = (position t0 + r / n_heads, head head0 + r % n_heads) of sequence
+// seq, keys [key_begin, key_end). partial < 0: the block writes the output; else row r's partial
+// result goes to partial row partial + r.
+struct AttentionTile {
+    int32_t seq, kv_head, head0, n_heads;
+    int64_t t0, n_pos, key_begin, key_end;
+    int64_t partial;
+};
+
+// The n_splits tiles of one split tile, for the combine kernel: split s of row r is partial row
+// partial + s * rows + r.
+struct AttentionSplitGroup {
+    int32_t seq, head0, n_heads, n_splits;
+    int64_t t0, n_pos, partial;
+};
+
+// Shared memory of a block, in floats: scaled queries [kWarps x rows_per_warp, qs], a chunk of
+// keys [kChunk, qs] and of values [kChunk, vs], each warp's probabilities [rows_per_warp, kChunk].
+// qs = 4 x an odd number >= head_dim: lanes reading 32 different keys as float4 hit distinct
+// banks.
+struct AttentionSharedLayout {
+    int64_t qs, vs;
+    int64_t q, k, v, p, floats;
+};
+
+AttentionSharedLayout attention_shared_layout(int rows_per_warp, int64_t head_dim, int64_t v_dim);
+
+struct AttentionPlan {
+    int rows_per_warp = 1;
+    AttentionSharedLayout layout{};
+    int64_t max_v_dim = 0;
+    std::vector<AttentionTile> tiles;  // longest first
+    std::vector<AttentionSplitGroup> groups;
+    int64_t n_partials = 0;  // partial rows, each 2 + max_v_dim floats
+};
+
+// `multiprocessors`: of the device; the plan splits key ranges until about 4 blocks per SM.
+AttentionPlan plan_attention(std::span<const AttentionShape> sequences, int multiprocessors);
+
+}  // namespace tandem::cuda
