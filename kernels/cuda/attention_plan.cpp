@@ -1,3 +1,4 @@
+// plan_attention (attention_plan.h): plain C++ so that the CPU twin test runs the same plan.
 #include "kernels/cuda/attention_plan.h"
 
 #include <algorithm>
