@@ -41,7 +41,7 @@ done
 for lib in $(ldd "$stage"/bin/* 2>/dev/null | awk '/=> \//{print $3}' | sort -u); do
     case $(basename "$lib") in
         libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | libgcc_s.so* | \
-            libstdc++.so* | libgomp.so* | libcud* | libcublas* | libz.so*) ;;
+            libstdc++.so* | libgomp.so* | libcud* | libcublas* | libz.so* | libudev.so*) ;;
         *) cp -L "$lib" "$stage/lib/" ;;
     esac
 done
