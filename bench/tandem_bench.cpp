@@ -314,8 +314,11 @@ int run(const Options& o, const std::string& command_line) {
         double bandwidth = o.bandwidth_gbps;
         if (bandwidth <= 0) {
             bar.update(done, "measuring memory bandwidth");
+            // A model on a GPU is bound by the GPU's memory, measured as a device copy.
+            const Device device = parse_device(o.device);
             ThreadPool pool({.n_threads = t});
-            bandwidth = bench::measure_read_bandwidth_gbps(pool);
+            bandwidth = device.is_cpu() ? bench::measure_read_bandwidth_gbps(pool)
+                                        : bench::measure_device_copy_gbps(device);
         }
         for (const HybridCase& hc : cases) {
             bar.update(done, "loading " + model.path);
@@ -344,7 +347,9 @@ int run(const Options& o, const std::string& command_line) {
                         row.weight_type = std::string(dtype_name(model.weight_type));
                         row.layers = config.n_layers;
                         row.parameters = bench::parameter_count(config);
-                        row.isa = std::string(cpu::isa_name(cpu::active_isa()));
+                        // The CPU kernels' ISA, or the device the model ran on.
+                        row.isa = o.device == "cpu" ? std::string(cpu::isa_name(cpu::active_isa()))
+                                                    : o.device;
                         row.threads = engine.thread_pool().size();
                         row.batch = b;
                         row.prompt_tokens = p;

@@ -82,6 +82,24 @@ if [ -x "$bin/tandem-cuda-attention-bench" ]; then
         --json '$out/attention_bench.json' | tee '$out/attention_bench.md'"
 fi
 
+# The whole model on the GPU (EngineConfig.device = cuda:0): synthetic OLMoE-1B-7B and
+# Qwen3-30B-A3B shapes, every weight resident, against the device copy bandwidth measured in the
+# same run. Depths are cut where writing the synthetic checkpoint would eat the lease.
+if [ -x "$bin/tandem-bench" ]; then
+    mkdir -p "$out/tb"
+    bench_gpu() {  # bench_gpu NAME ARGS...
+        local name=$1
+        shift
+        step "tandem-bench $name" 150 "$bin/tandem-bench" --device cuda:0 -p 512 -n 128 -r 3 \
+            --no-progress --json "$out/tb/$name.json" "$@"
+    }
+    bench_gpu olmoe-q4_k -m synthetic:olmoe-1b-7b --quantize q4_k
+    bench_gpu olmoe-bf16-4l -m synthetic:olmoe-1b-7b --layers 4
+    bench_gpu qwen3-30b-a3b-q4_k-8l -m synthetic:qwen3-30b-a3b --layers 8 --quantize q4_k
+    cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null
+    rm -rf "$out/tb"
+fi
+
 echo
 echo "GPU check $(date -u +%Y-%m-%dT%H:%MZ), $(nvidia-smi --query-gpu=name,driver_version \
     --format=csv,noheader 2>/dev/null)"
@@ -96,5 +114,7 @@ grep '^\[  FAILED  \] [A-Za-z]' "$log" | sort -u | head -n 40 | sed 's/^/    /'
 for md in "$out"/cuda_bench.md "$out"/attention_bench.md; do
     [ -f "$md" ] && { echo; grep '^|' "$md"; }
 done
+echo
+grep -h '^| [a-z]' "$log" | grep -E 'cuda:0|^\| model' | sort -u | head -n 12
 echo "full log: $log"
 exit $status
