@@ -8,7 +8,9 @@
 #include <functional>
 #include <vector>
 
+#include "kernels/buffer.h"
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/stream.h"
 
 namespace tandem::bench {
 
@@ -103,6 +105,21 @@ double measure_read_bandwidth_gbps(ThreadPool& pool, int64_t bytes) {
                     (avx2 ? sum_stream_avx2(p, end - begin) : sum_stream_scalar(p, end - begin));
         });
         rates.push_back(double(n) * 4 / seconds_since(start) / 1e9);
+    }
+    return median_of(rates);
+}
+
+double measure_device_copy_gbps(Device device, int64_t bytes) {
+    const Buffer from = allocate(device, size_t(bytes)), to = allocate(device, size_t(bytes));
+    const std::unique_ptr<Stream> stream = make_stream(device);
+    stream->copy_async(to.data(), from.data(), size_t(bytes), CopyDirection::DeviceToDevice);
+    stream->synchronize();  // warm-up
+    std::vector<double> rates;
+    for (int rep = 0; rep < 7; ++rep) {
+        const auto start = std::chrono::steady_clock::now();
+        stream->copy_async(to.data(), from.data(), size_t(bytes), CopyDirection::DeviceToDevice);
+        stream->synchronize();
+        rates.push_back(2.0 * double(bytes) / seconds_since(start) / 1e9);
     }
     return median_of(rates);
 }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "kernels/device.h"
 #include "kernels/thread_pool.h"
 
 namespace tandem::bench {
@@ -20,6 +21,10 @@ double measure_read_bandwidth_gbps(ThreadPool& pool, int64_t bytes = int64_t(1) 
 // STREAM triad a = b + 3c over three arrays of `bytes` / 3, counted as STREAM counts (three
 // streams), for comparison with published STREAM figures.
 double measure_triad_gbps(ThreadPool& pool, int64_t bytes = int64_t(768) << 20);
+
+// Device-to-device copy bandwidth of a GPU (cuda:N), counted as bytes read plus bytes written:
+// the ceiling a model on that device is measured against. Medians of a few copies of `bytes`.
+double measure_device_copy_gbps(Device device, int64_t bytes = int64_t(1) << 30);
 
 // Independent FMA chains on every thread, 512-bit where the CPU has AVX-512, else 256-bit.
 double measure_peak_gflops(ThreadPool& pool);

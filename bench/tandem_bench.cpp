@@ -78,6 +78,7 @@ struct Options {
     double bandwidth_gbps = 0;  // 0: measure
     int64_t step_tokens = 512;
     std::string kv_cache_type = "f32";  // EngineConfig::kv_cache_type
+    std::string device = "cpu";         // EngineConfig::device
     bool progress = false, no_progress = false;
 };
 
@@ -203,6 +204,7 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
     c.numa = o.numa;
     c.numa_topology = o.numa_topology;
     c.kv_cache_type = o.kv_cache_type;
+    c.device = o.device;
     if (hc.ratio > 0) {
         c.expert_device = o.expert_device;
         c.gpu_expert_ratio = hc.ratio;
@@ -312,8 +314,11 @@ int run(const Options& o, const std::string& command_line) {
         double bandwidth = o.bandwidth_gbps;
         if (bandwidth <= 0) {
             bar.update(done, "measuring memory bandwidth");
+            // A model on a GPU is bound by the GPU's memory, measured as a device copy.
+            const Device device = parse_device(o.device);
             ThreadPool pool({.n_threads = t});
-            bandwidth = bench::measure_read_bandwidth_gbps(pool);
+            bandwidth = device.is_cpu() ? bench::measure_read_bandwidth_gbps(pool)
+                                        : bench::measure_device_copy_gbps(device);
         }
         for (const HybridCase& hc : cases) {
             bar.update(done, "loading " + model.path);
@@ -342,7 +347,9 @@ int run(const Options& o, const std::string& command_line) {
                         row.weight_type = std::string(dtype_name(model.weight_type));
                         row.layers = config.n_layers;
                         row.parameters = bench::parameter_count(config);
-                        row.isa = std::string(cpu::isa_name(cpu::active_isa()));
+                        // The CPU kernels' ISA, or the device the model ran on.
+                        row.isa = o.device == "cpu" ? std::string(cpu::isa_name(cpu::active_isa()))
+                                                    : o.device;
                         row.threads = engine.thread_pool().size();
                         row.batch = b;
                         row.prompt_tokens = p;
@@ -447,6 +454,8 @@ int main(int argc, char** argv) {
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps, "use this bandwidth (0: measure)");
     app.add_option("--kv-cache-type", o.kv_cache_type, "KV cache element type: f32, f16, bf16")
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+    app.add_option("--device", o.device, "where the model runs: cpu or cuda:N")
+        ->capture_default_str();
     app.add_option("--step-tokens", o.step_tokens, "tokens per engine step at most (ubatch)")
         ->capture_default_str();
     app.add_flag("--progress", o.progress, "draw the progress bar even when stderr is a file");

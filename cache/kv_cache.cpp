@@ -5,6 +5,7 @@
 
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
+#include "kernels/stream.h"
 
 namespace tandem {
 
@@ -28,11 +29,12 @@ KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t 
         fail("KV block pool: block size ", block_size, " and ", n_blocks,
              " blocks must be positive");
     for (int layer = 0; layer < shape.n_layers; ++layer) {
-        keys_.push_back(
-            make_tensor(shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.head_dim}));
+        keys_.push_back(make_tensor(
+            shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.head_dim}, shape.device));
         if (shape.v_head_dim > 0)
-            values_.push_back(make_tensor(
-                shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.v_head_dim}));
+            values_.push_back(
+                make_tensor(shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.v_head_dim},
+                            shape.device));
     }
     // Handed out lowest id first, so a lightly used pool touches only its first pages.
     free_.resize(size_t(n_blocks));
@@ -122,20 +124,40 @@ void KvCache::truncate(int64_t length) {
 
 void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
     if (length_ != 0 || n > other.length_ || shape().n_layers != other.shape().n_layers ||
-        shape().dtype != other.shape().dtype)
+        shape().dtype != other.shape().dtype || shape().device != other.shape().device)
         fail("KV cache: cannot copy ", n, " positions of a cache holding ", other.length_,
              " into one holding ", length_);
     if (!reserve(n)) fail("KV cache: no free blocks to copy ", n, " positions into");
+    // Whole blocks in one copy each; in the last, partly filled block each head's first
+    // positions are one run (a block is [n_heads, block_size, dim]). Device blocks are copied on
+    // a stream of their device, so the same code serves a cache on the GPU.
+    const std::unique_ptr<Stream> stream =
+        shape().device.is_cpu() ? nullptr : make_stream(shape().device);
+    auto copy = [&](void* to, const void* from, size_t bytes) {
+        if (stream)
+            stream->copy_async(to, from, bytes, CopyDirection::DeviceToDevice);
+        else
+            std::memcpy(to, from, bytes);
+    };
+    const int64_t block_size = pool_->block_size();
     for (int layer = 0; layer < shape().n_layers; ++layer) {
         for (const auto& [from, to] : {std::pair{other.keys(layer), keys(layer)},
                                        std::pair{other.values(layer), values(layer)}}) {
             if (from.empty()) continue;
-            const auto bytes = size_t(from.head_dim * from.element_bytes());
-            for (int64_t pos = 0; pos < n; ++pos)
+            const auto row_bytes = size_t(from.head_dim * from.element_bytes());
+            for (int64_t first = 0; first < n; first += block_size) {
+                const int64_t count = std::min(block_size, n - first);
+                if (count == block_size) {
+                    copy(to.at(first, 0), from.at(first, 0),
+                         size_t(from.n_heads * block_size) * row_bytes);
+                    continue;
+                }
                 for (int64_t head = 0; head < from.n_heads; ++head)
-                    std::memcpy(to.at(pos, head), from.at(pos, head), bytes);
+                    copy(to.at(first, head), from.at(first, head), size_t(count) * row_bytes);
+            }
         }
     }
+    if (stream) stream->synchronize();
     length_ = n;
 }
 

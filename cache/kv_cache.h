@@ -31,6 +31,7 @@ struct KvCacheShape {
     int64_t v_head_dim = 0;    // 0: keys only (latent cache)
     int64_t capacity = 0;      // positions (a pool ignores it)
     DType dtype = DType::F32;  // of the stored rows: f32, f16 or bf16
+    Device device;             // where the blocks live: the CPU, or cuda:N for a model on the GPU
 };
 
 class KvBlockPool {
@@ -105,7 +106,8 @@ class KvCache {
 };
 
 // Stores n rows of src (n x rows.row_elements() floats) at positions [start, start + n),
-// converted to rows.dtype (bf16 rounds to nearest even, f16 as IEEE does).
+// converted to rows.dtype (bf16 rounds to nearest even, f16 as IEEE does). Host blocks only: a
+// cache on a CUDA device is written by cuda::write_kv.
 void write_rows(const KvRows& rows, int64_t start, const float* src, int64_t n);
 
 }  // namespace tandem

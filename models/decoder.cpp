@@ -112,7 +112,8 @@ MoeWeights bind_moe(const ModelConfig& c, const Checkpoint& ckpt, const DecoderN
     return w;
 }
 
-// Validates a step and lays its sequences out as consecutive rows.
+}  // namespace
+
 StepLayout layout_step(std::span<const SequenceStep> steps, const ModelConfig& c) {
     StepLayout layout;
     std::set<const KvCache*> seen;
@@ -138,6 +139,8 @@ StepLayout layout_step(std::span<const SequenceStep> steps, const ModelConfig& c
     }
     return layout;
 }
+
+namespace {
 
 void add_in_place(const Tensor& acc, const Tensor& delta) {
     float* a = acc.data_as<float>();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/expert_ffn.h"
+#include "models/blocks/step.h"
 #include "models/checkpoint.h"
 #include "models/model.h"
 
@@ -96,6 +97,11 @@ class Decoder final : public Model {
     void quantize_weights(DType type, ThreadPool& pool) override;
     void set_expert_runner(ExpertRunner* runner) override;
 
+    // What a device runner of this decoder reads (models/device_decoder.h): the bound weights
+    // (views into the checkpoint or the load-time quantized copies) and the rotary frequencies.
+    const DecoderWeights& weights() const { return weights_; }
+    std::span<const double> inv_freq() const { return inv_freq_; }
+
   private:
     // The gate lookahead of the runner: MoE layers moe_index + 1.. routed from x.
     std::vector<Routing> predict_later_moe_layers(int moe_index, const Tensor& x,
@@ -109,6 +115,10 @@ class Decoder final : public Model {
     std::vector<int> moe_layers_;  // model layer index of each MoE layer
     ExpertRunner* runner_ = nullptr;
 };
+
+// Validates a step (a KV cache per sequence, tokens in the vocabulary, room in the context) and
+// lays its sequences out as consecutive rows.
+StepLayout layout_step(std::span<const SequenceStep> steps, const ModelConfig& config);
 
 // Binds the decoder weights named by `names` (exposed for tests of weight binding).
 DecoderWeights bind_decoder_weights(const ModelConfig& config, const Checkpoint& checkpoint,

@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
     app.add_option("--quantize", config.quantize,
                    "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
     app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512");
+    app.add_option("--device", config.device, "where the model runs: cpu or cuda:N")
+        ->capture_default_str();
     app.add_flag("--batch-invariant", config.batch_invariant,
                  "logits independent of the rest of the step, bit for bit (slower prefill)");
     app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")

@@ -13,6 +13,7 @@
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
+#include "models/device_decoder.h"
 #include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 
@@ -107,6 +108,7 @@ struct Engine::State {
     ModelConfig model_config;  // of the first checkpoint; reloads must match its shape
     int64_t context_length = 0;
     std::optional<DType> quantize;
+    Device device;  // of the model: cpu or cuda:N
     std::atomic<uint64_t> next_id{1};
     std::mutex reload_mutex;
     ExpertRunners experts;  // hybrid executor, routing replay; empty: the CPU and the routers
@@ -145,8 +147,12 @@ Engine Engine::open(const EngineConfig& config) {
     if (!kv_type || !is_kv_cache_type(*kv_type))
         fail("EngineConfig.kv_cache_type: '", config.kv_cache_type,
              "' is not one of f32, f16, bf16");
+    state->device = parse_device(config.device);
+    if (state->device.kind == DeviceKind::Sim)
+        fail("EngineConfig.device: '", config.device, "': the model runs on cpu or cuda:N");
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
+    if (!state->device.is_cpu()) model = make_device_model(std::move(model), state->device);
     state->experts = make_expert_runners(config, *model, *state->pool);
     state->tokenizer = load_tokenizer_if_present(config.model_dir);
     state->model_config = model->config();
@@ -271,6 +277,7 @@ void Engine::reload_weights(const std::string& dir) {
     std::unique_ptr<Model> model = load_model(dir);
     check_same_shape(state_->model_config, model->config(), dir);
     if (state_->quantize) model->quantize_weights(*state_->quantize, *state_->pool);
+    if (!state_->device.is_cpu()) model = make_device_model(std::move(model), state_->device);
     std::unique_ptr<Model> old = state_->scheduler->swap_model(std::move(model));
     log_info("reloaded the weights from ", dir);
 }

@@ -34,6 +34,10 @@ Context::~Context() {
     if (cublas_ != nullptr) cublasDestroy(static_cast<cublasHandle_t>(cublas_));
 }
 
+void Context::make_current() const {
+    TANDEM_CUDA_CHECK(cudaSetDevice(stream_.device().index));
+}
+
 void* Context::native_stream() const {
     return cuda::native_stream(stream_);
 }

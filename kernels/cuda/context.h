@@ -40,6 +40,10 @@ class Context {
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
 
+    // Makes the context's device the calling thread's current CUDA device (kernel launches go to
+    // the current device): call it first on a thread that did not create the context.
+    void make_current() const;
+
     Stream& stream() const { return stream_; }
     Device device() const { return stream_.device(); }
     void* native_stream() const;  // cudaStream_t

@@ -2,9 +2,9 @@
 // the CPU-only build has kernels/cuda/stream_cuda_stub.cpp.
 #include <cuda_runtime.h>
 
-#include <stdexcept>
 #include <string>
 
+#include "kernels/error.h"
 #include "kernels/stream.h"
 
 namespace tandem {
@@ -17,8 +17,7 @@ std::string name_of(Device device) {
 }
 
 void check(cudaError_t status, const char* what, Device device) {
-    if (status != cudaSuccess)
-        throw std::runtime_error(name_of(device) + ": " + what + ": " + cudaGetErrorString(status));
+    if (status != cudaSuccess) fail(name_of(device), ": ", what, ": ", cudaGetErrorString(status));
 }
 
 cudaMemcpyKind kind_of(CopyDirection direction) {
@@ -87,8 +86,7 @@ class CudaStream final : public Stream {
     void wait(const std::shared_ptr<Event>& event) override {
         auto* cuda_event = dynamic_cast<CudaEvent*>(event.get());
         if (cuda_event == nullptr)
-            throw std::runtime_error(name_of(device_) +
-                                     ": wait on an event of another device kind");
+            fail(name_of(device_), ": wait on an event of another device kind");
         check(cudaStreamWaitEvent(stream_, cuda_event->handle(), 0), "cudaStreamWaitEvent",
               device_);
     }
@@ -120,7 +118,7 @@ void cuda_free(void* data) noexcept {
 std::unique_ptr<Stream> make_cuda_stream(Device device) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || device.index >= count)
-        throw std::runtime_error(name_of(device) + ": no such CUDA device");
+        fail(name_of(device), ": no such CUDA device (this process sees ", count, ")");
     return std::make_unique<CudaStream>(device);
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 
+#include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
 #include "models/config.h"
@@ -149,6 +150,27 @@ TEST(QuantizedEngine, LogitsStayCloseToTheFloatModel) {
     }
     EXPECT_THROW(Engine::open({.model_dir = dir.str(), .quantize = "q3_k"}), Error);
     EXPECT_THROW(Engine::open({.model_dir = dir.str(), .quantize = "bf16"}), Error);
+}
+
+// EngineConfig.device: where no GPU can run the model (a CPU-only build, or no CUDA device
+// here) opening it fails with a message naming the device; "sim" and nonsense are refused by name.
+TEST(DeviceEngine, AModelOnAMissingGpuFailsClearly) {
+    test::TempDir dir;
+    test::write_tiny_model(dir.str());
+    auto message_of = [&](const std::string& device) -> std::string {
+        try {
+            Engine::open({.model_dir = dir.str(), .device = device});
+        } catch (const Error& e) {
+            return e.what();
+        }
+        return "";
+    };
+    if (!cuda_compiled() || cuda_device_count() == 0) {
+        const std::string why = message_of("cuda:0");
+        EXPECT_NE(why.find("cuda:0"), std::string::npos) << why;
+    }
+    EXPECT_NE(message_of("sim").find("cpu or cuda:N"), std::string::npos);
+    EXPECT_NE(message_of("tpu:0").find("tpu:0"), std::string::npos);
 }
 
 // EngineConfig.kv_cache_type: f16 and bf16 hold twice the positions in the same budget, and

@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
     app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
         ->capture_default_str();
     app.add_option("--quantize", config.quantize, "quantize weights at load: q8_0, q4_k, ...");
+    app.add_option("--device", config.device, "where the model runs: cpu or cuda:N")
+        ->capture_default_str();
     app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB, 0 = default")
         ->capture_default_str();
     app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")

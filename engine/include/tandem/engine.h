@@ -46,6 +46,9 @@ struct EngineConfig {
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
     std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
     std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
+    // Where the model runs: "cpu", or "cuda:N" for the whole decoder on a GPU (weights and KV
+    // cache in device memory; models/device_decoder.h). Quantization happens on the CPU first.
+    std::string device = "cpu";
     // Every token's logits independent of the rest of its step, bit for bit (scoring that must
     // reproduce sampling exactly, as RL post-training wants). Switches off the large-M tile path
     // of the CPU kernels (kernels/cpu/tile_gemm.h), which prefill uses from a few tokens per

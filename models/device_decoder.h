@@ -1,0 +1,27 @@
+// The decoder on a CUDA device: every weight copied once into device memory, the KV cache in
+// device memory, and the whole forward step — embeddings, RMSNorm, attention over the paged
+// cache, dense FFNs, routed and shared experts, the lm_head — run by the CUDA kernels of
+// kernels/cuda/ on one stream. The router's logits come back to the host, where the same
+// tandem::route as the CPU path picks the experts (so both devices route identically and the
+// step can report its routing); the grouped expert kernels then run on the device.
+//
+// It is the CPU decoder's math on another device, not another model: it wraps a loaded Decoder
+// (which keeps the mapped checkpoint) and reads its bound weights. Activations stay f32 between
+// kernels, as on the CPU, so logits agree with the CPU engine to about 1e-3.
+//
+// Not yet on the device: multi-head latent attention (DeepSeek) and a hybrid expert runner (the
+// routed experts on the CPU while the rest runs here: issue 19). Both are refused with a message.
+#pragma once
+#include <memory>
+
+#include "kernels/device.h"
+#include "models/model.h"
+
+namespace tandem {
+
+// Moves `model` (a tandem::Decoder, as load_model returns for every architecture) onto `device`
+// (cuda:N). Throws tandem::Error when the build has no CUDA backend, the device is missing, or
+// the model uses what the device path does not run yet.
+std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device);
+
+}  // namespace tandem

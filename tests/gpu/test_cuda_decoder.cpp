@@ -1,0 +1,237 @@
+// The whole decoder on cuda:0 (EngineConfig.device, models/device_decoder.h) against
+// transformers' golden logits and against the CPU engine, for every golden architecture of
+// tests/data/golden that the device path runs: prefill logits, greedy ids, prefill equal to
+// token-by-token decode, a batch of sequences equal to each alone, q4_k weights, reload_weights.
+// Multi-head latent attention (the DeepSeek cases) must be refused with a message naming it.
+#include <gtest/gtest.h>
+
+#include <tandem/engine.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "cache/kv_cache.h"
+#include "kernels/error.h"
+#include "models/model.h"
+#include "models/safetensors.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/test_util.h"
+
+namespace tandem {
+namespace {
+
+struct Case {
+    std::string arch, dtype;
+    std::string dir() const { return test::data_dir() + "/golden/" + arch + "/" + dtype; }
+    bool mla() const { return arch.rfind("deepseek", 0) == 0; }
+    friend void PrintTo(const Case& c, std::ostream* out) { *out << c.arch << "/" << c.dtype; }
+};
+
+struct Reference {
+    std::vector<int32_t> prompt;
+    std::vector<float> logits;  // [n_prompt, vocab], transformers in float32
+    std::vector<int32_t> greedy;
+};
+
+std::vector<int32_t> read_ids(const SafetensorsFile& file, const std::string& name) {
+    const SafetensorsEntry* e = file.find(name);
+    if (e == nullptr || e->dtype != DType::I64) fail("reference lacks ", name);
+    std::vector<int64_t> wide(size_t(e->end - e->begin) / 8);
+    std::memcpy(wide.data(), e->data, size_t(e->end - e->begin));
+    return {wide.begin(), wide.end()};
+}
+
+Reference read_reference(const std::string& path) {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    const SafetensorsEntry* e = file.find("logits");
+    if (e == nullptr) fail(path, ": no logits");
+    std::vector<float> logits(size_t(e->end - e->begin) / 4);
+    std::memcpy(logits.data(), e->data, size_t(e->end - e->begin));
+    return {read_ids(file, "prompt_ids"), std::move(logits), read_ids(file, "greedy_ids")};
+}
+
+double worst_abs(std::span<const float> a, std::span<const float> b) {
+    EXPECT_EQ(a.size(), b.size());
+    double worst = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+        const double d = std::fabs(double(a[i]) - double(b[i]));
+        if (std::isnan(d)) return INFINITY;
+        worst = std::max(worst, d);
+    }
+    return worst;
+}
+
+double worst_relative_l2(std::span<const float> got, std::span<const float> want, size_t vocab) {
+    double worst = 0;
+    for (size_t pos = 0; pos < want.size() / vocab; ++pos) {
+        double diff = 0, norm = 0;
+        for (size_t v = pos * vocab; v < (pos + 1) * vocab; ++v) {
+            diff += std::pow(double(got[v]) - want[v], 2);
+            norm += double(want[v]) * want[v];
+        }
+        worst = std::max(worst, std::sqrt(diff / norm));
+    }
+    return std::isnan(worst) ? INFINITY : worst;
+}
+
+std::vector<float> to_vector(const OwnedTensor& t) {
+    return {t.view.data_as<float>(), t.view.data_as<float>() + t.view.numel()};
+}
+
+EngineConfig config_for(const Case& c, const std::string& device) {
+    return {.model_dir = c.dir(), .n_threads = 2, .pin_threads = false, .device = device};
+}
+
+// Logits of every position of `tokens` from one prefill of `engine`'s model.
+std::vector<float> prefill(Engine& engine, std::span<const int32_t> tokens) {
+    KvCache cache(engine.model().kv_cache_shape(int64_t(tokens.size())));
+    const SequenceStep step{.tokens = tokens, .cache = &cache, .all_logits = true};
+    OwnedTensor logits = engine.model().forward({&step, 1}, engine.thread_pool());
+    EXPECT_EQ(cache.length(), int64_t(tokens.size()));
+    return to_vector(logits);
+}
+
+class CudaDecoder : public ::testing::TestWithParam<Case> {
+  protected:
+    void SetUp() override {
+        TANDEM_REQUIRE_GPU();
+        if (GetParam().mla()) return;
+        gpu_ = std::make_unique<Engine>(Engine::open(config_for(GetParam(), "cuda:0")));
+        ref_ = read_reference(GetParam().dir() + "/reference.safetensors");
+        vocab_ = size_t(gpu_->model_config().vocab_size);
+    }
+    std::unique_ptr<Engine> gpu_;
+    Reference ref_;
+    size_t vocab_ = 0;
+};
+
+TEST_P(CudaDecoder, PrefillMatchesTransformersAndGreedyIds) {
+    if (GetParam().mla()) {
+        try {
+            Engine::open(config_for(GetParam(), "cuda:0"));
+            FAIL() << "an MLA model was accepted on cuda:0";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("latent attention"), std::string::npos)
+                << e.what();
+        }
+        return;
+    }
+    const std::vector<float> got = prefill(*gpu_, ref_.prompt);
+    ASSERT_EQ(got.size(), ref_.logits.size());
+    if (GetParam().dtype == "f32") {
+        // f32 weights, f32 activations, f32 accumulation: 1e-3 abs, the criterion (the
+        // CPU holds 1e-4; cuBLAS and the kernels sum in other orders).
+        EXPECT_LE(worst_abs(got, ref_.logits), 1e-3);
+    } else {
+        // bf16 weights: the prefill GEMMs read bf16 copies of the activations (tensor cores), so
+        // the CPU's bf16 criterion against the f32 reference applies: relative L2 <= 1e-2.
+        EXPECT_LE(worst_relative_l2(got, ref_.logits, vocab_), 1e-2);
+    }
+    // Greedy continuation, token by token through the decode path.
+    KvCache cache(gpu_->model().kv_cache_shape(int64_t(ref_.prompt.size() + ref_.greedy.size())));
+    std::vector<int32_t> ids;
+    std::vector<int32_t> next = ref_.prompt;
+    for (size_t i = 0; i < ref_.greedy.size(); ++i) {
+        const SequenceStep step{.tokens = next, .cache = &cache};
+        OwnedTensor logits = gpu_->model().forward({&step, 1}, gpu_->thread_pool());
+        const float* row = logits.view.data_as<float>();
+        const int32_t best = int32_t(std::max_element(row, row + vocab_) - row);
+        ids.push_back(best);
+        next = {best};
+    }
+    if (GetParam().dtype == "f32") EXPECT_EQ(ids, ref_.greedy);
+}
+
+TEST_P(CudaDecoder, MatchesTheCpuEngineAndDecodeEqualsPrefill) {
+    if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
+    Engine cpu = Engine::open(config_for(GetParam(), "cpu"));
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    std::vector<int32_t> tokens(37);  // more than the GEMV path's 8 rows: the GEMM path runs
+    for (int32_t& t : tokens)
+        t = int32_t(rng() % vocab_);
+    const std::vector<float> on_gpu = prefill(*gpu_, tokens), on_cpu = prefill(cpu, tokens);
+    const double limit = GetParam().dtype == "f32" ? 1e-3 : 1e-2;
+    EXPECT_LE(worst_relative_l2(on_gpu, on_cpu, vocab_), limit) << "GPU vs CPU prefill";
+
+    // The same positions one token at a time: the decode kernels (GEMV, split-K attention).
+    KvCache cache(gpu_->model().kv_cache_shape(int64_t(tokens.size())));
+    std::vector<float> decoded;
+    for (const int32_t token : tokens) {
+        const SequenceStep step{.tokens = {&token, 1}, .cache = &cache};
+        const std::vector<float> row =
+            to_vector(gpu_->model().forward({&step, 1}, gpu_->thread_pool()));
+        decoded.insert(decoded.end(), row.begin(), row.end());
+    }
+    EXPECT_LE(worst_relative_l2(decoded, on_gpu, vocab_), limit) << "decode vs prefill";
+}
+
+TEST_P(CudaDecoder, BatchEqualsEachSequenceAlone) {
+    if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    std::vector<std::vector<int32_t>> prompts;
+    for (const size_t n : {5, 1, 19}) {
+        std::vector<int32_t>& p = prompts.emplace_back(n);
+        for (int32_t& t : p)
+            t = int32_t(rng() % vocab_);
+    }
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<SequenceStep> steps;
+    for (const auto& p : prompts) {
+        caches.push_back(std::make_unique<KvCache>(gpu_->model().kv_cache_shape(64)));
+        steps.push_back({.tokens = p, .cache = caches.back().get(), .all_logits = true});
+    }
+    const std::vector<float> batched = to_vector(gpu_->model().forward(steps, gpu_->thread_pool()));
+    size_t offset = 0;
+    for (const auto& p : prompts) {
+        const std::vector<float> alone = prefill(*gpu_, p);
+        const std::span<const float> part(batched.data() + offset, alone.size());
+        EXPECT_LE(worst_relative_l2(part, alone, vocab_), 1e-3) << "prompt of " << p.size();
+        offset += alone.size();
+    }
+    EXPECT_EQ(offset, batched.size());
+}
+
+TEST_P(CudaDecoder, QuantizedWeightsMatchTheCpu) {
+    if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
+    if (GetParam().dtype != "f32") GTEST_SKIP() << "quantized from the f32 checkpoints";
+    for (const std::string type : {"q8_0", "q4_k"}) {
+        SCOPED_TRACE(type);
+        EngineConfig gc = config_for(GetParam(), "cuda:0"), cc = config_for(GetParam(), "cpu");
+        gc.quantize = cc.quantize = type;
+        Engine gpu = Engine::open(gc), cpu = Engine::open(cc);
+        const std::vector<float> a = prefill(gpu, ref_.prompt), b = prefill(cpu, ref_.prompt);
+        // The CPU rounds activations to 8 bits per block for quantized dots; the GPU need not:
+        // both are within the quantization's own error of each other.
+        EXPECT_LE(worst_relative_l2(a, b, vocab_), 2e-2);
+    }
+}
+
+TEST_P(CudaDecoder, ReloadWeightsKeepsServing) {
+    if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
+    const std::vector<float> before = prefill(*gpu_, ref_.prompt);
+    gpu_->reload_weights(GetParam().dir());
+    const std::vector<float> after = prefill(*gpu_, ref_.prompt);
+    EXPECT_EQ(worst_abs(before, after), 0.0);
+}
+
+std::vector<Case> cases() {
+    std::vector<Case> out;
+    for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
+                             "deepseek_v2", "deepseek_v3"})
+        for (const char* dtype : {"f32", "bf16"})
+            out.push_back({arch, dtype});
+    return out;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+    return info.param.arch + "_" + info.param.dtype;
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, CudaDecoder, ::testing::ValuesIn(cases()), case_name);
+
+}  // namespace
+}  // namespace tandem
