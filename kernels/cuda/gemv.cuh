@@ -1,0 +1,56 @@
+// Device building blocks of the weight-reading kernels (linear.cu, moe_experts.cu): one warp per
+// weight row, each lane dequantizing chunks of 8 values (quant_blocks.h) and dotting them with up
+// to kMaxTokens activation rows, then a butterfly warp reduction. The weights are read once for
+// all tokens; the activations come through the read-only cache (they are small and reused by
+// every row). Included by .cu files only.
+//
+// The order of the arithmetic is the one emulate_warp_row_dot() (quant_blocks.h) reproduces on
+// the host: lane l takes chunks l, l + 32, ... with chunk_dot, then warp_sum.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/quant_blocks.h"
+
+namespace tandem::cuda {
+
+inline constexpr int kWarpSize = 32;
+inline constexpr int kRowsPerBlock = 8;  // warps (= weight rows) per 256-thread block
+inline constexpr int kGemvThreads = kWarpSize * kRowsPerBlock;
+
+// The butterfly of butterfly_sum_32(): every lane ends with the same sum.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// This lane's share of the dot products of one weight row (n_chunks chunks of type T) with the
+// activation rows xs[0 .. n_tokens) (f32, 16-byte aligned), accumulated into acc. Entries of xs
+// at or past n_tokens must still be valid pointers (they are not read).
+template <DType T, int kMaxTokens>
+__device__ __forceinline__ void lane_row_dot(const uint8_t* row, int64_t n_chunks,
+                                             const float* const (&xs)[kMaxTokens], int n_tokens,
+                                             float (&acc)[kMaxTokens]) {
+    const int lane = int(threadIdx.x) & (kWarpSize - 1);
+#pragma unroll 2
+    for (int64_t c = lane; c < n_chunks; c += kWarpSize) {
+        float w[kChunk];
+        dequant_chunk<T>(row, c, w);
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            if (t < n_tokens) {
+                const float4* p = reinterpret_cast<const float4*>(xs[t] + c * kChunk);
+                const float4 a = __ldg(p), b = __ldg(p + 1);
+                const float x[kChunk] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                acc[t] = chunk_dot(w, x, acc[t]);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float silu(float g) {
+    return g / (1.0f + expf(-g));
+}
+
+}  // namespace tandem::cuda
