@@ -6,15 +6,16 @@
 // Tolerances (normalised: max |got - want| / max |want|):
 // - GEMV path (n_tokens <= 8) vs float64 of the exact weight values: the kernel computes in f32
 //   from exactly those values (quant_blocks.h is bit-exact, test_cuda_quant_twins), so only the
-//   f32 summation of k products rounds: < k/32 + 5 rounding steps of 2^-24 of sum |w x|, and
-//   sum |w x| / max |y| is < 30 for these shapes: 1e-4 leaves a wide margin.
+//   f32 summation of k products rounds. The host emulation of the kernel's order
+//   (emulate_warp_row_dot) stays below 3e-7 on these shapes; 2e-5.
 // - cuBLAS path (n_tokens > 8) vs float64 of bf16(w) · bf16(x) (what the tensor cores multiply,
-//   exactly, accumulated in f32): 1e-4 for the same reason; f32 weights (Sgemm) against the exact
-//   values, 1e-4.
+//   exactly, accumulated in f32): 1e-4 (the f32 sum in an order cuBLAS picks); f32 weights
+//   (Sgemm) against the exact values, 1e-4.
 // - Either path vs float64 of the exact values: the bf16 rounding of x and w (2^-9 relative each)
-//   averages out over k to ~1e-3; 1.5e-2 bounds it.
+//   averages out over k; measured on the host up to 3.1e-3; 1.5e-2.
 // - vs cpu::linear, which quantizes x to Q8_0/Q8_K for quantized weights (1/254 relative per
-//   element) or rounds to bf16 on its tile path: 3e-2.
+//   element) or rounds to bf16 on its tile path: float64 vs cpu::linear measured up to 1.2e-2
+//   on these shapes; 4e-2.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -110,7 +111,8 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
     const auto exact = reference(x, w.values, bias, c.n, c.m, c.k, false);
     const test::WorstError own = test::worst_error(
         got, bf16_inputs ? reference(x, w.values, bias, c.n, c.m, c.k, true) : exact);
-    EXPECT_LT(own.error, 1e-4) << (gemv ? "GEMV" : "cuBLAS") << " path: " << own.str(c.m);
+    EXPECT_LT(own.error, gemv ? 2e-5 : 1e-4)
+        << (gemv ? "GEMV" : "cuBLAS") << " path: " << own.str(c.m);
     const test::WorstError vs_exact = test::worst_error(got, exact);
     EXPECT_LT(vs_exact.error, 1.5e-2) << "vs float64 of the exact values: " << vs_exact.str(c.m);
 
@@ -123,7 +125,7 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
     cpu::linear(hx, hw, hbias, Tensor(cpu_y.data(), DType::F32, {c.n, c.m}), pool());
     const std::vector<double> cpu_d(cpu_y.begin(), cpu_y.end());
     const test::WorstError vs_cpu = test::worst_error(got, cpu_d);
-    EXPECT_LT(vs_cpu.error, 3e-2) << "vs cpu::linear: " << vs_cpu.str(c.m);
+    EXPECT_LT(vs_cpu.error, 4e-2) << "vs cpu::linear: " << vs_cpu.str(c.m);
 }
 
 TEST(CudaLinear, EveryWeightTypeAndTokenCountMatchesFloat64AndTheCpu) {

@@ -11,7 +11,8 @@
 //   SiLU, each a few 1e-7 relative; 1e-4.
 // - with a cuBLAS-path expert: its x, intermediate and weights are rounded to bf16 (2^-9
 //   relative each), ~1e-3 after the sums; 1.5e-2.
-// - vs cpu::moe_experts, which quantizes activations to Q8_0/Q8_K for quantized weights: 3e-2.
+// - vs cpu::moe_experts, which quantizes x and the intermediate to Q8_0/Q8_K for quantized
+//   weights: float64 vs cpu::moe_experts measured up to 1.9e-2 on these shapes; 5e-2.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -197,7 +198,7 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
                      pool());
     const test::WorstError vs_cpu =
         test::worst_error(got, std::vector<double>(cpu_out.begin(), cpu_out.end()));
-    EXPECT_LT(vs_cpu.error, 3e-2) << "vs cpu::moe_experts: " << vs_cpu.str(kHidden);
+    EXPECT_LT(vs_cpu.error, 5e-2) << "vs cpu::moe_experts: " << vs_cpu.str(kHidden);
 }
 
 const DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
