@@ -33,7 +33,9 @@ __device__ __forceinline__ void lane_row_dot(const uint8_t* row, int64_t n_chunk
                                              const float* const (&xs)[kMaxTokens], int n_tokens,
                                              float (&acc)[kMaxTokens]) {
     const int lane = int(threadIdx.x) & (kWarpSize - 1);
-#pragma unroll 2
+    // Four chunks per lane in flight: enough bytes outstanding per SM to approach HBM bandwidth
+    // with ~32 warps per SM (a long-k dense row has few rows per SM).
+#pragma unroll 4
     for (int64_t c = lane; c < n_chunks; c += kWarpSize) {
         float w[kChunk];
         dequant_chunk<T>(row, c, w);
