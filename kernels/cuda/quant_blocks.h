@@ -43,6 +43,13 @@ TANDEM_HD uint16_t load_u16(const uint8_t* p) {  // p 2-byte aligned
 #endif
 }
 
+// u - bias as a float for 0 <= u < 2^23 and a small integer bias, without an int-to-float
+// conversion (a quarter-rate instruction on the GPU): the bits of 2^23 + u, minus 2^23 + bias.
+// Exact, and the same code on both sides, so the twin test covers it.
+TANDEM_HD float biased_to_f32(uint32_t u, float bias) {
+    return bits_to_f32(0x4B000000u | u) - (8388608.0f + bias);
+}
+
 struct U32x4 {
     uint32_t v[4];
 };
@@ -116,7 +123,7 @@ TANDEM_HD void dequant_q8_0(const uint8_t* block, int c, float out[kChunk]) {
     const float d = f16_bits_to_f32(load_u16(block));
     const int8_t* qs = reinterpret_cast<const int8_t*>(block + 2) + kChunk * c;
     for (int i = 0; i < kChunk; ++i)
-        out[i] = mul_rn(d, float(qs[i]));
+        out[i] = mul_rn(d, biased_to_f32(uint8_t(qs[i]) ^ 0x80u, 128.0f));
 }
 
 // Q4_0: d, qs[16]; value j < 16 is the low nibble of byte j, value j >= 16 the high nibble of
@@ -126,7 +133,7 @@ TANDEM_HD void dequant_q4_0(const uint8_t* block, int c, float out[kChunk]) {
     const uint8_t* qs = block + 2 + kChunk * (c & 1);
     const int shift = (c >> 1) * 4;
     for (int i = 0; i < kChunk; ++i)
-        out[i] = mul_rn(d, float(((qs[i] >> shift) & 0xF) - 8));
+        out[i] = mul_rn(d, biased_to_f32((qs[i] >> shift) & 0xFu, 8.0f));
 }
 
 // Q5_0: d, qh (32 fifth bits, bit j for value j), qs[16] as Q4_0.
@@ -138,8 +145,8 @@ TANDEM_HD void dequant_q5_0(const uint8_t* block, int c, float out[kChunk]) {
     const int shift = (c >> 1) * 4;
     for (int i = 0; i < kChunk; ++i) {
         const int j = kChunk * c + i;
-        const int q = ((qs[i] >> shift) & 0xF) | int(((qh >> j) & 1u) << 4);
-        out[i] = mul_rn(d, float(q - 16));
+        const uint32_t q = ((qs[i] >> shift) & 0xFu) | (((qh >> j) & 1u) << 4);
+        out[i] = mul_rn(d, biased_to_f32(q, 16.0f));
     }
 }
 
@@ -173,9 +180,9 @@ TANDEM_HD void dequant_k4(const uint8_t* block, int c, float out[kChunk]) {
     uint64_t h8 = 0;
     if constexpr (kFifthBit) h8 = load_u64(block + 16 + l0);
     for (int i = 0; i < kChunk; ++i) {
-        int q = int((q8 >> (8 * i + shift)) & 0xF);
-        if constexpr (kFifthBit) q |= int((h8 >> (8 * i + s)) & 1u) << 4;
-        out[i] = mul_rn(dl, float(q)) - ml;
+        uint32_t q = uint32_t(q8 >> (8 * i + shift)) & 0xFu;
+        if constexpr (kFifthBit) q |= (uint32_t(h8 >> (8 * i + s)) & 1u) << 4;
+        out[i] = mul_rn(dl, biased_to_f32(q, 0.0f)) - ml;
     }
 }
 
@@ -192,8 +199,8 @@ TANDEM_HD void dequant_q6_k(const uint8_t* block, int c, float out[kChunk]) {
     const float ds = mul_rn(d, float(scale));
     const int shift = (t >> 1) * 4;
     for (int i = 0; i < kChunk; ++i) {
-        const int q = (((ql[i] >> shift) & 0xF) | (((qh[i] >> (2 * t)) & 3) << 4)) - 32;
-        out[i] = mul_rn(ds, float(q));
+        const uint32_t q = ((ql[i] >> shift) & 0xFu) | (((qh[i] >> (2 * t)) & 3u) << 4);
+        out[i] = mul_rn(ds, biased_to_f32(q, 32.0f));
     }
 }
 
