@@ -175,13 +175,13 @@ TANDEM_HD void dequant_k4(const uint8_t* block, int c, float out[kChunk]) {
     const float dl = mul_rn(d, float(sc));
     const float ml = mul_rn(dmin, float(m));
     const uint8_t* qs = block + (kFifthBit ? 48 : 16) + 32 * (s >> 1) + l0;
-    const uint64_t q8 = load_u64(qs);
-    const int shift = (s & 1) * 4;
+    // Shifted once, so each value is a constant-position bit field of a 32-bit half.
+    const uint64_t q8 = load_u64(qs) >> ((s & 1) * 4);
     uint64_t h8 = 0;
-    if constexpr (kFifthBit) h8 = load_u64(block + 16 + l0);
+    if constexpr (kFifthBit) h8 = load_u64(block + 16 + l0) >> s;
     for (int i = 0; i < kChunk; ++i) {
-        uint32_t q = uint32_t(q8 >> (8 * i + shift)) & 0xFu;
-        if constexpr (kFifthBit) q |= (uint32_t(h8 >> (8 * i + s)) & 1u) << 4;
+        uint32_t q = uint32_t(q8 >> (8 * i)) & 0xFu;
+        if constexpr (kFifthBit) q |= (uint32_t(h8 >> (8 * i)) & 1u) << 4;
         out[i] = mul_rn(dl, biased_to_f32(q, 0.0f)) - ml;
     }
 }
