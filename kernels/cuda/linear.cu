@@ -52,22 +52,32 @@ struct GemvArgs {
     float* y;  // [n_tokens, m]
 };
 
-// One warp per weight row; kMaxTokens >= n_tokens.
+// kRowsPerWarp consecutive weight rows per warp; kMaxTokens >= n_tokens.
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
-    const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
-    if (row >= a.m) return;  // whole warps leave together
+    const int64_t first =
+        (int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize) * kRowsPerWarp;
+    if (first >= a.m) return;  // whole warps leave together
+    const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)  // past the last row: read row m - 1, write nothing
+        rows[r] = a.w + (first + r < a.m ? first + r : a.m - 1) * a.row_bytes;
     const float* xs[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t)
         xs[t] = a.x + int64_t(t < a.n_tokens ? t : 0) * a.k;
-    float acc[kMaxTokens] = {};
-    lane_row_dot<T, kMaxTokens>(a.w + row * a.row_bytes, a.k / kChunk, xs, a.n_tokens, acc);
-    const float b = bias_at(a.bias, a.bias_type, row);
+    float acc[kRowsPerWarp][kMaxTokens] = {};
+    lane_rows_dot<T, kMaxTokens, kRowsPerWarp>(rows, a.k / kChunk, xs, a.n_tokens, acc);
 #pragma unroll
-    for (int t = 0; t < kMaxTokens; ++t) {
-        const float sum = warp_sum(acc[t]);
-        if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < a.n_tokens) a.y[t * a.m + row] = sum + b;
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int64_t row = first + r;
+        const float b = row < a.m ? bias_at(a.bias, a.bias_type, row) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            const float sum = warp_sum(acc[r][t]);
+            if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < a.n_tokens && row < a.m)
+                a.y[t * a.m + row] = sum + b;
+        }
     }
 }
 
@@ -119,7 +129,7 @@ unsigned stride_blocks(const Context& ctx, int64_t n, int threads) {
 
 template <DType T>
 void launch_gemv(const GemvArgs& a, cudaStream_t stream) {
-    const unsigned blocks = blocks_for(a.m, kRowsPerBlock);
+    const unsigned blocks = blocks_for(a.m, kWarpsPerBlock * kRowsPerWarp);
     if (a.n_tokens == 1)
         gemv_kernel<T, 1><<<blocks, kGemvThreads, 0, stream>>>(a);
     else if (a.n_tokens == 2)

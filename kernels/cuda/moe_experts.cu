@@ -39,47 +39,55 @@ struct GroupedArgs {
     float* down_rows;    // [n_slots, hidden_dim]
 };
 
-// blockIdx.y: the expert; warps: ffn rows. hidden_rows[slot] = silu(gate · x) * (up · x).
+// blockIdx.y: the expert; warps: ffn rows, the gate row and the up row sharing each activation
+// load. hidden_rows[slot] = silu(gate · x) * (up · x).
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
-    const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
+    const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
     if (row >= a.ffn) return;
     const float* xs[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t)
         xs[t] = a.x + int64_t(a.token_index[e.slot_begin + (t < e.n_tokens ? t : 0)]) * a.hidden;
-    float gate[kMaxTokens] = {}, up[kMaxTokens] = {};
-    lane_row_dot<T, kMaxTokens>(e.gate + row * a.gate_row_bytes, a.hidden / kChunk, xs, e.n_tokens,
-                                gate);
-    lane_row_dot<T, kMaxTokens>(e.up + row * a.gate_row_bytes, a.hidden / kChunk, xs, e.n_tokens,
-                                up);
+    const uint8_t* const rows[2] = {e.gate + row * a.gate_row_bytes, e.up + row * a.gate_row_bytes};
+    float acc[2][kMaxTokens] = {};
+    lane_rows_dot<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xs, e.n_tokens, acc);
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) {
-        const float g = warp_sum(gate[t]), u = warp_sum(up[t]);
+        const float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
         if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens)
             a.hidden_rows[(e.slot_begin + t) * a.ffn + row] = silu(g) * u;
     }
 }
 
-// blockIdx.y: the expert; warps: hidden rows. down_rows[slot] = down · hidden_rows[slot].
+// blockIdx.y: the expert; warps: kRowsPerWarp hidden rows each.
+// down_rows[slot] = down · hidden_rows[slot].
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
-    const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarpSize;
-    if (row >= a.hidden) return;
+    const int64_t first =
+        (int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize) * kRowsPerWarp;
+    if (first >= a.hidden) return;
+    const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)  // past the last row: read the last, write nothing
+        rows[r] = e.down + (first + r < a.hidden ? first + r : a.hidden - 1) * a.down_row_bytes;
     const float* xs[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t)
         xs[t] = a.hidden_rows + (e.slot_begin + (t < e.n_tokens ? t : 0)) * a.ffn;
-    float acc[kMaxTokens] = {};
-    lane_row_dot<T, kMaxTokens>(e.down + row * a.down_row_bytes, a.ffn / kChunk, xs, e.n_tokens,
-                                acc);
+    float acc[kRowsPerWarp][kMaxTokens] = {};
+    lane_rows_dot<T, kMaxTokens, kRowsPerWarp>(rows, a.ffn / kChunk, xs, e.n_tokens, acc);
 #pragma unroll
-    for (int t = 0; t < kMaxTokens; ++t) {
-        const float sum = warp_sum(acc[t]);
-        if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens)
-            a.down_rows[(e.slot_begin + t) * a.hidden + row] = sum;
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int64_t row = first + r;
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            const float sum = warp_sum(acc[r][t]);
+            if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens && row < a.hidden)
+                a.down_rows[(e.slot_begin + t) * a.hidden + row] = sum;
+        }
     }
 }
 
@@ -265,8 +273,8 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
                                .hidden_rows = hidden_rows,
                                .down_rows = down_rows};
         const unsigned n_grouped = unsigned(grouped.size());
-        const dim3 gate_grid(blocks_for(ffn, kRowsPerBlock), n_grouped);
-        const dim3 down_grid(blocks_for(hidden, kRowsPerBlock), n_grouped);
+        const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), n_grouped);
+        const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), n_grouped);
         with_weight_type(gate_type, [&](auto type) {
             constexpr DType T = decltype(type)::value;
             if (max_grouped_tokens == 1)
