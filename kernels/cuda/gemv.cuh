@@ -1,11 +1,12 @@
-// Device building blocks of the weight-reading kernels (linear.cu, moe_experts.cu): one warp per
-// weight row, each lane dequantizing chunks of 8 values (quant_blocks.h) and dotting them with up
-// to kMaxTokens activation rows, then a butterfly warp reduction. The weights are read once for
-// all tokens; the activations come through the read-only cache (they are small and reused by
-// every row). Included by .cu files only.
+// Device building blocks of the weight-reading kernels (linear.cu, moe_experts.cu): a warp takes
+// a few weight rows (kRowsPerWarp, or a gate and an up row), each lane dequantizing chunks of 8
+// values (quant_blocks.h) and dotting them with up to kMaxTokens activation rows, then a
+// butterfly warp reduction per row and token. The weights are read once for all tokens; the
+// activations come through the read-only cache (small, reused by every row). Included by .cu
+// files only.
 //
-// The order of the arithmetic is the one emulate_warp_row_dot() (quant_blocks.h) reproduces on
-// the host: lane l takes chunks l, l + 32, ... with chunk_dot, then warp_sum.
+// The order of the arithmetic of each row is the one emulate_warp_row_dot() (quant_blocks.h)
+// reproduces on the host: lane l takes chunks l, l + 32, ... with chunk_dot, then warp_sum.
 #pragma once
 #include <cuda_runtime.h>
 

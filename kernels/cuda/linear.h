@@ -4,7 +4,7 @@
 //
 // Two paths, chosen per call:
 // - n_tokens <= kGemvMaxTokens (decode): a GEMV kernel that reads each weight byte once for all
-//   tokens, one warp per output row, f32 activations and accumulation (gemv.cuh).
+//   tokens, two output rows per warp, f32 activations and accumulation (gemv.cuh).
 // - more tokens (prefill): the weights dequantized to bf16 in ctx scratch (bf16 weights used in
 //   place), x rounded to bf16, and cublasGemmEx with f32 accumulation on tensor cores; f32
 //   weights go to cublasSgemm with f32 activations.
