@@ -166,7 +166,51 @@ std::string shape_str(int64_t m, int64_t k) {
     return std::to_string(m) + "x" + std::to_string(k);
 }
 
-double copy_bandwidth(Bench& bench, std::vector<Row>& rows) {
+std::string fixed(double v, int digits) {
+    if (v == 0) return "";
+    char text[32];
+    std::snprintf(text, sizeof text, "%.*f", digits, v);
+    return text;
+}
+
+// Prints each row (and its JSON line) as soon as it is measured, so a failure late in the run
+// keeps what came before.
+class Rows {
+  public:
+    Rows(const std::string& json_path, std::string gpu) : gpu_(std::move(gpu)) {
+        if (json_path.empty()) return;
+        json_.open(json_path);
+        if (!json_) fail("tandem-cuda-bench: cannot write ", json_path);
+    }
+
+    void push_back(const Row& r) {
+        std::printf("| %s | %s | %s | %s | %.1f | %s | %s | %s | %s |\n", r.group.c_str(),
+                    r.name.c_str(), r.shape.c_str(),
+                    r.n_tokens ? std::to_string(r.n_tokens).c_str() : "", r.us,
+                    fixed(r.gbps, 0).c_str(), fixed(r.of_copy * 100, 1).c_str(),
+                    fixed(r.tflops, 1).c_str(), fixed(r.of_cublas * 100, 1).c_str());
+        std::fflush(stdout);
+        if (json_.is_open())
+            json_ << nlohmann::json{{"group", r.group},
+                                    {"case", r.name},
+                                    {"shape", r.shape},
+                                    {"n_tokens", r.n_tokens},
+                                    {"us", r.us},
+                                    {"gbps", r.gbps},
+                                    {"of_copy", r.of_copy},
+                                    {"tflops", r.tflops},
+                                    {"of_cublas", r.of_cublas},
+                                    {"gpu", gpu_}}
+                         .dump()
+                  << std::endl;
+    }
+
+  private:
+    std::string gpu_;
+    std::ofstream json_;
+};
+
+double copy_bandwidth(Bench& bench, Rows& rows) {
     const size_t bytes = size_t(1) << 30;
     Buffer a = allocate(kGpu, bytes), b = allocate(kGpu, bytes);
     check(cudaMemsetAsync(a.data(), 0x5a, bytes, bench.stream()), "memset");
@@ -190,7 +234,7 @@ struct Matrix {
     int64_t m, k;
 };
 
-void gemv_cases(Bench& bench, double copy_gbps, std::vector<Row>& rows) {
+void gemv_cases(Bench& bench, double copy_gbps, Rows& rows) {
     const Matrix shapes[] = {{"olmoe expert down", 2048, 1024},
                              {"qwen3-30b expert gate", 768, 2048},
                              {"dense ffn down", 4096, 14336},
@@ -229,7 +273,7 @@ void check_cublas(cublasStatus_t status, const char* what) {
     if (status != CUBLAS_STATUS_SUCCESS) fail(what, ": ", cublasGetStatusString(status));
 }
 
-void gemm_cases(Bench& bench, std::vector<Row>& rows) {
+void gemm_cases(Bench& bench, Rows& rows) {
     const int64_t n = 512;
     const Matrix shapes[] = {{"olmoe expert gate", 1024, 2048},
                              {"qwen3-30b q_proj", 4096, 2048},
@@ -279,7 +323,7 @@ void gemm_cases(Bench& bench, std::vector<Row>& rows) {
     }
 }
 
-void moe_cases(Bench& bench, double copy_gbps, std::vector<Row>& rows) {
+void moe_cases(Bench& bench, double copy_gbps, Rows& rows) {
     constexpr int64_t kExperts = 64, kTopK = 8, kHidden = 2048, kFfn = 1024, kLayers = 4;
     const DType type = DType::Q4_K;
     const int64_t gate_bytes = kFfn * row_bytes(type, kHidden);
@@ -355,13 +399,6 @@ void moe_cases(Bench& bench, double copy_gbps, std::vector<Row>& rows) {
     }
 }
 
-std::string fixed(double v, int digits) {
-    if (v == 0) return "";
-    char text[32];
-    std::snprintf(text, sizeof text, "%.*f", digits, v);
-    return text;
-}
-
 int run(int argc, char** argv) {
     std::string json_path;
     for (int i = 1; i < argc; ++i) {
@@ -383,41 +420,27 @@ int run(int argc, char** argv) {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     Bench bench;
-    std::vector<Row> rows;
-    const double copy_gbps = copy_bandwidth(bench, rows);
-    gemv_cases(bench, copy_gbps, rows);
-    gemm_cases(bench, rows);
-    moe_cases(bench, copy_gbps, rows);
-
     std::printf("GPU: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount,
                 prop.l2CacheSize >> 20);
     std::printf(
         "| group | case | m x k | n_tokens | us/call | GB/s | of copy | TFLOP/s | of cuBLAS "
         "|\n|---|---|---|---:|---:|---:|---:|---:|---:|\n");
-    for (const Row& r : rows)
-        std::printf("| %s | %s | %s | %s | %.1f | %s | %s | %s | %s |\n", r.group.c_str(),
-                    r.name.c_str(), r.shape.c_str(),
-                    r.n_tokens ? std::to_string(r.n_tokens).c_str() : "", r.us,
-                    fixed(r.gbps, 0).c_str(), fixed(r.of_copy * 100, 1).c_str(),
-                    fixed(r.tflops, 1).c_str(), fixed(r.of_cublas * 100, 1).c_str());
-    if (!json_path.empty()) {
-        std::ofstream out(json_path);
-        if (!out) fail("tandem-cuda-bench: cannot write ", json_path);
-        for (const Row& r : rows)
-            out << nlohmann::json{{"group", r.group},
-                                  {"case", r.name},
-                                  {"shape", r.shape},
-                                  {"n_tokens", r.n_tokens},
-                                  {"us", r.us},
-                                  {"gbps", r.gbps},
-                                  {"of_copy", r.of_copy},
-                                  {"tflops", r.tflops},
-                                  {"of_cublas", r.of_cublas},
-                                  {"gpu", prop.name}}
-                       .dump()
-                << "\n";
-    }
-    return 0;
+    Rows rows(json_path, prop.name);
+    const double copy_gbps = copy_bandwidth(bench, rows);
+    // One group failing (a kernel error) does not hide the others' figures.
+    int failed = 0;
+    const auto group = [&](const char* name, const std::function<void()>& body) {
+        try {
+            body();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "tandem-cuda-bench: %s failed: %s\n", name, e.what());
+            ++failed;
+        }
+    };
+    group("gemv", [&] { gemv_cases(bench, copy_gbps, rows); });
+    group("gemm", [&] { gemm_cases(bench, rows); });
+    group("moe", [&] { moe_cases(bench, copy_gbps, rows); });
+    return failed == 0 ? 0 : 1;
 }
 
 }  // namespace
