@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/device.h"
@@ -54,5 +56,25 @@ std::vector<T> download(const Tensor& device, Stream& stream) {
 double max_rel_error(const std::vector<float>& a, const std::vector<double>& b,
                      double floor = 1e-6);
 double max_rel_error(const std::vector<float>& a, const std::vector<float>& b, double floor = 1e-6);
+
+// The worst normalised error of a against b (as max_rel_error) and where it is, for messages
+// that say which element failed: "worst 3.2e-3 at 4105 (token 1, row 6): got .., want ..".
+struct WorstError {
+    double error = 0;  // infinity where a holds NaN (an unwritten, poisoned element)
+    size_t index = 0;
+    double got = 0, want = 0;
+    std::string str(int64_t row_length) const;  // index split into (row, column)
+};
+WorstError worst_error(const std::vector<float>& a, const std::vector<double>& b,
+                       double floor = 1e-6);
+
+// Random weights [rows, k] of `type` as the GPU reads them (bytes: GGUF blocks, or f32/f16/bf16
+// elements) and the float values those bytes stand for (cpu::dequantize_row, exact widening).
+struct HostWeights {
+    std::vector<uint8_t> bytes;
+    std::vector<float> values;  // [rows, k]
+};
+HostWeights random_weights(DType type, int64_t rows, int64_t k, std::mt19937_64& rng,
+                           float std = 1.0f);
 
 }  // namespace tandem::test

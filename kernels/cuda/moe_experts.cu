@@ -1,0 +1,325 @@
+// cuda::moe_experts (moe_experts.h). Scratch per call:
+//   ExpertHidden  [n_slots, ffn_dim] f32 silu(gate)*up of every slot, then two [max_tokens,
+//                 ffn_dim] buffers for the gate and up outputs of the GEMM-path experts
+//   ExpertRows    [n_slots, hidden_dim] f32 each slot's down output (unweighted)
+//   GatheredRows  [max_tokens, hidden_dim] f32 one GEMM-path expert's rows of x
+//   Tables        the uploaded tables below, one copy per call
+#include "kernels/cuda/moe_experts.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/weight_dispatch.cuh"
+
+namespace tandem::cuda {
+
+namespace {
+
+// One expert of the grouped (GEMV) launches.
+struct GroupEntry {
+    const uint8_t* gate;  // [ffn_dim, hidden_dim]
+    const uint8_t* up;    // [ffn_dim, hidden_dim]
+    const uint8_t* down;  // [hidden_dim, ffn_dim]
+    int32_t slot_begin;   // its slots are [slot_begin, slot_begin + n_tokens)
+    int32_t n_tokens;     // 1 .. kGemvMaxTokens
+};
+
+struct GroupedArgs {
+    const GroupEntry* entries;   // [n_grouped]
+    const int32_t* token_index;  // [n_slots]
+    const float* x;              // [n_tokens, hidden_dim]
+    int64_t hidden, ffn;
+    int64_t gate_row_bytes, down_row_bytes;
+    float* hidden_rows;  // [n_slots, ffn_dim]
+    float* down_rows;    // [n_slots, hidden_dim]
+};
+
+// blockIdx.y: the expert; warps: ffn rows, the gate row and the up row sharing each activation
+// load. hidden_rows[slot] = silu(gate · x) * (up · x).
+template <DType T, int kMaxTokens>
+__global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
+    const GroupEntry e = a.entries[blockIdx.y];
+    const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
+    if (row >= a.ffn) return;
+    const float* xs[kMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t)
+        xs[t] = a.x + int64_t(a.token_index[e.slot_begin + (t < e.n_tokens ? t : 0)]) * a.hidden;
+    const uint8_t* const rows[2] = {e.gate + row * a.gate_row_bytes, e.up + row * a.gate_row_bytes};
+    float acc[2][kMaxTokens] = {};
+    lane_rows_dot<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xs, e.n_tokens, acc);
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t) {
+        const float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
+        if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens)
+            a.hidden_rows[(e.slot_begin + t) * a.ffn + row] = silu(g) * u;
+    }
+}
+
+// blockIdx.y: the expert; warps: kRowsPerWarp hidden rows each.
+// down_rows[slot] = down · hidden_rows[slot].
+template <DType T, int kMaxTokens>
+__global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
+    const GroupEntry e = a.entries[blockIdx.y];
+    const int64_t first =
+        (int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize) * kRowsPerWarp;
+    if (first >= a.hidden) return;
+    const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)  // past the last row: read the last, write nothing
+        rows[r] = e.down + (first + r < a.hidden ? first + r : a.hidden - 1) * a.down_row_bytes;
+    const float* xs[kMaxTokens];
+#pragma unroll
+    for (int t = 0; t < kMaxTokens; ++t)
+        xs[t] = a.hidden_rows + (e.slot_begin + (t < e.n_tokens ? t : 0)) * a.ffn;
+    float acc[kRowsPerWarp][kMaxTokens] = {};
+    lane_rows_dot<T, kMaxTokens, kRowsPerWarp>(rows, a.ffn / kChunk, xs, e.n_tokens, acc);
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int64_t row = first + r;
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            const float sum = warp_sum(acc[r][t]);
+            if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens && row < a.hidden)
+                a.down_rows[(e.slot_begin + t) * a.hidden + row] = sum;
+        }
+    }
+}
+
+// rows[i] = x[token_index[slot_begin + i]] for one GEMM-path expert.
+__global__ void gather_kernel(const float* x, const int32_t* token_index, int32_t slot_begin,
+                              int64_t n_rows, int64_t hidden, float* rows) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_rows * hidden;
+         i += int64_t(gridDim.x) * blockDim.x)
+        rows[i] = x[int64_t(token_index[slot_begin + i / hidden]) * hidden + i % hidden];
+}
+
+__global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, float* out) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        out[i] = silu(gate[i]) * up[i];
+}
+
+// out[t] += Σ weight[s] · down_rows[s] over token t's slots, in slot order.
+__global__ void combine_kernel(const float* down_rows, const int32_t* token_slot_offsets,
+                               const int32_t* token_slots, const float* slot_weight,
+                               int64_t n_tokens, int64_t hidden, float* out) {
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_tokens * hidden;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / hidden, c = i % hidden;
+        float sum = out[i];
+        for (int32_t j = token_slot_offsets[t]; j < token_slot_offsets[t + 1]; ++j) {
+            const int32_t s = token_slots[j];
+            sum = fmaf(slot_weight[s], down_rows[int64_t(s) * hidden + c], sum);
+        }
+        out[i] = sum;
+    }
+}
+
+unsigned stride_blocks(const Context& ctx, int64_t n, int threads) {
+    const int64_t cap = int64_t(ctx.multiprocessors()) * 16;
+    const int64_t want = std::max<int64_t>(1, (n + threads - 1) / threads);
+    return unsigned(std::min(want, cap));
+}
+
+// Appends `count` items to a byte blob at an 8-byte aligned offset, returning the offset.
+template <class T>
+size_t append(std::vector<uint8_t>& blob, const T* items, size_t count) {
+    const size_t offset = (blob.size() + 7) / 8 * 8;
+    blob.resize(offset + count * sizeof(T));
+    if (count > 0) std::memcpy(blob.data() + offset, items, count * sizeof(T));
+    return offset;
+}
+
+void check_args(const Context& ctx, const MoeExpertsArgs& a) {
+    if (a.x.rank() != 2 || a.x.dtype() != DType::F32 || !a.x.is_contiguous() ||
+        !(a.x.device() == ctx.device()))
+        fail("cuda::moe_experts: x must be [n_tokens, hidden_dim] f32 contiguous on ",
+             ctx.device().name(), ", got ", a.x.describe(), " on ", a.x.device().name());
+    if (!(a.out.shape() == a.x.shape()) || a.out.dtype() != DType::F32 || !a.out.is_contiguous() ||
+        !(a.out.device() == ctx.device()))
+        fail("cuda::moe_experts: out must be ", a.x.shape().str(), " f32 contiguous on ",
+             ctx.device().name(), ", got ", a.out.describe(), " on ", a.out.device().name());
+    const size_t n_experts = a.experts.size();
+    if (a.offsets.size() != n_experts + 1)
+        fail("cuda::moe_experts: offsets has ", a.offsets.size(), " entries, expected ",
+             n_experts + 1);
+    if (!a.skip.empty() && a.skip.size() != n_experts)
+        fail("cuda::moe_experts: skip has ", a.skip.size(), " entries, expected 0 or ", n_experts);
+    if (a.offsets[0] != 0) fail("cuda::moe_experts: offsets[0] is ", a.offsets[0], ", not 0");
+    for (size_t e = 0; e < n_experts; ++e)
+        if (a.offsets[e + 1] < a.offsets[e])
+            fail("cuda::moe_experts: offsets decrease at expert ", e);
+    const size_t n_slots = size_t(a.offsets[n_experts]);
+    if (a.token_index.size() != n_slots || a.token_weight.size() != n_slots)
+        fail("cuda::moe_experts: ", n_slots, " slots but ", a.token_index.size(),
+             " token indices and ", a.token_weight.size(), " weights");
+    for (size_t s = 0; s < n_slots; ++s)
+        if (a.token_index[s] < 0 || a.token_index[s] >= a.x.dim(0))
+            fail("cuda::moe_experts: slot ", s, " names token ", a.token_index[s], " of ",
+                 a.x.dim(0));
+}
+
+}  // namespace
+
+void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
+    check_args(ctx, a);
+    const int64_t n_tokens = a.x.dim(0), hidden = a.x.dim(1);
+    const size_t n_experts = a.experts.size();
+    const auto active = [&](size_t e) {
+        return a.offsets[e + 1] > a.offsets[e] && (a.skip.empty() || a.skip[e] == 0);
+    };
+
+    // The layer's shapes and types, from its first active expert; every active one must match.
+    int64_t ffn = -1;
+    DType gate_type = DType::F32, down_type = DType::F32;
+    std::vector<GroupEntry> grouped;
+    std::vector<size_t> gemm_experts;
+    int max_grouped_tokens = 0;
+    int64_t max_gemm_tokens = 0;
+    for (size_t e = 0; e < n_experts; ++e) {
+        if (!active(e)) continue;
+        const cpu::ExpertWeights& w = a.experts[e];
+        if (ffn < 0) {
+            ffn = w.gate.rank() == 2 ? w.gate.dim(0) : -1;
+            gate_type = w.gate.dtype();
+            down_type = w.down.dtype();
+        }
+        const std::string name = "cuda::moe_experts: expert " + std::to_string(e);
+        check_weight(ctx, w.gate, ffn, hidden, (name + " gate").c_str());
+        check_weight(ctx, w.up, ffn, hidden, (name + " up").c_str());
+        check_weight(ctx, w.down, hidden, ffn, (name + " down").c_str());
+        if (w.gate.dtype() != gate_type || w.up.dtype() != gate_type || w.down.dtype() != down_type)
+            fail(name, " has gate/up/down ", dtype_name(w.gate.dtype()), "/",
+                 dtype_name(w.up.dtype()), "/", dtype_name(w.down.dtype()),
+                 "; the layer's first expert has ", dtype_name(gate_type), "/",
+                 dtype_name(gate_type), "/", dtype_name(down_type),
+                 " (one gate/up type and one down type per layer)");
+        const int32_t count = a.offsets[e + 1] - a.offsets[e];
+        if (count <= kGemvMaxTokens) {
+            grouped.push_back({.gate = w.gate.data_as<const uint8_t>(),
+                               .up = w.up.data_as<const uint8_t>(),
+                               .down = w.down.data_as<const uint8_t>(),
+                               .slot_begin = a.offsets[e],
+                               .n_tokens = count});
+            max_grouped_tokens = std::max(max_grouped_tokens, int(count));
+        } else {
+            gemm_experts.push_back(e);
+            max_gemm_tokens = std::max(max_gemm_tokens, int64_t(count));
+        }
+    }
+    if (ffn < 0) return;  // nothing to compute here
+    if (!grouped.empty() && (hidden % kChunk != 0 || ffn % kChunk != 0 ||
+                             reinterpret_cast<uintptr_t>(a.x.data()) % 16 != 0))
+        fail("cuda::moe_experts: hidden_dim ", hidden, " and ffn_dim ", ffn,
+             " must be multiples of 8 and x 16-byte aligned for the grouped kernels");
+    if (!grouped.empty() && !is_quantized_weight_type(gate_type)) {
+        for (const GroupEntry& g : grouped)
+            for (const uint8_t* p : {g.gate, g.up, g.down})
+                if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+                    fail("cuda::moe_experts: float expert weights must be 16-byte aligned");
+    }
+
+    // Per-token lists of the computed slots, in slot order, for the deterministic sum.
+    const int64_t n_slots = a.offsets[n_experts];
+    std::vector<int32_t> token_slot_offsets(size_t(n_tokens) + 1, 0), token_slots;
+    std::vector<std::vector<int32_t>> per_token(static_cast<size_t>(n_tokens));
+    for (size_t e = 0; e < n_experts; ++e)
+        if (active(e))
+            for (int32_t s = a.offsets[e]; s < a.offsets[e + 1]; ++s)
+                per_token[size_t(a.token_index[size_t(s)])].push_back(s);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        std::sort(per_token[size_t(t)].begin(), per_token[size_t(t)].end());
+        token_slots.insert(token_slots.end(), per_token[size_t(t)].begin(),
+                           per_token[size_t(t)].end());
+        token_slot_offsets[size_t(t) + 1] = int32_t(token_slots.size());
+    }
+
+    std::vector<uint8_t> blob;
+    const size_t entries_at = append(blob, grouped.data(), grouped.size());
+    const size_t token_index_at = append(blob, a.token_index.data(), a.token_index.size());
+    const size_t offsets_at = append(blob, token_slot_offsets.data(), token_slot_offsets.size());
+    const size_t slots_at = append(blob, token_slots.data(), token_slots.size());
+    const size_t weights_at = append(blob, a.token_weight.data(), a.token_weight.size());
+
+    // Scratch first (growing a slot synchronizes), the upload last, then only launches.
+    const int64_t hidden_rows_floats = n_slots * ffn, gemm_floats = max_gemm_tokens * ffn;
+    auto* hidden_rows = static_cast<float*>(ctx.scratch(
+        ScratchSlot::ExpertHidden, size_t(hidden_rows_floats + 2 * gemm_floats) * sizeof(float)));
+    float* gemm_gate = hidden_rows + hidden_rows_floats;
+    float* gemm_up = gemm_gate + gemm_floats;
+    auto* down_rows = static_cast<float*>(
+        ctx.scratch(ScratchSlot::ExpertRows, size_t(n_slots * hidden) * sizeof(float)));
+    auto* gathered = static_cast<float*>(ctx.scratch(
+        ScratchSlot::GatheredRows, size_t(std::max<int64_t>(1, max_gemm_tokens * hidden)) * 4));
+    auto* tables = static_cast<uint8_t*>(ctx.upload(ScratchSlot::Tables, blob.data(), blob.size()));
+    const auto* token_index = reinterpret_cast<const int32_t*>(tables + token_index_at);
+    auto stream = static_cast<cudaStream_t>(ctx.native_stream());
+    constexpr int kThreads = 256;
+
+    if (!grouped.empty()) {
+        const GroupedArgs args{.entries = reinterpret_cast<const GroupEntry*>(tables + entries_at),
+                               .token_index = token_index,
+                               .x = a.x.data_as<const float>(),
+                               .hidden = hidden,
+                               .ffn = ffn,
+                               .gate_row_bytes = row_bytes(gate_type, hidden),
+                               .down_row_bytes = row_bytes(down_type, ffn),
+                               .hidden_rows = hidden_rows,
+                               .down_rows = down_rows};
+        const unsigned n_grouped = unsigned(grouped.size());
+        const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), n_grouped);
+        const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), n_grouped);
+        with_weight_type(gate_type, [&](auto type) {
+            constexpr DType T = decltype(type)::value;
+            if (max_grouped_tokens == 1)
+                gate_up_kernel<T, 1><<<gate_grid, kGemvThreads, 0, stream>>>(args);
+            else
+                gate_up_kernel<T, kGemvMaxTokens><<<gate_grid, kGemvThreads, 0, stream>>>(args);
+        });
+        TANDEM_CUDA_CHECK_LAUNCH("gate_up_kernel");
+        with_weight_type(down_type, [&](auto type) {
+            constexpr DType T = decltype(type)::value;
+            if (max_grouped_tokens == 1)
+                down_kernel<T, 1><<<down_grid, kGemvThreads, 0, stream>>>(args);
+            else
+                down_kernel<T, kGemvMaxTokens><<<down_grid, kGemvThreads, 0, stream>>>(args);
+        });
+        TANDEM_CUDA_CHECK_LAUNCH("down_kernel");
+    }
+
+    const Device device = ctx.device();
+    for (size_t e : gemm_experts) {
+        const cpu::ExpertWeights& w = a.experts[e];
+        const int32_t begin = a.offsets[e];
+        const int64_t count = a.offsets[e + 1] - begin;
+        gather_kernel<<<stride_blocks(ctx, count * hidden, kThreads), kThreads, 0, stream>>>(
+            a.x.data_as<const float>(), token_index, begin, count, hidden, gathered);
+        TANDEM_CUDA_CHECK_LAUNCH("gather_kernel");
+        const Tensor rows(gathered, DType::F32, {count, hidden}, device);
+        const Tensor gate(gemm_gate, DType::F32, {count, ffn}, device);
+        const Tensor up(gemm_up, DType::F32, {count, ffn}, device);
+        linear(ctx, rows, w.gate, Tensor(), gate);
+        linear(ctx, rows, w.up, Tensor(), up);
+        float* h = hidden_rows + int64_t(begin) * ffn;
+        silu_mul_kernel<<<stride_blocks(ctx, count * ffn, kThreads), kThreads, 0, stream>>>(
+            gemm_gate, gemm_up, count * ffn, h);
+        TANDEM_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+        linear(ctx, Tensor(h, DType::F32, {count, ffn}, device), w.down, Tensor(),
+               Tensor(down_rows + int64_t(begin) * hidden, DType::F32, {count, hidden}, device));
+    }
+
+    combine_kernel<<<stride_blocks(ctx, n_tokens * hidden, kThreads), kThreads, 0, stream>>>(
+        down_rows, reinterpret_cast<const int32_t*>(tables + offsets_at),
+        reinterpret_cast<const int32_t*>(tables + slots_at),
+        reinterpret_cast<const float*>(tables + weights_at), n_tokens, hidden,
+        a.out.data_as<float>());
+    TANDEM_CUDA_CHECK_LAUNCH("combine_kernel");
+}
+
+}  // namespace tandem::cuda

@@ -1,0 +1,252 @@
+// cuda::moe_experts on a GPU against float64 and cpu::moe_experts, fresh random routing each run:
+// one token (every expert on the one-token grouped kernels), 5 tokens (grouped kernels with
+// several tokens per expert), 48 tokens with one expert holding 40 of them (the cuBLAS path) next
+// to grouped ones; always an expert with no tokens and a skipped expert (both passed as empty
+// tensors to the GPU, real weights to the CPU reference); every weight type, and Q4_K gate/up
+// with Q6_K down as llama.cpp's files mix them. `out` starts with random values (the op adds
+// into it), and a second run must give the same bits. Skips where no GPU is present.
+//
+// Tolerances (normalised: max |got - want| / max |want|):
+// - only grouped (f32) experts vs float64 of the exact weight values: two f32 dot products and a
+//   SiLU, each a few 1e-7 relative; 1e-4.
+// - with a cuBLAS-path expert: its x, intermediate and weights are rounded to bf16 (2^-9
+//   relative each), ~1e-3 after the sums; 1.5e-2.
+// - vs cpu::moe_experts, which quantizes x and the intermediate to Q8_0/Q8_K for quantized
+//   weights: float64 vs cpu::moe_experts measured up to 1.9e-2 on these shapes; 5e-2.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/expert_ffn.h"
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/moe_experts.h"
+#include "kernels/error.h"
+#include "kernels/thread_pool.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/test_util.h"
+
+namespace tandem {
+namespace {
+
+using test::kGpu;
+
+constexpr int64_t kHidden = 256, kFfn = 512, kExperts = 16;
+constexpr int kEmptyExpert = 5, kSkippedExpert = 7, kBusyExpert = 3;
+
+ThreadPool& pool() {
+    static ThreadPool instance({.n_threads = 4, .pin = false});
+    return instance;
+}
+
+struct Routing {
+    std::vector<int32_t> offsets, token_index;
+    std::vector<float> token_weight;
+    std::vector<uint8_t> skip;
+};
+
+// top_k distinct experts per token, never kEmptyExpert; with `busy`, tokens 0..39 all include
+// kBusyExpert. Slots sorted by expert, then token.
+Routing random_routing(int64_t n_tokens, int top_k, bool busy, std::mt19937_64& rng) {
+    std::vector<std::vector<int32_t>> tokens_of(kExperts);
+    std::vector<std::vector<float>> weights_of(kExperts);
+    std::uniform_real_distribution<float> weight(0.05f, 1.0f);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        std::vector<int32_t> candidates;
+        for (int32_t e = 0; e < kExperts; ++e)
+            if (e != kEmptyExpert && !(busy && e == kBusyExpert)) candidates.push_back(e);
+        std::shuffle(candidates.begin(), candidates.end(), rng);
+        std::vector<int32_t> chosen(candidates.begin(), candidates.begin() + top_k);
+        if (busy && t < 40) chosen.back() = kBusyExpert;
+        for (int32_t e : chosen) {
+            tokens_of[size_t(e)].push_back(int32_t(t));
+            weights_of[size_t(e)].push_back(weight(rng));
+        }
+    }
+    Routing r;
+    r.offsets.push_back(0);
+    for (int e = 0; e < kExperts; ++e) {
+        r.token_index.insert(r.token_index.end(), tokens_of[size_t(e)].begin(),
+                             tokens_of[size_t(e)].end());
+        r.token_weight.insert(r.token_weight.end(), weights_of[size_t(e)].begin(),
+                              weights_of[size_t(e)].end());
+        r.offsets.push_back(int32_t(r.token_index.size()));
+    }
+    r.skip.assign(kExperts, 0);
+    r.skip[kSkippedExpert] = 1;
+    return r;
+}
+
+double silu(double g) {
+    return g / (1.0 + std::exp(-g));
+}
+
+struct HostExpert {
+    test::HostWeights gate, up, down;
+};
+
+// float64 of the layer over the exact weight values, added to out.
+std::vector<double> reference(const std::vector<float>& x, const std::vector<float>& out,
+                              const std::vector<HostExpert>& experts, const Routing& r) {
+    std::vector<double> y(out.begin(), out.end());
+    std::vector<double> h(kFfn);
+    for (int e = 0; e < kExperts; ++e) {
+        if (r.skip[size_t(e)]) continue;
+        const HostExpert& w = experts[size_t(e)];
+        for (int32_t s = r.offsets[size_t(e)]; s < r.offsets[size_t(e) + 1]; ++s) {
+            const float* xt = x.data() + int64_t(r.token_index[size_t(s)]) * kHidden;
+            for (int64_t f = 0; f < kFfn; ++f) {
+                double g = 0, u = 0;
+                for (int64_t i = 0; i < kHidden; ++i) {
+                    g += double(w.gate.values[size_t(f * kHidden + i)]) * xt[i];
+                    u += double(w.up.values[size_t(f * kHidden + i)]) * xt[i];
+                }
+                h[size_t(f)] = silu(g) * u;
+            }
+            double* yt = y.data() + int64_t(r.token_index[size_t(s)]) * kHidden;
+            for (int64_t c = 0; c < kHidden; ++c) {
+                double d = 0;
+                for (int64_t f = 0; f < kFfn; ++f)
+                    d += double(w.down.values[size_t(c * kFfn + f)]) * h[size_t(f)];
+                yt[c] += double(r.token_weight[size_t(s)]) * d;
+            }
+        }
+    }
+    return y;
+}
+
+struct Case {
+    DType gate_type, down_type;
+    int64_t n_tokens;
+    int top_k;
+    bool busy;
+};
+
+void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context& ctx) {
+    SCOPED_TRACE(std::string("gate/up ") + std::string(dtype_name(c.gate_type)) + ", down " +
+                 std::string(dtype_name(c.down_type)) + ", n_tokens " + std::to_string(c.n_tokens) +
+                 ", top_k " + std::to_string(c.top_k) +
+                 (c.busy ? ", expert 3 with 40 tokens" : ""));
+    const Routing r = random_routing(c.n_tokens, c.top_k, c.busy, rng);
+    // Weights of std 1/sqrt(k) keep every intermediate near 1.
+    std::vector<HostExpert> host(kExperts);
+    std::vector<OwnedTensor> device;
+    std::vector<cpu::ExpertWeights> gpu_experts(kExperts), cpu_experts(kExperts);
+    for (int e = 0; e < kExperts; ++e) {
+        HostExpert& w = host[size_t(e)];
+        w.gate =
+            test::random_weights(c.gate_type, kFfn, kHidden, rng, 1.0f / std::sqrt(float(kHidden)));
+        w.up =
+            test::random_weights(c.gate_type, kFfn, kHidden, rng, 1.0f / std::sqrt(float(kHidden)));
+        w.down =
+            test::random_weights(c.down_type, kHidden, kFfn, rng, 1.0f / std::sqrt(float(kFfn)));
+        cpu_experts[size_t(e)] = {
+            .gate = Tensor(w.gate.bytes.data(), c.gate_type, {kFfn, kHidden}),
+            .up = Tensor(w.up.bytes.data(), c.gate_type, {kFfn, kHidden}),
+            .down = Tensor(w.down.bytes.data(), c.down_type, {kHidden, kFfn})};
+        if (e == kEmptyExpert || e == kSkippedExpert) continue;  // empty on the GPU
+        device.push_back(test::upload(w.gate.bytes, c.gate_type, {kFfn, kHidden}, stream));
+        device.push_back(test::upload(w.up.bytes, c.gate_type, {kFfn, kHidden}, stream));
+        device.push_back(test::upload(w.down.bytes, c.down_type, {kHidden, kFfn}, stream));
+        const size_t n = device.size();
+        gpu_experts[size_t(e)] = {
+            .gate = *device[n - 3], .up = *device[n - 2], .down = *device[n - 1]};
+    }
+    const std::vector<float> x = test::random_floats(rng, size_t(c.n_tokens * kHidden));
+    const std::vector<float> out0 = test::random_floats(rng, size_t(c.n_tokens * kHidden));
+    const OwnedTensor dx = test::upload(x, DType::F32, {c.n_tokens, kHidden}, stream);
+
+    std::vector<std::vector<float>> runs;
+    for (int run = 0; run < 2; ++run) {
+        const OwnedTensor dout = test::upload(out0, DType::F32, {c.n_tokens, kHidden}, stream);
+        cuda::moe_experts(ctx, {.x = *dx,
+                                .out = *dout,
+                                .experts = gpu_experts,
+                                .offsets = r.offsets,
+                                .token_index = r.token_index,
+                                .token_weight = r.token_weight,
+                                .skip = r.skip});
+        runs.push_back(test::download<float>(*dout, stream));
+    }
+    const std::vector<float>& got = runs[0];
+    ASSERT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0)
+        << "a second run gave other bits";
+
+    int max_tokens = 0;
+    for (int e = 0; e < kExperts; ++e)
+        if (!r.skip[size_t(e)])
+            max_tokens = std::max(max_tokens, r.offsets[size_t(e) + 1] - r.offsets[size_t(e)]);
+    const bool cublas_path = max_tokens > cuda::kGemvMaxTokens;
+    const test::WorstError vs_exact = test::worst_error(got, reference(x, out0, host, r));
+    EXPECT_LT(vs_exact.error, cublas_path ? 1.5e-2 : 1e-4)
+        << "vs float64 (max tokens per expert " << max_tokens << "): " << vs_exact.str(kHidden);
+
+    std::vector<float> cpu_out = out0;
+    std::vector<float> x_copy = x;
+    cpu::moe_experts({.x = Tensor(x_copy.data(), DType::F32, {c.n_tokens, kHidden}),
+                      .out = Tensor(cpu_out.data(), DType::F32, {c.n_tokens, kHidden}),
+                      .experts = cpu_experts,
+                      .offsets = r.offsets,
+                      .token_index = r.token_index,
+                      .token_weight = r.token_weight,
+                      .skip = r.skip},
+                     pool());
+    const test::WorstError vs_cpu =
+        test::worst_error(got, std::vector<double>(cpu_out.begin(), cpu_out.end()));
+    EXPECT_LT(vs_cpu.error, 5e-2) << "vs cpu::moe_experts: " << vs_cpu.str(kHidden);
+}
+
+const DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
+                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+TEST(CudaMoeExperts, EveryWeightTypeDecodeAndPrefillMatchFloat64AndTheCpu) {
+    TANDEM_REQUIRE_GPU();
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    std::vector<std::pair<DType, DType>> pairs;
+    for (DType type : kTypes)
+        pairs.emplace_back(type, type);
+    pairs.emplace_back(DType::Q4_K, DType::Q6_K);
+    for (const auto& [gate_type, down_type] : pairs) {
+        run_case({gate_type, down_type, 1, 6, false}, rng, *stream, ctx);
+        run_case({gate_type, down_type, 5, 4, false}, rng, *stream, ctx);
+        run_case({gate_type, down_type, 48, 2, true}, rng, *stream, ctx);
+        if (HasFatalFailure()) return;
+    }
+}
+
+TEST(CudaMoeExperts, MixedWeightTypesInOneLayerAreRefused) {
+    TANDEM_REQUIRE_GPU();
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    const OwnedTensor x = make_tensor(DType::F32, {1, kHidden}, kGpu);
+    const OwnedTensor out = make_tensor(DType::F32, {1, kHidden}, kGpu);
+    const OwnedTensor g0 = make_tensor(DType::Q8_0, {kFfn, kHidden}, kGpu);
+    const OwnedTensor d0 = make_tensor(DType::Q8_0, {kHidden, kFfn}, kGpu);
+    const OwnedTensor g1 = make_tensor(DType::Q4_0, {kFfn, kHidden}, kGpu);
+    const std::vector<cpu::ExpertWeights> experts = {{.gate = *g0, .up = *g0, .down = *d0},
+                                                     {.gate = *g1, .up = *g1, .down = *d0}};
+    const std::vector<int32_t> offsets = {0, 1, 2}, token_index = {0, 0};
+    const std::vector<float> token_weight = {0.5f, 0.5f};
+    const cuda::MoeExpertsArgs args{.x = *x,
+                                    .out = *out,
+                                    .experts = experts,
+                                    .offsets = offsets,
+                                    .token_index = token_index,
+                                    .token_weight = token_weight};
+    EXPECT_THROW(cuda::moe_experts(ctx, args), Error);
+    const std::vector<int32_t> bad_token = {0, 3};
+    cuda::MoeExpertsArgs bad = args;
+    bad.token_index = bad_token;
+    EXPECT_THROW(cuda::moe_experts(ctx, bad), Error);
+}
+
+}  // namespace
+}  // namespace tandem
