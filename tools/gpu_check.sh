@@ -69,7 +69,7 @@ if [ ! -e "${tests[0]}" ]; then
     tests=()
 fi
 for t in "${tests[@]}"; do
-    step "$(basename "$t")" 180 "$t" --gtest_color=no
+    step "$(basename "$t")" 120 "$t" --gtest_color=no
 done
 
 # Benchmarks: each prints a markdown table (kept in $out) and JSON lines.
@@ -90,10 +90,10 @@ if [ -x "$bin/tandem-bench" ]; then
     bench_gpu() {  # bench_gpu NAME ARGS...
         local name=$1
         shift
-        step "tandem-bench $name" 150 "$bin/tandem-bench" --device cuda:0 -p 512 -n 128 -r 3 \
+        step "tandem-bench $name" 120 "$bin/tandem-bench" --device cuda:0 -p 512 -n 128 -r 3 \
             --no-progress --json "$out/tb/$name.json" "$@"
     }
-    bench_gpu olmoe-q4_k -m synthetic:olmoe-1b-7b --quantize q4_k
+    bench_gpu olmoe-q4_k-8l -m synthetic:olmoe-1b-7b --layers 8 --quantize q4_k
     bench_gpu olmoe-bf16-4l -m synthetic:olmoe-1b-7b --layers 4
     bench_gpu qwen3-30b-a3b-q4_k-8l -m synthetic:qwen3-30b-a3b --layers 8 --quantize q4_k
     cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null

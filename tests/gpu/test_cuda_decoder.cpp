@@ -141,7 +141,9 @@ TEST_P(CudaDecoder, PrefillMatchesTransformersAndGreedyIds) {
         ids.push_back(best);
         next = {best};
     }
-    if (GetParam().dtype == "f32") EXPECT_EQ(ids, ref_.greedy);
+    if (GetParam().dtype == "f32") {
+        EXPECT_EQ(ids, ref_.greedy);
+    }
 }
 
 TEST_P(CudaDecoder, MatchesTheCpuEngineAndDecodeEqualsPrefill) {
