@@ -51,12 +51,10 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
             fn(*t);
         fn(l.ffn_norm);
         if (l.is_moe) {
-            fn(l.moe.router);
-            fn(l.moe.router_bias);
+            // The router and the shared expert's gate go up as f32 (router_weights_f32).
             for (cpu::ExpertWeights& e : l.moe.experts)
                 ffn(e);
             ffn(l.moe.shared);
-            fn(l.moe.shared_expert_gate);
         } else {
             ffn(l.dense);
         }
@@ -133,6 +131,7 @@ class DeviceDecoder final : public Model {
 
   private:
     void upload_weights();
+    Tensor upload_as_f32(const Tensor& host);
     void attention(const LayerWeights& lw, const StepLayout& step, std::span<const KvRows> keys,
                    std::span<const KvRows> values, const Tensor& x, const Tensor& out);
     void swiglu(const cpu::ExpertWeights& w, const Tensor& x, const Tensor& out);
@@ -146,8 +145,9 @@ class DeviceDecoder final : public Model {
     std::unique_ptr<Stream> stream_;
     std::unique_ptr<cuda::Context> ctx_;
     Buffer weight_memory_;
-    DecoderWeights weights_;  // views into weight_memory_
-    Buffer block_tables_;     // this step's KV block tables, all sequences
+    DecoderWeights weights_;           // views into weight_memory_ and f32_weights_
+    std::vector<Buffer> f32_weights_;  // routers and shared-expert gates, widened to f32
+    Buffer block_tables_;              // this step's KV block tables, all sequences
     StepArena arena_;
 };
 
@@ -178,9 +178,35 @@ void DeviceDecoder::upload_weights() {
         }
         t = Tensor(dst, t.dtype(), t.shape(), device_);
     });
+    // Routers decide which experts run: a near-tie decided on bf16-rounded inputs picks other
+    // experts than the CPU does. They are tiny, so they run in f32 at any token count (the
+    // tensor-core GEMM path reads bf16 copies of the activations for bf16 weights).
+    f32_weights_.clear();
+    for (LayerWeights& l : weights_.layers) {
+        if (!l.is_moe) continue;
+        l.moe.router = upload_as_f32(l.moe.router);
+        l.moe.router_bias = upload_as_f32(l.moe.router_bias);
+        l.moe.shared_expert_gate = upload_as_f32(l.moe.shared_expert_gate);
+    }
     stream_->synchronize();
     log_info(config().architecture, ": ", double(total) / (1 << 20), " MiB of weights on ",
              device_.name());
+}
+
+Tensor DeviceDecoder::upload_as_f32(const Tensor& host) {
+    if (host.empty()) return host;
+    const int64_t n = host.numel();
+    std::vector<float> wide(static_cast<size_t>(n));
+    const int64_t row = host.dim(host.rank() - 1);
+    const auto* bytes = static_cast<const std::byte*>(host.data());
+    for (int64_t r = 0; r < n / row; ++r)
+        cpu::row_to_f32(bytes + r * row_bytes(host.dtype(), row), host.dtype(), row,
+                        wide.data() + r * row);
+    Buffer& buffer = f32_weights_.emplace_back(allocate(device_, wide.size() * sizeof(float)));
+    stream_->copy_async(buffer.data(), wide.data(), wide.size() * sizeof(float),
+                        CopyDirection::HostToDevice);
+    stream_->synchronize();  // `wide` goes out of scope
+    return Tensor(buffer.data(), DType::F32, host.shape(), device_);
 }
 
 void DeviceDecoder::swiglu(const cpu::ExpertWeights& w, const Tensor& x, const Tensor& out) {
