@@ -1,6 +1,7 @@
 #include "scheduler/planner.h"
 
 #include <algorithm>
+#include <bit>
 #include <vector>
 
 #include "kernels/error.h"
@@ -32,8 +33,9 @@ struct Job {
 struct Scratch {
     std::vector<Job> miss, res, cpu, gpu, copies;
     std::vector<uint8_t> done;
+    std::vector<int32_t> active;
     std::vector<ExpertPlacement> where;
-    LayerPlan other;
+    LayerPlan other, candidate;
 };
 thread_local Scratch scratch;
 
@@ -90,6 +92,90 @@ void hybrimoe_assign(const PlanInput& in, std::vector<ExpertPlacement>& where) {
                 --res_hi;
         }
     }
+}
+
+// On the device: a GPU job when resident (or arriving), a copy first otherwise.
+ExpertPlacement on_device(const PlanInput& in, int32_t e) {
+    return in.resident[size_t(e)] ? ExpertPlacement::Gpu : ExpertPlacement::Transfer;
+}
+
+// Local search over placements from a start: move one expert to the other side, or two (a swap,
+// or both the same way), while that shortens the makespan by more than `kGain`
+// (a relative margin, so rounding cannot cycle). The greedy's rules order the timelines well but
+// choose the split myopically (an in-flight copy that lands late, a CPU that should take a light
+// resident while the copy engine handles the misses); the search repairs the split under the
+// same timeline semantics, so the plan stays explainable by the rules.
+void improve(const PlanInput& in, std::vector<ExpertPlacement>& where, LayerPlan& out) {
+    constexpr double kGain = 1e-9;
+    constexpr size_t kMaxPairExperts = 16;  // pair moves cost n^2 schedules; prefill has many
+    std::vector<int32_t>& active = scratch.active;
+    active.clear();
+    for (size_t e = 0; e < in.tokens.size(); ++e)
+        if (in.tokens[e] > 0) active.push_back(int32_t(e));
+    LayerPlan& trial = scratch.other;
+    const auto flip = [&](int32_t e) {
+        return where[size_t(e)] == ExpertPlacement::Cpu ? on_device(in, e) : ExpertPlacement::Cpu;
+    };
+    const int max_rounds = int(active.size()) + 2;
+    for (int round = 0; round < max_rounds; ++round) {
+        bool better = false;
+        for (int32_t e : active) {
+            const ExpertPlacement was = where[size_t(e)];
+            where[size_t(e)] = flip(e);
+            schedule_assignment(in, where, trial);
+            if (trial.makespan_ms() < out.makespan_ms() * (1.0 - kGain)) {
+                std::swap(out, trial);
+                better = true;
+            } else {
+                where[size_t(e)] = was;
+            }
+        }
+        if (!better && active.size() <= kMaxPairExperts) {
+            for (size_t i = 0; i < active.size(); ++i) {
+                for (size_t j = i + 1; j < active.size(); ++j) {
+                    const int32_t a = active[i], b = active[j];
+                    const ExpertPlacement was_a = where[size_t(a)], was_b = where[size_t(b)];
+                    where[size_t(a)] = flip(a);
+                    where[size_t(b)] = flip(b);
+                    schedule_assignment(in, where, trial);
+                    if (trial.makespan_ms() < out.makespan_ms() * (1.0 - kGain)) {
+                        std::swap(out, trial);
+                        better = true;
+                    } else {
+                        where[size_t(a)] = was_a;
+                        where[size_t(b)] = was_b;
+                    }
+                }
+            }
+        }
+        if (!better) break;
+    }
+}
+
+// Up to kExhaustiveExperts activated experts (every decode layer of the models we plan for),
+// every CPU/device split is scheduled and the shortest kept: 2^8 schedules cost about as much
+// as the local search's moves from five starts, and the result is the optimum of these
+// timelines by construction. Returns false when there are more experts.
+bool exhaustive_assign(const PlanInput& in, std::vector<ExpertPlacement>& where, LayerPlan& out) {
+    constexpr size_t kExhaustiveExperts = 8;
+    std::vector<int32_t>& active = scratch.active;
+    active.clear();
+    for (size_t e = 0; e < in.tokens.size(); ++e)
+        if (in.tokens[e] > 0) active.push_back(int32_t(e));
+    if (active.size() > kExhaustiveExperts) return false;
+    for (int32_t e : active)
+        where[size_t(e)] = ExpertPlacement::Cpu;
+    schedule_assignment(in, where, out);
+    LayerPlan& trial = scratch.other;
+    // Gray code: each next split differs from the last in one expert.
+    for (uint32_t i = 1; i < (1u << active.size()); ++i) {
+        const int32_t e = active[size_t(std::countr_zero(i))];
+        where[size_t(e)] =
+            where[size_t(e)] == ExpertPlacement::Cpu ? on_device(in, e) : ExpertPlacement::Cpu;
+        schedule_assignment(in, where, trial);
+        if (trial.makespan_ms() < out.makespan_ms()) std::swap(out, trial);
+    }
+    return true;
 }
 
 void baseline_assign(PlannerKind kind, const PlanInput& in, std::vector<ExpertPlacement>& where) {
@@ -164,6 +250,9 @@ void schedule_assignment(const PlanInput& in, std::span<const ExpertPlacement> p
             p = ExpertPlacement::Gpu;
             out.placement[e] = p;
         }
+        if (p == ExpertPlacement::Gpu && !in.resident[e])
+            fail("planner: expert ", e,
+                 " placed on the device without its weights there or a copy");
         if (p == ExpertPlacement::Cpu)
             cpu.push_back(j);
         else if (p == ExpertPlacement::Gpu)
@@ -243,15 +332,20 @@ void plan_layer(PlannerKind kind, const PlanInput& in, LayerPlan& out) {
         schedule_assignment(in, where, out);
         return;
     }
+    if (exhaustive_assign(in, where, out)) return;
+    // The greedy is myopic; the baselines are cheap starts too. Each start is improved by local
+    // search and the best result kept: one start's local optimum is often another's bad start.
     hybrimoe_assign(in, where);
     schedule_assignment(in, where, out);
-    // The greedy is myopic; the static and CPU-only assignments are cheap to check and bound it.
-    LayerPlan& other = scratch.other;
-    for (PlannerKind fallback : {PlannerKind::Static, PlannerKind::CpuOnly}) {
+    improve(in, where, out);
+    LayerPlan& candidate = scratch.candidate;
+    for (PlannerKind start : {PlannerKind::Static, PlannerKind::CpuOnly, PlannerKind::Fiddler,
+                              PlannerKind::GpuStream}) {
         std::fill(where.begin(), where.end(), ExpertPlacement::Cpu);
-        baseline_assign(fallback, in, where);
-        schedule_assignment(in, where, other);
-        if (other.makespan_ms() < out.makespan_ms()) std::swap(out, other);
+        baseline_assign(start, in, where);
+        schedule_assignment(in, where, candidate);
+        improve(in, where, candidate);
+        if (candidate.makespan_ms() < out.makespan_ms()) std::swap(out, candidate);
     }
 }
 
