@@ -29,6 +29,7 @@ class Run {
                                               .static_set = profile},
                                    .expert_bytes = c.shape.expert_bytes(),
                                    .capacity = slots}),
+          n_transient_(slots > 0 ? c.trace.top_k : 0),
           arrival_(size_t(c.trace.n_layers * n_experts_), 0.0),
           tokens_(size_t(n_experts_), 0),
           resident_(size_t(n_experts_), 0),
@@ -41,6 +42,8 @@ class Run {
     double clock = 0.0;
     int64_t bytes_moved = 0;
     int64_t prefetch_issued = 0;
+    int64_t refused_transfers = 0;
+    int64_t transient_copies = 0;
 
     // Runs the experts of layer l: tokens_ holds the per-expert loads, `active` their ids.
     // Returns the layer's planned makespan; the clock is not advanced.
@@ -59,17 +62,36 @@ class Run {
         }
         pins_.insert(pins_.end(), extra_pins.begin(), extra_pins.end());
         cache_.set_pinned(pins_);
-        plan_layer(c_.policy.planner,
-                   {.cost = cost_,
-                    .tokens = tokens_,
-                    .resident = resident_,
-                    .ready_ms = ready_,
-                    .gpu_start_ms = cost_.shared_ms(n_tokens),
-                    .pcie_free_ms = std::max(0.0, pcie_free_ - clock)},
-                   plan_);
+        const PlanInput input{.cost = cost_,
+                              .tokens = tokens_,
+                              .resident = resident_,
+                              .ready_ms = ready_,
+                              .gpu_start_ms = cost_.shared_ms(n_tokens),
+                              .pcie_free_ms = std::max(0.0, pcie_free_ - clock)};
+        plan_layer(c_.policy.planner, input, plan_);
+        // A copy the cache refuses (not admitted, or no victim it outranks) goes to a transient
+        // device slot, is computed there and not cached, as in the executor (whose few
+        // transient slots are reused in turn, each copy waiting for the slot's last reader:
+        // not modelled). Without any slots (budget 0) the CPU computes it and the layer is
+        // rescheduled.
+        bool refused = false;
+        placement_ = plan_.placement;
         for (const PlannedJob& tr : plan_.transfers) {
-            bytes_moved += c_.shape.expert_bytes();
-            if (cache_.insert({l, tr.expert}, InsertReason::Demand).inserted)
+            if (cache_.insert({l, tr.expert}, InsertReason::Demand).inserted) {
+                bytes_moved += c_.shape.expert_bytes();
+                arrival_[key_index(l, tr.expert)] = clock + tr.finish_ms;
+            } else if (n_transient_ > 0) {
+                ++transient_copies;
+                bytes_moved += c_.shape.expert_bytes();
+            } else {
+                placement_[size_t(tr.expert)] = ExpertPlacement::Cpu;
+                ++refused_transfers;
+                refused = true;
+            }
+        }
+        if (refused) {
+            schedule_assignment(input, placement_, plan_);
+            for (const PlannedJob& tr : plan_.transfers)  // the kept copies, re-timed
                 arrival_[key_index(l, tr.expert)] = clock + tr.finish_ms;
         }
         if (!plan_.transfers.empty()) pcie_free_ = clock + plan_.pcie_finish_ms;
@@ -140,12 +162,14 @@ class Run {
     const CostModel& cost_;
     int64_t n_experts_;
     ExpertCache cache_;
+    int64_t n_transient_;          // transient device slots per layer for refused copies
     std::vector<double> arrival_;  // [n_layers, n_experts] absolute time a copy lands
     double pcie_free_ = 0.0;
     std::vector<int32_t> tokens_;
     std::vector<uint8_t> resident_;
     std::vector<double> ready_;
     std::vector<ExpertKey> pins_;
+    std::vector<ExpertPlacement> placement_;
     LayerPlan plan_, scratch_;
     std::vector<int32_t> ptok_[kPrefetchDistance + 1];
     std::vector<uint8_t> pres_[kPrefetchDistance + 1];
@@ -262,6 +286,9 @@ SimResult simulate(const SimConfig& c) {
     r.prefetch_wasted = counters.prefetch_wasted;
     r.tbt_ms = total_ms / double(t.n_tokens());
     r.bytes_moved = run.bytes_moved;
+    r.evictions = counters.evictions;
+    r.refused_transfers = run.refused_transfers;
+    r.transient_copies = run.transient_copies;
     return r;
 }
 

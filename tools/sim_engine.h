@@ -8,6 +8,8 @@
 // prefetched expert still in flight delays its GPU job; the lm_head once per token. The CPU is
 // idle during attention (no overlap of a layer's experts with the next layer's attention, as in
 // the paper's per-layer scheduling).
+// A demand copy the cache refuses (admission, cache/expert_cache.h) is computed on the device from
+// a transient slot and not cached, as in the executor.
 // Caches start warm with the experts most activated over the whole trace (the profile static
 // uses; the same start for every policy keeps them comparable). Hits are counted when a layer
 // runs, before its demand copies; an in-flight prefetch counts as a hit.
@@ -60,6 +62,9 @@ struct SimResult {
     double tbt_ms = 0;
     double ttft_ms = 0;
     int64_t bytes_moved = 0;
+    int64_t evictions = 0;
+    int64_t transient_copies = 0;   // refused by the cache, computed from a transient slot
+    int64_t refused_transfers = 0;  // refused, no transient slot left: run on the CPU
 };
 
 SimResult simulate(const SimConfig& config);

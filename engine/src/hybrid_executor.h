@@ -8,7 +8,8 @@
 //   2. the planner (scheduler/planner.h) places each activated expert: CPU, GPU (resident, or
 //      still arriving from a prefetch) or Transfer (copied now, then computed on the device);
 //   3. the experts this layer uses and the next layer's predicted ones are pinned, demand copies
-//      go to the copy stream (evicting the policy's victims), each followed by an event;
+//      go to the copy stream (evicting the policy's victim when the newcomer outranks it), each
+//      followed by an event; a copy the cache refuses goes to a transient slot in step 4;
 //   4. the device's experts are queued on the compute stream, each waiting only for its own copy;
 //   5. prefetches for the next layers are queued on the copy stream behind the demand copies, in
 //      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
@@ -82,7 +83,9 @@ struct HybridCounters {
     int64_t cpu_experts = 0;        // expert jobs run on the CPU
     int64_t gpu_experts = 0;        // on the device (resident or transferred)
     int64_t transfers = 0;          // demand copies
-    int64_t refused_transfers = 0;  // planned copies the cache could not admit: run on the CPU
+    int64_t transient_copies = 0;   // planned copies the cache refused: run from a transient slot
+    int64_t transient_bytes = 0;    // what those moved (not in the cache's bytes_moved)
+    int64_t refused_transfers = 0;  // refused with every transient slot taken: run on the CPU
     int64_t layers = 0;
 };
 
@@ -117,6 +120,9 @@ class HybridExecutor final : public ExpertRunner {
     std::byte* slot_data(int64_t slot) const;
     cpu::ExpertWeights slot_weights(int64_t slot, int32_t layer) const;
     void copy_in(int64_t slot, int32_t layer, int32_t expert);
+    // Queues the copy of host expert (layer, expert) into device memory at `dst`; returns when
+    // it should land and sets `ready` to its event.
+    double queue_copy(std::byte* dst, int32_t layer, int32_t expert, std::shared_ptr<Event>& ready);
     // predicted_tokens_[d] for MoE layers layer + 1 + d, d < returned count.
     size_t predict_later_layers(const MoeLayerCall& call);
     void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
@@ -131,6 +137,14 @@ class HybridExecutor final : public ExpertRunner {
     int64_t capacity_ = 0;
     size_t slot_bytes_ = 0;
     Buffer slots_;
+    // Transient slots (n_experts_active of them, beside the budget's slots, when there are any):
+    // a planned copy that the cache refuses is computed from one and not cached. Used in turn;
+    // a copy into one waits for the device job that last read it.
+    int64_t n_transient_ = 0;
+    int64_t next_transient_ = 0;
+    Buffer transient_;
+    std::vector<std::shared_ptr<Event>> transient_free_;  // [n_transient_] its last reader done
+    std::vector<uint8_t> transient_of_;                   // [n_experts] this layer's refused copies
     std::unique_ptr<ExpertCache> cache_;
     std::vector<std::shared_ptr<Event>> slot_ready_;  // [capacity] the last copy into the slot
     std::vector<double> slot_arrival_ms_;             // [capacity] when that copy should land

@@ -137,7 +137,7 @@ void add_hybrid_stats(const HybridExecutor& executor, EngineStats& s) {
     s.expert_cache_hits = c.cache.hits;
     s.expert_cache_misses = c.cache.misses;
     s.expert_cache_evictions = c.cache.evictions;
-    s.expert_bytes_moved = c.cache.bytes_moved;
+    s.expert_bytes_moved = c.cache.bytes_moved + c.transient_bytes;
     s.expert_prefetches = c.prefetch_issued;
     s.expert_prefetches_used = c.cache.prefetch_used;
     s.experts_on_cpu = c.cpu_experts;

@@ -250,8 +250,9 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
 
 // The executor and tandem-sim share the cache, the policies and the planners: replaying the
 // same decode tokens one per step, from the same warm set, without prefetch, with planners whose
-// choices do not depend on timing (static: no copies; gpu-stream: every miss copied), their
-// caches must make the same decisions, hit for hit.
+// choices do not depend on timing (static: no copies; gpu-stream: every miss copied, unless the
+// cache refuses it), their caches must make the same decisions, hit for hit, copy for copy and
+// refusal for refusal (a refused copy runs on the CPU in both).
 TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     const std::string shared = test::shared_dir() + "/traces/olmoe-decode-dev.jsonl.gz";
     if (!std::filesystem::exists(shared))
@@ -293,9 +294,10 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const char* planner;
         double ratio;
     };
+    int64_t transient_copies = 0;
     for (auto [cache, planner, ratio] :
          {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
-          Case{"lru", "gpu-stream", 0.5}}) {
+          Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25}}) {
         SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
         const sim::SimResult predicted = sim::simulate(
             {.trace = trace,
@@ -321,7 +323,18 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const EngineStats s = engine.stats();
         ASSERT_EQ(s.expert_cache_hits + s.expert_cache_misses, kTokens * 16 * 8);
         EXPECT_EQ(double(s.expert_cache_hits) / double(kTokens * 16 * 8), predicted.hit_rate);
+        // The same copies admitted (the pool is full from the warm-up: one eviction each), the
+        // same refused ones through transient slots, the rest on the CPU. A slot of the
+        // synthetic model holds 3 f32 matrices of 16 x 32 (each a multiple of 256 bytes).
+        constexpr int64_t kSlotBytes = 3 * 16 * 32 * 4;
+        EXPECT_EQ(s.expert_cache_evictions, predicted.evictions);
+        EXPECT_EQ(s.expert_bytes_moved / kSlotBytes, predicted.bytes_moved / shape.expert_bytes());
+        EXPECT_EQ(s.experts_on_device,
+                  s.expert_cache_hits + predicted.evictions + predicted.transient_copies);
+        EXPECT_EQ(s.experts_on_cpu, kTokens * 16 * 8 - s.experts_on_device);
+        transient_copies += predicted.transient_copies;
     }
+    EXPECT_GT(transient_copies, 0) << "no case exercised admission's refusals";
 }
 
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
