@@ -1,7 +1,7 @@
 #include "scheduler/planner.h"
 
 #include <algorithm>
-#include <bit>
+#include <tuple>
 #include <vector>
 
 #include "kernels/error.h"
@@ -34,6 +34,7 @@ struct Scratch {
     std::vector<Job> miss, res, cpu, gpu, copies;
     std::vector<uint8_t> done;
     std::vector<int32_t> active;
+    std::vector<size_t> group_begin, on_cpu;
     std::vector<ExpertPlacement> where;
     LayerPlan other, candidate;
 };
@@ -152,28 +153,60 @@ void improve(const PlanInput& in, std::vector<ExpertPlacement>& where, LayerPlan
     }
 }
 
-// Up to kExhaustiveExperts activated experts (every decode layer of the models we plan for),
-// every CPU/device split is scheduled and the shortest kept: 2^8 schedules cost about as much
-// as the local search's moves from five starts, and the result is the optimum of these
-// timelines by construction. Returns false when there are more experts.
+// Exact search when it is small: activated experts with the same load, residency and arrival
+// are interchangeable, so a split is a count per such group (how many of it the CPU takes, the
+// lowest ids first) and there are prod(group size + 1) splits, 2^n at most. Decode layers have
+// two or three groups (one token each; resident, arriving, missing): a few dozen schedules.
+// Up to kMaxExhaustiveSplits every split is scheduled and the shortest kept, the optimum of these
+// timelines by construction. Returns false when there are more.
 bool exhaustive_assign(const PlanInput& in, std::vector<ExpertPlacement>& where, LayerPlan& out) {
-    constexpr size_t kExhaustiveExperts = 8;
+    constexpr int64_t kMaxExhaustiveSplits = 256;
     std::vector<int32_t>& active = scratch.active;
     active.clear();
     for (size_t e = 0; e < in.tokens.size(); ++e)
         if (in.tokens[e] > 0) active.push_back(int32_t(e));
-    if (active.size() > kExhaustiveExperts) return false;
+    const auto key = [&](int32_t e) {
+        return std::tuple(in.tokens[size_t(e)], in.resident[size_t(e)], ready_of(in, e));
+    };
+    std::sort(active.begin(), active.end(),
+              [&](int32_t a, int32_t b) { return key(a) != key(b) ? key(a) < key(b) : a < b; });
+    std::vector<size_t>& group_begin = scratch.group_begin;  // into active; one past the end last
+    group_begin.clear();
+    int64_t splits = 1;
+    for (size_t i = 0; i < active.size(); ++i) {
+        if (i == 0 || key(active[i]) != key(active[i - 1])) group_begin.push_back(i);
+        const size_t size = i + 1 - group_begin.back();
+        // prod(size + 1) grows by (size + 1) / size with each member of a group.
+        splits = splits / int64_t(size) * int64_t(size + 1);
+        if (splits > kMaxExhaustiveSplits) return false;
+    }
+    group_begin.push_back(active.size());
+    const size_t n_groups = group_begin.size() - 1;
+    std::vector<size_t>& on_cpu = scratch.on_cpu;  // per group: how many the CPU takes
+    on_cpu.assign(n_groups, 0);
     for (int32_t e : active)
-        where[size_t(e)] = ExpertPlacement::Cpu;
-    schedule_assignment(in, where, out);
+        where[size_t(e)] = on_device(in, e);
     LayerPlan& trial = scratch.other;
-    // Gray code: each next split differs from the last in one expert.
-    for (uint32_t i = 1; i < (1u << active.size()); ++i) {
-        const int32_t e = active[size_t(std::countr_zero(i))];
-        where[size_t(e)] =
-            where[size_t(e)] == ExpertPlacement::Cpu ? on_device(in, e) : ExpertPlacement::Cpu;
-        schedule_assignment(in, where, trial);
-        if (trial.makespan_ms() < out.makespan_ms()) std::swap(out, trial);
+    bool first = true;
+    while (true) {
+        schedule_assignment(in, where, first ? out : trial);
+        if (!first && trial.makespan_ms() < out.makespan_ms()) std::swap(out, trial);
+        first = false;
+        // Next split, mixed radix over the groups: one more CPU expert in the first group that
+        // has room, every group before it back to none.
+        size_t g = 0;
+        for (; g < n_groups; ++g) {
+            const size_t size = group_begin[g + 1] - group_begin[g];
+            if (on_cpu[g] < size) {
+                where[size_t(active[group_begin[g] + on_cpu[g]])] = ExpertPlacement::Cpu;
+                ++on_cpu[g];
+                break;
+            }
+            for (size_t i = group_begin[g]; i < group_begin[g + 1]; ++i)
+                where[size_t(active[i])] = on_device(in, active[i]);
+            on_cpu[g] = 0;
+        }
+        if (g == n_groups) break;
     }
     return true;
 }

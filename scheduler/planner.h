@@ -9,13 +9,15 @@
 //               cheapest resident ones while misses are pending (when the copy engine serves
 //               them better); the copy engine moves non-resident experts, highest load first,
 //               from pcie_free_ms on, overlapping the GPU's resident work. Which side each
-//               expert goes to is chosen by makespan: up to 8 activated experts (every decode
-//               step of the models planned for) every split is scheduled and the best kept, the
-//               optimum of these timelines; above that, the paper's greedy and the baselines are
-//               starts of a local search (move one or two experts across) and the best local
-//               optimum is kept, so it is never worse than any baseline. Measured against brute
-//               force (tests/unit/test_planner.cpp): 2-8 experts exact; 9-12 experts >= 99 %
-//               of cases within 1 %, the worst 14 % above.
+//               expert goes to is chosen by makespan. Experts with equal load, residency and
+//               arrival are interchangeable, so a split is a count per such group; when there
+//               are at most 256 splits (every decode step: one token per expert; up to 8
+//               experts always) every split is scheduled and the best kept, the optimum of
+//               these timelines. Above that, the paper's greedy and the baselines are starts of
+//               a local search (move one or two experts across) and the best local optimum is
+//               kept, never worse than any baseline. Measured against brute force
+//               (tests/unit/test_planner.cpp): 2-8 experts exact; 9-12 experts with distinct
+//               loads >= 99 % of cases within 1 %, the worst 14 % above.
 //   static      kTransformers: the GPU computes what is resident, the CPU the rest, no copies.
 //   fiddler     per expert, the cheaper of cpu(n) and (resident ? gpu(n) : copy + gpu(n)).
 //   gpu-stream  every miss is copied and computed on the GPU (Mixtral-offloading style).
