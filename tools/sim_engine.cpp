@@ -101,7 +101,8 @@ class Run {
     // Prefetches for layers l+1..l+3 of `token`, issued at the start of layer l's experts.
     // `predicted[d]` holds the predicted experts of layer l+d.
     void prefetch(int32_t l, double layer_ms, double dense_ms,
-                  const std::vector<std::vector<int32_t>>& predicted) {
+                  const std::vector<std::vector<int32_t>>& predicted,
+                  const LookaheadAccuracy& accuracy) {
         std::vector<PrefetchLayer> layers;
         double starts_in = layer_ms;
         for (int d = 1; d <= kPrefetchDistance && l + d < c_.trace.n_layers; ++d) {
@@ -118,7 +119,8 @@ class Run {
                               .predicted_tokens = ptok_[d],
                               .resident = pres_[d],
                               .starts_in_ms = starts_in,
-                              .gpu_start_ms = cost_.shared_ms(1)});
+                              .gpu_start_ms = cost_.shared_ms(1),
+                              .use_probability = accuracy.probability(d)});
             plan_layer(c_.policy.planner,
                        {.cost = cost_,
                         .tokens = ptok_[d],
@@ -247,6 +249,10 @@ SimResult simulate(const SimConfig& c) {
     if (c.policy.prefetch)
         predictor = make_expert_predictor(c.policy.predictor, t, s.n_experts, c.seed);
     std::vector<std::vector<int32_t>> predicted(kPrefetchDistance + 1);
+    // predicted_for[d][j]: the experts predicted for layer j from d layers before, this token.
+    std::vector<std::vector<std::vector<int32_t>>> predicted_for(
+        kPrefetchDistance + 1, std::vector<std::vector<int32_t>>(size_t(t.n_layers)));
+    LookaheadAccuracy accuracy(kPrefetchDistance);
     std::vector<ExpertKey> next_pins;
     double total_ms = 0.0;
     for (int64_t tok = 0; tok < t.n_tokens(); ++tok) {
@@ -262,14 +268,25 @@ SimResult simulate(const SimConfig& c) {
                 tokens[size_t(e)] = 1;
             next_pins.clear();
             if (predictor) {
-                for (int d = 1; d <= kPrefetchDistance && l + d < t.n_layers; ++d)
+                for (int d = 1; d <= kPrefetchDistance; ++d) {
+                    std::vector<int32_t>& was = predicted_for[size_t(d)][size_t(l)];
+                    if (was.empty()) continue;
+                    int64_t used = 0;
+                    for (int32_t e : was)
+                        used += std::find(ids.begin(), ids.end(), e) != ids.end();
+                    accuracy.record(d, int64_t(was.size()), used);
+                    was.clear();
+                }
+                for (int d = 1; d <= kPrefetchDistance && l + d < t.n_layers; ++d) {
                     predictor->predict(tok, l, l + d, predicted[size_t(d)]);
+                    predicted_for[size_t(d)][size_t(l + d)] = predicted[size_t(d)];
+                }
                 if (l + 1 < t.n_layers)
                     for (int32_t e : predicted[1])
                         next_pins.push_back({l + 1, e});
             }
             const double layer_ms = run.run_layer(l, ids, 1, next_pins);
-            if (predictor) run.prefetch(l, layer_ms, dense_ms, predicted);
+            if (predictor) run.prefetch(l, layer_ms, dense_ms, predicted, accuracy);
             run.clock += layer_ms;
             for (int32_t e : ids)
                 tokens[size_t(e)] = 0;

@@ -128,6 +128,8 @@ void HybridExecutor::bind(const ModelConfig& config,
     ready_ms_.assign(size_t(n_experts_), 0.0);
     predicted_tokens_.assign(3, std::vector<int32_t>(size_t(n_experts_)));
     predicted_resident_.assign(3, std::vector<uint8_t>(size_t(n_experts_)));
+    predicted_for_.assign(3, std::vector<std::vector<int32_t>>(size_t(n_layers)));
+    lookahead_accuracy_ = LookaheadAccuracy(3);
     prefetch_issued_ = 0;
     running_ = {};
     publish_counters();
@@ -162,6 +164,9 @@ void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
 
 void HybridExecutor::begin_step(int64_t n_tokens) {
     last_layer_end_ms_ = -1;
+    for (auto& by_layer : predicted_for_)
+        for (std::vector<int32_t>& experts : by_layer)
+            experts.clear();
     if (options_.replay) options_.replay->begin_step(n_tokens);
 }
 
@@ -218,6 +223,15 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
                          routing.weights);
     cache_->record_access(layer, active_);
+    for (size_t d = 0; d < predicted_for_.size(); ++d) {
+        std::vector<int32_t>& was = predicted_for_[d][size_t(layer)];
+        if (was.empty()) continue;
+        int64_t used = 0;
+        for (int32_t e : was)
+            used += tokens_[size_t(e)] > 0;
+        lookahead_accuracy_.record(int(d) + 1, int64_t(was.size()), used);
+        was.clear();
+    }
 
     // 2. Plan against what is resident, with the arrival times of copies still in flight.
     for (int64_t e = 0; e < n_experts_; ++e) {
@@ -237,6 +251,12 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
 
     // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
     const size_t n_later = options_.prefetch ? predict_later_layers(call) : 0;
+    for (size_t d = 0; d < n_later; ++d) {
+        std::vector<int32_t>& experts = predicted_for_[d][size_t(layer) + d + 1];
+        experts.clear();
+        for (int64_t e = 0; e < n_experts_; ++e)
+            if (predicted_tokens_[d][size_t(e)] > 0) experts.push_back(int32_t(e));
+    }
     pins_.clear();
     for (int32_t e : active_)
         pins_.push_back({layer, e});
@@ -353,7 +373,8 @@ void HybridExecutor::issue_prefetches(int32_t layer, size_t n_later, double laye
         later.push_back({.layer = target,
                          .predicted_tokens = tokens,
                          .resident = resident,
-                         .starts_in_ms = starts_in});
+                         .starts_in_ms = starts_in,
+                         .use_probability = lookahead_accuracy_.probability(int(d) + 1)});
         plan_layer(options_.planner,
                    {.cost = options_.cost, .tokens = tokens, .resident = resident}, scratch_plan_);
         starts_in += scratch_plan_.makespan_ms();

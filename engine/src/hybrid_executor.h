@@ -48,6 +48,7 @@
 #include "models/expert_runner.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
+#include "scheduler/prefetcher.h"
 #include "scheduler/routing_replay.h"
 
 namespace tandem {
@@ -162,6 +163,10 @@ class HybridExecutor final : public ExpertRunner {
     std::vector<ExpertPlacement> placement_;
     Buffer device_out_;  // [n_tokens, hidden_dim] f32 on the device: its experts' partial sum
     std::vector<std::vector<int32_t>> predicted_tokens_;
+    // predicted_for_[d - 1][layer]: this step's experts predicted for `layer` d layers before,
+    // checked when the layer runs; the prefetcher's P of use per distance.
+    std::vector<std::vector<std::vector<int32_t>>> predicted_for_;
+    LookaheadAccuracy lookahead_accuracy_{3};
     std::vector<std::vector<uint8_t>> predicted_resident_;
 
     int64_t prefetch_issued_ = 0;
