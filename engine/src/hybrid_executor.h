@@ -104,11 +104,12 @@ class HybridExecutor final : public ExpertRunner {
     void drain() override;
 
     // Measures the cost model on this machine with the bound model's experts (MoE layer 0):
-    // CPU pool times for 1 expert x 1 token, 1 x 16 tokens and 4 x 1 token (the slope, the
-    // intercept and the first-expert warm-up), the device's for 1 x 1 and 1 x 16, and one
-    // expert's copy. Each is the median of 7 runs on experts not used by the previous run, so
-    // weights come from memory as they do in decode. Shared experts stay on the CPU: no GPU
-    // intercept. Call between steps.
+    // CPU pool times for a grid of experts x tokens (1x1, 1x4, 1x16, 2x1, 4x1, 4x4) and the
+    // device's for 1 expert x 1, 4, 16 tokens, each the median of 7 runs on experts not used by
+    // the previous run and made equally cold for both (a 256 MiB buffer written before each run),
+    // fitted by least squares (scheduler/cost_model.h: fit_cpu_times, fit_device_times); the fit
+    // and its residuals are logged, a coefficient clamped to 0 is warned about. Then one
+    // expert's copy. Shared experts stay on the CPU: no GPU intercept. Call between steps.
     CostModel calibrate(ThreadPool& pool);
     void set_cost_model(const CostModel& cost) { options_.cost = cost; }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <sstream>
 #include <string>
@@ -304,6 +305,47 @@ TEST(Planner, EveryPlannerPlacesEachActiveExpertOnceAndNamesRoundTrip) {
         plan_layer(PlannerKind::Static,
                    {.cost = cost, .tokens = tokens, .resident = std::span(resident).first(3)}),
         Error);
+}
+
+TEST(CostModel, FitByLeastSquaresReportsResidualsAndClamps) {
+    // CPU times of n experts x t tokens = first + n * a + n * t * b, measured on a grid; the fit
+    // uses every point (not three of them), so one noisy point moves it little and shows in the
+    // residuals.
+    const double first = 0.3, a = 0.05, b = 0.02;
+    std::vector<TimingSample> cpu;
+    for (auto [n, t] : {std::pair{1, 1}, {1, 4}, {1, 16}, {2, 1}, {4, 1}, {4, 4}})
+        cpu.push_back({.n_experts = n, .tokens = t, .ms = first + n * a + n * t * b});
+    CostFit fit = fit_cpu_times(cpu);
+    EXPECT_NEAR(fit.first_ms, first, 1e-9);
+    EXPECT_NEAR(fit.a_ms, a, 1e-9);
+    EXPECT_NEAR(fit.b_ms, b, 1e-9);
+    ASSERT_EQ(fit.residual_ms.size(), cpu.size());
+    for (double r : fit.residual_ms)
+        EXPECT_NEAR(r, 0.0, 1e-9);
+    EXPECT_TRUE(fit.clamped.empty());
+    // A cache-hot single expert (too fast): the 3-point formula put the per-expert intercept at
+    // (cpu_4 - cpu_1) / 3 - b, all of the error; least squares spreads it and reports it.
+    cpu[0].ms -= 0.2;
+    fit = fit_cpu_times(cpu);
+    EXPECT_GT(std::fabs(fit.residual_ms[0]), 0.05) << "the outlier shows in its residual";
+    // Times that fall with more experts cannot be fitted with a >= 0 intercept: it is clamped
+    // and said so.
+    const std::vector<TimingSample> odd = {{.n_experts = 1, .tokens = 1, .ms = 1.0},
+                                           {.n_experts = 4, .tokens = 1, .ms = 0.5},
+                                           {.n_experts = 1, .tokens = 16, .ms = 2.0}};
+    fit = fit_cpu_times(odd);
+    EXPECT_GE(fit.a_ms, 0.0);
+    ASSERT_FALSE(fit.clamped.empty());
+    EXPECT_NE(fit.clamped.find("per-expert"), std::string::npos) << fit.clamped;
+    // The device: a + t * b per expert.
+    std::vector<TimingSample> dev;
+    for (int t : {1, 4, 16})
+        dev.push_back({.n_experts = 1, .tokens = t, .ms = 0.5 + 0.001 * t});
+    fit = fit_device_times(dev);
+    EXPECT_NEAR(fit.a_ms, 0.5, 1e-9);
+    EXPECT_NEAR(fit.b_ms, 0.001, 1e-9);
+    EXPECT_EQ(fit.first_ms, 0.0);
+    EXPECT_NE(describe_fit(fit, dev).find("residual"), std::string::npos);
 }
 
 TEST(CostModel, FromProfileAndShape) {
