@@ -180,6 +180,7 @@ class Run {
 }  // namespace
 
 std::string SimPolicy::name() const {
+    if (is_ktransformers_static()) return "ktransformers-static";
     std::string n = cat(cache_policy_name(cache), "+", planner_name(planner));
     if (prefetch) n += "+prefetch(" + predictor + ")";
     return n;
@@ -200,10 +201,13 @@ SimResult simulate(const SimConfig& c) {
     const CostModel cost = CostModel::from_profile(c.hw, s);
     const int64_t slots = expert_slots_for_ratio(c.budget_ratio, s.n_moe_layers, s.n_experts);
     const std::vector<ExpertKey> profile = most_activated_experts(t, s.n_experts, slots);
-    const double gpu_bw = c.hw.gpu_bandwidth_gbs * 1e6;  // bytes per ms
-    const double gpu_flops = c.hw.gpu_tflops * 1e9;      // FLOP per ms
-    const double dense_ms = double(s.dense_params_per_layer) * 2.0 / gpu_bw;
-    const double head_ms = double(s.head_params) * 2.0 / gpu_bw;
+    // Attention, norms, router and lm_head run where the modelled engine runs them.
+    const double dense_bw = c.attention_on_gpu ? c.hw.gpu_bandwidth_gbs * 1e6  // bytes per ms
+                                               : c.hw.cpu_bandwidth_gbs * 1e6;
+    const double dense_flops = c.attention_on_gpu ? c.hw.gpu_tflops * 1e9  // FLOP per ms
+                                                  : c.hw.cpu_gflops * 1e6;
+    const double dense_ms = double(s.dense_params_per_layer) * 2.0 / dense_bw;
+    const double head_ms = double(s.head_params) * 2.0 / dense_bw;
     const int64_t k = t.top_k;
     const std::vector<float> uniform(size_t(k), 1.0f / float(k));
 
@@ -221,7 +225,7 @@ SimResult simulate(const SimConfig& c) {
         std::vector<float> weights;
         std::vector<int32_t> active;
         for (int32_t l = 0; l < t.n_layers; ++l) {
-            run.clock += dense_ms + 2.0 * double(s.dense_params_per_layer * p) / gpu_flops;
+            run.clock += dense_ms + 2.0 * double(s.dense_params_per_layer * p) / dense_flops;
             ids.clear();
             weights.clear();
             auto& tokens = run.tokens();

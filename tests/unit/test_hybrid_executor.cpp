@@ -297,7 +297,8 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     int64_t transient_copies = 0;
     for (auto [cache, planner, ratio] :
          {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
-          Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25}}) {
+          Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25},
+          Case{"static", "static", 0.25}}) {
         SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
         const sim::SimResult predicted = sim::simulate(
             {.trace = trace,
@@ -315,7 +316,9 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                                       .prefetch = false,
                                       .hardware_profile = "",
                                       .calibration_file = dir.str() + "/calibration.json",
-                                      .replay_routing = trace_path});
+                                      .replay_routing = trace_path,
+                                      // kTransformers' frozen set, from the routing profile
+                                      .warm_profile = trace_path});
         // One prompt token and kTokens - 1 decode steps: trace tokens 0 .. kTokens - 1.
         const RequestOutput out = engine.generate(
             Prompt::tokens({1}), {.temperature = 0, .max_tokens = kTokens, .ignore_eos = true});
@@ -393,6 +396,10 @@ TEST_F(HybridExecutorTest, BadConfigurationsAreRefusedByName) {
     EXPECT_NE(error_of(c).find("not cpu"), std::string::npos) << error_of(c);
     c.expert_device = "tpu";
     EXPECT_NE(error_of(c).find("tpu"), std::string::npos) << error_of(c);
+    c.expert_device = "sim";
+    c.warm_profile = dir_.str() + "/no-such-profile.jsonl";
+    EXPECT_NE(error_of(c).find("no-such-profile"), std::string::npos) << error_of(c);
+    c.warm_profile.clear();
     c = config("greedy", 0.25, true);
     EXPECT_NE(error_of(c).find("greedy"), std::string::npos) << error_of(c);
     c = config("hybrimoe", 1.5, true);

@@ -154,6 +154,24 @@ TEST(Sim, EndToEndOnATinyTraceIsConsistent) {
         run({.cache = CachePolicyKind::Lru, .planner = PlannerKind::HybriMoe}, 1.0);
     EXPECT_DOUBLE_EQ(all.hit_rate, 1.0);
     EXPECT_EQ(all.bytes_moved, 0);
+    // The kTransformers baseline by name: the frozen profile set, no copies; with attention on
+    // the CPU (as Tandem runs it today) the same routing costs more per token.
+    const SimPolicy kt{.cache = CachePolicyKind::Static, .planner = PlannerKind::Static};
+    EXPECT_TRUE(kt.is_ktransformers_static());
+    EXPECT_EQ(stat.policy, "ktransformers-static");
+    EXPECT_FALSE((SimPolicy{.cache = CachePolicyKind::Static, .planner = PlannerKind::HybriMoe})
+                     .is_ktransformers_static());
+    const SimResult kt_cpu_attention = simulate({.trace = t,
+                                                 .shape = shape,
+                                                 .hw = hw,
+                                                 .budget_ratio = 0.1,
+                                                 .policy = kt,
+                                                 .prompt_len = 32,
+                                                 .seed = seed,
+                                                 .attention_on_gpu = false});
+    EXPECT_DOUBLE_EQ(kt_cpu_attention.hit_rate, stat.hit_rate);
+    EXPECT_GT(kt_cpu_attention.tbt_ms, stat.tbt_ms);
+    EXPECT_GT(kt_cpu_attention.ttft_ms, stat.ttft_ms);
 }
 
 }  // namespace
