@@ -6,6 +6,7 @@
 
 #include "engine/src/expert_slot.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
 #include "models/config.h"
@@ -103,6 +104,11 @@ void HybridExecutor::bind(const ModelConfig& config,
     cpu_experts_.bind(moe_layers);
 
     layers_.assign(moe_layers.begin(), moe_layers.end());
+    full_router_ = router_options(config);
+    full_router_.n_experts_active = n_experts;
+    full_router_.topk = RouterTopk::Greedy;
+    full_router_.normalize = false;
+    full_router_.scaling = 1.0f;
     n_experts_ = n_experts;
     capacity_ = capacity;
     slot_bytes_ = slot_bytes;
@@ -220,8 +226,16 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         tokens_[size_t(e)] = int32_t(groups_.tokens_of(e));
         if (tokens_[size_t(e)] > 0) active_.push_back(int32_t(e));
     }
-    cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
-                         routing.weights);
+    if (options_.replay) {  // the trace's weights: what tandem-sim scores too
+        cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
+                             routing.weights);
+    } else {
+        OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts_});
+        cpu::linear(call.x, call.weights->router, Tensor(), logits.view, pool);
+        full_routing_ = route(logits.view, full_router_, {});
+        cache_->observe_step(layer, n_tokens, n_experts_, full_routing_.experts,
+                             full_routing_.weights);
+    }
     cache_->record_access(layer, active_);
     for (size_t d = 0; d < predicted_for_.size(); ++d) {
         std::vector<int32_t>& was = predicted_for_[d][size_t(layer)];

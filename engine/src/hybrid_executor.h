@@ -3,8 +3,9 @@
 // prefetcher (HybriMoE; ../shared/reference/hybrimoe.md).
 //
 // Per MoE layer, on the thread that runs the model:
-//   1. the routing gives the tokens per expert; the cache sees the router scores (MRS) and the
-//      accesses (hits and misses);
+//   1. the routing gives the tokens per expert; the cache sees the router's probabilities of
+//      every expert, not only the chosen ones' weights (MRS's top-p, p = 2k, is for the
+//      near-misses; under replay, the trace's weights), and the accesses (hits and misses);
 //   2. the planner (scheduler/planner.h) places each activated expert: CPU, GPU (resident, or
 //      still arriving from a prefetch) or Transfer (copied now, then computed on the device);
 //   3. the experts this layer uses and the next layer's predicted ones are pinned, demand copies
@@ -45,6 +46,7 @@
 #include "engine/src/cpu_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
+#include "models/blocks/router.h"
 #include "models/expert_runner.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
@@ -117,6 +119,8 @@ class HybridExecutor final : public ExpertRunner {
     int64_t slot_bytes() const { return int64_t(slot_bytes_); }
     const HybridOptions& options() const { return options_; }
     HybridCounters counters() const;
+    // The cache policy's priority of an expert (MRS: its score); for tests. Between steps.
+    double cache_priority(ExpertKey key) const { return cache_->priority(key); }
 
   private:
     std::byte* slot_data(int64_t slot) const;
@@ -135,6 +139,10 @@ class HybridExecutor final : public ExpertRunner {
     std::unique_ptr<ThreadPool> device_pool_;  // the sim device's one compute thread
     std::unique_ptr<Stream> compute_, copy_;
     std::vector<const MoeWeights*> layers_;
+    // The model's router with every expert kept (k = n_experts, scores not renormalised): the
+    // full distribution the cache's MRS scores come from.
+    RouterOptions full_router_;
+    Routing full_routing_;
     int64_t n_experts_ = 0;
     int64_t capacity_ = 0;
     size_t slot_bytes_ = 0;
