@@ -69,6 +69,7 @@ struct Options {
     std::string cache_policy = "mrs";
     std::string prefetch = "off";
     std::string replay_routing;
+    std::string warm_profile;
     std::string record_routing;
     std::string expert_device = "sim";
     std::string hardware_profile;
@@ -163,6 +164,10 @@ PreparedModel prepare_model(const Options& o) {
     return m;
 }
 
+// kTransformers as a row: the static planner over the static cache's frozen set (from the
+// routing profile: --warm-profile, or the replayed trace), no prefetch; tandem-sim's name too.
+constexpr const char* kKtransformersStatic = "ktransformers-static";
+
 void validate_hybrid_flags(const Options& o) {
     for (double r : o.gpu_ratios) {
         if (!(r >= 0 && r <= 1))
@@ -170,7 +175,7 @@ void validate_hybrid_flags(const Options& o) {
     }
     parse_device(o.expert_device);
     for (const std::string& p : o.planners)
-        parse_planner(p);  // throws listing the planners
+        if (p != kKtransformersStatic) parse_planner(p);  // throws listing the planners
     parse_cache_policy(o.cache_policy);
     if (o.prefetch != "on" && o.prefetch != "off")
         fail("--prefetch: '", o.prefetch, "' is not on or off");
@@ -212,6 +217,12 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
         c.cache_policy = o.cache_policy;
         c.prefetch = o.prefetch == "on";
         c.hardware_profile = o.hardware_profile;
+        c.warm_profile = o.warm_profile;
+        if (hc.planner == kKtransformersStatic) {
+            c.planner = "static";
+            c.cache_policy = "static";
+            c.prefetch = false;
+        }
     }
     return c;
 }
@@ -433,8 +444,11 @@ int main(int argc, char** argv) {
     app.add_option("--hardware-profile", o.hardware_profile,
                    "cost model from this profile instead of calibrating at start-up");
     app.add_option("--planner", o.planners,
-                   "hybrid planners: hybrimoe, static, fiddler, gpu-stream, cpu-only")
+                   "hybrid planners: hybrimoe, static, fiddler, gpu-stream, cpu-only, or "
+                   "ktransformers-static (static planner and cache, no prefetch)")
         ->delimiter(',');
+    app.add_option("--warm-profile", o.warm_profile,
+                   "routing trace whose most activated experts start on the device");
     app.add_option("--cache-policy", o.cache_policy, "GPU expert cache: mrs, lru, lfu, static")
         ->capture_default_str();
     app.add_option("--prefetch", o.prefetch, "on or off")->capture_default_str();

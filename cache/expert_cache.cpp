@@ -148,6 +148,22 @@ std::optional<ExpertKey> ExpertCache::victim_for(ExpertKey key) const {
     return slot_key_[size_t(*slot)];
 }
 
+bool ExpertCache::admits_now(ExpertKey key) const {
+    if (resident(key) || !policy_->admits(key)) return false;
+    const bool layer_full =
+        !config_.layer_quota.empty() &&
+        layer_count_[size_t(key.layer)] >= config_.layer_quota[size_t(key.layer)];
+    if (!layer_full && occupancy_ < config_.capacity) return true;
+    const std::optional<int64_t> victim = victim_slot(layer_full ? key.layer : -1);
+    return victim && outranks(key, slot_key_[size_t(*victim)]);
+}
+
+bool ExpertCache::outranks(ExpertKey newcomer, ExpertKey victim) const {
+    // The order victims are chosen in: priority, then the more recent touch.
+    const double pn = policy_->priority(newcomer), pv = policy_->priority(victim);
+    return pn > pv || (pn == pv && last_touch_[index(newcomer)] > last_touch_[index(victim)]);
+}
+
 InsertResult ExpertCache::insert(ExpertKey key, InsertReason reason) {
     const size_t i = index(key);
     InsertResult result;
@@ -160,6 +176,10 @@ InsertResult ExpertCache::insert(ExpertKey key, InsertReason reason) {
         const std::optional<int64_t> victim = victim_slot(layer_full ? key.layer : -1);
         if (!victim) return result;  // everything evictable is pinned, or no slots at all
         const ExpertKey old = slot_key_[size_t(*victim)];
+        if (reason != InsertReason::Warmup && !outranks(key, old)) {
+            result.refused = true;
+            return result;
+        }
         slot = *victim;
         CacheCounters& oc = layer_counters_[size_t(old.layer)];
         ++oc.evictions;

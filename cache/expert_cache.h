@@ -50,6 +50,7 @@ enum class InsertReason : uint8_t { Demand, Prefetch, Warmup };
 
 struct InsertResult {
     bool inserted = false;  // false: already resident, not admitted, or every candidate pinned
+    bool refused = false;   // a victim was needed and the newcomer's priority was not above it
     int64_t slot = -1;      // where it went, when inserted
     std::optional<ExpertKey> evicted;
 };
@@ -85,8 +86,16 @@ class ExpertCache {
     bool pinned(ExpertKey key) const { return pinned_[index(key)] != 0; }
 
     // Makes `key` resident, evicting the policy's victim when the pool or the layer's quota is
-    // full. Warmup insertions (start-up fill) move no counted bytes.
+    // full. Admission: a Demand or Prefetch insertion that needs a victim happens only when the
+    // newcomer ranks above the victim in eviction order (higher priority, or equal and touched
+    // more recently); otherwise it is refused (`refused`),
+    // nothing is evicted and the caller computes the expert where it is, uncached. Without the
+    // rule every planned copy evicted a better expert (issue 17: mrs+hybrimoe then hit less
+    // often than a frozen set). Warmup insertions (start-up fill) move no counted bytes.
     InsertResult insert(ExpertKey key, InsertReason reason);
+    // Whether insert(key, Demand) would make it resident now (admitted, a free slot or an
+    // evictable victim it outranks).
+    bool admits_now(ExpertKey key) const;
     // Who insert(key) would evict now, if anyone had to go.
     std::optional<ExpertKey> victim_for(ExpertKey key) const;
 
@@ -97,6 +106,8 @@ class ExpertCache {
   private:
     size_t index(ExpertKey key) const;
     std::optional<int64_t> victim_slot(int32_t layer_restricted) const;
+    // Whether `newcomer` would stay longer than `victim`: admission (see insert()).
+    bool outranks(ExpertKey newcomer, ExpertKey victim) const;
 
     ExpertCacheConfig config_;
     std::unique_ptr<CachePolicy> policy_;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -84,6 +85,98 @@ CostModel CostModel::from_profile(const HardwareProfile& hw, const ModelShape& s
         c.shared_b_ms = 2.0 * params / (hw.gpu_tflops * 1e9);
     }
     return c;
+}
+
+namespace {
+
+// Least squares over the columns in `use` of the rows (first, n, n * t); the others stay 0.
+std::array<double, 3> least_squares(std::span<const TimingSample> samples,
+                                    const std::array<bool, 3>& use) {
+    std::array<size_t, 3> col{};
+    size_t k = 0;
+    for (size_t c = 0; c < 3; ++c)
+        if (use[c]) col[k++] = c;
+    // Normal equations A^T A x = A^T y, k <= 3 unknowns, by Gaussian elimination with pivoting.
+    double m[3][4] = {};
+    for (const TimingSample& s : samples) {
+        const double row[3] = {1.0, double(s.n_experts), double(s.n_experts * s.tokens)};
+        for (size_t i = 0; i < k; ++i) {
+            for (size_t j = 0; j < k; ++j)
+                m[i][j] += row[col[i]] * row[col[j]];
+            m[i][k] += row[col[i]] * s.ms;
+        }
+    }
+    for (size_t i = 0; i < k; ++i) {
+        size_t pivot = i;
+        for (size_t r = i + 1; r < k; ++r)
+            if (std::fabs(m[r][i]) > std::fabs(m[pivot][i])) pivot = r;
+        for (size_t j = 0; j <= k; ++j)
+            std::swap(m[i][j], m[pivot][j]);
+        if (std::fabs(m[i][i]) < 1e-300)
+            fail(
+                "cost model fit: the timed runs do not determine the model (vary experts and "
+                "tokens)");
+        for (size_t r = 0; r < k; ++r) {
+            if (r == i) continue;
+            const double f = m[r][i] / m[i][i];
+            for (size_t j = i; j <= k; ++j)
+                m[r][j] -= f * m[i][j];
+        }
+    }
+    std::array<double, 3> x{};
+    for (size_t i = 0; i < k; ++i)
+        x[col[i]] = m[i][k] / m[i][i];
+    return x;
+}
+
+CostFit fit(std::span<const TimingSample> samples, std::array<bool, 3> use) {
+    static constexpr const char* kNames[3] = {"first-expert warm-up", "per-expert intercept",
+                                              "per-token slope"};
+    CostFit f;
+    std::array<double, 3> x = least_squares(samples, use);
+    // Negative coefficients are not times: clamp the most negative to 0 and refit the rest.
+    while (true) {
+        size_t worst = 3;
+        for (size_t c = 0; c < 3; ++c)
+            if (use[c] && x[c] < 0 && (worst == 3 || x[c] < x[worst])) worst = c;
+        if (worst == 3) break;
+        f.clamped += cat(f.clamped.empty() ? "" : "; ", kNames[worst], " fitted at ", x[worst],
+                         " ms, clamped to 0");
+        use[worst] = false;
+        if (!use[0] && !use[1] && !use[2]) {
+            x = {};
+            break;
+        }
+        x = least_squares(samples, use);
+    }
+    f.first_ms = x[0];
+    f.a_ms = x[1];
+    f.b_ms = x[2];
+    for (const TimingSample& s : samples)
+        f.residual_ms.push_back(s.ms - (f.first_ms + double(s.n_experts) * f.a_ms +
+                                        double(s.n_experts * s.tokens) * f.b_ms));
+    return f;
+}
+
+}  // namespace
+
+CostFit fit_cpu_times(std::span<const TimingSample> samples) {
+    return fit(samples, {true, true, true});
+}
+
+CostFit fit_device_times(std::span<const TimingSample> samples) {
+    return fit(samples, {false, true, true});
+}
+
+std::string describe_fit(const CostFit& f, std::span<const TimingSample> samples) {
+    std::ostringstream out;
+    out << f.first_ms << " ms once + " << f.a_ms << " ms per expert + " << f.b_ms
+        << " ms per expert-token";
+    if (!f.clamped.empty()) out << " (" << f.clamped << ")";
+    for (size_t i = 0; i < samples.size() && i < f.residual_ms.size(); ++i)
+        out << "; " << samples[i].n_experts << " x " << samples[i].tokens << ": measured "
+            << samples[i].ms << " ms, residual " << f.residual_ms[i] << " ms";
+    return out.str();
 }
 
 CostModel CostModel::hybrimoe_published() {

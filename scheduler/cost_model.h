@@ -8,12 +8,15 @@
 // tokens). The numbers come from a hardware profile (JSON: bandwidths, FLOP rates, fixed
 // overheads) and a model shape (expert bytes, hidden_dim, expert_ffn_dim): the intercepts are
 // "read the expert's weights once", the slopes "its FLOPs per token".
-// Non-goals: calibration by measurement on the actual machine needs the executor and lives with
-// it (engine/), not here; this file only holds the model and reads profiles.
+// Calibration: the executor measures on the machine (engine/); the least-squares fit of those
+// timings, with residuals and any clamping said out loud, is here.
+// Non-goals: running or timing anything.
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace tandem {
 
@@ -76,5 +79,30 @@ struct CostModel {
     // machine): cpu = n ms + 0.79 ms once, gpu = 0.5 ms, pcie = 0.418 ms. The worked example.
     static CostModel hybrimoe_published();
 };
+
+// Calibration's fit (the executor measures, this fits): timed runs of n experts with t tokens
+// each, fitted by least squares over all of them, residuals kept so that a bad fit shows.
+struct TimingSample {
+    int64_t n_experts = 1;
+    int64_t tokens = 1;
+    double ms = 0;
+};
+
+struct CostFit {
+    double first_ms = 0;              // once per run: the CPU pool's warm-up; 0 for the device
+    double a_ms = 0;                  // per expert
+    double b_ms = 0;                  // per expert and token
+    std::vector<double> residual_ms;  // [samples] measured - fitted
+    // Coefficients that came out negative, with their fitted values, set to 0 and the others
+    // refitted; empty when none was.
+    std::string clamped;
+};
+
+// ms = first + n * a + n * t * b.
+CostFit fit_cpu_times(std::span<const TimingSample> samples);
+// ms = n * (a + t * b): a device launch has no warm-up of its own.
+CostFit fit_device_times(std::span<const TimingSample> samples);
+// The fit and one line per sample (measured, fitted, residual), for the log.
+std::string describe_fit(const CostFit& fit, std::span<const TimingSample> samples);
 
 }  // namespace tandem

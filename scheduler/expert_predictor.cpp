@@ -113,10 +113,34 @@ class HistoryPredictor final : public ExpertPredictor {
 
 }  // namespace
 
+// The gate lookahead the recorder wrote: what layer `target`'s router chose from layer `from`'s
+// input, for distances the trace recorded.
+class LookaheadPredictor final : public ExpertPredictor {
+  public:
+    explicit LookaheadPredictor(const RoutingTrace& trace) : t_(trace) {}
+    void predict(int64_t token, int64_t from, int64_t target, std::vector<int32_t>& out) override {
+        out.clear();
+        const int64_t d = target - from;
+        if (d < 1 || d > t_.lookahead_depth) return;
+        const int32_t* ids = t_.lookahead_at(token, from, d);
+        for (int64_t i = 0; i < t_.top_k; ++i)
+            if (ids[i] >= 0) out.push_back(ids[i]);
+    }
+
+  private:
+    const RoutingTrace& t_;
+};
+
 std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
                                                        const RoutingTrace& trace, int64_t n_experts,
                                                        uint64_t seed) {
     if (spec == "history") return std::make_unique<HistoryPredictor>(trace, n_experts);
+    if (spec == "lookahead") {
+        if (trace.lookahead_depth == 0)
+            fail("predictor 'lookahead': ", trace.source,
+                 " has no recorded gate lookahead (record with the lookahead on)");
+        return std::make_unique<LookaheadPredictor>(trace);
+    }
     if (spec == "oracle" || spec.rfind("oracle:", 0) == 0) {
         double acc = 0.8;
         if (spec.size() > 7) {
@@ -133,7 +157,7 @@ std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
             fail("predictor '", spec, "': needs more experts than top-k to replace one");
         return std::make_unique<OraclePredictor>(trace, n_experts, acc, seed);
     }
-    fail("predictor '", spec, "': expected oracle:ACC, oracle or history");
+    fail("predictor '", spec, "': expected oracle:ACC, oracle, history or lookahead");
 }
 
 }  // namespace tandem

@@ -10,6 +10,8 @@
 //               layer L's experts and layer L+d's (same token, d = 1..3), plus the previous
 //               token's experts at the target layer when that token is the last one observed
 //               (temporal locality; in tandem-sim's one-token steps it always is).
+//   lookahead   the gate lookahead recorded in the trace (tools/routing_recorder.h): the real
+//               routers of layers L+1..L+J applied to layer L's input, as the engine predicts.
 // Non-goals: hidden states; per-token load prediction beyond one token per predicted expert.
 #pragma once
 
@@ -37,7 +39,8 @@ class ExpertPredictor {
     virtual void observe(int64_t token) {}
 };
 
-// "oracle:ACC" (ACC in [0, 1]), "oracle" (ACC = 0.8) or "history"; throws otherwise.
+// "oracle:ACC" (ACC in [0, 1]), "oracle" (ACC = 0.8), "history" or "lookahead" (the trace must
+// hold one); throws otherwise.
 std::unique_ptr<ExpertPredictor> make_expert_predictor(const std::string& spec,
                                                        const RoutingTrace& trace, int64_t n_experts,
                                                        uint64_t seed);

@@ -2,15 +2,23 @@
 // LayerPlan (which experts the CPU computes, which the GPU computes, which are copied over PCIe
 // first, in what order, and when each timeline is predicted to finish).
 //
-//   hybrimoe    HybriMoE's greedy simulation over three timelines (CPU, GPU, PCIe), with real
-//               token counts in prefill and decode. Priority rules: the GPU computes resident
-//               experts, highest load first; the CPU computes non-resident experts, lowest load
-//               first, and when none is left takes resident ones, lowest load first; the copy
-//               engine moves non-resident experts, highest load first, and a moved expert joins
-//               the GPU queue. Each step gives the next job to whichever of CPU and GPU would
-//               finish it first (for the GPU, a miss finishes after its copy lands). Being
-//               greedy it can miss the optimum; it also evaluates the static and CPU-only
-//               assignments and keeps the best of the three, so it is never worse than either.
+//   hybrimoe    HybriMoE's three timelines (CPU, GPU, PCIe) and priority rules, with real token
+//               counts in prefill and decode, searched rather than followed greedily: the GPU
+//               computes resident experts, highest load first (an in-flight copy when it lands);
+//               the CPU computes non-resident experts, lowest load first, and may take the
+//               cheapest resident ones while misses are pending (when the copy engine serves
+//               them better); the copy engine moves non-resident experts, highest load first,
+//               from pcie_free_ms on, overlapping the GPU's resident work. Which side each
+//               expert goes to is chosen by makespan. Experts with equal load, residency and
+//               arrival are interchangeable, so a split is a count per such group; when there
+//               are at most 256 splits (every decode step: one token per expert; up to 8
+//               experts always) every split is scheduled and the best kept, the optimum of
+//               these timelines. Above that, the paper's greedy and the baselines are starts of
+//               a local search (move one or two experts across; up to 16 activated experts, a
+//               prefill of a wide model keeps the best start, the search costing milliseconds)
+//               and the best is kept, never worse than any baseline. Measured against brute force
+//               (tests/unit/test_planner.cpp): 2-8 experts exact; 9-12 experts with distinct
+//               loads >= 99 % of cases within 1 %, the worst 14 % above.
 //   static      kTransformers: the GPU computes what is resident, the CPU the rest, no copies.
 //   fiddler     per expert, the cheaper of cpu(n) and (resident ? gpu(n) : copy + gpu(n)).
 //   gpu-stream  every miss is copied and computed on the GPU (Mixtral-offloading style).
@@ -18,8 +26,10 @@
 // Timeline semantics shared by all (schedule_assignment): the CPU pays its first-expert warm-up
 // once and runs its jobs back to back, misses before residents, lowest load first; the copy
 // engine starts at pcie_free_ms and copies highest load first; the GPU starts at gpu_start_ms
-// (shared experts) and always runs the highest-load job whose weights are there. The layer ends
-// at max(CPU finish, GPU finish).
+// (shared experts, or whatever the device does before this layer's routed experts) and always
+// runs the highest-load job whose weights are there. The layer ends at max(CPU finish, GPU
+// finish). A Gpu placement of an expert that is neither resident nor copied is refused (throws):
+// it would compute without weights.
 // Non-goals: executing anything, owning residency (cache/), knowing about threads or streams.
 #pragma once
 

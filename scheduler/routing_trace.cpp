@@ -80,6 +80,33 @@ struct Builder {
                     t.weights.push_back(v.get<float>());
             }
         }
+        const bool lookahead = j.contains("lookahead");
+        if (t.n_tokens() == 0 && lookahead) {
+            const auto& la = j.at("lookahead");
+            if (!la.is_array() || la.empty() || !la[0].is_array())
+                fail("'lookahead' is not [[[ids] x depth] x layers]");
+            t.lookahead_depth = int64_t(la[0].size());
+        } else if (lookahead != (t.lookahead_depth > 0)) {
+            fail("'lookahead' present in some tokens only");
+        }
+        if (lookahead) {
+            const auto& la = j.at("lookahead");
+            if (int64_t(la.size()) != t.n_layers) fail("'lookahead' has ", la.size(), " layers");
+            for (const auto& layer : la) {
+                if (int64_t(layer.size()) != t.lookahead_depth)
+                    fail("'lookahead' of depth ", layer.size(), ", expected ", t.lookahead_depth);
+                for (const auto& ids : layer) {
+                    if (int64_t(ids.size()) != t.top_k)
+                        fail("a lookahead with ", ids.size(), " experts");
+                    for (const auto& id : ids) {
+                        const int64_t e = id.get<int64_t>();
+                        if (e < -1 || e > INT32_MAX) fail("lookahead expert id ", e);
+                        t.lookahead.push_back(int32_t(e));
+                        t.max_expert = std::max(t.max_expert, int32_t(e));
+                    }
+                }
+            }
+        }
         const std::string seq = j.value("seq", std::string());
         const auto [it, fresh] = seq_index.try_emplace(seq, int32_t(seq_index.size()));
         t.seq.push_back(it->second);

@@ -28,6 +28,10 @@ struct RoutingTrace {
     std::vector<int32_t> seq;      // [n_tokens] sequence index, 0.. in order of appearance
     std::vector<int32_t> experts;  // [n_tokens, n_layers, top_k]
     std::vector<float> weights;    // [n_tokens, n_layers, top_k], empty without probabilities
+    // The recorded gate lookahead (recorder's "lookahead"): layer L+d's router applied to layer
+    // L's input, d = 1..lookahead_depth; -1 where there is no such layer. Empty without it.
+    int64_t lookahead_depth = 0;
+    std::vector<int32_t> lookahead;  // [n_tokens, n_layers, lookahead_depth, top_k]
 
     int64_t n_tokens() const { return int64_t(seq.size()); }
     const int32_t* experts_at(int64_t token, int64_t layer) const {
@@ -35,6 +39,11 @@ struct RoutingTrace {
     }
     const float* weights_at(int64_t token, int64_t layer) const {
         return weights.data() + (token * n_layers + layer) * top_k;
+    }
+    // What layer + distance's gate chose from layer's input (distance 1..lookahead_depth).
+    const int32_t* lookahead_at(int64_t token, int64_t layer, int64_t distance) const {
+        return lookahead.data() +
+               ((token * n_layers + layer) * lookahead_depth + distance - 1) * top_k;
     }
 };
 

@@ -38,6 +38,10 @@ void add_hybrid_flags(CLI::App& app, EngineConfig& config) {
     app.add_option("--replay-routing", config.replay_routing,
                    "take every MoE layer's experts from this routing trace (synthetic models)")
         ->group(group);
+    app.add_option("--warm-profile", config.warm_profile,
+                   "routing trace whose most activated experts start on the device (and are "
+                   "static's set)")
+        ->group(group);
     app.add_option("--replay-predictor", config.replay_predictor,
                    "prefetch predictor under replay: oracle:ACC or history")
         ->capture_default_str()

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
     int64_t prompt_len = 512, max_tokens = 0;
     uint64_t seed = 1;
     bool json = false;
+    std::string attention = "gpu";
     app.add_option("--trace", trace_path, "routing trace (.jsonl or .jsonl.gz)")->required();
     app.add_option("--model", model, "model shape preset")->capture_default_str();
     app.add_option("--bits", bits, "bits per expert weight (4.5 = Q4_K, 16 = bf16)")
@@ -75,6 +76,9 @@ int main(int argc, char** argv) {
     app.add_option("--alpha", alpha, "MRS moving-average weight")->capture_default_str();
     app.add_option("--seed", seed, "seed of the oracle predictor's errors")->capture_default_str();
     app.add_flag("--json", json, "one JSON object per policy and budget, one per line");
+    app.add_option("--attention", attention,
+                   "where the modelled engine runs attention and the dense layers: gpu or cpu")
+        ->capture_default_str();
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -88,6 +92,9 @@ int main(int argc, char** argv) {
                          "expert 1/%lld\n",
                          trace_path.c_str(), (long long)trace.top_k);
 
+        if (attention != "gpu" && attention != "cpu")
+            fail("--attention ", attention, ": expected gpu or cpu");
+        const bool attention_on_gpu = attention == "gpu";
         std::vector<sim::SimPolicy> policies;
         for (const std::string& pf : split(prefetch)) {
             if (pf != "on" && pf != "off") fail("--prefetch ", pf, ": expected on or off");
@@ -126,9 +133,9 @@ int main(int argc, char** argv) {
                                                   .policy = pol,
                                                   .prompt_len = prompt_len,
                                                   .mrs_alpha = alpha,
-                                                  .seed = seed});
-                if (pol.cache == CachePolicyKind::Static && pol.planner == PlannerKind::Static &&
-                    !pol.prefetch) {
+                                                  .seed = seed,
+                                                  .attention_on_gpu = attention_on_gpu});
+                if (pol.is_ktransformers_static()) {
                     static_tbt = r.tbt_ms;
                     static_ttft = r.ttft_ms;
                 }
@@ -147,6 +154,8 @@ int main(int argc, char** argv) {
                                         {"tbt_ms", r.tbt_ms},
                                         {"ttft_ms", r.ttft_ms},
                                         {"bytes_moved", r.bytes_moved},
+                                        {"transient_copies", r.transient_copies},
+                                        {"attention", attention},
                                         {"tokens", r.tokens},
                                         {"model", shape.name},
                                         {"profile", hw.name}};
@@ -175,7 +184,7 @@ int main(int argc, char** argv) {
                     double(r.bytes_moved) / 1e9);
             }
             if (static_ttft > 0)
-                std::printf("(xstatic: TBT of static+static over this row's TBT)\n");
+                std::printf("(xstatic: TBT of ktransformers-static over this row's TBT)\n");
         }
         const double secs =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -29,6 +29,7 @@ class Run {
                                               .static_set = profile},
                                    .expert_bytes = c.shape.expert_bytes(),
                                    .capacity = slots}),
+          n_transient_(slots > 0 ? c.trace.top_k : 0),
           arrival_(size_t(c.trace.n_layers * n_experts_), 0.0),
           tokens_(size_t(n_experts_), 0),
           resident_(size_t(n_experts_), 0),
@@ -41,6 +42,8 @@ class Run {
     double clock = 0.0;
     int64_t bytes_moved = 0;
     int64_t prefetch_issued = 0;
+    int64_t refused_transfers = 0;
+    int64_t transient_copies = 0;
 
     // Runs the experts of layer l: tokens_ holds the per-expert loads, `active` their ids.
     // Returns the layer's planned makespan; the clock is not advanced.
@@ -59,17 +62,36 @@ class Run {
         }
         pins_.insert(pins_.end(), extra_pins.begin(), extra_pins.end());
         cache_.set_pinned(pins_);
-        plan_layer(c_.policy.planner,
-                   {.cost = cost_,
-                    .tokens = tokens_,
-                    .resident = resident_,
-                    .ready_ms = ready_,
-                    .gpu_start_ms = cost_.shared_ms(n_tokens),
-                    .pcie_free_ms = std::max(0.0, pcie_free_ - clock)},
-                   plan_);
+        const PlanInput input{.cost = cost_,
+                              .tokens = tokens_,
+                              .resident = resident_,
+                              .ready_ms = ready_,
+                              .gpu_start_ms = cost_.shared_ms(n_tokens),
+                              .pcie_free_ms = std::max(0.0, pcie_free_ - clock)};
+        plan_layer(c_.policy.planner, input, plan_);
+        // A copy the cache refuses (not admitted, or no victim it outranks) goes to a transient
+        // device slot, is computed there and not cached, as in the executor (whose few
+        // transient slots are reused in turn, each copy waiting for the slot's last reader:
+        // not modelled). Without any slots (budget 0) the CPU computes it and the layer is
+        // rescheduled.
+        bool refused = false;
+        placement_ = plan_.placement;
         for (const PlannedJob& tr : plan_.transfers) {
-            bytes_moved += c_.shape.expert_bytes();
-            if (cache_.insert({l, tr.expert}, InsertReason::Demand).inserted)
+            if (cache_.insert({l, tr.expert}, InsertReason::Demand).inserted) {
+                bytes_moved += c_.shape.expert_bytes();
+                arrival_[key_index(l, tr.expert)] = clock + tr.finish_ms;
+            } else if (n_transient_ > 0) {
+                ++transient_copies;
+                bytes_moved += c_.shape.expert_bytes();
+            } else {
+                placement_[size_t(tr.expert)] = ExpertPlacement::Cpu;
+                ++refused_transfers;
+                refused = true;
+            }
+        }
+        if (refused) {
+            schedule_assignment(input, placement_, plan_);
+            for (const PlannedJob& tr : plan_.transfers)  // the kept copies, re-timed
                 arrival_[key_index(l, tr.expert)] = clock + tr.finish_ms;
         }
         if (!plan_.transfers.empty()) pcie_free_ = clock + plan_.pcie_finish_ms;
@@ -79,7 +101,8 @@ class Run {
     // Prefetches for layers l+1..l+3 of `token`, issued at the start of layer l's experts.
     // `predicted[d]` holds the predicted experts of layer l+d.
     void prefetch(int32_t l, double layer_ms, double dense_ms,
-                  const std::vector<std::vector<int32_t>>& predicted) {
+                  const std::vector<std::vector<int32_t>>& predicted,
+                  const LookaheadAccuracy& accuracy) {
         std::vector<PrefetchLayer> layers;
         double starts_in = layer_ms;
         for (int d = 1; d <= kPrefetchDistance && l + d < c_.trace.n_layers; ++d) {
@@ -96,7 +119,8 @@ class Run {
                               .predicted_tokens = ptok_[d],
                               .resident = pres_[d],
                               .starts_in_ms = starts_in,
-                              .gpu_start_ms = cost_.shared_ms(1)});
+                              .gpu_start_ms = cost_.shared_ms(1),
+                              .use_probability = accuracy.probability(d)});
             plan_layer(c_.policy.planner,
                        {.cost = cost_,
                         .tokens = ptok_[d],
@@ -140,12 +164,14 @@ class Run {
     const CostModel& cost_;
     int64_t n_experts_;
     ExpertCache cache_;
+    int64_t n_transient_;          // transient device slots per layer for refused copies
     std::vector<double> arrival_;  // [n_layers, n_experts] absolute time a copy lands
     double pcie_free_ = 0.0;
     std::vector<int32_t> tokens_;
     std::vector<uint8_t> resident_;
     std::vector<double> ready_;
     std::vector<ExpertKey> pins_;
+    std::vector<ExpertPlacement> placement_;
     LayerPlan plan_, scratch_;
     std::vector<int32_t> ptok_[kPrefetchDistance + 1];
     std::vector<uint8_t> pres_[kPrefetchDistance + 1];
@@ -154,6 +180,7 @@ class Run {
 }  // namespace
 
 std::string SimPolicy::name() const {
+    if (is_ktransformers_static()) return "ktransformers-static";
     std::string n = cat(cache_policy_name(cache), "+", planner_name(planner));
     if (prefetch) n += "+prefetch(" + predictor + ")";
     return n;
@@ -174,10 +201,13 @@ SimResult simulate(const SimConfig& c) {
     const CostModel cost = CostModel::from_profile(c.hw, s);
     const int64_t slots = expert_slots_for_ratio(c.budget_ratio, s.n_moe_layers, s.n_experts);
     const std::vector<ExpertKey> profile = most_activated_experts(t, s.n_experts, slots);
-    const double gpu_bw = c.hw.gpu_bandwidth_gbs * 1e6;  // bytes per ms
-    const double gpu_flops = c.hw.gpu_tflops * 1e9;      // FLOP per ms
-    const double dense_ms = double(s.dense_params_per_layer) * 2.0 / gpu_bw;
-    const double head_ms = double(s.head_params) * 2.0 / gpu_bw;
+    // Attention, norms, router and lm_head run where the modelled engine runs them.
+    const double dense_bw = c.attention_on_gpu ? c.hw.gpu_bandwidth_gbs * 1e6  // bytes per ms
+                                               : c.hw.cpu_bandwidth_gbs * 1e6;
+    const double dense_flops = c.attention_on_gpu ? c.hw.gpu_tflops * 1e9  // FLOP per ms
+                                                  : c.hw.cpu_gflops * 1e6;
+    const double dense_ms = double(s.dense_params_per_layer) * 2.0 / dense_bw;
+    const double head_ms = double(s.head_params) * 2.0 / dense_bw;
     const int64_t k = t.top_k;
     const std::vector<float> uniform(size_t(k), 1.0f / float(k));
 
@@ -195,7 +225,7 @@ SimResult simulate(const SimConfig& c) {
         std::vector<float> weights;
         std::vector<int32_t> active;
         for (int32_t l = 0; l < t.n_layers; ++l) {
-            run.clock += dense_ms + 2.0 * double(s.dense_params_per_layer * p) / gpu_flops;
+            run.clock += dense_ms + 2.0 * double(s.dense_params_per_layer * p) / dense_flops;
             ids.clear();
             weights.clear();
             auto& tokens = run.tokens();
@@ -223,6 +253,10 @@ SimResult simulate(const SimConfig& c) {
     if (c.policy.prefetch)
         predictor = make_expert_predictor(c.policy.predictor, t, s.n_experts, c.seed);
     std::vector<std::vector<int32_t>> predicted(kPrefetchDistance + 1);
+    // predicted_for[d][j]: the experts predicted for layer j from d layers before, this token.
+    std::vector<std::vector<std::vector<int32_t>>> predicted_for(
+        kPrefetchDistance + 1, std::vector<std::vector<int32_t>>(size_t(t.n_layers)));
+    LookaheadAccuracy accuracy(kPrefetchDistance);
     std::vector<ExpertKey> next_pins;
     double total_ms = 0.0;
     for (int64_t tok = 0; tok < t.n_tokens(); ++tok) {
@@ -238,14 +272,25 @@ SimResult simulate(const SimConfig& c) {
                 tokens[size_t(e)] = 1;
             next_pins.clear();
             if (predictor) {
-                for (int d = 1; d <= kPrefetchDistance && l + d < t.n_layers; ++d)
+                for (int d = 1; d <= kPrefetchDistance; ++d) {
+                    std::vector<int32_t>& was = predicted_for[size_t(d)][size_t(l)];
+                    if (was.empty()) continue;
+                    int64_t used = 0;
+                    for (int32_t e : was)
+                        used += std::find(ids.begin(), ids.end(), e) != ids.end();
+                    accuracy.record(d, int64_t(was.size()), used);
+                    was.clear();
+                }
+                for (int d = 1; d <= kPrefetchDistance && l + d < t.n_layers; ++d) {
                     predictor->predict(tok, l, l + d, predicted[size_t(d)]);
+                    predicted_for[size_t(d)][size_t(l + d)] = predicted[size_t(d)];
+                }
                 if (l + 1 < t.n_layers)
                     for (int32_t e : predicted[1])
                         next_pins.push_back({l + 1, e});
             }
             const double layer_ms = run.run_layer(l, ids, 1, next_pins);
-            if (predictor) run.prefetch(l, layer_ms, dense_ms, predicted);
+            if (predictor) run.prefetch(l, layer_ms, dense_ms, predicted, accuracy);
             run.clock += layer_ms;
             for (int32_t e : ids)
                 tokens[size_t(e)] = 0;
@@ -262,6 +307,9 @@ SimResult simulate(const SimConfig& c) {
     r.prefetch_wasted = counters.prefetch_wasted;
     r.tbt_ms = total_ms / double(t.n_tokens());
     r.bytes_moved = run.bytes_moved;
+    r.evictions = counters.evictions;
+    r.refused_transfers = run.refused_transfers;
+    r.transient_copies = run.transient_copies;
     return r;
 }
 

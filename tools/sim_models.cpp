@@ -14,7 +14,8 @@ int64_t attention(int64_t hidden, int64_t q_dim, int64_t kv_dim, int64_t n_exper
 }  // namespace
 
 std::vector<std::string> model_preset_names() {
-    return {"olmoe-1b-7b", "deepseek-v2-lite", "gpt-oss-120b", "qwen3-30b-a3b", "mixtral-8x7b"};
+    return {"olmoe-1b-7b",   "deepseek-v2-lite", "gpt-oss-120b",
+            "qwen3-30b-a3b", "mixtral-8x7b",     "tandem-demo-moe"};
 }
 
 ModelShape model_preset(const std::string& name, double bits) {
@@ -63,10 +64,19 @@ ModelShape model_preset(const std::string& name, double bits) {
              .expert_ffn_dim = 14336,
              .dense_params_per_layer = attention(4096, 4096, 1024, 8),
              .head_params = 32000LL * 4096};
+    } else if (name == "tandem-demo-moe") {
+        // models/demo/tandem-demo-moe: 4 heads x 64, 2 kv heads, tied embeddings.
+        s = {.n_moe_layers = 8,
+             .n_experts = 32,
+             .n_experts_active = 4,
+             .hidden_dim = 256,
+             .expert_ffn_dim = 96,
+             .dense_params_per_layer = attention(256, 256, 128, 32),
+             .head_params = 8192LL * 256};
     } else {
         fail("--model ", name,
              ": unknown preset; expected olmoe-1b-7b, deepseek-v2-lite, gpt-oss-120b, "
-             "qwen3-30b-a3b or mixtral-8x7b");
+             "qwen3-30b-a3b, mixtral-8x7b or tandem-demo-moe");
     }
     if (!(bits > 0.0 && bits <= 32.0)) fail("--bits: expected (0, 32], got ", bits);
     s.name = name;

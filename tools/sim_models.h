@@ -10,7 +10,8 @@
 
 namespace tandem::sim {
 
-// "olmoe-1b-7b", "deepseek-v2-lite", "gpt-oss-120b", "qwen3-30b-a3b", "mixtral-8x7b".
+// "olmoe-1b-7b", "deepseek-v2-lite", "gpt-oss-120b", "qwen3-30b-a3b", "mixtral-8x7b",
+// "tandem-demo-moe" (the repo's demo model, for its recorded trace).
 ModelShape model_preset(const std::string& name, double bits_per_weight);
 std::vector<std::string> model_preset_names();
 

@@ -1,5 +1,7 @@
 // HybridExecutor::calibrate(): the cost model measured on this machine (hybrid_executor.h).
 #include <algorithm>
+#include <cstring>
+#include <utility>
 
 #include "engine/src/expert_slot.h"
 #include "engine/src/hybrid_executor.h"
@@ -29,6 +31,13 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
         x.view.data_as<float>()[i] = float((i * 7919) % 2001 - 1000) / 1000.0f;
     Buffer scratch = allocate(options_.device, slot_bytes_);
     int32_t next_expert = 0;
+    // Equally cold experts for the CPU and the device: before every timed run a buffer larger
+    // than a server's last-level cache is written, so both read the expert's weights from memory
+    // (the device's copy lands before it). Without this the device timed an expert it had just
+    // copied, from cache, against CPU experts read from memory.
+    std::vector<std::byte> evict(size_t(256) << 20);
+    uint8_t stamp = 0;
+    const auto make_cold = [&] { std::memset(evict.data(), ++stamp, evict.size()); };
 
     // One timed run: `n_experts` experts with `tokens` tokens each, on the CPU pool or the device.
     auto time_run = [&](int n_experts, int32_t tokens, bool device) {
@@ -67,6 +76,7 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
                 layer_offsets.push_back(int32_t(slots.size()));
             }
             const std::vector<float> ones(slots.size(), 1.0f);
+            make_cold();
             const double t0 = now_ms();
             cpu_experts_.run(0,
                              {.x = x.view.slice_rows(0, tokens),
@@ -79,6 +89,7 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
             return now_ms() - t0;
         }
         if (!device) {
+            make_cold();
             const double t0 = now_ms();
             run(pool, experts);
             return now_ms() - t0;
@@ -88,6 +99,7 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
             expert_at(static_cast<std::byte*>(scratch.data()), experts[0], options_.device);
         copy_expert(*copy_, on_device, experts[0]);
         copy_->synchronize();
+        make_cold();
         std::vector<cpu::ExpertWeights> same(size_t(n_experts), on_device);
         double ms = 0;
         compute_->launch_host([&] {
@@ -106,15 +118,25 @@ CostModel HybridExecutor::calibrate(ThreadPool& pool) {
         return median(runs);
     };
 
+    // A grid of runs, fitted by least squares over all of them (a three-point formula put every
+    // timing error into one coefficient), with the residuals in the log.
+    std::vector<TimingSample> cpu, dev;
+    for (auto [n, t] : {std::pair{1, 1}, {1, 4}, {1, kLongTokens}, {2, 1}, {4, 1}, {4, 4}})
+        cpu.push_back({.n_experts = n, .tokens = t, .ms = measure(n, t, false)});
+    for (int32_t t : {1, 4, kLongTokens})
+        dev.push_back({.n_experts = 1, .tokens = t, .ms = measure(1, t, true)});
+    const CostFit cpu_fit = fit_cpu_times(cpu), dev_fit = fit_device_times(dev);
     CostModel c;
-    const double cpu_1 = measure(1, 1, false), cpu_16 = measure(1, kLongTokens, false);
-    const double cpu_4 = measure(4, 1, false);
-    c.cpu_b_ms = std::max(0.0, (cpu_16 - cpu_1) / double(kLongTokens - 1));
-    c.cpu_a_ms = std::max(0.0, (cpu_4 - cpu_1) / 3.0 - c.cpu_b_ms);
-    c.cpu_first_ms = std::max(0.0, cpu_1 - c.cpu_a_ms - c.cpu_b_ms);
-    const double gpu_1 = measure(1, 1, true), gpu_16 = measure(1, kLongTokens, true);
-    c.gpu_b_ms = std::max(0.0, (gpu_16 - gpu_1) / double(kLongTokens - 1));
-    c.gpu_a_ms = std::max(0.0, gpu_1 - c.gpu_b_ms);
+    c.cpu_first_ms = cpu_fit.first_ms;
+    c.cpu_a_ms = cpu_fit.a_ms;
+    c.cpu_b_ms = cpu_fit.b_ms;
+    c.gpu_a_ms = dev_fit.a_ms;
+    c.gpu_b_ms = dev_fit.b_ms;
+    log_info("calibration, CPU pool: ", describe_fit(cpu_fit, cpu));
+    log_info("calibration, device: ", describe_fit(dev_fit, dev));
+    for (const CostFit* f : {&cpu_fit, &dev_fit})
+        if (!f->clamped.empty())
+            log_warn("calibration: ", f->clamped, " (timings too noisy or too small to separate)");
     std::vector<double> copies;
     for (int r = 0; r < kRuns; ++r) {
         const cpu::ExpertWeights& w = layer.experts[size_t(r % n_experts_)];

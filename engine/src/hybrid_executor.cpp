@@ -6,6 +6,7 @@
 
 #include "engine/src/expert_slot.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
 #include "models/config.h"
@@ -95,15 +96,28 @@ void HybridExecutor::bind(const ModelConfig& config,
                           .capacity = capacity});
     Buffer slots =
         capacity > 0 ? allocate(options_.device, size_t(capacity) * slot_bytes) : Buffer();
+    const int64_t n_transient = capacity > 0 ? config.n_experts_active : 0;
+    Buffer transient =
+        n_transient > 0 ? allocate(options_.device, size_t(n_transient) * slot_bytes) : Buffer();
     // Last of what can fail; it frees the old NUMA copies first (a failure here leaves the CPU
     // experts unbound until the caller binds again, as the scheduler does after a failed reload).
     cpu_experts_.bind(moe_layers);
 
     layers_.assign(moe_layers.begin(), moe_layers.end());
+    full_router_ = router_options(config);
+    full_router_.n_experts_active = n_experts;
+    full_router_.topk = RouterTopk::Greedy;
+    full_router_.normalize = false;
+    full_router_.scaling = 1.0f;
     n_experts_ = n_experts;
     capacity_ = capacity;
     slot_bytes_ = slot_bytes;
     slots_ = std::move(slots);
+    n_transient_ = n_transient;
+    transient_ = std::move(transient);
+    next_transient_ = 0;
+    transient_free_.assign(size_t(n_transient_), nullptr);
+    transient_of_.assign(size_t(n_experts), 0);
     cache_ = std::move(cache);
     slot_ready_.assign(size_t(capacity_), nullptr);
     slot_arrival_ms_.assign(size_t(capacity_), 0.0);
@@ -120,6 +134,8 @@ void HybridExecutor::bind(const ModelConfig& config,
     ready_ms_.assign(size_t(n_experts_), 0.0);
     predicted_tokens_.assign(3, std::vector<int32_t>(size_t(n_experts_)));
     predicted_resident_.assign(3, std::vector<uint8_t>(size_t(n_experts_)));
+    predicted_for_.assign(3, std::vector<std::vector<int32_t>>(size_t(n_layers)));
+    lookahead_accuracy_ = LookaheadAccuracy(3);
     prefetch_issued_ = 0;
     running_ = {};
     publish_counters();
@@ -137,17 +153,26 @@ cpu::ExpertWeights HybridExecutor::slot_weights(int64_t slot, int32_t layer) con
     return expert_at(slot_data(slot), layers_[size_t(layer)]->experts[0], options_.device);
 }
 
-void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
-    const cpu::ExpertWeights& w = layers_[size_t(layer)]->experts[size_t(expert)];
-    copy_expert(*copy_, slot_weights(slot, layer), w);
-    slot_ready_[size_t(slot)] = copy_->record();
+double HybridExecutor::queue_copy(std::byte* dst, int32_t layer, int32_t expert,
+                                  std::shared_ptr<Event>& ready) {
+    const std::vector<cpu::ExpertWeights>& experts = layers_[size_t(layer)]->experts;
+    copy_expert(*copy_, expert_at(dst, experts[0], options_.device), experts[size_t(expert)]);
+    ready = copy_->record();
     const double start = std::max(now_ms(), copy_free_ms_);
     copy_free_ms_ = start + options_.cost.transfer_ms;
-    slot_arrival_ms_[size_t(slot)] = copy_free_ms_;
+    return copy_free_ms_;
+}
+
+void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
+    slot_arrival_ms_[size_t(slot)] =
+        queue_copy(slot_data(slot), layer, expert, slot_ready_[size_t(slot)]);
 }
 
 void HybridExecutor::begin_step(int64_t n_tokens) {
     last_layer_end_ms_ = -1;
+    for (auto& by_layer : predicted_for_)
+        for (std::vector<int32_t>& experts : by_layer)
+            experts.clear();
     if (options_.replay) options_.replay->begin_step(n_tokens);
 }
 
@@ -201,9 +226,26 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         tokens_[size_t(e)] = int32_t(groups_.tokens_of(e));
         if (tokens_[size_t(e)] > 0) active_.push_back(int32_t(e));
     }
-    cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
-                         routing.weights);
+    if (options_.replay) {  // the trace's weights: what tandem-sim scores too
+        cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
+                             routing.weights);
+    } else {
+        OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts_});
+        cpu::linear(call.x, call.weights->router, Tensor(), logits.view, pool);
+        full_routing_ = route(logits.view, full_router_, {});
+        cache_->observe_step(layer, n_tokens, n_experts_, full_routing_.experts,
+                             full_routing_.weights);
+    }
     cache_->record_access(layer, active_);
+    for (size_t d = 0; d < predicted_for_.size(); ++d) {
+        std::vector<int32_t>& was = predicted_for_[d][size_t(layer)];
+        if (was.empty()) continue;
+        int64_t used = 0;
+        for (int32_t e : was)
+            used += tokens_[size_t(e)] > 0;
+        lookahead_accuracy_.record(int(d) + 1, int64_t(was.size()), used);
+        was.clear();
+    }
 
     // 2. Plan against what is resident, with the arrival times of copies still in flight.
     for (int64_t e = 0; e < n_experts_; ++e) {
@@ -213,17 +255,22 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         if (slot >= 0 && slot_ready_[size_t(slot)] && !slot_ready_[size_t(slot)]->done())
             ready_ms_[size_t(e)] = std::max(0.0, slot_arrival_ms_[size_t(slot)] - start);
     }
-    plan_layer(options_.planner,
-               {.cost = options_.cost,
-                .tokens = tokens_,
-                .resident = resident_,
-                .ready_ms = ready_ms_,
-                .pcie_free_ms = std::max(0.0, copy_free_ms_ - start)},
-               plan_);
+    const PlanInput plan_input{.cost = options_.cost,
+                               .tokens = tokens_,
+                               .resident = resident_,
+                               .ready_ms = ready_ms_,
+                               .pcie_free_ms = std::max(0.0, copy_free_ms_ - start)};
+    plan_layer(options_.planner, plan_input, plan_);
     placement_ = plan_.placement;
 
     // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
     const size_t n_later = options_.prefetch ? predict_later_layers(call) : 0;
+    for (size_t d = 0; d < n_later; ++d) {
+        std::vector<int32_t>& experts = predicted_for_[d][size_t(layer) + d + 1];
+        experts.clear();
+        for (int64_t e = 0; e < n_experts_; ++e)
+            if (predicted_tokens_[d][size_t(e)] > 0) experts.push_back(int32_t(e));
+    }
     pins_.clear();
     for (int32_t e : active_)
         pins_.push_back({layer, e});
@@ -231,16 +278,28 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         for (int64_t e = 0; e < n_experts_; ++e)
             if (predicted_tokens_[0][size_t(e)] > 0) pins_.push_back({layer + 1, int32_t(e)});
     cache_->set_pinned(pins_);
+    bool refused = false;
+    std::fill(transient_of_.begin(), transient_of_.end(), 0);
     for (const PlannedJob& copy : plan_.transfers) {
         const InsertResult r = cache_->insert({layer, copy.expert}, InsertReason::Demand);
-        if (!r.inserted) {  // not admitted (static) or every slot pinned: the CPU takes it
+        if (r.inserted) {
+            copy_in(r.slot, layer, copy.expert);
+            ++running_.transfers;
+        } else if (n_transient_ > 0) {
+            // Not admitted, outranked by every victim, or all pinned: copied to a transient slot
+            // in step 4, computed there and not cached (tandem-sim does the same).
+            transient_of_[size_t(copy.expert)] = 1;
+            ++running_.transient_copies;
+            running_.transient_bytes += int64_t(slot_bytes_);
+        } else {
             placement_[size_t(copy.expert)] = ExpertPlacement::Cpu;
             ++running_.refused_transfers;
-            continue;
+            refused = true;
         }
-        copy_in(r.slot, layer, copy.expert);
-        ++running_.transfers;
     }
+    // The layer's timelines without the refused copies (tandem-sim does the same), for the GPU
+    // order below and the prefetcher's clock.
+    if (refused) schedule_assignment(plan_input, placement_, plan_);
 
     // 4. The device's experts, in the planner's GPU order, each after its own copy.
     const size_t out_bytes = size_t(n_tokens * hidden) * sizeof(float);
@@ -252,12 +311,25 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         const int32_t e = job.expert;
         if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
         const int64_t slot = cache_->slot({layer, e});
-        if (slot < 0)
+        cpu::ExpertWeights w;
+        int64_t t = -1;
+        if (slot >= 0) {
+            if (slot_ready_[size_t(slot)]) compute_->wait(slot_ready_[size_t(slot)]);
+            w = slot_weights(slot, layer);
+        } else if (transient_of_[size_t(e)]) {
+            t = next_transient_;
+            next_transient_ = (next_transient_ + 1) % n_transient_;
+            if (transient_free_[size_t(t)]) copy_->wait(transient_free_[size_t(t)]);
+            std::byte* p = static_cast<std::byte*>(transient_.data()) + size_t(t) * slot_bytes_;
+            std::shared_ptr<Event> ready;
+            queue_copy(p, layer, e, ready);
+            compute_->wait(ready);
+            w = expert_at(p, layers_[size_t(layer)]->experts[0], options_.device);
+        } else {
             fail("hybrid executor: expert ", e, " of MoE layer ", layer, " lost its slot");
-        if (slot_ready_[size_t(slot)]) compute_->wait(slot_ready_[size_t(slot)]);
+        }
         const int32_t begin = groups_.offsets[size_t(e)], n = int32_t(groups_.tokens_of(e));
-        compute_->launch_host([this, w = slot_weights(slot, layer), x = call.x, device_out, begin,
-                               n] {
+        compute_->launch_host([this, w, x = call.x, device_out, begin, n] {
             const std::array<int32_t, 2> offsets = {0, n};
             cpu::moe_experts(
                 {.x = x,
@@ -268,6 +340,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
                  .token_weight = std::span(groups_.token_weight).subspan(size_t(begin), size_t(n))},
                 *device_pool_);
         });
+        if (t >= 0) transient_free_[size_t(t)] = compute_->record();
         ++running_.gpu_experts;
         device_used = true;
     }
@@ -314,7 +387,8 @@ void HybridExecutor::issue_prefetches(int32_t layer, size_t n_later, double laye
         later.push_back({.layer = target,
                          .predicted_tokens = tokens,
                          .resident = resident,
-                         .starts_in_ms = starts_in});
+                         .starts_in_ms = starts_in,
+                         .use_probability = lookahead_accuracy_.probability(int(d) + 1)});
         plan_layer(options_.planner,
                    {.cost = options_.cost, .tokens = tokens, .resident = resident}, scratch_plan_);
         starts_in += scratch_plan_.makespan_ms();

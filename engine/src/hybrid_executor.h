@@ -3,12 +3,14 @@
 // prefetcher (HybriMoE; ../shared/reference/hybrimoe.md).
 //
 // Per MoE layer, on the thread that runs the model:
-//   1. the routing gives the tokens per expert; the cache sees the router scores (MRS) and the
-//      accesses (hits and misses);
+//   1. the routing gives the tokens per expert; the cache sees the router's probabilities of
+//      every expert, not only the chosen ones' weights (MRS's top-p, p = 2k, is for the
+//      near-misses; under replay, the trace's weights), and the accesses (hits and misses);
 //   2. the planner (scheduler/planner.h) places each activated expert: CPU, GPU (resident, or
 //      still arriving from a prefetch) or Transfer (copied now, then computed on the device);
 //   3. the experts this layer uses and the next layer's predicted ones are pinned, demand copies
-//      go to the copy stream (evicting the policy's victims), each followed by an event;
+//      go to the copy stream (evicting the policy's victim when the newcomer outranks it), each
+//      followed by an event; a copy the cache refuses goes to a transient slot in step 4;
 //   4. the device's experts are queued on the compute stream, each waiting only for its own copy;
 //   5. prefetches for the next layers are queued on the copy stream behind the demand copies, in
 //      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
@@ -44,9 +46,11 @@
 #include "engine/src/cpu_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
+#include "models/blocks/router.h"
 #include "models/expert_runner.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
+#include "scheduler/prefetcher.h"
 #include "scheduler/routing_replay.h"
 
 namespace tandem {
@@ -82,7 +86,9 @@ struct HybridCounters {
     int64_t cpu_experts = 0;        // expert jobs run on the CPU
     int64_t gpu_experts = 0;        // on the device (resident or transferred)
     int64_t transfers = 0;          // demand copies
-    int64_t refused_transfers = 0;  // planned copies the cache could not admit: run on the CPU
+    int64_t transient_copies = 0;   // planned copies the cache refused: run from a transient slot
+    int64_t transient_bytes = 0;    // what those moved (not in the cache's bytes_moved)
+    int64_t refused_transfers = 0;  // refused with every transient slot taken: run on the CPU
     int64_t layers = 0;
 };
 
@@ -100,11 +106,12 @@ class HybridExecutor final : public ExpertRunner {
     void drain() override;
 
     // Measures the cost model on this machine with the bound model's experts (MoE layer 0):
-    // CPU pool times for 1 expert x 1 token, 1 x 16 tokens and 4 x 1 token (the slope, the
-    // intercept and the first-expert warm-up), the device's for 1 x 1 and 1 x 16, and one
-    // expert's copy. Each is the median of 7 runs on experts not used by the previous run, so
-    // weights come from memory as they do in decode. Shared experts stay on the CPU: no GPU
-    // intercept. Call between steps.
+    // CPU pool times for a grid of experts x tokens (1x1, 1x4, 1x16, 2x1, 4x1, 4x4) and the
+    // device's for 1 expert x 1, 4, 16 tokens, each the median of 7 runs on experts not used by
+    // the previous run and made equally cold for both (a 256 MiB buffer written before each run),
+    // fitted by least squares (scheduler/cost_model.h: fit_cpu_times, fit_device_times); the fit
+    // and its residuals are logged, a coefficient clamped to 0 is warned about. Then one
+    // expert's copy. Shared experts stay on the CPU: no GPU intercept. Call between steps.
     CostModel calibrate(ThreadPool& pool);
     void set_cost_model(const CostModel& cost) { options_.cost = cost; }
 
@@ -112,11 +119,16 @@ class HybridExecutor final : public ExpertRunner {
     int64_t slot_bytes() const { return int64_t(slot_bytes_); }
     const HybridOptions& options() const { return options_; }
     HybridCounters counters() const;
+    // The cache policy's priority of an expert (MRS: its score); for tests. Between steps.
+    double cache_priority(ExpertKey key) const { return cache_->priority(key); }
 
   private:
     std::byte* slot_data(int64_t slot) const;
     cpu::ExpertWeights slot_weights(int64_t slot, int32_t layer) const;
     void copy_in(int64_t slot, int32_t layer, int32_t expert);
+    // Queues the copy of host expert (layer, expert) into device memory at `dst`; returns when
+    // it should land and sets `ready` to its event.
+    double queue_copy(std::byte* dst, int32_t layer, int32_t expert, std::shared_ptr<Event>& ready);
     // predicted_tokens_[d] for MoE layers layer + 1 + d, d < returned count.
     size_t predict_later_layers(const MoeLayerCall& call);
     void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
@@ -127,10 +139,22 @@ class HybridExecutor final : public ExpertRunner {
     std::unique_ptr<ThreadPool> device_pool_;  // the sim device's one compute thread
     std::unique_ptr<Stream> compute_, copy_;
     std::vector<const MoeWeights*> layers_;
+    // The model's router with every expert kept (k = n_experts, scores not renormalised): the
+    // full distribution the cache's MRS scores come from.
+    RouterOptions full_router_;
+    Routing full_routing_;
     int64_t n_experts_ = 0;
     int64_t capacity_ = 0;
     size_t slot_bytes_ = 0;
     Buffer slots_;
+    // Transient slots (n_experts_active of them, beside the budget's slots, when there are any):
+    // a planned copy that the cache refuses is computed from one and not cached. Used in turn;
+    // a copy into one waits for the device job that last read it.
+    int64_t n_transient_ = 0;
+    int64_t next_transient_ = 0;
+    Buffer transient_;
+    std::vector<std::shared_ptr<Event>> transient_free_;  // [n_transient_] its last reader done
+    std::vector<uint8_t> transient_of_;                   // [n_experts] this layer's refused copies
     std::unique_ptr<ExpertCache> cache_;
     std::vector<std::shared_ptr<Event>> slot_ready_;  // [capacity] the last copy into the slot
     std::vector<double> slot_arrival_ms_;             // [capacity] when that copy should land
@@ -148,6 +172,10 @@ class HybridExecutor final : public ExpertRunner {
     std::vector<ExpertPlacement> placement_;
     Buffer device_out_;  // [n_tokens, hidden_dim] f32 on the device: its experts' partial sum
     std::vector<std::vector<int32_t>> predicted_tokens_;
+    // predicted_for_[d - 1][layer]: this step's experts predicted for `layer` d layers before,
+    // checked when the layer runs; the prefetcher's P of use per distance.
+    std::vector<std::vector<std::vector<int32_t>>> predicted_for_;
+    LookaheadAccuracy lookahead_accuracy_{3};
     std::vector<std::vector<uint8_t>> predicted_resident_;
 
     int64_t prefetch_issued_ = 0;

@@ -1,5 +1,7 @@
 #include "engine/src/hybrid_setup.h"
 
+#include <optional>
+
 #include "engine/src/calibration_cache.h"
 #include "engine/src/cpu_runner.h"
 #include "kernels/dtype.h"
@@ -57,10 +59,19 @@ std::unique_ptr<HybridExecutor> make_hybrid_executor(const EngineConfig& config,
     options.prefetch = config.prefetch;
     options.replay = replay;
     options.numa = numa;
-    if (replay) {  // the trace's own profile: what `static` keeps and every policy starts from
+    // A routing profile: what `static` keeps and every policy starts from.
+    std::optional<RoutingTrace> profile;
+    if (!config.warm_profile.empty()) {
+        profile = read_routing_trace(config.warm_profile);
+        if (profile->max_expert >= mc.n_experts)
+            fail("EngineConfig.warm_profile: ", config.warm_profile, " routes to expert ",
+                 profile->max_expert, ", but ", mc.architecture, " has ", mc.n_experts);
+    }
+    const RoutingTrace* warm_from = profile ? &*profile : replay ? &replay->trace() : nullptr;
+    if (warm_from) {
         const int64_t n_moe = moe_layer_count(mc);
-        for (ExpertKey key : most_activated_experts(replay->trace(), mc.n_experts,
-                                                    replay->trace().n_layers * mc.n_experts))
+        for (ExpertKey key :
+             most_activated_experts(*warm_from, mc.n_experts, warm_from->n_layers * mc.n_experts))
             if (key.layer < n_moe) options.warm_set.push_back(key);  // a model cut in depth
     }
     auto executor = std::make_unique<HybridExecutor>(options);
@@ -137,7 +148,7 @@ void add_hybrid_stats(const HybridExecutor& executor, EngineStats& s) {
     s.expert_cache_hits = c.cache.hits;
     s.expert_cache_misses = c.cache.misses;
     s.expert_cache_evictions = c.cache.evictions;
-    s.expert_bytes_moved = c.cache.bytes_moved;
+    s.expert_bytes_moved = c.cache.bytes_moved + c.transient_bytes;
     s.expert_prefetches = c.prefetch_issued;
     s.expert_prefetches_used = c.cache.prefetch_used;
     s.experts_on_cpu = c.cpu_experts;

@@ -64,13 +64,47 @@ TEST(ExpertCache, MrsEvictsTheLowestScore) {
     const std::vector<int32_t> ids = {0, 1, 2};
     const std::vector<float> scores = {0.3f, 0.1f, 0.2f};
     cache.observe_scores(0, ids, scores);
-    // Expert 1 has the lowest score; then 2 once 1 is gone.
+    // Layer 1's newcomers: 0 scores just above the weakest resident, 1 well above everyone.
+    const std::vector<int32_t> ids1 = {0, 1};
+    const std::vector<float> scores1 = {0.12f, 0.6f};
+    cache.observe_scores(1, ids1, scores1);
+    // Expert 1 of layer 0 has the lowest score (0.05); then layer 1's expert 0 (0.06), whichever
+    // layer it is in.
     EXPECT_EQ(cache.victim_for({1, 0}), (ExpertKey{0, 1}));
     EXPECT_EQ(cache.insert({1, 0}, InsertReason::Demand).evicted, (ExpertKey{0, 1}));
-    EXPECT_EQ(cache.insert({1, 1}, InsertReason::Demand).evicted, (ExpertKey{1, 0}))
-        << "an unscored expert (0) goes before scored ones";
+    EXPECT_EQ(cache.insert({1, 1}, InsertReason::Demand).evicted, (ExpertKey{1, 0}));
     EXPECT_EQ(cache.total().evictions, 2);
     EXPECT_EQ(cache.total().bytes_moved, 500);
+}
+
+TEST(ExpertCache, AdmissionOnlyWhenTheNewcomerOutscoresTheVictim) {
+    // A full MRS cache of well-scored experts: a newcomer scored below the weakest resident is
+    // refused (computed where it is, not cached), one scored above replaces it. Demand copies and
+    // prefetches follow the same rule; the warm-up fill and free slots are not gated.
+    ExpertCache cache(config(CachePolicyKind::Mrs, 2, 1, 8, 2));
+    for (int e : {0, 1})
+        ASSERT_TRUE(cache.insert({0, e}, InsertReason::Demand).inserted);
+    const std::vector<int32_t> ids = {0, 1, 2, 3};
+    const std::vector<float> scores = {0.4f, 0.3f, 0.2f, 0.1f};
+    cache.observe_scores(0, ids, scores);
+    for (InsertReason reason : {InsertReason::Demand, InsertReason::Prefetch}) {
+        const InsertResult weak = cache.insert({0, 2}, reason);
+        EXPECT_FALSE(weak.inserted);
+        EXPECT_TRUE(weak.refused);
+        EXPECT_FALSE(weak.evicted.has_value());
+        EXPECT_FALSE(cache.resident({0, 2}));
+        EXPECT_FALSE(cache.admits_now({0, 2}));
+    }
+    EXPECT_EQ(cache.total().evictions, 0);
+    EXPECT_EQ(cache.total().bytes_moved, 200) << "a refused copy moves nothing into the cache";
+    const std::vector<int32_t> ids2 = {2};
+    const std::vector<float> scores2 = {1.0f};
+    cache.observe_scores(0, ids2, scores2);  // 2: 0.55; 0: 0.2, 1: 0.15
+    EXPECT_TRUE(cache.admits_now({0, 2}));
+    const InsertResult strong = cache.insert({0, 2}, InsertReason::Demand);
+    EXPECT_TRUE(strong.inserted);
+    EXPECT_FALSE(strong.refused);
+    EXPECT_EQ(strong.evicted, (ExpertKey{0, 1}));
 }
 
 TEST(ExpertCache, LruAndLfuOrder) {
@@ -85,11 +119,14 @@ TEST(ExpertCache, LruAndLfuOrder) {
         c->record_access(0, a);
         c->record_access(0, a);
         c->record_access(0, b);  // 1 is the most recent, 0 the most frequent
+        const std::vector<int32_t> newcomer = {5};
+        c->record_access(1, newcomer);  // a miss, then its demand copy below
     }
     EXPECT_EQ(lru.insert({1, 5}, InsertReason::Demand).evicted, (ExpertKey{0, 0}));
     EXPECT_EQ(lfu.insert({1, 5}, InsertReason::Demand).evicted, (ExpertKey{0, 1}));
     EXPECT_EQ(lru.counters(0).hits, 3);
     EXPECT_EQ(lru.counters(0).misses, 0);
+    EXPECT_EQ(lru.counters(1).misses, 1);
 }
 
 TEST(ExpertCache, StaticAdmitsOnlyItsSet) {
@@ -114,6 +151,8 @@ TEST(ExpertCache, PinnedExpertsAreNeverEvicted) {
     const std::vector<ExpertKey> pin_one = {{0, 0}};
     cache.set_pinned(pin_one);
     EXPECT_FALSE(cache.pinned({0, 1}));
+    const std::vector<int32_t> newcomer = {2};
+    cache.record_access(1, newcomer);
     EXPECT_EQ(cache.insert({1, 2}, InsertReason::Demand).evicted, (ExpertKey{0, 1}));
 }
 
@@ -168,7 +207,9 @@ TEST(ExpertCache, PrefetchUsedAndWastedCounters) {
     cache.insert({0, 1}, InsertReason::Prefetch);
     const std::vector<int32_t> used = {0};
     cache.record_access(0, used);
-    cache.record_access(0, used);                // a second hit is not a second use
+    cache.record_access(0, used);  // a second hit is not a second use
+    const std::vector<int32_t> miss = {0};
+    cache.record_access(1, miss);
     cache.insert({1, 0}, InsertReason::Demand);  // evicts (0, 1), never used
     const CacheCounters t = cache.total();
     EXPECT_EQ(t.prefetch_inserts, 2);

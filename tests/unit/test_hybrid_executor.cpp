@@ -16,6 +16,7 @@
 #include "engine/src/hybrid_executor.h"
 #include "kernels/error.h"
 #include "models/config.h"
+#include "models/decoder.h"
 #include "models/model.h"
 #include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
@@ -250,8 +251,9 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
 
 // The executor and tandem-sim share the cache, the policies and the planners: replaying the
 // same decode tokens one per step, from the same warm set, without prefetch, with planners whose
-// choices do not depend on timing (static: no copies; gpu-stream: every miss copied), their
-// caches must make the same decisions, hit for hit.
+// choices do not depend on timing (static: no copies; gpu-stream: every miss copied, unless the
+// cache refuses it), their caches must make the same decisions, hit for hit, copy for copy and
+// refusal for refusal (a refused copy runs on the CPU in both).
 TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     const std::string shared = test::shared_dir() + "/traces/olmoe-decode-dev.jsonl.gz";
     if (!std::filesystem::exists(shared))
@@ -293,9 +295,11 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const char* planner;
         double ratio;
     };
+    int64_t transient_copies = 0;
     for (auto [cache, planner, ratio] :
          {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
-          Case{"lru", "gpu-stream", 0.5}}) {
+          Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25},
+          Case{"static", "static", 0.25}}) {
         SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
         const sim::SimResult predicted = sim::simulate(
             {.trace = trace,
@@ -313,7 +317,9 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                                       .prefetch = false,
                                       .hardware_profile = "",
                                       .calibration_file = dir.str() + "/calibration.json",
-                                      .replay_routing = trace_path});
+                                      .replay_routing = trace_path,
+                                      // kTransformers' frozen set, from the routing profile
+                                      .warm_profile = trace_path});
         // One prompt token and kTokens - 1 decode steps: trace tokens 0 .. kTokens - 1.
         const RequestOutput out = engine.generate(
             Prompt::tokens({1}), {.temperature = 0, .max_tokens = kTokens, .ignore_eos = true});
@@ -321,7 +327,80 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const EngineStats s = engine.stats();
         ASSERT_EQ(s.expert_cache_hits + s.expert_cache_misses, kTokens * 16 * 8);
         EXPECT_EQ(double(s.expert_cache_hits) / double(kTokens * 16 * 8), predicted.hit_rate);
+        // The same copies admitted (the pool is full from the warm-up: one eviction each), the
+        // same refused ones through transient slots, the rest on the CPU. A slot of the
+        // synthetic model holds 3 f32 matrices of 16 x 32 (each a multiple of 256 bytes).
+        constexpr int64_t kSlotBytes = 3 * 16 * 32 * 4;
+        EXPECT_EQ(s.expert_cache_evictions, predicted.evictions);
+        EXPECT_EQ(s.expert_bytes_moved / kSlotBytes, predicted.bytes_moved / shape.expert_bytes());
+        EXPECT_EQ(s.experts_on_device,
+                  s.expert_cache_hits + predicted.evictions + predicted.transient_copies);
+        EXPECT_EQ(s.experts_on_cpu, kTokens * 16 * 8 - s.experts_on_device);
+        transient_copies += predicted.transient_copies;
     }
+    EXPECT_GT(transient_copies, 0) << "no case exercised admission's refusals";
+}
+
+TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
+    // One MoE layer of 8 experts, top-2, MRS with p = 2k = 4: the router's logits for the one
+    // token are 8, 7, ..., 1 for experts 0..7, so experts 0 and 1 are chosen and 2 and 3 are the
+    // near-misses top-p scoring exists for. They must be scored from the router's distribution,
+    // not left at 0 as when the cache saw only the chosen experts' weights.
+    constexpr int64_t kExperts = 8, kHidden = 8, kFfn = 4;
+    ModelConfig mc;
+    mc.hidden_dim = kHidden;
+    mc.n_experts = kExperts;
+    mc.n_experts_active = 2;
+    mc.expert_ffn_dim = kFfn;
+    std::vector<OwnedTensor> owned;
+    MoeWeights layer;
+    owned.push_back(make_tensor(DType::F32, {kExperts, kHidden}));
+    layer.router = owned.back().view;
+    for (int64_t e = 0; e < kExperts; ++e)
+        for (int64_t h = 0; h < kHidden; ++h)
+            layer.router.data_as<float>()[e * kHidden + h] = h == 0 ? float(kExperts - e) : 0.0f;
+    for (int64_t e = 0; e < kExperts; ++e) {
+        cpu::ExpertWeights w;
+        for (Tensor* t : {&w.gate, &w.up, &w.down}) {
+            const Shape shape = t == &w.down ? Shape{kHidden, kFfn} : Shape{kFfn, kHidden};
+            owned.push_back(make_tensor(DType::F32, shape));
+            std::fill_n(owned.back().view.data_as<float>(), kFfn * kHidden, 0.01f);
+            *t = owned.back().view;
+        }
+        layer.experts.push_back(w);
+    }
+    HybridExecutor executor({.budget_ratio = 0.5,
+                             .cache_policy = CachePolicyKind::Mrs,
+                             .planner = PlannerKind::Static,
+                             .prefetch = false,
+                             .cost = CostModel::hybrimoe_published()});
+    const std::vector<const MoeWeights*> layers = {&layer};
+    executor.bind(mc, layers);
+    OwnedTensor x = make_tensor(DType::F32, {1, kHidden});
+    OwnedTensor out = make_tensor(DType::F32, {1, kHidden});
+    std::fill_n(x.view.data_as<float>(), kHidden, 0.0f);
+    std::fill_n(out.view.data_as<float>(), kHidden, 0.0f);
+    x.view.data_as<float>()[0] = 1.0f;
+    // Softmax of 8..1: p(e) = exp(8 - e) / sum.
+    std::vector<double> p(kExperts);
+    double sum = 0;
+    for (int64_t e = 0; e < kExperts; ++e)
+        sum += p[size_t(e)] = std::exp(double(kExperts - e));
+    for (double& v : p)
+        v /= sum;
+    const Routing routing{.n_tokens = 1,
+                          .n_experts_active = 2,
+                          .experts = {0, 1},
+                          .weights = {float(p[0] / (p[0] + p[1])), float(p[1] / (p[0] + p[1]))}};
+    ThreadPool pool(ThreadPoolOptions{.n_threads = 1, .pin = false});
+    executor.begin_step(1);
+    executor.run({.weights = &layer, .x = x.view, .routing = &routing, .out = out.view}, pool);
+    executor.end_step();
+    // alpha = 0.5: S = 0.5 * p for the top-4, 0 for the rest.
+    for (int64_t e = 0; e < kExperts; ++e)
+        EXPECT_NEAR(executor.cache_priority({0, int32_t(e)}), e < 4 ? 0.5 * p[size_t(e)] : 0.0,
+                    1e-6)
+            << "expert " << e;
 }
 
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
@@ -380,6 +459,10 @@ TEST_F(HybridExecutorTest, BadConfigurationsAreRefusedByName) {
     EXPECT_NE(error_of(c).find("not cpu"), std::string::npos) << error_of(c);
     c.expert_device = "tpu";
     EXPECT_NE(error_of(c).find("tpu"), std::string::npos) << error_of(c);
+    c.expert_device = "sim";
+    c.warm_profile = dir_.str() + "/no-such-profile.jsonl";
+    EXPECT_NE(error_of(c).find("no-such-profile"), std::string::npos) << error_of(c);
+    c.warm_profile.clear();
     c = config("greedy", 0.25, true);
     EXPECT_NE(error_of(c).find("greedy"), std::string::npos) << error_of(c);
     c = config("hybrimoe", 1.5, true);

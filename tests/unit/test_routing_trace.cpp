@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "kernels/error.h"
+#include "scheduler/expert_predictor.h"
 #include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
 #include "tools/sim_engine.h"
@@ -29,6 +30,32 @@ TEST(RoutingTrace, ParsesObjectLines) {
     EXPECT_EQ(t.experts_at(0, 1)[0], 0);
     EXPECT_EQ(t.experts_at(1, 1)[1], 3);
     EXPECT_FLOAT_EQ(t.weights_at(0, 1)[1], 0.125f);
+}
+
+TEST(RoutingTrace, ReadsTheRecordedGateLookaheadAndPredictsWithIt) {
+    // Two MoE layers, top-2, lookahead depth 1 (the recorder writes -1 past the last layer).
+    const std::string text =
+        R"({"seq": "a", "experts": [[3, 1], [0, 2]], "lookahead": [[[0, 5]], [[-1, -1]]]})"
+        "\n"
+        R"({"seq": "a", "experts": [[2, 1], [1, 3]], "lookahead": [[[1, 3]], [[-1, -1]]]})"
+        "\n";
+    const RoutingTrace t = parse_routing_trace(text, "mem");
+    ASSERT_EQ(t.lookahead_depth, 1);
+    EXPECT_EQ(t.lookahead_at(0, 0, 1)[1], 5);
+    EXPECT_EQ(t.lookahead_at(1, 1, 1)[0], -1);
+    EXPECT_EQ(t.max_expert, 5) << "predicted ids count against the model's experts too";
+    auto gate = make_expert_predictor("lookahead", t, 8, 1);
+    std::vector<int32_t> out;
+    gate->predict(0, 0, 1, out);
+    EXPECT_EQ(out, (std::vector<int32_t>{0, 5}));
+    gate->predict(1, 0, 1, out);
+    EXPECT_EQ(out, (std::vector<int32_t>{1, 3}));
+    gate->predict(1, 0, 2, out);
+    EXPECT_TRUE(out.empty()) << "beyond the recorded depth: no prediction";
+    const RoutingTrace plain = parse_routing_trace(R"({"seq": "a", "experts": [[3, 1], [0, 2]]})"
+                                                   "\n",
+                                                   "plain");
+    EXPECT_THROW(make_expert_predictor("lookahead", plain, 8, 1), Error);
 }
 
 TEST(RoutingTrace, ParsesPairLinesAndRenumbersLayers) {
@@ -154,6 +181,24 @@ TEST(Sim, EndToEndOnATinyTraceIsConsistent) {
         run({.cache = CachePolicyKind::Lru, .planner = PlannerKind::HybriMoe}, 1.0);
     EXPECT_DOUBLE_EQ(all.hit_rate, 1.0);
     EXPECT_EQ(all.bytes_moved, 0);
+    // The kTransformers baseline by name: the frozen profile set, no copies; with attention on
+    // the CPU (as Tandem runs it today) the same routing costs more per token.
+    const SimPolicy kt{.cache = CachePolicyKind::Static, .planner = PlannerKind::Static};
+    EXPECT_TRUE(kt.is_ktransformers_static());
+    EXPECT_EQ(stat.policy, "ktransformers-static");
+    EXPECT_FALSE((SimPolicy{.cache = CachePolicyKind::Static, .planner = PlannerKind::HybriMoe})
+                     .is_ktransformers_static());
+    const SimResult kt_cpu_attention = simulate({.trace = t,
+                                                 .shape = shape,
+                                                 .hw = hw,
+                                                 .budget_ratio = 0.1,
+                                                 .policy = kt,
+                                                 .prompt_len = 32,
+                                                 .seed = seed,
+                                                 .attention_on_gpu = false});
+    EXPECT_DOUBLE_EQ(kt_cpu_attention.hit_rate, stat.hit_rate);
+    EXPECT_GT(kt_cpu_attention.tbt_ms, stat.tbt_ms);
+    EXPECT_GT(kt_cpu_attention.ttft_ms, stat.ttft_ms);
 }
 
 }  // namespace

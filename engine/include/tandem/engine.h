@@ -85,6 +85,10 @@ struct EngineConfig {
     // then predicts with replay_predictor ("oracle:ACC" or "history", as tandem-sim).
     std::string replay_routing;
     std::string replay_predictor = "oracle:0.8";
+    // A routing profile (a trace, e.g. from --record-routing or a calibration run): its most
+    // activated experts warm the device at start-up and are `static`'s frozen set, as
+    // kTransformers chooses it. "": the replayed trace's when replaying, else an even spread.
+    std::string warm_profile;
 };
 
 struct EngineStats {
