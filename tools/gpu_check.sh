@@ -84,18 +84,20 @@ fi
 
 # The whole model on the GPU (EngineConfig.device = cuda:0): synthetic OLMoE-1B-7B and
 # Qwen3-30B-A3B shapes, every weight resident, against the device copy bandwidth measured in the
-# same run. Depths are cut where writing the synthetic checkpoint would eat the lease.
+# same run. Real depths (the H200 writes a synthetic checkpoint at several GB/s): Qwen3-30B-A3B in
+# Q4_K is 17 GB of weights on the GPU.
 if [ -x "$bin/tandem-bench" ]; then
     mkdir -p "$out/tb"
     bench_gpu() {  # bench_gpu NAME ARGS...
         local name=$1
         shift
         step "tandem-bench $name" 120 "$bin/tandem-bench" --device cuda:0 -p 512 -n 128 -r 3 \
-            --no-progress --json "$out/tb/$name.json" "$@"
+            --no-progress --model-cache /tmp/gpu-check-models --json "$out/tb/$name.json" "$@"
+        rm -rf /tmp/gpu-check-models  # up to 17 GB each, on a 64 GB disk
     }
-    bench_gpu olmoe-q4_k-8l -m synthetic:olmoe-1b-7b --layers 8 --quantize q4_k
-    bench_gpu olmoe-bf16-4l -m synthetic:olmoe-1b-7b --layers 4
-    bench_gpu qwen3-30b-a3b-q4_k-8l -m synthetic:qwen3-30b-a3b --layers 8 --quantize q4_k
+    bench_gpu olmoe-q4_k -m synthetic:olmoe-1b-7b --quantize q4_k
+    bench_gpu olmoe-bf16 -m synthetic:olmoe-1b-7b
+    bench_gpu qwen3-30b-a3b-q4_k -m synthetic:qwen3-30b-a3b --quantize q4_k
     cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null
     rm -rf "$out/tb"
 fi
