@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
     CLI::App app{"Write a synthetic Qwen3-MoE checkpoint with random weights"};
     tandem::SyntheticQwen3MoeSpec spec = tandem::default_synthetic_spec();
     std::string out, dtype = "bf16";
+    app.set_version_flag("--version", std::string("tandem-synth ") + TANDEM_VERSION);
     app.add_option("--out", out, "output directory")->required();
     app.add_option("--layers", spec.n_layers, "decoder layers")->capture_default_str();
     app.add_option("--hidden", spec.hidden_dim, "hidden size")->capture_default_str();
