@@ -109,6 +109,21 @@ else
     printf 'FAIL the library reads the environment:\n%s\n' "$library_getenv"
 fi
 
+# tandem-synth shows its progress on a terminal (--progress forces it), and not in a pipe.
+synth_dir=$(mktemp -d)
+synth_args=(--layers 2 --hidden 64 --heads 2 --kv-heads 1 --head-dim 32 --experts 4 --top-k 2
+    --expert-ffn 32 --vocab 64)
+check_env "tandem-synth --progress shows each layer" 0 "layer 2/2" \
+    "$build/tools/tandem-synth" --out "$synth_dir/a" "${synth_args[@]}" --progress
+synth_piped=$("$build/tools/tandem-synth" --out "$synth_dir/b" "${synth_args[@]}" 2>&1)
+if grep -q "layer 1/2" <<<"$synth_piped"; then
+    failures=$((failures + 1))
+    printf 'FAIL tandem-synth showed progress in a pipe:\n%s\n' "$synth_piped"
+else
+    echo "ok   tandem-synth shows no progress in a pipe"
+fi
+rm -rf "$synth_dir"
+
 version=$(sed -n 's/^project(tandem VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
 for tool in run server tokenize synth; do
     output=$("$(binary "$tool")" --version 2>&1)
