@@ -44,6 +44,7 @@
 #include "models/config.h"
 #include "models/gguf.h"
 #include "scheduler/planner.h"
+#include "tools/engine_flags.h"
 #include "tools/routing_recorder.h"
 #include "tools/synthetic_writer.h"
 
@@ -224,6 +225,7 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
             c.prefetch = false;
         }
     }
+    apply_environment_defaults(c);  // TANDEM_TILE_GEMM, the calibration cache (tools' defaults)
     return c;
 }
 

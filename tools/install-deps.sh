@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tandem needs to build and test, from Debian's archive only. Idempotent: when
-# every package is already installed it touches nothing (and needs no network).
+# every package is already installed it touches nothing (and needs no network). The list must be
+# complete on a bare Debian 12 (apt's Recommends are not installed): tools/bare-root-check.sh,
+# which tools/test.sh runs, proves it in a fresh minimal root.
 #
 #   build:  cmake ninja g++ pkg-config ccache        (ccache: rebuilds in CI and at home are fast)
 #   libs:   hwloc (thread pinning), nlohmann-json (config.json, safetensors headers), CLI11 (tool

@@ -6,6 +6,7 @@
 //   tandem-run --model model.gguf ...   (weights, config and tokenizer from one GGUF file)
 #include <tandem/engine.h>
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,7 +21,7 @@
 #include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
 #include "models/tokenizer/tokenizer.h"
-#include "tools/hybrid_flags.h"
+#include "tools/engine_flags.h"
 #include "tools/routing_recorder.h"
 #include "tools/run_prompts.h"
 
@@ -89,11 +90,16 @@ int main(int argc, char** argv) {
     int random_prompt = 0;
     app.add_option("--model", config.model_dir, "Hugging Face model directory or .gguf file")
         ->required();
-    app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids");
-    app.add_option("--prompt", prompt_text, "prompt text, encoded with the model's tokenizer");
-    app.add_option("--chat", chat_file, "JSON list of messages, rendered with the chat template");
-    app.add_option("--random-prompt", random_prompt,
-                   "use N random token ids as the prompt (seeded)");
+    app.set_version_flag("--version", tandem::version_line("tandem-run"));
+    // One prompt source: they used to be joined silently.
+    CLI::Option* ids_opt =
+        app.add_option("--prompt-ids", prompt_ids, "prompt as comma-separated token ids");
+    CLI::Option* text_opt =
+        app.add_option("--prompt", prompt_text, "prompt text, encoded with the model's tokenizer");
+    CLI::Option* chat_opt = app.add_option(
+        "--chat", chat_file, "JSON list of messages, rendered with the chat template");
+    CLI::Option* random_opt = app.add_option("--random-prompt", random_prompt,
+                                             "use N random token ids as the prompt (seeded)");
     app.add_option("--max-tokens", params.max_tokens, "tokens to generate")->capture_default_str();
     app.add_option("--temperature", params.temperature, "0 = greedy")->capture_default_str();
     app.add_option("--top-k", params.top_k, "0 = off")->capture_default_str();
@@ -101,26 +107,15 @@ int main(int argc, char** argv) {
     app.add_option("--min-p", params.min_p, "0 = off")->capture_default_str();
     app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
     app.add_flag("--ignore-eos", params.ignore_eos, "keep generating after an EOS token");
-    app.add_flag("--hyperthreads", config.hyperthreads,
-                 "use the cores' hyperthreads too (--threads 0: one per hardware thread)");
-    app.add_option("--threads", config.n_threads, "worker threads, 0 = physical cores")
-        ->capture_default_str();
-    app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
-        ->capture_default_str();
-    app.add_option("--quantize", config.quantize,
-                   "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
-    app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512");
-    app.add_option("--device", config.device, "where the model runs: cpu or cuda:N")
-        ->capture_default_str();
-    app.add_flag("--batch-invariant", config.batch_invariant,
-                 "logits independent of the rest of the step, bit for bit (slower prefill)");
-    app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")
-        ->capture_default_str();
     std::string prompts_file, record_file;
     bool record_prefill = false;
-    app.add_option(
+    CLI::Option* file_opt = app.add_option(
         "--prompts-file", prompts_file,
         "JSON lines of {\"id\", \"domain\", \"prompt\" | \"messages\"}, all run at once");
+    const std::vector<CLI::Option*> sources = {ids_opt, text_opt, chat_opt, random_opt, file_opt};
+    for (CLI::Option* a : sources)
+        for (CLI::Option* b : sources)
+            if (a != b) a->excludes(b);
     app.add_option("--record-routing", record_file,
                    "write each token's experts and router weights per MoE layer (JSON lines; "
                    ".gz compresses)");
@@ -128,14 +123,16 @@ int main(int argc, char** argv) {
                    "also record what layers L+1..L+J's routers predict from layer L (J <= 3)")
         ->capture_default_str();
     app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
-    add_hybrid_flags(app, config);
-    add_numa_flags(app, config);
+    add_engine_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
     params.return_routed_experts = !record_file.empty();
 
     try {
         tandem::set_log_level(tandem::parse_log_level(log_level));
+        // The whole config, before a tokenizer or the model is read: a bad value is named as
+        // such, not blamed on whatever would have failed first.
+        tandem::finish_engine_flags(config);
         std::vector<int32_t> prompt = parse_ids(prompt_ids);
         std::optional<tandem::Tokenizer> tok;
         if (!prompt_text.empty() || !chat_file.empty()) {
@@ -182,8 +179,10 @@ int main(int argc, char** argv) {
                     std::string(tandem::finish_reason_name(*c.finish_reason)).c_str());
         // One request alone: its first token ends the prefill, the rest is decode.
         const tandem::RequestTimings& t = out.timings;
-        const double prefill_s = t.first_token_seconds - t.queue_seconds;
-        const double decode_s = t.total_seconds - t.first_token_seconds;
+        // With no token generated (--max-tokens 0) the prefill ends with the request.
+        const double prefill_end = c.token_ids.empty() ? t.total_seconds : t.first_token_seconds;
+        const double prefill_s = std::max(0.0, prefill_end - t.queue_seconds);
+        const double decode_s = std::max(0.0, t.total_seconds - prefill_end);
         auto rate = [](double n, double s) { return s > 0 ? n / s : 0.0; };
         std::printf("prefill: %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.prefill_tokens,
                     prefill_s, rate(double(t.prefill_tokens), prefill_s));

@@ -57,7 +57,8 @@ SyntheticQwen3MoeSpec default_synthetic_spec() {
     return {};
 }
 
-int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3MoeSpec& s) {
+int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3MoeSpec& s,
+                                  const SynthProgress& on_progress) {
     namespace fs = std::filesystem;
     fs::create_directories(dir);
     const int64_t q_dim = s.n_heads * s.head_dim, kv_dim = s.n_kv_heads * s.head_dim;
@@ -121,6 +122,7 @@ int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3Mo
             add(x + "down_proj.weight", {s.hidden_dim, s.expert_ffn_dim},
                 1.0f / std::sqrt(float(s.expert_ffn_dim)));
         }
+        if (on_progress) on_progress(l + 1, s.n_layers);
     }
     add("model.norm.weight", {s.hidden_dim}, 0.0f);
     add("lm_head.weight", {s.vocab_size, s.hidden_dim}, proj_std);
@@ -131,6 +133,7 @@ int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3Mo
         entries.push_back({.name = t.name, .dtype = s.dtype, .shape = t.shape, .data = t.bytes});
         n_params += int64_t(t.bytes.size()) / dtype_block_bytes(s.dtype);
     }
+    if (on_progress) on_progress(s.n_layers + 1, s.n_layers);
     write_safetensors((fs::path(dir) / "model.safetensors").string(), entries,
                       {{"format", "pt"}, {"generator", "tandem-synth"}});
     return n_params;

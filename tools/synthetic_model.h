@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "kernels/dtype.h"
@@ -30,7 +31,12 @@ struct SyntheticQwen3MoeSpec {
 // The default model of the main job: ~214M parameters, ~57M active per token.
 SyntheticQwen3MoeSpec default_synthetic_spec();
 
+// Called after each layer's weights are generated (layer 1..n_layers) and once more with
+// layer = n_layers + 1 when the file is about to be written: tandem-synth's progress.
+using SynthProgress = std::function<void(int64_t layer, int64_t n_layers)>;
+
 // Writes the checkpoint into `dir` (created if missing). Returns the parameter count.
-int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3MoeSpec& spec);
+int64_t write_synthetic_qwen3_moe(const std::string& dir, const SyntheticQwen3MoeSpec& spec,
+                                  const SynthProgress& on_progress = {});
 
 }  // namespace tandem

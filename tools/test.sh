@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the dependencies, builds Tandem and runs the whole test suite: unit and golden tests
-# in a release build, then the same tests built with ASan+UBSan. This is what CI runs (.ci/run).
+# Installs the dependencies, checks that they are enough on a bare Debian 12 root, builds Tandem
+# and runs the whole test suite: unit and golden tests in a release build, then the same tests
+# built with ASan+UBSan and a ThreadSanitizer build. This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,11 @@ jobs=$(nproc)
 # ccache keys on paths relative to the checkout, so clones and worktrees share the cache.
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 tools/install-deps.sh
+
+# install-deps.sh must be enough on a bare Debian 12: it and the configure step run in a fresh
+# minimal root (tools/bare-root-check.sh; the root and the .debs are cached in
+# /var/cache/tandem/debootstrap: ~4 minutes the first time, ~2 after).
+timeout 1800 tools/bare-root-check.sh
 
 # The server tests' Python side (the official openai client, pytest) from PyPI, in a venv.
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, requests" 2>/dev/null; then

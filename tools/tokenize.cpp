@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
     std::string dir, chat_file, tools_file;
     bool decode = false, no_special = false, add_generation_prompt = false, ids = false,
          skip_special = false;
+    app.set_version_flag("--version", std::string("tandem-tokenize ") + TANDEM_VERSION);
     app.add_option("--tokenizer", dir, "folder with tokenizer.json")->required();
     app.add_flag("--decode", decode, "read a JSON array of ids on stdin and print the text");
     app.add_flag("--skip-special", skip_special, "with --decode: leave special tokens out");
@@ -90,6 +91,9 @@ int main(int argc, char** argv) {
             for (const auto& v : array) {
                 if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
                     tandem::fail("stdin: ", v.dump(), " is not a token id");
+                if (uint64_t(v.get<int64_t>()) >= tok.vocab_size())
+                    tandem::fail("stdin: token id ", v.dump(), " is outside the vocabulary of ",
+                                 tok.vocab_size());
                 id_list.push_back(int32_t(v.get<int64_t>()));
             }
             const std::string text = tok.decode(id_list, {.skip_special_tokens = skip_special});

@@ -54,19 +54,14 @@ std::string calibration_key(const ModelConfig& c, const std::string& weight_type
                weight_types);
 }
 
+// No default location: the library reads no environment (no $HOME), so an empty
+// EngineConfig.calibration_file means "not cached"; the tools pass the per-user cache file.
 std::string default_calibration_file() {
-    namespace fs = std::filesystem;
-    fs::path dir;
-    if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0')
-        dir = xdg;
-    else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0')
-        dir = fs::path(home) / ".cache";
-    else
-        dir = fs::temp_directory_path();
-    return (dir / "tandem" / "calibration.json").string();
+    return "";
 }
 
 std::optional<CostModel> load_calibration(const std::string& file, const std::string& key) {
+    if (file.empty()) return std::nullopt;
     const nlohmann::json all = read_file(file);
     const auto it = all.find(key);
     if (it == all.end() || !it->is_object()) return std::nullopt;
@@ -83,6 +78,7 @@ std::optional<CostModel> load_calibration(const std::string& file, const std::st
 
 void save_calibration(const std::string& file, const std::string& key, const CostModel& c) {
     namespace fs = std::filesystem;
+    if (file.empty()) return;
     nlohmann::json all = read_file(file);
     nlohmann::json entry;
     for (auto [name, field] : kFields)

@@ -4,8 +4,10 @@
 #include <filesystem>
 #include <optional>
 #include <random>
+#include <thread>
 
 #include "cache/kv_cache.h"
+#include "engine/src/engine_config.h"
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
@@ -70,6 +72,10 @@ void check_same_shape(const ModelConfig& a, const ModelConfig& b, const std::str
 
 }  // namespace
 
+std::string_view version() {
+    return TANDEM_VERSION;
+}
+
 std::string_view finish_reason_name(FinishReason reason) {
     switch (reason) {
         case FinishReason::Stop: return "stop";
@@ -121,13 +127,11 @@ Engine& Engine::operator=(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
 Engine Engine::open(const EngineConfig& config) {
-    if (config.model_dir.empty()) fail("EngineConfig.model_dir is empty");
-    if (config.context_length < 0) fail("EngineConfig.context_length must be >= 0");
-    if (config.kv_block_size <= 0 || config.max_sequences <= 0 || config.max_step_tokens <= 0 ||
-        config.max_waiting_requests < 0 || config.kv_cache_bytes < 0)
-        fail(
-            "EngineConfig: kv_block_size, max_sequences and max_step_tokens must be positive, "
-            "kv_cache_bytes and max_waiting_requests not negative");
+    const ParsedEngineConfig parsed = parse_engine_config(config);  // before any thread or file
+    if (const int hardware = int(std::thread::hardware_concurrency());
+        hardware > 0 && config.n_threads > hardware)
+        log_warn("EngineConfig.n_threads: ", config.n_threads, " workers on ", hardware,
+                 " hardware threads: they will take turns on the cores (slower, not faster)");
     auto state = std::make_unique<State>();
     state->config = config;
     if (cuda_compiled()) cuda_device_count();  // logs once when built with CUDA but no GPU is here
@@ -135,21 +139,11 @@ Engine Engine::open(const EngineConfig& config) {
         std::make_unique<ThreadPool>(ThreadPoolOptions{.n_threads = config.n_threads,
                                                        .pin = config.pin_threads,
                                                        .hyperthreads = config.hyperthreads});
-    if (!config.cpu_isa.empty()) cpu::force_isa(cpu::parse_isa(config.cpu_isa));
+    if (parsed.cpu_isa) cpu::force_isa(*parsed.cpu_isa);
     if (config.batch_invariant) cpu::set_batch_invariant_kernels(true);
-    if (!config.quantize.empty()) {
-        state->quantize = dtype_from_name(config.quantize);
-        if (!state->quantize || !is_quantized_weight_type(*state->quantize))
-            fail("EngineConfig.quantize: '", config.quantize,
-                 "' is not one of q8_0, q4_0, q4_k, q5_k, q6_k");
-    }
-    const std::optional<DType> kv_type = dtype_from_name(config.kv_cache_type);
-    if (!kv_type || !is_kv_cache_type(*kv_type))
-        fail("EngineConfig.kv_cache_type: '", config.kv_cache_type,
-             "' is not one of f32, f16, bf16");
-    state->device = parse_device(config.device);
-    if (state->device.kind == DeviceKind::Sim)
-        fail("EngineConfig.device: '", config.device, "': the model runs on cpu or cuda:N");
+    if (parsed.tile_gemm) cpu::set_tile_gemm_policy(*parsed.tile_gemm);
+    state->quantize = parsed.quantize;
+    state->device = parsed.device;
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
     if (!state->device.is_cpu()) model = make_device_model(std::move(model), state->device);
@@ -162,7 +156,7 @@ Engine Engine::open(const EngineConfig& config) {
         log_warn("context length ", state->context_length,
                  " exceeds the model's max_position_embeddings ", model_max);
     KvCacheShape shape = model->kv_cache_shape(1);
-    shape.dtype = *kv_type;
+    shape.dtype = parsed.kv_cache_type;
     auto blocks = std::make_shared<KvBlockPool>(shape, config.kv_block_size,
                                                 kv_blocks(config, shape, state->context_length));
     log_info("loaded ", model->config().architecture, " from ", config.model_dir, " with ",

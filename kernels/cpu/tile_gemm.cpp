@@ -22,18 +22,9 @@ namespace tandem::cpu {
 
 namespace {
 
-// TANDEM_TILE_GEMM=never|always|auto sets the starting policy (A/B runs of whole models, or a
-// user who wants the exact f32-activation path for bf16 weights); unset or unknown: auto.
-TileGemmPolicy policy_from_environment() {
-    const char* value = std::getenv("TANDEM_TILE_GEMM");
-    if (value == nullptr) return TileGemmPolicy::Auto;
-    const std::string_view v(value);
-    return v == "never"    ? TileGemmPolicy::Never
-           : v == "always" ? TileGemmPolicy::Always
-                           : TileGemmPolicy::Auto;
-}
-
-std::atomic<TileGemmPolicy> g_policy{policy_from_environment()};
+// Auto until a program sets another policy (EngineConfig.tile_gemm; the tools map
+// TANDEM_TILE_GEMM to it): the library reads no environment.
+std::atomic<TileGemmPolicy> g_policy{TileGemmPolicy::Auto};
 std::atomic<bool> g_batch_invariant{false};
 
 // Bytes of one weight tile (f32 or bf16): with the tokens' activations it stays in a 1 MB L2.

@@ -361,6 +361,39 @@ TEST(ExpertPredictor, HistoryUsesThePreviousTokenOnlyOnceObserved) {
     EXPECT_EQ(ids, (std::vector<int32_t>{5, 6}));
 }
 
+// The demo model's trace is committed (models/demo/), so this one never skips: 8 MoE layers of
+// 32 experts, top-4, with router probabilities and the gate lookahead.
+TEST(RoutingReplay, ReplaysTheDemoModelsCommittedTrace) {
+    const std::string path = test::data_dir() + "/../../models/demo/routing-trace.jsonl.gz";
+    const RoutingTrace t = read_routing_trace(path, 200);
+    ASSERT_EQ(t.n_tokens(), 200) << path;
+    EXPECT_EQ(t.n_layers, 8);
+    EXPECT_EQ(t.top_k, 4);
+    EXPECT_TRUE(t.has_weights);
+    EXPECT_LT(t.max_expert, 32);
+    RoutingReplay replay(
+        t, {.n_moe_layers = 8, .n_experts = 32, .n_experts_active = 4, .predictor = "oracle:1"});
+    std::vector<int32_t> counts(32);
+    for (int64_t step = 0; step < 40; ++step) {
+        const int64_t first = replay.cursor();
+        replay.begin_step(9);
+        for (int64_t l = 0; l < 8; ++l) {
+            const Routing r = replay.routing(l);
+            for (int64_t row = 0; row < 9; ++row)
+                expect_row(r, row, t, (first + row) % 200, l);
+            if (l + 1 < 8) {
+                replay.predict(l, l + 1, counts);
+                std::vector<int64_t> tokens;
+                for (int64_t row = 0; row < 9; ++row)
+                    tokens.push_back((first + row) % 200);
+                EXPECT_EQ(counts, true_counts(t, 32, tokens, l + 1));
+            }
+        }
+        replay.end_step();
+    }
+    EXPECT_EQ(replay.cursor(), 40 * 9 % 200);
+}
+
 TEST(RoutingReplay, ReplaysTheSharedOlmoeDevTrace) {
     const std::string path = test::shared_dir() + "/traces/olmoe-decode-dev.jsonl.gz";
     if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present (../shared/traces)";

@@ -11,6 +11,7 @@
 #include "models/config.h"
 #include "models/model.h"
 #include "tests/test_util.h"
+#include "tools/synthetic_model.h"
 #include "tools/synthetic_writer.h"
 
 namespace tandem {
@@ -87,6 +88,26 @@ INSTANTIATE_TEST_SUITE_P(Archs, SyntheticWriterTest,
                          ::testing::Values(SyntheticArch::Qwen3Moe, SyntheticArch::Olmoe,
                                            SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe,
                                            SyntheticArch::DeepseekV2));
+
+// tandem-synth's progress: once per layer, in order, then once before the file is written.
+TEST(SyntheticWriter, ProgressComesOncePerLayerThenBeforeTheWrite) {
+    test::TempDir dir;
+    std::vector<std::pair<int64_t, int64_t>> calls;
+    write_synthetic_qwen3_moe(
+        dir.str(),
+        {.vocab_size = 64,
+         .hidden_dim = 32,
+         .n_layers = 3,
+         .n_heads = 2,
+         .n_kv_heads = 1,
+         .head_dim = 16,
+         .n_experts = 4,
+         .n_experts_active = 2,
+         .expert_ffn_dim = 16},
+        [&](int64_t layer, int64_t n_layers) { calls.emplace_back(layer, n_layers); });
+    const std::vector<std::pair<int64_t, int64_t>> want = {{1, 3}, {2, 3}, {3, 3}, {4, 3}};
+    EXPECT_EQ(calls, want);
+}
 
 TEST(SyntheticWriter, SameSeedSameBytesOtherSeedOtherBytes) {
     test::TempDir dir;

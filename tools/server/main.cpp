@@ -15,7 +15,7 @@
 #include <tandem/engine.h>
 
 #include "kernels/log.h"
-#include "tools/hybrid_flags.h"
+#include "tools/engine_flags.h"
 #include "tools/server/server.h"
 
 int main(int argc, char** argv) {
@@ -23,9 +23,9 @@ int main(int argc, char** argv) {
     tandem::EngineConfig config;
     tandem::server::ServerOptions options;
     std::string log_level = "info";
-    double kv_cache_mb = 0;
     // The demo model trained for Tandem (models/demo/) unless told otherwise.
     config.model_dir = TANDEM_DEFAULT_MODEL;
+    app.set_version_flag("--version", tandem::version_line("tandem-server"));
     app.add_option("--model", config.model_dir, "Hugging Face model directory or .gguf file")
         ->capture_default_str();
     app.add_option("--host", options.host, "address to bind")->capture_default_str();
@@ -40,36 +40,14 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--http-threads", options.http_threads, "concurrent connections")
         ->capture_default_str();
-    app.add_flag("--hyperthreads", config.hyperthreads,
-                 "use the cores' hyperthreads too (--threads 0: one per hardware thread)");
-    app.add_option("--threads", config.n_threads, "engine threads, 0 = physical cores")
-        ->capture_default_str();
-    app.add_option("--ctx", config.context_length, "context length, 0 = the model's")
-        ->capture_default_str();
-    app.add_option("--quantize", config.quantize, "quantize weights at load: q8_0, q4_k, ...");
-    app.add_option("--device", config.device, "where the model runs: cpu or cuda:N")
-        ->capture_default_str();
-    app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache budget in MiB, 0 = default")
-        ->capture_default_str();
-    app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")
-        ->capture_default_str();
-    app.add_option("--max-sequences", config.max_sequences, "sequences per step")
-        ->capture_default_str();
-    app.add_option("--max-step-tokens", config.max_step_tokens, "tokens per step")
-        ->capture_default_str();
-    app.add_option("--max-waiting", config.max_waiting_requests, "queued requests before 503")
-        ->capture_default_str();
-    app.add_flag(
-        "--no-pin", [&](int64_t) { config.pin_threads = false; },
-        "do not pin engine threads to cores");
-    add_hybrid_flags(app, config);
-    add_numa_flags(app, config);
+    add_engine_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);
-    config.kv_cache_bytes = int64_t(kv_cache_mb * 1024 * 1024);
 
     try {
         tandem::set_log_level(tandem::parse_log_level(log_level));
+        // A bad config fails here, before the server listens (the model itself loads later).
+        tandem::finish_engine_flags(config);
         // SIGINT/SIGTERM are taken by a thread of their own (sigwait), never by a handler
         // interrupting arbitrary code; every thread started below inherits the mask.
         sigset_t stop_signals;

@@ -11,13 +11,16 @@
 // next to the ongoing decodes, and finished sequences leave. All public methods are
 // thread-safe. Errors: RequestError for a bad request, QueueFullError when too many wait,
 // tandem::Error (a std::runtime_error) for files and configuration; a failed call leaves the
-// engine usable.
+// engine usable. Engine::open checks the whole EngineConfig before it starts a thread or reads a
+// file, and one error names every bad field (check_engine_config runs that check alone).
+// The library reads no environment variable: every policy is a field below.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <tandem/request.h>
@@ -30,8 +33,10 @@ class Model;
 class ThreadPool;
 
 struct EngineConfig {
-    std::string model_dir;    // a Hugging Face model directory or a .gguf file
-    int n_threads = 0;        // 0: one per physical core
+    std::string model_dir;  // a Hugging Face model directory or a .gguf file
+    // 0: one per physical core. Above the hardware threads Engine::open warns; above
+    // max(64, 4 x the hardware threads) it refuses.
+    int n_threads = 0;
     bool pin_threads = true;  // pin workers to physical cores
     // Use the cores' hyperthreads too (n_threads 0 then means one per hardware thread); off by
     // default since the kernels saturate a core's memory or FMA units with one thread.
@@ -44,8 +49,9 @@ struct EngineConfig {
     // NUMA decision and pools: runs the multi-node path anywhere (nothing is pinned or bound).
     std::string numa_topology;
     int64_t context_length = 0;  // 0: the model's max_position_embeddings
-    std::string quantize;        // "": weights as stored; "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"
-    std::string cpu_isa;         // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
+    // "": weights as stored; "q8_0", "q5_0", "q4_0", "q4_k", "q5_k" or "q6_k" quantized at load.
+    std::string quantize;
+    std::string cpu_isa;  // "": best the CPU runs; "scalar", "avx2", "avx512" to force one
     // Where the model runs: "cpu", or "cuda:N" for the whole decoder on a GPU (weights and KV
     // cache in device memory; models/device_decoder.h). Quantization happens on the CPU first.
     std::string device = "cpu";
@@ -55,6 +61,11 @@ struct EngineConfig {
     // weight matrix up (prefill is then 1.4-4x slower), and the several-row Q4_K dots of
     // one-token products (decode somewhat slower). Process-wide, like cpu_isa.
     bool batch_invariant = false;
+    // The large-M tile path of the CPU kernels (kernels/cpu/tile_gemm.h): "auto" (from a few
+    // tokens per weight matrix up), "never" (always the dot products), "always" (from one token;
+    // for A/B runs); "": keep the process's policy (auto unless a program set another).
+    // Process-wide, like cpu_isa.
+    std::string tile_gemm;
     int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
                                  // or the context, whichever is less, capped at 4 GiB
     int64_t kv_block_size = 16;  // positions per KV block
@@ -68,7 +79,8 @@ struct EngineConfig {
 
     // Hybrid execution of the routed experts (README "Hybrid runtime"). "": every expert runs on
     // the CPU. "sim": the emulated device (runs anywhere; for tests and what-if runs). "cuda:N":
-    // a GPU (refused until the CUDA expert kernels exist).
+    // a GPU (refused until the CUDA expert kernels exist). The fields below, except
+    // replay_routing, only apply with an expert device: set without one, they are an error.
     std::string expert_device;
     int64_t gpu_expert_budget = -1;    // device bytes for expert slots; -1: use gpu_expert_ratio
     double gpu_expert_ratio = 0.25;    // of all routed experts, when no byte budget is set
@@ -76,7 +88,8 @@ struct EngineConfig {
     std::string planner = "hybrimoe";  // hybrimoe, static, fiddler, gpu-stream, cpu-only
     bool prefetch = true;              // impact-driven prefetch of the next 3 layers' experts
     // Cost model: a hardware profile (JSON, tools/profiles/), or "" to measure it on this machine
-    // at start-up, cached in calibration_file ("": ~/.cache/tandem/calibration.json).
+    // at start-up, cached in calibration_file ("": not cached, measured at every open; the tools
+    // pass $XDG_CACHE_HOME/tandem/calibration.json or ~/.cache/tandem/calibration.json).
     std::string hardware_profile;
     std::string calibration_file;
     bool recalibrate = false;  // measure even when a cached calibration exists
@@ -112,6 +125,14 @@ struct EngineStats {
     // NUMA nodes the routed experts are split over (EngineConfig.numa); 0: not split.
     int64_t numa_nodes = 0;
 };
+
+// Checks every field of `config` as Engine::open does first, without starting a thread or
+// reading a file (model_dir, replay_routing and hardware_profile are only checked to exist).
+// Throws tandem::Error naming every bad field by its name here, one per line.
+void check_engine_config(const EngineConfig& config);
+
+// The library's version, "MAJOR.MINOR.PATCH" (the CMake project's).
+std::string_view version();
 
 class Engine {
   public:
