@@ -284,16 +284,16 @@ void linear(Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, 
 
     if (!uses_gemv(w, n) || !aligned16(x.data())) return linear_gemm(ctx, x, w, bias, y);
     GemvArgs args{.w = w.data_as<const uint8_t>(),
-                        .row_bytes = row_bytes(w.dtype(), k),
-                        .k = k,
-                        .m = m,
-                        .x = x.data_as<const float>(),
-                        .n_tokens = int(n),
-                        .bias = bias.empty() ? nullptr : bias.data(),
-                        .bias_type = bias.empty() ? DType::F32 : bias.dtype(),
-                        .y = y.data_as<float>(),
-                        .xq = nullptr,
-                        .xd = nullptr};
+                  .row_bytes = row_bytes(w.dtype(), k),
+                  .k = k,
+                  .m = m,
+                  .x = x.data_as<const float>(),
+                  .n_tokens = int(n),
+                  .bias = bias.empty() ? nullptr : bias.data(),
+                  .bias_type = bias.empty() ? DType::F32 : bias.dtype(),
+                  .y = y.data_as<float>(),
+                  .xq = nullptr,
+                  .xd = nullptr};
     auto stream = static_cast<cudaStream_t>(ctx.native_stream());
     if (is_quantized_weight_type(w.dtype())) {
         // k is whole blocks of 32 (every quantized type), so the blocks of all tokens are

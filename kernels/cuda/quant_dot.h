@@ -65,6 +65,23 @@ inline float quantize_q8_block(const float x[kQ8Block], int8_t q[kQ8Block]) {
     return s.d;
 }
 
+// v as a float for |v| < 2^22 without an int-to-float conversion (quarter rate on the GPU): the
+// bits of 1.5 * 2^23 + v, minus 1.5 * 2^23. Exact.
+TANDEM_HD float small_int_to_f32(int32_t v) {
+    return bits_to_f32(0x4B400000u + uint32_t(v)) - 12582912.0f;
+}
+
+// scale_min_k4() from the 12 scale bytes as three little-endian words a, b, c (bytes 0..3, 4..7,
+// 8..11), with selects instead of a branch: the lanes of a warp take all eight sub-blocks, so
+// the branch on j < 4 would diverge.
+TANDEM_HD void scale_min_k4_words(int j, uint32_t a, uint32_t b, uint32_t c, int& scale, int& min) {
+    const int shift = 8 * (j & 3);
+    const uint32_t aj = a >> shift, bj = b >> shift, cj = c >> shift;
+    const bool low = j < 4;
+    scale = int(low ? aj & 63u : (cj & 0xFu) | ((aj >> 6) & 3u) << 4);
+    min = int(low ? bj & 63u : ((cj >> 4) & 0xFu) | ((bj >> 6) & 3u) << 4);
+}
+
 // Four 4-bit fields at bits 0..3 of each byte of `bits` >> shift, as bytes 0..15.
 TANDEM_HD uint32_t nibbles(uint32_t bits, int shift) {
     return (bits >> shift) & 0x0F0F0F0Fu;
@@ -89,7 +106,7 @@ struct WeightChunk {
 };
 
 template <DType T>
-inline constexpr int kQuantOffset = T == DType::Q4_0 ? 8
+inline constexpr int kQuantOffset = T == DType::Q4_0   ? 8
                                     : T == DType::Q5_0 ? 16
                                     : T == DType::Q6_K ? 32
                                                        : 0;
@@ -116,8 +133,10 @@ TANDEM_HD WeightChunk unpack_chunk(const uint8_t* row, int64_t chunk) {
     } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
         constexpr bool kFifth = T == DType::Q5_K;
         const int s = c >> 2, l0 = (c & 3) * kChunk;
+        // d, dmin and the 12 scale bytes in one 16-byte load (blocks are 16-byte aligned).
+        const U32x4 head = load_u128(block);
         int sc, m;
-        scale_min_k4(s, block + 4, sc, m);
+        scale_min_k4_words(s, head.v[1], head.v[2], head.v[3], sc, m);
         const uint64_t q8 = load_u64(block + (kFifth ? 48 : 16) + 32 * (s >> 1) + l0);
         const int shift = (s & 1) * 4;
         uint32_t q0 = nibbles(uint32_t(q8), shift), q1 = nibbles(uint32_t(q8 >> 32), shift);
@@ -126,8 +145,8 @@ TANDEM_HD WeightChunk unpack_chunk(const uint8_t* row, int64_t chunk) {
             q0 |= (uint32_t(h8) & 0x01010101u) << 4;
             q1 |= (uint32_t(h8 >> 32) & 0x01010101u) << 4;
         }
-        return {q0, q1, mul_rn(f16_bits_to_f32(load_u16(block)), float(sc)),
-                mul_rn(f16_bits_to_f32(load_u16(block + 2)), float(m))};
+        return {q0, q1, mul_rn(f16_bits_to_f32(uint16_t(head.v[0])), small_int_to_f32(sc)),
+                mul_rn(f16_bits_to_f32(uint16_t(head.v[0] >> 16)), small_int_to_f32(m))};
     } else if constexpr (T == DType::Q6_K) {
         const int h = c >> 4, e0 = (c & 15) * kChunk;
         const int t = e0 >> 5, l0 = e0 & 31;
@@ -139,25 +158,27 @@ TANDEM_HD WeightChunk unpack_chunk(const uint8_t* row, int64_t chunk) {
             nibbles(load_u32_a2(ql), shift) | ((load_u32_a2(qh) >> (2 * t)) & 0x03030303u) << 4;
         const uint32_t q1 = nibbles(load_u32_a2(ql + 4), shift) |
                             ((load_u32_a2(qh + 4) >> (2 * t)) & 0x03030303u) << 4;
-        return {q0, q1, mul_rn(f16_bits_to_f32(load_u16(block + 208)), float(scale)), 0.0f};
+        return {q0, q1, mul_rn(f16_bits_to_f32(load_u16(block + 208)), small_int_to_f32(scale)),
+                0.0f};
     } else {
         static_assert(T == DType::Q8_0, "not a quantized weight type");
     }
 }
 
-// acc + w · (x0, x1 as int8 values times dx), in the kernel's order: integer sums (exact), the
-// scale product, one FMA per term. The chunk sum Σ x is only formed where an offset or a min
+// acc + w · (x0, x1 as int8 values times dx), in the kernel's order: integer sums (exact; at
+// most 8 * 95 * 127 in magnitude, so small_int_to_f32 applies), the scale product, one FMA per
+// term. The chunk sum Σ x is only formed where an offset or a min
 // needs it.
 template <DType T>
 TANDEM_HD float chunk_dot_q8(const WeightChunk& w, uint32_t x0, uint32_t x1, float dx, float acc) {
     const int32_t qx = dp4a(w.q1, x1, dp4a(w.q0, x0, 0));
-    if constexpr (T == DType::Q8_0) return fmaf(mul_rn(w.d, dx), float(qx), acc);
+    if constexpr (T == DType::Q8_0) return fmaf(mul_rn(w.d, dx), small_int_to_f32(qx), acc);
     const int32_t sx = dp4a(0x01010101u, x1, dp4a(0x01010101u, x0, 0));
     if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
-        acc = fmaf(mul_rn(w.d, dx), float(qx), acc);
-        return fmaf(-mul_rn(w.m, dx), float(sx), acc);
+        acc = fmaf(mul_rn(w.d, dx), small_int_to_f32(qx), acc);
+        return fmaf(-mul_rn(w.m, dx), small_int_to_f32(sx), acc);
     } else {
-        return fmaf(mul_rn(w.d, dx), float(qx - kQuantOffset<T> * sx), acc);
+        return fmaf(mul_rn(w.d, dx), small_int_to_f32(qx - kQuantOffset<T> * sx), acc);
     }
 }
 

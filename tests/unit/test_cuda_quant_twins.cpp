@@ -220,6 +220,27 @@ TEST(CudaQuantTwins, Q8ActivationsAreWithinHalfAStepOfX) {
     }
 }
 
+TEST(CudaQuantTwins, BranchFreeK4ScalesEqualScaleMinK4AndSmallIntsConvertExactly) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int trial = 0; trial < 4096; ++trial) {
+        uint8_t bytes[12];
+        for (uint8_t& b : bytes)
+            b = uint8_t(rng());
+        uint32_t w[3];
+        std::memcpy(w, bytes, sizeof w);
+        for (int j = 0; j < 8; ++j) {
+            int sc, m, sc2, m2;
+            cuda::scale_min_k4(j, bytes, sc, m);
+            cuda::scale_min_k4_words(j, w[0], w[1], w[2], sc2, m2);
+            ASSERT_EQ(sc2, sc) << "sub-block " << j << " (seed " << seed << ")";
+            ASSERT_EQ(m2, m) << "sub-block " << j << " (seed " << seed << ")";
+        }
+    }
+    for (int32_t v = -(1 << 22) + 1; v < (1 << 22); v += 7)
+        ASSERT_EQ(cuda::small_int_to_f32(v), float(v)) << v;
+}
+
 // Σ over a chunk of |w_i x_i| with w split into its terms, |d (q_i - offset)| + |m|: what the
 // f32 roundings of the chunk's terms are relative to.
 template <DType T>
@@ -315,8 +336,8 @@ TEST(CudaQuantTwins, EmulatedQ8GemvIsWithinTheGpuTestsTolerances) {
                 const std::vector<float> w = reference_row(type, row, k);
                 double own = 0, exact = 0;
                 for (int64_t i = 0; i < k; ++i) {
-                    own += double(w[size_t(i)]) * (double(qx.q[size_t(i)]) *
-                                                   qx.d[size_t(i / cuda::kQ8Block)]);
+                    own += double(w[size_t(i)]) *
+                           (double(qx.q[size_t(i)]) * qx.d[size_t(i / cuda::kQ8Block)]);
                     exact += double(w[size_t(i)]) * x[size_t(i)];
                 }
                 const double got = q8_row_dot(type, row, k, qx);
