@@ -92,6 +92,11 @@ __device__ __forceinline__ void lane_rows_dot_q8(const uint8_t* const (&rows)[kR
     }
 }
 
+// x [n_blocks * 32] f32 -> xq int8 [n_blocks * 32] and xd f32 [n_blocks], the 8-bit activations
+// of lane_rows_dot_q8 (quantize_q8_kernel in linear.cu, one warp per block), on `stream`.
+void launch_quantize_q8(const float* x, int64_t n_blocks, int8_t* xq, float* xd,
+                        cudaStream_t stream);
+
 __device__ __forceinline__ float silu(float g) {
     return g / (1.0f + expf(-g));
 }

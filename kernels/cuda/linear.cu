@@ -238,6 +238,13 @@ void check_on_device(const Context& ctx, const Tensor& t, const char* what) {
 
 }  // namespace
 
+void launch_quantize_q8(const float* x, int64_t n_blocks, int8_t* xq, float* xd,
+                        cudaStream_t stream) {
+    quantize_q8_kernel<<<blocks_for(n_blocks, kWarpsPerBlock), kGemvThreads, 0, stream>>>(
+        x, n_blocks, xq, xd);
+    TANDEM_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
+}
+
 void check_weight(const Context& ctx, const Tensor& w, int64_t rows, int64_t k, const char* what) {
     if (w.rank() != 2 || w.dim(0) != rows || w.dim(1) != k || !is_weight_type(w.dtype()))
         fail(what, ": expected [", rows, ", ", k, "] of a weight type, found ", w.describe());
@@ -304,11 +311,9 @@ void linear(Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, 
             ctx.scratch(ScratchSlot::ActivationQ8, quant_bytes + size_t(n_blocks) * 4));
         auto* xq = reinterpret_cast<int8_t*>(base);
         auto* xd = reinterpret_cast<float*>(base + quant_bytes);
-        quantize_q8_kernel<<<blocks_for(n_blocks, kWarpsPerBlock), kGemvThreads, 0, stream>>>(
-            args.x, n_blocks, xq, xd);
+        launch_quantize_q8(args.x, n_blocks, xq, xd, stream);
         args.xq = xq;
         args.xd = xd;
-        TANDEM_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
     }
     with_weight_type(w.dtype(),
                      [&](auto type) { launch_gemv<decltype(type)::value>(args, stream); });

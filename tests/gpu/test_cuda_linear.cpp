@@ -35,7 +35,6 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/linear.h"
-#include "kernels/cuda/quant_dot.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
 #include "tests/gpu/gpu_test_util.h"
@@ -82,19 +81,6 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<flo
     return y;
 }
 
-// x as the quantized GEMV dots it: each 32-block rounded to int8 times its f32 scale, exactly
-// the GPU's values (quantize_q8_block is the quantize kernel's twin).
-std::vector<float> q8_rounded(const std::vector<float>& x) {
-    std::vector<float> out(x.size());
-    for (size_t b = 0; b < x.size() / cuda::kQ8Block; ++b) {
-        int8_t q[cuda::kQ8Block];
-        const float d = cuda::quantize_q8_block(x.data() + b * cuda::kQ8Block, q);
-        for (int i = 0; i < cuda::kQ8Block; ++i)
-            out[b * cuda::kQ8Block + size_t(i)] = float(double(q[i]) * d);
-    }
-    return out;
-}
-
 struct Case {
     DType type;
     int64_t m, k, n;
@@ -136,7 +122,7 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
     const auto exact = reference(x, w.values, bias, c.n, c.m, c.k, false);
     std::vector<double> own_want = exact;
     if (bf16_inputs) own_want = reference(x, w.values, bias, c.n, c.m, c.k, true);
-    if (q8_gemv) own_want = reference(q8_rounded(x), w.values, bias, c.n, c.m, c.k, false);
+    if (q8_gemv) own_want = reference(test::q8_rounded(x), w.values, bias, c.n, c.m, c.k, false);
     const test::WorstError own = test::worst_error(got, own_want);
     EXPECT_LT(own.error, q8_gemv ? 1e-4
                          : gemv  ? 2e-5
