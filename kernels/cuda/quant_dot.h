@@ -35,14 +35,16 @@ TANDEM_HD int32_t dp4a(uint32_t a, uint32_t b, int32_t c) {
 #endif
 }
 
-// The scale of a block whose largest |x| is amax, and its inverse (0 for an all-zero block).
-// IEEE division on both sides (nvcc's default -prec-div=true), so the host computes the GPU's bits.
+// The scale of a block whose largest |x| is amax, and its inverse. IEEE division on both sides
+// (nvcc's default -prec-div=true), so the host computes the GPU's bits. A block whose scale is
+// below the smallest normal float (amax < 1.5e-36, zero included) gets inverse 0, so its quants
+// are 0: 1 / d would overflow to infinity and x * infinity has no int8.
 struct Q8Scale {
     float d, inv;
 };
 TANDEM_HD Q8Scale q8_scale(float amax) {
     const float d = amax / 127.0f;
-    return {d, d != 0.0f ? 1.0f / d : 0.0f};
+    return {d, d >= 1.17549435e-38f ? 1.0f / d : 0.0f};
 }
 
 // x to the nearest of -127..127 in steps of 1 / inv (ties to even on both sides).
