@@ -24,6 +24,7 @@ namespace tandem::cuda {
 
 enum class ScratchSlot : int {
     ActivationBf16,  // x converted to bf16 for a tensor-core GEMM
+    ActivationQ8,    // x quantized to int8 blocks for the quantized GEMV (quant_dot.h)
     WeightBf16,      // weights dequantized to bf16 for a tensor-core GEMM
     Tables,          // small index tables uploaded for one launch (routing, pointers)
     ExpertRows,      // per-slot rows of the grouped expert kernels

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/quant_blocks.h"
+#include "kernels/cuda/quant_dot.h"
 
 namespace tandem::cuda {
 
@@ -59,6 +60,42 @@ __device__ __forceinline__ void lane_rows_dot(const uint8_t* const (&rows)[kRows
         }
     }
 }
+
+// The same for quantized weights against 8-bit activations (quant_dot.h): xqs[t] int8 [k] and
+// xds[t] f32 [k / 32] per token, 16-byte aligned. Each chunk's weights are unpacked once and
+// dotted with every token by __dp4a; each row's order is that of emulate_warp_row_dot_q8().
+// Eight int8 activations are 8 bytes where f32 ones were 32: the L1 traffic per weight byte
+// falls fourfold, and the float conversions and FMAs per value become a quarter of a __dp4a.
+template <DType T, int kMaxTokens, int kRows>
+__device__ __forceinline__ void lane_rows_dot_q8(const uint8_t* const (&rows)[kRows],
+                                                 int64_t n_chunks,
+                                                 const int8_t* const (&xqs)[kMaxTokens],
+                                                 const float* const (&xds)[kMaxTokens],
+                                                 int n_tokens, float (&acc)[kRows][kMaxTokens]) {
+    const int lane = int(threadIdx.x) & (kWarpSize - 1);
+#pragma unroll(4 / kRows)
+    for (int64_t c = lane; c < n_chunks; c += kWarpSize) {
+        WeightChunk w[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+            w[r] = unpack_chunk<T>(rows[r], c);
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            if (t < n_tokens) {
+                const uint2 x = __ldg(reinterpret_cast<const uint2*>(xqs[t] + c * kChunk));
+                const float dx = __ldg(xds[t] + c * kChunk / kQ8Block);
+#pragma unroll
+                for (int r = 0; r < kRows; ++r)
+                    acc[r][t] = chunk_dot_q8<T>(w[r], x.x, x.y, dx, acc[r][t]);
+            }
+        }
+    }
+}
+
+// x [n_blocks * 32] f32 -> xq int8 [n_blocks * 32] and xd f32 [n_blocks], the 8-bit activations
+// of lane_rows_dot_q8 (quantize_q8_kernel in linear.cu, one warp per block), on `stream`.
+void launch_quantize_q8(const float* x, int64_t n_blocks, int8_t* xq, float* xd,
+                        cudaStream_t stream);
 
 __device__ __forceinline__ float silu(float g) {
     return g / (1.0f + expf(-g));

@@ -50,9 +50,35 @@ struct GemvArgs {
     const void* bias;  // null or [m]
     DType bias_type;
     float* y;  // [n_tokens, m]
+    // Quantized weights only: x as 8-bit blocks (quant_dot.h), written by quantize_q8_kernel.
+    const int8_t* xq;  // [n_tokens, k]
+    const float* xd;   // [n_tokens, k / 32]
 };
 
-// kRowsPerWarp consecutive weight rows per warp; kMaxTokens >= n_tokens.
+constexpr bool is_quantized(DType t) {
+    return t != DType::F32 && t != DType::F16 && t != DType::BF16;
+}
+
+// x [n_blocks * 32] f32 -> int8 blocks of 32 with an f32 scale each (q8_scale, q8_round), one
+// warp per block: the block's largest |x| by a butterfly of fmaxf (exact in any order), then
+// each lane rounds its own value. The host twin is quantize_q8_block() (quant_dot.h).
+__global__ void __launch_bounds__(kGemvThreads)
+    quantize_q8_kernel(const float* x, int64_t n_blocks, int8_t* xq, float* xd) {
+    const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
+    if (b >= n_blocks) return;  // whole warps leave together
+    const int lane = int(threadIdx.x) & (kWarpSize - 1);
+    const float v = x[b * kQ8Block + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const Q8Scale s = q8_scale(amax);
+    xq[b * kQ8Block + lane] = q8_round(v, s.inv);
+    if (lane == 0) xd[b] = s.d;
+}
+
+// kRowsPerWarp consecutive weight rows per warp; kMaxTokens >= n_tokens. Quantized weights
+// dot 8-bit activations (a.xq, a.xd) with integer arithmetic; float weights f32 ones (a.x).
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
     const int64_t first =
@@ -62,12 +88,25 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(GemvArgs a) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r)  // past the last row: read row m - 1, write nothing
         rows[r] = a.w + (first + r < a.m ? first + r : a.m - 1) * a.row_bytes;
-    const float* xs[kMaxTokens];
-#pragma unroll
-    for (int t = 0; t < kMaxTokens; ++t)
-        xs[t] = a.x + int64_t(t < a.n_tokens ? t : 0) * a.k;
     float acc[kRowsPerWarp][kMaxTokens] = {};
-    lane_rows_dot<T, kMaxTokens, kRowsPerWarp>(rows, a.k / kChunk, xs, a.n_tokens, acc);
+    if constexpr (is_quantized(T)) {
+        const int8_t* xqs[kMaxTokens];
+        const float* xds[kMaxTokens];
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            const int64_t tt = t < a.n_tokens ? t : 0;
+            xqs[t] = a.xq + tt * a.k;
+            xds[t] = a.xd + tt * (a.k / kQ8Block);
+        }
+        lane_rows_dot_q8<T, kMaxTokens, kRowsPerWarp>(rows, a.k / kChunk, xqs, xds, a.n_tokens,
+                                                      acc);
+    } else {
+        const float* xs[kMaxTokens];
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t)
+            xs[t] = a.x + int64_t(t < a.n_tokens ? t : 0) * a.k;
+        lane_rows_dot<T, kMaxTokens, kRowsPerWarp>(rows, a.k / kChunk, xs, a.n_tokens, acc);
+    }
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
         const int64_t row = first + r;
@@ -199,6 +238,13 @@ void check_on_device(const Context& ctx, const Tensor& t, const char* what) {
 
 }  // namespace
 
+void launch_quantize_q8(const float* x, int64_t n_blocks, int8_t* xq, float* xd,
+                        cudaStream_t stream) {
+    quantize_q8_kernel<<<blocks_for(n_blocks, kWarpsPerBlock), kGemvThreads, 0, stream>>>(
+        x, n_blocks, xq, xd);
+    TANDEM_CUDA_CHECK_LAUNCH("quantize_q8_kernel");
+}
+
 void check_weight(const Context& ctx, const Tensor& w, int64_t rows, int64_t k, const char* what) {
     if (w.rank() != 2 || w.dim(0) != rows || w.dim(1) != k || !is_weight_type(w.dtype()))
         fail(what, ": expected [", rows, ", ", k, "] of a weight type, found ", w.describe());
@@ -244,16 +290,31 @@ void linear(Context& ctx, const Tensor& x, const Tensor& w, const Tensor& bias, 
         fail("cuda::linear: [", n, ", ", k, "] x [", m, ", ", k, "] is too large");
 
     if (!uses_gemv(w, n) || !aligned16(x.data())) return linear_gemm(ctx, x, w, bias, y);
-    const GemvArgs args{.w = w.data_as<const uint8_t>(),
-                        .row_bytes = row_bytes(w.dtype(), k),
-                        .k = k,
-                        .m = m,
-                        .x = x.data_as<const float>(),
-                        .n_tokens = int(n),
-                        .bias = bias.empty() ? nullptr : bias.data(),
-                        .bias_type = bias.empty() ? DType::F32 : bias.dtype(),
-                        .y = y.data_as<float>()};
+    GemvArgs args{.w = w.data_as<const uint8_t>(),
+                  .row_bytes = row_bytes(w.dtype(), k),
+                  .k = k,
+                  .m = m,
+                  .x = x.data_as<const float>(),
+                  .n_tokens = int(n),
+                  .bias = bias.empty() ? nullptr : bias.data(),
+                  .bias_type = bias.empty() ? DType::F32 : bias.dtype(),
+                  .y = y.data_as<float>(),
+                  .xq = nullptr,
+                  .xd = nullptr};
     auto stream = static_cast<cudaStream_t>(ctx.native_stream());
+    if (is_quantized_weight_type(w.dtype())) {
+        // k is whole blocks of 32 (every quantized type), so the blocks of all tokens are
+        // contiguous; the scales follow the quants, 256-byte aligned.
+        const int64_t n_blocks = n * k / kQ8Block;
+        const size_t quant_bytes = size_t(n * k + 255) / 256 * 256;
+        auto* base = static_cast<uint8_t*>(
+            ctx.scratch(ScratchSlot::ActivationQ8, quant_bytes + size_t(n_blocks) * 4));
+        auto* xq = reinterpret_cast<int8_t*>(base);
+        auto* xd = reinterpret_cast<float*>(base + quant_bytes);
+        launch_quantize_q8(args.x, n_blocks, xq, xd, stream);
+        args.xq = xq;
+        args.xd = xd;
+    }
     with_weight_type(w.dtype(),
                      [&](auto type) { launch_gemv<decltype(type)::value>(args, stream); });
 }

@@ -4,7 +4,10 @@
 //
 // Two paths, chosen per call:
 // - n_tokens <= kGemvMaxTokens (decode): a GEMV kernel that reads each weight byte once for all
-//   tokens, two output rows per warp, f32 activations and accumulation (gemv.cuh).
+//   tokens, two output rows per warp (gemv.cuh). Float weights: f32 activations and
+//   accumulation. Quantized weights: x quantized first to int8 blocks of 32 with an f32 scale (a
+//   small kernel, as the CPU quantizes to Q8_0/Q8_K), then integer dot products by __dp4a per
+//   8 values and f32 accumulation (quant_dot.h).
 // - more tokens (prefill): the weights dequantized to bf16 in ctx scratch (bf16 weights used in
 //   place), x rounded to bf16, and cublasGemmEx with f32 accumulation on tensor cores; f32
 //   weights go to cublasSgemm with f32 activations.

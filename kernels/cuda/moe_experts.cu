@@ -37,22 +37,42 @@ struct GroupedArgs {
     int64_t gate_row_bytes, down_row_bytes;
     float* hidden_rows;  // [n_slots, ffn_dim]
     float* down_rows;    // [n_slots, hidden_dim]
+    // Quantized gate/up weights: x as 8-bit blocks (quant_dot.h), dotted by integer arithmetic.
+    const int8_t* xq;  // [n_tokens, hidden_dim]
+    const float* xd;   // [n_tokens, hidden_dim / 32]
 };
 
 // blockIdx.y: the expert; warps: ffn rows, the gate row and the up row sharing each activation
-// load. hidden_rows[slot] = silu(gate · x) * (up · x).
+// load. hidden_rows[slot] = silu(gate · x) * (up · x). Quantized gate/up weights dot x's 8-bit
+// blocks (a.xq, a.xd) as linear's GEMV does; the down kernel keeps f32 intermediates (quantizing
+// them would take one more launch between the two).
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
     const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
     if (row >= a.ffn) return;
-    const float* xs[kMaxTokens];
+    int64_t tokens[kMaxTokens];
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t)
-        xs[t] = a.x + int64_t(a.token_index[e.slot_begin + (t < e.n_tokens ? t : 0)]) * a.hidden;
+        tokens[t] = a.token_index[e.slot_begin + (t < e.n_tokens ? t : 0)];
     const uint8_t* const rows[2] = {e.gate + row * a.gate_row_bytes, e.up + row * a.gate_row_bytes};
     float acc[2][kMaxTokens] = {};
-    lane_rows_dot<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xs, e.n_tokens, acc);
+    if constexpr (T != DType::F32 && T != DType::F16 && T != DType::BF16) {
+        const int8_t* xqs[kMaxTokens];
+        const float* xds[kMaxTokens];
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t) {
+            xqs[t] = a.xq + tokens[t] * a.hidden;
+            xds[t] = a.xd + tokens[t] * (a.hidden / kQ8Block);
+        }
+        lane_rows_dot_q8<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xqs, xds, e.n_tokens, acc);
+    } else {
+        const float* xs[kMaxTokens];
+#pragma unroll
+        for (int t = 0; t < kMaxTokens; ++t)
+            xs[t] = a.x + tokens[t] * a.hidden;
+        lane_rows_dot<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xs, e.n_tokens, acc);
+    }
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) {
         const float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
@@ -257,6 +277,14 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
         ctx.scratch(ScratchSlot::ExpertRows, size_t(n_slots * hidden) * sizeof(float)));
     auto* gathered = static_cast<float*>(ctx.scratch(
         ScratchSlot::GatheredRows, size_t(std::max<int64_t>(1, max_gemm_tokens * hidden)) * 4));
+    const bool q8_x = !grouped.empty() && is_quantized_weight_type(gate_type);
+    const int64_t x_blocks = q8_x ? n_tokens * hidden / kQ8Block : 0;
+    const size_t xq_bytes = size_t(n_tokens * hidden + 255) / 256 * 256;
+    auto* xq = q8_x ? static_cast<int8_t*>(
+                          ctx.scratch(ScratchSlot::ActivationQ8, xq_bytes + size_t(x_blocks) * 4))
+                    : nullptr;
+    float* xd =
+        q8_x ? reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(xq) + xq_bytes) : nullptr;
     auto* tables = static_cast<uint8_t*>(ctx.upload(ScratchSlot::Tables, blob.data(), blob.size()));
     const auto* token_index = reinterpret_cast<const int32_t*>(tables + token_index_at);
     auto stream = static_cast<cudaStream_t>(ctx.native_stream());
@@ -271,7 +299,11 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
                                .gate_row_bytes = row_bytes(gate_type, hidden),
                                .down_row_bytes = row_bytes(down_type, ffn),
                                .hidden_rows = hidden_rows,
-                               .down_rows = down_rows};
+                               .down_rows = down_rows,
+                               .xq = xq,
+                               .xd = xd};
+        // hidden is whole blocks of 32 for quantized gate/up weights (check_weight).
+        if (q8_x) launch_quantize_q8(a.x.data_as<const float>(), x_blocks, xq, xd, stream);
         const unsigned n_grouped = unsigned(grouped.size());
         const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), n_grouped);
         const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), n_grouped);

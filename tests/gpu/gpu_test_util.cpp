@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cuda/quant_dot.h"
 #include "kernels/error.h"
 #include "tests/test_util.h"
 
@@ -118,6 +119,17 @@ HostWeights random_weights(DType type, int64_t rows, int64_t k, std::mt19937_64&
         }
     }
     return w;
+}
+
+std::vector<float> q8_rounded(const std::vector<float>& x) {
+    std::vector<float> out(x.size());
+    for (size_t b = 0; b < x.size() / cuda::kQ8Block; ++b) {
+        int8_t q[cuda::kQ8Block];
+        const float d = cuda::quantize_q8_block(x.data() + b * cuda::kQ8Block, q);
+        for (int i = 0; i < cuda::kQ8Block; ++i)
+            out[b * cuda::kQ8Block + size_t(i)] = float(double(q[i]) * d);
+    }
+    return out;
 }
 
 }  // namespace tandem::test

@@ -77,4 +77,8 @@ struct HostWeights {
 HostWeights random_weights(DType type, int64_t rows, int64_t k, std::mt19937_64& rng,
                            float std = 1.0f);
 
+// x (whole blocks of 32) as the quantized GEMV dots it: each 32-block rounded to int8 times its
+// f32 scale, exactly the GPU's values (cuda::quantize_q8_block, the quantize kernel's twin).
+std::vector<float> q8_rounded(const std::vector<float>& x);
+
 }  // namespace tandem::test
