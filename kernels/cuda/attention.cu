@@ -283,11 +283,69 @@ size_t append(std::vector<std::byte>& table, const std::vector<T>& items) {
 
 }  // namespace
 
+namespace {
+
+// The decode kernel's arguments for a call where every sequence decodes one token, their queries
+// and outputs are consecutive rows of one tensor (as the decoder slices them) and they share a
+// cache layout; false otherwise (the tile kernel takes the call). `table` gets the sequence rows.
+bool as_decode(std::span<const AttentionArgs> sequences, DecodeAttentionArgs& d,
+               std::vector<DecodeSequence>& table) {
+    const AttentionArgs& a0 = sequences.front();
+    const auto batch = int64_t(sequences.size());
+    const int64_t q_row = a0.q.numel(), out_row = a0.out.numel();
+    d = {.q = Tensor(a0.q.data(), DType::F32, {batch, a0.q.dim(1), a0.q.dim(2)}, a0.q.device()),
+         .out = Tensor(a0.out.data(), DType::F32, {batch, a0.out.dim(1), a0.out.dim(2)},
+                       a0.out.device()),
+         .sequences = nullptr,
+         .k = layout_of(a0.k_cache),
+         .v = layout_of(a0.v_cache),
+         .max_keys = 1,
+         .scale = a0.scale,
+         .sliding_window = a0.sliding_window};
+    const auto same = [](const KvLayout& x, const KvLayout& y) {
+        return x.dtype == y.dtype && x.n_kv_heads == y.n_kv_heads && x.head_dim == y.head_dim &&
+               x.block_size == y.block_size && x.pos_stride == y.pos_stride &&
+               x.head_stride == y.head_stride && x.block_stride == y.block_stride;
+    };
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    for (int64_t i = 0; i < batch; ++i) {
+        const AttentionArgs& a = sequences[size_t(i)];
+        if (a.q.dim(0) != 1 || a.scale != a0.scale || a.sliding_window != a0.sliding_window ||
+            a.q.data_as<const float>() != a0.q.data_as<const float>() + i * q_row ||
+            a.out.data_as<const float>() != a0.out.data_as<const float>() + i * out_row ||
+            !same(layout_of(a.k_cache), d.k) || !same(layout_of(a.v_cache), d.v) ||
+            !aligned(a.k_cache.base) || !aligned(a.v_cache.base))
+            return false;
+        const KvView k = view_of(a.k_cache, "key"), v = view_of(a.v_cache, "value");
+        table.push_back({.k_base = k.base,
+                         .v_base = v.base,
+                         .k_blocks = k.block_table,
+                         .v_blocks = v.block_table,
+                         .position = a.start_pos});
+        d.max_keys = std::max(d.max_keys, a.start_pos + 1);
+    }
+    return decode_supported(d);
+}
+
+}  // namespace
+
 void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
+    for (const AttentionArgs& a : sequences)
+        check_args(ctx, a);
+    if (sequences.empty()) return;
+    DecodeAttentionArgs decode;
+    std::vector<DecodeSequence> decode_table;
+    if (as_decode(sequences, decode, decode_table)) {
+        // A few dozen bytes per sequence: the pageable copy is staged at once.
+        decode.sequences = static_cast<const DecodeSequence*>(
+            ctx.upload(ScratchSlot::Tables, decode_table.data(),
+                       decode_table.size() * sizeof(DecodeSequence)));
+        attention_decode(ctx, decode);
+        return;
+    }
     std::vector<Sequence> seqs;
     std::vector<AttentionShape> shapes;
     for (const AttentionArgs& a : sequences) {
-        check_args(ctx, a);
         seqs.push_back({.q = a.q.data_as<const float>(),
                         .out = a.out.data_as<float>(),
                         .k = view_of(a.k_cache, "key"),

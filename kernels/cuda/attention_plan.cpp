@@ -103,4 +103,41 @@ AttentionPlan plan_attention(std::span<const AttentionShape> sequences, int mult
     return plan;
 }
 
+bool decode_dims_supported(int64_t head_dim, int64_t v_dim) {
+    const auto ok = [](int64_t d) {
+        return d > 0 && d <= kAttentionMaxDim && d % kDecodeLaneElements == 0;
+    };
+    return ok(head_dim) && ok(v_dim);
+}
+
+namespace {
+
+int lanes_for(int64_t dim) {
+    int lanes = 1;
+    while (lanes < 32 && lanes * kDecodeLaneElements < dim)
+        lanes *= 2;
+    return lanes;
+}
+
+}  // namespace
+
+DecodePlan plan_decode(int64_t batch, int64_t n_kv_heads, int64_t group, int64_t head_dim,
+                       int64_t v_dim, int64_t max_keys, int multiprocessors) {
+    DecodePlan plan;
+    plan.group_tile = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : kDecodeMaxGroup;
+    plan.head_tiles = int((group + plan.group_tile - 1) / plan.group_tile);
+    plan.k_lanes = lanes_for(head_dim);
+    plan.v_lanes = lanes_for(v_dim);
+    max_keys = std::max<int64_t>(max_keys, 1);
+    const int64_t blocks = std::max<int64_t>(1, batch * n_kv_heads * plan.head_tiles);
+    const int64_t to_fill = (8 * int64_t(multiprocessors) + blocks - 1) / blocks;
+    const int64_t at_most = (max_keys + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys;
+    const int64_t at_least = (max_keys + kDecodeMaxSplitKeys - 1) / kDecodeMaxSplitKeys;
+    const int64_t splits = std::max(at_least, std::min(to_fill, at_most));
+    // Whole warps' worth of keys per split; then as few splits as those lengths need.
+    plan.split_keys = ((max_keys + splits - 1) / splits + 31) / 32 * 32;
+    plan.n_splits = int((max_keys + plan.split_keys - 1) / plan.split_keys);
+    return plan;
+}
+
 }  // namespace tandem::cuda
