@@ -16,6 +16,7 @@
 
 #include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/attention_prefill.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/tensor_checks.h"
 
@@ -218,25 +219,6 @@ __global__ void combine_kernel(const Sequence* sequences, const SplitGroup* grou
         out[d] = combine_partials(first, rows * partial_stride, g.n_splits, d);
 }
 
-KvView view_of(const KvRows& rows, const char* name) {
-    // A contiguous tensor (KvRows(Tensor)) points at a host table holding 0: read no table.
-    const bool contiguous = rows.block_size == rows.capacity && rows.head_stride == rows.head_dim &&
-                            rows.pos_stride == rows.n_heads * rows.head_dim;
-    if (!contiguous && rows.block_table == nullptr)
-        fail("attention: the ", name, " cache has no block table");
-    const int64_t element = rows.element_bytes();
-    const bool aligned4 =
-        rows.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(rows.base) % (4 * element) == 0;
-    return {.base = rows.base,
-            .block_table = contiguous ? nullptr : rows.block_table,
-            .block_size = rows.block_size,
-            .pos_stride = rows.pos_stride,
-            .head_stride = rows.head_stride,
-            .block_stride = rows.block_stride,
-            .kind = float_kind(rows.dtype, "attention", name),
-            .aligned4 = aligned4};
-}
-
 void check_args(Context& ctx, const AttentionArgs& a) {
     require_f32(a.q, 3, ctx.device(), "attention", "q [n_new, n_heads, head_dim]");
     require_f32(a.out, 3, ctx.device(), "attention", "out [n_new, n_heads, v_head_dim]");
@@ -282,6 +264,25 @@ size_t append(std::vector<std::byte>& table, const std::vector<T>& items) {
 }
 
 }  // namespace
+
+KvView view_of(const KvRows& rows, const char* name) {
+    // A contiguous tensor (KvRows(Tensor)) points at a host table holding 0: read no table.
+    const bool contiguous = rows.block_size == rows.capacity && rows.head_stride == rows.head_dim &&
+                            rows.pos_stride == rows.n_heads * rows.head_dim;
+    if (!contiguous && rows.block_table == nullptr)
+        fail("attention: the ", name, " cache has no block table");
+    const int64_t element = rows.element_bytes();
+    const bool aligned4 =
+        rows.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(rows.base) % (4 * element) == 0;
+    return {.base = rows.base,
+            .block_table = contiguous ? nullptr : rows.block_table,
+            .block_size = rows.block_size,
+            .pos_stride = rows.pos_stride,
+            .head_stride = rows.head_stride,
+            .block_stride = rows.block_stride,
+            .kind = float_kind(rows.dtype, "attention", name),
+            .aligned4 = aligned4};
+}
 
 namespace {
 
@@ -341,6 +342,10 @@ void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
             ctx.upload(ScratchSlot::Tables, decode_table.data(),
                        decode_table.size() * sizeof(DecodeSequence)));
         attention_decode(ctx, decode);
+        return;
+    }
+    if (prefill_supported(sequences)) {
+        attention_prefill(ctx, sequences);
         return;
     }
     std::vector<Sequence> seqs;

@@ -103,6 +103,37 @@ AttentionPlan plan_attention(std::span<const AttentionShape> sequences, int mult
     return plan;
 }
 
+std::vector<AttentionTile> plan_prefill(std::span<const AttentionShape> sequences) {
+    std::vector<AttentionTile> tiles;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+        const AttentionShape& s = sequences[i];
+        const int64_t group = s.n_heads / s.n_kv_heads;
+        const int64_t heads = std::min<int64_t>(group, kPrefillRows);
+        const int64_t positions = kPrefillRows / heads;
+        for (int64_t kv = 0; kv < s.n_kv_heads; ++kv)
+            for (int64_t h0 = kv * group; h0 < (kv + 1) * group; h0 += heads)
+                for (int64_t t0 = 0; t0 < s.n_new; t0 += positions) {
+                    const int64_t n_pos = std::min(positions, s.n_new - t0);
+                    const int64_t first = s.start_pos + t0;
+                    tiles.push_back(
+                        {.seq = int32_t(i),
+                         .kv_head = int32_t(kv),
+                         .head0 = int32_t(h0),
+                         .n_heads = int32_t(std::min(heads, (kv + 1) * group - h0)),
+                         .t0 = t0,
+                         .n_pos = n_pos,
+                         .key_begin = s.window > 0 ? std::max<int64_t>(0, first - s.window + 1) : 0,
+                         .key_end = first + n_pos,
+                         .partial = -1});
+                }
+    }
+    std::stable_sort(tiles.begin(), tiles.end(),
+                     [](const AttentionTile& a, const AttentionTile& b) {
+                         return a.key_end - a.key_begin > b.key_end - b.key_begin;
+                     });
+    return tiles;
+}
+
 bool decode_dims_supported(int64_t head_dim, int64_t v_dim) {
     const auto ok = [](int64_t d) {
         return d > 0 && d <= kAttentionMaxDim && d % kDecodeLaneElements == 0;

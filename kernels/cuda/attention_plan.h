@@ -95,4 +95,13 @@ bool decode_dims_supported(int64_t head_dim, int64_t v_dim);
 DecodePlan plan_decode(int64_t batch, int64_t n_kv_heads, int64_t group, int64_t head_dim,
                        int64_t v_dim, int64_t max_keys, int multiprocessors);
 
+// The prefill kernel (attention_prefill.cu, tensor cores): tiles of up to kPrefillRows query rows
+// (positions x query heads of one KV head), each over its whole key range, no splits.
+inline constexpr int kPrefillRows = 64;
+inline constexpr int kPrefillKeys = 64;         // keys per chunk through shared memory
+inline constexpr int64_t kPrefillMaxDim = 128;  // head_dim and v_dim, multiples of 16
+
+// Tiles longest first (partial = -1 in each).
+std::vector<AttentionTile> plan_prefill(std::span<const AttentionShape> sequences);
+
 }  // namespace tandem::cuda

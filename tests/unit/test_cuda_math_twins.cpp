@@ -575,5 +575,42 @@ TEST(CudaMathTwins, DecodePlanAndRowArithmeticMatchCpuAttention) {
     }
 }
 
+// plan_prefill's tiles (the tensor-core prefill kernel's work): every (position, query head) of
+// every sequence in exactly one tile of at most kPrefillRows rows, all of one KV head, with the
+// key range from the window's start (or 0) to the tile's last position.
+TEST(CudaMathTwins, PrefillPlanCoversEveryRowOnce) {
+    const std::vector<cuda::AttentionShape> shapes = {
+        {.n_new = 4096, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128, .v_dim = 128},
+        {.n_new = 67, .n_heads = 24, .n_kv_heads = 2, .head_dim = 64, .v_dim = 64, .start_pos = 10},
+        {.n_new = 300, .n_heads = 8, .n_kv_heads = 8, .head_dim = 64, .v_dim = 64, .window = 37},
+        {.n_new = 2, .n_heads = 128, .n_kv_heads = 1, .head_dim = 64, .v_dim = 64, .start_pos = 5},
+    };
+    const std::vector<cuda::AttentionTile> tiles = cuda::plan_prefill(shapes);
+    std::vector<std::vector<int>> seen(shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i)
+        seen[i].assign(size_t(shapes[i].n_new * shapes[i].n_heads), 0);
+    for (size_t i = 0; i < tiles.size(); ++i) {
+        const cuda::AttentionTile& t = tiles[i];
+        const cuda::AttentionShape& s = shapes[size_t(t.seq)];
+        const int64_t group = s.n_heads / s.n_kv_heads;
+        ASSERT_LE(t.n_pos * t.n_heads, cuda::kPrefillRows);
+        ASSERT_EQ(t.partial, -1);
+        if (i > 0) {
+            ASSERT_GE(tiles[i - 1].key_end - tiles[i - 1].key_begin, t.key_end - t.key_begin);
+        }
+        const int64_t first = s.start_pos + t.t0;
+        ASSERT_EQ(t.key_end, first + t.n_pos);
+        ASSERT_EQ(t.key_begin, s.window > 0 ? std::max<int64_t>(0, first - s.window + 1) : 0);
+        for (int64_t p = t.t0; p < t.t0 + t.n_pos; ++p)
+            for (int64_t h = t.head0; h < t.head0 + t.n_heads; ++h) {
+                ASSERT_EQ(h / group, t.kv_head);
+                ++seen[size_t(t.seq)][size_t(p * s.n_heads + h)];
+            }
+    }
+    for (size_t i = 0; i < shapes.size(); ++i)
+        for (size_t r = 0; r < seen[i].size(); ++r)
+            ASSERT_EQ(seen[i][r], 1) << "sequence " << i << " row " << r;
+}
+
 }  // namespace
 }  // namespace tandem
