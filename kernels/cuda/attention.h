@@ -2,17 +2,19 @@
 // kernels/cpu/attention.h (same arguments, with device memory), and the KV cache writes that
 // feed it.
 //
-// One kernel serves prefill and decode: a block takes a tile of up to 32 query rows (positions x
-// the query heads of one KV head, so each KV chunk is read once for all of them, GQA-aware) and
-// walks a range of keys in chunks of 32 through shared memory with an online softmax in f32.
-// When the tiles alone would not fill the GPU (decode: one position per sequence), each tile's
-// key range is split across blocks (flash-decoding): every split writes a partial (max, sum,
-// output) per row and a second small kernel combines them. All sequences of a call go into one
-// launch of each kernel (their arguments uploaded as one table).
+// Three kernels, chosen per call by attention():
+// - decode (attention_decode.cu): every sequence one new token. Blocks per (sequence, KV head,
+//   split of the keys) read K and V straight from the cache in 16-byte loads, enough splits to
+//   fill the GPU (flash-decoding), partials merged by a combine kernel. f32 arithmetic: matches
+//   the CPU to ~1e-6. attention_decode() is its graph-capturable entry point.
+// - prefill (attention_prefill.cu): every sequence >= 2 new tokens, dims multiples of 16 up to
+//   128. Flash attention on tensor cores (mma.sync, bf16 operands, f32 accumulate and softmax):
+//   matches the CPU to a few 1e-3 of the output scale.
+// - tiles (attention.cu): everything else (mixed calls, other dims up to 256), f32 on CUDA
+//   cores, tiles of up to 32 query rows with split-K where they would leave the GPU idle.
 //
 // Limits: head_dim and v_head_dim up to 256; f32, f16 or bf16 KV rows; f32 queries and outputs.
-// Multi-head latent attention (DeepSeek's MLA) is not covered here yet. The score arithmetic is
-// f32 on CUDA cores (no tensor cores yet), so results match the CPU to ~1e-6, not bit for bit.
+// Multi-head latent attention (DeepSeek's MLA) is not covered here yet.
 #pragma once
 
 #include <cstdint>
