@@ -5,9 +5,10 @@
 // bandwidth the kernel can hope for). Then decode: one new token per sequence at batch 1 and 16,
 // contexts 1k, 8k and 32k, 32 query heads / 8 KV heads / head_dim 128, a bf16 paged cache
 // (block_size 16, blocks in a shuffled order): achieved GB/s of K and V read, and its ratio to
-// the copy. Then prefill of 512 and 4096 tokens from position 0 (causal): TFLOP/s counting
-// 4 x head_dim x n_heads flops per visible (query, key) pair. CUDA events around each call,
-// 3 warm-up calls, the median of 25.
+// the copy, through cuda::attention (which uploads the sequence table), through attention_decode
+// with the table already on the device, and that call replayed from a CUDA graph. Then prefill of
+// 512 and 4096 tokens from position 0 (causal): TFLOP/s counting 4 x head_dim x n_heads flops per
+// visible (query, key) pair. CUDA events around each call, 3 warm-up calls, the median of 25.
 //
 //   tandem-cuda-attention-bench [--json FILE]
 // Without a GPU it says so and exits 0.
@@ -92,8 +93,8 @@ Pool make_pool(Stream& stream, int64_t batch, int64_t positions) {
     return p;
 }
 
-Row time_attention(cuda::Context& ctx, const std::string& name, int64_t batch, int64_t start,
-                   int64_t n_new, double copy_gbs) {
+std::vector<Row> time_attention(cuda::Context& ctx, const std::string& name, int64_t batch,
+                                int64_t start, int64_t n_new, double copy_gbs) {
     Stream& stream = ctx.stream();
     const int64_t positions = start + n_new;
     Pool pool = make_pool(stream, batch, positions);
@@ -118,17 +119,56 @@ Row time_attention(cuda::Context& ctx, const std::string& name, int64_t batch, i
                         .scale = 0.08838834764831845f});
     }
     const auto native = static_cast<cudaStream_t>(ctx.native_stream());
-    Row row{.name = name};
-    row.ms = median_ms(native, [&] { cuda::attention(ctx, args); });
-    const double seconds = row.ms * 1e-3;
-    // K and V of every visible position, read once per KV head.
-    const double kv_bytes = double(batch) * double(positions) * kKvHeads * kHeadDim * 2 * 2;
-    row.gbs = kv_bytes / seconds * 1e-9;
-    row.copy_ratio = row.gbs / copy_gbs;
-    // QK^T and PV over the causal pairs: (start + 1 + ... + start + n_new) keys.
-    const double pairs = double(n_new) * double(start) + double(n_new) * double(n_new + 1) / 2;
-    row.tflops = double(batch) * pairs * kHeads * kHeadDim * 4 / seconds * 1e-12;
-    return row;
+    const auto row_of = [&](const std::string& row_name, double ms) {
+        Row row{.name = row_name, .ms = ms};
+        const double seconds = row.ms * 1e-3;
+        // K and V of every visible position, read once per KV head.
+        const double kv_bytes = double(batch) * double(positions) * kKvHeads * kHeadDim * 2 * 2;
+        row.gbs = kv_bytes / seconds * 1e-9;
+        row.copy_ratio = row.gbs / copy_gbs;
+        // QK^T and PV over the causal pairs: (start + 1 + ... + start + n_new) keys.
+        const double pairs = double(n_new) * double(start) + double(n_new) * double(n_new + 1) / 2;
+        row.tflops = double(batch) * pairs * kHeads * kHeadDim * 4 / seconds * 1e-12;
+        return row;
+    };
+    std::vector<Row> rows{row_of(name, median_ms(native, [&] { cuda::attention(ctx, args); }))};
+    if (n_new != 1) return rows;
+
+    // Decode as a captured decoder runs it: the sequence table already in device memory
+    // (attention_decode), then the same call replayed from a CUDA graph (no launch overhead).
+    std::vector<cuda::DecodeSequence> table;
+    for (const cuda::AttentionArgs& a : args)
+        table.push_back({.k_base = a.k_cache.base,
+                         .v_base = a.v_cache.base,
+                         .k_blocks = a.k_cache.block_table,
+                         .v_blocks = a.v_cache.block_table,
+                         .position = a.start_pos});
+    Buffer table_dev = allocate(kGpu, table.size() * sizeof(cuda::DecodeSequence));
+    stream.copy_async(table_dev.data(), table.data(), table.size() * sizeof(cuda::DecodeSequence),
+                      CopyDirection::HostToDevice);
+    const cuda::DecodeAttentionArgs decode{
+        .q = Tensor(q.data(), DType::F32, {batch, kHeads, kHeadDim}, kGpu),
+        .out = Tensor(out.data(), DType::F32, {batch, kHeads, kHeadDim}, kGpu),
+        .sequences = static_cast<const cuda::DecodeSequence*>(table_dev.data()),
+        .k = cuda::layout_of(args[0].k_cache),
+        .v = cuda::layout_of(args[0].v_cache),
+        .max_keys = positions,
+        .scale = args[0].scale};
+    rows.push_back(row_of(name + ", device table",
+                          median_ms(native, [&] { cuda::attention_decode(ctx, decode); })));
+    cudaGraph_t graph = nullptr;
+    TANDEM_CUDA_CHECK(cudaStreamBeginCapture(native, cudaStreamCaptureModeThreadLocal));
+    cuda::attention_decode(ctx, decode);
+    TANDEM_CUDA_CHECK(cudaStreamEndCapture(native, &graph));
+    cudaGraphExec_t exec = nullptr;
+    TANDEM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    rows.push_back(row_of(name + ", graph", median_ms(native, [&] {
+                              TANDEM_CUDA_CHECK(cudaGraphLaunch(exec, native));
+                          })));
+    TANDEM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+    TANDEM_CUDA_CHECK(cudaGraphDestroy(graph));
+    stream.synchronize();
+    return rows;
 }
 
 int run(int argc, char** argv) {
@@ -161,14 +201,17 @@ int run(int argc, char** argv) {
     dst = Buffer();
 
     std::vector<Row> rows;
+    const auto add = [&](const std::vector<Row>& more) {
+        rows.insert(rows.end(), more.begin(), more.end());
+    };
     for (const int64_t batch : {1, 16})
         for (const int64_t context : {1024, 8192, 32768})
-            rows.push_back(time_attention(ctx,
-                                          "decode batch " + std::to_string(batch) + " context " +
-                                              std::to_string(context / 1024) + "k",
-                                          batch, context - 1, 1, copy_gbs));
+            add(time_attention(ctx,
+                               "decode batch " + std::to_string(batch) + " context " +
+                                   std::to_string(context / 1024) + "k",
+                               batch, context - 1, 1, copy_gbs));
     for (const int64_t n : {512, 4096})
-        rows.push_back(time_attention(ctx, "prefill " + std::to_string(n), 1, 0, n, copy_gbs));
+        add(time_attention(ctx, "prefill " + std::to_string(n), 1, 0, n, copy_gbs));
 
     cudaDeviceProp prop{};
     TANDEM_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));

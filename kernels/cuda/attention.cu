@@ -16,6 +16,7 @@
 
 #include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/attention_prefill.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/tensor_checks.h"
 
@@ -218,25 +219,6 @@ __global__ void combine_kernel(const Sequence* sequences, const SplitGroup* grou
         out[d] = combine_partials(first, rows * partial_stride, g.n_splits, d);
 }
 
-KvView view_of(const KvRows& rows, const char* name) {
-    // A contiguous tensor (KvRows(Tensor)) points at a host table holding 0: read no table.
-    const bool contiguous = rows.block_size == rows.capacity && rows.head_stride == rows.head_dim &&
-                            rows.pos_stride == rows.n_heads * rows.head_dim;
-    if (!contiguous && rows.block_table == nullptr)
-        fail("attention: the ", name, " cache has no block table");
-    const int64_t element = rows.element_bytes();
-    const bool aligned4 =
-        rows.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(rows.base) % (4 * element) == 0;
-    return {.base = rows.base,
-            .block_table = contiguous ? nullptr : rows.block_table,
-            .block_size = rows.block_size,
-            .pos_stride = rows.pos_stride,
-            .head_stride = rows.head_stride,
-            .block_stride = rows.block_stride,
-            .kind = float_kind(rows.dtype, "attention", name),
-            .aligned4 = aligned4};
-}
-
 void check_args(Context& ctx, const AttentionArgs& a) {
     require_f32(a.q, 3, ctx.device(), "attention", "q [n_new, n_heads, head_dim]");
     require_f32(a.out, 3, ctx.device(), "attention", "out [n_new, n_heads, v_head_dim]");
@@ -283,11 +265,92 @@ size_t append(std::vector<std::byte>& table, const std::vector<T>& items) {
 
 }  // namespace
 
+KvView view_of(const KvRows& rows, const char* name) {
+    // A contiguous tensor (KvRows(Tensor)) points at a host table holding 0: read no table.
+    const bool contiguous = rows.block_size == rows.capacity && rows.head_stride == rows.head_dim &&
+                            rows.pos_stride == rows.n_heads * rows.head_dim;
+    if (!contiguous && rows.block_table == nullptr)
+        fail("attention: the ", name, " cache has no block table");
+    const int64_t element = rows.element_bytes();
+    const bool aligned4 =
+        rows.head_dim % 4 == 0 && reinterpret_cast<uintptr_t>(rows.base) % (4 * element) == 0;
+    return {.base = rows.base,
+            .block_table = contiguous ? nullptr : rows.block_table,
+            .block_size = rows.block_size,
+            .pos_stride = rows.pos_stride,
+            .head_stride = rows.head_stride,
+            .block_stride = rows.block_stride,
+            .kind = float_kind(rows.dtype, "attention", name),
+            .aligned4 = aligned4};
+}
+
+namespace {
+
+// The decode kernel's arguments for a call where every sequence decodes one token, their queries
+// and outputs are consecutive rows of one tensor (as the decoder slices them) and they share a
+// cache layout; false otherwise (the tile kernel takes the call). `table` gets the sequence rows.
+bool as_decode(std::span<const AttentionArgs> sequences, DecodeAttentionArgs& d,
+               std::vector<DecodeSequence>& table) {
+    const AttentionArgs& a0 = sequences.front();
+    const auto batch = int64_t(sequences.size());
+    const int64_t q_row = a0.q.numel(), out_row = a0.out.numel();
+    d = {.q = Tensor(a0.q.data(), DType::F32, {batch, a0.q.dim(1), a0.q.dim(2)}, a0.q.device()),
+         .out = Tensor(a0.out.data(), DType::F32, {batch, a0.out.dim(1), a0.out.dim(2)},
+                       a0.out.device()),
+         .sequences = nullptr,
+         .k = layout_of(a0.k_cache),
+         .v = layout_of(a0.v_cache),
+         .max_keys = 1,
+         .scale = a0.scale,
+         .sliding_window = a0.sliding_window};
+    const auto same = [](const KvLayout& x, const KvLayout& y) {
+        return x.dtype == y.dtype && x.n_kv_heads == y.n_kv_heads && x.head_dim == y.head_dim &&
+               x.block_size == y.block_size && x.pos_stride == y.pos_stride &&
+               x.head_stride == y.head_stride && x.block_stride == y.block_stride;
+    };
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    for (int64_t i = 0; i < batch; ++i) {
+        const AttentionArgs& a = sequences[size_t(i)];
+        if (a.q.dim(0) != 1 || a.scale != a0.scale || a.sliding_window != a0.sliding_window ||
+            a.q.data_as<const float>() != a0.q.data_as<const float>() + i * q_row ||
+            a.out.data_as<const float>() != a0.out.data_as<const float>() + i * out_row ||
+            !same(layout_of(a.k_cache), d.k) || !same(layout_of(a.v_cache), d.v) ||
+            !aligned(a.k_cache.base) || !aligned(a.v_cache.base))
+            return false;
+        const KvView k = view_of(a.k_cache, "key"), v = view_of(a.v_cache, "value");
+        table.push_back({.k_base = k.base,
+                         .v_base = v.base,
+                         .k_blocks = k.block_table,
+                         .v_blocks = v.block_table,
+                         .position = a.start_pos});
+        d.max_keys = std::max(d.max_keys, a.start_pos + 1);
+    }
+    return decode_supported(d);
+}
+
+}  // namespace
+
 void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
+    for (const AttentionArgs& a : sequences)
+        check_args(ctx, a);
+    if (sequences.empty()) return;
+    DecodeAttentionArgs decode;
+    std::vector<DecodeSequence> decode_table;
+    if (as_decode(sequences, decode, decode_table)) {
+        // A few dozen bytes per sequence: the pageable copy is staged at once.
+        decode.sequences = static_cast<const DecodeSequence*>(
+            ctx.upload(ScratchSlot::Tables, decode_table.data(),
+                       decode_table.size() * sizeof(DecodeSequence)));
+        attention_decode(ctx, decode);
+        return;
+    }
+    if (prefill_supported(sequences)) {
+        attention_prefill(ctx, sequences);
+        return;
+    }
     std::vector<Sequence> seqs;
     std::vector<AttentionShape> shapes;
     for (const AttentionArgs& a : sequences) {
-        check_args(ctx, a);
         seqs.push_back({.q = a.q.data_as<const float>(),
                         .out = a.out.data_as<float>(),
                         .k = view_of(a.k_cache, "key"),

@@ -2,17 +2,19 @@
 // kernels/cpu/attention.h (same arguments, with device memory), and the KV cache writes that
 // feed it.
 //
-// One kernel serves prefill and decode: a block takes a tile of up to 32 query rows (positions x
-// the query heads of one KV head, so each KV chunk is read once for all of them, GQA-aware) and
-// walks a range of keys in chunks of 32 through shared memory with an online softmax in f32.
-// When the tiles alone would not fill the GPU (decode: one position per sequence), each tile's
-// key range is split across blocks (flash-decoding): every split writes a partial (max, sum,
-// output) per row and a second small kernel combines them. All sequences of a call go into one
-// launch of each kernel (their arguments uploaded as one table).
+// Three kernels, chosen per call by attention():
+// - decode (attention_decode.cu): every sequence one new token. Blocks per (sequence, KV head,
+//   split of the keys) read K and V straight from the cache in 16-byte loads, enough splits to
+//   fill the GPU (flash-decoding), partials merged by a combine kernel. f32 arithmetic: matches
+//   the CPU to ~1e-6. attention_decode() is its graph-capturable entry point.
+// - prefill (attention_prefill.cu): every sequence >= 2 new tokens, dims multiples of 16 up to
+//   128. Flash attention on tensor cores (mma.sync, bf16 operands, f32 accumulate and softmax):
+//   matches the CPU to a few 1e-3 of the output scale.
+// - tiles (attention.cu): everything else (mixed calls, other dims up to 256), f32 on CUDA
+//   cores, tiles of up to 32 query rows with split-K where they would leave the GPU idle.
 //
 // Limits: head_dim and v_head_dim up to 256; f32, f16 or bf16 KV rows; f32 queries and outputs.
-// Multi-head latent attention (DeepSeek's MLA) is not covered here yet. The score arithmetic is
-// f32 on CUDA cores (no tensor cores yet), so results match the CPU to ~1e-6, not bit for bit.
+// Multi-head latent attention (DeepSeek's MLA) is not covered here yet.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +36,55 @@ struct AttentionArgs {
     int64_t sliding_window = 0;  // 0: full causal attention; else keys within the last W positions
 };
 
+// Decode calls (every sequence one new token, head_dim and v_head_dim multiples of 8 up to 256,
+// one cache layout for all) take attention_decode's kernel after one small upload of the
+// sequence table; anything else takes the tile kernel. Not capture-safe: it uploads tables from
+// host memory.
 void attention(Context& ctx, std::span<const AttentionArgs> sequences);
+
+// Decode attention for CUDA graphs: one new token per sequence, and the per-sequence table in
+// device memory that the caller fills (it may change between replays of a captured graph).
+//
+// The row of one sequence in that table, 48 bytes, read by the kernel.
+struct DecodeSequence {
+    const void* k_base = nullptr;       // the key block pool (KvRows::base)
+    const void* v_base = nullptr;       // the value block pool
+    const int32_t* k_blocks = nullptr;  // device block table of the keys; null: one block
+    const int32_t* v_blocks = nullptr;  // device block table of the values
+    int64_t position = 0;  // the new token's position; its key and value are in the cache
+    int64_t reserved = 0;
+};
+
+// How a cache's rows are laid out (KvRows less the base and the block table), in elements.
+struct KvLayout {
+    DType dtype = DType::BF16;  // f32, f16 or bf16
+    int64_t n_kv_heads = 0, head_dim = 0;
+    int64_t block_size = 1, pos_stride = 0, head_stride = 0, block_stride = 0;
+};
+KvLayout layout_of(const KvRows& rows);
+
+struct DecodeAttentionArgs {
+    Tensor q;    // [batch, n_heads, head_dim] f32 device tensor, after RoPE
+    Tensor out;  // [batch, n_heads, v_head_dim] f32 device tensor
+    const DecodeSequence* sequences = nullptr;  // [batch] in device memory
+    KvLayout k, v;
+    // Keys any sequence may attend to at most (position + 1, or the sliding window): fixes the
+    // launch shape, so a captured graph stays valid while every sequence stays within it.
+    // Positions are not checked on the device: each must be < max_keys (without a window) and
+    // inside its cache.
+    int64_t max_keys = 0;
+    float scale = 1.0f;
+    int64_t sliding_window = 0;
+};
+
+// Whether attention_decode takes these arguments (dims, dtypes, 16-byte aligned strides); a
+// false answer names nothing: attention_decode itself throws saying what is wrong.
+bool decode_supported(const DecodeAttentionArgs& args);
+
+// Capture-safe (two kernel launches on ctx's stream, nothing else) once the split-K scratch is
+// allocated: call it once outside capture with the same batch, heads and max_keys (or larger)
+// before capturing. Throws tandem::Error on bad arguments, before launching anything.
+void attention_decode(Context& ctx, const DecodeAttentionArgs& args);
 
 // Stores src [n, n_heads * head_dim] f32 (device) at positions [start, start + n) of `rows`,
 // converted to rows.dtype with the bits of cache/kv_cache.h's write_rows (bf16 and f16 round to

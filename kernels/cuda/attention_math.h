@@ -59,4 +59,19 @@ TANDEM_HD float combine_partials(const float* partial, int64_t split_stride, int
     return acc / sum;
 }
 
+// The keys [begin, end) that split `split` of a decode row reads: the row's query sits at
+// `position` and sees positions [first, position] (first = position - window + 1 with a sliding
+// window, else 0); split s takes split_keys of them from first + s x split_keys on. A split past
+// the row's keys gets an empty range (it writes a partial that combine_partials weighs 0).
+struct KeyRange {
+    int64_t begin, end;
+};
+TANDEM_HD KeyRange decode_split_range(int64_t position, int64_t window, int64_t split,
+                                      int64_t split_keys) {
+    const int64_t first = window > 0 && position - window + 1 > 0 ? position - window + 1 : 0;
+    const int64_t begin = first + split * split_keys;
+    const int64_t end = begin + split_keys < position + 1 ? begin + split_keys : position + 1;
+    return {begin, end > begin ? end : begin};
+}
+
 }  // namespace tandem::cuda

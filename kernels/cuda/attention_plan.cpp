@@ -103,4 +103,72 @@ AttentionPlan plan_attention(std::span<const AttentionShape> sequences, int mult
     return plan;
 }
 
+std::vector<AttentionTile> plan_prefill(std::span<const AttentionShape> sequences) {
+    std::vector<AttentionTile> tiles;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+        const AttentionShape& s = sequences[i];
+        const int64_t group = s.n_heads / s.n_kv_heads;
+        const int64_t heads = std::min<int64_t>(group, kPrefillRows);
+        const int64_t positions = kPrefillRows / heads;
+        for (int64_t kv = 0; kv < s.n_kv_heads; ++kv)
+            for (int64_t h0 = kv * group; h0 < (kv + 1) * group; h0 += heads)
+                for (int64_t t0 = 0; t0 < s.n_new; t0 += positions) {
+                    const int64_t n_pos = std::min(positions, s.n_new - t0);
+                    const int64_t first = s.start_pos + t0;
+                    tiles.push_back(
+                        {.seq = int32_t(i),
+                         .kv_head = int32_t(kv),
+                         .head0 = int32_t(h0),
+                         .n_heads = int32_t(std::min(heads, (kv + 1) * group - h0)),
+                         .t0 = t0,
+                         .n_pos = n_pos,
+                         .key_begin = s.window > 0 ? std::max<int64_t>(0, first - s.window + 1) : 0,
+                         .key_end = first + n_pos,
+                         .partial = -1});
+                }
+    }
+    std::stable_sort(tiles.begin(), tiles.end(),
+                     [](const AttentionTile& a, const AttentionTile& b) {
+                         return a.key_end - a.key_begin > b.key_end - b.key_begin;
+                     });
+    return tiles;
+}
+
+bool decode_dims_supported(int64_t head_dim, int64_t v_dim) {
+    const auto ok = [](int64_t d) {
+        return d > 0 && d <= kAttentionMaxDim && d % kDecodeLaneElements == 0;
+    };
+    return ok(head_dim) && ok(v_dim);
+}
+
+namespace {
+
+int lanes_for(int64_t dim) {
+    int lanes = 1;
+    while (lanes < 32 && lanes * kDecodeLaneElements < dim)
+        lanes *= 2;
+    return lanes;
+}
+
+}  // namespace
+
+DecodePlan plan_decode(int64_t batch, int64_t n_kv_heads, int64_t group, int64_t head_dim,
+                       int64_t v_dim, int64_t max_keys, int multiprocessors) {
+    DecodePlan plan;
+    plan.group_tile = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : kDecodeMaxGroup;
+    plan.head_tiles = int((group + plan.group_tile - 1) / plan.group_tile);
+    plan.k_lanes = lanes_for(head_dim);
+    plan.v_lanes = lanes_for(v_dim);
+    max_keys = std::max<int64_t>(max_keys, 1);
+    const int64_t blocks = std::max<int64_t>(1, batch * n_kv_heads * plan.head_tiles);
+    const int64_t to_fill = (8 * int64_t(multiprocessors) + blocks - 1) / blocks;
+    const int64_t at_most = (max_keys + kDecodeMinSplitKeys - 1) / kDecodeMinSplitKeys;
+    const int64_t at_least = (max_keys + kDecodeMaxSplitKeys - 1) / kDecodeMaxSplitKeys;
+    const int64_t splits = std::max(at_least, std::min(to_fill, at_most));
+    // Whole warps' worth of keys per split; then as few splits as those lengths need.
+    plan.split_keys = ((max_keys + splits - 1) / splits + 31) / 32 * 32;
+    plan.n_splits = int((max_keys + plan.split_keys - 1) / plan.split_keys);
+    return plan;
+}
+
 }  // namespace tandem::cuda

@@ -66,4 +66,42 @@ struct AttentionPlan {
 // `multiprocessors`: of the device; the plan splits key ranges until about 4 blocks per SM.
 AttentionPlan plan_attention(std::span<const AttentionShape> sequences, int multiprocessors);
 
+// The decode kernel (attention_decode.cu): one block of kDecodeWarps warps per (sequence, KV head,
+// tile of up to 8 of its query heads, split of the key range). A block keeps its split's scores
+// in shared memory [8, kDecodeMaxSplitKeys], so a split holds at most that many keys.
+inline constexpr int kDecodeWarps = 4;
+inline constexpr int kDecodeMaxGroup = 8;  // query heads per block
+inline constexpr int64_t kDecodeMaxSplitKeys = 1024;
+// Keys per split at least: below this a block's fixed cost (query load, combine) dominates.
+inline constexpr int64_t kDecodeMinSplitKeys = 64;
+// Elements each lane loads per row: 16 bytes of a 16-bit cache, 32 of an f32 one.
+inline constexpr int64_t kDecodeLaneElements = 8;
+
+struct DecodePlan {
+    int group_tile = 1;      // query heads per block: 1, 2, 4 or 8 (the kernel's template)
+    int head_tiles = 1;      // blocks per KV head: ceil(group / group_tile)
+    int k_lanes = 1;         // lanes per key row: a power of two >= head_dim / 8, at most 32
+    int v_lanes = 1;         // lanes per value row
+    int n_splits = 1;        // blocks per (sequence, head tile); 1: the block writes the output
+    int64_t split_keys = 0;  // keys per split, a multiple of 32, <= kDecodeMaxSplitKeys
+};
+
+// Whether the decode kernel takes these dimensions: head_dim and v_dim multiples of 8 up to 256.
+bool decode_dims_supported(int64_t head_dim, int64_t v_dim);
+
+// batch sequences of n_kv_heads x group query heads, each attending to at most max_keys keys.
+// Splits fill about 8 blocks per SM where the keys allow it (kDecodeMinSplitKeys per split) and
+// always keep a split within kDecodeMaxSplitKeys.
+DecodePlan plan_decode(int64_t batch, int64_t n_kv_heads, int64_t group, int64_t head_dim,
+                       int64_t v_dim, int64_t max_keys, int multiprocessors);
+
+// The prefill kernel (attention_prefill.cu, tensor cores): tiles of up to kPrefillRows query rows
+// (positions x query heads of one KV head), each over its whole key range, no splits.
+inline constexpr int kPrefillRows = 64;
+inline constexpr int kPrefillKeys = 64;         // keys per chunk through shared memory
+inline constexpr int64_t kPrefillMaxDim = 128;  // head_dim and v_dim, multiples of 16
+
+// Tiles longest first (partial = -1 in each).
+std::vector<AttentionTile> plan_prefill(std::span<const AttentionShape> sequences);
+
 }  // namespace tandem::cuda

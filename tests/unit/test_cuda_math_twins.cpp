@@ -429,5 +429,188 @@ TEST(CudaMathTwins, AttentionPlanAndRowArithmeticMatchCpuAttention) {
     }
 }
 
+// The decode kernel (attention_decode.cu) over plan_decode, row by row on the CPU: each
+// (sequence, query head, split) scores its decode_split_range, takes the softmax over the split
+// in base 2 and writes a partial row (or, with one split, the output); combine_partials merges
+// the splits. Checks the plan's bounds (split length, coverage of every key, lanes per row) and
+// the per-row arithmetic against cpu::attention; the lanes' shuffles only a GPU runs.
+TEST(CudaMathTwins, DecodePlanAndRowArithmeticMatchCpuAttention) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    struct DecodeCase {
+        int64_t n_heads, n_kv_heads, head_dim, v_dim;
+        DType dtype;
+        int64_t window;
+        std::vector<int64_t> positions;
+        int multiprocessors;
+    };
+    const std::vector<DecodeCase> cases = {
+        {32, 8, 128, 128, DType::BF16, 0, {1023}, 132},
+        {32, 8, 128, 128, DType::BF16, 0, {0, 16, 254, 4095}, 132},
+        {8, 8, 64, 64, DType::F16, 0, {1999}, 132},
+        {16, 2, 80, 80, DType::F32, 0, {17, 300}, 8},
+        {32, 8, 128, 128, DType::BF16, 128, {4000, 60}, 132},
+        {24, 2, 96, 64, DType::BF16, 37, {700, 5}, 16},
+        {8, 2, 256, 256, DType::BF16, 0, {3000}, 132},
+        {4, 1, 64, 64, DType::F16, 0, {5000}, 2},  // long splits: kDecodeMaxSplitKeys bounds them
+    };
+    const int64_t block_size = 16;
+    for (const DecodeCase& c : cases) {
+        SCOPED_TRACE("heads " + std::to_string(c.n_heads) + "/" + std::to_string(c.n_kv_heads) +
+                     " head_dim " + std::to_string(c.head_dim) + " window " +
+                     std::to_string(c.window) + " SMs " + std::to_string(c.multiprocessors));
+        const auto batch = int64_t(c.positions.size());
+        const int64_t group = c.n_heads / c.n_kv_heads;
+        int64_t max_keys = 1;
+        for (int64_t p : c.positions)
+            max_keys = std::max(max_keys, p + 1);
+        if (c.window > 0) max_keys = std::min(max_keys, c.window);
+        const cuda::DecodePlan plan = cuda::plan_decode(batch, c.n_kv_heads, group, c.head_dim,
+                                                        c.v_dim, max_keys, c.multiprocessors);
+        ASSERT_LE(plan.split_keys, cuda::kDecodeMaxSplitKeys);
+        ASSERT_EQ(plan.split_keys % 32, 0);
+        ASSERT_GE(plan.n_splits * plan.split_keys, max_keys);
+        ASSERT_LT((plan.n_splits - 1) * plan.split_keys, max_keys) << "an always-empty split";
+        ASSERT_GE(plan.group_tile * plan.head_tiles, group);
+        ASSERT_LE(plan.group_tile, cuda::kDecodeMaxGroup);
+        ASSERT_GE(plan.k_lanes * cuda::kDecodeLaneElements, c.head_dim);
+        ASSERT_GE(plan.v_lanes * cuda::kDecodeLaneElements, c.v_dim);
+        ASSERT_LE(std::max(plan.k_lanes, plan.v_lanes), 32);
+        const float scale = 1.0f / std::sqrt(float(c.head_dim));
+        const float q_scale = scale * std::numbers::log2e_v<float>;
+        const int64_t stride = cuda::PartialRow::kAcc + c.v_dim;
+        const auto kind = c.dtype == DType::F32   ? cuda::FloatKind::F32
+                          : c.dtype == DType::F16 ? cuda::FloatKind::F16
+                                                  : cuda::FloatKind::BF16;
+        for (int64_t b = 0; b < batch; ++b) {
+            const int64_t position = c.positions[size_t(b)], length = position + 1;
+            const int64_t blocks = (length + block_size - 1) / block_size;
+            std::vector<int32_t> table(size_t(blocks + 1));
+            std::iota(table.begin(), table.end(), 0);
+            std::shuffle(table.begin(), table.end(), rng);
+            const int64_t element = c.dtype == DType::F32 ? 4 : 2;
+            std::vector<uint8_t> k_store(
+                size_t((blocks + 1) * block_size * c.n_kv_heads * c.head_dim * element));
+            std::vector<uint8_t> v_store(
+                size_t((blocks + 1) * block_size * c.n_kv_heads * c.v_dim * element));
+            const KvRows k(k_store.data(), table.data(), block_size, c.n_kv_heads, c.head_dim,
+                           blocks * block_size, c.dtype);
+            const KvRows v(v_store.data(), table.data(), block_size, c.n_kv_heads, c.v_dim,
+                           blocks * block_size, c.dtype);
+            write_rows(k, 0, random_floats(rng, size_t(length * c.n_kv_heads * c.head_dim)).data(),
+                       length);
+            write_rows(v, 0, random_floats(rng, size_t(length * c.n_kv_heads * c.v_dim)).data(),
+                       length);
+            const std::vector<float> q = random_floats(rng, size_t(c.n_heads * c.head_dim));
+            std::vector<float> want(size_t(c.n_heads * c.v_dim), NAN);
+            const cpu::AttentionArgs args{
+                .q = Tensor(const_cast<float*>(q.data()), DType::F32, {1, c.n_heads, c.head_dim}),
+                .k_cache = k,
+                .v_cache = v,
+                .out = Tensor(want.data(), DType::F32, {1, c.n_heads, c.v_dim}),
+                .start_pos = position,
+                .scale = scale,
+                .sliding_window = c.window};
+            cpu::attention(std::span(&args, 1), pool());
+            const auto view = [&](const KvRows& rows) {
+                return cuda::KvView{.base = rows.base,
+                                    .block_table = rows.block_table,
+                                    .block_size = rows.block_size,
+                                    .pos_stride = rows.pos_stride,
+                                    .head_stride = rows.head_stride,
+                                    .block_stride = rows.block_stride,
+                                    .kind = kind};
+            };
+            const cuda::KvView kv = view(k), vv = view(v);
+            for (int64_t h = 0; h < c.n_heads; ++h) {
+                const int64_t kv_head = h / group;
+                std::vector<float> partials(size_t(plan.n_splits * stride), NAN);
+                int64_t keys_seen = 0;
+                for (int split = 0; split < plan.n_splits; ++split) {
+                    const cuda::KeyRange r =
+                        cuda::decode_split_range(position, c.window, split, plan.split_keys);
+                    keys_seen += r.end - r.begin;
+                    std::vector<float> scores;
+                    for (int64_t key = r.begin; key < r.end; ++key) {
+                        float s = 0.0f;
+                        const int64_t at = cuda::kv_element(kv, key, kv_head);
+                        for (int64_t d = 0; d < c.head_dim; ++d)
+                            s += q[size_t(h * c.head_dim + d)] * q_scale *
+                                 cuda::load_float(kv.base, kv.kind, at + d);
+                        scores.push_back(s);
+                    }
+                    float m = -INFINITY, sum = 0.0f;
+                    for (float s : scores)
+                        m = std::max(m, s);
+                    std::vector<float> acc(size_t(c.v_dim), 0.0f);
+                    for (size_t i = 0; i < scores.size(); ++i) {
+                        const float p = std::exp2(scores[i] - m);
+                        sum += p;
+                        const int64_t at = cuda::kv_element(vv, r.begin + int64_t(i), kv_head);
+                        for (int64_t d = 0; d < c.v_dim; ++d)
+                            acc[size_t(d)] += p * cuda::load_float(vv.base, vv.kind, at + d);
+                    }
+                    float* row = partials.data() + split * stride;
+                    row[cuda::PartialRow::kMax] = m;
+                    row[cuda::PartialRow::kSum] = sum;
+                    std::copy(acc.begin(), acc.end(), row + cuda::PartialRow::kAcc);
+                }
+                const int64_t first =
+                    c.window > 0 ? std::max<int64_t>(0, position - c.window + 1) : 0;
+                ASSERT_EQ(keys_seen, position + 1 - first) << "sequence " << b << " head " << h;
+                for (int64_t d = 0; d < c.v_dim; ++d) {
+                    const float got =
+                        plan.n_splits == 1
+                            ? partials[size_t(cuda::PartialRow::kAcc + d)] /
+                                  partials[size_t(cuda::PartialRow::kSum)]
+                            : cuda::combine_partials(partials.data(), stride, plan.n_splits, d);
+                    // f32 in another order than the CPU's: ~1e-6; NaN (a lost row) fails.
+                    ASSERT_NEAR(got, want[size_t(h * c.v_dim + d)], 2e-5)
+                        << "sequence " << b << " (position " << position << ") head " << h
+                        << " dim " << d << ", " << plan.n_splits << " splits of "
+                        << plan.split_keys;
+                }
+            }
+        }
+    }
+}
+
+// plan_prefill's tiles (the tensor-core prefill kernel's work): every (position, query head) of
+// every sequence in exactly one tile of at most kPrefillRows rows, all of one KV head, with the
+// key range from the window's start (or 0) to the tile's last position.
+TEST(CudaMathTwins, PrefillPlanCoversEveryRowOnce) {
+    const std::vector<cuda::AttentionShape> shapes = {
+        {.n_new = 4096, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128, .v_dim = 128},
+        {.n_new = 67, .n_heads = 24, .n_kv_heads = 2, .head_dim = 64, .v_dim = 64, .start_pos = 10},
+        {.n_new = 300, .n_heads = 8, .n_kv_heads = 8, .head_dim = 64, .v_dim = 64, .window = 37},
+        {.n_new = 2, .n_heads = 128, .n_kv_heads = 1, .head_dim = 64, .v_dim = 64, .start_pos = 5},
+    };
+    const std::vector<cuda::AttentionTile> tiles = cuda::plan_prefill(shapes);
+    std::vector<std::vector<int>> seen(shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i)
+        seen[i].assign(size_t(shapes[i].n_new * shapes[i].n_heads), 0);
+    for (size_t i = 0; i < tiles.size(); ++i) {
+        const cuda::AttentionTile& t = tiles[i];
+        const cuda::AttentionShape& s = shapes[size_t(t.seq)];
+        const int64_t group = s.n_heads / s.n_kv_heads;
+        ASSERT_LE(t.n_pos * t.n_heads, cuda::kPrefillRows);
+        ASSERT_EQ(t.partial, -1);
+        if (i > 0) {
+            ASSERT_GE(tiles[i - 1].key_end - tiles[i - 1].key_begin, t.key_end - t.key_begin);
+        }
+        const int64_t first = s.start_pos + t.t0;
+        ASSERT_EQ(t.key_end, first + t.n_pos);
+        ASSERT_EQ(t.key_begin, s.window > 0 ? std::max<int64_t>(0, first - s.window + 1) : 0);
+        for (int64_t p = t.t0; p < t.t0 + t.n_pos; ++p)
+            for (int64_t h = t.head0; h < t.head0 + t.n_heads; ++h) {
+                ASSERT_EQ(h / group, t.kv_head);
+                ++seen[size_t(t.seq)][size_t(p * s.n_heads + h)];
+            }
+    }
+    for (size_t i = 0; i < shapes.size(); ++i)
+        for (size_t r = 0; r < seen[i].size(); ++r)
+            ASSERT_EQ(seen[i][r], 1) << "sequence " << i << " row " << r;
+}
+
 }  // namespace
 }  // namespace tandem
