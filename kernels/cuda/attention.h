@@ -7,7 +7,8 @@
 //   split of the keys) read K and V straight from the cache in 16-byte loads, enough splits to
 //   fill the GPU (flash-decoding), partials merged by a combine kernel. f32 arithmetic: matches
 //   the CPU to ~1e-6. attention_decode() is its graph-capturable entry point.
-// - prefill (attention_prefill.cu): every sequence >= 2 new tokens, dims multiples of 16 up to
+// - prefill (attention_prefill.cu): f16/bf16 caches (an f32 cache is the precision choice and
+//   keeps f32 attention), every sequence >= 2 new tokens, dims multiples of 16 up to
 //   128. Flash attention on tensor cores (mma.sync, bf16 operands, f32 accumulate and softmax):
 //   matches the CPU to a few 1e-3 of the output scale.
 // - tiles (attention.cu): everything else (mixed calls, other dims up to 256), f32 on CUDA

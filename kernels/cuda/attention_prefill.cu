@@ -246,10 +246,12 @@ bool prefill_supported(std::span<const AttentionArgs> sequences) {
         return dim_ok(r.head_dim) && r.pos_stride % 8 == 0 && r.head_stride % 8 == 0 &&
                r.block_stride % 8 == 0 && aligned16(r.base);
     };
+    // An f32 cache is the precision choice (EngineConfig.kv_cache_type): its prefill stays on the
+    // f32 kernel; f16 and bf16 caches are already rounded to 16 bits, the tensor cores' operands.
     for (const AttentionArgs& a : sequences)
-        if (a.q.dim(0) < 2 || !rows_ok(a.k_cache) || !rows_ok(a.v_cache) ||
-            a.q.dim(1) / a.k_cache.n_heads > kPrefillRows || !aligned16(a.q.data()) ||
-            !aligned16(a.out.data()))
+        if (a.q.dim(0) < 2 || a.k_cache.dtype == DType::F32 || !rows_ok(a.k_cache) ||
+            !rows_ok(a.v_cache) || a.q.dim(1) / a.k_cache.n_heads > kPrefillRows ||
+            !aligned16(a.q.data()) || !aligned16(a.out.data()))
             return false;
     return !sequences.empty();
 }

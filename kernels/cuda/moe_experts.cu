@@ -49,6 +49,7 @@ struct GroupedArgs {
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
+    if (e.n_tokens == 0) return;  // moe_experts_routed launches over every expert
     const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
     if (row >= a.ffn) return;
     int64_t tokens[kMaxTokens];
@@ -86,6 +87,7 @@ __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
+    if (e.n_tokens == 0) return;
     const int64_t first =
         (int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize) * kRowsPerWarp;
     if (first >= a.hidden) return;
@@ -139,6 +141,60 @@ __global__ void combine_kernel(const float* down_rows, const int32_t* token_slot
         }
         out[i] = sum;
     }
+}
+
+// The tables moe_experts() builds on the host, built on the device from cuda::route's output by
+// one thread: a decode step has at most kMaxRoutedSlots slots, so this is a few hundred steps.
+// entries: a copy of the layer's table with each expert's slot range; slots grouped by expert,
+// tokens in order within one; per token its slots in ascending order.
+struct RoutedTables {
+    GroupEntry* entries;          // [n_experts]
+    int32_t* token_index;         // [n_slots]
+    float* slot_weight;           // [n_slots]
+    int32_t* token_slot_offsets;  // [n_tokens + 1]
+    int32_t* token_slots;         // [n_slots]
+    int32_t* counts;              // [n_experts] work space
+};
+
+__global__ void build_routed_tables_kernel(const GroupEntry* table, int32_t n_experts,
+                                           const int32_t* ids, const float* weights,
+                                           int32_t n_tokens, int32_t k, RoutedTables out) {
+    for (int32_t e = threadIdx.x; e < n_experts; e += blockDim.x) {
+        out.entries[e] = table[e];
+        out.counts[e] = 0;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    const int32_t n_slots = n_tokens * k;
+    for (int32_t s = 0; s < n_slots; ++s)
+        if (ids[s] >= 0 && ids[s] < n_experts) ++out.counts[ids[s]];
+    int32_t begin = 0;
+    for (int32_t e = 0; e < n_experts; ++e) {
+        out.entries[e].slot_begin = begin;
+        out.entries[e].n_tokens = out.counts[e];
+        begin += out.counts[e];
+        out.counts[e] = 0;  // from here: slots of e assigned so far
+    }
+    // Token-major order visits each expert's tokens in token order.
+    int32_t filled = 0;
+    for (int32_t t = 0; t < n_tokens; ++t) {
+        out.token_slot_offsets[t] = filled;
+        for (int32_t j = 0; j < k; ++j) {
+            const int32_t e = ids[t * k + j];
+            if (e < 0 || e >= n_experts) continue;
+            const int32_t slot = out.entries[e].slot_begin + out.counts[e]++;
+            out.token_index[slot] = t;
+            out.slot_weight[slot] = weights[t * k + j];
+            // Insert in ascending slot order among this token's slots.
+            int32_t i = filled++;
+            while (i > out.token_slot_offsets[t] && out.token_slots[i - 1] > slot) {
+                out.token_slots[i] = out.token_slots[i - 1];
+                --i;
+            }
+            out.token_slots[i] = slot;
+        }
+    }
+    out.token_slot_offsets[n_tokens] = filled;
 }
 
 unsigned stride_blocks(const Context& ctx, int64_t n, int threads) {
@@ -352,6 +408,141 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
         reinterpret_cast<const float*>(tables + weights_at), n_tokens, hidden,
         a.out.data_as<float>());
     TANDEM_CUDA_CHECK_LAUNCH("combine_kernel");
+}
+
+DeviceExpertTable::DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWeights> experts)
+    : n_experts_(int64_t(experts.size())) {
+    if (experts.empty()) fail("cuda::DeviceExpertTable: no experts");
+    const cpu::ExpertWeights& first = experts[0];
+    if (first.gate.rank() != 2) fail("cuda::DeviceExpertTable: expert 0 has no gate weights");
+    ffn_ = first.gate.dim(0);
+    hidden_ = first.gate.dim(1);
+    gate_type_ = first.gate.dtype();
+    down_type_ = first.down.dtype();
+    if (hidden_ % kChunk != 0 || ffn_ % kChunk != 0)
+        fail("cuda::DeviceExpertTable: hidden_dim ", hidden_, " and ffn_dim ", ffn_,
+             " must be multiples of 8 for the grouped kernels");
+    std::vector<GroupEntry> entries;
+    for (size_t e = 0; e < experts.size(); ++e) {
+        const cpu::ExpertWeights& w = experts[e];
+        const std::string name = "cuda::DeviceExpertTable: expert " + std::to_string(e);
+        check_weight(ctx, w.gate, ffn_, hidden_, (name + " gate").c_str());
+        check_weight(ctx, w.up, ffn_, hidden_, (name + " up").c_str());
+        check_weight(ctx, w.down, hidden_, ffn_, (name + " down").c_str());
+        if (w.gate.dtype() != gate_type_ || w.up.dtype() != gate_type_ ||
+            w.down.dtype() != down_type_)
+            fail(name, ": one gate/up type and one down type per layer");
+        if (!is_quantized_weight_type(gate_type_))
+            for (const Tensor* t : {&w.gate, &w.up, &w.down})
+                if (reinterpret_cast<uintptr_t>(t->data()) % 16 != 0)
+                    fail(name, ": float expert weights must be 16-byte aligned");
+        entries.push_back({.gate = w.gate.data_as<const uint8_t>(),
+                           .up = w.up.data_as<const uint8_t>(),
+                           .down = w.down.data_as<const uint8_t>(),
+                           .slot_begin = 0,
+                           .n_tokens = 0});
+    }
+    entries_ = allocate(ctx.device(), entries.size() * sizeof(GroupEntry));
+    // Once, at load: a synchronous copy (the host vector goes out of scope).
+    TANDEM_CUDA_CHECK(cudaMemcpy(entries_.data(), entries.data(),
+                                 entries.size() * sizeof(GroupEntry), cudaMemcpyHostToDevice));
+}
+
+void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeRoutedArgs& a) {
+    const int64_t hidden = table.hidden_dim(), ffn = table.ffn_dim();
+    if (a.x.rank() != 2 || a.x.dim(1) != hidden || a.x.dtype() != DType::F32 ||
+        !a.x.is_contiguous() || !(a.x.device() == ctx.device()) ||
+        reinterpret_cast<uintptr_t>(a.x.data()) % 16 != 0)
+        fail("cuda::moe_experts_routed: x must be [n_tokens, ", hidden,
+             "] f32, contiguous, 16-byte aligned on ", ctx.device().name(), ", got ",
+             a.x.describe());
+    const int64_t n_tokens = a.x.dim(0);
+    if (!(a.out.shape() == a.x.shape()) || a.out.dtype() != DType::F32 || !a.out.is_contiguous() ||
+        !(a.out.device() == ctx.device()))
+        fail("cuda::moe_experts_routed: out must be ", a.x.shape().str(), " f32 on ",
+             ctx.device().name(), ", got ", a.out.describe());
+    const int64_t k = a.expert_ids.rank() == 2 ? a.expert_ids.dim(1) : 0;
+    if (a.expert_ids.rank() != 2 || a.expert_ids.dim(0) != n_tokens ||
+        a.expert_ids.dtype() != DType::I32 || !(a.expert_ids.device() == ctx.device()) ||
+        !(a.expert_weights.shape() == a.expert_ids.shape()) ||
+        a.expert_weights.dtype() != DType::F32 || !(a.expert_weights.device() == ctx.device()))
+        fail("cuda::moe_experts_routed: expert_ids [", n_tokens, ", k] i32 and expert_weights [",
+             n_tokens, ", k] f32 on ", ctx.device().name(), " expected, got ",
+             a.expert_ids.describe(), " and ", a.expert_weights.describe());
+    if (n_tokens > kGemvMaxTokens || n_tokens * k > kMaxRoutedSlots)
+        fail("cuda::moe_experts_routed: ", n_tokens, " tokens x top-", k, " exceed ",
+             kGemvMaxTokens, " tokens or ", kMaxRoutedSlots, " slots; use moe_experts");
+    if (n_tokens == 0 || k == 0) return;
+    const int64_t n_slots = n_tokens * k, n_experts = table.n_experts();
+
+    // Scratch: the tables, then the per-slot rows, then x's 8-bit blocks.
+    auto bytes_of = [](int64_t n, size_t size) { return (size_t(n) * size + 255) / 256 * 256; };
+    const size_t entries_bytes = bytes_of(n_experts, sizeof(GroupEntry));
+    const size_t slot_bytes = bytes_of(n_slots, 4), token_bytes = bytes_of(n_tokens + 1, 4),
+                 count_bytes = bytes_of(n_experts, 4);
+    auto* t = static_cast<uint8_t*>(ctx.scratch(
+        ScratchSlot::Tables, entries_bytes + 3 * slot_bytes + token_bytes + count_bytes));
+    RoutedTables tables{};
+    tables.entries = reinterpret_cast<GroupEntry*>(t);
+    tables.token_index = reinterpret_cast<int32_t*>(t + entries_bytes);
+    tables.slot_weight = reinterpret_cast<float*>(t + entries_bytes + slot_bytes);
+    tables.token_slots = reinterpret_cast<int32_t*>(t + entries_bytes + 2 * slot_bytes);
+    tables.token_slot_offsets = reinterpret_cast<int32_t*>(t + entries_bytes + 3 * slot_bytes);
+    tables.counts = reinterpret_cast<int32_t*>(t + entries_bytes + 3 * slot_bytes + token_bytes);
+    auto* hidden_rows = static_cast<float*>(
+        ctx.scratch(ScratchSlot::ExpertHidden, size_t(n_slots * ffn) * sizeof(float)));
+    auto* down_rows = static_cast<float*>(
+        ctx.scratch(ScratchSlot::ExpertRows, size_t(n_slots * hidden) * sizeof(float)));
+    const bool q8_x = is_quantized_weight_type(table.gate_type());
+    const int64_t x_blocks = q8_x ? n_tokens * hidden / kQ8Block : 0;
+    const size_t xq_bytes = size_t(n_tokens * hidden + 255) / 256 * 256;
+    auto* xq = q8_x ? static_cast<int8_t*>(
+                          ctx.scratch(ScratchSlot::ActivationQ8, xq_bytes + size_t(x_blocks) * 4))
+                    : nullptr;
+    float* xd =
+        q8_x ? reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(xq) + xq_bytes) : nullptr;
+    auto stream = static_cast<cudaStream_t>(ctx.native_stream());
+
+    build_routed_tables_kernel<<<1, 256, 0, stream>>>(
+        static_cast<const GroupEntry*>(table.device_entries()), int32_t(n_experts),
+        a.expert_ids.data_as<const int32_t>(), a.expert_weights.data_as<const float>(),
+        int32_t(n_tokens), int32_t(k), tables);
+    TANDEM_CUDA_CHECK_LAUNCH("build_routed_tables_kernel");
+    if (q8_x) launch_quantize_q8(a.x.data_as<const float>(), x_blocks, xq, xd, stream);
+    const GroupedArgs args{.entries = tables.entries,
+                           .token_index = tables.token_index,
+                           .x = a.x.data_as<const float>(),
+                           .hidden = hidden,
+                           .ffn = ffn,
+                           .gate_row_bytes = row_bytes(table.gate_type(), hidden),
+                           .down_row_bytes = row_bytes(table.down_type(), ffn),
+                           .hidden_rows = hidden_rows,
+                           .down_rows = down_rows,
+                           .xq = xq,
+                           .xd = xd};
+    const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), unsigned(n_experts));
+    const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), unsigned(n_experts));
+    with_weight_type(table.gate_type(), [&](auto type) {
+        constexpr DType T = decltype(type)::value;
+        if (n_tokens == 1)
+            gate_up_kernel<T, 1><<<gate_grid, kGemvThreads, 0, stream>>>(args);
+        else
+            gate_up_kernel<T, kGemvMaxTokens><<<gate_grid, kGemvThreads, 0, stream>>>(args);
+    });
+    TANDEM_CUDA_CHECK_LAUNCH("gate_up_kernel (routed)");
+    with_weight_type(table.down_type(), [&](auto type) {
+        constexpr DType T = decltype(type)::value;
+        if (n_tokens == 1)
+            down_kernel<T, 1><<<down_grid, kGemvThreads, 0, stream>>>(args);
+        else
+            down_kernel<T, kGemvMaxTokens><<<down_grid, kGemvThreads, 0, stream>>>(args);
+    });
+    TANDEM_CUDA_CHECK_LAUNCH("down_kernel (routed)");
+    constexpr int kThreads = 256;
+    combine_kernel<<<stride_blocks(ctx, n_tokens * hidden, kThreads), kThreads, 0, stream>>>(
+        down_rows, tables.token_slot_offsets, tables.token_slots, tables.slot_weight, n_tokens,
+        hidden, a.out.data_as<float>());
+    TANDEM_CUDA_CHECK_LAUNCH("combine_kernel (routed)");
 }
 
 }  // namespace tandem::cuda

@@ -35,4 +35,43 @@ struct MoeExpertsArgs {
 
 void moe_experts(Context& ctx, const MoeExpertsArgs& args);
 
+// One MoE layer's experts as a device table of weight pointers, built once at load, so that
+// moe_experts_routed needs nothing from the host per call. Every expert must be resident
+// (device tensors), gate/up of one type and down of one type, hidden_dim and ffn_dim multiples
+// of 8 and float weights 16-byte aligned (the grouped kernels' loads).
+class DeviceExpertTable {
+  public:
+    DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWeights> experts);
+    int64_t n_experts() const { return n_experts_; }
+    int64_t hidden_dim() const { return hidden_; }
+    int64_t ffn_dim() const { return ffn_; }
+    DType gate_type() const { return gate_type_; }
+    DType down_type() const { return down_type_; }
+    const void* device_entries() const { return entries_.data(); }  // [n_experts], private type
+
+  private:
+    Buffer entries_;
+    int64_t n_experts_ = 0, hidden_ = 0, ffn_ = 0;
+    DType gate_type_ = DType::F32, down_type_ = DType::F32;
+};
+
+// Token-expert slots (n_tokens x k) up to which moe_experts_routed takes a step; each expert
+// then has at most n_tokens <= kGemvMaxTokens tokens, the grouped GEMV kernels' case.
+inline constexpr int64_t kMaxRoutedSlots = 64;
+
+struct MoeRoutedArgs {
+    Tensor x;               // [n_tokens, hidden_dim] f32, device
+    Tensor out;             // [n_tokens, hidden_dim] f32, device, += into
+    Tensor expert_ids;      // [n_tokens, k] i32, device (cuda::route's ids)
+    Tensor expert_weights;  // [n_tokens, k] f32, device
+};
+
+// moe_experts() with the routing in device memory: a one-block kernel groups the slots by expert
+// on the device (tokens in order within an expert, as group_by_expert does), then the same
+// grouped gate+up and down launches run over every expert (those without tokens return at
+// once) and each token's slots are summed in slot order. No host synchronisation and no copy
+// from the host: a decode step stays on the GPU. n_tokens <= kGemvMaxTokens and
+// n_tokens * k <= kMaxRoutedSlots. An id outside [0, n_experts) contributes nothing.
+void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeRoutedArgs& args);
+
 }  // namespace tandem::cuda

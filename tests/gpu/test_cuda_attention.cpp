@@ -143,12 +143,12 @@ void check_attention(const AttentionCase& c, uint64_t seed) {
         // Decode and the CUDA-core tile kernel: both sides are f32 over the same stored K/V
         // values; they differ in the order of the sums and in exp2 (the device's is within 2
         // ulp): ~1e-6 of the output scale, bounded at 1e-4 so a real indexing or masking bug
-        // (errors ~0.1-1) cannot hide. The tensor-core prefill kernel (every sequence n_new >= 2,
-        // dims multiples of 16 up to 128) rounds Q, K, P and V to bf16, 2^-9 relative each: a
-        // score of unit scale moves by ~2^-8, a softmax weight by ~0.4 %, so the output (a
-        // weighted mean of values of unit scale) by a few 1e-3 of its scale; bounded at 2e-2,
-        // still far below what a masking or indexing bug gives.
-        bool tensor_cores = true;
+        // (errors ~0.1-1) cannot hide. The tensor-core prefill kernel (f16/bf16 caches, every
+        // sequence n_new >= 2, dims multiples of 16 up to 128) rounds Q, K, P and V to bf16, 2^-9
+        // relative each: a score of unit scale moves by ~2^-8, a softmax weight by ~0.4 %, so the
+        // output (a weighted mean of values of unit scale) by a few 1e-3 of its scale; bounded at
+        // 2e-2, still far below what a masking or indexing bug gives.
+        bool tensor_cores = c.dtype != DType::F32;  // an f32 cache keeps the f32 kernel
         for (const SequenceCase& q : c.sequences)
             tensor_cores = tensor_cores && q.n_new >= 2;
         for (const int64_t d : {c.head_dim, c.v_dim})

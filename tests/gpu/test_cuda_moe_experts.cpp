@@ -32,6 +32,7 @@
 #include "kernels/cuda/moe_experts.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
+#include "scheduler/routing.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
 
@@ -231,6 +232,81 @@ TEST(CudaMoeExperts, EveryWeightTypeDecodeAndPrefillMatchFloat64AndTheCpu) {
         run_case({gate_type, down_type, 5, 4, false}, rng, *stream, ctx);
         run_case({gate_type, down_type, 48, 2, true}, rng, *stream, ctx);
         if (HasFatalFailure()) return;
+    }
+}
+
+// moe_experts_routed (routing in device memory, grouped on the device) against moe_experts with
+// the same routing grouped on the host: the same kernels over the same slots in the same order,
+// so the same bits are expected; a difference is reported with its size.
+TEST(CudaMoeExperts, RoutingOnTheDeviceEqualsRoutingOnTheHost) {
+    TANDEM_REQUIRE_GPU();
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    for (const auto& [gate_type, down_type] : {std::pair{DType::Q4_K, DType::Q6_K},
+                                               {DType::BF16, DType::BF16},
+                                               {DType::Q8_0, DType::Q8_0}}) {
+        std::vector<OwnedTensor> device;
+        std::vector<cpu::ExpertWeights> experts(kExperts);
+        for (int e = 0; e < kExperts; ++e) {
+            const float s_in = 1.0f / std::sqrt(float(kHidden)),
+                        s_ffn = 1.0f / std::sqrt(float(kFfn));
+            device.push_back(
+                test::upload(test::random_weights(gate_type, kFfn, kHidden, rng, s_in).bytes,
+                             gate_type, {kFfn, kHidden}, *stream));
+            device.push_back(
+                test::upload(test::random_weights(gate_type, kFfn, kHidden, rng, s_in).bytes,
+                             gate_type, {kFfn, kHidden}, *stream));
+            device.push_back(
+                test::upload(test::random_weights(down_type, kHidden, kFfn, rng, s_ffn).bytes,
+                             down_type, {kHidden, kFfn}, *stream));
+            const size_t n = device.size();
+            experts[size_t(e)] = {
+                .gate = *device[n - 3], .up = *device[n - 2], .down = *device[n - 1]};
+        }
+        const cuda::DeviceExpertTable table(ctx, experts);
+        for (const auto& [n_tokens, k] : {std::pair<int64_t, int64_t>{1, 8}, {3, 4}, {8, 8}}) {
+            SCOPED_TRACE(cat(dtype_name(gate_type), "/", dtype_name(down_type), ", ", n_tokens,
+                             " tokens, top-", k));
+            tandem::Routing routing{.n_tokens = n_tokens, .n_experts_active = k};
+            for (int64_t t = 0; t < n_tokens; ++t) {
+                std::vector<int32_t> ids(kExperts);
+                std::iota(ids.begin(), ids.end(), 0);
+                std::shuffle(ids.begin(), ids.end(), rng);
+                for (int64_t j = 0; j < k; ++j) {
+                    routing.experts.push_back(ids[size_t(j)]);
+                    routing.weights.push_back(std::uniform_real_distribution<float>(0.05f, 1)(rng));
+                }
+            }
+            const ExpertGroups groups = group_by_expert(routing, kExperts);
+            const std::vector<float> x = test::random_floats(rng, size_t(n_tokens * kHidden));
+            const std::vector<float> out0 = test::random_floats(rng, size_t(n_tokens * kHidden));
+            const OwnedTensor dx = test::upload(x, DType::F32, {n_tokens, kHidden}, *stream);
+            const OwnedTensor on_host =
+                test::upload(out0, DType::F32, {n_tokens, kHidden}, *stream);
+            const OwnedTensor on_device =
+                test::upload(out0, DType::F32, {n_tokens, kHidden}, *stream);
+            const OwnedTensor ids =
+                test::upload(routing.experts, DType::I32, {n_tokens, k}, *stream);
+            const OwnedTensor weights =
+                test::upload(routing.weights, DType::F32, {n_tokens, k}, *stream);
+            cuda::moe_experts(ctx, {.x = *dx,
+                                    .out = *on_host,
+                                    .experts = experts,
+                                    .offsets = groups.offsets,
+                                    .token_index = groups.token_index,
+                                    .token_weight = groups.token_weight});
+            cuda::moe_experts_routed(
+                ctx, table,
+                {.x = *dx, .out = *on_device, .expert_ids = *ids, .expert_weights = *weights});
+            const std::vector<float> a = test::download<float>(*on_host, *stream);
+            const std::vector<float> b = test::download<float>(*on_device, *stream);
+            const test::WorstError diff =
+                test::worst_error(b, std::vector<double>(a.begin(), a.end()));
+            EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+                << "routed on the device differs from routed on the host: " << diff.str(kHidden);
+        }
     }
 }
 
