@@ -14,6 +14,7 @@
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/moe_experts.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/router.h"
 #include "kernels/cuda/step_ops.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
@@ -137,8 +138,7 @@ class DeviceDecoder final : public Model {
     void swiglu(const cpu::ExpertWeights& w, const Tensor& x, const Tensor& out);
     Routing route_on_host(const MoeWeights& device_moe, const MoeWeights& host_moe,
                           const Tensor& x);
-    void moe(const LayerWeights& lw, const LayerWeights& host_lw, const Tensor& x,
-             const Tensor& out, Routing* routing_out);
+    void moe(int layer, const Tensor& x, const Tensor& out, Routing* routing_out);
 
     std::unique_ptr<Decoder> host_;
     Device device_;
@@ -147,7 +147,11 @@ class DeviceDecoder final : public Model {
     Buffer weight_memory_;
     DecoderWeights weights_;           // views into weight_memory_ and f32_weights_
     std::vector<Buffer> f32_weights_;  // routers and shared-expert gates, widened to f32
-    Buffer block_tables_;              // this step's KV block tables, all sequences
+    // Per layer (null for dense layers): the device table of its experts, for routing on the
+    // device without a host round trip.
+    std::vector<std::unique_ptr<cuda::DeviceExpertTable>> expert_tables_;
+    cuda::RouterParams router_params_;
+    Buffer block_tables_;  // this step's KV block tables, all sequences
     StepArena arena_;
 };
 
@@ -182,12 +186,29 @@ void DeviceDecoder::upload_weights() {
     // experts than the CPU does. They are tiny, so they run in f32 at any token count (the
     // tensor-core GEMM path reads bf16 copies of the activations for bf16 weights).
     f32_weights_.clear();
+    expert_tables_.clear();
     for (LayerWeights& l : weights_.layers) {
+        expert_tables_.emplace_back();
         if (!l.is_moe) continue;
         l.moe.router = upload_as_f32(l.moe.router);
         l.moe.router_bias = upload_as_f32(l.moe.router_bias);
         l.moe.shared_expert_gate = upload_as_f32(l.moe.shared_expert_gate);
+        expert_tables_.back() = std::make_unique<cuda::DeviceExpertTable>(*ctx_, l.moe.experts);
     }
+    const ModelConfig& c = config();
+    router_params_ = {.n_experts = int32_t(c.n_experts),
+                      .k = int32_t(c.n_experts_active),
+                      .scoring = c.router_scoring == RouterScoring::Sigmoid
+                                     ? cuda::RouterScoringKind::Sigmoid
+                                     : cuda::RouterScoringKind::Softmax,
+                      .topk = c.router_topk == RouterTopk::Greedy ? cuda::RouterTopkKind::Greedy
+                              : c.router_topk == RouterTopk::GroupLimitedGreedy
+                                  ? cuda::RouterTopkKind::GroupLimitedGreedy
+                                  : cuda::RouterTopkKind::NoauxTc,
+                      .n_groups = int32_t(c.n_groups),
+                      .topk_groups = int32_t(c.topk_groups),
+                      .normalize = c.norm_topk_prob,
+                      .scaling = float(c.routed_scaling_factor)};
     stream_->synchronize();
     log_info(config().architecture, ": ", double(total) / (1 << 20), " MiB of weights on ",
              device_.name());
@@ -289,20 +310,36 @@ Routing DeviceDecoder::route_on_host(const MoeWeights& device_moe, const MoeWeig
     return route(host_logits.view, router_options(c), bias);
 }
 
-void DeviceDecoder::moe(const LayerWeights& lw, const LayerWeights& host_lw, const Tensor& x,
-                        const Tensor& out, Routing* routing_out) {
+// Decode-sized steps route on the device (cuda::route, then the grouped expert kernels read
+// the choices from device memory): no host round trip per layer. Larger steps, and steps whose
+// routing the caller asked for, route on the host.
+void DeviceDecoder::moe(int layer, const Tensor& x, const Tensor& out, Routing* routing_out) {
     const ModelConfig& c = config();
-    Routing routing = route_on_host(lw.moe, host_lw.moe, x);
-    const ExpertGroups groups = group_by_expert(routing, c.n_experts);
+    const LayerWeights& lw = weights_.layers[size_t(layer)];
+    const int64_t n = x.dim(0), k = c.n_experts_active;
     cuda::zero(*ctx_, out);
-    cuda::moe_experts(*ctx_, {.x = x,
-                              .out = out,
-                              .experts = lw.moe.experts,
-                              .offsets = groups.offsets,
-                              .token_index = groups.token_index,
-                              .token_weight = groups.token_weight});
+    if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots && n <= cuda::kGemvMaxTokens &&
+        c.n_experts <= cuda::kMaxRouterExperts) {
+        const Tensor logits = arena_.tensor({n, c.n_experts});
+        const Tensor ids = arena_.tensor({n, k}, DType::I32), weights = arena_.tensor({n, k});
+        cuda::linear(*ctx_, x, lw.moe.router, Tensor(), logits);
+        cuda::route(*ctx_, router_params_,
+                    {.logits = logits, .bias = lw.moe.router_bias, .ids = ids, .weights = weights});
+        cuda::moe_experts_routed(
+            *ctx_, *expert_tables_[size_t(layer)],
+            {.x = x, .out = out, .expert_ids = ids, .expert_weights = weights});
+    } else {
+        Routing routing = route_on_host(lw.moe, host_->weights().layers[size_t(layer)].moe, x);
+        const ExpertGroups groups = group_by_expert(routing, c.n_experts);
+        cuda::moe_experts(*ctx_, {.x = x,
+                                  .out = out,
+                                  .experts = lw.moe.experts,
+                                  .offsets = groups.offsets,
+                                  .token_index = groups.token_index,
+                                  .token_weight = groups.token_weight});
+        if (routing_out != nullptr) *routing_out = std::move(routing);
+    }
     if (c.shared_expert_ffn_dim > 0) {
-        const int64_t n = x.dim(0);
         const Tensor shared = arena_.tensor({n, c.hidden_dim});
         swiglu(lw.moe.shared, x, shared);
         Tensor gate;
@@ -312,7 +349,6 @@ void DeviceDecoder::moe(const LayerWeights& lw, const LayerWeights& host_lw, con
         }
         cuda::add_gated_rows(*ctx_, out, shared, gate);
     }
-    if (routing_out != nullptr) *routing_out = std::move(routing);
 }
 
 OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool,
@@ -389,7 +425,6 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
     const size_t layer_mark = arena_.mark();
     for (int layer = 0; layer < int(c.n_layers); ++layer) {
         const LayerWeights& lw = weights_.layers[size_t(layer)];
-        const LayerWeights& host_lw = host_->weights().layers[size_t(layer)];
         for (size_t s = 0; s < layout.sequences.size(); ++s) {
             keys[s] = layout.sequences[s].cache->keys(layer);
             values[s] = layout.sequences[s].cache->values(layer);
@@ -417,7 +452,7 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
                             : Routing{});
                 }
             }
-            moe(lw, host_lw, normed, delta, layer_routing);
+            moe(layer, normed, delta, layer_routing);
         } else {
             swiglu(lw.dense, normed, delta);
         }

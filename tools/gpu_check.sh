@@ -92,6 +92,7 @@ if [ -x "$bin/tandem-bench" ]; then
         local name=$1
         shift
         step "tandem-bench $name" 120 "$bin/tandem-bench" --device cuda:0 -p 512 -n 128 -r 3 \
+            --kv-cache-type bf16 \
             --no-progress --model-cache /tmp/gpu-check-models --json "$out/tb/$name.json" "$@"
         rm -rf /tmp/gpu-check-models  # up to 17 GB each, on a 64 GB disk
     }
