@@ -245,6 +245,36 @@ TEST_P(CudaDecoder, QuantizedWeightsMatchTheCpu) {
     }
 }
 
+// A request with n > 1 samples computes its prompt once and forks the cache
+// (KvCache::copy_prefix_from, block copies on the device for a cache in GPU memory): the fork
+// must continue exactly as the original does.
+TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
+    if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    std::vector<int32_t> prompt(37);  // two full blocks of 16 and a partial one
+    for (int32_t& t : prompt)
+        t = int32_t(rng() % vocab_);
+    const KvCacheShape shape = gpu_->model().kv_cache_shape(64);
+    ASSERT_EQ(shape.device.kind, DeviceKind::Cuda);
+    auto pool = std::make_shared<KvBlockPool>(shape, 16, 16);
+    KvCache original(pool, 64), fork(pool, 64);
+    ASSERT_TRUE(original.reserve(int64_t(prompt.size()) + 1));
+    const SequenceStep step{.tokens = prompt, .cache = &original};
+    gpu_->model().forward({&step, 1}, gpu_->thread_pool());
+    fork.copy_prefix_from(original, int64_t(prompt.size()));
+    ASSERT_EQ(fork.length(), int64_t(prompt.size()));
+    ASSERT_TRUE(fork.reserve(int64_t(prompt.size()) + 1));
+    const int32_t next = int32_t(rng() % vocab_);
+    std::vector<float> logits[2];
+    KvCache* caches[2] = {&original, &fork};
+    for (int i = 0; i < 2; ++i) {
+        const SequenceStep one{.tokens = {&next, 1}, .cache = caches[i]};
+        logits[i] = to_vector(gpu_->model().forward({&one, 1}, gpu_->thread_pool()));
+    }
+    EXPECT_EQ(worst_abs(logits[0], logits[1]), 0.0);
+}
+
 TEST_P(CudaDecoder, ReloadWeightsKeepsServing) {
     if (GetParam().mla()) GTEST_SKIP() << "MLA does not run on the GPU yet (checked above)";
     const std::vector<float> before = prefill(*gpu_, ref_.prompt);
