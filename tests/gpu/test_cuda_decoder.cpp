@@ -79,10 +79,12 @@ double worst_relative_l2(std::span<const float> got, std::span<const float> want
 // Logits of a path that reads bf16 activations (bf16 or quantized weights: the GEMMs of more than
 // 8 rows run on tensor cores with bf16 copies of the activations, while up to 8 rows stay f32)
 // against a path that does not, or that splits the rows differently: per position relative L2,
-// at least 80 % of positions within 2e-2. Measured on the H200 (2026-12-04, fresh seeds each
-// run): 0.3-0.8 % where the same experts are chosen; a position where a router near-tie of these
-// tiny random models flips (top-2 of 8 experts in Mixtral's) differs by 5-30 %, at up to 2 of 5
-// positions of one short prompt. A batching or caching bug moves nearly every position by O(1).
+// at least half of the positions within 2e-2. Measured on the H200 (2026-12-04; 8 repetitions of
+// the suite with fresh seeds): 0.3-0.8 % where the same experts are chosen; where a router
+// near-tie of these tiny random models flips, 5-35 %, and a flip at an early position reaches
+// later ones through attention: 14 of 37 positions of one Qwen3-MoE prefill in 640 cases. A
+// batching, caching or indexing bug moves nearly every position by O(1); the f32 checkpoints'
+// tests, where no bf16 rounding happens, keep the strict 1e-3.
 void expect_close_with_bf16_activations(std::span<const float> got, std::span<const float> want,
                                         size_t vocab, const std::string& what) {
     ASSERT_EQ(got.size(), want.size()) << what;
@@ -95,7 +97,7 @@ void expect_close_with_bf16_activations(std::span<const float> got, std::span<co
         worst = std::max(worst, e);
         within += e <= 2e-2 ? 1 : 0;
     }
-    EXPECT_GE(double(within), 0.8 * double(positions))
+    EXPECT_GE(double(within), 0.5 * double(positions))
         << what << ": " << within << " of " << positions
         << " positions within 2e-2 relative L2 (worst " << worst << ")";
 }
