@@ -11,6 +11,8 @@
 //
 // Not yet on the device: multi-head latent attention (DeepSeek) and a hybrid expert runner (the
 // routed experts on the CPU while the rest runs here: issue 19). Both are refused with a message.
+// Engine::reload_weights builds the new device model before the old one goes, so a reload needs
+// room for two copies of the weights on the GPU for a moment.
 #pragma once
 #include <memory>
 
