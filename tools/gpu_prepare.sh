@@ -5,9 +5,10 @@
 #
 #   tools/gpu_prepare.sh            # -> build-gpu/ (sm_90) and build-gpu-bundle/bundle.tar.xz
 #
-# The bundle holds the GPU tests (CTest label gpu), the CUDA benchmarks, tandem-bench and
-# tandem-run, stripped, plus the shared libraries from Debian's archive that the GPU machine's
-# image (Ubuntu 24.04 with CUDA 13) lacks (oneDNN, utf8proc, cpp-httplib, ...). It also holds the
+# The bundle holds the GPU tests (CTest label gpu), the CUDA benchmarks, tandem-bench, tandem-run
+# and tandem-server, stripped, plus the shared libraries from Debian's archive that the GPU
+# machine's image (Ubuntu 24.04 with CUDA 13) lacks (oneDNN, utf8proc, cpp-httplib, ...). It also
+# holds the
 # dev routing trace when ../shared has it (the GPU machine receives only the repository).
 # Size: the device tool sends the working tree plus carried paths, 64 MiB in all.
 set -euo pipefail
@@ -22,7 +23,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON \
 mapfile -t gpu_tests < <(sed -n 's/^tandem_gpu_test(\([a-z_0-9]*\).*/\1/p' tests/CMakeLists.txt)
 targets=(test_cuda_device "${gpu_tests[@]}")
 available=$(ninja -C "$build" -t targets all | sed -n 's/^\([A-Za-z0-9_-]*\): phony$/\1/p')
-for t in tandem-cuda-bench tandem-cuda-attention-bench tandem-bench tandem-run; do
+for t in tandem-cuda-bench tandem-cuda-attention-bench tandem-bench tandem-run tandem-server; do
     if grep -qx "$t" <<< "$available"; then targets+=("$t"); fi
 done
 echo "gpu_prepare: building ${targets[*]}"
