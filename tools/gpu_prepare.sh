@@ -8,8 +8,7 @@
 # The bundle holds the GPU tests (CTest label gpu), the CUDA benchmarks, tandem-bench, tandem-run
 # and tandem-server, stripped, plus the shared libraries from Debian's archive that the GPU
 # machine's image (Ubuntu 24.04 with CUDA 13) lacks (oneDNN, utf8proc, cpp-httplib, ...). It also
-# holds the
-# dev routing trace when ../shared has it (the GPU machine receives only the repository).
+# holds the dev routing trace when ../shared has it (the GPU machine receives only the repository).
 # Size: the device tool sends the working tree plus carried paths, 64 MiB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
