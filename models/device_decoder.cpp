@@ -22,16 +22,12 @@
 #include "models/blocks/moe_block.h"
 #include "models/blocks/router.h"
 #include "models/decoder.h"
+#include "models/device_mla.h"
+#include "models/device_step_arena.h"
 
 namespace tandem {
 
 namespace {
-
-constexpr size_t kAlign = 256;  // cudaMalloc's alignment, kept for every sub-allocation
-
-size_t aligned(size_t bytes) {
-    return (bytes + kAlign - 1) / kAlign * kAlign;
-}
 
 // Every weight tensor of the decoder that the device reads, each once (a tied lm_head is the
 // embedding). The embedding itself stays on the host: a step looks up its few rows there.
@@ -50,6 +46,11 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
         for (Tensor* t : {&a.norm, &a.q, &a.k, &a.v, &a.o, &a.q_bias, &a.k_bias, &a.v_bias,
                           &a.o_bias, &a.q_norm, &a.k_norm})
             fn(*t);
+        // MLA's kv_b (or k_b/v_b) goes up unpacked to f32 instead (DeviceMla).
+        MlaWeights& m = l.mla;
+        for (Tensor* t : {&m.norm, &m.q, &m.q_a, &m.q_a_norm, &m.q_b, &m.kv_a, &m.kv_a_norm, &m.o,
+                          &m.q_a_bias, &m.kv_a_bias, &m.o_bias})
+            fn(*t);
         fn(l.ffn_norm);
         if (l.is_moe) {
             // The router and the shared expert's gate go up as f32 (router_weights_f32).
@@ -62,44 +63,10 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
     }
 }
 
-// A bump allocator over one device buffer, reset every step: the step's activations without a
-// cudaMalloc (and the device-wide synchronisation of its cudaFree) per tensor.
-class StepArena {
-  public:
-    void reserve(Stream& stream, size_t bytes) {
-        if (buffer_.bytes() < bytes) {
-            stream.synchronize();  // the last step's kernels may still read the old buffer
-            buffer_ = Buffer();
-            buffer_ = allocate(stream.device(), bytes);
-        }
-        used_ = 0;
-    }
-    // Everything handed out after mark() is free again after release_to(mark): stream order
-    // keeps the next layer's kernels behind this layer's.
-    size_t mark() const { return used_; }
-    void release_to(size_t mark) { used_ = mark; }
-    Tensor tensor(Shape shape, DType dtype = DType::F32) {
-        const size_t bytes = aligned(size_t(shape.numel()) * size_t(dtype_block_bytes(dtype)));
-        if (used_ + bytes > buffer_.bytes())
-            fail("device step arena: ", used_ + bytes, " bytes asked of ", buffer_.bytes());
-        Tensor t(static_cast<std::byte*>(buffer_.data()) + used_, dtype, shape, buffer_.device());
-        used_ += bytes;
-        return t;
-    }
-
-  private:
-    Buffer buffer_;
-    size_t used_ = 0;
-};
-
 class DeviceDecoder final : public Model {
   public:
     DeviceDecoder(std::unique_ptr<Decoder> host, Device device)
         : host_(std::move(host)), device_(device) {
-        const ModelConfig& c = host_->config();
-        if (c.mla)
-            fail(c.architecture, ": multi-head latent attention does not run on ", device.name(),
-                 " yet; run this model on the CPU");
         stream_ = make_stream(device);
         ctx_ = std::make_unique<cuda::Context>(*stream_);
         upload_weights();
@@ -151,8 +118,9 @@ class DeviceDecoder final : public Model {
     // device without a host round trip.
     std::vector<std::unique_ptr<cuda::DeviceExpertTable>> expert_tables_;
     cuda::RouterParams router_params_;
-    Buffer block_tables_;  // this step's KV block tables, all sequences
-    StepArena arena_;
+    std::unique_ptr<DeviceMla> mla_;  // when the model has multi-head latent attention
+    Buffer block_tables_;             // this step's KV block tables, all sequences
+    DeviceStepArena arena_;
 };
 
 void DeviceDecoder::upload_weights() {
@@ -166,10 +134,10 @@ void DeviceDecoder::upload_weights() {
         if (t.empty() || offsets.count(t.data())) return;
         if (!t.is_contiguous()) fail("device upload: ", t.describe(), " is not contiguous");
         offsets[t.data()] = total;
-        total += aligned(size_t(t.bytes()));
+        total += device_aligned(size_t(t.bytes()));
     });
     weight_memory_ = Buffer();
-    weight_memory_ = allocate(device_, std::max<size_t>(total, kAlign));
+    weight_memory_ = allocate(device_, std::max<size_t>(total, kDeviceAlign));
     auto* base = static_cast<std::byte*>(weight_memory_.data());
     std::map<const void*, bool> copied;
     for_each_weight(weights_, tied, [&](Tensor& t) {
@@ -182,6 +150,12 @@ void DeviceDecoder::upload_weights() {
         }
         t = Tensor(dst, t.dtype(), t.shape(), device_);
     });
+    mla_.reset();
+    if (config().mla) {
+        mla_ = std::make_unique<DeviceMla>(config(), weights_, *stream_);
+        for (LayerWeights& l : weights_.layers)  // host views: never read on the device
+            l.mla.kv_b = l.mla.k_b = l.mla.v_b = Tensor();
+    }
     // Routers decide which experts run: a near-tie decided on bf16-rounded inputs picks other
     // experts than the CPU does. They are tiny, so they run in f32 at any token count (the
     // tensor-core GEMM path reads bf16 copies of the activations for bf16 weights).
@@ -378,10 +352,11 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
     // The step's activations, sized generously from the widest projection.
     const int64_t widest =
         std::max({c.hidden_dim, c.n_heads * c.head_dim, c.ffn_dim, c.expert_ffn_dim,
-                  c.shared_expert_ffn_dim, c.n_experts, int64_t(1)});
-    arena_.reserve(*stream_, aligned(size_t(n) * size_t(widest) * 4) * 12 +
-                                 aligned(size_t(n_rows) * size_t(hidden) * 4) +
-                                 aligned(size_t(n_rows) * size_t(c.vocab_size) * 4) + 16 * kAlign);
+                  c.shared_expert_ffn_dim, c.n_experts, mla_ ? mla_->widest_row() : 0, int64_t(1)});
+    arena_.reserve(*stream_, device_aligned(size_t(n) * size_t(widest) * 4) * 12 +
+                                 device_aligned(size_t(n_rows) * size_t(hidden) * 4) +
+                                 device_aligned(size_t(n_rows) * size_t(c.vocab_size) * 4) +
+                                 16 * kDeviceAlign);
 
     // Embeddings: looked up on the host, where the table is (any weight type), then uploaded.
     std::vector<float> embedded(size_t(n * hidden));
@@ -430,10 +405,15 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
             values[s] = layout.sequences[s].cache->values(layer);
             keys[s].block_table = values[s].block_table = device_tables + table_start[s];
         }
-        cuda::rms_norm(*ctx_, h, lw.attention.norm, eps, normed);
+        cuda::rms_norm(*ctx_, h, c.mla ? lw.mla.norm : lw.attention.norm, eps, normed);
         arena_.release_to(layer_mark);
-        attention(lw, layout, keys, values, normed, delta);
+        if (mla_)
+            mla_->attention(*ctx_, arena_, lw.mla, layer, host_->inv_freq(), layout, keys, normed,
+                            delta);
+        else
+            attention(lw, layout, keys, values, normed, delta);
         cuda::add(*ctx_, h, delta, h);
+        arena_.release_to(layer_mark);  // the attention's temporaries, for the FFN's
         cuda::rms_norm(*ctx_, h, lw.ffn_norm, eps, normed);
         if (lw.is_moe) {
             Routing* layer_routing = nullptr;

@@ -9,8 +9,9 @@
 // (which keeps the mapped checkpoint) and reads its bound weights. Activations stay f32 between
 // kernels, as on the CPU, so logits agree with the CPU engine to about 1e-3.
 //
-// Not yet on the device: multi-head latent attention (DeepSeek) and a hybrid expert runner (the
-// routed experts on the CPU while the rest runs here: issue 19). Both are refused with a message.
+// Multi-head latent attention (DeepSeek) runs in DeviceMla (device_mla.h). Not yet on the device:
+// a hybrid expert runner (the routed experts on the CPU while the rest runs here: issue 19),
+// refused with a message.
 // Engine::reload_weights builds the new device model before the old one goes, so a reload needs
 // room for two copies of the weights on the GPU for a moment.
 #pragma once

@@ -15,7 +15,7 @@
 //   cores, tiles of up to 32 query rows with split-K where they would leave the GPU idle.
 //
 // Limits: head_dim and v_head_dim up to 256; f32, f16 or bf16 KV rows; f32 queries and outputs.
-// Multi-head latent attention (DeepSeek's MLA) is not covered here yet.
+// Multi-head latent attention (DeepSeek's MLA) has its own kernel: latent_attention.h.
 #pragma once
 
 #include <cstdint>

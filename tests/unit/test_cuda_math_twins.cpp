@@ -18,6 +18,8 @@
 #include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/host_device.h"
+#include "kernels/cuda/latent_attention.h"
+#include "kernels/cuda/mla_math.h"
 #include "kernels/cuda/rope_math.h"
 #include "kernels/cuda/router_math.h"
 #include "models/blocks/router.h"
@@ -72,6 +74,77 @@ TEST(CudaMathTwins, RopeMatchesCpuApplyRopeUpTo128kPositions) {
         for (size_t i = 0; i < x.size(); ++i)
             ASSERT_NEAR(twin[i], x[i], 1e-6 * (1.0 + std::fabs(x[i])))
                 << "head_dim " << head_dim << " rotary_dim " << rotary_dim << " element " << i;
+    }
+}
+
+// DeepSeek rotates interleaved pairs (2i, 2i + 1); the GPU de-interleaves with
+// mla_rope_source and rotates halves (i, i + n / 2). Both must give the same rotated values, in
+// the de-interleaved order: checked against an interleaved rotation in float64.
+TEST(CudaMathTwins, MlaRopeSourceTurnsInterleavedPairsIntoRotateHalf) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (const int64_t rope : {2, 16, 64}) {
+        const int64_t half = rope / 2;
+        std::vector<double> inv_freq(static_cast<size_t>(half));
+        for (int64_t i = 0; i < half; ++i)
+            inv_freq[size_t(i)] = std::pow(1e4, -double(2 * i) / double(rope));
+        const int64_t position = int64_t(rng() % 65536);
+        const std::vector<float> x = random_floats(rng, size_t(rope));
+        std::vector<float> permuted(static_cast<size_t>(rope));
+        std::vector<bool> used(static_cast<size_t>(rope), false);
+        for (int64_t i = 0; i < rope; ++i) {
+            const int64_t src = cuda::mla_rope_source(i, rope, true);
+            ASSERT_TRUE(src >= 0 && src < rope && !used[size_t(src)]) << "not a permutation";
+            used[size_t(src)] = true;
+            permuted[size_t(i)] = x[size_t(src)];
+            EXPECT_EQ(cuda::mla_rope_source(i, rope, false), i);
+        }
+        const int64_t positions[] = {position};
+        cpu::apply_rope(Tensor(permuted.data(), DType::F32, {1, 1, rope}), positions, inv_freq);
+        for (int64_t i = 0; i < half; ++i) {
+            const double angle = double(position) * inv_freq[size_t(i)];
+            const double a = x[size_t(2 * i)], b = x[size_t(2 * i + 1)];
+            EXPECT_NEAR(permuted[size_t(i)], a * std::cos(angle) - b * std::sin(angle), 1e-5);
+            EXPECT_NEAR(permuted[size_t(i + half)], a * std::sin(angle) + b * std::cos(angle),
+                        1e-5);
+        }
+    }
+}
+
+// The latent attention kernel's split of the key range: splits only when the blocks leave the
+// GPU idle, whole chunks per split, and every row's keys [0, position] covered exactly once by
+// decode_split_range over the splits (the kernel's own range function).
+TEST(CudaMathTwins, LatentSplitsCoverEveryKeyOnce) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int trial = 0; trial < 2000; ++trial) {
+        const int64_t sms = 1 + int64_t(rng() % 200), blocks = 1 + int64_t(rng() % 600);
+        const int64_t max_keys = 1 + int64_t(rng() % (trial % 2 ? 200000 : 3000));
+        const int64_t splits = cuda::latent_splits(blocks, max_keys, sms);
+        const int64_t split_keys = cuda::latent_split_keys(max_keys, splits);
+        SCOPED_TRACE("sms " + std::to_string(sms) + " blocks " + std::to_string(blocks) + " keys " +
+                     std::to_string(max_keys));
+        ASSERT_GE(splits, 1);
+        ASSERT_LE(splits, 65535);  // gridDim.y
+        if (blocks >= 2 * sms) {
+            ASSERT_EQ(splits, 1);
+        }
+        if (splits > 1) {
+            ASSERT_LE(blocks * (splits - 1), 2 * sms) << "more splits than the GPU needs";
+            ASSERT_GE(split_keys, cuda::kLatentMinSplitKeys / 2);
+        }
+        ASSERT_EQ(split_keys % cuda::kLatentChunkKeys, 0);
+        ASSERT_GE(splits * split_keys, max_keys);
+        for (const int64_t position : {int64_t(0), max_keys / 2, max_keys - 1}) {
+            int64_t next = 0;
+            for (int64_t s = 0; s < splits; ++s) {
+                const cuda::KeyRange r = cuda::decode_split_range(position, 0, s, split_keys);
+                if (r.end == r.begin) continue;
+                ASSERT_EQ(r.begin, next) << "split " << s << " at position " << position;
+                next = r.end;
+            }
+            ASSERT_EQ(next, position + 1) << "position " << position;
+        }
     }
 }
 
