@@ -81,6 +81,7 @@ struct Options {
     int64_t step_tokens = 512;
     std::string kv_cache_type = "f32";  // EngineConfig::kv_cache_type
     std::string device = "cpu";         // EngineConfig::device
+    bool cuda_graphs = false;           // EngineConfig::cuda_graphs
     bool progress = false, no_progress = false;
 };
 
@@ -211,6 +212,7 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
     c.numa_topology = o.numa_topology;
     c.kv_cache_type = o.kv_cache_type;
     c.device = o.device;
+    c.cuda_graphs = o.cuda_graphs;
     if (hc.ratio > 0) {
         c.expert_device = o.expert_device;
         c.gpu_expert_ratio = hc.ratio;
@@ -472,6 +474,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
     app.add_option("--device", o.device, "where the model runs: cpu or cuda:N")
         ->capture_default_str();
+    app.add_flag("--cuda-graphs", o.cuda_graphs, "on cuda:N, replay decode steps as CUDA graphs");
     app.add_option("--step-tokens", o.step_tokens, "tokens per engine step at most (ubatch)")
         ->capture_default_str();
     app.add_flag("--progress", o.progress, "draw the progress bar even when stderr is a file");

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "kernels/cpu/linear.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/graph.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/moe_experts.h"
 #include "kernels/cuda/rope.h"
@@ -22,6 +24,7 @@
 #include "models/blocks/moe_block.h"
 #include "models/blocks/router.h"
 #include "models/decoder.h"
+#include "models/device_decode_graph.h"
 #include "models/device_mla.h"
 #include "models/device_step_arena.h"
 
@@ -63,13 +66,27 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
     }
 }
 
+// The context and arena one step's ops run with: the eager path's, or a decode graph's own.
+struct DeviceRun {
+    cuda::Context& ctx;
+    DeviceStepArena& arena;
+};
+
 class DeviceDecoder final : public Model {
   public:
-    DeviceDecoder(std::unique_ptr<Decoder> host, Device device)
-        : host_(std::move(host)), device_(device) {
+    DeviceDecoder(std::unique_ptr<Decoder> host, Device device, const DeviceModelOptions& options)
+        : host_(std::move(host)), device_(device), options_(options) {
         stream_ = make_stream(device);
         ctx_ = std::make_unique<cuda::Context>(*stream_);
         upload_weights();
+        if (options_.cuda_graphs) {
+            graph_ctx_ = std::make_unique<cuda::Context>(*stream_);
+            const std::span<const double> inv_freq = host_->inv_freq();
+            inv_freq_device_ = allocate(device_, std::max<size_t>(inv_freq.size_bytes(), 8));
+            stream_->copy_async(inv_freq_device_.data(), inv_freq.data(), inv_freq.size_bytes(),
+                                CopyDirection::HostToDevice);
+            stream_->synchronize();
+        }
     }
 
     ~DeviceDecoder() override { stream_->synchronize(); }
@@ -100,15 +117,36 @@ class DeviceDecoder final : public Model {
   private:
     void upload_weights();
     Tensor upload_as_f32(const Tensor& host);
+    struct Qkv {
+        Tensor q, k, v;  // [n, heads x head_dim] each, normed and clamped, before RoPE
+    };
+    Qkv project_qkv(const DeviceRun& run, const AttentionWeights& w, const Tensor& x);
     void attention(const LayerWeights& lw, const StepLayout& step, std::span<const KvRows> keys,
                    std::span<const KvRows> values, const Tensor& x, const Tensor& out);
-    void swiglu(const cpu::ExpertWeights& w, const Tensor& x, const Tensor& out);
-    Routing route_on_host(const MoeWeights& device_moe, const MoeWeights& host_moe,
-                          const Tensor& x);
-    void moe(int layer, const Tensor& x, const Tensor& out, Routing* routing_out);
+    void swiglu(const DeviceRun& run, const cpu::ExpertWeights& w, const Tensor& x,
+                const Tensor& out);
+    Routing route_on_host(const DeviceRun& run, const MoeWeights& device_moe,
+                          const MoeWeights& host_moe, const Tensor& x);
+    void moe(const DeviceRun& run, int layer, const Tensor& x, const Tensor& out,
+             Routing* routing_out);
+
+    // Decode steps through CUDA graphs (device_decode_graph.h).
+    std::optional<DecodeGraphKey> graph_key(std::span<const SequenceStep> steps,
+                                            const StepLayout& layout,
+                                            const StepRouting* routing) const;
+    DecodeGraphEntry& graph_entry(const DecodeGraphKey& key);
+    void fill_graph_inputs(DecodeGraphEntry& e, std::span<const SequenceStep> steps,
+                           const StepLayout& layout);
+    void decode_body(DecodeGraphEntry& e, const DecodeGraphKey& key);
+    void decode_attention(const DeviceRun& run, const DecodeGraphEntry& e,
+                          const DecodeGraphKey& key, const AttentionWeights& w, int layer,
+                          const Tensor& x, const Tensor& out);
+    OwnedTensor forward_graph(const DecodeGraphKey& key, std::span<const SequenceStep> steps,
+                              const StepLayout& layout);
 
     std::unique_ptr<Decoder> host_;
     Device device_;
+    DeviceModelOptions options_;
     std::unique_ptr<Stream> stream_;
     std::unique_ptr<cuda::Context> ctx_;
     Buffer weight_memory_;
@@ -119,12 +157,19 @@ class DeviceDecoder final : public Model {
     std::vector<std::unique_ptr<cuda::DeviceExpertTable>> expert_tables_;
     cuda::RouterParams router_params_;
     std::unique_ptr<DeviceMla> mla_;  // when the model has multi-head latent attention
-    Buffer block_tables_;             // this step's KV block tables, all sequences
+    // Decode graphs: their own context (scratch no eager step reallocates), the RoPE
+    // frequencies in device memory, and the captured steps.
+    std::unique_ptr<cuda::Context> graph_ctx_;
+    Buffer inv_freq_device_;
+    std::map<DecodeGraphKey, std::unique_ptr<DecodeGraphEntry>> graphs_;
+    bool graphs_failed_ = false;  // a capture failed: every later step runs eagerly
+    Buffer block_tables_;         // this step's KV block tables, all sequences
     DeviceStepArena arena_;
 };
 
 void DeviceDecoder::upload_weights() {
     stream_->synchronize();
+    graphs_.clear();  // they read the old weights' addresses
     weights_ = host_->weights();
     const bool tied = config().tie_word_embeddings;
     // One allocation for all weights; a tensor bound twice (a tied lm_head) is copied once.
@@ -204,13 +249,40 @@ Tensor DeviceDecoder::upload_as_f32(const Tensor& host) {
     return Tensor(buffer.data(), DType::F32, host.shape(), device_);
 }
 
-void DeviceDecoder::swiglu(const cpu::ExpertWeights& w, const Tensor& x, const Tensor& out) {
+void DeviceDecoder::swiglu(const DeviceRun& run, const cpu::ExpertWeights& w, const Tensor& x,
+                           const Tensor& out) {
     const int64_t n = x.dim(0), ffn = w.gate.dim(0);
-    const Tensor gate = arena_.tensor({n, ffn}), up = arena_.tensor({n, ffn});
-    cuda::linear(*ctx_, x, w.gate, Tensor(), gate);
-    cuda::linear(*ctx_, x, w.up, Tensor(), up);
-    cuda::silu_mul(*ctx_, gate, up, gate);
-    cuda::linear(*ctx_, gate, w.down, Tensor(), out);
+    const Tensor gate = run.arena.tensor({n, ffn}), up = run.arena.tensor({n, ffn});
+    cuda::linear(run.ctx, x, w.gate, Tensor(), gate);
+    cuda::linear(run.ctx, x, w.up, Tensor(), up);
+    cuda::silu_mul(run.ctx, gate, up, gate);
+    cuda::linear(run.ctx, gate, w.down, Tensor(), out);
+}
+
+DeviceDecoder::Qkv DeviceDecoder::project_qkv(const DeviceRun& run, const AttentionWeights& w,
+                                              const Tensor& x) {
+    const ModelConfig& c = config();
+    const int64_t n = x.dim(0);
+    const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+    const float eps = float(c.rms_norm_eps);
+    const Qkv p{run.arena.tensor({n, q_dim}), run.arena.tensor({n, kv_dim}),
+                run.arena.tensor({n, kv_dim})};
+    cuda::linear(run.ctx, x, w.q, w.q_bias, p.q);
+    cuda::linear(run.ctx, x, w.k, w.k_bias, p.k);
+    cuda::linear(run.ctx, x, w.v, w.v_bias, p.v);
+    if (c.qk_norm == QkNorm::Full) {
+        cuda::rms_norm(run.ctx, p.q, w.q_norm, eps, p.q);
+        cuda::rms_norm(run.ctx, p.k, w.k_norm, eps, p.k);
+    } else if (c.qk_norm == QkNorm::PerHead) {
+        const Tensor qh = p.q.reshape({n * c.n_heads, c.head_dim});
+        const Tensor kh = p.k.reshape({n * c.n_kv_heads, c.head_dim});
+        cuda::rms_norm(run.ctx, qh, w.q_norm, eps, qh);
+        cuda::rms_norm(run.ctx, kh, w.k_norm, eps, kh);
+    }
+    if (c.clip_qkv > 0)
+        for (const Tensor* t : {&p.q, &p.k, &p.v})
+            cuda::clamp(run.ctx, *t, float(c.clip_qkv));
+    return p;
 }
 
 void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
@@ -218,26 +290,8 @@ void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
                               const Tensor& x, const Tensor& out) {
     const ModelConfig& c = config();
     const AttentionWeights& w = lw.attention;
-    const int64_t n = step.n_tokens;
-    const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
-    const float eps = float(c.rms_norm_eps);
-    const Tensor q = arena_.tensor({n, q_dim}), k = arena_.tensor({n, kv_dim}),
-                 v = arena_.tensor({n, kv_dim});
-    cuda::linear(*ctx_, x, w.q, w.q_bias, q);
-    cuda::linear(*ctx_, x, w.k, w.k_bias, k);
-    cuda::linear(*ctx_, x, w.v, w.v_bias, v);
-    if (c.qk_norm == QkNorm::Full) {
-        cuda::rms_norm(*ctx_, q, w.q_norm, eps, q);
-        cuda::rms_norm(*ctx_, k, w.k_norm, eps, k);
-    } else if (c.qk_norm == QkNorm::PerHead) {
-        const Tensor qh = q.reshape({n * c.n_heads, c.head_dim});
-        const Tensor kh = k.reshape({n * c.n_kv_heads, c.head_dim});
-        cuda::rms_norm(*ctx_, qh, w.q_norm, eps, qh);
-        cuda::rms_norm(*ctx_, kh, w.k_norm, eps, kh);
-    }
-    if (c.clip_qkv > 0)
-        for (const Tensor* t : {&q, &k, &v})
-            cuda::clamp(*ctx_, *t, float(c.clip_qkv));
+    const int64_t n = step.n_tokens, q_dim = c.n_heads * c.head_dim;
+    const auto [q, k, v] = project_qkv({*ctx_, arena_}, w, x);
     const Tensor q_heads = q.reshape({n, c.n_heads, c.head_dim});
     const Tensor k_heads = k.reshape({n, c.n_kv_heads, c.head_dim});
     cuda::apply_rope(*ctx_, q_heads, step.positions, host_->inv_freq());
@@ -265,12 +319,12 @@ void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
 
 // The router's logits come back to the host and tandem::route picks the experts there, exactly
 // as on the CPU (the same code, so the same choices on near-ties).
-Routing DeviceDecoder::route_on_host(const MoeWeights& device_moe, const MoeWeights& host_moe,
-                                     const Tensor& x) {
+Routing DeviceDecoder::route_on_host(const DeviceRun& run, const MoeWeights& device_moe,
+                                     const MoeWeights& host_moe, const Tensor& x) {
     const ModelConfig& c = config();
     const int64_t n = x.dim(0);
-    const Tensor logits = arena_.tensor({n, c.n_experts});
-    cuda::linear(*ctx_, x, device_moe.router, Tensor(), logits);
+    const Tensor logits = run.arena.tensor({n, c.n_experts});
+    cuda::linear(run.ctx, x, device_moe.router, Tensor(), logits);
     OwnedTensor host_logits = make_tensor(DType::F32, {n, c.n_experts});
     stream_->copy_async(host_logits.view.data(), logits.data(), size_t(logits.bytes()),
                         CopyDirection::DeviceToHost);
@@ -287,42 +341,267 @@ Routing DeviceDecoder::route_on_host(const MoeWeights& device_moe, const MoeWeig
 // Decode-sized steps route on the device (cuda::route, then the grouped expert kernels read
 // the choices from device memory): no host round trip per layer. Larger steps, and steps whose
 // routing the caller asked for, route on the host.
-void DeviceDecoder::moe(int layer, const Tensor& x, const Tensor& out, Routing* routing_out) {
+void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const Tensor& out,
+                        Routing* routing_out) {
     const ModelConfig& c = config();
     const LayerWeights& lw = weights_.layers[size_t(layer)];
     const int64_t n = x.dim(0), k = c.n_experts_active;
-    cuda::zero(*ctx_, out);
+    cuda::zero(run.ctx, out);
     if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots && n <= cuda::kGemvMaxTokens &&
         c.n_experts <= cuda::kMaxRouterExperts) {
-        const Tensor logits = arena_.tensor({n, c.n_experts});
-        const Tensor ids = arena_.tensor({n, k}, DType::I32), weights = arena_.tensor({n, k});
-        cuda::linear(*ctx_, x, lw.moe.router, Tensor(), logits);
-        cuda::route(*ctx_, router_params_,
+        const Tensor logits = run.arena.tensor({n, c.n_experts});
+        const Tensor ids = run.arena.tensor({n, k}, DType::I32), weights = run.arena.tensor({n, k});
+        cuda::linear(run.ctx, x, lw.moe.router, Tensor(), logits);
+        cuda::route(run.ctx, router_params_,
                     {.logits = logits, .bias = lw.moe.router_bias, .ids = ids, .weights = weights});
         cuda::moe_experts_routed(
-            *ctx_, *expert_tables_[size_t(layer)],
+            run.ctx, *expert_tables_[size_t(layer)],
             {.x = x, .out = out, .expert_ids = ids, .expert_weights = weights});
     } else {
-        Routing routing = route_on_host(lw.moe, host_->weights().layers[size_t(layer)].moe, x);
+        Routing routing = route_on_host(run, lw.moe, host_->weights().layers[size_t(layer)].moe, x);
         const ExpertGroups groups = group_by_expert(routing, c.n_experts);
-        cuda::moe_experts(*ctx_, {.x = x,
-                                  .out = out,
-                                  .experts = lw.moe.experts,
-                                  .offsets = groups.offsets,
-                                  .token_index = groups.token_index,
-                                  .token_weight = groups.token_weight});
+        cuda::moe_experts(run.ctx, {.x = x,
+                                    .out = out,
+                                    .experts = lw.moe.experts,
+                                    .offsets = groups.offsets,
+                                    .token_index = groups.token_index,
+                                    .token_weight = groups.token_weight});
         if (routing_out != nullptr) *routing_out = std::move(routing);
     }
     if (c.shared_expert_ffn_dim > 0) {
-        const Tensor shared = arena_.tensor({n, c.hidden_dim});
-        swiglu(lw.moe.shared, x, shared);
+        const Tensor shared = run.arena.tensor({n, c.hidden_dim});
+        swiglu(run, lw.moe.shared, x, shared);
         Tensor gate;
         if (c.shared_expert_gated) {
-            gate = arena_.tensor({n, 1});
-            cuda::linear(*ctx_, x, lw.moe.shared_expert_gate, Tensor(), gate);
+            gate = run.arena.tensor({n, 1});
+            cuda::linear(run.ctx, x, lw.moe.shared_expert_gate, Tensor(), gate);
         }
-        cuda::add_gated_rows(*ctx_, out, shared, gate);
+        cuda::add_gated_rows(run.ctx, out, shared, gate);
     }
+}
+
+bool same_layout(const cuda::KvLayout& a, const cuda::KvLayout& b) {
+    return a.dtype == b.dtype && a.n_kv_heads == b.n_kv_heads && a.head_dim == b.head_dim &&
+           a.block_size == b.block_size && a.pos_stride == b.pos_stride &&
+           a.head_stride == b.head_stride && a.block_stride == b.block_stride;
+}
+
+std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceStep> steps,
+                                                       const StepLayout& layout,
+                                                       const StepRouting* routing) const {
+    const ModelConfig& c = config();
+    const auto n = int64_t(steps.size());
+    if (!options_.cuda_graphs || graphs_failed_ || routing != nullptr || c.mla || n == 0 ||
+        n > cuda::kGemvMaxTokens)
+        return std::nullopt;
+    // The MoE layers must route on the device (moe()'s condition), without a host round trip.
+    if (c.is_moe() &&
+        (n * c.n_experts_active > cuda::kMaxRoutedSlots || c.n_experts > cuda::kMaxRouterExperts))
+        return std::nullopt;
+    for (const SequenceStep& step : steps)
+        if (step.tokens.size() != 1) return std::nullopt;
+    const cuda::KvLayout k = cuda::layout_of(layout.sequences[0].cache->keys(0));
+    const cuda::KvLayout v = cuda::layout_of(layout.sequences[0].cache->values(0));
+    int64_t needed = 1;
+    for (const StepSequence& seq : layout.sequences) {
+        if (!same_layout(cuda::layout_of(seq.cache->keys(0)), k) ||
+            !same_layout(cuda::layout_of(seq.cache->values(0)), v))
+            return std::nullopt;
+        needed = std::max(needed, seq.cache->length() + 1);
+    }
+    // The decode attention kernel must take these dims and strides; the probe's q and out stand
+    // for the entry's aligned arena tensors.
+    void* aligned_address = reinterpret_cast<void*>(kDeviceAlign);
+    const cuda::DecodeAttentionArgs probe{
+        .q = Tensor(aligned_address, DType::F32, {n, c.n_heads, k.head_dim}, device_),
+        .out = Tensor(aligned_address, DType::F32, {n, c.n_heads, v.head_dim}, device_),
+        .k = k,
+        .v = v,
+        .max_keys = needed};
+    if (!cuda::decode_supported(probe)) return std::nullopt;
+    return DecodeGraphKey{.batch = n,
+                          .max_keys = decode_graph_keys(needed),
+                          .kv_dtype = k.dtype,
+                          .block_size = k.block_size,
+                          .k_pos_stride = k.pos_stride,
+                          .k_head_stride = k.head_stride,
+                          .k_block_stride = k.block_stride,
+                          .v_pos_stride = v.pos_stride,
+                          .v_head_stride = v.head_stride,
+                          .v_block_stride = v.block_stride};
+}
+
+DecodeGraphEntry& DeviceDecoder::graph_entry(const DecodeGraphKey& key) {
+    std::unique_ptr<DecodeGraphEntry>& slot = graphs_[key];
+    if (slot) return *slot;
+    const ModelConfig& c = config();
+    const KvCacheShape shape = host_->kv_cache_shape(1);
+    auto e = std::make_unique<DecodeGraphEntry>();
+    const int64_t n = key.batch;
+    e->k = {.dtype = key.kv_dtype,
+            .n_kv_heads = shape.n_kv_heads,
+            .head_dim = shape.head_dim,
+            .block_size = key.block_size,
+            .pos_stride = key.k_pos_stride,
+            .head_stride = key.k_head_stride,
+            .block_stride = key.k_block_stride};
+    e->v = {.dtype = key.kv_dtype,
+            .n_kv_heads = shape.n_kv_heads,
+            .head_dim = shape.v_head_dim,
+            .block_size = key.block_size,
+            .pos_stride = key.v_pos_stride,
+            .head_stride = key.v_head_stride,
+            .block_stride = key.v_block_stride};
+    e->max_blocks = (key.max_keys + key.block_size - 1) / key.block_size;
+    size_t at = device_aligned(size_t(n * c.hidden_dim) * 4);
+    e->positions_offset = at;
+    at += device_aligned(size_t(n) * sizeof(int64_t));
+    e->tables_offset = at;
+    at += device_aligned(size_t(c.n_layers * n) * sizeof(cuda::DecodeSequence));
+    e->blocks_offset = at;
+    at += device_aligned(size_t(n * e->max_blocks) * sizeof(int32_t));
+    e->input_bytes = at;
+    const size_t logits_offset = at;
+    at += device_aligned(size_t(n * c.vocab_size) * 4);
+    e->inputs = allocate(device_, at);
+    auto* base = static_cast<std::byte*>(e->inputs.data());
+    e->hidden = Tensor(base, DType::F32, {n, c.hidden_dim}, device_);
+    e->logits = Tensor(base + logits_offset, DType::F32, {n, c.vocab_size}, device_);
+    e->positions = reinterpret_cast<int64_t*>(base + e->positions_offset);
+    e->tables = reinterpret_cast<cuda::DecodeSequence*>(base + e->tables_offset);
+    e->block_tables = reinterpret_cast<int32_t*>(base + e->blocks_offset);
+    // At most 9 live activations per layer of the widest row (decode_body), and the final norm.
+    const int64_t widest =
+        std::max({c.hidden_dim, c.n_heads * c.head_dim, c.ffn_dim, c.expert_ffn_dim,
+                  c.shared_expert_ffn_dim, c.n_experts, int64_t(1)});
+    e->arena_bytes = device_aligned(size_t(n * widest) * 4) * 12 + 16 * kDeviceAlign;
+    e->arena.reserve(*stream_, e->arena_bytes);
+    slot = std::move(e);
+    return *slot;
+}
+
+// One host image of the entry's inputs, copied in one piece before the step's launch.
+void DeviceDecoder::fill_graph_inputs(DecodeGraphEntry& e, std::span<const SequenceStep> steps,
+                                      const StepLayout& layout) {
+    const ModelConfig& c = config();
+    const auto n = int64_t(steps.size());
+    std::vector<std::byte> host(e.input_bytes);
+    const Tensor& table = host_->weights().embed;
+    const int64_t row = row_bytes(table.dtype(), c.hidden_dim);
+    auto* hidden = reinterpret_cast<float*>(host.data());
+    for (int64_t s = 0; s < n; ++s)
+        cpu::row_to_f32(
+            static_cast<const std::byte*>(table.data()) + steps[size_t(s)].tokens[0] * row,
+            table.dtype(), c.hidden_dim, hidden + s * c.hidden_dim);
+    auto* positions = reinterpret_cast<int64_t*>(host.data() + e.positions_offset);
+    auto* tables = reinterpret_cast<cuda::DecodeSequence*>(host.data() + e.tables_offset);
+    auto* blocks = reinterpret_cast<int32_t*>(host.data() + e.blocks_offset);
+    for (int64_t s = 0; s < n; ++s) {
+        KvCache& cache = *layout.sequences[size_t(s)].cache;
+        const int64_t position = cache.length();
+        positions[s] = position;
+        const int64_t used = std::min(cache.blocks(), e.max_blocks);
+        std::copy_n(cache.keys(0).block_table, used, blocks + s * e.max_blocks);
+        const int32_t* device_blocks = e.block_tables + s * e.max_blocks;
+        for (int64_t layer = 0; layer < c.n_layers; ++layer)
+            tables[layer * n + s] = {.k_base = cache.keys(int(layer)).base,
+                                     .v_base = cache.values(int(layer)).base,
+                                     .k_blocks = device_blocks,
+                                     .v_blocks = device_blocks,
+                                     .position = position};
+    }
+    stream_->copy_async(e.inputs.data(), host.data(), host.size(), CopyDirection::HostToDevice);
+}
+
+void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntry& e,
+                                     const DecodeGraphKey& key, const AttentionWeights& w,
+                                     int layer, const Tensor& x, const Tensor& out) {
+    const ModelConfig& c = config();
+    const int64_t n = key.batch;
+    const auto [q, k, v] = project_qkv(run, w, x);
+    const Tensor q_heads = q.reshape({n, c.n_heads, c.head_dim});
+    const auto half = int64_t(host_->inv_freq().size());
+    const auto* inv_freq = static_cast<const double*>(inv_freq_device_.data());
+    cuda::apply_rope(run.ctx, q_heads, e.positions, inv_freq, half);
+    cuda::apply_rope(run.ctx, k.reshape({n, c.n_kv_heads, c.head_dim}), e.positions, inv_freq,
+                     half);
+    const cuda::DecodeSequence* table = e.tables + int64_t(layer) * n;
+    cuda::write_kv_decode(run.ctx, table, e.k, e.v, k, v);
+    const Tensor attended = run.arena.tensor({n, c.n_heads, c.head_dim});
+    cuda::attention_decode(run.ctx, {.q = q_heads,
+                                     .out = attended,
+                                     .sequences = table,
+                                     .k = e.k,
+                                     .v = e.v,
+                                     .max_keys = key.max_keys,
+                                     .scale = 1.0f / std::sqrt(float(c.head_dim)),
+                                     .sliding_window = c.sliding_window});
+    cuda::linear(run.ctx, attended.reshape({n, c.n_heads * c.head_dim}), w.o, w.o_bias, out);
+}
+
+// The step's device work, from the entry's inputs to its logits: what a graph captures. It
+// allocates from the entry's arena in the same order every time, so a replay's addresses are
+// the capture's.
+void DeviceDecoder::decode_body(DecodeGraphEntry& e, const DecodeGraphKey& key) {
+    const ModelConfig& c = config();
+    cuda::Context& ctx = *graph_ctx_;
+    const DeviceRun run{ctx, e.arena};
+    e.arena.reserve(*stream_, e.arena_bytes);  // the same size: only rewinds
+    const int64_t n = key.batch;
+    const float eps = float(c.rms_norm_eps);
+    const Tensor& h = e.hidden;
+    const Tensor normed = e.arena.tensor({n, c.hidden_dim}),
+                 delta = e.arena.tensor({n, c.hidden_dim});
+    const size_t layer_mark = e.arena.mark();
+    for (int layer = 0; layer < int(c.n_layers); ++layer) {
+        const LayerWeights& lw = weights_.layers[size_t(layer)];
+        cuda::rms_norm(ctx, h, lw.attention.norm, eps, normed);
+        e.arena.release_to(layer_mark);
+        decode_attention(run, e, key, lw.attention, layer, normed, delta);
+        cuda::add(ctx, h, delta, h);
+        e.arena.release_to(layer_mark);
+        cuda::rms_norm(ctx, h, lw.ffn_norm, eps, normed);
+        if (lw.is_moe)
+            moe(run, layer, normed, delta, nullptr);
+        else
+            swiglu(run, lw.dense, normed, delta);
+        cuda::add(ctx, h, delta, h);
+    }
+    e.arena.release_to(layer_mark);
+    cuda::rms_norm(ctx, h, weights_.final_norm, eps, normed);
+    cuda::linear(ctx, normed, weights_.lm_head, Tensor(), e.logits);
+}
+
+OwnedTensor DeviceDecoder::forward_graph(const DecodeGraphKey& key,
+                                         std::span<const SequenceStep> steps,
+                                         const StepLayout& layout) {
+    const ModelConfig& c = config();
+    DecodeGraphEntry& e = graph_entry(key);
+    fill_graph_inputs(e, steps, layout);
+    if (!e.graph.empty() && e.generation == graph_ctx_->scratch_generation()) {
+        e.graph.launch(*graph_ctx_);
+    } else {
+        // This step runs eagerly, which also sizes every scratch buffer the capture will use;
+        // then the same work is recorded (not run) for the next steps with this key.
+        decode_body(e, key);
+        try {
+            e.graph = cuda::Graph::capture(*graph_ctx_, [&] { decode_body(e, key); });
+            e.generation = graph_ctx_->scratch_generation();
+        } catch (const Error& error) {
+            log_warn(c.architecture, " on ", device_.name(),
+                     ": capturing a decode step in a CUDA graph failed, decode runs without "
+                     "graphs: ",
+                     error.what());
+            graphs_failed_ = true;  // this step's result stands: the eager run computed it
+        }
+    }
+    OwnedTensor logits = make_tensor(DType::F32, {key.batch, c.vocab_size});
+    stream_->copy_async(logits.view.data(), e.logits.data(), size_t(logits.view.bytes()),
+                        CopyDirection::DeviceToHost);
+    stream_->synchronize();
+    for (const StepSequence& seq : layout.sequences)
+        seq.cache->commit(seq.n_tokens);
+    return logits;
 }
 
 OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool,
@@ -331,6 +610,9 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
     const ModelConfig& c = config();
     const StepLayout layout = layout_step(steps, c);
     ctx_->make_current();
+    if (const std::optional<DecodeGraphKey> key = graph_key(steps, layout, routing))
+        return forward_graph(*key, steps, layout);
+    const DeviceRun run{*ctx_, arena_};
     if (routing != nullptr) {
         const int lookahead = std::clamp(routing->lookahead, 0, 3);
         *routing = {};
@@ -427,14 +709,14 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
                         later < int(c.n_layers) && weights_.layers[size_t(later)].is_moe;
                     predicted.push_back(
                         later_moe
-                            ? route_on_host(weights_.layers[size_t(later)].moe,
+                            ? route_on_host(run, weights_.layers[size_t(later)].moe,
                                             host_->weights().layers[size_t(later)].moe, normed)
                             : Routing{});
                 }
             }
-            moe(layer, normed, delta, layer_routing);
+            moe(run, layer, normed, delta, layer_routing);
         } else {
-            swiglu(lw.dense, normed, delta);
+            swiglu(run, lw.dense, normed, delta);
         }
         cuda::add(*ctx_, h, delta, h);
     }
@@ -458,13 +740,14 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
 
 }  // namespace
 
-std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device) {
+std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device,
+                                         const DeviceModelOptions& options) {
     if (device.kind != DeviceKind::Cuda)
         fail("device model: ", device.name(), " is not a CUDA device (cuda:N)");
     auto* decoder = dynamic_cast<Decoder*>(model.get());
     if (decoder == nullptr) fail(model->config().architecture, " does not run on ", device.name());
     model.release();
-    return std::make_unique<DeviceDecoder>(std::unique_ptr<Decoder>(decoder), device);
+    return std::make_unique<DeviceDecoder>(std::unique_ptr<Decoder>(decoder), device, options);
 }
 
 }  // namespace tandem

@@ -22,9 +22,17 @@
 
 namespace tandem {
 
+struct DeviceModelOptions {
+    // Decode steps (every sequence one token, at most 8) captured once per batch size and
+    // context bucket and replayed as CUDA graphs (device_decode_graph.h); other steps, and
+    // models with latent attention, run eagerly. EngineConfig.cuda_graphs.
+    bool cuda_graphs = false;
+};
+
 // Moves `model` (a tandem::Decoder, as load_model returns for every architecture) onto `device`
 // (cuda:N). Throws tandem::Error when the build has no CUDA backend, the device is missing, or
 // the model uses what the device path does not run yet.
-std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device);
+std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device,
+                                         const DeviceModelOptions& options = {});
 
 }  // namespace tandem

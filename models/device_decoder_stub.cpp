@@ -4,7 +4,8 @@
 
 namespace tandem {
 
-std::unique_ptr<Model> make_device_model(std::unique_ptr<Model>, Device device) {
+std::unique_ptr<Model> make_device_model(std::unique_ptr<Model>, Device device,
+                                         const DeviceModelOptions&) {
     fail(device.name(), ": this build has no CUDA backend (configure with TANDEM_CUDA=ON)");
 }
 

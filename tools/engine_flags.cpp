@@ -45,6 +45,9 @@ void add_threads_and_memory(CLI::App& app, EngineConfig& config) {
     app.add_option("--device", config.device, "where the model runs: cpu or cuda:N")
         ->capture_default_str()
         ->group(group);
+    app.add_flag("--cuda-graphs", config.cuda_graphs,
+                 "on cuda:N, replay decode steps as CUDA graphs (not yet verified on a GPU)")
+        ->group(group);
     app.add_option("--quantize", config.quantize,
                    "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k")
         ->group(group);

@@ -98,6 +98,9 @@ if [ -x "$bin/tandem-bench" ]; then
     }
     bench_gpu olmoe-q4_k -m synthetic:olmoe-1b-7b --quantize q4_k
     bench_gpu olmoe-bf16 -m synthetic:olmoe-1b-7b
+    # The same two with decode steps replayed from CUDA graphs (--cuda-graphs), side by side.
+    bench_gpu olmoe-q4_k-graphs -m synthetic:olmoe-1b-7b --quantize q4_k --cuda-graphs
+    bench_gpu olmoe-bf16-graphs -m synthetic:olmoe-1b-7b --cuda-graphs
     bench_gpu qwen3-30b-a3b-q4_k -m synthetic:qwen3-30b-a3b --quantize q4_k
     cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null
     rm -rf "$out/tb"

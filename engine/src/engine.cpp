@@ -146,7 +146,9 @@ Engine Engine::open(const EngineConfig& config) {
     state->device = parsed.device;
     std::unique_ptr<Model> model = load_model(config.model_dir);
     if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
-    if (!state->device.is_cpu()) model = make_device_model(std::move(model), state->device);
+    if (!state->device.is_cpu())
+        model =
+            make_device_model(std::move(model), state->device, {.cuda_graphs = config.cuda_graphs});
     state->experts = make_expert_runners(config, *model, *state->pool);
     state->tokenizer = load_tokenizer_if_present(config.model_dir);
     state->model_config = model->config();
@@ -271,7 +273,9 @@ void Engine::reload_weights(const std::string& dir) {
     std::unique_ptr<Model> model = load_model(dir);
     check_same_shape(state_->model_config, model->config(), dir);
     if (state_->quantize) model->quantize_weights(*state_->quantize, *state_->pool);
-    if (!state_->device.is_cpu()) model = make_device_model(std::move(model), state_->device);
+    if (!state_->device.is_cpu())
+        model = make_device_model(std::move(model), state_->device,
+                                  {.cuda_graphs = state_->config.cuda_graphs});
     std::unique_ptr<Model> old = state_->scheduler->swap_model(std::move(model));
     log_info("reloaded the weights from ", dir);
 }

@@ -425,7 +425,53 @@ __global__ void write_kv_kernel(KvView rows, int64_t start, const float* src, in
     }
 }
 
+// One element of a decode step's new rows: thread i of [batch, k row | v row].
+__global__ void write_kv_decode_kernel(const DecodeSequence* sequences, KvLayout k, KvLayout v,
+                                       FloatKind k_kind, FloatKind v_kind, const float* k_src,
+                                       const float* v_src, int64_t batch) {
+    const int64_t k_row = k.n_kv_heads * k.head_dim, v_row = v.n_kv_heads * v.head_dim;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < batch * (k_row + v_row);
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t b = i / (k_row + v_row), e = i % (k_row + v_row);
+        const DecodeSequence& s = sequences[b];
+        const bool is_key = e < k_row;
+        const KvLayout& l = is_key ? k : v;
+        const int64_t j = is_key ? e : e - k_row;
+        const int32_t* blocks = is_key ? s.k_blocks : s.v_blocks;
+        const int64_t block = blocks != nullptr ? blocks[s.position / l.block_size] : 0;
+        const int64_t element = block * l.block_stride + s.position % l.block_size * l.pos_stride +
+                                j / l.head_dim * l.head_stride + j % l.head_dim;
+        store_float(const_cast<void*>(is_key ? s.k_base : s.v_base), is_key ? k_kind : v_kind,
+                    element, is_key ? k_src[b * k_row + j] : v_src[b * v_row + j]);
+    }
+}
+
 }  // namespace
+
+void write_kv_decode(Context& ctx, const DecodeSequence* sequences, const KvLayout& k,
+                     const KvLayout& v, const Tensor& k_src, const Tensor& v_src) {
+    require_f32(k_src, 2, ctx.device(), "write_kv_decode", "k_src [batch, n_kv_heads * head_dim]");
+    require_f32(v_src, 2, ctx.device(), "write_kv_decode", "v_src [batch, n_kv_heads * v_dim]");
+    const int64_t batch = k_src.dim(0);
+    if (sequences == nullptr) fail("write_kv_decode: no sequence table");
+    if (v_src.dim(0) != batch || k_src.dim(1) != k.n_kv_heads * k.head_dim ||
+        v_src.dim(1) != v.n_kv_heads * v.head_dim)
+        fail("write_kv_decode: k_src ", k_src.describe(), " and v_src ", v_src.describe(),
+             " for rows of ", k.n_kv_heads, " x ", k.head_dim, " and ", v.n_kv_heads, " x ",
+             v.head_dim);
+    for (const KvLayout* l : {&k, &v})
+        if (l->block_size < 1) fail("write_kv_decode: block size ", l->block_size);
+    const FloatKind k_kind = float_kind(k.dtype, "write_kv_decode", "the key cache");
+    const FloatKind v_kind = float_kind(v.dtype, "write_kv_decode", "the value cache");
+    const int64_t total = batch * (k_src.dim(1) + v_src.dim(1));
+    if (total == 0) return;
+    const unsigned blocks =
+        unsigned(std::min<int64_t>(blocks_for(total, 256), int64_t(ctx.multiprocessors()) * 8));
+    write_kv_decode_kernel<<<blocks, 256, 0, native_stream(ctx.stream())>>>(
+        sequences, k, v, k_kind, v_kind, k_src.data_as<const float>(), v_src.data_as<const float>(),
+        batch);
+    TANDEM_CUDA_CHECK_LAUNCH("write_kv_decode_kernel");
+}
 
 void write_kv(Context& ctx, const KvRows& rows, int64_t start, const Tensor& src) {
     require_f32(src, 2, ctx.device(), "write_kv", "src [n, n_heads * head_dim]");

@@ -92,4 +92,11 @@ void attention_decode(Context& ctx, const DecodeAttentionArgs& args);
 // nearest even).
 void write_kv(Context& ctx, const KvRows& rows, int64_t start, const Tensor& src);
 
+// write_kv for a decode step, capture-safe: row b of k_src and v_src ([batch, n_kv_heads x
+// head_dim] and [batch, n_kv_heads x v_head_dim] f32, device) goes to position
+// sequences[b].position of sequence b's key and value caches (the table in device memory, as
+// attention_decode reads it). One launch, nothing uploaded.
+void write_kv_decode(Context& ctx, const DecodeSequence* sequences, const KvLayout& k,
+                     const KvLayout& v, const Tensor& k_src, const Tensor& v_src);
+
 }  // namespace tandem::cuda

@@ -55,6 +55,7 @@ void* Context::scratch(ScratchSlot slot, size_t bytes) {
         buffer = Buffer();
         // Grow by half again so a slowly growing request does not reallocate every step.
         buffer = allocate(device(), std::max(bytes, old_bytes + old_bytes / 2));
+        ++scratch_generation_;
     }
     return buffer.data();
 }

@@ -16,6 +16,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <cstdint>
 
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
@@ -54,6 +55,10 @@ class Context {
     // Device memory of at least `bytes` for `slot`, 256-byte aligned.
     void* scratch(ScratchSlot slot, size_t bytes);
 
+    // Counts the scratch reallocations: a CUDA graph captured at one generation holds scratch
+    // addresses that a later generation may have freed, and must be captured again.
+    uint64_t scratch_generation() const { return scratch_generation_; }
+
     // Copies `bytes` of host data into device scratch `slot` in stream order and returns the
     // device pointer. The caller's memory may change as soon as this returns: a copy from
     // pageable memory returns only once the driver has staged the source.
@@ -64,6 +69,7 @@ class Context {
     void* cublas_ = nullptr;
     int multiprocessors_ = 0;
     std::array<Buffer, size_t(ScratchSlot::Count)> scratch_;
+    uint64_t scratch_generation_ = 0;
 };
 
 }  // namespace tandem::cuda

@@ -49,11 +49,22 @@ void apply_rope(Context& ctx, const Tensor& x, std::span<const int64_t> position
     std::memcpy(table.data() + inv_freq.size_bytes(), positions.data(), positions.size_bytes());
     auto* device =
         static_cast<std::byte*>(ctx.upload(ScratchSlot::Tables, table.data(), table.size()));
-    const auto* freq = reinterpret_cast<const double*>(device);
-    const auto* pos = reinterpret_cast<const int64_t*>(device + inv_freq.size_bytes());
+    apply_rope(ctx, x, reinterpret_cast<const int64_t*>(device + inv_freq.size_bytes()),
+               reinterpret_cast<const double*>(device), half, attention_scale);
+}
+
+void apply_rope(Context& ctx, const Tensor& x, const int64_t* device_positions,
+                const double* device_inv_freq, int64_t half, double attention_scale) {
+    require_f32(x, 3, ctx.device(), "apply_rope", "x [n_tokens, n_heads, head_dim]");
+    const int64_t n_tokens = x.dim(0), n_heads = x.dim(1), head_dim = x.dim(2);
+    if (2 * half > head_dim) fail("apply_rope: rotary dim ", 2 * half, " > head_dim ", head_dim);
+    if (n_tokens == 0 || half == 0 || n_heads == 0) return;
+    if (device_positions == nullptr || device_inv_freq == nullptr)
+        fail("apply_rope: no device positions or frequencies");
     const size_t shared = size_t(half) * sizeof(RopeAngle);
     rope_kernel<<<unsigned(n_tokens), kThreads, shared, native_stream(ctx.stream())>>>(
-        x.data_as<float>(), freq, pos, n_heads, head_dim, half, attention_scale);
+        x.data_as<float>(), device_inv_freq, device_positions, n_heads, head_dim, half,
+        attention_scale);
     TANDEM_CUDA_CHECK_LAUNCH("rope_kernel");
 }
 

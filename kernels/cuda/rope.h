@@ -18,4 +18,10 @@ namespace tandem::cuda {
 void apply_rope(Context& ctx, const Tensor& x, std::span<const int64_t> positions,
                 std::span<const double> inv_freq, double attention_scale = 1.0);
 
+// The same with positions [n_tokens] and inv_freq [half] already in device memory: one launch,
+// nothing uploaded, so it may be captured in a CUDA graph (the positions may change between
+// replays).
+void apply_rope(Context& ctx, const Tensor& x, const int64_t* device_positions,
+                const double* device_inv_freq, int64_t half, double attention_scale = 1.0);
+
 }  // namespace tandem::cuda

@@ -265,6 +265,74 @@ TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
     EXPECT_EQ(worst_abs(logits[0], logits[1]), 0.0);
 }
 
+// Decode steps replayed from CUDA graphs (EngineConfig.cuda_graphs) against the eager steps of
+// another engine, step by step on the same tokens: three sequences in paged caches (batch 3,
+// then 2), one of them crossing 256 keys (a new capture at the next context bucket, which grows
+// the split-K scratch, so the batch-2 graph is captured again). The eager decode attention splits
+// the keys by the exact context, the graph's by the bucket: the sums differ in order only. No
+// capture may fail (a failure would fall back to eager steps and hide here, so the log is read).
+TEST_P(CudaDecoder, CudaGraphsDecodeLikeEagerSteps) {
+    EngineConfig gc = config_for(GetParam(), "cuda:0");
+    gc.cuda_graphs = true;
+    ::testing::internal::CaptureStderr();
+    Engine graphs = Engine::open(gc);
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const std::vector<size_t> lengths = {250, 5, 17};
+    struct Side {
+        std::shared_ptr<KvBlockPool> pool;
+        std::vector<std::unique_ptr<KvCache>> caches;
+    };
+    std::vector<std::vector<int32_t>> prompts;
+    for (const size_t n : lengths) {
+        std::vector<int32_t>& p = prompts.emplace_back(n);
+        for (int32_t& t : p)
+            t = int32_t(rng() % vocab_);
+    }
+    Engine* engines[2] = {gpu_.get(), &graphs};
+    Side sides[2];
+    std::vector<int32_t> next(prompts.size());
+    for (int e = 0; e < 2; ++e) {
+        sides[e].pool =
+            std::make_shared<KvBlockPool>(engines[e]->model().kv_cache_shape(300), 16, 64);
+        for (size_t i = 0; i < prompts.size(); ++i) {
+            KvCache& cache =
+                *sides[e].caches.emplace_back(std::make_unique<KvCache>(sides[e].pool, 300));
+            ASSERT_TRUE(cache.reserve(int64_t(prompts[i].size())));
+            const SequenceStep step{.tokens = prompts[i], .cache = &cache};
+            const std::vector<float> row =
+                to_vector(engines[e]->model().forward({&step, 1}, engines[e]->thread_pool()));
+            if (e == 0) next[i] = int32_t(std::max_element(row.begin(), row.end()) - row.begin());
+        }
+    }
+    std::vector<size_t> live = {0, 1, 2};
+    for (int step_index = 0; step_index < 12; ++step_index) {
+        if (step_index == 6) live = {0, 2};
+        std::vector<float> logits[2];
+        for (int e = 0; e < 2; ++e) {
+            std::vector<SequenceStep> steps;
+            for (const size_t i : live) {
+                KvCache& cache = *sides[e].caches[i];
+                ASSERT_TRUE(cache.reserve(cache.length() + 1));
+                steps.push_back({.tokens = {&next[i], 1}, .cache = &cache});
+            }
+            logits[e] = to_vector(engines[e]->model().forward(steps, engines[e]->thread_pool()));
+        }
+        const std::string what = "decode step " + std::to_string(step_index);
+        if (GetParam().dtype == "f32") {
+            EXPECT_LE(worst_relative_l2(logits[1], logits[0], vocab_), 1e-4) << what;
+        } else {
+            expect_close_with_bf16_activations(logits[1], logits[0], vocab_, what);
+        }
+        for (size_t j = 0; j < live.size(); ++j) {
+            const auto row = logits[0].begin() + std::ptrdiff_t(j * vocab_);
+            next[live[j]] = int32_t(std::max_element(row, row + std::ptrdiff_t(vocab_)) - row);
+        }
+    }
+    const std::string log = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(log.find("CUDA graph"), std::string::npos) << log;
+}
+
 TEST_P(CudaDecoder, ReloadWeightsKeepsServing) {
     const std::vector<float> before = prefill(*gpu_, ref_.prompt);
     gpu_->reload_weights(GetParam().dir());

@@ -55,6 +55,9 @@ struct EngineConfig {
     // Where the model runs: "cpu", or "cuda:N" for the whole decoder on a GPU (weights and KV
     // cache in device memory; models/device_decoder.h). Quantization happens on the CPU first.
     std::string device = "cpu";
+    // On cuda:N: decode steps captured and replayed as CUDA graphs (one launch per step instead
+    // of dozens per layer). Off by default until it has been verified on a GPU.
+    bool cuda_graphs = false;
     // Every token's logits independent of the rest of its step, bit for bit (scoring that must
     // reproduce sampling exactly, as RL post-training wants). Switches off the large-M tile path
     // of the CPU kernels (kernels/cpu/tile_gemm.h), which prefill uses from a few tokens per
