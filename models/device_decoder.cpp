@@ -1,5 +1,5 @@
-// The decoder's forward step on a CUDA device (see device_decoder.h). Built only with the CUDA
-// backend; device_decoder_stub.cpp stands in otherwise.
+// The decoder's forward step on a CUDA device (see device_decoder.h). Built into the CUDA plugin
+// and the GPU tests only; device_decoder_stub.cpp stands in in a CPU-only build.
 #include "models/device_decoder.h"
 
 #include <algorithm>

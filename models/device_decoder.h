@@ -32,7 +32,15 @@ struct DeviceModelOptions {
 // Moves `model` (a tandem::Decoder, as load_model returns for every architecture) onto `device`
 // (cuda:N). Throws tandem::Error when the build has no CUDA backend, the device is missing, or
 // the model uses what the device path does not run yet.
+// In a CUDA build the core's make_device_model (device_decoder_loader.cpp) loads the CUDA plugin
+// (kernels/cuda_backend.h) and calls this, its factory there (models/cuda_plugin.cpp); the GPU
+// tests link the device decoder itself.
 std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device device,
                                          const DeviceModelOptions& options = {});
 
 }  // namespace tandem
+
+// make_device_model of the CUDA plugin, exported unmangled for dlsym.
+extern "C" std::unique_ptr<tandem::Model> tandem_cuda_make_device_model(
+    std::unique_ptr<tandem::Model> model, tandem::Device device,
+    const tandem::DeviceModelOptions& options);

@@ -5,6 +5,7 @@
 //              --profile a6000-xeon5220r-pcie3 --budget 0.25,0.5,0.75 [--json]
 // Every combination of --cache x --planner x --prefetch runs at every budget; with prefetch on,
 // once per --predictor. Output: a table, or with --json one object per line and policy.
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -115,6 +116,30 @@ int main(int argc, char** argv) {
                 }
         }
 
+        // Each configuration is reported on stderr as it finishes (a run of the README's example
+        // takes minutes); on a terminal a bar below those lines shows how many are left.
+        const size_t n_runs = split(budgets).size() * policies.size();
+        const bool bar = isatty(STDERR_FILENO);
+        size_t results_done = 0;
+        auto report = [&](const sim::SimResult& r) {
+            const size_t done = results_done + 1;
+            const double secs =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            if (bar) std::fputs("\r\033[K", stderr);  // the bar's line, for this one
+            std::fprintf(stderr,
+                         "tandem-sim: [%zu/%zu] budget %.0f%% %s: tbt %.3f ms, hits %.1f%% "
+                         "(%.1f s)\n",
+                         done, n_runs, r.budget_ratio * 100, r.policy.c_str(), r.tbt_ms,
+                         100 * r.hit_rate, secs);
+            if (bar && done < n_runs) {
+                constexpr int kWidth = 30;
+                const int filled = int(kWidth * done / n_runs);
+                std::fprintf(stderr, "[%s%s] %zu/%zu configurations, %.0f s",
+                             std::string(size_t(filled), '#').c_str(),
+                             std::string(size_t(kWidth - filled), '.').c_str(), done, n_runs, secs);
+            }
+            std::fflush(stderr);
+        };
         std::vector<sim::SimResult> results;
         for (const std::string& b : split(budgets)) {
             double ratio = 0;
@@ -162,6 +187,8 @@ int main(int argc, char** argv) {
                     std::printf("%s\n", j.dump().c_str());
                     std::fflush(stdout);
                 }
+                report(r);
+                ++results_done;
                 results.push_back(std::move(r));
             }
             if (json) continue;

@@ -1,5 +1,5 @@
-// tandem-example MODEL_DIR "prompt": streams a greedy continuation of the prompt, then prints
-// the usage. The smallest complete use of the embedded API.
+// tandem-example MODEL_DIR "prompt": prints the model's shape, streams a greedy continuation of
+// the prompt, then prints the usage. The smallest complete use of the embedded API.
 #include <tandem/engine.h>
 
 #include <cstdio>
@@ -12,6 +12,12 @@ int main(int argc, char** argv) {
     }
     try {
         tandem::Engine engine = tandem::Engine::open({.model_dir = argv[1], .n_threads = 2});
+        const tandem::ModelConfig& model = engine.model_config();
+        std::printf("[%s: %lld layers, hidden_dim %lld, %lld experts of which %lld active]\n",
+                    model.architecture.c_str(), static_cast<long long>(model.n_layers),
+                    static_cast<long long>(model.hidden_dim),
+                    static_cast<long long>(model.n_experts),
+                    static_cast<long long>(model.n_experts_active));
         tandem::RequestHandle request = engine.submit(
             tandem::Prompt::chat({{"user", argv[2]}}), {.temperature = 0, .max_tokens = 24},
             [](const tandem::StreamDelta& delta) {

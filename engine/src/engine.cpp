@@ -134,7 +134,9 @@ Engine Engine::open(const EngineConfig& config) {
                  " hardware threads: they will take turns on the cores (slower, not faster)");
     auto state = std::make_unique<State>();
     state->config = config;
-    if (cuda_compiled()) cuda_device_count();  // logs once when built with CUDA but no GPU is here
+    // Says once why there is no GPU, if so; asked only for a GPU, since asking loads the CUDA
+    // backend (kernels/cuda_backend.h), which a CPU run does without.
+    if (parsed.device.kind == DeviceKind::Cuda) cuda_device_count();
     state->pool =
         std::make_unique<ThreadPool>(ThreadPoolOptions{.n_threads = config.n_threads,
                                                        .pin = config.pin_threads,

@@ -147,5 +147,36 @@ else
     diff <(echo "$run_flags") <(echo "$server_flags")
 fi
 
+# tandem-sim reports each configuration on stderr as it finishes, [k/N] in order, before the
+# table; on a terminal a bar follows them, and a pipe gets no bar.
+sim=("$build/tools/tandem-sim" --trace "$src/models/demo/routing-trace.jsonl.gz"
+    --model tandem-demo-moe --profile a6000-xeon5220r-pcie3 --budget 0.25,0.5
+    --cache mrs,lru --planner hybrimoe,static --prefetch off)
+sim_err=$(timeout 120 "${sim[@]}" 2>&1 >/dev/null)
+want="" k=0
+for budget in 25 50; do
+    for policy in mrs+hybrimoe lru+hybrimoe mrs+static lru+static; do
+        k=$((k + 1))
+        want+="[$k/8] budget $budget% $policy"$'\n'
+    done
+done
+got=$(grep -o '\[[0-9]*/[0-9]*\] budget [0-9]*% [^:]*' <<<"$sim_err")
+if [ "$got" = "${want%$'\n'}" ] && tail -n 1 <<<"$sim_err" | grep -q '8 runs in' &&
+    ! grep -q 'configurations,' <<<"$sim_err"; then
+    echo "ok   tandem-sim lists each of its 8 configurations as it finishes, without a bar in a pipe"
+else
+    failures=$((failures + 1))
+    printf 'FAIL tandem-sim progress lines; wanted:\n%s--- stderr:\n%s\n---\n' "$want" "$sim_err"
+fi
+if command -v script > /dev/null; then
+    tty_out=$(timeout 120 script -qec "$(printf '%q ' "${sim[@]}") > /dev/null" /dev/null)
+    if grep -q '\] 7/8 configurations' <<<"$tty_out" && grep -q '\[8/8\] budget 50%' <<<"$tty_out"; then
+        echo "ok   tandem-sim draws a bar on a terminal"
+    else
+        failures=$((failures + 1))
+        printf 'FAIL tandem-sim on a terminal: no bar\n--- output:\n%s\n---\n' "$tty_out"
+    fi
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -18,10 +18,27 @@ for tool in tandem-run tandem-server tandem-tokenize tandem-synth; do
     "$prefix/bin/$tool" --version
 done
 
+# Every installed header compiles on its own, and every type it names is complete: a user can
+# copy, construct or read each (sizeof of an incomplete type does not compile).
+for header in "$prefix"/include/tandem/*.h; do
+    printf '#include <tandem/%s>\n' "$(basename "$header")" |
+        c++ -std=c++20 -fsyntax-only -I"$prefix/include" -x c++ - ||
+        { echo "FAIL: <tandem/$(basename "$header")> does not compile alone" >&2; exit 1; }
+done
+printf '%s\n' '#include <tandem/engine.h>' \
+    'static_assert(sizeof(tandem::ModelConfig) > 0 && sizeof(tandem::EngineConfig) > 0);' \
+    'int64_t f(const tandem::Engine& e) { return e.model_config().n_layers; }' |
+    c++ -std=c++20 -fsyntax-only -I"$prefix/include" -x c++ - ||
+    { echo "FAIL: Engine::model_config() is not usable from the installed headers" >&2; exit 1; }
+
 cmake -S "$source/engine/example" -B "$work/example" -G Ninja \
     -DCMAKE_PREFIX_PATH="$prefix" > /dev/null
 cmake --build "$work/example" > /dev/null
-"$work/example/tandem-example" "$source/tests/data/chat_tiny" "Hello"
+out=$("$work/example/tandem-example" "$source/tests/data/chat_tiny" "Hello")
+echo "$out"
+# The model's shape, through Engine::model_config().
+grep -q '^\[Qwen3MoeForCausalLM: 3 layers, hidden_dim 64,' <<<"$out" ||
+    { echo "FAIL: the example printed no model_config()" >&2; exit 1; }
 
 flags=$(PKG_CONFIG_PATH="$libdir/pkgconfig" pkg-config --cflags --libs tandem)
 echo "pkg-config --cflags --libs tandem: $flags"

@@ -23,12 +23,12 @@
 #include <string_view>
 #include <vector>
 
+#include <tandem/model_config.h>
 #include <tandem/request.h>
 #include <tandem/sampling.h>
 
 namespace tandem {
 
-struct ModelConfig;
 class Model;
 class ThreadPool;
 
@@ -165,6 +165,8 @@ class Engine {
     std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
     std::string token_text(int32_t id) const;  // one token's raw bytes, for logprob listings
 
+    // The loaded model's hyperparameters (<tandem/model_config.h>); those of the first checkpoint
+    // (a reload must match them).
     const ModelConfig& model_config() const;
     std::string model_name() const;  // the model directory's last component
     int64_t context_length() const;
