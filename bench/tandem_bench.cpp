@@ -337,7 +337,14 @@ int run(const Options& o, const std::string& command_line) {
         }
         for (const HybridCase& hc : cases) {
             bar.update(done, "loading " + model.path);
-            Engine engine = Engine::open(engine_config(o, model, hc, t, context, max_batch));
+            EngineConfig engine_cfg = engine_config(o, model, hc, t, context, max_batch);
+            engine_cfg.on_load_progress = [&](const LoadProgress& p) {
+                bar.update(done, "loading " + model.path + ": " + std::string(p.stage) + " " +
+                                     std::to_string(int(100 * double(p.done) /
+                                                        double(std::max<int64_t>(p.total, 1)))) +
+                                     "%");
+            };
+            Engine engine = Engine::open(engine_cfg);
             const ModelConfig& config = engine.model_config();
             run_once(engine, std::min<int64_t>(16, o.prompts.front()), 4, 1, 0);  // warm-up
             for (int64_t p : o.prompts)

@@ -209,36 +209,49 @@ KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
             .capacity = capacity};
 }
 
-void Model::quantize_weights(DType type, ThreadPool&) {
+void Model::quantize_weights(DType type, ThreadPool&, const WeightProgress&) {
     fail(config().architecture, ": load-time quantization to ", dtype_name(type),
          " is not supported");
 }
 
-void Decoder::quantize_weights(DType type, ThreadPool& pool) {
+void Decoder::quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) {
     if (!is_quantized_weight_type(type))
         fail("quantize: ", dtype_name(type), " is not a quantized weight type");
+    // Two passes over the same matrices: the first only adds up their bytes for `progress`.
+    int64_t total = 0, done = 0;
+    bool counting = true;
     auto q = [&](Tensor& t) {
-        if (!t.empty()) t = quantize_weight(t, type, pool, quantized_);
+        if (t.empty()) return;
+        if (counting) {
+            total += t.bytes();
+            return;
+        }
+        done += t.bytes();
+        t = quantize_weight(t, type, pool, quantized_);
+        if (progress) progress(done, total);
     };
     auto q_ffn = [&](cpu::ExpertWeights& w) {
         q(w.gate);
         q(w.up);
         q(w.down);
     };
-    for (LayerWeights& layer : weights_.layers) {
-        q(layer.attention.q);
-        q(layer.attention.k);
-        q(layer.attention.v);
-        q(layer.attention.o);
-        if (layer.is_moe) {
-            for (cpu::ExpertWeights& expert : layer.moe.experts)
-                q_ffn(expert);
-            if (config_.shared_expert_ffn_dim > 0) q_ffn(layer.moe.shared);
-        } else {
-            q_ffn(layer.dense);
+    for (const bool pass_counts : {true, false}) {
+        counting = pass_counts;
+        for (LayerWeights& layer : weights_.layers) {
+            q(layer.attention.q);
+            q(layer.attention.k);
+            q(layer.attention.v);
+            q(layer.attention.o);
+            if (layer.is_moe) {
+                for (cpu::ExpertWeights& expert : layer.moe.experts)
+                    q_ffn(expert);
+                if (config_.shared_expert_ffn_dim > 0) q_ffn(layer.moe.shared);
+            } else {
+                q_ffn(layer.dense);
+            }
         }
+        q(weights_.lm_head);  // a tied lm_head gets its own quantized copy; the embedding stays
     }
-    q(weights_.lm_head);  // a tied lm_head gets its own quantized copy; the embedding stays
     if (runner_ != nullptr) set_expert_runner(runner_);  // the experts' weights moved
 }
 

@@ -94,7 +94,7 @@ class Decoder final : public Model {
     OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
                         StepRouting* routing = nullptr) override;
     KvCacheShape kv_cache_shape(int64_t capacity) const override;
-    void quantize_weights(DType type, ThreadPool& pool) override;
+    void quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) override;
     void set_expert_runner(ExpertRunner* runner) override;
 
     // What a device runner of this decoder reads (models/device_decoder.h): the bound weights

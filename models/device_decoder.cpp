@@ -106,8 +106,8 @@ class DeviceDecoder final : public Model {
                  "the model on the GPU yet");
     }
 
-    void quantize_weights(DType type, ThreadPool& pool) override {
-        host_->quantize_weights(type, pool);
+    void quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) override {
+        host_->quantize_weights(type, pool, progress);
         upload_weights();
     }
 
@@ -185,13 +185,17 @@ void DeviceDecoder::upload_weights() {
     weight_memory_ = allocate(device_, std::max<size_t>(total, kDeviceAlign));
     auto* base = static_cast<std::byte*>(weight_memory_.data());
     std::map<const void*, bool> copied;
+    int64_t done = 0;
     for_each_weight(weights_, tied, [&](Tensor& t) {
         if (t.empty()) return;
         const void* host = t.data();
         std::byte* dst = base + offsets.at(host);
         if (!copied[host]) {
+            // From pageable (mapped) memory the copy returns once staged: `done` is honest.
             stream_->copy_async(dst, host, size_t(t.bytes()), CopyDirection::HostToDevice);
             copied[host] = true;
+            done += int64_t(device_aligned(size_t(t.bytes())));
+            if (options_.upload_progress) options_.upload_progress(done, int64_t(total));
         }
         t = Tensor(dst, t.dtype(), t.shape(), device_);
     });

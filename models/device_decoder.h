@@ -27,6 +27,9 @@ struct DeviceModelOptions {
     // context bucket and replayed as CUDA graphs (device_decode_graph.h); other steps, and
     // models with latent attention, run eagerly. EngineConfig.cuda_graphs.
     bool cuda_graphs = false;
+    // Bytes of weights copied to the device so far and in all, as the upload goes (at start-up
+    // and at every reload or quantization).
+    WeightProgress upload_progress;
 };
 
 // Moves `model` (a tandem::Decoder, as load_model returns for every architecture) onto `device`

@@ -6,6 +6,7 @@
 // may use (that is cache/ and scheduler/), and it reads no global state.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -39,6 +40,9 @@ struct StepRouting {
     std::vector<std::vector<Routing>> predicted;
 };
 
+// Bytes of weights processed so far and in all, reported as a slow load step goes.
+using WeightProgress = std::function<void(int64_t done, int64_t total)>;
+
 class Model {
   public:
     virtual ~Model() = default;
@@ -59,7 +63,8 @@ class Model {
 
     // Quantizes the weight matrices (attention, experts, dense FFNs, lm_head) to `type`, in
     // place, before the first forward(). Embeddings, norms and routers keep their type.
-    virtual void quantize_weights(DType type, ThreadPool& pool);
+    // `progress`, if set, gets the bytes quantized so far after each matrix.
+    virtual void quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress);
 };
 
 // Loads the Hugging Face model directory `path` (config.json, safetensors,

@@ -22,6 +22,7 @@
 #include "models/tokenizer/chat_template.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tools/engine_flags.h"
+#include "tools/load_progress.h"
 #include "tools/routing_recorder.h"
 #include "tools/run_prompts.h"
 
@@ -142,6 +143,7 @@ int main(int argc, char** argv) {
             const auto ids = text_prompt(*tok, prompt_text, chat_file);
             prompt.insert(prompt.end(), ids.begin(), ids.end());
         }
+        config.on_load_progress = tandem::terminal_load_progress("tandem-run");
         tandem::Engine engine = tandem::Engine::open(config);
         std::optional<tandem::RoutingRecorder> recorder;
         if (!record_file.empty()) recorder.emplace(record_file, record_prefill);

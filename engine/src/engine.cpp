@@ -26,6 +26,20 @@ namespace {
 constexpr int64_t kDefaultKvPositionsPerSequence = 4096;
 constexpr int64_t kDefaultKvBytesCap = int64_t(4) << 30;
 
+// One stage of EngineConfig.on_load_progress as the models report it; empty when nobody listens.
+WeightProgress stage_progress(const LoadProgressCallback& callback, std::string stage) {
+    if (!callback) return {};
+    return [callback, stage = std::move(stage)](int64_t done, int64_t total) {
+        callback({.stage = stage, .done = done, .total = total});
+    };
+}
+
+DeviceModelOptions device_options(const EngineConfig& config, Device device) {
+    return {
+        .cuda_graphs = config.cuda_graphs,
+        .upload_progress = stage_progress(config.on_load_progress, "upload to " + device.name())};
+}
+
 // A directory's tokenizer.json or a GGUF file's tokenizer metadata; none is fine (token ids
 // only), a broken one is an error.
 std::optional<Tokenizer> load_tokenizer_if_present(const std::string& model_path) {
@@ -147,10 +161,12 @@ Engine Engine::open(const EngineConfig& config) {
     state->quantize = parsed.quantize;
     state->device = parsed.device;
     std::unique_ptr<Model> model = load_model(config.model_dir);
-    if (state->quantize) model->quantize_weights(*state->quantize, *state->pool);
+    if (state->quantize)
+        model->quantize_weights(*state->quantize, *state->pool,
+                                stage_progress(config.on_load_progress, "quantize"));
     if (!state->device.is_cpu())
-        model =
-            make_device_model(std::move(model), state->device, {.cuda_graphs = config.cuda_graphs});
+        model = make_device_model(std::move(model), state->device,
+                                  device_options(config, state->device));
     state->experts = make_expert_runners(config, *model, *state->pool);
     state->tokenizer = load_tokenizer_if_present(config.model_dir);
     state->model_config = model->config();
@@ -274,10 +290,12 @@ void Engine::reload_weights(const std::string& dir) {
     std::lock_guard lock(state_->reload_mutex);
     std::unique_ptr<Model> model = load_model(dir);
     check_same_shape(state_->model_config, model->config(), dir);
-    if (state_->quantize) model->quantize_weights(*state_->quantize, *state_->pool);
+    if (state_->quantize)
+        model->quantize_weights(*state_->quantize, *state_->pool,
+                                stage_progress(state_->config.on_load_progress, "quantize"));
     if (!state_->device.is_cpu())
         model = make_device_model(std::move(model), state_->device,
-                                  {.cuda_graphs = state_->config.cuda_graphs});
+                                  device_options(state_->config, state_->device));
     std::unique_ptr<Model> old = state_->scheduler->swap_model(std::move(model));
     log_info("reloaded the weights from ", dir);
 }

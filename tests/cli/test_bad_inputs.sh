@@ -178,5 +178,24 @@ if command -v script > /dev/null; then
     fi
 fi
 
+# tandem-run draws the load's progress (EngineConfig.on_load_progress) on a terminal only.
+run_q=("$build/tools/tandem-run" --model "$model" --prompt-ids 1 --max-tokens 1 --quantize q8_0
+    --threads 2)
+if ! timeout 120 "${run_q[@]}" 2>&1 >/dev/null | grep -q 'quantize \['; then
+    echo "ok   tandem-run draws no load bar in a pipe"
+else
+    failures=$((failures + 1))
+    echo "FAIL tandem-run drew a load bar into a pipe"
+fi
+if command -v script > /dev/null; then
+    tty_out=$(timeout 120 script -qec "$(printf '%q ' "${run_q[@]}") > /dev/null" /dev/null)
+    if grep -q 'tandem-run: quantize \[#*\] 100%' <<<"$tty_out"; then
+        echo "ok   tandem-run draws the quantization's progress on a terminal, up to 100 %"
+    else
+        failures=$((failures + 1))
+        printf 'FAIL tandem-run on a terminal: no load bar\n--- output:\n%s\n---\n' "$tty_out"
+    fi
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

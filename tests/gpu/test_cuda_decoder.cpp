@@ -365,13 +365,22 @@ TEST(CudaDecoderGguf, DeepSeekMatchesTheCpuFromEitherMlaLayout) {
     }
 }
 
-// Through the engine on cuda:0: an abort mid-generation ends that request with the tokens so far
-// and frees its KV blocks (device memory), and the engine keeps serving: concurrent greedy
-// requests then give what each gives alone.
+// Through the engine on cuda:0: the weights' upload reports its progress; an abort mid-generation
+// ends that request with the tokens so far and frees its KV blocks (device memory), and the engine
+// keeps serving: concurrent greedy requests then give what each gives alone.
 TEST(CudaEngine, AbortFreesDeviceBlocksAndConcurrentRequestsMatchAlone) {
     TANDEM_REQUIRE_GPU();
     const Case model{"llama", "f32"};
-    Engine engine = Engine::open(config_for(model, "cuda:0"));
+    EngineConfig config = config_for(model, "cuda:0");
+    int64_t uploaded = 0, upload_total = -1;
+    config.on_load_progress = [&](const LoadProgress& p) {
+        EXPECT_EQ(p.stage, "upload to cuda:0");
+        EXPECT_GT(p.done, uploaded);
+        uploaded = p.done;
+        upload_total = p.total;
+    };
+    Engine engine = Engine::open(config);
+    EXPECT_EQ(uploaded, upload_total) << "the upload's progress ends at its total";
     std::atomic<int> tokens{0};
     std::atomic<bool> aborted{false};
     RequestHandle h = engine.submit(Prompt::tokens({1, 2, 3}),

@@ -263,6 +263,35 @@ TEST_F(ApiTest, StreamedDeltasAddUpToTheOutput) {
     }
 }
 
+// EngineConfig.on_load_progress: load-time quantization reports its bytes as it goes, on the
+// opening thread, up to the stage's total; a plain load reports nothing (nothing slow happens).
+TEST_F(ApiTest, LoadProgressReportsQuantizationUpToItsTotal) {
+    struct Seen {
+        std::string stage;
+        int64_t done, total;
+        std::thread::id thread;
+    };
+    std::vector<Seen> seen;
+    const auto record = [&](const LoadProgress& p) {
+        seen.push_back({std::string(p.stage), p.done, p.total, std::this_thread::get_id()});
+    };
+    const std::string model = test::data_dir() + "/golden/qwen3_moe/f32";
+    open(model, {.quantize = "q8_0", .on_load_progress = record});
+    ASSERT_GE(seen.size(), 5u);  // one report per matrix
+    int64_t last = 0;
+    for (const Seen& s : seen) {
+        EXPECT_EQ(s.stage, "quantize");
+        EXPECT_EQ(s.total, seen.front().total);
+        EXPECT_GT(s.done, last);
+        EXPECT_EQ(s.thread, std::this_thread::get_id());
+        last = s.done;
+    }
+    EXPECT_EQ(seen.back().done, seen.back().total);
+    seen.clear();
+    open(model, {.on_load_progress = record});
+    EXPECT_TRUE(seen.empty());
+}
+
 TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
     Engine engine = open(a_->str());
     std::atomic<int> tokens{0};

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -31,6 +32,16 @@ namespace tandem {
 
 class Model;
 class ThreadPool;
+
+// How far Engine::open (and reload_weights) is with the slow parts of preparing the weights:
+// load-time quantization (`quantize`) and the copy of every weight to a GPU (`device`). The
+// checkpoint itself is memory-mapped, so reading it costs nothing up front.
+struct LoadProgress {
+    std::string_view stage;  // "quantize" or "upload to cuda:N"
+    int64_t done = 0;        // bytes of weights finished, non-decreasing within a stage
+    int64_t total = 0;       // bytes of the stage; done == total once, at its end
+};
+using LoadProgressCallback = std::function<void(const LoadProgress&)>;
 
 struct EngineConfig {
     std::string model_dir;  // a Hugging Face model directory or a .gguf file
@@ -105,6 +116,9 @@ struct EngineConfig {
     // activated experts warm the device at start-up and are `static`'s frozen set, as
     // kTransformers chooses it. "": the replayed trace's when replaying, else an even spread.
     std::string warm_profile;
+    // Called on the thread that opens the engine as the weights are prepared (LoadProgress);
+    // empty: nothing is reported. The library never prints progress itself.
+    LoadProgressCallback on_load_progress;
 };
 
 struct EngineStats {
