@@ -226,9 +226,10 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         tokens_[size_t(e)] = int32_t(groups_.tokens_of(e));
         if (tokens_[size_t(e)] > 0) active_.push_back(int32_t(e));
     }
-    if (options_.replay) {  // the trace's weights: what tandem-sim scores too
-        cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
-                             routing.weights);
+    if (options_.replay) {  // the trace's distribution or weights: what tandem-sim scores too
+        const Routing scored = options_.replay->scores(layer);
+        cache_->observe_step(layer, scored.n_tokens, scored.n_experts_active, scored.experts,
+                             scored.weights);
     } else {
         OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts_});
         cpu::linear(call.x, call.weights->router, Tensor(), logits.view, pool);

@@ -275,6 +275,37 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     }
     const RoutingTrace trace = read_routing_trace(trace_path);
     ASSERT_EQ(trace.n_tokens(), kTokens);
+    // The same tokens with a full router distribution ("probs"): the chosen experts keep most of
+    // their weight, and a few others per layer get near-miss probabilities that MRS's top-p
+    // (p = 2k) scores; both sides must score them alike.
+    const std::string probs_path = dir.str() + "/head-probs.jsonl";
+    {
+        std::ofstream out(probs_path);
+        for (int64_t t = 0; t < kTokens; ++t) {
+            std::string experts, weights, probs;
+            for (int64_t l = 0; l < trace.n_layers; ++l) {
+                std::vector<float> p(64, 0.0f);
+                for (int64_t e = 0; e < 64; ++e)  // a fixed pseudo-random background
+                    p[size_t(e)] = float((e * 37 + l * 11 + t * 5) % 23 == 0) * 0.04f;
+                std::string ids = "[", w = "[", all = "[";
+                for (int64_t i = 0; i < trace.top_k; ++i) {
+                    const int32_t e = trace.experts_at(t, l)[i];
+                    const float weight = trace.weights_at(t, l)[i];
+                    p[size_t(e)] = 0.5f * weight;
+                    ids += (i ? "," : "") + std::to_string(e);
+                    w += (i ? "," : "") + std::to_string(weight);
+                }
+                for (int64_t e = 0; e < 64; ++e)
+                    all += (e ? "," : "") + std::to_string(p[size_t(e)]);
+                experts += (l ? "," : "") + ids + "]";
+                weights += (l ? "," : "") + w + "]";
+                probs += (l ? "," : "") + all + "]";
+            }
+            out << R"({"seq": "dev/0", "experts": [)" << experts << R"(], "weights": [)" << weights
+                << R"(], "probs": [)" << probs << "]}\n";
+        }
+    }
+    ASSERT_TRUE(read_routing_trace(probs_path).has_probs());
     write_synthetic_qwen3_moe(dir.str() + "/model", {.vocab_size = 64,
                                                      .hidden_dim = 32,
                                                      .n_layers = 16,
@@ -297,15 +328,19 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const char* cache;
         const char* planner;
         double ratio;
+        bool probs = false;  // replay head-probs.jsonl: MRS scores the full distribution
     };
+    const RoutingTrace probs_trace = read_routing_trace(probs_path);
     int64_t transient_copies = 0;
-    for (auto [cache, planner, ratio] :
+    double mrs_hits_weights = 0, mrs_hits_probs = 0;
+    for (auto [cache, planner, ratio, probs] :
          {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
           Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25},
-          Case{"static", "static", 0.25}}) {
-        SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
+          Case{"static", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25, true}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << cache << "+" << planner << " at " << ratio << (probs ? " with probs" : ""));
         const sim::SimResult predicted = sim::simulate(
-            {.trace = trace,
+            {.trace = probs ? probs_trace : trace,
              .shape = shape,
              .hw = hw,
              .budget_ratio = ratio,
@@ -320,7 +355,7 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                                       .prefetch = false,
                                       .hardware_profile = "",
                                       .calibration_file = dir.str() + "/calibration.json",
-                                      .replay_routing = trace_path,
+                                      .replay_routing = probs ? probs_path : trace_path,
                                       // kTransformers' frozen set, from the routing profile
                                       .warm_profile = trace_path});
         // One prompt token and kTokens - 1 decode steps: trace tokens 0 .. kTokens - 1.
@@ -340,8 +375,11 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                   s.expert_cache_hits + predicted.evictions + predicted.transient_copies);
         EXPECT_EQ(s.experts_on_cpu, kTokens * 16 * 8 - s.experts_on_device);
         transient_copies += predicted.transient_copies;
+        if (std::string(cache) == "mrs" && std::string(planner) == "gpu-stream")
+            (probs ? mrs_hits_probs : mrs_hits_weights) = predicted.hit_rate;
     }
     EXPECT_GT(transient_copies, 0) << "no case exercised admission's refusals";
+    EXPECT_NE(mrs_hits_probs, mrs_hits_weights) << "the near-misses changed no MRS decision";
 }
 
 TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
