@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "kernels/error.h"
+#include "kernels/sim_device.h"
 
 namespace tandem {
 
@@ -18,7 +19,7 @@ constexpr size_t kAlignment = 64;
 
 Buffer allocate(Device device, size_t bytes) {
     if (bytes == 0) return Buffer(device, nullptr, 0);
-    // Plain cudaMalloc on a GPU; sim memory is host memory (kernels/stream.h).
+    // Plain cudaMalloc on a GPU; sim memory is not host-addressable either (kernels/sim_device.h).
     if (device.kind == DeviceKind::Cuda) {
         if (device.index >= cuda_device_count())
             fail(device.name(), ": no such CUDA device (", cuda_device_count(), " found)");
@@ -28,6 +29,7 @@ Buffer allocate(Device device, size_t bytes) {
             fail(e.what());  // as a tandem::Error, like every other allocation failure
         }
     }
+    if (device.kind == DeviceKind::Sim) return Buffer(device, sim_malloc(bytes), bytes);
     const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     void* data = std::aligned_alloc(kAlignment, rounded);
     if (data == nullptr) fail("cpu: out of memory allocating ", bytes, " bytes");
@@ -38,6 +40,8 @@ Buffer::~Buffer() {
     if (data_ == nullptr) return;
     if (device_.kind == DeviceKind::Cuda)
         cuda_free(data_);
+    else if (device_.kind == DeviceKind::Sim)
+        sim_free(data_);
     else
         std::free(data_);
 }

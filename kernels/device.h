@@ -32,6 +32,8 @@ struct Device {
 Device parse_device(const std::string& text);
 
 // Allocates `bytes` on `device`, aligned to 64 bytes (a cache line, and enough for AVX-512).
+// Memory of cuda:N and of sim is not host memory: the host reaches it only by stream copies
+// (kernels/stream.h, kernels/sim_device.h).
 // Throws tandem::Error when the device is not available in this build or memory runs out.
 Buffer allocate(Device device, size_t bytes);
 

@@ -1,5 +1,6 @@
 // The sim device's streams (see kernels/stream.h): a worker thread per stream, copy engines
-// shared by all sim streams, events on a condition variable.
+// shared by all sim streams, events on a condition variable. Copies and memsets reach device
+// memory through its host backing (kernels/sim_device.h).
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <thread>
 
 #include "kernels/error.h"
+#include "kernels/sim_device.h"
 #include "kernels/stream.h"
 
 namespace tandem {
@@ -80,11 +82,29 @@ class SimStream final : public Stream {
 
     void copy_async(void* dst, const void* src, size_t bytes, CopyDirection direction) override {
         const double seconds = sim_copy_seconds(options_, bytes, direction);
+        // Device sides translated now, so a wrong pointer fails where it was passed; a host side
+        // must not be device memory (it would die on the worker).
+        const bool to_device = direction != CopyDirection::DeviceToHost;
+        const bool from_device = direction != CopyDirection::HostToDevice;
+        if (bytes > 0) {
+            if (!to_device && is_sim_address(dst, 1))
+                fail(device_.name(), ": copy to the host into device memory at ", dst);
+            if (!from_device && is_sim_address(src, 1))
+                fail(device_.name(), ": copy from the host out of device memory at ", src);
+            if (to_device) dst = sim_backing_address(dst, bytes);
+            if (from_device) src = sim_backing_address(src, bytes);
+        }
         push([dst, src, bytes, direction, seconds] {
             std::lock_guard engine(copy_engines().of(direction));
             std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
             if (bytes > 0) std::memcpy(dst, src, bytes);
         });
+    }
+
+    void memset_async(void* dst, int value, size_t bytes) override {
+        if (bytes == 0) return;
+        void* backing = sim_backing_address(dst, bytes);
+        push([backing, value, bytes] { std::memset(backing, value, bytes); });
     }
 
     std::shared_ptr<Event> record() override {
@@ -121,6 +141,7 @@ class SimStream final : public Stream {
     }
 
     void run() {
+        sim_mark_worker_thread();
         for (;;) {
             std::function<void()> work;
             {

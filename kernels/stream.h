@@ -10,7 +10,9 @@
 //
 // `sim` is an emulated accelerator for machines without a GPU, so that everything that
 // orchestrates streams (the hybrid executor, prefetching) runs and is tested here, under
-// ThreadSanitizer: its memory is host memory; each stream has a worker thread that runs the
+// ThreadSanitizer: its memory is not host-addressable (kernels/sim_device.h: a host read dies
+// as it would on a GPU; copies and memsets reach it, and so do its kernels, which are
+// launch_host work calling sim_kernel_address); each stream has a worker thread that runs the
 // stream's work in order; copies go through a copy engine per direction (host-to-device and
 // device-to-host overlap each other, two copies in one direction do not, as on an H100/H200)
 // that takes bytes / bandwidth + latency of wall time before the bytes land; events really
@@ -23,6 +25,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "kernels/device.h"
 
@@ -47,6 +50,15 @@ class Stream {
     virtual void launch_host(std::function<void()> work) = 0;
     // Copies `bytes` from src to dst in stream order; both must stay valid until it has run.
     virtual void copy_async(void* dst, const void* src, size_t bytes, CopyDirection direction) = 0;
+    // Sets `bytes` of device memory at dst to `value` in stream order. The default uploads a
+    // host buffer of the value (kept until the copy has run); sim sets the bytes in place, and a
+    // backend with a native memset (cudaMemsetAsync) should override it.
+    // (Defined here, inline: the CUDA backend's library links below tandem_kernels.)
+    virtual void memset_async(void* dst, int value, size_t bytes) {
+        auto fill = std::make_shared<std::vector<unsigned char>>(bytes, (unsigned char)value);
+        copy_async(dst, fill->data(), bytes, CopyDirection::HostToDevice);
+        launch_host([fill] {});  // frees the host buffer once the copy has run
+    }
     // An event that completes when everything queued so far has run.
     virtual std::shared_ptr<Event> record() = 0;
     // Work queued on this stream from now on waits for `event` (recorded on any stream of the

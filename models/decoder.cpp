@@ -301,8 +301,10 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
     const StepScope scope(runner_, layout.n_tokens);
     if (routing != nullptr) {
         const int lookahead = std::clamp(routing->lookahead, 0, 3);
+        const bool want_probabilities = routing->want_probabilities;
         *routing = {};
         routing->lookahead = lookahead;
+        routing->want_probabilities = want_probabilities;
     }
     const int64_t n_tokens = layout.n_tokens, hidden = c.hidden_dim;
 
@@ -335,6 +337,9 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
             if (routing != nullptr) {
                 routing->layers.push_back(layer);
                 layer_routing = &routing->routing.emplace_back();
+                if (routing->want_probabilities)
+                    routing->probabilities.push_back(
+                        router_probabilities(lw.moe, c, normed.view, pool));
                 std::vector<Routing>& predicted = routing->predicted.emplace_back();
                 for (int j = 1; j <= routing->lookahead; ++j) {
                     const int later = layer + j;

@@ -38,6 +38,10 @@ struct StepRouting {
     // [entry][j - 1]: layer layers[entry] + j's router applied to this entry's MoE input (the
     // post-attention RMS-normed hidden state); empty where that layer is not an MoE layer.
     std::vector<std::vector<Routing>> predicted;
+    // In: also keep every expert's router probability. Out: [entry] [n_rows, n_experts] by
+    // expert id (models/blocks/moe_block.h: router_probabilities); the CPU decoder only.
+    bool want_probabilities = false;
+    std::vector<std::vector<float>> probabilities;
 };
 
 // Bytes of weights processed so far and in all, reported as a slow load step goes.

@@ -43,6 +43,9 @@ void check_fits(const RoutingTrace& t, const RoutingReplayConfig& c) {
     if (t.max_expert >= c.n_experts)
         fail(t.source, ": the trace has expert id ", t.max_expert, ", the model ", c.n_experts,
              " experts per layer");
+    if (t.has_probs() && t.n_probs != c.n_experts)
+        fail(t.source, ": the trace's 'probs' cover ", t.n_probs, " experts, the model has ",
+             c.n_experts, " per layer");
 }
 
 }  // namespace
@@ -86,6 +89,24 @@ Routing RoutingReplay::routing(int64_t moe_layer) const {
         } else {
             r.weights.insert(r.weights.end(), size_t(k), 1.0f / float(k));
         }
+    }
+    return r;
+}
+
+Routing RoutingReplay::scores(int64_t moe_layer) const {
+    if (!trace_->has_probs()) return routing(moe_layer);
+    if (rows_ == 0) fail("routing replay: scores() outside a step");
+    if (moe_layer < 0 || moe_layer >= config_.n_moe_layers)
+        fail("routing replay: MoE layer ", moe_layer, " not in [0, ", config_.n_moe_layers, ")");
+    const int64_t n = trace_->n_probs;
+    Routing r{.n_tokens = rows_, .n_experts_active = n, .experts = {}, .weights = {}};
+    r.experts.reserve(size_t(rows_ * n));
+    r.weights.reserve(size_t(rows_ * n));
+    for (int64_t row = 0; row < rows_; ++row) {
+        const float* p = trace_->probs_at(token_of(row), moe_layer);
+        for (int64_t e = 0; e < n; ++e)
+            r.experts.push_back(int32_t(e));
+        r.weights.insert(r.weights.end(), p, p + n);
     }
     return r;
 }

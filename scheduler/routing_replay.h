@@ -67,6 +67,9 @@ class RoutingReplay {
     // MoE layer `moe_layer` (0-based among the MoE layers) for the step's rows, in row order;
     // the trace's weights, or 1/k each when it has no probabilities.
     Routing routing(int64_t moe_layer) const;
+    // What the expert cache scores for that layer (MRS): the trace's full distribution when it
+    // has one (every expert, k = n_experts, unnormalised), else routing(moe_layer).
+    Routing scores(int64_t moe_layer) const;
     // What the predictor, at `moe_layer` (the step's layers 0..moe_layer are known), expects at
     // `target_layer` (moe_layer + 1..3): tokens_per_expert[e] = rows predicted to pick e, the
     // input of PrefetchLayer::predicted_tokens. Needs a predictor.

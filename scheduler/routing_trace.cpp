@@ -80,6 +80,28 @@ struct Builder {
                     t.weights.push_back(v.get<float>());
             }
         }
+        const bool probs = j.contains("probs");
+        if (t.n_tokens() == 0 && probs) {
+            const auto& p = j.at("probs");
+            if (!p.is_array() || p.empty() || !p[0].is_array() || p[0].empty())
+                fail("'probs' is not [[probabilities] x layers]");
+            t.n_probs = int64_t(p[0].size());
+        } else if (probs != t.has_probs()) {
+            fail("'probs' present in some tokens only");
+        }
+        if (probs) {
+            const auto& p = j.at("probs");
+            if (int64_t(p.size()) != t.n_layers) fail("'probs' has ", p.size(), " layers");
+            for (const auto& layer : p) {
+                if (int64_t(layer.size()) != t.n_probs)
+                    fail("'probs' of ", layer.size(), " experts, expected ", t.n_probs);
+                for (const auto& v : layer) {
+                    const float x = v.get<float>();
+                    if (!(x >= 0.0f && x <= 1.0f)) fail("'probs' value ", x, " not in [0, 1]");
+                    t.probs.push_back(x);
+                }
+            }
+        }
         const bool lookahead = j.contains("lookahead");
         if (t.n_tokens() == 0 && lookahead) {
             const auto& la = j.at("lookahead");
@@ -169,6 +191,9 @@ RoutingTrace parse_routing_trace(const std::string& text, const std::string& sou
         });
     }
     if (t.n_tokens() == 0) fail(source, ": no tokens in the trace");
+    if (t.has_probs() && t.max_expert >= t.n_probs)
+        fail(source, ": expert ", t.max_expert, " chosen but 'probs' has only ", t.n_probs,
+             " experts");
     return t;
 }
 

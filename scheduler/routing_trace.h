@@ -4,6 +4,10 @@
 //
 //   objects  (olmoe-decode-dev): one JSON object per token, {"seq", "experts": [[k ids] x L],
 //            "weights": [[k probabilities] x L], ...}
+//            Optional "probs": [[n_experts probabilities] x L], the router's probability of
+//            every expert (by expert id, before top-k; --record-routing with
+//            --record-probabilities): MRS's top-p scoring then sees the near-misses. Traces
+//            without it read as before.
 //   pairs    (nvmoe-*): one JSON array per token, [[layer, expert], ...] for every MoE layer and
 //            activated expert, layers numbered as in the model; no probabilities.
 // Invariants of the result: every token has the same MoE layers and the same top-k; layers are
@@ -28,6 +32,9 @@ struct RoutingTrace {
     std::vector<int32_t> seq;      // [n_tokens] sequence index, 0.. in order of appearance
     std::vector<int32_t> experts;  // [n_tokens, n_layers, top_k]
     std::vector<float> weights;    // [n_tokens, n_layers, top_k], empty without probabilities
+    // The router's full distribution (objects format's "probs"); n_probs = 0 without it.
+    int64_t n_probs = 0;
+    std::vector<float> probs;  // [n_tokens, n_layers, n_probs], by expert id
     // The recorded gate lookahead (recorder's "lookahead"): layer L+d's router applied to layer
     // L's input, d = 1..lookahead_depth; -1 where there is no such layer. Empty without it.
     int64_t lookahead_depth = 0;
@@ -39,6 +46,10 @@ struct RoutingTrace {
     }
     const float* weights_at(int64_t token, int64_t layer) const {
         return weights.data() + (token * n_layers + layer) * top_k;
+    }
+    bool has_probs() const { return n_probs > 0; }
+    const float* probs_at(int64_t token, int64_t layer) const {
+        return probs.data() + (token * n_layers + layer) * n_probs;
     }
     // What layer + distance's gate chose from layer's input (distance 1..lookahead_depth).
     const int32_t* lookahead_at(int64_t token, int64_t layer, int64_t distance) const {

@@ -47,6 +47,8 @@ void RoutingRecorder::write(const std::string& seq, const std::string& domain,
     const RoutedExperts& r = c.routed_experts;
     if (r.n_layers == 0) fail("routing trace: the request was run without routed experts");
     const auto k = size_t(r.top_k), layers = size_t(r.n_layers), la = size_t(r.lookahead);
+    const auto n_experts = size_t(r.n_experts);
+    const bool probs = !r.probabilities.empty();
     const auto prompt = size_t(output.prompt_tokens);
     std::vector<int32_t> tokens = output.prompt_token_ids;
     tokens.insert(tokens.end(), c.token_ids.begin(), c.token_ids.end());
@@ -58,7 +60,7 @@ void RoutingRecorder::write(const std::string& seq, const std::string& domain,
                                {"token_id", tokens[pos]}};
         if (pos < prompt) line["phase"] = "prefill";
         nlohmann::json experts = nlohmann::json::array(), weights = nlohmann::json::array(),
-                       predicted = nlohmann::json::array();
+                       predicted = nlohmann::json::array(), distribution = nlohmann::json::array();
         for (size_t l = 0; l < layers; ++l) {
             const size_t at = (pos * layers + l) * k;
             experts.push_back(std::vector<int32_t>(r.experts.begin() + std::ptrdiff_t(at),
@@ -75,10 +77,27 @@ void RoutingRecorder::write(const std::string& seq, const std::string& domain,
                                                      r.predicted.begin() + std::ptrdiff_t(p + k)));
             }
             predicted.push_back(ahead);
+            if (probs) {
+                // Four decimals: what MRS's top-p needs to rank the near-misses, and the
+                // negligible tail written as 0 keeps the file small.
+                nlohmann::json all = nlohmann::json::array();
+                for (size_t e = 0; e < n_experts; ++e) {
+                    const double p =
+                        std::round(double(r.probabilities[(pos * layers + l) * n_experts + e]) *
+                                   1e4) /
+                        1e4;
+                    if (p == 0)
+                        all.push_back(0);
+                    else
+                        all.push_back(p);
+                }
+                distribution.push_back(all);
+            }
         }
         line["experts"] = experts;
         line["weights"] = weights;
         if (la > 0) line["lookahead"] = predicted;
+        if (probs) line["probs"] = distribution;
         if (first) line["layers"] = r.layers;
         first = false;
         sink_->write(line.dump() + "\n");

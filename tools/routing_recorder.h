@@ -6,7 +6,9 @@
 // prompt token with `prefill` (those lines carry "phase": "prefill" and pos from 0 over the
 // prompt). With the gate lookahead, "lookahead": [[[k ids] x J] x layers] holds what layers
 // L+1..L+J's routers predicted from layer L's input (-1: no such MoE layer), and "layers" the
-// model layer index of each MoE layer is written once per sequence on its first line.
+// model layer index of each MoE layer is written once per sequence on its first line. With the
+// router's full distribution (SamplingParams::routing_probabilities), "probs": [[n_experts
+// probabilities by expert id] x layers], four decimals (scheduler/routing_trace.h reads it).
 // A path ending in .gz is written gzip-compressed.
 #pragma once
 

@@ -124,6 +124,9 @@ int main(int argc, char** argv) {
                    "also record what layers L+1..L+J's routers predict from layer L (J <= 3)")
         ->capture_default_str();
     app.add_flag("--record-prefill", record_prefill, "record prompt tokens too");
+    app.add_flag("--record-probabilities", params.routing_probabilities,
+                 "also record every expert's router probability (the full distribution that MRS "
+                 "scores in tandem-sim)");
     add_engine_flags(app, config);
     app.add_option("--log-level", log_level, "error, warn, info or debug")->capture_default_str();
     CLI11_PARSE(app, argc, argv);

@@ -210,6 +210,13 @@ SimResult simulate(const SimConfig& c) {
     const double head_ms = double(s.head_params) * 2.0 / dense_bw;
     const int64_t k = t.top_k;
     const std::vector<float> uniform(size_t(k), 1.0f / float(k));
+    // With the router's full distribution in the trace, MRS scores every expert from it (top-p
+    // sees the near-misses), as the executor does; else the chosen experts' weights.
+    if (t.has_probs() && t.n_probs != s.n_experts)
+        fail(t.source, ": 'probs' cover ", t.n_probs, " experts, the model ", s.n_experts);
+    std::vector<int32_t> every_expert(size_t(t.n_probs));
+    for (int64_t e = 0; e < t.n_probs; ++e)
+        every_expert[size_t(e)] = int32_t(e);
 
     SimResult r;
     r.spec = c.policy;
@@ -232,16 +239,22 @@ SimResult simulate(const SimConfig& c) {
             std::fill(tokens.begin(), tokens.end(), 0);
             for (int64_t tok = 0; tok < p; ++tok) {
                 const int32_t* e = t.experts_at(tok, l);
-                const float* w = t.has_weights ? t.weights_at(tok, l) : uniform.data();
-                ids.insert(ids.end(), e, e + k);
-                weights.insert(weights.end(), w, w + k);
+                if (t.has_probs()) {
+                    ids.insert(ids.end(), every_expert.begin(), every_expert.end());
+                    weights.insert(weights.end(), t.probs_at(tok, l),
+                                   t.probs_at(tok, l) + t.n_probs);
+                } else {
+                    const float* w = t.has_weights ? t.weights_at(tok, l) : uniform.data();
+                    ids.insert(ids.end(), e, e + k);
+                    weights.insert(weights.end(), w, w + k);
+                }
                 for (int64_t i = 0; i < k; ++i)
                     ++tokens[size_t(e[i])];
             }
             active.clear();
             for (int64_t e = 0; e < s.n_experts; ++e)
                 if (tokens[size_t(e)] > 0) active.push_back(int32_t(e));
-            run.cache().observe_step(l, p, k, ids, weights);
+            run.cache().observe_step(l, p, t.has_probs() ? t.n_probs : k, ids, weights);
             run.clock += run.run_layer(l, active, p, {});
         }
         r.ttft_ms = run.clock + head_ms;
@@ -266,7 +279,11 @@ SimResult simulate(const SimConfig& c) {
             const std::span<const int32_t> ids(t.experts_at(tok, l), size_t(k));
             const std::span<const float> w(t.has_weights ? t.weights_at(tok, l) : uniform.data(),
                                            size_t(k));
-            run.cache().observe_scores(l, ids, w);
+            if (t.has_probs())
+                run.cache().observe_scores(l, every_expert,
+                                           {t.probs_at(tok, l), size_t(t.n_probs)});
+            else
+                run.cache().observe_scores(l, ids, w);
             auto& tokens = run.tokens();
             for (int32_t e : ids)
                 tokens[size_t(e)] = 1;

@@ -37,7 +37,7 @@ HybridExecutor::HybridExecutor(HybridOptions options)
              "backend are not built); use the sim device to run the hybrid runtime");
     if (options_.budget_bytes < -1 || options_.budget_ratio < 0 || options_.budget_ratio > 1)
         fail("hybrid executor: the expert budget must be >= 0 bytes or a ratio in [0, 1]");
-    device_pool_ = std::make_unique<ThreadPool>(ThreadPoolOptions{.n_threads = 1, .pin = false});
+    device_experts_ = make_device_experts(d);
     compute_ = make_stream(d);
     copy_ = make_stream(d);
 }
@@ -226,9 +226,10 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         tokens_[size_t(e)] = int32_t(groups_.tokens_of(e));
         if (tokens_[size_t(e)] > 0) active_.push_back(int32_t(e));
     }
-    if (options_.replay) {  // the trace's weights: what tandem-sim scores too
-        cache_->observe_step(layer, routing.n_tokens, routing.n_experts_active, routing.experts,
-                             routing.weights);
+    if (options_.replay) {  // the trace's distribution or weights: what tandem-sim scores too
+        const Routing scored = options_.replay->scores(layer);
+        cache_->observe_step(layer, scored.n_tokens, scored.n_experts_active, scored.experts,
+                             scored.weights);
     } else {
         OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts_});
         cpu::linear(call.x, call.weights->router, Tensor(), logits.view, pool);
@@ -301,49 +302,8 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     // order below and the prefetcher's clock.
     if (refused) schedule_assignment(plan_input, placement_, plan_);
 
-    // 4. The device's experts, in the planner's GPU order, each after its own copy.
-    const size_t out_bytes = size_t(n_tokens * hidden) * sizeof(float);
-    if (device_out_.bytes() < out_bytes) device_out_ = allocate(options_.device, out_bytes);
-    std::memset(device_out_.data(), 0, out_bytes);  // the stream is idle between layers
-    const Tensor device_out(device_out_.data(), DType::F32, {n_tokens, hidden}, options_.device);
-    bool device_used = false;
-    for (const PlannedJob& job : plan_.gpu_jobs) {
-        const int32_t e = job.expert;
-        if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
-        const int64_t slot = cache_->slot({layer, e});
-        cpu::ExpertWeights w;
-        int64_t t = -1;
-        if (slot >= 0) {
-            if (slot_ready_[size_t(slot)]) compute_->wait(slot_ready_[size_t(slot)]);
-            w = slot_weights(slot, layer);
-        } else if (transient_of_[size_t(e)]) {
-            t = next_transient_;
-            next_transient_ = (next_transient_ + 1) % n_transient_;
-            if (transient_free_[size_t(t)]) copy_->wait(transient_free_[size_t(t)]);
-            std::byte* p = static_cast<std::byte*>(transient_.data()) + size_t(t) * slot_bytes_;
-            std::shared_ptr<Event> ready;
-            queue_copy(p, layer, e, ready);
-            compute_->wait(ready);
-            w = expert_at(p, layers_[size_t(layer)]->experts[0], options_.device);
-        } else {
-            fail("hybrid executor: expert ", e, " of MoE layer ", layer, " lost its slot");
-        }
-        const int32_t begin = groups_.offsets[size_t(e)], n = int32_t(groups_.tokens_of(e));
-        compute_->launch_host([this, w, x = call.x, device_out, begin, n] {
-            const std::array<int32_t, 2> offsets = {0, n};
-            cpu::moe_experts(
-                {.x = x,
-                 .out = device_out,
-                 .experts = {&w, 1},
-                 .offsets = offsets,
-                 .token_index = std::span(groups_.token_index).subspan(size_t(begin), size_t(n)),
-                 .token_weight = std::span(groups_.token_weight).subspan(size_t(begin), size_t(n))},
-                *device_pool_);
-        });
-        if (t >= 0) transient_free_[size_t(t)] = compute_->record();
-        ++running_.gpu_experts;
-        device_used = true;
-    }
+    // 4. The device's experts, in the planner's GPU order, as compute-stream work.
+    const bool device_used = queue_device_experts(call);
 
     // 5. Prefetches for the next layers, behind the demand copies.
     if (n_later > 0) issue_prefetches(layer, n_later, start + plan_.makespan_ms());
@@ -362,15 +322,108 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
                       .token_weight = groups_.token_weight,
                       .skip = skip_},
                      pool);
-    compute_->synchronize();
+    compute_->synchronize();  // the partial sum has landed in host_partial_
     if (device_used) {
-        const float* src = device_out.data_as<const float>();
-        float* dst = call.out.data_as<float>();
-        for (int64_t i = 0; i < n_tokens * hidden; ++i)
-            dst[i] += src[i];
+        const float* src = static_cast<const float*>(host_partial_.data());
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            float* dst = call.out.data_as<float>() + t * call.out.stride(0);
+            for (int64_t i = 0; i < hidden; ++i)
+                dst[i] += src[t * hidden + i];
+        }
     }
     ++running_.layers;
     last_layer_end_ms_ = now_ms();
+}
+
+bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
+    const int32_t layer = call.moe_layer;
+    bool any = false;
+    for (const PlannedJob& job : plan_.gpu_jobs)
+        any = any || placement_[size_t(job.expert)] != ExpertPlacement::Cpu;
+    if (!any) return false;
+
+    // The layer's rows go up and the sum buffer is cleared, on the compute stream, which is idle
+    // between layers (run() synchronizes it), so the buffers are free to reuse.
+    const int64_t n_tokens = call.x.dim(0), hidden = call.x.dim(1);
+    const size_t row_bytes = size_t(hidden) * sizeof(float), bytes = size_t(n_tokens) * row_bytes;
+    if (device_x_.bytes() < bytes) {
+        device_x_ = allocate(options_.device, bytes);
+        device_out_ = allocate(options_.device, bytes);
+        host_partial_ = allocate(Device::cpu(), bytes);
+    }
+    const Tensor x(device_x_.data(), DType::F32, {n_tokens, hidden}, options_.device);
+    const Tensor out(device_out_.data(), DType::F32, {n_tokens, hidden}, options_.device);
+    if (call.x.is_contiguous()) {
+        compute_->copy_async(device_x_.data(), call.x.data(), bytes, CopyDirection::HostToDevice);
+    } else {
+        for (int64_t t = 0; t < n_tokens; ++t)
+            compute_->copy_async(static_cast<std::byte*>(device_x_.data()) + size_t(t) * row_bytes,
+                                 call.x.data_as<const float>() + t * call.x.stride(0), row_bytes,
+                                 CopyDirection::HostToDevice);
+    }
+    compute_->memset_async(device_out_.data(), 0, bytes);
+
+    // One launch per run of experts whose copies need no wait; an expert whose copy is still in
+    // flight closes the launch before it, and the compute stream waits for that copy only.
+    launch_experts_.assign(size_t(n_experts_), cpu::ExpertWeights{});
+    launch_skip_.assign(size_t(n_experts_), 1);
+    launch_transient_.clear();
+    for (const PlannedJob& job : plan_.gpu_jobs) {
+        const int32_t e = job.expert;
+        if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
+        const int64_t slot = cache_->slot({layer, e});
+        std::shared_ptr<Event> ready;
+        cpu::ExpertWeights w;
+        int64_t t = -1;
+        if (slot >= 0) {
+            ready = slot_ready_[size_t(slot)];
+            w = slot_weights(slot, layer);
+        } else if (transient_of_[size_t(e)]) {
+            t = next_transient_;
+            next_transient_ = (next_transient_ + 1) % n_transient_;
+            if (transient_free_[size_t(t)]) copy_->wait(transient_free_[size_t(t)]);
+            std::byte* p = static_cast<std::byte*>(transient_.data()) + size_t(t) * slot_bytes_;
+            queue_copy(p, layer, e, ready);
+            w = expert_at(p, layers_[size_t(layer)]->experts[0], options_.device);
+        } else {
+            fail("hybrid executor: expert ", e, " of MoE layer ", layer, " lost its slot");
+        }
+        if (ready && !ready->done()) {
+            flush_launch(x, out);
+            compute_->wait(ready);
+        }
+        launch_experts_[size_t(e)] = w;
+        launch_skip_[size_t(e)] = 0;
+        if (t >= 0) launch_transient_.push_back(t);
+        ++running_.gpu_experts;
+    }
+    flush_launch(x, out);
+    compute_->copy_async(host_partial_.data(), device_out_.data(), bytes,
+                         CopyDirection::DeviceToHost);
+    return true;
+}
+
+void HybridExecutor::flush_launch(const Tensor& x, const Tensor& out) {
+    if (std::all_of(launch_skip_.begin(), launch_skip_.end(), [](uint8_t s) { return s != 0; }))
+        return;
+    device_experts_->run(*compute_, {.x = x,
+                                     .out = out,
+                                     .experts = launch_experts_,
+                                     .offsets = groups_.offsets,
+                                     .token_index = groups_.token_index,
+                                     .token_weight = groups_.token_weight,
+                                     .skip = launch_skip_});
+    if (!launch_transient_.empty()) {
+        const std::shared_ptr<Event> read = compute_->record();
+        for (int64_t t : launch_transient_)
+            transient_free_[size_t(t)] = read;
+        launch_transient_.clear();
+    }
+    for (size_t e = 0; e < launch_skip_.size(); ++e)
+        if (!launch_skip_[e]) {
+            launch_skip_[e] = 1;
+            launch_experts_[e] = {};
+        }
 }
 
 void HybridExecutor::issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms) {

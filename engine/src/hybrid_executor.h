@@ -11,20 +11,24 @@
 //   3. the experts this layer uses and the next layer's predicted ones are pinned, demand copies
 //      go to the copy stream (evicting the policy's victim when the newcomer outranks it), each
 //      followed by an event; a copy the cache refuses goes to a transient slot in step 4;
-//   4. the device's experts are queued on the compute stream, each waiting only for its own copy;
+//   4. on the compute stream: the layer's input rows are copied to the device, the device's
+//      experts are launched (DeviceExperts, engine/src/device_experts.h) in as few launches as
+//      their copies allow (a launch waits only for the copies of its own experts), and their
+//      partial sum is copied back to the host;
 //   5. prefetches for the next layers are queued on the copy stream behind the demand copies, in
 //      descending impact (scheduler/prefetcher.h), fed by the gate lookahead that the decoder
 //      computes (or, under routing replay, by the replay's predictor);
 //   6. meanwhile the CPU pool computes the CPU's experts from the host weights with the fused
 //      kernel (per NUMA node on its slice copies, with NUMA pools), straight into the layer's
-//      output; then the device's partial sum is added to it.
+//      output; then, once the download has landed, the device's partial sum is added to it.
+// The host touches device memory only through stream copies and memsets, as cuda:N requires
+// (sim's memory is not host-addressable: kernels/sim_device.h).
 // Host weights (the mapped checkpoint or the load-time quantized copy) are the only host copy
 // and the source of every transfer. Slots hold one expert each (gate | up | down, each aligned).
 //
 // Devices: `sim` computes its experts with the CPU kernel on the compute stream's worker thread
-// (one thread, so the CPU pool keeps its cores) and takes its activations as already on the
-// device, as they would be after GPU attention. `cuda:N` needs the CUDA expert kernels of the
-// CUDA backend, which do not exist yet: the executor refuses it with that reason.
+// (one thread, so the CPU pool keeps its cores). `cuda:N` needs a CUDA DeviceExperts (over
+// cuda::moe_experts) and pinned host weights (issue 19): the executor refuses it until then.
 // CUDA graphs (not built; this is the plan the interfaces keep open): the host plans each layer
 // only after its routing is known, so a captured decode step cannot contain the plan's choices as
 // fixed launches. The CUDA path is to keep the choices in data: the router's top-k is copied to
@@ -44,6 +48,7 @@
 
 #include "cache/expert_cache.h"
 #include "engine/src/cpu_experts.h"
+#include "engine/src/device_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
 #include "models/blocks/router.h"
@@ -132,11 +137,15 @@ class HybridExecutor final : public ExpertRunner {
     // predicted_tokens_[d] for MoE layers layer + 1 + d, d < returned count.
     size_t predict_later_layers(const MoeLayerCall& call);
     void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
+    // Step 4 of run(): the device's experts as stream work; returns whether there were any.
+    bool queue_device_experts(const MoeLayerCall& call);
+    // Queues the launch of the experts gathered in launch_experts_ / launch_skip_, if any.
+    void flush_launch(const Tensor& x, const Tensor& out);
     void publish_counters();
 
     HybridOptions options_;
     CpuExperts cpu_experts_;
-    std::unique_ptr<ThreadPool> device_pool_;  // the sim device's one compute thread
+    std::unique_ptr<DeviceExperts> device_experts_;
     std::unique_ptr<Stream> compute_, copy_;
     std::vector<const MoeWeights*> layers_;
     // The model's router with every expert kept (k = n_experts, scores not renormalised): the
@@ -170,7 +179,14 @@ class HybridExecutor final : public ExpertRunner {
     std::vector<ExpertKey> pins_;
     LayerPlan plan_, scratch_plan_;
     std::vector<ExpertPlacement> placement_;
-    Buffer device_out_;  // [n_tokens, hidden_dim] f32 on the device: its experts' partial sum
+    // The device's side of a layer: its input rows (uploaded), its experts' partial sum
+    // (downloaded into host_partial_, then added to the output).
+    Buffer device_x_;      // [n_tokens, hidden_dim] f32, device
+    Buffer device_out_;    // [n_tokens, hidden_dim] f32, device
+    Buffer host_partial_;  // [n_tokens, hidden_dim] f32, host (pinned on cuda:N, issue 19)
+    std::vector<cpu::ExpertWeights> launch_experts_;  // [n_experts] one launch's slot views
+    std::vector<uint8_t> launch_skip_;                // [n_experts] 0 = in this launch
+    std::vector<int64_t> launch_transient_;           // transient slots this launch reads
     std::vector<std::vector<int32_t>> predicted_tokens_;
     // predicted_for_[d - 1][layer]: this step's experts predicted for `layer` d layers before,
     // checked when the layer runs; the prefetcher's P of use per distance.

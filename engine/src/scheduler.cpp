@@ -18,12 +18,17 @@ int64_t ceil_div(int64_t a, int64_t b) {
 }
 
 // Rows [first, first + n) of a step's routing as RoutedExperts, position-major.
-RoutedExperts routing_of(const StepRouting& step, int64_t first, int64_t n, int32_t lookahead) {
+RoutedExperts routing_of(const StepRouting& step, int64_t first, int64_t n, int32_t lookahead,
+                         bool probabilities) {
     RoutedExperts out{.n_layers = int32_t(step.layers.size()),
                       .top_k = int32_t(step.routing.at(0).n_experts_active),
                       .layers = {step.layers.begin(), step.layers.end()},
                       .lookahead = lookahead};
     const auto k = size_t(out.top_k);
+    probabilities = probabilities && step.probabilities.size() == step.routing.size();
+    if (probabilities)
+        out.n_experts = int32_t(step.probabilities[0].size() / size_t(step.routing[0].n_tokens));
+    const auto n_experts = size_t(out.n_experts);
     for (int64_t t = first; t < first + n; ++t)
         for (size_t l = 0; l < step.routing.size(); ++l) {
             const Routing& layer = step.routing[l];
@@ -37,6 +42,12 @@ RoutedExperts routing_of(const StepRouting& step, int64_t first, int64_t n, int3
                 const Routing* p = size_t(j) < predicted.size() ? &predicted[size_t(j)] : nullptr;
                 for (size_t i = 0; i < k; ++i)
                     out.predicted.push_back(p && !p->experts.empty() ? p->experts[at + i] : -1);
+            }
+            if (probabilities) {
+                const std::vector<float>& p = step.probabilities[l];
+                out.probabilities.insert(out.probabilities.end(),
+                                         p.begin() + std::ptrdiff_t(size_t(t) * n_experts),
+                                         p.begin() + std::ptrdiff_t(size_t(t + 1) * n_experts));
             }
         }
     return out;
@@ -209,6 +220,7 @@ bool Scheduler::step() {
     int64_t budget = options_.max_step_tokens, rows = 0, tokens = 0;
     bool routing = false;
     int lookahead = 0;
+    bool probabilities = false;
     auto add = [&](Running& r, Sequence& seq, std::span<const int32_t> ids, bool prefill,
                    bool all_logits) {
         entries.push_back({&r, &seq, int64_t(ids.size()), prefill, all_logits, rows, tokens});
@@ -217,8 +229,10 @@ bool Scheduler::step() {
         tokens += int64_t(ids.size());
         budget -= int64_t(ids.size());
         routing = routing || seq.wants_routing();
-        if (seq.wants_routing())
+        if (seq.wants_routing()) {
             lookahead = std::max(lookahead, int(r.request->params.routing_lookahead));
+            probabilities = probabilities || r.request->params.routing_probabilities;
+        }
     };
     // Decodes first: a running sequence never waits for someone else's prompt.
     for (Running& r : running_)
@@ -235,7 +249,7 @@ bool Scheduler::step() {
     if (steps.empty()) return false;
 
     OwnedTensor logits;
-    StepRouting step_routing{.lookahead = lookahead};
+    StepRouting step_routing{.lookahead = lookahead, .want_probabilities = probabilities};
     try {
         for (const SequenceStep& s : steps)
             if (!s.cache->reserve(s.cache->length() + int64_t(s.tokens.size())))
@@ -265,7 +279,8 @@ void Scheduler::process(Running& r, const Entry& e, const float* logits, int64_t
     // Routing of this entry's tokens, position by position.
     if (e.sequence->wants_routing() && !routing.layers.empty()) {
         RoutedExperts part =
-            routing_of(routing, e.first_token, e.n_tokens, r.request->params.routing_lookahead);
+            routing_of(routing, e.first_token, e.n_tokens, r.request->params.routing_lookahead,
+                       r.request->params.routing_probabilities);
         if (e.prefill) {
             append_routing(r.prompt_routing, part);
         } else {

@@ -172,6 +172,7 @@ void append_routing(RoutedExperts& to, const RoutedExperts& positions) {
     append(to.experts, positions.experts);
     append(to.weights, positions.weights);
     append(to.predicted, positions.predicted);
+    append(to.probabilities, positions.probabilities);
 }
 
 void Sequence::add_routing(const RoutedExperts& positions) {

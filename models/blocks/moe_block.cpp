@@ -24,6 +24,26 @@ Routing route_with(const MoeWeights& w, const ModelConfig& c, const Tensor& x, T
     return route(logits.view, router_options(c), bias);
 }
 
+std::vector<float> router_probabilities(const MoeWeights& w, const ModelConfig& c, const Tensor& x,
+                                        ThreadPool& pool) {
+    const int64_t n_tokens = x.dim(0), n_experts = c.n_experts;
+    OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts});
+    cpu::linear(x, w.router, Tensor(), logits.view, pool);
+    RouterOptions all = router_options(c);
+    all.n_experts_active = n_experts;
+    all.topk = RouterTopk::Greedy;
+    all.normalize = false;
+    all.scaling = 1.0f;
+    const Routing r = route(logits.view, all, {});
+    std::vector<float> probs(size_t(n_tokens * n_experts), 0.0f);
+    for (int64_t t = 0; t < n_tokens; ++t)
+        for (int64_t i = 0; i < n_experts; ++i) {
+            const size_t at = size_t(t * n_experts + i);
+            probs[size_t(t * n_experts + r.experts[at])] = r.weights[at];
+        }
+    return probs;
+}
+
 void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
                ThreadPool& pool, Routing* routing_out, const MoeRunnerContext& rc) {
     const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;

@@ -32,6 +32,13 @@ struct MoeRunnerContext {
     std::span<const Routing> predicted = {};  // the gate lookahead (models/expert_runner.h)
 };
 
+// Every expert's router probability for each row of x ([n_tokens, hidden_dim]), by expert id:
+// [n_tokens, n_experts]. The router of the layer with every expert kept and nothing
+// renormalised or scaled: what the expert cache's MRS scores (the hybrid executor computes the
+// same).
+std::vector<float> router_probabilities(const MoeWeights& w, const ModelConfig& config,
+                                        const Tensor& x, ThreadPool& pool);
+
 // x: [n_tokens, hidden_dim] f32, normalised; out: [n_tokens, hidden_dim] f32, overwritten.
 // If `routing` is given, the step's routing is stored there (for tests and trace recording).
 void moe_block(const MoeWeights& w, const ModelConfig& config, const Tensor& x, const Tensor& out,

@@ -1,6 +1,7 @@
 // The hybrid executor on the sim device: whatever the planner, the budget and the prefetcher do,
 // the logits are the CPU reference's; the counters say the device really computed; bad
-// configurations are refused by name. Runs under ThreadSanitizer in CI (tools/test.sh).
+// configurations are refused by name; the sim DeviceExperts computes what the CPU kernel does. Runs
+// under ThreadSanitizer in CI (tools/test.sh).
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
@@ -13,6 +14,8 @@
 #include <thread>
 
 #include "engine/src/calibration_cache.h"
+#include "engine/src/device_experts.h"
+#include "engine/src/expert_slot.h"
 #include "engine/src/hybrid_executor.h"
 #include "kernels/error.h"
 #include "models/config.h"
@@ -272,6 +275,37 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     }
     const RoutingTrace trace = read_routing_trace(trace_path);
     ASSERT_EQ(trace.n_tokens(), kTokens);
+    // The same tokens with a full router distribution ("probs"): the chosen experts keep most of
+    // their weight, and a few others per layer get near-miss probabilities that MRS's top-p
+    // (p = 2k) scores; both sides must score them alike.
+    const std::string probs_path = dir.str() + "/head-probs.jsonl";
+    {
+        std::ofstream out(probs_path);
+        for (int64_t t = 0; t < kTokens; ++t) {
+            std::string experts, weights, probs;
+            for (int64_t l = 0; l < trace.n_layers; ++l) {
+                std::vector<float> p(64, 0.0f);
+                for (int64_t e = 0; e < 64; ++e)  // a fixed pseudo-random background
+                    p[size_t(e)] = float((e * 37 + l * 11 + t * 5) % 23 == 0) * 0.04f;
+                std::string ids = "[", w = "[", all = "[";
+                for (int64_t i = 0; i < trace.top_k; ++i) {
+                    const int32_t e = trace.experts_at(t, l)[i];
+                    const float weight = trace.weights_at(t, l)[i];
+                    p[size_t(e)] = 0.5f * weight;
+                    ids += (i ? "," : "") + std::to_string(e);
+                    w += (i ? "," : "") + std::to_string(weight);
+                }
+                for (int64_t e = 0; e < 64; ++e)
+                    all += (e ? "," : "") + std::to_string(p[size_t(e)]);
+                experts += (l ? "," : "") + ids + "]";
+                weights += (l ? "," : "") + w + "]";
+                probs += (l ? "," : "") + all + "]";
+            }
+            out << R"({"seq": "dev/0", "experts": [)" << experts << R"(], "weights": [)" << weights
+                << R"(], "probs": [)" << probs << "]}\n";
+        }
+    }
+    ASSERT_TRUE(read_routing_trace(probs_path).has_probs());
     write_synthetic_qwen3_moe(dir.str() + "/model", {.vocab_size = 64,
                                                      .hidden_dim = 32,
                                                      .n_layers = 16,
@@ -294,15 +328,19 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
         const char* cache;
         const char* planner;
         double ratio;
+        bool probs = false;  // replay head-probs.jsonl: MRS scores the full distribution
     };
+    const RoutingTrace probs_trace = read_routing_trace(probs_path);
     int64_t transient_copies = 0;
-    for (auto [cache, planner, ratio] :
+    double mrs_hits_weights = 0, mrs_hits_probs = 0;
+    for (auto [cache, planner, ratio, probs] :
          {Case{"mrs", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25},
           Case{"lru", "gpu-stream", 0.5}, Case{"lfu", "gpu-stream", 0.25},
-          Case{"static", "static", 0.25}}) {
-        SCOPED_TRACE(::testing::Message() << cache << "+" << planner << " at " << ratio);
+          Case{"static", "static", 0.25}, Case{"mrs", "gpu-stream", 0.25, true}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << cache << "+" << planner << " at " << ratio << (probs ? " with probs" : ""));
         const sim::SimResult predicted = sim::simulate(
-            {.trace = trace,
+            {.trace = probs ? probs_trace : trace,
              .shape = shape,
              .hw = hw,
              .budget_ratio = ratio,
@@ -317,7 +355,7 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                                       .prefetch = false,
                                       .hardware_profile = "",
                                       .calibration_file = dir.str() + "/calibration.json",
-                                      .replay_routing = trace_path,
+                                      .replay_routing = probs ? probs_path : trace_path,
                                       // kTransformers' frozen set, from the routing profile
                                       .warm_profile = trace_path});
         // One prompt token and kTokens - 1 decode steps: trace tokens 0 .. kTokens - 1.
@@ -337,8 +375,11 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
                   s.expert_cache_hits + predicted.evictions + predicted.transient_copies);
         EXPECT_EQ(s.experts_on_cpu, kTokens * 16 * 8 - s.experts_on_device);
         transient_copies += predicted.transient_copies;
+        if (std::string(cache) == "mrs" && std::string(planner) == "gpu-stream")
+            (probs ? mrs_hits_probs : mrs_hits_weights) = predicted.hit_rate;
     }
     EXPECT_GT(transient_copies, 0) << "no case exercised admission's refusals";
+    EXPECT_NE(mrs_hits_probs, mrs_hits_weights) << "the near-misses changed no MRS decision";
 }
 
 TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
@@ -401,6 +442,104 @@ TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
         EXPECT_NEAR(executor.cache_priority({0, int32_t(e)}), e < 4 ? 0.5 * p[size_t(e)] : 0.0,
                     1e-6)
             << "expert " << e;
+}
+
+// The sim DeviceExperts against the CPU kernel: experts and rows put in device memory by stream
+// copies only, two launches on the stream with complementary skip masks (as the executor splits
+// a layer at a copy it must wait for), an expert without tokens, and the host arrays overwritten
+// as soon as the first run() returns (the interface says they are read before it returns).
+TEST(DeviceExperts, SimLaunchesMatchTheCpuKernel) {
+    const uint64_t seed = test::fresh_seed();
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    std::mt19937_64 rng(seed);
+    constexpr int64_t kExperts = 5, kHidden = 32, kFfn = 16, kTokens = 7;
+    const Device sim{DeviceKind::Sim, 0};
+    std::vector<OwnedTensor> owned;
+    std::vector<cpu::ExpertWeights> host(kExperts);
+    for (cpu::ExpertWeights& w : host)
+        for (Tensor* t : {&w.gate, &w.up, &w.down}) {
+            const Shape shape = t == &w.down ? Shape{kHidden, kFfn} : Shape{kFfn, kHidden};
+            owned.push_back(make_tensor(DType::F32, shape));
+            const std::vector<float> v = test::random_floats(rng, size_t(kFfn * kHidden), 0.2f);
+            std::copy(v.begin(), v.end(), owned.back().view.data_as<float>());
+            *t = owned.back().view;
+        }
+    // Expert e takes tokens t with (t + e) % 3 != 0, expert 3 none.
+    std::vector<int32_t> offsets = {0}, index;
+    std::vector<float> weight;
+    for (int64_t e = 0; e < kExperts; ++e) {
+        for (int32_t t = 0; t < kTokens; ++t)
+            if (e != 3 && (t + e) % 3 != 0) {
+                index.push_back(t);
+                weight.push_back(0.1f + 0.05f * float(t));
+            }
+        offsets.push_back(int32_t(index.size()));
+    }
+    OwnedTensor x = make_tensor(DType::F32, {kTokens, kHidden});
+    OwnedTensor want = make_tensor(DType::F32, {kTokens, kHidden});
+    const std::vector<float> xv = test::random_floats(rng, size_t(kTokens * kHidden));
+    std::copy(xv.begin(), xv.end(), x.view.data_as<float>());
+    std::fill_n(want.view.data_as<float>(), kTokens * kHidden, 0.0f);
+    ThreadPool pool(ThreadPoolOptions{.n_threads = 2, .pin = false});
+    cpu::moe_experts({.x = x.view,
+                      .out = want.view,
+                      .experts = host,
+                      .offsets = offsets,
+                      .token_index = index,
+                      .token_weight = weight},
+                     pool);
+
+    const size_t slot = expert_slot_bytes(host[0]), rows = size_t(kTokens * kHidden * 4);
+    Buffer slots = allocate(sim, slot * kExperts), io = allocate(sim, 2 * rows);
+    auto stream = make_stream(sim);
+    std::vector<cpu::ExpertWeights> on_device;
+    for (int64_t e = 0; e < kExperts; ++e) {
+        on_device.push_back(
+            expert_at(static_cast<std::byte*>(slots.data()) + size_t(e) * slot, host[0], sim));
+        copy_expert(*stream, on_device.back(), host[size_t(e)]);
+    }
+    const Tensor dx(io.data(), DType::F32, {kTokens, kHidden}, sim);
+    const Tensor dout(static_cast<std::byte*>(io.data()) + rows, DType::F32, {kTokens, kHidden},
+                      sim);
+    stream->copy_async(dx.data(), x.view.data(), rows, CopyDirection::HostToDevice);
+    stream->memset_async(dout.data(), 0, rows);
+    std::unique_ptr<DeviceExperts> experts = make_device_experts(sim);
+    std::vector<uint8_t> skip = {0, 1, 0, 1, 1};
+    std::vector<int32_t> offsets_arg = offsets, index_arg = index;
+    std::vector<float> weight_arg = weight;
+    experts->run(*stream, {.x = dx,
+                           .out = dout,
+                           .experts = on_device,
+                           .offsets = offsets_arg,
+                           .token_index = index_arg,
+                           .token_weight = weight_arg,
+                           .skip = skip});
+    std::fill(index_arg.begin(), index_arg.end(), 0);  // the launch has its own copies
+    std::fill(weight_arg.begin(), weight_arg.end(), 100.0f);
+    skip = {1, 0, 1, 0, 0};
+    experts->run(*stream, {.x = dx,
+                           .out = dout,
+                           .experts = on_device,
+                           .offsets = offsets,
+                           .token_index = index,
+                           .token_weight = weight,
+                           .skip = skip});
+    std::vector<float> got(size_t(kTokens * kHidden));
+    stream->copy_async(got.data(), dout.data(), rows, CopyDirection::DeviceToHost);
+    stream->synchronize();
+    for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], want.view.data_as<float>()[i], 1e-5) << "element " << i;
+
+    // Host tensors are not device memory; a CUDA implementation is issue 19's.
+    EXPECT_THROW(experts->run(*stream, {.x = x.view,
+                                        .out = want.view,
+                                        .experts = host,
+                                        .offsets = offsets,
+                                        .token_index = index,
+                                        .token_weight = weight}),
+                 Error);
+    EXPECT_THROW(make_device_experts(Device{DeviceKind::Cuda, 0}), Error);
+    EXPECT_THROW(make_device_experts(Device::cpu()), Error);
 }
 
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {

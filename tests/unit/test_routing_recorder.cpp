@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "models/config.h"
 #include "scheduler/routing_trace.h"
 #include "tests/test_util.h"
 #include "tools/routing_recorder.h"
@@ -53,6 +55,56 @@ TEST(RoutingRecorder, ARecordingParsesBackToWhatTheEngineRouted) {
     }
     EXPECT_EQ(trace.seq.front(), 0);
     EXPECT_EQ(trace.seq.back(), 1);
+}
+
+// With routing_probabilities the recording carries every expert's router probability: a
+// distribution per token and layer (softmax: sums to 1) whose top-k are the chosen experts, and
+// the trace reader takes it as the full distribution tandem-sim scores.
+TEST(RoutingRecorder, TheFullDistributionIsRecordedAndReadBack) {
+    Engine engine = Engine::open(
+        {.model_dir = test::data_dir() + "/chat_tiny", .n_threads = 2, .pin_threads = false});
+    const SamplingParams params{.temperature = 0,
+                                .max_tokens = 5,
+                                .ignore_eos = true,
+                                .return_routed_experts = true,
+                                .routing_probabilities = true};
+    const RequestOutput out = engine.generate(Prompt::from_text("Once upon a time"), params);
+    const RoutedExperts& r = out.completions[0].routed_experts;
+    const int64_t n_experts = engine.model_config().n_experts;
+    ASSERT_EQ(r.n_experts, n_experts);
+    ASSERT_EQ(int64_t(r.probabilities.size()), r.positions() * r.n_layers * n_experts);
+    test::TempDir dir;
+    const std::string path = dir.str() + "/trace.jsonl";
+    {
+        RoutingRecorder recorder(path, /*prefill=*/true);
+        recorder.write("story/0", "story", out, 0);
+    }
+    const RoutingTrace trace = read_routing_trace(path);
+    ASSERT_TRUE(trace.has_probs());
+    ASSERT_EQ(trace.n_probs, n_experts);
+    ASSERT_EQ(trace.n_tokens(), r.positions());
+    for (int64_t t = 0; t < trace.n_tokens(); ++t)
+        for (int64_t l = 0; l < trace.n_layers; ++l) {
+            const float* p = trace.probs_at(t, l);
+            double sum = 0;
+            float least_chosen = 1;
+            for (int64_t e = 0; e < n_experts; ++e) {
+                sum += p[e];
+                EXPECT_NEAR(p[e], r.probabilities[size_t((t * r.n_layers + l) * n_experts + e)],
+                            1e-4);
+            }
+            EXPECT_NEAR(sum, 1.0, 1e-3) << "token " << t << " layer " << l;
+            for (int64_t k = 0; k < trace.top_k; ++k)
+                least_chosen = std::min(least_chosen, p[trace.experts_at(t, l)[k]]);
+            for (int64_t e = 0; e < n_experts; ++e)
+                if (std::find(trace.experts_at(t, l), trace.experts_at(t, l) + trace.top_k,
+                              int32_t(e)) == trace.experts_at(t, l) + trace.top_k)
+                    EXPECT_LE(p[e], least_chosen + 1e-4) << "expert " << e << " beat a chosen one";
+        }
+    // Without the flag, nothing of it is kept.
+    const RequestOutput plain = engine.generate(Prompt::from_text("Hello"),
+                                                {.max_tokens = 2, .return_routed_experts = true});
+    EXPECT_TRUE(plain.completions[0].routed_experts.probabilities.empty());
 }
 
 // The demo model's committed trace (tools/record_demo_trace.sh) fits the committed model.

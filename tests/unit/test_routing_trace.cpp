@@ -58,6 +58,33 @@ TEST(RoutingTrace, ReadsTheRecordedGateLookaheadAndPredictsWithIt) {
     EXPECT_THROW(make_expert_predictor("lookahead", plain, 8, 1), Error);
 }
 
+// The optional full distribution: read by expert id; a trace without it reads as before; it is
+// all-or-nothing, one count of experts, probabilities in [0, 1] covering every chosen id.
+TEST(RoutingTrace, ReadsTheRoutersFullDistribution) {
+    const std::string two_layers =
+        R"({"experts": [[1, 0], [2, 3]], "weights": [[0.6, 0.4], [0.5, 0.5]], )";
+    const RoutingTrace t = parse_routing_trace(
+        two_layers + R"("probs": [[0.3, 0.5, 0.1, 0.1], [0, 0.1, 0.45, 0.45]]})" + "\n" +
+            two_layers + R"("probs": [[0.2, 0.6, 0.1, 0.1], [0.1, 0, 0.5, 0.4]]})" + "\n",
+        "probs");
+    ASSERT_TRUE(t.has_probs());
+    EXPECT_EQ(t.n_probs, 4);
+    EXPECT_FLOAT_EQ(t.probs_at(0, 0)[1], 0.5f);
+    EXPECT_FLOAT_EQ(t.probs_at(1, 1)[3], 0.4f);
+    EXPECT_FALSE(parse_routing_trace(two_layers + "\"seq\": \"a\"}\n", "plain").has_probs());
+    for (const std::string& bad :
+         {two_layers + R"("probs": [[0.3, 0.5, 0.1, 0.1], [0, 0.1, 0.45]]})",        // 4 then 3
+          two_layers + R"("probs": [[0.3, 0.5, 0.1, 0.1]]})",                        // one layer
+          two_layers + R"("probs": [[0.3, 0.5, 0.1, 1.5], [0, 0.1, 0.45, 0.45]]})",  // > 1
+          two_layers + R"("probs": [[0.3, 0.5, 0.2], [0.1, 0.45, 0.45]]})"}) {       // id 3 of 3
+        EXPECT_THROW(parse_routing_trace(bad + "\n", "bad"), Error) << bad;
+    }
+    EXPECT_THROW(parse_routing_trace(two_layers + R"("probs": [[1, 0, 0, 0], [0, 0, 1, 0]]})" +
+                                         "\n" + two_layers + "\"seq\": \"a\"}\n",
+                                     "some"),
+                 Error);
+}
+
 TEST(RoutingTrace, ParsesPairLinesAndRenumbersLayers) {
     const std::string text = "[[1, 5], [1, 7], [3, 0], [3, 2]]\n[[1, 6], [1, 5], [3, 1], [3, 2]]\n";
     const RoutingTrace t = parse_routing_trace(text, "mem");

@@ -71,6 +71,11 @@ struct RoutedExperts {
     // an MoE layer.
     int32_t lookahead = 0;
     std::vector<int32_t> predicted;
+    // With SamplingParams::routing_probabilities: [positions, n_layers, n_experts], the router's
+    // probability of every expert by id, before top-k (softmax routers: the softmax over all
+    // experts; sigmoid routers: each expert's score); empty otherwise, and on cuda:N's decoder.
+    int32_t n_experts = 0;
+    std::vector<float> probabilities;
     int64_t positions() const {
         return n_layers * top_k == 0 ? 0 : int64_t(experts.size()) / (n_layers * top_k);
     }

@@ -43,6 +43,8 @@ struct SamplingParams {
     bool return_routed_experts = false;  // the experts each MoE layer chose, per position
     int32_t routing_lookahead = 0;       // 0-3: with routed experts, also what layers L+1..L+j's
                                          // routers would choose from layer L's input
+    bool routing_probabilities = false;  // with routed experts, also every expert's router
+                                         // probability (the full distribution MRS scores)
     bool skip_special_tokens = true;     // in the returned text
 };
 
