@@ -12,6 +12,8 @@ namespace tandem {
 // Device memory of the CUDA backend (kernels/cuda/stream_cuda.cu; the stub fails).
 void* cuda_malloc(Device device, size_t bytes);
 void cuda_free(void* data) noexcept;
+void* cuda_host_alloc(size_t bytes);
+void cuda_host_free(void* data) noexcept;
 
 namespace {
 constexpr size_t kAlignment = 64;
@@ -36,9 +38,20 @@ Buffer allocate(Device device, size_t bytes) {
     return Buffer(device, data, bytes);
 }
 
+Buffer allocate_pinned(Device for_device, size_t bytes) {
+    if (for_device.kind != DeviceKind::Cuda || bytes == 0) return allocate(Device::cpu(), bytes);
+    try {
+        return Buffer(Device::cpu(), cuda_host_alloc(bytes), bytes, true);
+    } catch (const std::runtime_error& e) {
+        fail(e.what());
+    }
+}
+
 Buffer::~Buffer() {
     if (data_ == nullptr) return;
-    if (device_.kind == DeviceKind::Cuda)
+    if (pinned_)
+        cuda_host_free(data_);
+    else if (device_.kind == DeviceKind::Cuda)
         cuda_free(data_);
     else if (device_.kind == DeviceKind::Sim)
         sim_free(data_);

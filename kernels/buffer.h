@@ -27,16 +27,24 @@ class Buffer {
 
   private:
     friend Buffer allocate(Device device, size_t bytes);
-    Buffer(Device device, void* data, size_t bytes) : device_(device), data_(data), bytes_(bytes) {}
+    friend Buffer allocate_pinned(Device for_device, size_t bytes);
+    Buffer(Device device, void* data, size_t bytes, bool pinned = false)
+        : device_(device), data_(data), bytes_(bytes), pinned_(pinned) {}
     void swap(Buffer& other) noexcept {
         std::swap(device_, other.device_);
         std::swap(data_, other.data_);
         std::swap(bytes_, other.bytes_);
+        std::swap(pinned_, other.pinned_);
     }
 
     Device device_;
     void* data_ = nullptr;
     size_t bytes_ = 0;
+    bool pinned_ = false;  // page-locked host memory of the CUDA backend
 };
+
+// Host memory (device() is cpu) that `for_device` copies to and from asynchronously and at full
+// speed: page-locked for cuda:N (cudaMallocHost), plain memory for sim and cpu.
+Buffer allocate_pinned(Device for_device, size_t bytes);
 
 }  // namespace tandem

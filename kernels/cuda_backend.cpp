@@ -99,4 +99,20 @@ std::unique_ptr<Stream> make_cuda_stream(Device device) {
     return cuda_backend().make_stream(device);
 }
 
+void* cuda_host_alloc(size_t bytes) {
+    return loaded_backend().host_alloc(bytes);
+}
+
+void cuda_host_free(void* data) noexcept {
+    plugin().backend->host_free(data);  // the memory came from the plugin
+}
+
+bool cuda_host_register(void* data, size_t bytes, std::string* why) {
+    return loaded_backend().host_register(data, bytes, why);
+}
+
+void cuda_host_unregister(void* data) noexcept {
+    plugin().backend->host_unregister(data);
+}
+
 }  // namespace tandem

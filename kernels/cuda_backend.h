@@ -38,9 +38,18 @@ int cuda_query_device_count(std::string* why_none);
 void* cuda_malloc(Device device, size_t bytes);
 void cuda_free(void* data) noexcept;
 std::unique_ptr<Stream> make_cuda_stream(Device device);
+// Page-locked host memory (cudaMallocHost): copies from and to it run at full PCIe speed and
+// asynchronously to the host.
+void* cuda_host_alloc(size_t bytes);
+void cuda_host_free(void* data) noexcept;
+// Page-locks existing host memory [data, data + bytes) for the same (cudaHostRegister, read-only
+// so that a read-only mapping of a checkpoint qualifies). False, with the reason in *why, when
+// the driver refuses.
+bool cuda_host_register(void* data, size_t bytes, std::string* why);
+void cuda_host_unregister(void* data) noexcept;
 
 // Raised whenever the table below changes.
-inline constexpr int kCudaBackendAbi = 2;  // 2: the factory takes DeviceModelOptions
+inline constexpr int kCudaBackendAbi = 3;  // 3: page-locked host memory
 
 // The process-wide settings of the CPU kernels, copied from the core into the plugin's copy.
 struct CudaBackendSettings {
@@ -73,6 +82,10 @@ struct CudaBackend {
     void* (*malloc)(Device device, size_t bytes) = nullptr;
     void (*free)(void* data) noexcept = nullptr;
     std::unique_ptr<Stream> (*make_stream)(Device device) = nullptr;
+    void* (*host_alloc)(size_t bytes) = nullptr;
+    void (*host_free)(void* data) noexcept = nullptr;
+    bool (*host_register)(void* data, size_t bytes, std::string* why) = nullptr;
+    void (*host_unregister)(void* data) noexcept = nullptr;
 };
 
 // The loaded plugin, its settings brought up to date. Throws tandem::Error naming the plugin's
@@ -81,7 +94,8 @@ struct CudaBackend {
 const CudaBackend& cuda_backend();
 
 // A symbol the plugin exports besides tandem_cuda_backend (the device decoder's factory, for
-// models/), or a tandem::Error as cuda_backend() throws.
+// models/; the device experts', for engine/), or a tandem::Error as cuda_backend() throws. A
+// CPU-only build's stub always throws.
 void* cuda_backend_symbol(const char* name);
 
 }  // namespace tandem

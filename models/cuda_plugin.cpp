@@ -20,6 +20,10 @@ const CudaBackend kBackend{
     .malloc = &cuda_malloc,
     .free = &cuda_free,
     .make_stream = &make_cuda_stream,
+    .host_alloc = &cuda_host_alloc,
+    .host_free = &cuda_host_free,
+    .host_register = &cuda_host_register,
+    .host_unregister = &cuda_host_unregister,
 };
 
 }  // namespace

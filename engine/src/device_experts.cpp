@@ -94,10 +94,7 @@ class SimDeviceExperts final : public DeviceExperts {
 std::unique_ptr<DeviceExperts> make_device_experts(Device device) {
     switch (device.kind) {
         case DeviceKind::Sim: return std::make_unique<SimDeviceExperts>(device);
-        case DeviceKind::Cuda:
-            fail(device.name(),
-                 ": routed experts cannot run on a CUDA GPU yet (the CUDA expert kernels of the "
-                 "CUDA backend are not driven by the hybrid executor); use the sim device");
+        case DeviceKind::Cuda: return cuda_make_device_experts(device);
         case DeviceKind::Cpu: break;
     }
     fail("device experts run on sim or cuda:N, not on ", device.name());

@@ -12,8 +12,8 @@
 //
 // Implementations: `sim` (make_device_experts(sim)) runs the fused CPU kernel on one thread of
 // its own, as launch_host work on the stream, reading device memory through sim_kernel_address;
-// `cuda:N` is cuda::moe_experts on the stream's native handle (issue 19; until then
-// make_device_experts refuses it).
+// `cuda:N` is cuda::moe_experts on the stream (device_experts_cuda.cpp, in the CUDA plugin:
+// make_device_experts loads it).
 #pragma once
 
 #include <cstdint>
@@ -53,3 +53,14 @@ class DeviceExperts {
 std::unique_ptr<DeviceExperts> make_device_experts(Device device);
 
 }  // namespace tandem
+
+namespace tandem {
+// The cuda:N implementation: in the core of a CUDA build, loaded from the CUDA plugin
+// (device_experts_loader.cpp); in the plugin and the GPU tests, built directly
+// (device_experts_cuda.cpp); in a CPU-only build, an error (device_experts_stub.cpp).
+std::unique_ptr<DeviceExperts> cuda_make_device_experts(Device device);
+}  // namespace tandem
+
+// The CUDA plugin's factory (engine/src/device_experts_cuda.cpp), exported unmangled for dlsym.
+extern "C" std::unique_ptr<tandem::DeviceExperts> tandem_cuda_make_device_experts(
+    tandem::Device device);

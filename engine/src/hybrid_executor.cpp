@@ -31,15 +31,11 @@ HybridExecutor::HybridExecutor(HybridOptions options)
     const Device d = options_.device;
     if (d.kind == DeviceKind::Cpu)
         fail("hybrid executor: the expert device must be sim or cuda:N, not cpu");
-    if (d.kind == DeviceKind::Cuda)
-        fail("hybrid executor: ", d.name(),
-             ": routed experts cannot run on a CUDA GPU yet (the CUDA expert kernels of the CUDA "
-             "backend are not built); use the sim device to run the hybrid runtime");
     if (options_.budget_bytes < -1 || options_.budget_ratio < 0 || options_.budget_ratio > 1)
         fail("hybrid executor: the expert budget must be >= 0 bytes or a ratio in [0, 1]");
-    device_experts_ = make_device_experts(d);
     compute_ = make_stream(d);
     copy_ = make_stream(d);
+    device_experts_ = make_device_experts(d);
 }
 
 HybridExecutor::~HybridExecutor() {
@@ -104,6 +100,7 @@ void HybridExecutor::bind(const ModelConfig& config,
     cpu_experts_.bind(moe_layers);
 
     layers_.assign(moe_layers.begin(), moe_layers.end());
+    host_source_.bind(options_.device, layers_);
     full_router_ = router_options(config);
     full_router_.n_experts_active = n_experts;
     full_router_.topk = RouterTopk::Greedy;
@@ -156,7 +153,8 @@ cpu::ExpertWeights HybridExecutor::slot_weights(int64_t slot, int32_t layer) con
 double HybridExecutor::queue_copy(std::byte* dst, int32_t layer, int32_t expert,
                                   std::shared_ptr<Event>& ready) {
     const std::vector<cpu::ExpertWeights>& experts = layers_[size_t(layer)]->experts;
-    copy_expert(*copy_, expert_at(dst, experts[0], options_.device), experts[size_t(expert)]);
+    copy_expert(*copy_, expert_at(dst, experts[0], options_.device),
+                host_source_.source(size_t(layer), size_t(expert)));
     ready = copy_->record();
     const double start = std::max(now_ms(), copy_free_ms_);
     copy_free_ms_ = start + options_.cost.transfer_ms;
@@ -349,18 +347,17 @@ bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
     if (device_x_.bytes() < bytes) {
         device_x_ = allocate(options_.device, bytes);
         device_out_ = allocate(options_.device, bytes);
-        host_partial_ = allocate(Device::cpu(), bytes);
+        host_x_ = allocate_pinned(options_.device, bytes);
+        host_partial_ = allocate_pinned(options_.device, bytes);
     }
     const Tensor x(device_x_.data(), DType::F32, {n_tokens, hidden}, options_.device);
     const Tensor out(device_out_.data(), DType::F32, {n_tokens, hidden}, options_.device);
-    if (call.x.is_contiguous()) {
-        compute_->copy_async(device_x_.data(), call.x.data(), bytes, CopyDirection::HostToDevice);
-    } else {
-        for (int64_t t = 0; t < n_tokens; ++t)
-            compute_->copy_async(static_cast<std::byte*>(device_x_.data()) + size_t(t) * row_bytes,
-                                 call.x.data_as<const float>() + t * call.x.stride(0), row_bytes,
-                                 CopyDirection::HostToDevice);
-    }
+    // Staged in page-locked memory (free: the last layer's upload ran before run() returned),
+    // then one asynchronous copy.
+    for (int64_t t = 0; t < n_tokens; ++t)
+        std::memcpy(static_cast<std::byte*>(host_x_.data()) + size_t(t) * row_bytes,
+                    call.x.data_as<const float>() + t * call.x.stride(0), row_bytes);
+    compute_->copy_async(device_x_.data(), host_x_.data(), bytes, CopyDirection::HostToDevice);
     compute_->memset_async(device_out_.data(), 0, bytes);
 
     // One launch per run of experts whose copies need no wait; an expert whose copy is still in

@@ -27,8 +27,11 @@
 // and the source of every transfer. Slots hold one expert each (gate | up | down, each aligned).
 //
 // Devices: `sim` computes its experts with the CPU kernel on the compute stream's worker thread
-// (one thread, so the CPU pool keeps its cores). `cuda:N` needs a CUDA DeviceExperts (over
-// cuda::moe_experts) and pinned host weights (issue 19): the executor refuses it until then.
+// (one thread, so the CPU pool keeps its cores). `cuda:N` runs them with cuda::moe_experts (the
+// CUDA DeviceExperts, in the CUDA plugin); the experts' host memory is page-locked in place, or
+// copied into page-locked memory where the driver refuses (engine/src/pinned_experts.h), and the
+// layer's rows go up and its partial sum comes back through page-locked buffers, so copies run
+// at full PCIe speed and overlap the CPU's experts.
 // CUDA graphs (not built; this is the plan the interfaces keep open): the host plans each layer
 // only after its routing is known, so a captured decode step cannot contain the plan's choices as
 // fixed launches. The CUDA path is to keep the choices in data: the router's top-k is copied to
@@ -49,6 +52,7 @@
 #include "cache/expert_cache.h"
 #include "engine/src/cpu_experts.h"
 #include "engine/src/device_experts.h"
+#include "engine/src/pinned_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
 #include "models/blocks/router.h"
@@ -145,8 +149,10 @@ class HybridExecutor final : public ExpertRunner {
 
     HybridOptions options_;
     CpuExperts cpu_experts_;
-    std::unique_ptr<DeviceExperts> device_experts_;
     std::unique_ptr<Stream> compute_, copy_;
+    // After the streams: it goes first (a CUDA one synchronizes the streams it ran on).
+    std::unique_ptr<DeviceExperts> device_experts_;
+    PinnedExperts host_source_;  // where copies to the device read the experts from
     std::vector<const MoeWeights*> layers_;
     // The model's router with every expert kept (k = n_experts, scores not renormalised): the
     // full distribution the cache's MRS scores come from.
@@ -183,7 +189,8 @@ class HybridExecutor final : public ExpertRunner {
     // (downloaded into host_partial_, then added to the output).
     Buffer device_x_;      // [n_tokens, hidden_dim] f32, device
     Buffer device_out_;    // [n_tokens, hidden_dim] f32, device
-    Buffer host_partial_;  // [n_tokens, hidden_dim] f32, host (pinned on cuda:N, issue 19)
+    Buffer host_x_;        // [n_tokens, hidden_dim] f32, pinned host: the rows' staging copy
+    Buffer host_partial_;  // [n_tokens, hidden_dim] f32, pinned host
     std::vector<cpu::ExpertWeights> launch_experts_;  // [n_experts] one launch's slot views
     std::vector<uint8_t> launch_skip_;                // [n_experts] 0 = in this launch
     std::vector<int64_t> launch_transient_;           // transient slots this launch reads

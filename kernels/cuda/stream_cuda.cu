@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "kernels/cuda_backend.h"
 #include "kernels/error.h"
 #include "kernels/stream.h"
 
@@ -79,6 +80,10 @@ class CudaStream final : public Stream {
               device_);
     }
 
+    void memset_async(void* dst, int value, size_t bytes) override {
+        check(cudaMemsetAsync(dst, value, bytes, stream_), "cudaMemsetAsync", device_);
+    }
+
     std::shared_ptr<Event> record() override {
         return std::make_shared<CudaEvent>(device_, stream_);
     }
@@ -113,6 +118,34 @@ void* cuda_malloc(Device device, size_t bytes) {
 
 void cuda_free(void* data) noexcept {
     cudaFree(data);
+}
+
+void* cuda_host_alloc(size_t bytes) {
+    void* data = nullptr;
+    const cudaError_t status = cudaMallocHost(&data, bytes);
+    if (status != cudaSuccess)
+        fail("cudaMallocHost of ", bytes, " bytes failed: ", cudaGetErrorString(status));
+    return data;
+}
+
+void cuda_host_free(void* data) noexcept {
+    cudaFreeHost(data);
+}
+
+bool cuda_host_register(void* data, size_t bytes, std::string* why) {
+    int read_only = 0;
+    cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0);
+    const unsigned flags = cudaHostRegisterPortable | (read_only ? cudaHostRegisterReadOnly : 0);
+    const cudaError_t status = cudaHostRegister(data, bytes, flags);
+    if (status == cudaSuccess) return true;
+    cudaGetLastError();  // not sticky: clear it
+    *why = cat("cudaHostRegister of ", bytes, " bytes: ", cudaGetErrorString(status),
+               read_only ? "" : " (this device cannot register read-only memory)");
+    return false;
+}
+
+void cuda_host_unregister(void* data) noexcept {
+    cudaHostUnregister(data);
 }
 
 std::unique_ptr<Stream> make_cuda_stream(Device device) {

@@ -1,4 +1,7 @@
 // CPU-only builds: there are no CUDA streams.
+#include <string>
+
+#include "kernels/cuda_backend.h"
 #include "kernels/error.h"
 #include "kernels/stream.h"
 
@@ -9,6 +12,23 @@ void* cuda_malloc(Device device, size_t bytes) {
 }
 
 void cuda_free(void*) noexcept {}
+
+void* cuda_host_alloc(size_t bytes) {
+    fail("cannot allocate ", bytes, " bytes of page-locked memory: this build has no CUDA backend");
+}
+
+void cuda_host_free(void*) noexcept {}
+
+bool cuda_host_register(void*, size_t, std::string* why) {
+    *why = "this build has no CUDA backend";
+    return false;
+}
+
+void cuda_host_unregister(void*) noexcept {}
+
+void* cuda_backend_symbol(const char* name) {
+    fail("this build has no CUDA backend (configure with TANDEM_CUDA=ON): no ", name);
+}
 
 std::unique_ptr<Stream> make_cuda_stream(Device device) {
     fail(device.name(), ": this build has no CUDA backend (configure with TANDEM_CUDA=ON)");

@@ -538,7 +538,12 @@ TEST(DeviceExperts, SimLaunchesMatchTheCpuKernel) {
                                         .token_index = index,
                                         .token_weight = weight}),
                  Error);
-    EXPECT_THROW(make_device_experts(Device{DeviceKind::Cuda, 0}), Error);
+    // cuda:N's are the CUDA plugin's (cuda::moe_experts); a CPU-only build has none.
+    if (cuda_compiled())
+        EXPECT_EQ(make_device_experts(Device{DeviceKind::Cuda, 0})->device().kind,
+                  DeviceKind::Cuda);
+    else
+        EXPECT_THROW(make_device_experts(Device{DeviceKind::Cuda, 0}), Error);
     EXPECT_THROW(make_device_experts(Device::cpu()), Error);
 }
 
@@ -592,8 +597,10 @@ TEST_F(HybridExecutorTest, BadConfigurationsAreRefusedByName) {
         return "";
     };
     EngineConfig c = config("hybrimoe", 0.25, true);
-    c.expert_device = "cuda:0";
-    EXPECT_NE(error_of(c).find("CUDA expert kernels"), std::string::npos) << error_of(c);
+    if (cuda_device_count() == 0) {  // without a GPU cuda:0 is refused, naming it
+        c.expert_device = "cuda:0";
+        EXPECT_NE(error_of(c).find("cuda:0"), std::string::npos) << error_of(c);
+    }
     c.expert_device = "cpu";
     EXPECT_NE(error_of(c).find("not cpu"), std::string::npos) << error_of(c);
     c.expert_device = "tpu";

@@ -93,7 +93,7 @@ struct EngineConfig {
 
     // Hybrid execution of the routed experts (README "Hybrid runtime"). "": every expert runs on
     // the CPU. "sim": the emulated device (runs anywhere; for tests and what-if runs). "cuda:N":
-    // a GPU (refused until the CUDA expert kernels exist). The fields below, except
+    // a GPU (cuda::moe_experts; the model itself runs on `device`). The fields below, except
     // replay_routing, only apply with an expert device: set without one, they are an error.
     std::string expert_device;
     int64_t gpu_expert_budget = -1;    // device bytes for expert slots; -1: use gpu_expert_ratio
