@@ -35,7 +35,7 @@ namespace {
 // Every weight tensor of the decoder that the device reads, each once (a tied lm_head is the
 // embedding). The embedding itself stays on the host: a step looks up its few rows there.
 template <class Fn>
-void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
+void for_each_weight(DecoderWeights& w, bool tied, bool routed_experts, Fn fn) {
     auto ffn = [&](cpu::ExpertWeights& e) {
         fn(e.gate);
         fn(e.up);
@@ -57,8 +57,9 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
         fn(l.ffn_norm);
         if (l.is_moe) {
             // The router and the shared expert's gate go up as f32 (router_weights_f32).
-            for (cpu::ExpertWeights& e : l.moe.experts)
-                ffn(e);
+            if (routed_experts)
+                for (cpu::ExpertWeights& e : l.moe.experts)
+                    ffn(e);
             ffn(l.moe.shared);
         } else {
             ffn(l.dense);
@@ -70,6 +71,7 @@ void for_each_weight(DecoderWeights& w, bool tied, Fn fn) {
 struct DeviceRun {
     cuda::Context& ctx;
     DeviceStepArena& arena;
+    ThreadPool* pool = nullptr;  // the step's CPU pool (an expert runner's CPU experts)
 };
 
 class DeviceDecoder final : public Model {
@@ -78,6 +80,8 @@ class DeviceDecoder final : public Model {
         : host_(std::move(host)), device_(device), options_(options) {
         stream_ = make_stream(device);
         ctx_ = std::make_unique<cuda::Context>(*stream_);
+        for (int layer = 0; layer < int(host_->config().n_layers); ++layer)
+            if (host_->weights().layers[size_t(layer)].is_moe) moe_layers_.push_back(layer);
         upload_weights();
         if (options_.cuda_graphs) {
             graph_ctx_ = std::make_unique<cuda::Context>(*stream_);
@@ -89,7 +93,10 @@ class DeviceDecoder final : public Model {
         }
     }
 
-    ~DeviceDecoder() override { stream_->synchronize(); }
+    ~DeviceDecoder() override {
+        stream_->synchronize();
+        if (runner_ != nullptr) runner_->drain();  // its copies read the host decoder's weights
+    }
 
     const ModelConfig& config() const override { return host_->config(); }
 
@@ -100,15 +107,25 @@ class DeviceDecoder final : public Model {
     }
 
     void set_expert_runner(ExpertRunner* runner) override {
-        if (runner != nullptr)
+        if (runner != nullptr && !options_.routed_experts_on_host)
             fail(config().architecture, " on ", device_.name(),
-                 ": a hybrid expert runner (EngineConfig.expert_device) cannot be combined with "
-                 "the model on the GPU yet");
+                 ": every routed expert is on the device, so there is nothing for an expert "
+                 "runner to place (DeviceModelOptions.routed_experts_on_host; the engine sets it "
+                 "for EngineConfig.expert_device)");
+        if (runner != nullptr) {
+            std::vector<const MoeWeights*> moe;
+            for (const int layer : moe_layers_)
+                moe.push_back(&host_->weights().layers[size_t(layer)].moe);
+            runner->bind(config(), moe);
+        }
+        runner_ = runner;
     }
 
     void quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) override {
+        if (runner_ != nullptr) runner_->drain();  // copies may still read the old weights
         host_->quantize_weights(type, pool, progress);
         upload_weights();
+        if (runner_ != nullptr) set_expert_runner(runner_);
     }
 
     OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
@@ -129,6 +146,8 @@ class DeviceDecoder final : public Model {
                           const MoeWeights& host_moe, const Tensor& x);
     void moe(const DeviceRun& run, int layer, const Tensor& x, const Tensor& out,
              Routing* routing_out);
+    void routed_on_runner(const DeviceRun& run, int layer, const Tensor& x, const Tensor& out,
+                          Routing* routing_out);
 
     // Decode steps through CUDA graphs (device_decode_graph.h).
     std::optional<DecodeGraphKey> graph_key(std::span<const SequenceStep> steps,
@@ -147,6 +166,8 @@ class DeviceDecoder final : public Model {
     std::unique_ptr<Decoder> host_;
     Device device_;
     DeviceModelOptions options_;
+    std::vector<int> moe_layers_;     // model layer of each MoE layer
+    ExpertRunner* runner_ = nullptr;  // routed experts, with routed_experts_on_host
     std::unique_ptr<Stream> stream_;
     std::unique_ptr<cuda::Context> ctx_;
     Buffer weight_memory_;
@@ -175,7 +196,7 @@ void DeviceDecoder::upload_weights() {
     // One allocation for all weights; a tensor bound twice (a tied lm_head) is copied once.
     std::map<const void*, size_t> offsets;
     size_t total = 0;
-    for_each_weight(weights_, tied, [&](Tensor& t) {
+    for_each_weight(weights_, tied, !options_.routed_experts_on_host, [&](Tensor& t) {
         if (t.empty() || offsets.count(t.data())) return;
         if (!t.is_contiguous()) fail("device upload: ", t.describe(), " is not contiguous");
         offsets[t.data()] = total;
@@ -186,7 +207,7 @@ void DeviceDecoder::upload_weights() {
     auto* base = static_cast<std::byte*>(weight_memory_.data());
     std::map<const void*, bool> copied;
     int64_t done = 0;
-    for_each_weight(weights_, tied, [&](Tensor& t) {
+    for_each_weight(weights_, tied, !options_.routed_experts_on_host, [&](Tensor& t) {
         if (t.empty()) return;
         const void* host = t.data();
         std::byte* dst = base + offsets.at(host);
@@ -216,6 +237,10 @@ void DeviceDecoder::upload_weights() {
         l.moe.router = upload_as_f32(l.moe.router);
         l.moe.router_bias = upload_as_f32(l.moe.router_bias);
         l.moe.shared_expert_gate = upload_as_f32(l.moe.shared_expert_gate);
+        if (options_.routed_experts_on_host) {
+            l.moe.experts.clear();  // host views: the runner reads the host decoder's
+            continue;
+        }
         expert_tables_.back() = std::make_unique<cuda::DeviceExpertTable>(*ctx_, l.moe.experts);
     }
     const ModelConfig& c = config();
@@ -342,6 +367,51 @@ Routing DeviceDecoder::route_on_host(const DeviceRun& run, const MoeWeights& dev
     return route(host_logits.view, router_options(c), bias);
 }
 
+// With a hybrid expert runner the routing is the host's (the runner plans with it, and may
+// replace it with a replayed trace's), as are the gate lookahead's predictions; the runner gets
+// the layer's rows on the host, splits the experts between the CPU and its device cache, and its
+// sum goes up into `out`. The shared expert then runs here as usual.
+void DeviceDecoder::routed_on_runner(const DeviceRun& run, int layer, const Tensor& x,
+                                     const Tensor& out, Routing* routing_out) {
+    const ModelConfig& c = config();
+    if (runner_ == nullptr)
+        fail(c.architecture, " on ", device_.name(),
+             ": the routed experts are in host memory but no expert runner is set");
+    const int64_t n = x.dim(0);
+    const auto moe_index =
+        int(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
+    const DecoderWeights& host = host_->weights();
+    Routing routing;
+    if (!runner_->replace_routing(moe_index, n, routing))
+        routing = route_on_host(run, weights_.layers[size_t(layer)].moe,
+                                host.layers[size_t(layer)].moe, x);
+    std::vector<Routing> predicted;
+    const int lookahead = std::clamp(runner_->lookahead(), 0, 3);
+    for (int i = moe_index + 1; i <= moe_index + lookahead && i < int(moe_layers_.size()); ++i) {
+        const auto later = size_t(moe_layers_[size_t(i)]);
+        predicted.push_back(
+            route_on_host(run, weights_.layers[later].moe, host.layers[later].moe, x));
+    }
+    OwnedTensor host_x = make_tensor(DType::F32, {n, c.hidden_dim});
+    OwnedTensor host_out = make_tensor(DType::F32, {n, c.hidden_dim});
+    stream_->copy_async(host_x.view.data(), x.data(), size_t(host_x.view.bytes()),
+                        CopyDirection::DeviceToHost);
+    stream_->synchronize();
+    std::fill_n(host_out.view.data_as<float>(), n * c.hidden_dim, 0.0f);
+    runner_->run({.layer = layer,
+                  .moe_layer = moe_index,
+                  .weights = &host.layers[size_t(layer)].moe,
+                  .x = host_x.view,
+                  .routing = &routing,
+                  .predicted = predicted,
+                  .out = host_out.view},
+                 *run.pool);
+    // From pageable memory the copy returns once staged, so host_out may go.
+    stream_->copy_async(out.data(), host_out.view.data(), size_t(host_out.view.bytes()),
+                        CopyDirection::HostToDevice);
+    if (routing_out != nullptr) *routing_out = std::move(routing);
+}
+
 // Decode-sized steps route on the device (cuda::route, then the grouped expert kernels read
 // the choices from device memory): no host round trip per layer. Larger steps, and steps whose
 // routing the caller asked for, route on the host.
@@ -351,8 +421,10 @@ void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const 
     const LayerWeights& lw = weights_.layers[size_t(layer)];
     const int64_t n = x.dim(0), k = c.n_experts_active;
     cuda::zero(run.ctx, out);
-    if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots && n <= cuda::kGemvMaxTokens &&
-        c.n_experts <= cuda::kMaxRouterExperts) {
+    if (options_.routed_experts_on_host) {
+        routed_on_runner(run, layer, x, out, routing_out);
+    } else if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots &&
+               n <= cuda::kGemvMaxTokens && c.n_experts <= cuda::kMaxRouterExperts) {
         const Tensor logits = run.arena.tensor({n, c.n_experts});
         const Tensor ids = run.arena.tensor({n, k}, DType::I32), weights = run.arena.tensor({n, k});
         cuda::linear(run.ctx, x, lw.moe.router, Tensor(), logits);
@@ -395,8 +467,8 @@ std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceS
                                                        const StepRouting* routing) const {
     const ModelConfig& c = config();
     const auto n = int64_t(steps.size());
-    if (!options_.cuda_graphs || graphs_failed_ || routing != nullptr || c.mla || n == 0 ||
-        n > cuda::kGemvMaxTokens)
+    if (!options_.cuda_graphs || graphs_failed_ || routing != nullptr || c.mla ||
+        options_.routed_experts_on_host || n == 0 || n > cuda::kGemvMaxTokens)
         return std::nullopt;
     // The MoE layers must route on the device (moe()'s condition), without a host round trip.
     if (c.is_moe() &&
@@ -610,13 +682,24 @@ OwnedTensor DeviceDecoder::forward_graph(const DecodeGraphKey& key,
 
 OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPool& pool,
                                    StepRouting* routing) {
-    (void)pool;
     const ModelConfig& c = config();
     const StepLayout layout = layout_step(steps, c);
     ctx_->make_current();
     if (const std::optional<DecodeGraphKey> key = graph_key(steps, layout, routing))
         return forward_graph(*key, steps, layout);
-    const DeviceRun run{*ctx_, arena_};
+    const DeviceRun run{*ctx_, arena_, &pool};
+    // The runner's begin_step / end_step around the step, whichever way it ends.
+    struct RunnerStep {
+        ExpertRunner* runner;
+        RunnerStep(ExpertRunner* r, int64_t n) : runner(r) {
+            if (runner != nullptr) runner->begin_step(n);
+        }
+        ~RunnerStep() {
+            if (runner != nullptr) runner->end_step();
+        }
+        RunnerStep(const RunnerStep&) = delete;
+        RunnerStep& operator=(const RunnerStep&) = delete;
+    } runner_step(runner_, layout.n_tokens);
     if (routing != nullptr) {
         const int lookahead = std::clamp(routing->lookahead, 0, 3);
         *routing = {};

@@ -27,6 +27,11 @@ struct DeviceModelOptions {
     // context bucket and replayed as CUDA graphs (device_decode_graph.h); other steps, and
     // models with latent attention, run eagerly. EngineConfig.cuda_graphs.
     bool cuda_graphs = false;
+    // The routed experts stay in host memory (not uploaded): a hybrid expert runner
+    // (set_expert_runner, EngineConfig.expert_device) places them per layer between the CPU and
+    // its own device cache. Each MoE layer then routes on the host, hands the runner its input
+    // rows and adds the runner's sum on the device. Without a runner such a model refuses steps.
+    bool routed_experts_on_host = false;
     // Bytes of weights copied to the device so far and in all, as the upload goes (at start-up
     // and at every reload or quantization).
     WeightProgress upload_progress;

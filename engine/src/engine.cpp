@@ -37,6 +37,7 @@ WeightProgress stage_progress(const LoadProgressCallback& callback, std::string 
 DeviceModelOptions device_options(const EngineConfig& config, Device device) {
     return {
         .cuda_graphs = config.cuda_graphs,
+        .routed_experts_on_host = !config.expert_device.empty(),
         .upload_progress = stage_progress(config.on_load_progress, "upload to " + device.name())};
 }
 

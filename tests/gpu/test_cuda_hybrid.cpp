@@ -2,7 +2,8 @@
 // experts split between the CPU pool and the GPU's expert cache as each planner decides, at
 // budgets 0/25/50/100 % with and without prefetch. Logits of a prefill and of token-by-token
 // decode must be the CPU engine's (f32 throughout: 1e-3 abs), and the counters must say where
-// the experts ran. Then concurrent requests, and a reload mid-service. Skips without a GPU.
+// the experts ran. The same with the model itself on cuda:0 (HybriMoE's split). Then concurrent
+// requests, and a reload mid-service. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
@@ -119,6 +120,35 @@ TEST_F(CudaHybrid, EveryPlannerAndBudgetGivesTheCpuLogits) {
                 if (p == "gpu-stream" && ratio > 0) EXPECT_GT(s.experts_on_device, 0);
                 if (p == "gpu-stream" && ratio > 0 && ratio < 1) EXPECT_GT(s.expert_bytes_moved, 0);
             }
+}
+
+// HybriMoE's configuration: the model (attention, norms, router, shared parts) on cuda:0 with its
+// routed experts left in host memory, split per layer by the executor between the CPU pool and
+// the GPU's expert cache. Against the CPU engine (f32: relative L2 of all logits <= 1e-3, as the
+// device decoder's own tests), with the counters saying where the experts ran.
+TEST_F(CudaHybrid, TheModelOnTheGpuWithHybridExpertsGivesTheCpuLogits) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    const std::vector<float> reference = run_steps(cpu, prompt_, decode_);
+    for (const char* planner : {"hybrimoe", "static", "gpu-stream"})
+        for (double ratio : {0.0, 0.5, 1.0}) {
+            SCOPED_TRACE(::testing::Message() << planner << " at " << ratio);
+            EngineConfig c = config(planner, ratio, true);
+            c.device = "cuda:0";
+            Engine hybrid = Engine::open(c);
+            const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+            ASSERT_EQ(got.size(), reference.size());
+            double diff = 0, norm = 0;
+            for (size_t i = 0; i < got.size(); ++i) {
+                diff += std::pow(double(got[i]) - reference[i], 2);
+                norm += double(reference[i]) * reference[i];
+            }
+            EXPECT_LE(std::sqrt(diff / norm), 1e-3);  // NaN fails too
+            const EngineStats s = hybrid.stats();
+            EXPECT_GT(s.expert_cache_hits + s.expert_cache_misses, 0) << "the executor ran";
+            if (ratio == 0.0) EXPECT_EQ(s.experts_on_device, 0);
+            if (std::string(planner) == "static" && ratio == 1.0) EXPECT_EQ(s.experts_on_cpu, 0);
+        }
 }
 
 // Requests from several threads at once (the CPU pool, the compute and copy streams busy
