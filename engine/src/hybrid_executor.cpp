@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 
 #include "engine/src/expert_slot.h"
@@ -41,6 +42,12 @@ HybridExecutor::HybridExecutor(HybridOptions options)
 HybridExecutor::~HybridExecutor() {
     // Queued work refers to the slots and the scratch buffers: let it finish first.
     drain();
+    const HybridCounters c = counters();
+    if (c.layers > 0 && c.measured_ms > 0)
+        log_info("hybrid executor: cost model over ", c.layers, " MoE layers: predicted ",
+                 c.predicted_ms, " ms, measured ", c.measured_ms, " ms, mean |error| ",
+                 c.abs_error_ms / double(c.layers), " ms per layer (",
+                 100 * c.abs_error_ms / c.measured_ms, " % of the measured time)");
 }
 
 void HybridExecutor::drain() {
@@ -261,6 +268,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
                                .pcie_free_ms = std::max(0.0, copy_free_ms_ - start)};
     plan_layer(options_.planner, plan_input, plan_);
     placement_ = plan_.placement;
+    const double planned_at = now_ms();
 
     // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
     const size_t n_later = options_.prefetch ? predict_later_layers(call) : 0;
@@ -331,6 +339,12 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     }
     ++running_.layers;
     last_layer_end_ms_ = now_ms();
+    const double predicted = plan_.makespan_ms(), measured = last_layer_end_ms_ - planned_at;
+    running_.predicted_ms += predicted;
+    running_.measured_ms += measured;
+    running_.abs_error_ms += std::fabs(measured - predicted);
+    log_debug("hybrid executor: MoE layer ", layer, ", ", n_tokens, " tokens: predicted ",
+              predicted, " ms, measured ", measured, " ms");
 }
 
 bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {

@@ -99,6 +99,10 @@ struct HybridCounters {
     int64_t transient_bytes = 0;    // what those moved (not in the cache's bytes_moved)
     int64_t refused_transfers = 0;  // refused with every transient slot taken: run on the CPU
     int64_t layers = 0;
+    // The cost model against the clock: per layer, the plan's makespan and the time from the
+    // plan to the layer's sum (copies, device and CPU experts), added up; logged per layer at
+    // debug level and summarised when the executor goes.
+    double predicted_ms = 0, measured_ms = 0, abs_error_ms = 0;
 };
 
 class HybridExecutor final : public ExpertRunner {

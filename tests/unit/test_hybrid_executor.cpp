@@ -18,6 +18,7 @@
 #include "engine/src/expert_slot.h"
 #include "engine/src/hybrid_executor.h"
 #include "kernels/error.h"
+#include "kernels/log.h"
 #include "models/config.h"
 #include "models/decoder.h"
 #include "models/model.h"
@@ -382,7 +383,7 @@ TEST(HybridExecutorVsSim, SameHitsAsTandemSimOnTheDevTrace) {
     EXPECT_NE(mrs_hits_probs, mrs_hits_weights) << "the near-misses changed no MRS decision";
 }
 
-TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
+TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbabilityAndTheCostIsMeasured) {
     // One MoE layer of 8 experts, top-2, MRS with p = 2k = 4: the router's logits for the one
     // token are 8, 7, ..., 1 for experts 0..7, so experts 0 and 1 are chosen and 2 and 3 are the
     // near-misses top-p scoring exists for. They must be scored from the router's distribution,
@@ -434,9 +435,22 @@ TEST(HybridExecutorMrs, TheCacheSeesEveryExpertsRouterProbability) {
                           .experts = {0, 1},
                           .weights = {float(p[0] / (p[0] + p[1])), float(p[1] / (p[0] + p[1]))}};
     ThreadPool pool(ThreadPoolOptions{.n_threads = 1, .pin = false});
+    const LogLevel level = log_level();
+    set_log_level(LogLevel::Debug);
+    ::testing::internal::CaptureStderr();
     executor.begin_step(1);
     executor.run({.weights = &layer, .x = x.view, .routing = &routing, .out = out.view}, pool);
     executor.end_step();
+    const std::string log = ::testing::internal::GetCapturedStderr();
+    set_log_level(level);
+    // The cost model against the clock: the layer's prediction and measurement, logged at debug
+    // level and added up in the counters.
+    EXPECT_NE(log.find("MoE layer 0, 1 tokens: predicted"), std::string::npos) << log;
+    const HybridCounters c = executor.counters();
+    EXPECT_EQ(c.layers, 1);
+    EXPECT_GT(c.predicted_ms, 0.0);
+    EXPECT_GT(c.measured_ms, 0.0);
+    EXPECT_DOUBLE_EQ(c.abs_error_ms, std::fabs(c.measured_ms - c.predicted_ms));
     // alpha = 0.5: S = 0.5 * p for the top-4, 0 for the rest.
     for (int64_t e = 0; e < kExperts; ++e)
         EXPECT_NEAR(executor.cache_priority({0, int32_t(e)}), e < 4 ? 0.5 * p[size_t(e)] : 0.0,
