@@ -353,10 +353,10 @@ int run(const Options& o, const std::string& command_line) {
                         std::vector<double> prefill, decode;
                         const EngineStats before = engine.stats();
                         for (int rep = 0; rep < o.repetitions; ++rep) {
-                            bar.update(done, "t" + std::to_string(engine.thread_pool().size()) +
-                                                 " p" + std::to_string(p) + " n" +
-                                                 std::to_string(n) + " b" + std::to_string(b) +
-                                                 " rep " + std::to_string(rep + 1));
+                            bar.update(done, "t" + std::to_string(engine.thread_count()) + " p" +
+                                                 std::to_string(p) + " n" + std::to_string(n) +
+                                                 " b" + std::to_string(b) + " rep " +
+                                                 std::to_string(rep + 1));
                             const RunResult r = run_once(engine, p, n, b, o.seed * 1000 + rep,
                                                          recorder ? &*recorder : nullptr);
                             prefill.push_back(r.prefill_tps);
@@ -372,7 +372,7 @@ int run(const Options& o, const std::string& command_line) {
                         // The CPU kernels' ISA, or the device the model ran on.
                         row.isa = o.device == "cpu" ? std::string(cpu::isa_name(cpu::active_isa()))
                                                     : o.device;
-                        row.threads = engine.thread_pool().size();
+                        row.threads = engine.thread_count();
                         row.batch = b;
                         row.prompt_tokens = p;
                         row.gen_tokens = n;

@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
                     prefill_s, rate(double(t.prefill_tokens), prefill_s));
         std::printf("decode:  %lld tokens in %.3f s = %.2f tokens/s\n", (long long)t.decode_steps,
                     decode_s, rate(double(t.decode_steps), decode_s));
-        std::printf("threads: %d\n", engine.thread_pool().size());
+        std::printf("threads: %d\n", engine.thread_count());
         if (const int64_t nodes = engine.stats().numa_nodes; nodes > 0)
             std::printf("numa: routed experts split over %lld node%s\n", (long long)nodes,
                         nodes == 1 ? "" : "s");

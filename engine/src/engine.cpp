@@ -8,6 +8,7 @@
 
 #include "cache/kv_cache.h"
 #include "engine/src/engine_config.h"
+#include "engine/src/engine_internals.h"
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
 #include "kernels/cpu/cpu_isa.h"
@@ -322,11 +323,16 @@ EngineStats Engine::stats() const {
     if (state_->experts.numa) s.numa_nodes = state_->experts.numa->n_nodes();
     return s;
 }
-Model& Engine::model() {
-    return state_->scheduler->model();
+int Engine::thread_count() const {
+    return state_->pool->size();
 }
-ThreadPool& Engine::thread_pool() {
-    return *state_->pool;
+
+Model& EngineInternals::model(Engine& engine) {
+    return engine.state_->scheduler->model();
+}
+
+ThreadPool& EngineInternals::thread_pool(Engine& engine) {
+    return *engine.state_->pool;
 }
 
 }  // namespace tandem

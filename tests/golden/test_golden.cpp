@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "engine/src/engine_internals.h"
 #include "kernels/cpu/tile_gemm.h"
 #include "kernels/thread_pool.h"
 #include "models/model.h"
@@ -80,9 +81,9 @@ class Golden : public ::testing::TestWithParam<Case> {
 
     // Logits of every position of `tokens`, from one prefill.
     std::vector<float> prefill_logits(std::span<const int32_t> tokens) {
-        KvCache cache(engine_->model().kv_cache_shape(int64_t(tokens.size())));
+        KvCache cache(engine_model(*engine_).kv_cache_shape(int64_t(tokens.size())));
         const SequenceStep step{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor logits = engine_->model().forward({&step, 1}, engine_->thread_pool());
+        OwnedTensor logits = engine_model(*engine_).forward({&step, 1}, engine_pool(*engine_));
         EXPECT_EQ(cache.length(), int64_t(tokens.size()));
         return {logits.view.data_as<float>(), logits.view.data_as<float>() + logits.view.numel()};
     }
@@ -155,11 +156,11 @@ TEST_P(Golden, PrefillEqualsTokenByTokenDecode) {
         SCOPED_TRACE(policy == cpu::TileGemmPolicy::Never ? "no tile path" : "tile path");
         cpu::set_tile_gemm_policy(policy);
         const std::vector<float> prefill = prefill_logits(ref_.prompt);
-        KvCache cache(engine_->model().kv_cache_shape(int64_t(ref_.prompt.size())));
+        KvCache cache(engine_model(*engine_).kv_cache_shape(int64_t(ref_.prompt.size())));
         double worst = 0;
         for (size_t i = 0; i < ref_.prompt.size(); ++i) {
             const SequenceStep step{.tokens = {&ref_.prompt[i], 1}, .cache = &cache};
-            OwnedTensor logits = engine_->model().forward({&step, 1}, engine_->thread_pool());
+            OwnedTensor logits = engine_model(*engine_).forward({&step, 1}, engine_pool(*engine_));
             for (int64_t v = 0; v < vocab_; ++v)
                 worst = std::max(worst, std::fabs(double(logits.view.data_as<float>()[v]) -
                                                   prefill[i * size_t(vocab_) + size_t(v)]));
@@ -179,14 +180,14 @@ TEST_P(Golden, BatchOfThreeEqualsEachAlone) {
         std::vector<std::unique_ptr<KvCache>> caches;
         std::vector<SequenceStep> steps;
         for (size_t s : which) {
-            caches.push_back(std::make_unique<KvCache>(engine_->model().kv_cache_shape(32)));
+            caches.push_back(std::make_unique<KvCache>(engine_model(*engine_).kv_cache_shape(32)));
             steps.push_back(
                 {.tokens = prompts[s], .cache = caches.back().get(), .all_logits = true});
         }
-        OwnedTensor first = engine_->model().forward(steps, engine_->thread_pool());
+        OwnedTensor first = engine_model(*engine_).forward(steps, engine_pool(*engine_));
         for (size_t i = 0; i < which.size(); ++i)
             steps[i] = {.tokens = {&next[which[i]], 1}, .cache = caches[i].get()};
-        OwnedTensor second = engine_->model().forward(steps, engine_->thread_pool());
+        OwnedTensor second = engine_model(*engine_).forward(steps, engine_pool(*engine_));
         std::vector<float> out(first.view.data_as<float>(),
                                first.view.data_as<float>() + first.view.numel());
         out.insert(out.end(), second.view.data_as<float>(),
@@ -226,9 +227,9 @@ TEST_P(GoldenQ8, LogitsWithinTheQuantizationTolerance) {
         {.model_dir = GetParam().dir(), .n_threads = 2, .pin_threads = false, .quantize = "q8_0"});
     const Reference ref = read_reference(GetParam().reference());
     const auto vocab = size_t(engine.model_config().vocab_size);
-    KvCache cache(engine.model().kv_cache_shape(int64_t(ref.prompt.size())));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(ref.prompt.size())));
     const SequenceStep step{.tokens = ref.prompt, .cache = &cache, .all_logits = true};
-    OwnedTensor logits = engine.model().forward({&step, 1}, engine.thread_pool());
+    OwnedTensor logits = engine_model(engine).forward({&step, 1}, engine_pool(engine));
     const std::span<const float> got(logits.view.data_as<float>(), size_t(logits.view.numel()));
     int close = 0, decided = 0, agree = 0;
     for (size_t pos = 0; pos < ref.prompt.size(); ++pos) {
@@ -275,11 +276,12 @@ TEST_P(GoldenKvTypes, HalfPrecisionCacheStaysCloseToF32) {
     cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Never);
     const auto n = int64_t(ref_.prompt.size());
     auto run = [&](DType type, StepRouting& routing) {
-        KvCacheShape shape = engine_->model().kv_cache_shape(n);
+        KvCacheShape shape = engine_model(*engine_).kv_cache_shape(n);
         shape.dtype = type;
         KvCache cache(shape);
         const SequenceStep step{.tokens = ref_.prompt, .cache = &cache, .all_logits = true};
-        OwnedTensor logits = engine_->model().forward({&step, 1}, engine_->thread_pool(), &routing);
+        OwnedTensor logits =
+            engine_model(*engine_).forward({&step, 1}, engine_pool(*engine_), &routing);
         return std::vector<float>(logits.view.data_as<float>(),
                                   logits.view.data_as<float>() + logits.view.numel());
     };
@@ -301,13 +303,13 @@ TEST_P(GoldenKvTypes, HalfPrecisionCacheStaysCloseToF32) {
         RecordProperty(name + "_rel_l2", std::to_string(distance));
         RecordProperty(name + "_routes_changed", std::to_string(flipped));
 
-        KvCacheShape shape = engine_->model().kv_cache_shape(n);
+        KvCacheShape shape = engine_model(*engine_).kv_cache_shape(n);
         shape.dtype = type;
         KvCache decoded(shape);
         double worst = 0;
         for (int64_t i = 0; i < n; ++i) {
             const SequenceStep one{.tokens = {&ref_.prompt[size_t(i)], 1}, .cache = &decoded};
-            OwnedTensor row = engine_->model().forward({&one, 1}, engine_->thread_pool());
+            OwnedTensor row = engine_model(*engine_).forward({&one, 1}, engine_pool(*engine_));
             for (int64_t v = 0; v < vocab_; ++v)
                 worst = std::max(worst, std::fabs(double(row.view.data_as<float>()[v]) -
                                                   got[size_t(i * vocab_ + v)]));

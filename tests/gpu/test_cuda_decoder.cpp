@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "cache/kv_cache.h"
+#include "engine/src/engine_internals.h"
 #include "kernels/error.h"
 #include "models/model.h"
 #include "models/safetensors.h"
@@ -114,9 +115,9 @@ EngineConfig config_for(const Case& c, const std::string& device) {
 
 // Logits of every position of `tokens` from one prefill of `engine`'s model.
 std::vector<float> prefill(Engine& engine, std::span<const int32_t> tokens) {
-    KvCache cache(engine.model().kv_cache_shape(int64_t(tokens.size())));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(tokens.size())));
     const SequenceStep step{.tokens = tokens, .cache = &cache, .all_logits = true};
-    OwnedTensor logits = engine.model().forward({&step, 1}, engine.thread_pool());
+    OwnedTensor logits = engine_model(engine).forward({&step, 1}, engine_pool(engine));
     EXPECT_EQ(cache.length(), int64_t(tokens.size()));
     return to_vector(logits);
 }
@@ -145,12 +146,13 @@ TEST_P(CudaDecoder, PrefillMatchesTransformersAndGreedyIds) {
         expect_close_with_bf16_activations(got, ref_.logits, vocab_, "vs transformers (f32)");
     }
     // Greedy continuation, token by token through the decode path.
-    KvCache cache(gpu_->model().kv_cache_shape(int64_t(ref_.prompt.size() + ref_.greedy.size())));
+    KvCache cache(
+        engine_model(*gpu_).kv_cache_shape(int64_t(ref_.prompt.size() + ref_.greedy.size())));
     std::vector<int32_t> ids;
     std::vector<int32_t> next = ref_.prompt;
     for (size_t i = 0; i < ref_.greedy.size(); ++i) {
         const SequenceStep step{.tokens = next, .cache = &cache};
-        OwnedTensor logits = gpu_->model().forward({&step, 1}, gpu_->thread_pool());
+        OwnedTensor logits = engine_model(*gpu_).forward({&step, 1}, engine_pool(*gpu_));
         const float* row = logits.view.data_as<float>();
         const int32_t best = int32_t(std::max_element(row, row + vocab_) - row);
         ids.push_back(best);
@@ -181,12 +183,12 @@ TEST_P(CudaDecoder, MatchesTheCpuEngineAndDecodeEqualsPrefill) {
     expect_close(on_gpu, on_cpu, "GPU vs CPU prefill");
 
     // The same positions one token at a time: the decode kernels (GEMV, split-K attention).
-    KvCache cache(gpu_->model().kv_cache_shape(int64_t(tokens.size())));
+    KvCache cache(engine_model(*gpu_).kv_cache_shape(int64_t(tokens.size())));
     std::vector<float> decoded;
     for (const int32_t token : tokens) {
         const SequenceStep step{.tokens = {&token, 1}, .cache = &cache};
         const std::vector<float> row =
-            to_vector(gpu_->model().forward({&step, 1}, gpu_->thread_pool()));
+            to_vector(engine_model(*gpu_).forward({&step, 1}, engine_pool(*gpu_)));
         decoded.insert(decoded.end(), row.begin(), row.end());
     }
     expect_close(decoded, on_gpu, "decode vs prefill");
@@ -204,10 +206,11 @@ TEST_P(CudaDecoder, BatchEqualsEachSequenceAlone) {
     std::vector<std::unique_ptr<KvCache>> caches;
     std::vector<SequenceStep> steps;
     for (const auto& p : prompts) {
-        caches.push_back(std::make_unique<KvCache>(gpu_->model().kv_cache_shape(64)));
+        caches.push_back(std::make_unique<KvCache>(engine_model(*gpu_).kv_cache_shape(64)));
         steps.push_back({.tokens = p, .cache = caches.back().get(), .all_logits = true});
     }
-    const std::vector<float> batched = to_vector(gpu_->model().forward(steps, gpu_->thread_pool()));
+    const std::vector<float> batched =
+        to_vector(engine_model(*gpu_).forward(steps, engine_pool(*gpu_)));
     // Each prompt alone, concatenated: the criterion is over every position of the three.
     std::vector<float> alone;
     for (const auto& p : prompts) {
@@ -245,13 +248,13 @@ TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
     std::vector<int32_t> prompt(37);  // two full blocks of 16 and a partial one
     for (int32_t& t : prompt)
         t = int32_t(rng() % vocab_);
-    const KvCacheShape shape = gpu_->model().kv_cache_shape(64);
+    const KvCacheShape shape = engine_model(*gpu_).kv_cache_shape(64);
     ASSERT_EQ(shape.device.kind, DeviceKind::Cuda);
     auto pool = std::make_shared<KvBlockPool>(shape, 16, 16);
     KvCache original(pool, 64), fork(pool, 64);
     ASSERT_TRUE(original.reserve(int64_t(prompt.size()) + 1));
     const SequenceStep step{.tokens = prompt, .cache = &original};
-    gpu_->model().forward({&step, 1}, gpu_->thread_pool());
+    engine_model(*gpu_).forward({&step, 1}, engine_pool(*gpu_));
     fork.copy_prefix_from(original, int64_t(prompt.size()));
     ASSERT_EQ(fork.length(), int64_t(prompt.size()));
     ASSERT_TRUE(fork.reserve(int64_t(prompt.size()) + 1));
@@ -260,7 +263,7 @@ TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
     KvCache* caches[2] = {&original, &fork};
     for (int i = 0; i < 2; ++i) {
         const SequenceStep one{.tokens = {&next, 1}, .cache = caches[i]};
-        logits[i] = to_vector(gpu_->model().forward({&one, 1}, gpu_->thread_pool()));
+        logits[i] = to_vector(engine_model(*gpu_).forward({&one, 1}, engine_pool(*gpu_)));
     }
     EXPECT_EQ(worst_abs(logits[0], logits[1]), 0.0);
 }
@@ -294,14 +297,14 @@ TEST_P(CudaDecoder, CudaGraphsDecodeLikeEagerSteps) {
     std::vector<int32_t> next(prompts.size());
     for (int e = 0; e < 2; ++e) {
         sides[e].pool =
-            std::make_shared<KvBlockPool>(engines[e]->model().kv_cache_shape(300), 16, 64);
+            std::make_shared<KvBlockPool>(engine_model(*engines[e]).kv_cache_shape(300), 16, 64);
         for (size_t i = 0; i < prompts.size(); ++i) {
             KvCache& cache =
                 *sides[e].caches.emplace_back(std::make_unique<KvCache>(sides[e].pool, 300));
             ASSERT_TRUE(cache.reserve(int64_t(prompts[i].size())));
             const SequenceStep step{.tokens = prompts[i], .cache = &cache};
             const std::vector<float> row =
-                to_vector(engines[e]->model().forward({&step, 1}, engines[e]->thread_pool()));
+                to_vector(engine_model(*engines[e]).forward({&step, 1}, engine_pool(*engines[e])));
             if (e == 0) next[i] = int32_t(std::max_element(row.begin(), row.end()) - row.begin());
         }
     }
@@ -316,7 +319,8 @@ TEST_P(CudaDecoder, CudaGraphsDecodeLikeEagerSteps) {
                 ASSERT_TRUE(cache.reserve(cache.length() + 1));
                 steps.push_back({.tokens = {&next[i], 1}, .cache = &cache});
             }
-            logits[e] = to_vector(engines[e]->model().forward(steps, engines[e]->thread_pool()));
+            logits[e] =
+                to_vector(engine_model(*engines[e]).forward(steps, engine_pool(*engines[e])));
         }
         const std::string what = "decode step " + std::to_string(step_index);
         if (GetParam().dtype == "f32") {

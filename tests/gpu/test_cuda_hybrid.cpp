@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "cache/kv_cache.h"
+#include "engine/src/engine_internals.h"
 #include "models/model.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
@@ -51,11 +52,11 @@ std::string write_profile(const test::TempDir& dir) {
 
 std::vector<float> run_steps(Engine& engine, std::span<const int32_t> prompt,
                              std::span<const int32_t> decode) {
-    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size() + decode.size())));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size() + decode.size())));
     std::vector<float> logits;
     auto step = [&](std::span<const int32_t> tokens) {
         const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine.model().forward({&s, 1}, engine.thread_pool());
+        OwnedTensor out = engine_model(engine).forward({&s, 1}, engine_pool(engine));
         logits.insert(logits.end(), out.view.data_as<float>(),
                       out.view.data_as<float>() + out.view.numel());
     };

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "engine/src/engine_internals.h"
 #include "kernels/cpu/tile_gemm.h"
 #include "models/config.h"
 #include "models/model.h"
@@ -214,10 +215,10 @@ TEST_F(ApiTest, RoutedExpertsCoverEveryPositionRun) {
     ASSERT_EQ(r.predicted.size(), r.experts.size() * 2);
     // The prompt's routing is what a forward of the prompt alone chooses, and so are the gate
     // lookahead's predictions; past the last MoE layer there is nothing to predict.
-    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size())));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size())));
     const SequenceStep step{.tokens = prompt, .cache = &cache};
     StepRouting routing{.lookahead = 2};
-    engine.model().forward({&step, 1}, engine.thread_pool(), &routing);
+    engine_model(engine).forward({&step, 1}, engine_pool(engine), &routing);
     ASSERT_EQ(int32_t(routing.routing.size()), r.n_layers);
     for (size_t pos = 0; pos < prompt.size(); ++pos)
         for (int32_t l = 0; l < r.n_layers; ++l)
@@ -318,7 +319,8 @@ TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
 
 TEST_F(ApiTest, FullKvCacheQueuesRequestsAndRejectsTheImpossible) {
     // 6 blocks of 4 positions: one request of 3 + 8 tokens (3 blocks) at a time, two at most.
-    const KvCacheShape shape = open(a_->str()).model().kv_cache_shape(1);
+    Engine probe = open(a_->str());
+    const KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
     const auto block = int64_t(KvBlockPool::bytes_per_block(shape, 4));
     Engine engine = open(a_->str(), {.kv_cache_bytes = 6 * block, .kv_block_size = 4});
     const SamplingParams params{.temperature = 0, .max_tokens = 8, .ignore_eos = true};

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 
+#include "engine/src/engine_internals.h"
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
@@ -128,9 +129,9 @@ TEST(QuantizedEngine, LogitsStayCloseToTheFloatModel) {
     auto logits_of = [&](const std::string& quantize) {
         Engine engine = Engine::open(
             {.model_dir = dir.str(), .n_threads = 2, .pin_threads = false, .quantize = quantize});
-        KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size())));
+        KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size())));
         const SequenceStep step{.tokens = prompt, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine.model().forward({&step, 1}, engine.thread_pool());
+        OwnedTensor out = engine_model(engine).forward({&step, 1}, engine_pool(engine));
         return std::vector<float>(out.view.data_as<float>(),
                                   out.view.data_as<float>() + out.view.numel());
     };

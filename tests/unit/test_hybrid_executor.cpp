@@ -15,6 +15,7 @@
 
 #include "engine/src/calibration_cache.h"
 #include "engine/src/device_experts.h"
+#include "engine/src/engine_internals.h"
 #include "engine/src/expert_slot.h"
 #include "engine/src/hybrid_executor.h"
 #include "kernels/error.h"
@@ -61,11 +62,11 @@ std::string write_profile(const test::TempDir& dir) {
 // Logits of a prefill of `prompt` (every position) and then of `decode` one token at a time.
 std::vector<float> run_steps(Engine& engine, std::span<const int32_t> prompt,
                              std::span<const int32_t> decode) {
-    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size() + decode.size())));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size() + decode.size())));
     std::vector<float> logits;
     auto step = [&](std::span<const int32_t> tokens) {
         const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine.model().forward({&s, 1}, engine.thread_pool());
+        OwnedTensor out = engine_model(engine).forward({&s, 1}, engine_pool(engine));
         logits.insert(logits.end(), out.view.data_as<float>(),
                       out.view.data_as<float>() + out.view.numel());
     };
@@ -210,13 +211,13 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
                                .pin_threads = false,
                                .replay_routing = trace_path});
     {
-        KvCache cache(cpu.model().kv_cache_shape(int64_t(prompt_.size() + 1)));
+        KvCache cache(engine_model(cpu).kv_cache_shape(int64_t(prompt_.size() + 1)));
         StepRouting routing;
         int64_t first_token = 0;
         for (std::span<const int32_t> tokens :
              {std::span<const int32_t>(prompt_), std::span<const int32_t>(decode_).first(1)}) {
             const SequenceStep step{.tokens = tokens, .cache = &cache};
-            cpu.model().forward({&step, 1}, cpu.thread_pool(), &routing);
+            engine_model(cpu).forward({&step, 1}, engine_pool(cpu), &routing);
             ASSERT_EQ(routing.routing.size(), 3u);
             for (int l = 0; l < 3; ++l)
                 for (size_t row = 0; row < tokens.size(); ++row)
@@ -585,7 +586,7 @@ TEST_F(HybridExecutorTest, CalibrationMeasuresAndIsCached) {
     Engine first = Engine::open(c);
     ModelConfig mc = first.model_config();
     const std::string key = calibration_key(mc, "weights as stored, 24576 bytes per expert",
-                                            first.thread_pool().size(), "sim:0");
+                                            engine_pool(first).size(), "sim:0");
     const std::optional<CostModel> cached = load_calibration(file, key);
     ASSERT_TRUE(cached) << "no entry '" << key << "' in " << file;
     EXPECT_GT(cached->cpu_a_ms + cached->cpu_b_ms + cached->cpu_first_ms, 0);
@@ -639,10 +640,10 @@ TEST_F(HybridExecutorTest, ByteBudgetSetsTheSlots) {
     HybridOptions options{.budget_bytes = 3 * 24576 + 100};
     HybridExecutor executor(options);
     Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
-    cpu.model().set_expert_runner(&executor);
+    engine_model(cpu).set_expert_runner(&executor);
     EXPECT_EQ(executor.slot_bytes(), 24576);  // 3 x 64 x 32 f32, each part 256-aligned
     EXPECT_EQ(executor.slots(), 3);
-    cpu.model().set_expert_runner(nullptr);
+    engine_model(cpu).set_expert_runner(nullptr);
 }
 
 }  // namespace

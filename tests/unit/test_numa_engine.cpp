@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 
+#include "engine/src/engine_internals.h"
 #include "kernels/error.h"
 #include "models/model.h"
 #include "tests/test_util.h"
@@ -36,11 +37,11 @@ void write_model(const std::string& dir, uint64_t seed) {
 
 // Logits of a prefill of `prompt` (every position) and then of three decode steps.
 std::vector<float> run_steps(Engine& engine, const std::vector<int32_t>& prompt) {
-    KvCache cache(engine.model().kv_cache_shape(int64_t(prompt.size()) + 3));
+    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size()) + 3));
     std::vector<float> logits;
     auto step = [&](std::span<const int32_t> tokens) {
         const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine.model().forward({&s, 1}, engine.thread_pool());
+        OwnedTensor out = engine_model(engine).forward({&s, 1}, engine_pool(engine));
         logits.insert(logits.end(), out.view.data_as<float>(),
                       out.view.data_as<float>() + out.view.numel());
     };

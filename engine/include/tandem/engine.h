@@ -30,9 +30,6 @@
 
 namespace tandem {
 
-class Model;
-class ThreadPool;
-
 // How far Engine::open (and reload_weights) is with the slow parts of preparing the weights:
 // load-time quantization (`quantize`) and the copy of every weight to a GPU (`device`). The
 // checkpoint itself is memory-mapped, so reading it costs nothing up front.
@@ -186,10 +183,12 @@ class Engine {
     int64_t context_length() const;
     int64_t vocab_size() const;
     EngineStats stats() const;
-    Model& model();
-    ThreadPool& thread_pool();
+    int thread_count() const;  // the worker threads of the engine's pool
 
   private:
+    // In-tree code (tests, benchmarks) reaches the model and the pool through it
+    // (engine/src/engine_internals.h); they are not part of the installed API.
+    friend struct EngineInternals;
     struct State;
     explicit Engine(std::unique_ptr<State> state);
     std::unique_ptr<State> state_;
