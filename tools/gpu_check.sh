@@ -102,6 +102,18 @@ if [ -x "$bin/tandem-bench" ]; then
     bench_gpu olmoe-q4_k-graphs -m synthetic:olmoe-1b-7b --quantize q4_k --cuda-graphs
     bench_gpu olmoe-bf16-graphs -m synthetic:olmoe-1b-7b --cuda-graphs
     bench_gpu qwen3-30b-a3b-q4_k -m synthetic:qwen3-30b-a3b --quantize q4_k
+    # The hybrid split (issue 19): the model on cuda:0, its routed experts in host memory, placed
+    # per layer by the executor between the CPU and the GPU's expert cache, with the dev trace's
+    # routing replayed; hybrimoe against kTransformers-style static placement in the same run.
+    trace=$run_dir/data/olmoe-decode-dev.jsonl.gz
+    if [ -f "$trace" ]; then
+        step "tandem-bench olmoe-q4_k-hybrid" 240 "$bin/tandem-bench" --device cuda:0 \
+            --expert-device cuda:0 -m synthetic:olmoe-1b-7b --quantize q4_k -p 512 -n 64 -r 2 \
+            --gpu-expert-ratio 0.25,0.5 --planner hybrimoe,ktransformers-static \
+            --replay-routing "$trace" --kv-cache-type bf16 --no-progress \
+            --model-cache /tmp/gpu-check-models --json "$out/tb/olmoe-q4_k-hybrid.json"
+        rm -rf /tmp/gpu-check-models
+    fi
     cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null
     rm -rf "$out/tb"
 fi
