@@ -25,10 +25,7 @@ namespace tandem {
 struct DecodeGraphKey {
     int64_t batch = 0;
     int64_t max_keys = 0;  // decode_graph_keys(): the launch shape of the decode attention
-    // The caches' layout (every sequence of the step shares it).
-    DType kv_dtype = DType::F32;
-    int64_t block_size = 0, k_pos_stride = 0, k_head_stride = 0, k_block_stride = 0;
-    int64_t v_pos_stride = 0, v_head_stride = 0, v_block_stride = 0;
+    cuda::KvLayout k, v;   // the caches' layout (every sequence of the step shares it)
     auto operator<=>(const DecodeGraphKey&) const = default;
 };
 
@@ -53,7 +50,6 @@ struct DecodeGraphEntry {
     int32_t* block_tables = nullptr;                                    // [batch, max_blocks]
     int64_t max_blocks = 0;                                             // per sequence
     size_t positions_offset = 0, tables_offset = 0, blocks_offset = 0;  // in `inputs`
-    cuda::KvLayout k, v;
     cuda::Graph graph;
     uint64_t generation = 0;  // the graph context's scratch generation at capture
 };

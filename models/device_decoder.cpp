@@ -456,12 +456,6 @@ void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const 
     }
 }
 
-bool same_layout(const cuda::KvLayout& a, const cuda::KvLayout& b) {
-    return a.dtype == b.dtype && a.n_kv_heads == b.n_kv_heads && a.head_dim == b.head_dim &&
-           a.block_size == b.block_size && a.pos_stride == b.pos_stride &&
-           a.head_stride == b.head_stride && a.block_stride == b.block_stride;
-}
-
 std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceStep> steps,
                                                        const StepLayout& layout,
                                                        const StepRouting* routing) const {
@@ -480,8 +474,7 @@ std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceS
     const cuda::KvLayout v = cuda::layout_of(layout.sequences[0].cache->values(0));
     int64_t needed = 1;
     for (const StepSequence& seq : layout.sequences) {
-        if (!same_layout(cuda::layout_of(seq.cache->keys(0)), k) ||
-            !same_layout(cuda::layout_of(seq.cache->values(0)), v))
+        if (cuda::layout_of(seq.cache->keys(0)) != k || cuda::layout_of(seq.cache->values(0)) != v)
             return std::nullopt;
         needed = std::max(needed, seq.cache->length() + 1);
     }
@@ -495,40 +488,16 @@ std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceS
         .v = v,
         .max_keys = needed};
     if (!cuda::decode_supported(probe)) return std::nullopt;
-    return DecodeGraphKey{.batch = n,
-                          .max_keys = decode_graph_keys(needed),
-                          .kv_dtype = k.dtype,
-                          .block_size = k.block_size,
-                          .k_pos_stride = k.pos_stride,
-                          .k_head_stride = k.head_stride,
-                          .k_block_stride = k.block_stride,
-                          .v_pos_stride = v.pos_stride,
-                          .v_head_stride = v.head_stride,
-                          .v_block_stride = v.block_stride};
+    return DecodeGraphKey{.batch = n, .max_keys = decode_graph_keys(needed), .k = k, .v = v};
 }
 
 DecodeGraphEntry& DeviceDecoder::graph_entry(const DecodeGraphKey& key) {
     std::unique_ptr<DecodeGraphEntry>& slot = graphs_[key];
     if (slot) return *slot;
     const ModelConfig& c = config();
-    const KvCacheShape shape = host_->kv_cache_shape(1);
     auto e = std::make_unique<DecodeGraphEntry>();
     const int64_t n = key.batch;
-    e->k = {.dtype = key.kv_dtype,
-            .n_kv_heads = shape.n_kv_heads,
-            .head_dim = shape.head_dim,
-            .block_size = key.block_size,
-            .pos_stride = key.k_pos_stride,
-            .head_stride = key.k_head_stride,
-            .block_stride = key.k_block_stride};
-    e->v = {.dtype = key.kv_dtype,
-            .n_kv_heads = shape.n_kv_heads,
-            .head_dim = shape.v_head_dim,
-            .block_size = key.block_size,
-            .pos_stride = key.v_pos_stride,
-            .head_stride = key.v_head_stride,
-            .block_stride = key.v_block_stride};
-    e->max_blocks = (key.max_keys + key.block_size - 1) / key.block_size;
+    e->max_blocks = (key.max_keys + key.k.block_size - 1) / key.k.block_size;
     size_t at = device_aligned(size_t(n * c.hidden_dim) * 4);
     e->positions_offset = at;
     at += device_aligned(size_t(n) * sizeof(int64_t));
@@ -602,13 +571,13 @@ void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntr
     cuda::apply_rope(run.ctx, k.reshape({n, c.n_kv_heads, c.head_dim}), e.positions, inv_freq,
                      half);
     const cuda::DecodeSequence* table = e.tables + int64_t(layer) * n;
-    cuda::write_kv_decode(run.ctx, table, e.k, e.v, k, v);
+    cuda::write_kv_decode(run.ctx, table, key.k, key.v, k, v);
     const Tensor attended = run.arena.tensor({n, c.n_heads, c.head_dim});
     cuda::attention_decode(run.ctx, {.q = q_heads,
                                      .out = attended,
                                      .sequences = table,
-                                     .k = e.k,
-                                     .v = e.v,
+                                     .k = key.k,
+                                     .v = key.v,
                                      .max_keys = key.max_keys,
                                      .scale = 1.0f / std::sqrt(float(c.head_dim)),
                                      .sliding_window = c.sliding_window});

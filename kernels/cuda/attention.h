@@ -18,6 +18,7 @@
 // Multi-head latent attention (DeepSeek's MLA) has its own kernel: latent_attention.h.
 #pragma once
 
+#include <compare>
 #include <cstdint>
 #include <span>
 
@@ -61,6 +62,7 @@ struct KvLayout {
     DType dtype = DType::BF16;  // f32, f16 or bf16
     int64_t n_kv_heads = 0, head_dim = 0;
     int64_t block_size = 1, pos_stride = 0, head_stride = 0, block_stride = 0;
+    auto operator<=>(const KvLayout&) const = default;
 };
 KvLayout layout_of(const KvRows& rows);
 
