@@ -32,6 +32,14 @@ void validate(const SamplingParams& p) {
     if (p.prompt_logprobs < -1 || p.prompt_logprobs > kMaxLogprobs)
         fail("prompt_logprobs must be in [0, ", kMaxLogprobs, "] (or -1: none), got ",
              p.prompt_logprobs);
+    for (size_t i = 0; i < p.logit_bias.size(); ++i) {
+        const auto& [token, bias] = p.logit_bias[i];
+        if (token < 0) fail("logit_bias: token ids must be >= 0, got ", token);
+        if (!(bias >= -100.0f && bias <= 100.0f))
+            fail("logit_bias: biases must be in [-100, 100], got ", bias, " for token ", token);
+        for (size_t j = 0; j < i; ++j)
+            if (p.logit_bias[j].first == token) fail("logit_bias: token ", token, " appears twice");
+    }
 }
 
 int32_t argmax(std::span<const float> logits) {
@@ -44,6 +52,17 @@ Sampler::Sampler(const SamplingParams& params, uint64_t seed) : params_(params),
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {
+    if (params_.logit_bias.empty()) return sample_row(logits);
+    biased_.assign(logits.begin(), logits.end());
+    for (const auto& [token, bias] : params_.logit_bias) {
+        if (size_t(token) >= biased_.size())
+            fail("logit_bias: token ", token, " is outside the vocabulary of ", biased_.size());
+        biased_[size_t(token)] += bias;  // -inf (masked) stays -inf
+    }
+    return sample_row(biased_);
+}
+
+int32_t Sampler::sample_row(std::span<const float> logits) {
     if (params_.temperature == 0.0f || params_.top_k == 1) return argmax(logits);
     const float max_logit = *std::max_element(logits.begin(), logits.end());
     candidates_.clear();

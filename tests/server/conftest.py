@@ -14,10 +14,13 @@ MODEL = ROOT / "tests" / "data" / "chat_tiny"
 
 
 class RunningServer:
+    @staticmethod
+    def binary():
+        return os.environ.get("TANDEM_SERVER", str(ROOT / "build" / "tools" / "tandem-server"))
+
     def __init__(self, *args, model=MODEL):
-        binary = os.environ.get("TANDEM_SERVER", str(ROOT / "build" / "tools" / "tandem-server"))
         self.proc = subprocess.Popen(
-            [binary, "--model", str(model), "--port", "0", "--threads", "2", "--no-pin",
+            [self.binary(), "--model", str(model), "--port", "0", "--threads", "2", "--no-pin",
              "--log-level", "warn", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
@@ -34,11 +37,16 @@ class RunningServer:
     def alive(self):
         return self.proc.poll() is None and requests.get(self.url + "/health").status_code == 200
 
-    def metric(self, name):
-        for line in requests.get(self.url + "/metrics").text.splitlines():
+    def metric(self, name, headers=None):
+        """A sample by its full name, labels included: 'x_total{reason="a"}'."""
+        for line in requests.get(self.url + "/metrics", headers=headers).text.splitlines():
             if line.startswith(name + " "):
-                return float(line.split()[1])
+                return float(line.split()[-1])
         raise KeyError(name)
+
+    def host_port(self):
+        host, port = self.url.removeprefix("http://").split(":")
+        return host, int(port)
 
     def stop(self):
         self.proc.terminate()

@@ -1,5 +1,6 @@
 // The sampler: greedy picks the argmax; filters keep exactly the tokens they should; a seed
-// reproduces a stream; the empirical distribution follows softmax(logits / temperature).
+// reproduces a stream; the empirical distribution follows softmax(logits / temperature);
+// logit_bias moves exactly the tokens it names.
 #include <gtest/gtest.h>
 
 #include <tandem/sampling.h>
@@ -84,7 +85,42 @@ TEST(Sampler, FollowsTheSoftmaxDistribution) {
     EXPECT_LT(chi2, 30.66);
 }
 
+TEST(Sampler, LogitBiasBansForcesAndShifts) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    const auto logits = test::random_floats(rng, 300);
+    const int32_t best = argmax(logits);
+    const int32_t other = (best + 17) % 300;
+    // Greedy: -100 bans the argmax, +100 forces any token.
+    EXPECT_NE(Sampler({.temperature = 0.0f, .logit_bias = {{best, -100.0f}}}).sample(logits), best);
+    EXPECT_EQ(Sampler({.temperature = 0.0f, .logit_bias = {{other, 100.0f}}}).sample(logits),
+              other);
+    // Sampling: a banned token is never drawn; the row itself is left as it was.
+    const std::vector<float> flat(4, 0.0f);
+    EXPECT_EQ(support({.seed = seed, .logit_bias = {{2, -100.0f}}}, flat),
+              (std::set<int32_t>{0, 1, 3}));
+    EXPECT_EQ(support({.seed = seed, .logit_bias = {{1, 100.0f}}}, flat), (std::set<int32_t>{1}));
+    // A bias of log(3) on one of two equal tokens: drawn 3 times in 4.
+    Sampler shifted({.seed = seed, .logit_bias = {{0, std::log(3.0f)}}});
+    const std::vector<float> two(2, 0.5f);
+    int zeros = 0;
+    const int draws = 40000;
+    for (int i = 0; i < draws; ++i)
+        zeros += shifted.sample(two) == 0;
+    EXPECT_NEAR(double(zeros) / draws, 0.75, 0.01);  // 4.6 standard deviations
+    EXPECT_EQ(two, std::vector<float>(2, 0.5f));
+    // A masked token (-inf, min_tokens) stays masked whatever its bias.
+    const std::vector<float> masked = {0.0f, -INFINITY};
+    EXPECT_EQ(Sampler({.temperature = 0.0f, .logit_bias = {{1, 100.0f}}}).sample(masked), 0);
+    // Beyond the row: an error, not a write out of bounds.
+    EXPECT_THROW(Sampler({.logit_bias = {{4, 1.0f}}}).sample(flat), Error);
+}
+
 TEST(Sampler, RejectsBadParameters) {
+    EXPECT_THROW(Sampler({.logit_bias = {{-1, 1.0f}}}), Error);
+    EXPECT_THROW(Sampler({.logit_bias = {{3, 101.0f}}}), Error);
+    EXPECT_THROW(Sampler({.logit_bias = {{3, NAN}}}), Error);
+    EXPECT_THROW(Sampler({.logit_bias = {{3, 1.0f}, {3, 2.0f}}}), Error);
     EXPECT_THROW(Sampler({.temperature = -1.0f}), Error);
     EXPECT_THROW(Sampler({.top_k = -2}), Error);
     EXPECT_THROW(Sampler({.top_p = 0.0f}), Error);

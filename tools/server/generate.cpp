@@ -1,11 +1,21 @@
 // POST /v1/completions and /v1/chat/completions: one engine request per prompt (each with n
 // samples), answered as one JSON object or streamed as server-sent events.
+//
+// The handler thread waits for the engine and for its client at once (Connection::wait): a
+// client that hangs up aborts the request at once, so the engine drops its sequences at the
+// next step; a shutdown past its timeout ends the response (an error event and [DONE] for a
+// stream, a 503 otherwise).
 #include <httplib.h>
 
+#include <poll.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <thread>
 
 #include "tools/server/api_error.h"
 #include "tools/server/openai.h"
@@ -32,36 +42,63 @@ struct PreparedPrompt {
 // The events of one streamed response: engine callbacks push, the HTTP writer pops.
 struct EventQueue {
     std::mutex mutex;
-    std::condition_variable ready;
+    Wakeup ready;
     std::deque<std::string> events;
     bool closed = false;
 
     void push(std::string event) {
         {
             std::lock_guard lock(mutex);
+            if (closed) return;  // ended early (shutdown): nothing may follow [DONE]
             events.push_back(std::move(event));
         }
-        ready.notify_one();
+        ready.signal();
+    }
+    void close() {
+        {
+            std::lock_guard lock(mutex);
+            closed = true;
+        }
+        ready.signal();
     }
 };
+
+// Counts the samples of a non-streaming response still running; wakes its handler at zero.
+struct Countdown {
+    std::atomic<int64_t> remaining{0};
+    Wakeup done;
+};
+
+// A wait re-checks its condition at least this often, should a wake-up ever be missed.
+constexpr int kRecheckMs = 1000;
 
 std::string sse(const json& chunk) {
     return "data: " + dump(chunk) + "\n\n";
 }
 
+// Waits until `finished()`, the client hangs up, or the server's shutdown timeout ends the
+// request; `wake` is signalled whenever `finished()` may have turned true.
+Connection::Event wait_for(Wakeup& wake, const std::function<bool()>& finished) {
+    Connection* connection = HttpServer::current();
+    for (;;) {
+        wake.clear();
+        if (finished()) return Connection::Event::Woken;
+        // Outside a connection (a handler called directly): the engine alone can end the wait.
+        const Connection::Event event =
+            connection ? connection->wait(wake, kRecheckMs) : Connection::Event::Woken;
+        if (event != Connection::Event::Woken) return event;
+        if (!connection) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
 }  // namespace
 
-void Server::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+void Server::generate(const std::string& text, httplib::Response& res, bool chat) {
     Engine& engine = *engine_.load();
-    json body;
-    try {
-        body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-        throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    GenerationRequest g = parse_generation_request(body, chat);
+    const json body = parse_json_body(text);
+    GenerationRequest g = parse_generation_request(body, chat, engine.vocab_size());
     const std::string name = model_name();
-    if (!g.model.empty() && g.model != name && g.model != engine.model_name())
+    if (!g.model.empty() && !serves_model(g.model))
         throw ApiError(
             404, "the model '" + g.model + "' does not exist; this server serves '" + name + "'",
             "model");
@@ -92,7 +129,7 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
                                 : engine.detokenize(prepared.ids);
         prompts.push_back(std::move(prepared));
     }
-    const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+    const std::string id = request_id(chat ? "chatcmpl-" : "cmpl-");
     const int64_t created = unix_now();
     const int32_t n = g.params.n;
     auto params_for = [&](const PreparedPrompt& p) {
@@ -109,14 +146,39 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
     };
 
     if (!g.stream) {
+        auto countdown = std::make_shared<Countdown>();
+        countdown->remaining = int64_t(prompts.size()) * n;
+        auto on_delta = [countdown](const StreamDelta& d) {
+            if (d.finish_reason && --countdown->remaining == 0) countdown->done.signal();
+        };
         std::vector<RequestHandle> handles;
         try {
             for (const PreparedPrompt& p : prompts)
-                handles.push_back(engine.submit(Prompt::tokens(p.ids), params_for(p)));
+                handles.push_back(engine.submit(Prompt::tokens(p.ids), params_for(p), on_delta));
         } catch (...) {
             for (RequestHandle& h : handles)
                 h.abort();
             throw;
+        }
+        const Connection::Event event = wait_for(countdown->done, [&] {
+            return countdown->remaining <= 0 ||
+                   std::all_of(handles.begin(), handles.end(),
+                               [](const RequestHandle& h) { return h.finished(); });
+        });
+        if (event != Connection::Event::Woken) {
+            // Nobody will read the answer (the client hung up), or shutdown ends it: the
+            // engine drops the sequences at its next step.
+            for (RequestHandle& h : handles)
+                h.abort();
+            for (RequestHandle& h : handles)
+                metrics_.observe_generation(h.wait());
+            metrics_.count_abort(event == Connection::Event::ClientGone ? "client_gone"
+                                                                        : "shutdown");
+            if (event == Connection::Event::ClientGone) {
+                HttpServer::current()->close_after_response();
+                throw ApiError(499, "the client closed the connection");
+            }
+            throw ApiError(503, "the server is shutting down");
         }
         json choices = json::array();
         int64_t prompt_tokens = 0, completion_tokens = 0;
@@ -135,9 +197,15 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
                 } else {
                     const std::string& echo = prompts[i].text;
                     choice["text"] = echo + c.text;
+                    if (g.prompt_logprobs >= 0)
+                        choice["prompt_logprobs"] =
+                            prompt_logprobs_json(engine, out.prompt_logprobs, g.prompt_logprobs);
                     if (g.legacy_logprobs >= 0) {
                         std::vector<TokenLogprob> lps;
                         if (g.echo) lps = out.prompt_logprobs;
+                        // The engine computed max(logprobs, prompt_logprobs) alternatives.
+                        for (TokenLogprob& lp : lps)
+                            lp.top.resize(std::min(lp.top.size(), size_t(g.legacy_logprobs)));
                         lps.insert(lps.end(), c.logprobs.begin(), c.logprobs.end());
                         choice["logprobs"] = completion_logprobs(
                             engine, lps, 0,
@@ -159,6 +227,10 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
             {"id", id},           {"object", chat ? "chat.completion" : "text_completion"},
             {"created", created}, {"model", name},
             {"choices", choices}, {"usage", usage_json(prompt_tokens, completion_tokens)}};
+        // vLLM: one list for the (single) prompt of a chat, beside the choices.
+        if (chat && g.prompt_logprobs >= 0)
+            response["prompt_logprobs"] =
+                prompt_logprobs_json(engine, handles[0].wait().prompt_logprobs, g.prompt_logprobs);
         res.status = 200;
         res.set_content(dump(response), "application/json");
         return;
@@ -239,9 +311,7 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
                              {"choices", json::array()},
                              {"usage", usage_json(prompt_tokens, progress->completion_tokens)}}));
                     queue->push("data: [DONE]\n\n");
-                    std::lock_guard qlock(queue->mutex);
-                    queue->closed = true;
-                    queue->ready.notify_one();
+                    queue->close();
                 }));
         }
     } catch (...) {
@@ -253,9 +323,28 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [queue](size_t, httplib::DataSink& sink) {
+        [this, queue, handles](size_t, httplib::DataSink& sink) {
+            Connection* connection = HttpServer::current();
             std::unique_lock lock(queue->mutex);
-            queue->ready.wait(lock, [&] { return !queue->events.empty() || queue->closed; });
+            while (queue->events.empty() && !queue->closed) {
+                lock.unlock();
+                const Connection::Event event = connection
+                                                    ? connection->wait(queue->ready, kRecheckMs)
+                                                    : Connection::Event::Woken;
+                if (!connection) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                if (event == Connection::Event::ClientGone) return false;  // aborts below
+                if (event == Connection::Event::Cancelled) {
+                    // Shutdown past its timeout: the client learns why its stream ends.
+                    queue->push(sse(error_body(503, "the server is shutting down")));
+                    queue->push("data: [DONE]\n\n");
+                    queue->close();
+                    for (RequestHandle& h : *handles)
+                        h.abort();
+                    metrics_.count_abort("shutdown");
+                }
+                queue->ready.clear();
+                lock.lock();
+            }
             while (!queue->events.empty()) {
                 const std::string event = std::move(queue->events.front());
                 queue->events.pop_front();
@@ -268,8 +357,11 @@ void Server::generate(const httplib::Request& req, httplib::Response& res, bool 
         },
         [this, handles](bool success) {
             // Normal end or a broken connection: either way nothing may keep running.
-            for (RequestHandle& h : *handles)
-                if (!success) h.abort();
+            if (!success) {
+                for (RequestHandle& h : *handles)
+                    h.abort();
+                metrics_.count_abort("client_gone");
+            }
             for (RequestHandle& h : *handles)
                 metrics_.observe_generation(h.wait());
         });

@@ -58,6 +58,11 @@ void Metrics::count_request(const std::string& endpoint, int status) {
     ++requests_[{endpoint, status}];
 }
 
+void Metrics::count_abort(const std::string& reason) {
+    std::lock_guard lock(mutex_);
+    ++aborts_[reason];
+}
+
 void Metrics::observe_generation(const RequestOutput& out) {
     std::lock_guard lock(mutex_);
     prompt_tokens_ += uint64_t(out.prompt_tokens);
@@ -79,6 +84,15 @@ std::string Metrics::render(const EngineStats* stats) const {
     for (const auto& [key, count] : requests_)
         out += "tandem_requests_total{endpoint=\"" + key.first + "\",status=\"" +
                std::to_string(key.second) + "\"} " + std::to_string(count) + "\n";
+    out +=
+        "# HELP tandem_requests_aborted_total Generation responses ended before their requests "
+        "finished, by reason.\n"
+        "# TYPE tandem_requests_aborted_total counter\n";
+    for (const char* reason : {"client_gone", "shutdown"}) {
+        const auto it = aborts_.find(reason);
+        out += std::string("tandem_requests_aborted_total{reason=\"") + reason + "\"} " +
+               std::to_string(it == aborts_.end() ? 0 : it->second) + "\n";
+    }
     metric(out, "tandem_prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
            double(prompt_tokens_));
     metric(out, "tandem_generation_tokens_total", "counter",

@@ -31,11 +31,15 @@ class Metrics {
     void count_request(const std::string& endpoint, int status);
     // One finished generation request.
     void observe_generation(const RequestOutput& output);
+    // A generation response ended before its requests finished: "client_gone" (the client
+    // hung up) or "shutdown" (the shutdown timeout passed).
+    void count_abort(const std::string& reason);
     std::string render(const EngineStats* stats) const;  // stats: null while loading
 
   private:
     mutable std::mutex mutex_;
     std::map<std::pair<std::string, int>, uint64_t> requests_;
+    std::map<std::string, uint64_t> aborts_;
     uint64_t prompt_tokens_ = 0, generation_tokens_ = 0;
     Histogram ttft_, tpot_, e2e_, queue_;
 };

@@ -1,6 +1,8 @@
 #include "tools/server/openai.h"
 
+#include <algorithm>
 #include <limits>
+#include <string_view>
 
 #include "tools/server/api_error.h"
 
@@ -135,10 +137,89 @@ std::vector<Prompt> completion_prompts(const json& body) {
     return prompts;
 }
 
+// OpenAI and vLLM fields whose effect Tandem does not implement: refused unless absent, null
+// or their no-op value, so that no request is answered as if they had been honoured.
+struct Unsupported {
+    const char* field;
+    bool (*no_op)(const json&);
+};
+
+bool is_false(const json& v) {
+    return v.is_boolean() && !v.get<bool>();
+}
+
+const Unsupported kUnsupported[] = {
+    {"response_format",
+     [](const json& v) { return v.is_object() && v.value("type", "") == "text"; }},
+    {"tools", [](const json& v) { return v.is_array() && v.empty(); }},
+    {"tool_choice", [](const json& v) { return v == "none"; }},
+    {"functions", [](const json& v) { return v.is_array() && v.empty(); }},
+    {"function_call", [](const json& v) { return v == "none"; }},
+    {"guided_json", nullptr},
+    {"guided_regex", nullptr},
+    {"guided_choice", nullptr},
+    {"guided_grammar", nullptr},
+    {"structured_outputs", nullptr},
+    {"use_beam_search", is_false},
+    {"length_penalty", [](const json& v) { return v == 1 || v == 1.0; }},
+    {"include_stop_str_in_output", is_false},
+    {"allowed_token_ids", nullptr},
+    {"bad_words", [](const json& v) { return v.is_array() && v.empty(); }},
+    {"truncate_prompt_tokens", nullptr},
+    {"continue_final_message", is_false},
+    {"chat_template", nullptr},
+    {"chat_template_kwargs", nullptr},
+    {"audio", nullptr},
+    {"modalities", [](const json& v) { return v == json::array({"text"}); }},
+    {"prediction", nullptr},
+};
+
+std::vector<std::pair<int32_t, float>> read_logit_bias(const json& body, int64_t vocab_size) {
+    const auto it = body.find("logit_bias");
+    if (it == body.end() || it->is_null()) return {};
+    if (!it->is_object())
+        throw ApiError(400, "'logit_bias' must map token ids to biases", "logit_bias");
+    std::vector<std::pair<int32_t, float>> bias;
+    for (const auto& [key, value] : it->items()) {
+        // A token id in decimal, as OpenAI's tokenizer ids are written.
+        const bool digits = !key.empty() && key.size() <= 10 &&
+                            key.find_first_not_of("0123456789") == std::string::npos;
+        if (!digits || std::stoll(key) >= vocab_size)
+            throw ApiError(400,
+                           "'logit_bias' keys must be token ids in [0, " +
+                               std::to_string(vocab_size) + "), got \"" + key + "\"",
+                           "logit_bias");
+        if (!value.is_number() || !(value.get<double>() >= -100.0 && value.get<double>() <= 100.0))
+            throw ApiError(
+                400, "'logit_bias' values must be numbers in [-100, 100], got " + value.dump(),
+                "logit_bias");
+        bias.emplace_back(int32_t(std::stoll(key)), float(value.get<double>()));
+    }
+    return bias;
+}
+
 }  // namespace
 
-GenerationRequest parse_generation_request(const json& body, bool chat) {
+nlohmann::json parse_json_body(const std::string& body) {
+    try {
+        return json::parse(body);
+    } catch (const json::parse_error& e) {
+        // The parser's own text quotes the body and names its internals: say what and where.
+        const bool utf8 = std::string_view(e.what()).find("UTF-8") != std::string_view::npos;
+        throw ApiError(400, std::string("the request body is not valid JSON (") +
+                                (utf8 ? "invalid UTF-8" : "syntax error") + " at byte " +
+                                std::to_string(e.byte) + ")");
+    }
+}
+
+GenerationRequest parse_generation_request(const json& body, bool chat, int64_t vocab_size) {
     if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
+    for (const Unsupported& u : kUnsupported) {
+        const auto it = body.find(u.field);
+        if (it == body.end() || it->is_null() || (u.no_op && u.no_op(*it))) continue;
+        throw ApiError(400, std::string("'") + u.field + "' is not supported by this server",
+                       u.field);
+    }
     GenerationRequest r;
     r.chat = chat;
     if (const auto m = body.find("model"); m != body.end() && !m->is_null()) {
@@ -170,7 +251,9 @@ GenerationRequest parse_generation_request(const json& body, bool chat) {
             : "max_tokens";
     r.max_tokens_given = body.contains(max_key) && !body[max_key].is_null();
     r.max_tokens_key = max_key;
-    p.max_tokens = read_int<int32_t>(body, max_key, chat ? 0 : 16, 0, kMaxInt);
+    // A chat answer has at least one token (vLLM); completions take 0 to score the prompt
+    // (echo with logprobs).
+    p.max_tokens = read_int<int32_t>(body, max_key, chat ? 0 : 16, chat ? 1 : 0, kMaxInt);
     p.min_tokens = read_int<int32_t>(body, "min_tokens", 0, 0, kMaxInt);
     p.stop = read_stop(body);
     if (p.stop.size() > 16) throw ApiError(400, "at most 16 stop strings", "stop");
@@ -185,8 +268,12 @@ GenerationRequest parse_generation_request(const json& body, bool chat) {
     p.repetition_penalty = read_float(body, "repetition_penalty", 1.0f, 0.01f, 100.0f);
     p.skip_special_tokens = read_bool(body, "skip_special_tokens", true);
     p.return_routed_experts = read_bool(body, "return_routed_experts", false);
+    p.logit_bias = read_logit_bias(body, vocab_size);
     r.stream = read_bool(body, "stream", false);
     if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+        if (!r.stream)
+            throw ApiError(400, "'stream_options' is only allowed with 'stream': true",
+                           "stream_options");
         if (!it->is_object())
             throw ApiError(400, "'stream_options' must be an object", "stream_options");
         r.include_usage = read_bool(*it, "include_usage", false);
@@ -206,8 +293,12 @@ GenerationRequest parse_generation_request(const json& body, bool chat) {
         if (body.contains("suffix") && !body["suffix"].is_null())
             throw ApiError(400, "'suffix' is not supported", "suffix");
     }
-    p.prompt_logprobs =
-        read_int<int32_t>(body, "prompt_logprobs", p.prompt_logprobs, -1, kMaxLogprobs);
+    // vLLM's -1 (the whole vocabulary) is beyond kMaxLogprobs: refused by the range.
+    r.prompt_logprobs = read_int<int32_t>(body, "prompt_logprobs", -1, 0, kMaxLogprobs);
+    if (r.prompt_logprobs >= 0 && r.stream)
+        throw ApiError(400, "'prompt_logprobs' is not available with 'stream': true",
+                       "prompt_logprobs");
+    p.prompt_logprobs = std::max(p.prompt_logprobs, r.prompt_logprobs);
     return r;
 }
 
@@ -259,6 +350,29 @@ nlohmann::json completion_logprobs(const Engine& engine, const std::vector<Token
             {"token_logprobs", token_logprobs},
             {"top_logprobs", top},
             {"text_offset", offsets}};
+}
+
+nlohmann::json prompt_logprobs_json(const Engine& engine, const std::vector<TokenLogprob>& lps,
+                                    int32_t k) {
+    auto entry = [&](int32_t token, float logprob, json rank) {
+        return json{{"logprob", logprob},
+                    {"rank", std::move(rank)},
+                    {"decoded_token", engine.token_text(token)}};
+    };
+    json out = json::array({nullptr});
+    for (const TokenLogprob& lp : lps) {
+        json position = json::object();
+        json own_rank = nullptr;
+        const size_t listed = std::min(lp.top.size(), size_t(k));
+        for (size_t i = 0; i < listed; ++i) {
+            const auto& [token, logprob] = lp.top[i];
+            position[std::to_string(token)] = entry(token, logprob, int64_t(i) + 1);
+            if (token == lp.token) own_rank = int64_t(i) + 1;
+        }
+        position[std::to_string(lp.token)] = entry(lp.token, lp.logprob, own_rank);
+        out.push_back(std::move(position));
+    }
+    return out;
 }
 
 std::string finish_reason_json(std::optional<FinishReason> reason) {

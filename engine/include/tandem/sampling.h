@@ -8,7 +8,9 @@
 //      positive logits divided, negative multiplied), then presence and frequency penalties
 //      over the generated tokens (OpenAI's rule: logit -= frequency * count + presence);
 //   3. before min_tokens tokens exist, EOS and stop_token_ids are masked out;
-//   4. temperature 0 means greedy (argmax). Otherwise logits / temperature, softmax, top_k,
+//   4. logit_bias is added to its tokens' logits (OpenAI's rule: -100 all but bans a token,
+//      +100 all but forces it); a masked token stays masked;
+//   5. temperature 0 means greedy (argmax). Otherwise logits / temperature, softmax, top_k,
 //      top_p (smallest most-probable set reaching top_p), min_p (p >= min_p * p_max),
 //      renormalise, draw.
 // A Sampler owns its random stream: the same seed, inputs and parameters give the same tokens.
@@ -19,6 +21,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tandem {
@@ -35,9 +38,12 @@ struct SamplingParams {
     std::vector<std::string> stop;        // stop strings; the text ends before the first match
     std::vector<int32_t> stop_token_ids;  // extra tokens that end a sample like EOS
     bool ignore_eos = false;
-    float presence_penalty = 0.0f;       // [-2, 2]
-    float frequency_penalty = 0.0f;      // [-2, 2]
-    float repetition_penalty = 1.0f;     // > 0; 1: off
+    float presence_penalty = 0.0f;    // [-2, 2]
+    float frequency_penalty = 0.0f;   // [-2, 2]
+    float repetition_penalty = 1.0f;  // > 0; 1: off
+    // (token, bias in [-100, 100]) added to the token's logit before sampling; a token may
+    // appear once. Ids beyond the vocabulary fail the request.
+    std::vector<std::pair<int32_t, float>> logit_bias;
     int32_t logprobs = -1;               // -1: none; k >= 0: the sampled token's and the top k
     int32_t prompt_logprobs = -1;        // -1: none; k >= 0: each prompt token's and the top k
     bool return_routed_experts = false;  // the experts each MoE layer chose, per position
@@ -59,16 +65,20 @@ class Sampler {
     // Seeded with params.seed (0 if absent), or with `seed`.
     explicit Sampler(const SamplingParams& params) : Sampler(params, params.seed.value_or(0)) {}
     Sampler(const SamplingParams& params, uint64_t seed);
-    // Draws from `logits` (penalties already applied); the row is left unchanged.
+    // Draws from `logits` (penalties already applied; logit_bias is added here); the row is
+    // left unchanged.
     int32_t sample(std::span<const float> logits);
 
   private:
+    int32_t sample_row(std::span<const float> logits);
+
     // Draws from candidates_ in their current order, total = the sum of their weights.
     int32_t draw(double total);
 
     SamplingParams params_;
     std::mt19937_64 rng_;
     std::vector<std::pair<float, int32_t>> candidates_;  // scratch: (probability, token)
+    std::vector<float> biased_;                          // scratch: logits + logit_bias
 };
 
 int32_t argmax(std::span<const float> logits);
