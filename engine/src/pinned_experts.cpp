@@ -12,6 +12,8 @@
 namespace tandem {
 
 std::vector<ByteRange> page_ranges(std::vector<ByteRange> ranges, size_t page) {
+    // An empty range holds no byte: widened, it would pin a page for nothing.
+    std::erase_if(ranges, [](const ByteRange& r) { return r.end <= r.begin; });
     for (ByteRange& r : ranges) {
         r.begin = r.begin / page * page;
         r.end = (r.end + page - 1) / page * page;
@@ -19,7 +21,6 @@ std::vector<ByteRange> page_ranges(std::vector<ByteRange> ranges, size_t page) {
     std::sort(ranges.begin(), ranges.end());
     std::vector<ByteRange> merged;
     for (const ByteRange& r : ranges) {
-        if (r.end <= r.begin) continue;
         if (!merged.empty() && r.begin <= merged.back().end)
             merged.back().end = std::max(merged.back().end, r.end);
         else

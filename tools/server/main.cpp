@@ -28,6 +28,7 @@
 
 #include "kernels/log.h"
 #include "tools/engine_flags.h"
+#include "tools/load_progress.h"
 #include "tools/server/server.h"
 
 namespace {
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
         signals.detach();  // the process ends with main
         std::optional<tandem::Engine> engine;
         try {
+            config.on_load_progress = tandem::terminal_load_progress("tandem-server");
             engine.emplace(tandem::Engine::open(config));
             server.set_engine(&*engine);
             tandem::log_info("serving ", config.model_dir);
