@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <fstream>
+
+#include "cache/kv_cache.h"
+#include "engine/src/engine_internals.h"
 #include "tools/synthetic_model.h"
 
 namespace tandem::test {
@@ -73,6 +77,47 @@ SyntheticQwen3MoeSpec small_spec(uint64_t seed) {
 
 void write_tiny_model(const std::string& dir, uint64_t seed) {
     write_synthetic_qwen3_moe(dir, small_spec(seed));
+}
+
+void write_hybrid_model(const std::string& dir, uint64_t seed) {
+    write_synthetic_qwen3_moe(dir, {.vocab_size = 128,
+                                    .hidden_dim = 64,
+                                    .n_layers = 3,
+                                    .n_heads = 4,
+                                    .n_kv_heads = 2,
+                                    .head_dim = 16,
+                                    .n_experts = 16,
+                                    .n_experts_active = 4,
+                                    .expert_ffn_dim = 32,
+                                    .max_position_embeddings = 128,
+                                    .dtype = DType::F32,
+                                    .seed = seed});
+}
+
+std::string write_hybrid_profile(const std::string& dir) {
+    const std::string path = dir + "/profile.json";
+    std::ofstream(path) << R"({"name": "test", "cpu_bandwidth_gbs": 20, "cpu_gflops": 50,
+        "cpu_expert_overhead_ms": 0.02, "cpu_first_expert_ms": 0.03, "gpu_bandwidth_gbs": 1000,
+        "gpu_tflops": 100, "gpu_expert_overhead_ms": 0.01, "pcie_bandwidth_gbs": 25,
+        "pcie_latency_ms": 0.01, "gpu_expert_memory_gb": 1})";
+    return path;
+}
+
+std::vector<float> prefill_then_decode(Engine& engine, std::span<const int32_t> prompt,
+                                       std::span<const int32_t> decode) {
+    Model& model = engine_model(engine);
+    KvCache cache(model.kv_cache_shape(int64_t(prompt.size() + decode.size())));
+    std::vector<float> logits;
+    auto step = [&](std::span<const int32_t> tokens) {
+        const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
+        OwnedTensor out = model.forward({&s, 1}, engine_pool(engine));
+        logits.insert(logits.end(), out.view.data_as<float>(),
+                      out.view.data_as<float>() + out.view.numel());
+    };
+    step(prompt);
+    for (size_t i = 0; i < decode.size(); ++i)
+        step(decode.subspan(i, 1));
+    return logits;
 }
 
 void write_small_quantizable_model(const std::string& dir, uint64_t seed) {

@@ -7,8 +7,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
+
+#include <tandem/engine.h>
 
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/tensor.h"
@@ -56,5 +59,17 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std = 1.0
 void write_tiny_model(const std::string& dir, uint64_t seed = 1);
 // The same with hidden 256 and expert rows of 256, so every K-quant runs without fallback.
 void write_small_quantizable_model(const std::string& dir, uint64_t seed = 1);
+
+// The hybrid executor's test model: 16 experts, top-4, 3 MoE layers, f32 (budgets of 25 and
+// 50 % leave real choices), and a hardware profile on which both the CPU and the device are
+// worth using for its tiny experts, so that every planner splits the layers (the paper's profile
+// would send them all to the CPU). The profile's path is returned.
+void write_hybrid_model(const std::string& dir, uint64_t seed);
+std::string write_hybrid_profile(const std::string& dir);
+
+// Logits of a prefill of `prompt` (every position), then of each token of `decode` one at a
+// time, through the engine's model directly, in one KV cache.
+std::vector<float> prefill_then_decode(Engine& engine, std::span<const int32_t> prompt,
+                                       std::span<const int32_t> decode);
 
 }  // namespace tandem::test

@@ -24,54 +24,12 @@
 namespace tandem {
 namespace {
 
-// 16 experts, top-4, 3 MoE layers (as test_hybrid_executor's sim model).
-void write_model(const std::string& dir, uint64_t seed) {
-    write_synthetic_qwen3_moe(dir, {.vocab_size = 128,
-                                    .hidden_dim = 64,
-                                    .n_layers = 3,
-                                    .n_heads = 4,
-                                    .n_kv_heads = 2,
-                                    .head_dim = 16,
-                                    .n_experts = 16,
-                                    .n_experts_active = 4,
-                                    .expert_ffn_dim = 32,
-                                    .max_position_embeddings = 128,
-                                    .dtype = DType::F32,
-                                    .seed = seed});
-}
-
-// Both sides worth using for these tiny experts, so every planner really splits the layers.
-std::string write_profile(const test::TempDir& dir) {
-    const std::string path = dir.str() + "/profile.json";
-    std::ofstream(path) << R"({"name": "test", "cpu_bandwidth_gbs": 20, "cpu_gflops": 50,
-        "cpu_expert_overhead_ms": 0.02, "cpu_first_expert_ms": 0.03, "gpu_bandwidth_gbs": 1000,
-        "gpu_tflops": 100, "gpu_expert_overhead_ms": 0.01, "pcie_bandwidth_gbs": 25,
-        "pcie_latency_ms": 0.01, "gpu_expert_memory_gb": 1})";
-    return path;
-}
-
-std::vector<float> run_steps(Engine& engine, std::span<const int32_t> prompt,
-                             std::span<const int32_t> decode) {
-    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size() + decode.size())));
-    std::vector<float> logits;
-    auto step = [&](std::span<const int32_t> tokens) {
-        const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine_model(engine).forward({&s, 1}, engine_pool(engine));
-        logits.insert(logits.end(), out.view.data_as<float>(),
-                      out.view.data_as<float>() + out.view.numel());
-    };
-    step(prompt);
-    for (size_t i = 0; i < decode.size(); ++i)
-        step(decode.subspan(i, 1));
-    return logits;
-}
-
 class CudaHybrid : public ::testing::Test {
   protected:
     void SetUp() override {
         TANDEM_REQUIRE_GPU();
-        write_model(dir_.str(), seed_);
-        profile_ = write_profile(dir_);
+        test::write_hybrid_model(dir_.str(), seed_);
+        profile_ = test::write_hybrid_profile(dir_.str());
         std::mt19937_64 rng(seed_);
         for (int i = 0; i < 12; ++i)
             prompt_.push_back(int32_t(rng() % 128));
@@ -99,7 +57,7 @@ class CudaHybrid : public ::testing::Test {
 TEST_F(CudaHybrid, EveryPlannerAndBudgetGivesTheCpuLogits) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed_);
     Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
-    const std::vector<float> reference = run_steps(cpu, prompt_, decode_);
+    const std::vector<float> reference = test::prefill_then_decode(cpu, prompt_, decode_);
     for (const char* planner : {"hybrimoe", "static", "fiddler", "gpu-stream", "cpu-only"})
         for (double ratio : {0.0, 0.25, 0.5, 1.0})
             for (bool prefetch : {true, false}) {
@@ -107,7 +65,7 @@ TEST_F(CudaHybrid, EveryPlannerAndBudgetGivesTheCpuLogits) {
                              << planner << " at " << ratio << (prefetch ? " with" : " without")
                              << " prefetch");
                 Engine hybrid = Engine::open(config(planner, ratio, prefetch));
-                const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+                const std::vector<float> got = test::prefill_then_decode(hybrid, prompt_, decode_);
                 ASSERT_EQ(got.size(), reference.size());
                 double worst = 0;
                 for (size_t i = 0; i < got.size(); ++i)
@@ -130,14 +88,14 @@ TEST_F(CudaHybrid, EveryPlannerAndBudgetGivesTheCpuLogits) {
 TEST_F(CudaHybrid, TheModelOnTheGpuWithHybridExpertsGivesTheCpuLogits) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed_);
     Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
-    const std::vector<float> reference = run_steps(cpu, prompt_, decode_);
+    const std::vector<float> reference = test::prefill_then_decode(cpu, prompt_, decode_);
     for (const char* planner : {"hybrimoe", "static", "gpu-stream"})
         for (double ratio : {0.0, 0.5, 1.0}) {
             SCOPED_TRACE(::testing::Message() << planner << " at " << ratio);
             EngineConfig c = config(planner, ratio, true);
             c.device = "cuda:0";
             Engine hybrid = Engine::open(c);
-            const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+            const std::vector<float> got = test::prefill_then_decode(hybrid, prompt_, decode_);
             ASSERT_EQ(got.size(), reference.size());
             double diff = 0, norm = 0;
             for (size_t i = 0; i < got.size(); ++i) {

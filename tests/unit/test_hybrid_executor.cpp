@@ -32,55 +32,11 @@
 namespace tandem {
 namespace {
 
-// 16 experts, top-4, 3 MoE layers: budgets of 25 and 50 % leave real choices.
-void write_model(const std::string& dir, uint64_t seed) {
-    write_synthetic_qwen3_moe(dir, {.vocab_size = 128,
-                                    .hidden_dim = 64,
-                                    .n_layers = 3,
-                                    .n_heads = 4,
-                                    .n_kv_heads = 2,
-                                    .head_dim = 16,
-                                    .n_experts = 16,
-                                    .n_experts_active = 4,
-                                    .expert_ffn_dim = 32,
-                                    .max_position_embeddings = 128,
-                                    .dtype = DType::F32,
-                                    .seed = seed});
-}
-
-// A machine on which both sides are worth using for these tiny experts, so that every planner
-// splits layers between CPU and device (the paper's profile would send them all to the CPU).
-std::string write_profile(const test::TempDir& dir) {
-    const std::string path = dir.str() + "/profile.json";
-    std::ofstream(path) << R"({"name": "test", "cpu_bandwidth_gbs": 20, "cpu_gflops": 50,
-        "cpu_expert_overhead_ms": 0.02, "cpu_first_expert_ms": 0.03, "gpu_bandwidth_gbs": 1000,
-        "gpu_tflops": 100, "gpu_expert_overhead_ms": 0.01, "pcie_bandwidth_gbs": 25,
-        "pcie_latency_ms": 0.01, "gpu_expert_memory_gb": 1})";
-    return path;
-}
-
-// Logits of a prefill of `prompt` (every position) and then of `decode` one token at a time.
-std::vector<float> run_steps(Engine& engine, std::span<const int32_t> prompt,
-                             std::span<const int32_t> decode) {
-    KvCache cache(engine_model(engine).kv_cache_shape(int64_t(prompt.size() + decode.size())));
-    std::vector<float> logits;
-    auto step = [&](std::span<const int32_t> tokens) {
-        const SequenceStep s{.tokens = tokens, .cache = &cache, .all_logits = true};
-        OwnedTensor out = engine_model(engine).forward({&s, 1}, engine_pool(engine));
-        logits.insert(logits.end(), out.view.data_as<float>(),
-                      out.view.data_as<float>() + out.view.numel());
-    };
-    step(prompt);
-    for (size_t i = 0; i < decode.size(); ++i)
-        step(decode.subspan(i, 1));
-    return logits;
-}
-
 class HybridExecutorTest : public ::testing::Test {
   protected:
     void SetUp() override {
-        write_model(dir_.str(), seed_);
-        profile_ = write_profile(dir_);
+        test::write_hybrid_model(dir_.str(), seed_);
+        profile_ = test::write_hybrid_profile(dir_.str());
         std::mt19937_64 rng(seed_);
         std::uniform_int_distribution<int32_t> token(0, 127);
         for (int i = 0; i < 12; ++i)
@@ -109,7 +65,7 @@ class HybridExecutorTest : public ::testing::Test {
 TEST_F(HybridExecutorTest, EveryPlannerAndBudgetGivesTheCpuLogits) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed_);
     Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
-    const std::vector<float> reference = run_steps(cpu, prompt_, decode_);
+    const std::vector<float> reference = test::prefill_then_decode(cpu, prompt_, decode_);
     for (const char* planner : {"hybrimoe", "static", "fiddler", "gpu-stream", "cpu-only"})
         for (double ratio : {0.0, 0.25, 0.5, 1.0})
             for (bool prefetch : {true, false}) {
@@ -117,7 +73,7 @@ TEST_F(HybridExecutorTest, EveryPlannerAndBudgetGivesTheCpuLogits) {
                              << planner << " at " << ratio << (prefetch ? " with" : " without")
                              << " prefetch");
                 Engine hybrid = Engine::open(config(planner, ratio, prefetch));
-                const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+                const std::vector<float> got = test::prefill_then_decode(hybrid, prompt_, decode_);
                 ASSERT_EQ(got.size(), reference.size());
                 for (size_t i = 0; i < got.size(); ++i)
                     ASSERT_NEAR(got[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
@@ -234,7 +190,7 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
                                      .n_threads = 2,
                                      .pin_threads = false,
                                      .replay_routing = trace_path});
-    const std::vector<float> reference = run_steps(cpu_again, prompt_, decode_);
+    const std::vector<float> reference = test::prefill_then_decode(cpu_again, prompt_, decode_);
     for (const char* predictor : {"oracle:0.8", "history"})
         for (const char* planner : {"hybrimoe", "static", "gpu-stream"}) {
             SCOPED_TRACE(::testing::Message() << planner << " predicting with " << predictor);
@@ -242,7 +198,7 @@ TEST_F(HybridExecutorTest, ReplayedRoutingIsTheTracesOnTheCpuAndTheDevice) {
             c.replay_routing = trace_path;
             c.replay_predictor = predictor;
             Engine hybrid = Engine::open(c);
-            const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+            const std::vector<float> got = test::prefill_then_decode(hybrid, prompt_, decode_);
             ASSERT_EQ(got.size(), reference.size());
             for (size_t i = 0; i < got.size(); ++i)
                 ASSERT_NEAR(got[i], reference[i], 1e-4 * (1 + std::fabs(reference[i])))
@@ -565,14 +521,14 @@ TEST(DeviceExperts, SimLaunchesMatchTheCpuKernel) {
 TEST_F(HybridExecutorTest, ReloadKeepsTheExecutorWorking) {
     SCOPED_TRACE(::testing::Message() << "seed " << seed_);
     test::TempDir other;
-    write_model(other.str(), seed_ + 1);
+    test::write_hybrid_model(other.str(), seed_ + 1);
     Engine reference =
         Engine::open({.model_dir = other.str(), .n_threads = 2, .pin_threads = false});
     Engine hybrid = Engine::open(config("hybrimoe", 0.5, true));
-    run_steps(hybrid, prompt_, decode_);
+    test::prefill_then_decode(hybrid, prompt_, decode_);
     hybrid.reload_weights(other.str());
-    const std::vector<float> want = run_steps(reference, prompt_, decode_);
-    const std::vector<float> got = run_steps(hybrid, prompt_, decode_);
+    const std::vector<float> want = test::prefill_then_decode(reference, prompt_, decode_);
+    const std::vector<float> got = test::prefill_then_decode(hybrid, prompt_, decode_);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i)
         ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i]))) << "logit " << i;
