@@ -4,12 +4,13 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "engine/src/expert_slot.h"
 #include "kernels/cpu/expert_ffn.h"
-#include "kernels/cpu/linear.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
+#include "models/blocks/moe_block.h"
 #include "models/config.h"
 #include "models/decoder.h"
 #include "scheduler/prefetcher.h"
@@ -108,11 +109,7 @@ void HybridExecutor::bind(const ModelConfig& config,
 
     layers_.assign(moe_layers.begin(), moe_layers.end());
     host_source_.bind(options_.device, layers_);
-    full_router_ = router_options(config);
-    full_router_.n_experts_active = n_experts;
-    full_router_.topk = RouterTopk::Greedy;
-    full_router_.normalize = false;
-    full_router_.scaling = 1.0f;
+    config_ = config;
     n_experts_ = n_experts;
     capacity_ = capacity;
     slot_bytes_ = slot_bytes;
@@ -236,11 +233,13 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         cache_->observe_step(layer, scored.n_tokens, scored.n_experts_active, scored.experts,
                              scored.weights);
     } else {
-        OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts_});
-        cpu::linear(call.x, call.weights->router, Tensor(), logits.view, pool);
-        full_routing_ = route(logits.view, full_router_, {});
-        cache_->observe_step(layer, n_tokens, n_experts_, full_routing_.experts,
-                             full_routing_.weights);
+        const std::vector<float> probabilities =
+            router_probabilities(*call.weights, config_, call.x, pool);
+        expert_ids_.resize(size_t(n_tokens * n_experts_));
+        for (int64_t t = 0; t < n_tokens; ++t)
+            std::iota(expert_ids_.begin() + t * n_experts_,
+                      expert_ids_.begin() + (t + 1) * n_experts_, 0);
+        cache_->observe_step(layer, n_tokens, n_experts_, expert_ids_, probabilities);
     }
     cache_->record_access(layer, active_);
     for (size_t d = 0; d < predicted_for_.size(); ++d) {

@@ -55,7 +55,7 @@
 #include "engine/src/pinned_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
-#include "models/blocks/router.h"
+#include "models/config.h"
 #include "models/expert_runner.h"
 #include "scheduler/cost_model.h"
 #include "scheduler/planner.h"
@@ -158,10 +158,11 @@ class HybridExecutor final : public ExpertRunner {
     std::unique_ptr<DeviceExperts> device_experts_;
     PinnedExperts host_source_;  // where copies to the device read the experts from
     std::vector<const MoeWeights*> layers_;
-    // The model's router with every expert kept (k = n_experts, scores not renormalised): the
-    // full distribution the cache's MRS scores come from.
-    RouterOptions full_router_;
-    Routing full_routing_;
+    // The bound model's configuration: its router's full distribution (router_probabilities,
+    // models/blocks/moe_block.h) is what the cache's MRS scores, by expert id as routing replay
+    // hands a trace's distribution over.
+    ModelConfig config_;
+    std::vector<int32_t> expert_ids_;  // [n_tokens, n_experts]: 0..n_experts-1 for each token
     int64_t n_experts_ = 0;
     int64_t capacity_ = 0;
     size_t slot_bytes_ = 0;

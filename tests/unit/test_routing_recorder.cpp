@@ -125,6 +125,26 @@ TEST(RoutingRecorder, TheDemoTraceMatchesTheDemoModel) {
     EXPECT_GT(trace.n_tokens(), 1000);
     for (size_t i = 0; i < trace.weights.size(); ++i)
         ASSERT_TRUE(trace.weights[i] > 0.0f && trace.weights[i] <= 1.0f) << i;
+    // It carries the router's full distribution (--record-probabilities), whose top-k are the
+    // chosen experts up to the four written decimals.
+    ASSERT_EQ(trace.n_probs, config.value("num_experts", config.value("num_local_experts", 0)));
+    for (int64_t t = 0; t < trace.n_tokens(); ++t)
+        for (int64_t l = 0; l < trace.n_layers; ++l) {
+            const float* p = trace.probs_at(t, l);
+            const int32_t* chosen = trace.experts_at(t, l);
+            double sum = 0;
+            float least_chosen = 1;
+            for (int64_t e = 0; e < trace.n_probs; ++e)
+                sum += p[e];
+            ASSERT_NEAR(sum, 1.0, 1e-3) << "token " << t << " layer " << l;
+            for (int64_t k = 0; k < trace.top_k; ++k)
+                least_chosen = std::min(least_chosen, p[chosen[k]]);
+            for (int64_t e = 0; e < trace.n_probs; ++e)
+                if (std::find(chosen, chosen + trace.top_k, int32_t(e)) == chosen + trace.top_k) {
+                    ASSERT_LE(p[e], least_chosen + 1e-4)
+                        << "token " << t << " layer " << l << ": expert " << e;
+                }
+        }
 }
 
 }  // namespace
