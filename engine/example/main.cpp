@@ -25,11 +25,11 @@ int main(int argc, char** argv) {
                 std::fflush(stdout);
             });
         const tandem::RequestOutput& out = request.wait();
-        std::printf("\n[%lld prompt tokens, %lld generated, finish reason %s]\n",
-                    static_cast<long long>(out.prompt_tokens),
-                    static_cast<long long>(out.completion_tokens),
-                    std::string(tandem::finish_reason_name(*out.completions[0].finish_reason))
-                        .c_str());
+        std::printf(
+            "\n[%lld prompt tokens, %lld generated, finish reason %s]\n",
+            static_cast<long long>(out.prompt_tokens),
+            static_cast<long long>(out.completion_tokens),
+            std::string(tandem::finish_reason_name(*out.completions[0].finish_reason)).c_str());
         return out.completions[0].token_ids.empty() ? 1 : 0;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "tandem-example: %s\n", e.what());
