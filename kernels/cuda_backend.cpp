@@ -107,7 +107,7 @@ void cuda_host_free(void* data) noexcept {
     plugin().backend->host_free(data);  // the memory came from the plugin
 }
 
-bool cuda_host_register(void* data, size_t bytes, std::string* why) {
+void* cuda_host_register(void* data, size_t bytes, std::string* why) {
     return loaded_backend().host_register(data, bytes, why);
 }
 

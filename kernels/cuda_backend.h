@@ -43,13 +43,15 @@ std::unique_ptr<Stream> make_cuda_stream(Device device);
 void* cuda_host_alloc(size_t bytes);
 void cuda_host_free(void* data) noexcept;
 // Page-locks existing host memory [data, data + bytes) for the same (cudaHostRegister, read-only
-// so that a read-only mapping of a checkpoint qualifies). False, with the reason in *why, when
-// the driver refuses.
-bool cuda_host_register(void* data, size_t bytes, std::string* why);
+// so that a read-only mapping of a checkpoint qualifies), mapped into the devices' address space
+// so that kernels can read it (a captured decode step's gather copies, kernels/expert_tables.h).
+// Returns the device address of `data`; null, with the reason in *why, when the driver refuses.
+// (Page-locked memory from cuda_host_alloc is mapped at its host address: unified addressing.)
+void* cuda_host_register(void* data, size_t bytes, std::string* why);
 void cuda_host_unregister(void* data) noexcept;
 
 // Raised whenever the table below changes.
-inline constexpr int kCudaBackendAbi = 3;  // 3: page-locked host memory
+inline constexpr int kCudaBackendAbi = 4;  // 4: registered host memory mapped for kernels
 
 // The process-wide settings of the CPU kernels, copied from the core into the plugin's copy.
 struct CudaBackendSettings {
@@ -84,7 +86,7 @@ struct CudaBackend {
     std::unique_ptr<Stream> (*make_stream)(Device device) = nullptr;
     void* (*host_alloc)(size_t bytes) = nullptr;
     void (*host_free)(void* data) noexcept = nullptr;
-    bool (*host_register)(void* data, size_t bytes, std::string* why) = nullptr;
+    void* (*host_register)(void* data, size_t bytes, std::string* why) = nullptr;
     void (*host_unregister)(void* data) noexcept = nullptr;
 };
 

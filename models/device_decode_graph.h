@@ -1,8 +1,9 @@
 // The CUDA graphs of the device decoder's decode steps (device_decoder.cpp): a decode step of a
 // few sequences is ~30 small kernels per layer, whose launches cost more than they run (measured
 // on an H200: ~150 us of fixed cost per OLMoE layer against ~130 us of kernels). A step that
-// qualifies (every sequence one new token, at most 8 sequences, routing on the device, no latent
-// attention) is captured once per DecodeGraphKey and replayed with one launch.
+// qualifies (every sequence one new token, at most 8 sequences, routing on the device or a hybrid
+// expert runner that can be driven from host functions, no latent attention) is captured once
+// per DecodeGraphKey and replayed with one launch.
 //
 // Everything a replay reads that changes from step to step lives at fixed device addresses in its
 // entry's input buffer, rewritten by one host-to-device copy before the launch: the embedded
@@ -18,6 +19,7 @@
 #include "kernels/buffer.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/graph.h"
+#include "models/device_hybrid_graph.h"
 #include "models/device_step_arena.h"
 
 namespace tandem {
@@ -52,6 +54,8 @@ struct DecodeGraphEntry {
     size_t positions_offset = 0, tables_offset = 0, blocks_offset = 0;  // in `inputs`
     cuda::Graph graph;
     uint64_t generation = 0;  // the graph context's scratch generation at capture
+    // With a hybrid expert runner: the routed experts' tables and work (device_hybrid_graph.h).
+    std::unique_ptr<HybridDecodeGraph> hybrid;
 };
 
 }  // namespace tandem

@@ -25,6 +25,7 @@
 #include "models/blocks/router.h"
 #include "models/decoder.h"
 #include "models/device_decode_graph.h"
+#include "models/device_hybrid_graph.h"
 #include "models/device_mla.h"
 #include "models/device_step_arena.h"
 
@@ -71,7 +72,8 @@ void for_each_weight(DecoderWeights& w, bool tied, bool routed_experts, Fn fn) {
 struct DeviceRun {
     cuda::Context& ctx;
     DeviceStepArena& arena;
-    ThreadPool* pool = nullptr;  // the step's CPU pool (an expert runner's CPU experts)
+    ThreadPool* pool = nullptr;           // the step's CPU pool (an expert runner's CPU experts)
+    HybridDecodeGraph* hybrid = nullptr;  // a decode graph's routed experts on a hybrid runner
 };
 
 class DeviceDecoder final : public Model {
@@ -85,6 +87,8 @@ class DeviceDecoder final : public Model {
         upload_weights();
         if (options_.cuda_graphs) {
             graph_ctx_ = std::make_unique<cuda::Context>(*stream_);
+            side_stream_ = make_stream(device);
+            branch_ = std::make_unique<cuda::Branch>(*side_stream_);
             const std::span<const double> inv_freq = host_->inv_freq();
             inv_freq_device_ = allocate(device_, std::max<size_t>(inv_freq.size_bytes(), 8));
             stream_->copy_async(inv_freq_device_.data(), inv_freq.data(), inv_freq.size_bytes(),
@@ -107,17 +111,14 @@ class DeviceDecoder final : public Model {
     }
 
     void set_expert_runner(ExpertRunner* runner) override {
+        stream_->synchronize();
+        graphs_.clear();  // a hybrid graph's host functions call the runner
         if (runner != nullptr && !options_.routed_experts_on_host)
             fail(config().architecture, " on ", device_.name(),
                  ": every routed expert is on the device, so there is nothing for an expert "
                  "runner to place (DeviceModelOptions.routed_experts_on_host; the engine sets it "
                  "for EngineConfig.expert_device)");
-        if (runner != nullptr) {
-            std::vector<const MoeWeights*> moe;
-            for (const int layer : moe_layers_)
-                moe.push_back(&host_->weights().layers[size_t(layer)].moe);
-            runner->bind(config(), moe);
-        }
+        if (runner != nullptr) runner->bind(config(), host_moe_layers());
         runner_ = runner;
     }
 
@@ -161,7 +162,8 @@ class DeviceDecoder final : public Model {
                           const DecodeGraphKey& key, const AttentionWeights& w, int layer,
                           const Tensor& x, const Tensor& out);
     OwnedTensor forward_graph(const DecodeGraphKey& key, std::span<const SequenceStep> steps,
-                              const StepLayout& layout);
+                              const StepLayout& layout, ThreadPool& pool);
+    std::vector<const MoeWeights*> host_moe_layers() const;
 
     std::unique_ptr<Decoder> host_;
     Device device_;
@@ -183,6 +185,9 @@ class DeviceDecoder final : public Model {
     std::unique_ptr<cuda::Context> graph_ctx_;
     Buffer inv_freq_device_;
     std::map<DecodeGraphKey, std::unique_ptr<DecodeGraphEntry>> graphs_;
+    // A hybrid graph's prefetch copies run on a branch of their own.
+    std::unique_ptr<Stream> side_stream_;
+    std::unique_ptr<cuda::Branch> branch_;
     bool graphs_failed_ = false;  // a capture failed: every later step runs eagerly
     Buffer block_tables_;         // this step's KV block tables, all sequences
     DeviceStepArena arena_;
@@ -421,7 +426,11 @@ void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const 
     const LayerWeights& lw = weights_.layers[size_t(layer)];
     const int64_t n = x.dim(0), k = c.n_experts_active;
     cuda::zero(run.ctx, out);
-    if (options_.routed_experts_on_host) {
+    if (options_.routed_experts_on_host && run.hybrid != nullptr) {
+        const auto moe_index =
+            int(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
+        run.hybrid->record(run.ctx, *branch_, moe_index, x, out);
+    } else if (options_.routed_experts_on_host) {
         routed_on_runner(run, layer, x, out, routing_out);
     } else if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots &&
                n <= cuda::kGemvMaxTokens && c.n_experts <= cuda::kMaxRouterExperts) {
@@ -461,13 +470,19 @@ std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceS
                                                        const StepRouting* routing) const {
     const ModelConfig& c = config();
     const auto n = int64_t(steps.size());
-    if (!options_.cuda_graphs || graphs_failed_ || routing != nullptr || c.mla ||
-        options_.routed_experts_on_host || n == 0 || n > cuda::kGemvMaxTokens)
+    if (!options_.cuda_graphs || graphs_failed_ || routing != nullptr || c.mla || n == 0 ||
+        n > cuda::kGemvMaxTokens)
         return std::nullopt;
-    // The MoE layers must route on the device (moe()'s condition), without a host round trip.
-    if (c.is_moe() &&
-        (n * c.n_experts_active > cuda::kMaxRoutedSlots || c.n_experts > cuda::kMaxRouterExperts))
-        return std::nullopt;
+    if (options_.routed_experts_on_host) {
+        // The runner plans each layer from host functions, and the grouped kernel takes its
+        // experts through a writable table.
+        if (runner_ == nullptr || !runner_->graph_capable() ||
+            !HybridDecodeGraph::supported(c, host_moe_layers(), n))
+            return std::nullopt;
+    } else if (c.is_moe() && (n * c.n_experts_active > cuda::kMaxRoutedSlots ||
+                              c.n_experts > cuda::kMaxRouterExperts)) {
+        return std::nullopt;  // the MoE layers must route on the device (moe()'s condition)
+    }
     for (const SequenceStep& step : steps)
         if (step.tokens.size() != 1) return std::nullopt;
     const cuda::KvLayout k = cuda::layout_of(layout.sequences[0].cache->keys(0));
@@ -521,6 +536,8 @@ DecodeGraphEntry& DeviceDecoder::graph_entry(const DecodeGraphKey& key) {
                   c.shared_expert_ffn_dim, c.n_experts, int64_t(1)});
     e->arena_bytes = device_aligned(size_t(n * widest) * 4) * 12 + 16 * kDeviceAlign;
     e->arena.reserve(*stream_, e->arena_bytes);
+    if (options_.routed_experts_on_host)
+        e->hybrid = std::make_unique<HybridDecodeGraph>(device_, *runner_, c, host_moe_layers(), n);
     slot = std::move(e);
     return *slot;
 }
@@ -590,7 +607,7 @@ void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntr
 void DeviceDecoder::decode_body(DecodeGraphEntry& e, const DecodeGraphKey& key) {
     const ModelConfig& c = config();
     cuda::Context& ctx = *graph_ctx_;
-    const DeviceRun run{ctx, e.arena};
+    const DeviceRun run{ctx, e.arena, nullptr, e.hybrid.get()};
     e.arena.reserve(*stream_, e.arena_bytes);  // the same size: only rewinds
     const int64_t n = key.batch;
     const float eps = float(c.rms_norm_eps);
@@ -612,16 +629,47 @@ void DeviceDecoder::decode_body(DecodeGraphEntry& e, const DecodeGraphKey& key) 
             swiglu(run, lw.dense, normed, delta);
         cuda::add(ctx, h, delta, h);
     }
+    if (e.hybrid) e.hybrid->finish(ctx, *branch_);
     e.arena.release_to(layer_mark);
     cuda::rms_norm(ctx, h, weights_.final_norm, eps, normed);
     cuda::linear(ctx, normed, weights_.lm_head, Tensor(), e.logits);
 }
 
+std::vector<const MoeWeights*> DeviceDecoder::host_moe_layers() const {
+    std::vector<const MoeWeights*> moe;
+    for (const int layer : moe_layers_)
+        moe.push_back(&host_->weights().layers[size_t(layer)].moe);
+    return moe;
+}
+
 OwnedTensor DeviceDecoder::forward_graph(const DecodeGraphKey& key,
                                          std::span<const SequenceStep> steps,
-                                         const StepLayout& layout) {
+                                         const StepLayout& layout, ThreadPool& pool) {
     const ModelConfig& c = config();
     DecodeGraphEntry& e = graph_entry(key);
+    // A hybrid runner's step around the launch: graph_end_step() once its host functions ran,
+    // whichever way the step ends (its error, if a host function met one, comes out there).
+    struct HybridStep {
+        ExpertRunner* runner;
+        Stream& stream;
+        bool open = false;
+        void end() {
+            open = false;
+            runner->graph_end_step();
+        }
+        ~HybridStep() {
+            if (!open) return;
+            try {
+                stream.synchronize();
+                runner->graph_end_step();
+            } catch (const std::exception&) {  // the step's own error is on its way out
+            }
+        }
+    } hybrid_step{runner_, *stream_};
+    if (e.hybrid) {
+        runner_->graph_begin_step(key.batch, pool);
+        hybrid_step.open = true;
+    }
     fill_graph_inputs(e, steps, layout);
     if (!e.graph.empty() && e.generation == graph_ctx_->scratch_generation()) {
         e.graph.launch(*graph_ctx_);
@@ -632,6 +680,9 @@ OwnedTensor DeviceDecoder::forward_graph(const DecodeGraphKey& key,
         try {
             e.graph = cuda::Graph::capture(*graph_ctx_, [&] { decode_body(e, key); });
             e.generation = graph_ctx_->scratch_generation();
+            log_debug(c.architecture, " on ", device_.name(), ": a decode step of ", key.batch,
+                      " sequences (", key.max_keys, " keys) captured in a CUDA graph",
+                      e.hybrid ? " (routed experts on the hybrid runner)" : "");
         } catch (const Error& error) {
             log_warn(c.architecture, " on ", device_.name(),
                      ": capturing a decode step in a CUDA graph failed, decode runs without "
@@ -644,6 +695,7 @@ OwnedTensor DeviceDecoder::forward_graph(const DecodeGraphKey& key,
     stream_->copy_async(logits.view.data(), e.logits.data(), size_t(logits.view.bytes()),
                         CopyDirection::DeviceToHost);
     stream_->synchronize();
+    if (hybrid_step.open) hybrid_step.end();
     for (const StepSequence& seq : layout.sequences)
         seq.cache->commit(seq.n_tokens);
     return logits;
@@ -655,7 +707,7 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
     const StepLayout layout = layout_step(steps, c);
     ctx_->make_current();
     if (const std::optional<DecodeGraphKey> key = graph_key(steps, layout, routing))
-        return forward_graph(*key, steps, layout);
+        return forward_graph(*key, steps, layout, pool);
     const DeviceRun run{*ctx_, arena_, &pool};
     // The runner's begin_step / end_step around the step, whichever way it ends.
     struct RunnerStep {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include "engine/src/expert_slot.h"
 #include "kernels/cpu/expert_ffn.h"
@@ -156,13 +157,35 @@ cpu::ExpertWeights HybridExecutor::slot_weights(int64_t slot, int32_t layer) con
 
 double HybridExecutor::queue_copy(std::byte* dst, int32_t layer, int32_t expert,
                                   std::shared_ptr<Event>& ready) {
-    const std::vector<cpu::ExpertWeights>& experts = layers_[size_t(layer)]->experts;
-    copy_expert(*copy_, expert_at(dst, experts[0], options_.device),
-                host_source_.source(size_t(layer), size_t(expert)));
-    ready = copy_->record();
+    if (graph_io_ != nullptr) {
+        list_copy(dst, layer, expert);
+        ready = nullptr;
+    } else {
+        const std::vector<cpu::ExpertWeights>& experts = layers_[size_t(layer)]->experts;
+        copy_expert(*copy_, expert_at(dst, experts[0], options_.device),
+                    host_source_.source(size_t(layer), size_t(expert)));
+        ready = copy_->record();
+    }
     const double start = std::max(now_ms(), copy_free_ms_);
     copy_free_ms_ = start + options_.cost.transfer_ms;
     return copy_free_ms_;
+}
+
+void HybridExecutor::list_copy(std::byte* dst, int32_t layer, int32_t expert) {
+    const GraphLayerIo& io = *graph_io_;
+    ExpertCopy* list = graph_prefetching_ ? io.prefetch : io.demand;
+    int32_t& used = io.n_copies[graph_prefetching_ ? 1 : 0];
+    const int64_t capacity = graph_prefetching_ ? io.max_prefetch : io.max_demand;
+    const cpu::ExpertWeights to =
+        expert_at(dst, layers_[size_t(layer)]->experts[0], options_.device);
+    const cpu::ExpertWeights& from = host_source_.device_source(size_t(layer), size_t(expert));
+    for (const auto& [d, s] : {std::pair(&to.gate, &from.gate), std::pair(&to.up, &from.up),
+                               std::pair(&to.down, &from.down)}) {
+        if (used >= capacity)
+            fail("hybrid executor: more than ", capacity, " ",
+                 graph_prefetching_ ? "prefetch" : "demand", " copies in one captured MoE layer");
+        list[used++] = {.src = s->data(), .dst = d->data(), .bytes = uint64_t(s->bytes())};
+    }
 }
 
 void HybridExecutor::copy_in(int64_t slot, int32_t layer, int32_t expert) {
@@ -213,10 +236,58 @@ size_t HybridExecutor::predict_later_layers(const MoeLayerCall& call) {
 }
 
 void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
-    const Routing& routing = *call.routing;
     const int32_t layer = call.moe_layer;
     const int64_t n_tokens = call.x.dim(0), hidden = call.x.dim(1);
     const double start = now_ms();
+    const double planned_at = plan_and_copy(call, pool, start);
+
+    // 4. The device's experts, in the planner's GPU order, as compute-stream work.
+    const bool device_used = queue_device_experts(call);
+
+    // 5. Prefetches for the next layers, behind the demand copies.
+    if (n_later_ > 0) issue_prefetches(layer, n_later_, start + plan_.makespan_ms());
+
+    // 6. The CPU's experts, overlapping the device; then the device's sum joins the output.
+    for (int64_t e = 0; e < n_experts_; ++e) {
+        skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
+        if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
+    }
+    cpu_experts_.run(layer,
+                     {.x = call.x,
+                      .out = call.out,
+                      .experts = call.weights->experts,
+                      .offsets = groups_.offsets,
+                      .token_index = groups_.token_index,
+                      .token_weight = groups_.token_weight,
+                      .skip = skip_},
+                     pool);
+    compute_->synchronize();  // the partial sum has landed in host_partial_
+    if (device_used) {
+        const float* src = static_cast<const float*>(host_partial_.data());
+        for (int64_t t = 0; t < n_tokens; ++t) {
+            float* dst = call.out.data_as<float>() + t * call.out.stride(0);
+            for (int64_t i = 0; i < hidden; ++i)
+                dst[i] += src[t * hidden + i];
+        }
+    }
+    finish_layer(layer, n_tokens, planned_at);
+}
+
+void HybridExecutor::finish_layer(int32_t layer, int64_t n_tokens, double planned_at) {
+    ++running_.layers;
+    last_layer_end_ms_ = now_ms();
+    const double predicted = plan_.makespan_ms(), measured = last_layer_end_ms_ - planned_at;
+    running_.predicted_ms += predicted;
+    running_.measured_ms += measured;
+    running_.abs_error_ms += std::fabs(measured - predicted);
+    log_debug("hybrid executor: MoE layer ", layer, ", ", n_tokens, " tokens: predicted ",
+              predicted, " ms, measured ", measured, " ms");
+}
+
+double HybridExecutor::plan_and_copy(const MoeLayerCall& call, ThreadPool& pool, double start) {
+    const Routing& routing = *call.routing;
+    const int32_t layer = call.moe_layer;
+    const int64_t n_tokens = call.x.dim(0);
     if (last_layer_end_ms_ >= 0)  // attention and norms of this layer, as the prefetcher's clock
         dense_ms_ = dense_ms_ == 0 ? start - last_layer_end_ms_
                                    : 0.8 * dense_ms_ + 0.2 * (start - last_layer_end_ms_);
@@ -257,7 +328,10 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
         const int64_t slot = cache_->slot({layer, int32_t(e)});
         resident_[size_t(e)] = slot >= 0;
         ready_ms_[size_t(e)] = 0;
-        if (slot >= 0 && slot_ready_[size_t(slot)] && !slot_ready_[size_t(slot)]->done())
+        if (slot < 0) continue;
+        // In a captured step no event says whether a copy landed: its estimated arrival does.
+        const std::shared_ptr<Event>& ready = slot_ready_[size_t(slot)];
+        if (graph_io_ != nullptr ? slot_arrival_ms_[size_t(slot)] > start : ready && !ready->done())
             ready_ms_[size_t(e)] = std::max(0.0, slot_arrival_ms_[size_t(slot)] - start);
     }
     const PlanInput plan_input{.cost = options_.cost,
@@ -270,7 +344,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     const double planned_at = now_ms();
 
     // 3. Pins (this layer's experts, the next layer's predicted ones), demand copies.
-    const size_t n_later = options_.prefetch ? predict_later_layers(call) : 0;
+    const size_t n_later = n_later_ = options_.prefetch ? predict_later_layers(call) : 0;
     for (size_t d = 0; d < n_later; ++d) {
         std::vector<int32_t>& experts = predicted_for_[d][size_t(layer) + d + 1];
         experts.clear();
@@ -306,44 +380,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     // The layer's timelines without the refused copies (tandem-sim does the same), for the GPU
     // order below and the prefetcher's clock.
     if (refused) schedule_assignment(plan_input, placement_, plan_);
-
-    // 4. The device's experts, in the planner's GPU order, as compute-stream work.
-    const bool device_used = queue_device_experts(call);
-
-    // 5. Prefetches for the next layers, behind the demand copies.
-    if (n_later > 0) issue_prefetches(layer, n_later, start + plan_.makespan_ms());
-
-    // 6. The CPU's experts, overlapping the device; then the device's sum joins the output.
-    for (int64_t e = 0; e < n_experts_; ++e) {
-        skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
-        if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
-    }
-    cpu_experts_.run(layer,
-                     {.x = call.x,
-                      .out = call.out,
-                      .experts = call.weights->experts,
-                      .offsets = groups_.offsets,
-                      .token_index = groups_.token_index,
-                      .token_weight = groups_.token_weight,
-                      .skip = skip_},
-                     pool);
-    compute_->synchronize();  // the partial sum has landed in host_partial_
-    if (device_used) {
-        const float* src = static_cast<const float*>(host_partial_.data());
-        for (int64_t t = 0; t < n_tokens; ++t) {
-            float* dst = call.out.data_as<float>() + t * call.out.stride(0);
-            for (int64_t i = 0; i < hidden; ++i)
-                dst[i] += src[t * hidden + i];
-        }
-    }
-    ++running_.layers;
-    last_layer_end_ms_ = now_ms();
-    const double predicted = plan_.makespan_ms(), measured = last_layer_end_ms_ - planned_at;
-    running_.predicted_ms += predicted;
-    running_.measured_ms += measured;
-    running_.abs_error_ms += std::fabs(measured - predicted);
-    log_debug("hybrid executor: MoE layer ", layer, ", ", n_tokens, " tokens: predicted ",
-              predicted, " ms, measured ", measured, " ms");
+    return planned_at;
 }
 
 bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
@@ -477,6 +514,143 @@ void HybridExecutor::issue_prefetches(int32_t layer, size_t n_later, double laye
     }
     pins_.resize(own_pins);
     cache_->set_pinned(pins_);
+}
+
+void HybridExecutor::write_device_table(const MoeLayerCall& call) {
+    const int32_t layer = call.moe_layer;
+    ExpertTableEntry* entries = graph_io_->entries;
+    std::fill_n(entries, n_experts_, ExpertTableEntry{});
+    for (const PlannedJob& job : plan_.gpu_jobs) {
+        const int32_t e = job.expert;
+        if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
+        const int64_t slot = cache_->slot({layer, e});
+        cpu::ExpertWeights w;
+        if (slot >= 0) {
+            w = slot_weights(slot, layer);
+        } else if (transient_of_[size_t(e)]) {
+            // Listed behind the demand copies; the step's stream order keeps the last layer's
+            // reads of this transient slot before it.
+            std::byte* p =
+                static_cast<std::byte*>(transient_.data()) + size_t(next_transient_) * slot_bytes_;
+            next_transient_ = (next_transient_ + 1) % n_transient_;
+            list_copy(p, layer, e);
+            w = expert_at(p, layers_[size_t(layer)]->experts[0], options_.device);
+        } else {
+            fail("hybrid executor: expert ", e, " of MoE layer ", layer, " lost its slot");
+        }
+        entries[e] = {.gate = w.gate.data(), .up = w.up.data(), .down = w.down.data()};
+        ++running_.gpu_experts;
+    }
+}
+
+void HybridExecutor::graph_begin_step(int64_t n_tokens, ThreadPool& pool) {
+    // Eager steps' copies still in flight on this executor's streams would race the step's own.
+    drain();
+    begin_step(n_tokens);
+    graph_pool_ = &pool;
+    graph_error_ = nullptr;
+}
+
+void HybridExecutor::graph_begin_layer(int moe_layer, const GraphLayerIo& io) noexcept {
+    graph_layer_failed_ = false;
+    try {
+        graph_layer(moe_layer, io);
+        return;
+    } catch (...) {
+        if (!graph_error_) graph_error_ = std::current_exception();
+    }
+    // Tables that make the device do nothing, and no CPU job: graph_end_step() reports the error.
+    graph_io_ = nullptr;
+    graph_prefetching_ = false;
+    graph_layer_failed_ = true;
+    const int64_t k = config_.n_experts_active;
+    std::fill_n(io.ids, io.n_tokens * k, -1);
+    std::fill_n(io.weights, io.n_tokens * k, 0.0f);
+    std::fill_n(io.entries, n_experts_, ExpertTableEntry{});
+    io.n_copies[0] = io.n_copies[1] = 0;
+    std::fill_n(io.partial, io.n_tokens * config_.hidden_dim, 0.0f);
+}
+
+void HybridExecutor::graph_layer(int moe_layer, const GraphLayerIo& io) {
+    if (graph_pool_ == nullptr) fail("hybrid executor: graph_begin_step() was not called");
+    if (graph_error_) fail("an earlier MoE layer of this step failed");
+    ThreadPool& pool = *graph_pool_;
+    const int64_t n = io.n_tokens, k = config_.n_experts_active, hidden = config_.hidden_dim;
+    const auto layer = size_t(moe_layer);
+    const Tensor x(io.x, DType::F32, {n, hidden});
+    // The routing as the CPU engine computes it (the host's router weights), or the trace's.
+    graph_routing_ = {};
+    if (!replace_routing(moe_layer, n, graph_routing_))
+        graph_routing_ = route_with(*layers_[layer], config_, x, pool);
+    if (graph_routing_.n_tokens != n || graph_routing_.n_experts_active != k)
+        fail("hybrid executor: MoE layer ", moe_layer, " routed ", graph_routing_.n_tokens,
+             " tokens x top-", graph_routing_.n_experts_active, ", the step has ", n, " x top-", k);
+    std::copy(graph_routing_.experts.begin(), graph_routing_.experts.end(), io.ids);
+    std::copy(graph_routing_.weights.begin(), graph_routing_.weights.end(), io.weights);
+    graph_predicted_.clear();
+    for (int d = 1; d <= lookahead() && layer + size_t(d) < layers_.size(); ++d)
+        graph_predicted_.push_back(route_with(*layers_[layer + size_t(d)], config_, x, pool));
+    const Tensor partial(io.partial, DType::F32, {n, hidden});
+    std::fill_n(io.partial, n * hidden, 0.0f);
+    const MoeLayerCall call{.layer = moe_layer,
+                            .moe_layer = moe_layer,
+                            .weights = layers_[layer],
+                            .x = x,
+                            .routing = &graph_routing_,
+                            .predicted = graph_predicted_,
+                            .out = partial};
+
+    // Steps 1-3, then 4 and 5 as tables and lists instead of stream work.
+    io.n_copies[0] = io.n_copies[1] = 0;
+    graph_io_ = &io;
+    graph_start_ms_ = now_ms();
+    graph_planned_at_ = plan_and_copy(call, pool, graph_start_ms_);
+    write_device_table(call);
+    if (n_later_ > 0) {
+        graph_prefetching_ = true;
+        issue_prefetches(moe_layer, n_later_, graph_start_ms_ + plan_.makespan_ms());
+        graph_prefetching_ = false;
+    }
+    graph_io_ = nullptr;
+
+    // 6. The CPU's experts on the worker, overlapping the device's; graph_end_layer joins them.
+    for (int64_t e = 0; e < n_experts_; ++e) {
+        skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
+        if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
+    }
+    cpu_worker_.post([this, moe_layer, call, &pool] {
+        cpu_experts_.run(moe_layer,
+                         {.x = call.x,
+                          .out = call.out,
+                          .experts = call.weights->experts,
+                          .offsets = groups_.offsets,
+                          .token_index = groups_.token_index,
+                          .token_weight = groups_.token_weight,
+                          .skip = skip_},
+                         pool);
+    });
+}
+
+void HybridExecutor::graph_end_layer(int moe_layer, const GraphLayerIo& io) noexcept {
+    if (graph_layer_failed_) return;
+    try {
+        cpu_worker_.wait();
+        finish_layer(moe_layer, io.n_tokens, graph_planned_at_);
+    } catch (...) {
+        if (!graph_error_) graph_error_ = std::current_exception();
+        std::fill_n(io.partial, io.n_tokens * config_.hidden_dim, 0.0f);
+    }
+}
+
+void HybridExecutor::graph_end_step() {
+    graph_pool_ = nullptr;
+    end_step();
+    if (!graph_error_) return;
+    // The cache may name slots whose copies were listed but never made: start again from the
+    // warm set, as after a reload.
+    std::vector<const MoeWeights*> layers = layers_;
+    bind(config_, layers);
+    std::rethrow_exception(std::exchange(graph_error_, nullptr));
 }
 
 void HybridExecutor::publish_counters() {

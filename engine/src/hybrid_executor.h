@@ -32,14 +32,20 @@
 // copied into page-locked memory where the driver refuses (engine/src/pinned_experts.h), and the
 // layer's rows go up and its partial sum comes back through page-locked buffers, so copies run
 // at full PCIe speed and overlap the CPU's experts.
-// CUDA graphs (not built; this is the plan the interfaces keep open): the host plans each layer
-// only after its routing is known, so a captured decode step cannot contain the plan's choices as
-// fixed launches. The CUDA path is to keep the choices in data: the router's top-k is copied to
-// pinned memory and a cudaLaunchHostFunc on the compute stream runs the planner and the CPU
-// experts (as kTransformers triggers its CPU work), writing the layer's device expert list and
-// copy list into mapped pinned tables; one grouped expert kernel reads the list, and the copies
-// are a gather kernel reading the host weights through the mapping, so the graph is the same
-// every step while the experts it runs and moves change. On sim the host drives each layer.
+// Captured decode steps (CUDA graphs: the device decoder's --cuda-graphs with an expert device):
+// the host plans each layer only after its routing is known, so a captured step cannot hold the
+// plan's choices as fixed launches; it keeps them in data instead (models/expert_runner.h,
+// GraphLayerIo). The layer's rows are copied to page-locked memory and a host function in stream
+// order (graph_begin_layer) routes them with the host's routers (as the CPU engine does), plans,
+// and writes the routing, the device's expert table (slot addresses; null: the CPU's) and the
+// copy lists (demand copies and transient slots; prefetches apart) instead of queueing stream
+// work; it starts the CPU's experts on a worker thread (as kTransformers triggers its CPU work)
+// and returns, the step copies the tables up, gathers the listed copies from the mapped host
+// weights (cuda::gather_copies) and runs one grouped expert kernel over the table; a second
+// host function (graph_end_layer) joins the CPU's experts, whose sum goes up and is added. The
+// graph is the same every step while the experts it runs and moves change. Copy times there are
+// the cost model's estimates (a host function cannot query CUDA events). On sim the host drives
+// each layer; the tests drive the graph functions on sim as a captured step would.
 // Counters are kept per layer by the cache; counters() may be called from any thread.
 #pragma once
 
@@ -52,6 +58,7 @@
 #include "cache/expert_cache.h"
 #include "engine/src/cpu_experts.h"
 #include "engine/src/device_experts.h"
+#include "engine/src/host_worker.h"
 #include "engine/src/pinned_experts.h"
 #include "kernels/buffer.h"
 #include "kernels/stream.h"
@@ -118,6 +125,13 @@ class HybridExecutor final : public ExpertRunner {
     void end_step() override;
     void drain() override;
 
+    // Captured decode steps (the header comment; models/expert_runner.h).
+    bool graph_capable() const override { return true; }
+    void graph_begin_step(int64_t n_tokens, ThreadPool& pool) override;
+    void graph_begin_layer(int moe_layer, const GraphLayerIo& io) noexcept override;
+    void graph_end_layer(int moe_layer, const GraphLayerIo& io) noexcept override;
+    void graph_end_step() override;
+
     // Measures the cost model on this machine with the bound model's experts (MoE layer 0):
     // CPU pool times for a grid of experts x tokens (1x1, 1x4, 1x16, 2x1, 4x1, 4x4) and the
     // device's for 1 expert x 1, 4, 16 tokens, each the median of 7 runs on experts not used by
@@ -144,6 +158,18 @@ class HybridExecutor final : public ExpertRunner {
     double queue_copy(std::byte* dst, int32_t layer, int32_t expert, std::shared_ptr<Event>& ready);
     // predicted_tokens_[d] for MoE layers layer + 1 + d, d < returned count.
     size_t predict_later_layers(const MoeLayerCall& call);
+    // Steps 1-3 of run(): loads, scores, accesses, the plan, pins and demand copies; sets
+    // n_later_ and returns the time the plan was made.
+    double plan_and_copy(const MoeLayerCall& call, ThreadPool& pool, double start);
+    // The layer's end: counters and the cost model against the clock.
+    void finish_layer(int32_t layer, int64_t n_tokens, double planned_at);
+    // Step 4 of graph_begin_layer(): the device's experts as table entries (and the copies of
+    // transient slots into the demand list).
+    void write_device_table(const MoeLayerCall& call);
+    void graph_layer(int moe_layer, const GraphLayerIo& io);
+    // Appends the copies of host expert (layer, expert) into the slot at dst to the current
+    // graph list.
+    void list_copy(std::byte* dst, int32_t layer, int32_t expert);
     void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
     // Step 4 of run(): the device's experts as stream work; returns whether there were any.
     bool queue_device_experts(const MoeLayerCall& call);
@@ -205,6 +231,20 @@ class HybridExecutor final : public ExpertRunner {
     std::vector<std::vector<std::vector<int32_t>>> predicted_for_;
     LookaheadAccuracy lookahead_accuracy_{3};
     std::vector<std::vector<uint8_t>> predicted_resident_;
+
+    size_t n_later_ = 0;  // this layer's count of predicted later layers
+
+    // Captured steps: while graph_begin_layer plans, copies are listed in graph_io_'s demand (or,
+    // while prefetching, prefetch) list instead of queued.
+    const GraphLayerIo* graph_io_ = nullptr;
+    bool graph_prefetching_ = false;
+    ThreadPool* graph_pool_ = nullptr;
+    std::exception_ptr graph_error_;  // the first error of this step's host functions
+    bool graph_layer_failed_ = false;
+    double graph_start_ms_ = 0, graph_planned_at_ = 0;
+    Routing graph_routing_;
+    std::vector<Routing> graph_predicted_;
+    HostWorker cpu_worker_;  // the CPU's experts of a captured layer
 
     int64_t prefetch_issued_ = 0;
     HybridCounters running_ = {};

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <string>
 
 #include "kernels/cuda_backend.h"
+#include "kernels/error.h"
 #include "kernels/log.h"
 
 namespace tandem {
@@ -50,6 +52,7 @@ void PinnedExperts::release() {
     registered_.clear();
     copy_ = Buffer();
     copies_.clear();
+    mapped_.clear();
 }
 
 void PinnedExperts::bind(Device device, std::span<const MoeWeights* const> layers) {
@@ -67,12 +70,35 @@ void PinnedExperts::bind(Device device, std::span<const MoeWeights* const> layer
             });
     const auto page = size_t(sysconf(_SC_PAGESIZE));
     std::string why;
+    std::vector<std::pair<ByteRange, uintptr_t>> device_at;  // each range and its device address
     for (const ByteRange& r : page_ranges(std::move(ranges), page)) {
         void* start = reinterpret_cast<void*>(r.begin);
-        if (!cuda_host_register(start, r.end - r.begin, &why)) break;
+        void* device_address = cuda_host_register(start, r.end - r.begin, &why);
+        if (device_address == nullptr) break;
         registered_.push_back(start);
+        device_at.emplace_back(r, reinterpret_cast<uintptr_t>(device_address));
     }
     if (why.empty()) {
+        // The same experts at their device addresses, for kernels that read them.
+        for (const MoeWeights* layer : layers) {
+            std::vector<cpu::ExpertWeights>& mapped = mapped_.emplace_back();
+            for (cpu::ExpertWeights e : layer->experts) {
+                for (Tensor* t : {&e.gate, &e.up, &e.down}) {
+                    const auto at = reinterpret_cast<uintptr_t>(t->data());
+                    const auto range = std::upper_bound(
+                        device_at.begin(), device_at.end(), at,
+                        [](uintptr_t a, const auto& r) { return a < r.first.begin; });
+                    if (range == device_at.begin() || at >= std::prev(range)->first.end)
+                        fail(
+                            "hybrid executor: an expert's weights are outside every page-locked "
+                            "range");  // page_ranges covers them all: a bug
+                    const auto& [r, device_base] = *std::prev(range);
+                    *t = Tensor(reinterpret_cast<void*>(device_base + (at - r.begin)), t->dtype(),
+                                t->shape(), Device::cpu());
+                }
+                mapped.push_back(e);
+            }
+        }
         log_info("hybrid executor: ", double(bytes) / (1 << 20),
                  " MiB of routed experts page-locked in place for ", device.name());
         return;
@@ -103,6 +129,11 @@ void PinnedExperts::bind(Device device, std::span<const MoeWeights* const> layer
 const cpu::ExpertWeights& PinnedExperts::source(size_t layer, size_t expert) const {
     if (!copies_.empty()) return copies_[layer][expert];
     return layers_[layer]->experts[expert];
+}
+
+const cpu::ExpertWeights& PinnedExperts::device_source(size_t layer, size_t expert) const {
+    if (!mapped_.empty()) return mapped_[layer][expert];
+    return source(layer, expert);  // the page-locked copy: unified addressing; sim: host memory
 }
 
 }  // namespace tandem

@@ -43,6 +43,10 @@ class PinnedExperts {
 
     // The expert to copy from: the model's own (registered, or not a CUDA device) or the copy.
     const cpu::ExpertWeights& source(size_t layer, size_t expert) const;
+    // The same expert at the addresses a kernel of the device reads it through (registered
+    // memory is mapped; the page-locked copy is at its host address under unified addressing;
+    // sim's kernels read host memory as it is). The tensors still say Device::cpu().
+    const cpu::ExpertWeights& device_source(size_t layer, size_t expert) const;
 
     bool registered() const { return !registered_.empty(); }
     bool copied() const { return bool(copy_); }
@@ -54,6 +58,7 @@ class PinnedExperts {
     std::vector<void*> registered_;  // the starts of the registered ranges
     Buffer copy_;                    // the fallback: every routed expert, page-locked
     std::vector<std::vector<cpu::ExpertWeights>> copies_;  // views into copy_, per layer
+    std::vector<std::vector<cpu::ExpertWeights>> mapped_;  // registered: device addresses
 };
 
 }  // namespace tandem

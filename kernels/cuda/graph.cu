@@ -50,4 +50,39 @@ void Graph::launch(Context& ctx) const {
         cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), native_stream(ctx.stream())));
 }
 
+void host_call(Context& ctx, void (*fn)(void*), void* data) {
+    TANDEM_CUDA_CHECK(cudaLaunchHostFunc(native_stream(ctx.stream()), fn, data));
+}
+
+Branch::Branch(Stream& side) : side_(side) {
+    cudaEvent_t forked = nullptr, joined = nullptr;
+    TANDEM_CUDA_CHECK(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
+    const cudaError_t status = cudaEventCreateWithFlags(&joined, cudaEventDisableTiming);
+    if (status != cudaSuccess) cudaEventDestroy(forked);
+    check_status(status, "cudaEventCreateWithFlags", __FILE__, __LINE__);
+    forked_ = forked;
+    joined_ = joined;
+}
+
+Branch::~Branch() {
+    cudaEventDestroy(static_cast<cudaEvent_t>(forked_));
+    cudaEventDestroy(static_cast<cudaEvent_t>(joined_));
+}
+
+void* Branch::side_stream() const {
+    return native_stream(side_);
+}
+
+void Branch::fork(Context& main) {
+    const auto event = static_cast<cudaEvent_t>(forked_);
+    TANDEM_CUDA_CHECK(cudaEventRecord(event, native_stream(main.stream())));
+    TANDEM_CUDA_CHECK(cudaStreamWaitEvent(native_stream(side_), event, 0));
+}
+
+void Branch::join(Context& main) {
+    const auto event = static_cast<cudaEvent_t>(joined_);
+    TANDEM_CUDA_CHECK(cudaEventRecord(event, native_stream(side_)));
+    TANDEM_CUDA_CHECK(cudaStreamWaitEvent(native_stream(main.stream()), event, 0));
+}
+
 }  // namespace tandem::cuda

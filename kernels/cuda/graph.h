@@ -39,4 +39,30 @@ class Graph {
     void* exec_ = nullptr;  // cudaGraphExec_t
 };
 
+// fn(data) on the host in ctx's stream order (cudaLaunchHostFunc): in a capture, a host node that
+// runs at every replay with the same data pointer, which must outlive the graph. fn must not
+// call CUDA and must not throw.
+void host_call(Context& ctx, void (*fn)(void*), void* data);
+
+// A second stream's branch of the work on a context's stream, captured or not: fork() makes the
+// side stream wait for what the main stream has queued so far, join() makes the main stream wait
+// for what the side stream has queued since. In a capture the side stream's work joins the graph
+// (every fork must be joined before the capture ends). The events are made once, here.
+class Branch {
+  public:
+    explicit Branch(Stream& side);
+    Branch(const Branch&) = delete;
+    Branch& operator=(const Branch&) = delete;
+    ~Branch();
+
+    void fork(Context& main);
+    void join(Context& main);
+    void* side_stream() const;  // cudaStream_t
+
+  private:
+    Stream& side_;
+    void* forked_ = nullptr;  // cudaEvent_t
+    void* joined_ = nullptr;
+};
+
 }  // namespace tandem::cuda

@@ -156,18 +156,24 @@ struct RoutedTables {
     int32_t* counts;              // [n_experts] work space
 };
 
-__global__ void build_routed_tables_kernel(const GroupEntry* table, int32_t n_experts,
+__global__ void build_routed_tables_kernel(const ExpertTableEntry* table, int32_t n_experts,
                                            const int32_t* ids, const float* weights,
                                            int32_t n_tokens, int32_t k, RoutedTables out) {
     for (int32_t e = threadIdx.x; e < n_experts; e += blockDim.x) {
-        out.entries[e] = table[e];
+        out.entries[e] = {.gate = static_cast<const uint8_t*>(table[e].gate),
+                          .up = static_cast<const uint8_t*>(table[e].up),
+                          .down = static_cast<const uint8_t*>(table[e].down),
+                          .slot_begin = 0,
+                          .n_tokens = 0};
         out.counts[e] = 0;
     }
     __syncthreads();
     if (threadIdx.x != 0) return;
+    // An expert with no weights here (a writable table's expert left to the CPU) takes no slot.
+    auto here = [&](int32_t e) { return e >= 0 && e < n_experts && out.entries[e].gate; };
     const int32_t n_slots = n_tokens * k;
     for (int32_t s = 0; s < n_slots; ++s)
-        if (ids[s] >= 0 && ids[s] < n_experts) ++out.counts[ids[s]];
+        if (here(ids[s])) ++out.counts[ids[s]];
     int32_t begin = 0;
     for (int32_t e = 0; e < n_experts; ++e) {
         out.entries[e].slot_begin = begin;
@@ -181,7 +187,7 @@ __global__ void build_routed_tables_kernel(const GroupEntry* table, int32_t n_ex
         out.token_slot_offsets[t] = filled;
         for (int32_t j = 0; j < k; ++j) {
             const int32_t e = ids[t * k + j];
-            if (e < 0 || e >= n_experts) continue;
+            if (!here(e)) continue;
             const int32_t slot = out.entries[e].slot_begin + out.counts[e]++;
             out.token_index[slot] = t;
             out.slot_weight[slot] = weights[t * k + j];
@@ -422,7 +428,7 @@ DeviceExpertTable::DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWe
     if (hidden_ % kChunk != 0 || ffn_ % kChunk != 0)
         fail("cuda::DeviceExpertTable: hidden_dim ", hidden_, " and ffn_dim ", ffn_,
              " must be multiples of 8 for the grouped kernels");
-    std::vector<GroupEntry> entries;
+    std::vector<ExpertTableEntry> entries;
     for (size_t e = 0; e < experts.size(); ++e) {
         const cpu::ExpertWeights& w = experts[e];
         const std::string name = "cuda::DeviceExpertTable: expert " + std::to_string(e);
@@ -436,16 +442,47 @@ DeviceExpertTable::DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWe
             for (const Tensor* t : {&w.gate, &w.up, &w.down})
                 if (reinterpret_cast<uintptr_t>(t->data()) % 16 != 0)
                     fail(name, ": float expert weights must be 16-byte aligned");
-        entries.push_back({.gate = w.gate.data_as<const uint8_t>(),
-                           .up = w.up.data_as<const uint8_t>(),
-                           .down = w.down.data_as<const uint8_t>(),
-                           .slot_begin = 0,
-                           .n_tokens = 0});
+        entries.push_back({.gate = w.gate.data(), .up = w.up.data(), .down = w.down.data()});
     }
-    entries_ = allocate(ctx.device(), entries.size() * sizeof(GroupEntry));
+    owned_ = allocate(ctx.device(), entries.size() * sizeof(ExpertTableEntry));
     // Once, at load: a synchronous copy (the host vector goes out of scope).
-    TANDEM_CUDA_CHECK(cudaMemcpy(entries_.data(), entries.data(),
-                                 entries.size() * sizeof(GroupEntry), cudaMemcpyHostToDevice));
+    TANDEM_CUDA_CHECK(cudaMemcpy(owned_.data(), entries.data(),
+                                 entries.size() * sizeof(ExpertTableEntry),
+                                 cudaMemcpyHostToDevice));
+    entries_ = static_cast<const ExpertTableEntry*>(owned_.data());
+}
+
+DeviceExpertTable::DeviceExpertTable(const ExpertTableEntry* entries, int64_t n_experts,
+                                     int64_t hidden_dim, int64_t ffn_dim, DType gate_type,
+                                     DType down_type)
+    : entries_(entries),
+      n_experts_(n_experts),
+      hidden_(hidden_dim),
+      ffn_(ffn_dim),
+      gate_type_(gate_type),
+      down_type_(down_type) {
+    if (entries == nullptr || n_experts <= 0 || reinterpret_cast<uintptr_t>(entries) % 8 != 0)
+        fail("cuda::DeviceExpertTable: a writable table needs 8-byte aligned entries for ",
+             n_experts, " experts");
+    if (hidden_ % kChunk != 0 || ffn_ % kChunk != 0)
+        fail("cuda::DeviceExpertTable: hidden_dim ", hidden_, " and ffn_dim ", ffn_,
+             " must be multiples of 8 for the grouped kernels");
+}
+
+bool writable_table_supported(const cpu::ExpertWeights& like) {
+    if (like.gate.rank() != 2 || like.up.rank() != 2 || like.down.rank() != 2) return false;
+    const int64_t ffn = like.gate.dim(0), hidden = like.gate.dim(1);
+    bool types = true;
+    for (const Tensor* t : {&like.gate, &like.down}) {
+        try {
+            with_weight_type(t->dtype(), [](auto) {});
+        } catch (const Error&) {
+            types = false;
+        }
+    }
+    return types && hidden % kChunk == 0 && ffn % kChunk == 0 &&
+           like.up.dtype() == like.gate.dtype() && like.down.dim(0) == hidden &&
+           like.down.dim(1) == ffn;
 }
 
 void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeRoutedArgs& a) {
@@ -504,9 +541,8 @@ void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeR
     auto stream = static_cast<cudaStream_t>(ctx.native_stream());
 
     build_routed_tables_kernel<<<1, 256, 0, stream>>>(
-        static_cast<const GroupEntry*>(table.device_entries()), int32_t(n_experts),
-        a.expert_ids.data_as<const int32_t>(), a.expert_weights.data_as<const float>(),
-        int32_t(n_tokens), int32_t(k), tables);
+        table.device_entries(), int32_t(n_experts), a.expert_ids.data_as<const int32_t>(),
+        a.expert_weights.data_as<const float>(), int32_t(n_tokens), int32_t(k), tables);
     TANDEM_CUDA_CHECK_LAUNCH("build_routed_tables_kernel");
     if (q8_x) launch_quantize_q8(a.x.data_as<const float>(), x_blocks, xq, xd, stream);
     const GroupedArgs args{.entries = tables.entries,

@@ -17,6 +17,7 @@
 
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cuda/context.h"
+#include "kernels/expert_tables.h"
 #include "kernels/tensor.h"
 
 namespace tandem::cuda {
@@ -39,21 +40,36 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& args);
 // moe_experts_routed needs nothing from the host per call. Every expert must be resident
 // (device tensors), gate/up of one type and down of one type, hidden_dim and ffn_dim multiples
 // of 8 and float weights 16-byte aligned (the grouped kernels' loads).
+//
+// A writable table (the second constructor) has no experts of its own: its entries are device
+// memory the caller rewrites between launches (a captured hybrid decode step copies them up from
+// the host's plan, kernels/expert_tables.h); an entry with a null gate is an expert that is not
+// on the device, whose tokens' slots contribute nothing. Its experts must meet the same
+// conditions, which the caller checks (writable_table_supported).
 class DeviceExpertTable {
   public:
     DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWeights> experts);
+    // entries: device memory of n_experts ExpertTableEntry, 8-byte aligned, not owned.
+    DeviceExpertTable(const ExpertTableEntry* entries, int64_t n_experts, int64_t hidden_dim,
+                      int64_t ffn_dim, DType gate_type, DType down_type);
     int64_t n_experts() const { return n_experts_; }
     int64_t hidden_dim() const { return hidden_; }
     int64_t ffn_dim() const { return ffn_; }
     DType gate_type() const { return gate_type_; }
     DType down_type() const { return down_type_; }
-    const void* device_entries() const { return entries_.data(); }  // [n_experts], private type
+    const ExpertTableEntry* device_entries() const { return entries_; }  // [n_experts]
 
   private:
-    Buffer entries_;
+    Buffer owned_;
+    const ExpertTableEntry* entries_ = nullptr;
     int64_t n_experts_ = 0, hidden_ = 0, ffn_ = 0;
     DType gate_type_ = DType::F32, down_type_ = DType::F32;
 };
+
+// Whether experts shaped and typed like `like` can be computed through a writable table: the
+// grouped kernels' conditions (hidden_dim and ffn_dim multiples of 8, gate and up of one type,
+// weight types the GEMV reads); slots are 256-byte aligned, so alignment holds.
+bool writable_table_supported(const cpu::ExpertWeights& like);
 
 // Token-expert slots (n_tokens x k) up to which moe_experts_routed takes a step; each expert
 // then has at most n_tokens <= kGemvMaxTokens tokens, the grouped GEMV kernels' case.
@@ -71,7 +87,8 @@ struct MoeRoutedArgs {
 // grouped gate+up and down launches run over every expert (those without tokens return at
 // once) and each token's slots are summed in slot order. No host synchronisation and no copy
 // from the host: a decode step stays on the GPU. n_tokens <= kGemvMaxTokens and
-// n_tokens * k <= kMaxRoutedSlots. An id outside [0, n_experts) contributes nothing.
+// n_tokens * k <= kMaxRoutedSlots. An id outside [0, n_experts), or of an expert whose entry has
+// a null gate, contributes nothing.
 void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeRoutedArgs& args);
 
 }  // namespace tandem::cuda

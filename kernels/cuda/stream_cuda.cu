@@ -132,16 +132,22 @@ void cuda_host_free(void* data) noexcept {
     cudaFreeHost(data);
 }
 
-bool cuda_host_register(void* data, size_t bytes, std::string* why) {
+void* cuda_host_register(void* data, size_t bytes, std::string* why) {
     int read_only = 0;
     cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, 0);
-    const unsigned flags = cudaHostRegisterPortable | (read_only ? cudaHostRegisterReadOnly : 0);
-    const cudaError_t status = cudaHostRegister(data, bytes, flags);
-    if (status == cudaSuccess) return true;
+    const unsigned flags = cudaHostRegisterPortable | cudaHostRegisterMapped |
+                           (read_only ? cudaHostRegisterReadOnly : 0);
+    cudaError_t status = cudaHostRegister(data, bytes, flags);
+    if (status == cudaSuccess) {
+        void* device = nullptr;
+        status = cudaHostGetDevicePointer(&device, data, 0);
+        if (status == cudaSuccess) return device;
+        cudaHostUnregister(data);
+    }
     cudaGetLastError();  // not sticky: clear it
     *why = cat("cudaHostRegister of ", bytes, " bytes: ", cudaGetErrorString(status),
                read_only ? "" : " (this device cannot register read-only memory)");
-    return false;
+    return nullptr;
 }
 
 void cuda_host_unregister(void* data) noexcept {

@@ -19,9 +19,9 @@ void* cuda_host_alloc(size_t bytes) {
 
 void cuda_host_free(void*) noexcept {}
 
-bool cuda_host_register(void*, size_t, std::string* why) {
+void* cuda_host_register(void*, size_t, std::string* why) {
     *why = "this build has no CUDA backend";
-    return false;
+    return nullptr;
 }
 
 void cuda_host_unregister(void*) noexcept {}

@@ -3,12 +3,14 @@
 // budgets 0/25/50/100 % with and without prefetch. Logits of a prefill and of token-by-token
 // decode must be the CPU engine's (f32 throughout: 1e-3 abs), and the counters must say where
 // the experts ran. The same with the model itself on cuda:0 (HybriMoE's split). Then concurrent
-// requests, and a reload mid-service. Skips without a GPU.
+// requests, a reload mid-service, an abort while copies are in flight, and decode steps captured
+// in CUDA graphs against the same steps run eagerly. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <fstream>
 #include <random>
@@ -16,6 +18,7 @@
 
 #include "cache/kv_cache.h"
 #include "engine/src/engine_internals.h"
+#include "kernels/log.h"
 #include "models/model.h"
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/test_util.h"
@@ -146,6 +149,122 @@ TEST_F(CudaHybrid, ConcurrentRequestsAndAReloadMatchTheCpu) {
         if (round == 0) hybrid.reload_weights(dir_.str());
     }
     EXPECT_GT(hybrid.stats().experts_on_device, 0);
+}
+
+// Greedy tokens of two engines: equal, or parted at a near-tie of the two candidates (another
+// summation order, ~1e-6), which the reference engine's logprobs of both show.
+void expect_same_greedy(Engine& reference, const std::vector<int32_t>& prompt,
+                        const std::vector<int32_t>& got, const std::vector<int32_t>& want) {
+    const auto parted = std::mismatch(got.begin(), got.end(), want.begin(), want.end());
+    if (parted.first == got.end() && parted.second == want.end()) return;
+    ASSERT_TRUE(parted.first != got.end() && parted.second != want.end())
+        << "one is a prefix of the other: " << got.size() << " vs " << want.size() << " tokens";
+    std::vector<int32_t> a = prompt, b = prompt;
+    a.insert(a.end(), got.begin(), parted.first + 1);
+    b.insert(b.end(), want.begin(), parted.second + 1);
+    EXPECT_LE(std::fabs(reference.score(a).back() - reference.score(b).back()), 1e-3f)
+        << "parted at token " << parted.first - got.begin();
+}
+
+// Decode steps captured in CUDA graphs with the routed experts on the hybrid executor (the plan,
+// the CPU's experts and the copy lists from host functions; the device's experts through a
+// writable table): logits as the CPU engine's, the same as without graphs, and the greedy tokens
+// of batches of several sequences the same. The debug log says the steps were captured.
+TEST_F(CudaHybrid, CudaGraphsGiveTheEagerStepsLogitsAndTokens) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    const std::vector<float> reference = test::prefill_then_decode(cpu, prompt_, decode_);
+    const SamplingParams greedy{.temperature = 0, .max_tokens = 12, .ignore_eos = true};
+    std::vector<std::vector<int32_t>> prompts;
+    std::mt19937_64 rng(seed_ + 2);
+    for (int i = 0; i < 3; ++i) {
+        std::vector<int32_t>& p = prompts.emplace_back(size_t(2 + 4 * i));
+        for (int32_t& t : p)
+            t = int32_t(rng() % 128);
+    }
+    for (const char* planner : {"hybrimoe", "static"})
+        for (double ratio : {0.0, 0.25, 1.0})
+            for (bool prefetch : {true, false}) {
+                SCOPED_TRACE(::testing::Message()
+                             << planner << " at " << ratio << ", prefetch " << prefetch);
+                std::vector<std::vector<int32_t>> tokens[2];
+                for (bool graphs : {false, true}) {
+                    EngineConfig c = config(planner, ratio, prefetch);
+                    c.device = "cuda:0";
+                    c.cuda_graphs = graphs;
+                    const LogLevel level = log_level();
+                    set_log_level(LogLevel::Debug);
+                    ::testing::internal::CaptureStderr();
+                    {
+                        Engine hybrid = Engine::open(c);
+                        const std::vector<float> got =
+                            test::prefill_then_decode(hybrid, prompt_, decode_);
+                        ASSERT_EQ(got.size(), reference.size());
+                        double diff = 0, norm = 0;
+                        for (size_t i = 0; i < got.size(); ++i) {
+                            diff += std::pow(double(got[i]) - reference[i], 2);
+                            norm += double(reference[i]) * reference[i];
+                        }
+                        EXPECT_LE(std::sqrt(diff / norm), 1e-3) << "graphs " << graphs;
+                        std::vector<RequestHandle> handles;
+                        for (const auto& p : prompts)
+                            handles.push_back(hybrid.submit(Prompt::tokens(p), greedy));
+                        for (RequestHandle& h : handles)
+                            tokens[graphs].push_back(h.wait().completions[0].token_ids);
+                        if (ratio == 0.0) {
+                            EXPECT_EQ(hybrid.stats().experts_on_device, 0);
+                        }
+                    }
+                    const std::string log = ::testing::internal::GetCapturedStderr();
+                    set_log_level(level);
+                    EXPECT_EQ(log.find("CUDA graph failed"), std::string::npos) << log;
+                    if (graphs) {
+                        EXPECT_NE(
+                            log.find("captured in a CUDA graph (routed experts on the hybrid"),
+                            std::string::npos);
+                    }
+                }
+                for (size_t i = 0; i < prompts.size(); ++i)
+                    expect_same_greedy(cpu, prompts[i], tokens[1][i], tokens[0][i]);
+            }
+}
+
+// An abort between two decode steps, while the executor's prefetches and demand copies may still
+// be in flight: the request ends with its tokens so far, its KV blocks are freed, and the engine
+// keeps serving the CPU's greedy tokens, with and without graphs.
+TEST_F(CudaHybrid, AnAbortWhileCopiesAreInFlightLeavesTheEngineServing) {
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    for (bool graphs : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "graphs " << graphs);
+        EngineConfig c = config("hybrimoe", 0.25, true);
+        c.device = "cuda:0";
+        c.cuda_graphs = graphs;
+        Engine hybrid = Engine::open(c);
+        std::atomic<int> tokens{0};
+        std::atomic<bool> aborted{false};
+        RequestHandle h = hybrid.submit(Prompt::tokens(prompt_),
+                                        {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
+                                        [&](const StreamDelta& d) {
+                                            tokens += int(d.token_ids.size());
+                                            while (tokens == 4 && !aborted)
+                                                std::this_thread::yield();
+                                        });
+        while (tokens < 4)
+            std::this_thread::yield();
+        h.abort();
+        aborted = true;
+        const RequestOutput& out = h.wait();
+        EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
+        EXPECT_EQ(out.completions[0].token_ids.size(), 4u);
+        EXPECT_EQ(hybrid.stats().kv_blocks_used, 0);
+        const SamplingParams greedy{.temperature = 0, .max_tokens = 10, .ignore_eos = true};
+        const std::vector<int32_t> got =
+            hybrid.generate(Prompt::tokens(decode_), greedy).completions[0].token_ids;
+        const std::vector<int32_t> want =
+            cpu.generate(Prompt::tokens(decode_), greedy).completions[0].token_ids;
+        expect_same_greedy(cpu, decode_, got, want);
+        EXPECT_GT(hybrid.stats().experts_on_device, 0);
+    }
 }
 
 }  // namespace

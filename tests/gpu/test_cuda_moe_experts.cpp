@@ -28,8 +28,10 @@
 
 #include "kernels/cpu/expert_ffn.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/gather_copy.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/moe_experts.h"
+#include "kernels/cuda_backend.h"
 #include "kernels/error.h"
 #include "kernels/thread_pool.h"
 #include "scheduler/routing.h"
@@ -308,6 +310,159 @@ TEST(CudaMoeExperts, RoutingOnTheDeviceEqualsRoutingOnTheHost) {
                 << "routed on the device differs from routed on the host: " << diff.str(kHidden);
         }
     }
+}
+
+// A writable table, as a captured hybrid decode step uses: its entries are device memory the host
+// rewrites between launches, and an expert with a null entry is computed elsewhere. Two launches
+// over one table with different entries each give cuda::moe_experts with those experts skipped.
+TEST(CudaMoeExperts, AWritableTableRunsTheExpertsItNamesAndNoOthers) {
+    TANDEM_REQUIRE_GPU();
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    for (const auto& [gate_type, down_type] :
+         {std::pair{DType::Q4_K, DType::Q6_K}, {DType::BF16, DType::BF16}}) {
+        std::vector<OwnedTensor> device;
+        std::vector<cpu::ExpertWeights> experts(kExperts);
+        for (int e = 0; e < kExperts; ++e) {
+            const float s_in = 1.0f / std::sqrt(float(kHidden)),
+                        s_ffn = 1.0f / std::sqrt(float(kFfn));
+            for (int m = 0; m < 3; ++m) {
+                const bool down = m == 2;
+                const DType type = down ? down_type : gate_type;
+                const int64_t rows = down ? kHidden : kFfn, cols = down ? kFfn : kHidden;
+                device.push_back(test::upload(
+                    test::random_weights(type, rows, cols, rng, down ? s_ffn : s_in).bytes, type,
+                    {rows, cols}, *stream));
+            }
+            const size_t n = device.size();
+            experts[size_t(e)] = {
+                .gate = *device[n - 3], .up = *device[n - 2], .down = *device[n - 1]};
+        }
+        ASSERT_TRUE(cuda::writable_table_supported(experts[0]));
+        const OwnedTensor entries =
+            make_tensor(DType::I32, {int64_t(kExperts * sizeof(ExpertTableEntry) / 4)}, kGpu);
+        const cuda::DeviceExpertTable table(
+            static_cast<const ExpertTableEntry*>(entries.view.data()), kExperts, kHidden, kFfn,
+            gate_type, down_type);
+        for (const auto& [n_tokens, k] : {std::pair<int64_t, int64_t>{1, 8}, {3, 4}, {8, 8}}) {
+            SCOPED_TRACE(cat(dtype_name(gate_type), "/", dtype_name(down_type), ", ", n_tokens,
+                             " tokens, top-", k));
+            tandem::Routing routing{.n_tokens = n_tokens, .n_experts_active = k};
+            for (int64_t t = 0; t < n_tokens; ++t) {
+                std::vector<int32_t> ids(kExperts);
+                std::iota(ids.begin(), ids.end(), 0);
+                std::shuffle(ids.begin(), ids.end(), rng);
+                for (int64_t j = 0; j < k; ++j) {
+                    routing.experts.push_back(ids[size_t(j)]);
+                    routing.weights.push_back(std::uniform_real_distribution<float>(0.05f, 1)(rng));
+                }
+            }
+            const ExpertGroups groups = group_by_expert(routing, kExperts);
+            const OwnedTensor ids =
+                test::upload(routing.experts, DType::I32, {n_tokens, k}, *stream);
+            const OwnedTensor weights =
+                test::upload(routing.weights, DType::F32, {n_tokens, k}, *stream);
+            const std::vector<float> x = test::random_floats(rng, size_t(n_tokens * kHidden));
+            const OwnedTensor dx = test::upload(x, DType::F32, {n_tokens, kHidden}, *stream);
+            for (int launch = 0; launch < 2; ++launch) {
+                // About half the experts here; the entries rewritten for each launch.
+                std::vector<ExpertTableEntry> host_entries(kExperts);
+                std::vector<uint8_t> skip(kExperts);
+                for (int e = 0; e < kExperts; ++e) {
+                    skip[size_t(e)] = uint8_t(rng() % 2);
+                    if (!skip[size_t(e)])
+                        host_entries[size_t(e)] = {.gate = experts[size_t(e)].gate.data(),
+                                                   .up = experts[size_t(e)].up.data(),
+                                                   .down = experts[size_t(e)].down.data()};
+                }
+                stream->copy_async(entries.view.data(), host_entries.data(),
+                                   host_entries.size() * sizeof(ExpertTableEntry),
+                                   CopyDirection::HostToDevice);
+                stream->synchronize();
+                const std::vector<float> out0 =
+                    test::random_floats(rng, size_t(n_tokens * kHidden));
+                const OwnedTensor want =
+                    test::upload(out0, DType::F32, {n_tokens, kHidden}, *stream);
+                const OwnedTensor got =
+                    test::upload(out0, DType::F32, {n_tokens, kHidden}, *stream);
+                cuda::moe_experts(ctx, {.x = *dx,
+                                        .out = *want,
+                                        .experts = experts,
+                                        .offsets = groups.offsets,
+                                        .token_index = groups.token_index,
+                                        .token_weight = groups.token_weight,
+                                        .skip = skip});
+                cuda::moe_experts_routed(
+                    ctx, table,
+                    {.x = *dx, .out = *got, .expert_ids = *ids, .expert_weights = *weights});
+                const std::vector<float> a = test::download<float>(*want, *stream);
+                const std::vector<float> b = test::download<float>(*got, *stream);
+                for (size_t i = 0; i < a.size(); ++i)
+                    ASSERT_NEAR(b[i], a[i], 1e-5 + 1e-5 * std::fabs(a[i]))
+                        << "launch " << launch << ", element " << i;
+            }
+        }
+    }
+}
+
+// cuda::gather_copies: the listed copies (count and list in device memory), from page-locked
+// host memory (cudaMallocHost's, and a registered range at the device address the registration
+// returns) into device memory, aligned and unaligned; entries past the count are not copied and
+// nothing else is written.
+TEST(CudaGatherCopies, TheListedCopiesLandAndNothingElseIsWritten) {
+    TANDEM_REQUIRE_GPU();
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    auto stream = make_stream(kGpu);
+    constexpr size_t kBytes = size_t(1) << 20;
+    Buffer pinned = allocate_pinned(kGpu, kBytes);
+    std::vector<uint8_t> registered_memory(kBytes + 4096);
+    auto* registered = reinterpret_cast<uint8_t*>(
+        (reinterpret_cast<uintptr_t>(registered_memory.data()) + 4095) / 4096 * 4096);
+    std::string why;
+    auto* registered_on_device =
+        static_cast<uint8_t*>(cuda_host_register(registered, kBytes, &why));
+    ASSERT_NE(registered_on_device, nullptr) << why;
+    for (size_t i = 0; i < kBytes; ++i) {
+        static_cast<uint8_t*>(pinned.data())[i] = uint8_t(rng());
+        registered[i] = uint8_t(rng());
+    }
+    const OwnedTensor dst = make_tensor(DType::I32, {int64_t(2 * kBytes / 4)}, kGpu);
+    stream->memset_async(dst.view.data(), 0xA5, 2 * kBytes);
+    std::vector<uint8_t> want(2 * kBytes, 0xA5);
+    std::vector<ExpertCopy> list;
+    constexpr int64_t kMax = 24;
+    const int32_t count = 17;
+    size_t at = 0;  // destinations do not overlap
+    for (int i = 0; i < kMax; ++i) {
+        const bool aligned = i % 3 != 0;
+        const size_t bytes = aligned ? 16 * (1 + rng() % 4096) : 1 + rng() % 50000;
+        const size_t from =
+            aligned ? 16 * (rng() % ((kBytes - bytes) / 16)) : rng() % (kBytes - bytes);
+        at = aligned ? (at + 15) / 16 * 16 : at + 1;
+        const bool use_registered = i % 2 == 0;
+        const uint8_t* host = use_registered ? registered : static_cast<uint8_t*>(pinned.data());
+        const uint8_t* src = (use_registered ? registered_on_device : host) + from;
+        list.push_back(
+            {.src = src, .dst = static_cast<uint8_t*>(dst.view.data()) + at, .bytes = bytes});
+        if (i < count) std::memcpy(want.data() + at, host + from, bytes);
+        at += bytes;
+        ASSERT_LE(at, 2 * kBytes);
+    }
+    const OwnedTensor device_list =
+        test::upload_bytes(list.data(), list.size() * sizeof(ExpertCopy), DType::I32,
+                           {int64_t(list.size() * sizeof(ExpertCopy) / 4)}, *stream);
+    const OwnedTensor device_count =
+        test::upload(std::vector<int32_t>{count}, DType::I32, {1}, *stream);
+    cuda::gather_copies(stream->native_handle(),
+                        static_cast<const ExpertCopy*>(device_list.view.data()),
+                        device_count.view.data_as<const int32_t>(), kMax);
+    const std::vector<uint8_t> got = test::download_bytes(dst.view, *stream);
+    cuda_host_unregister(registered);
+    for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_EQ(got[i], want[i]) << "byte " << i;
 }
 
 TEST(CudaMoeExperts, MixedWeightTypesInOneLayerAreRefused) {

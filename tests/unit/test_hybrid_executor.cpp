@@ -7,6 +7,7 @@
 #include <tandem/engine.h>
 #include <zlib.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -125,6 +126,41 @@ TEST_F(HybridExecutorTest, ConcurrentRequestsMatchTheCpuEngine) {
     const EngineStats s = hybrid.stats();
     EXPECT_GT(s.experts_on_device, 0);
     EXPECT_GT(s.experts_on_cpu, 0);
+}
+
+// An abort between two decode steps while copies are still in flight (the sim copy engine made
+// slow, so the prefetches and demand copies of the step before are still queued): the request
+// ends with its tokens so far and its KV blocks freed, and the next request's greedy tokens are
+// the CPU engine's.
+TEST_F(HybridExecutorTest, AnAbortWhileCopiesAreInFlightLeavesTheEngineServing) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed_);
+    const SimOptions saved = sim_options();
+    set_sim_options({.host_to_device_bytes_per_second = 20e6, .copy_latency_seconds = 1e-3});
+    Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
+    Engine hybrid = Engine::open(config("hybrimoe", 0.25, true));
+    std::atomic<int> tokens{0};
+    std::atomic<bool> aborted{false};
+    RequestHandle h = hybrid.submit(Prompt::tokens(prompt_),
+                                    {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
+                                    [&](const StreamDelta& d) {
+                                        tokens += int(d.token_ids.size());
+                                        while (tokens == 4 && !aborted)
+                                            std::this_thread::yield();
+                                    });
+    while (tokens < 4)
+        std::this_thread::yield();
+    h.abort();
+    aborted = true;
+    const RequestOutput& out = h.wait();
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
+    EXPECT_EQ(out.completions[0].token_ids.size(), 4u);
+    EXPECT_EQ(hybrid.stats().kv_blocks_used, 0);
+    const SamplingParams greedy{.temperature = 0, .max_tokens = 8, .ignore_eos = true};
+    EXPECT_EQ(hybrid.generate(Prompt::tokens(decode_), greedy).completions[0].token_ids,
+              cpu.generate(Prompt::tokens(decode_), greedy).completions[0].token_ids);
+    const EngineStats s = hybrid.stats();
+    EXPECT_GT(s.expert_bytes_moved, 0);
+    set_sim_options(saved);
 }
 
 // A trace in the objects format for the test model: 40 tokens, 3 layers, top-4 of 16 experts,
