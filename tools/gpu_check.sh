@@ -112,6 +112,13 @@ if [ -x "$bin/tandem-bench" ]; then
             --gpu-expert-ratio 0.25,0.5 --planner hybrimoe,ktransformers-static \
             --replay-routing "$trace" --kv-cache-type bf16 --no-progress \
             --model-cache /tmp/gpu-check-models --json "$out/tb/olmoe-q4_k-hybrid.json"
+        # The same hybrid decode with its steps replayed from CUDA graphs (the plan, the CPU's
+        # experts and the copy lists from host functions), against the eager run above.
+        step "tandem-bench olmoe-q4_k-hybrid-graphs" 180 "$bin/tandem-bench" --device cuda:0 \
+            --expert-device cuda:0 -m synthetic:olmoe-1b-7b --quantize q4_k -p 512 -n 64 -r 2 \
+            --gpu-expert-ratio 0.25 --planner hybrimoe --cuda-graphs \
+            --replay-routing "$trace" --kv-cache-type bf16 --no-progress \
+            --model-cache /tmp/gpu-check-models --json "$out/tb/olmoe-q4_k-hybrid-graphs.json"
         rm -rf /tmp/gpu-check-models
     fi
     cat "$out"/tb/*.json > "$out/tandem_bench.json" 2>/dev/null
