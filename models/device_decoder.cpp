@@ -190,6 +190,7 @@ class DeviceDecoder final : public Model {
     std::unique_ptr<cuda::Branch> branch_;
     bool graphs_failed_ = false;  // a capture failed: every later step runs eagerly
     Buffer block_tables_;         // this step's KV block tables, all sequences
+    Buffer runner_rows_;          // page-locked: a MoE layer's rows and CPU sum for the runner
     DeviceStepArena arena_;
 };
 
@@ -397,23 +398,35 @@ void DeviceDecoder::routed_on_runner(const DeviceRun& run, int layer, const Tens
         predicted.push_back(
             route_on_host(run, weights_.layers[later].moe, host.layers[later].moe, x));
     }
-    OwnedTensor host_x = make_tensor(DType::F32, {n, c.hidden_dim});
-    OwnedTensor host_out = make_tensor(DType::F32, {n, c.hidden_dim});
-    stream_->copy_async(host_x.view.data(), x.data(), size_t(host_x.view.bytes()),
-                        CopyDirection::DeviceToHost);
-    stream_->synchronize();
-    std::fill_n(host_out.view.data_as<float>(), n * c.hidden_dim, 0.0f);
+    // The rows come down once, through page-locked memory; the runner's device experts read x
+    // and add into `out` where they are (MoeLayerCall.device_x/device_out), the CPU's sum goes up
+    // and is added on the device.
+    const size_t bytes = size_t(n * c.hidden_dim) * sizeof(float);
+    if (runner_rows_.bytes() < 2 * bytes) {
+        stream_->synchronize();  // the last layer's upload may still read it
+        runner_rows_ = allocate_pinned(device_, 2 * bytes);
+    }
+    auto* host_rows = static_cast<float*>(runner_rows_.data());
+    const Tensor host_x(host_rows, DType::F32, {n, c.hidden_dim});
+    const Tensor host_out(host_rows + n * c.hidden_dim, DType::F32, {n, c.hidden_dim});
+    stream_->copy_async(host_x.data(), x.data(), bytes, CopyDirection::DeviceToHost);
+    stream_->synchronize();  // also: `out` is zeroed, x is ready for the runner's streams
+    std::fill_n(host_out.data_as<float>(), n * c.hidden_dim, 0.0f);
     runner_->run({.layer = layer,
                   .moe_layer = moe_index,
                   .weights = &host.layers[size_t(layer)].moe,
-                  .x = host_x.view,
+                  .x = host_x,
                   .routing = &routing,
                   .predicted = predicted,
-                  .out = host_out.view},
+                  .out = host_out,
+                  .device_x = x,
+                  .device_out = out},
                  *run.pool);
-    // From pageable memory the copy returns once staged, so host_out may go.
-    stream_->copy_async(out.data(), host_out.view.data(), size_t(host_out.view.bytes()),
-                        CopyDirection::HostToDevice);
+    const Tensor cpu_sum = run.arena.tensor({n, c.hidden_dim});
+    stream_->copy_async(cpu_sum.data(), host_out.data(), bytes, CopyDirection::HostToDevice);
+    cuda::add(run.ctx, out, cpu_sum, out);
+    // The next layer's download waits for this upload (runner_rows_ is reused): the stream's
+    // order, and the synchronize before the runner runs.
     if (routing_out != nullptr) *routing_out = std::move(routing);
 }
 

@@ -32,6 +32,11 @@ struct MoeLayerCall {
     // one entry per later MoE layer; fewer near the end of the model.
     std::span<const Routing> predicted = {};
     Tensor out;  // [n_tokens, hidden_dim] f32: the routed experts' weighted sum is added here
+    // Optional, when the model runs on the runner's device: x there, and an output there into
+    // which the runner may add its device's experts directly (the rest goes into `out`; the caller
+    // adds the two). Both must be ready when run() is called and are done with when it returns.
+    Tensor device_x = {};
+    Tensor device_out = {};
 };
 
 // One MoE layer of a decode step captured in a CUDA graph (models/device_decoder.cpp): page-locked

@@ -390,9 +390,20 @@ bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
         any = any || placement_[size_t(job.expert)] != ExpertPlacement::Cpu;
     if (!any) return false;
 
+    // The model on this device already has the rows and an output there: the device's experts
+    // read and add into them, and nothing goes up or comes back.
+    const int64_t n_tokens = call.x.dim(0), hidden = call.x.dim(1);
+    if (!call.device_x.empty() && call.device_x.device() == options_.device) {
+        if (!(call.device_x.shape() == call.x.shape()) ||
+            !(call.device_out.shape() == call.x.shape()) ||
+            !(call.device_out.device() == options_.device))
+            fail("hybrid executor: device_x and device_out must be ", call.x.shape().str(), " on ",
+                 options_.device.name());
+        queue_device_launches(call, call.device_x, call.device_out);
+        return false;
+    }
     // The layer's rows go up and the sum buffer is cleared, on the compute stream, which is idle
     // between layers (run() synchronizes it), so the buffers are free to reuse.
-    const int64_t n_tokens = call.x.dim(0), hidden = call.x.dim(1);
     const size_t row_bytes = size_t(hidden) * sizeof(float), bytes = size_t(n_tokens) * row_bytes;
     if (device_x_.bytes() < bytes) {
         device_x_ = allocate(options_.device, bytes);
@@ -409,6 +420,15 @@ bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
                     call.x.data_as<const float>() + t * call.x.stride(0), row_bytes);
     compute_->copy_async(device_x_.data(), host_x_.data(), bytes, CopyDirection::HostToDevice);
     compute_->memset_async(device_out_.data(), 0, bytes);
+    queue_device_launches(call, x, out);
+    compute_->copy_async(host_partial_.data(), device_out_.data(), bytes,
+                         CopyDirection::DeviceToHost);
+    return true;
+}
+
+void HybridExecutor::queue_device_launches(const MoeLayerCall& call, const Tensor& x,
+                                           const Tensor& out) {
+    const int32_t layer = call.moe_layer;
 
     // One launch per run of experts whose copies need no wait; an expert whose copy is still in
     // flight closes the launch before it, and the compute stream waits for that copy only.
@@ -445,9 +465,6 @@ bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
         ++running_.gpu_experts;
     }
     flush_launch(x, out);
-    compute_->copy_async(host_partial_.data(), device_out_.data(), bytes,
-                         CopyDirection::DeviceToHost);
-    return true;
 }
 
 void HybridExecutor::flush_launch(const Tensor& x, const Tensor& out) {

@@ -173,6 +173,8 @@ class HybridExecutor final : public ExpertRunner {
     void issue_prefetches(int32_t layer, size_t n_later, double layer_end_ms);
     // Step 4 of run(): the device's experts as stream work; returns whether there were any.
     bool queue_device_experts(const MoeLayerCall& call);
+    // Its launches, from x into out (device tensors), in the planner's GPU order.
+    void queue_device_launches(const MoeLayerCall& call, const Tensor& x, const Tensor& out);
     // Queues the launch of the experts gathered in launch_experts_ / launch_skip_, if any.
     void flush_launch(const Tensor& x, const Tensor& out);
     void publish_counters();

@@ -279,6 +279,65 @@ TEST(HybridGraph, CapturedStepsOnSimGiveTheCpuOutputWhateverThePlan) {
     }
 }
 
+// The eager path with the model on the executor's device (MoeLayerCall.device_x/device_out): the
+// device's experts read the rows and add into the output where they are, the CPU's go into the
+// host output, and the two add up to the CPU's sum.
+TEST(HybridGraph, EagerLayersAddTheDevicesExpertsIntoTheDeviceOutput) {
+    const uint64_t seed = test::fresh_seed();
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    std::mt19937_64 rng(seed);
+    TestModel model(rng);
+    ThreadPool pool(ThreadPoolOptions{.n_threads = 2, .pin = false});
+    HybridExecutor executor({.budget_ratio = 0.5,
+                             .planner = PlannerKind::HybriMoe,
+                             .cost = CostModel::hybrimoe_published()});
+    executor.bind(model.config, model.pointers);
+    auto stream = make_stream(kSim);
+    for (const int64_t n : {1, 4, 2}) {
+        const size_t bytes = size_t(n * kHidden * 4);
+        Buffer device_x = allocate(kSim, bytes), device_out = allocate(kSim, bytes);
+        executor.begin_step(n);
+        for (int64_t layer = 0; layer < kLayers; ++layer) {
+            std::vector<float> x = test::random_floats(rng, size_t(n * kHidden));
+            std::vector<float> out(x.size(), 0.0f), from_device(x.size(), NAN);
+            const Tensor host_x(x.data(), DType::F32, {n, kHidden});
+            stream->copy_async(device_x.data(), x.data(), bytes, CopyDirection::HostToDevice);
+            stream->memset_async(device_out.data(), 0, bytes);
+            stream->synchronize();
+            const Routing routing =
+                route_with(model.layers[size_t(layer)], model.config, host_x, pool);
+            executor.run({.layer = int(layer),
+                          .moe_layer = int(layer),
+                          .weights = &model.layers[size_t(layer)],
+                          .x = host_x,
+                          .routing = &routing,
+                          .out = Tensor(out.data(), DType::F32, {n, kHidden}),
+                          .device_x = Tensor(device_x.data(), DType::F32, {n, kHidden}, kSim),
+                          .device_out = Tensor(device_out.data(), DType::F32, {n, kHidden}, kSim)},
+                         pool);
+            stream->copy_async(from_device.data(), device_out.data(), bytes,
+                               CopyDirection::DeviceToHost);
+            stream->synchronize();
+            const ExpertGroups groups = group_by_expert(routing, kExperts);
+            std::vector<float> want(x.size(), 0.0f);
+            cpu::moe_experts({.x = host_x,
+                              .out = Tensor(want.data(), DType::F32, {n, kHidden}),
+                              .experts = model.layers[size_t(layer)].experts,
+                              .offsets = groups.offsets,
+                              .token_index = groups.token_index,
+                              .token_weight = groups.token_weight},
+                             pool);
+            for (size_t i = 0; i < want.size(); ++i)
+                ASSERT_NEAR(out[i] + from_device[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i]))
+                    << "layer " << layer << ", element " << i;
+        }
+        executor.end_step();
+    }
+    const HybridCounters counters = executor.counters();
+    EXPECT_GT(counters.gpu_experts, 0);
+    EXPECT_GT(counters.cpu_experts, 0);
+}
+
 // An error in a host function cannot be thrown there: the layer's tables make the device do
 // nothing, and graph_end_step() throws it, after which the executor works again.
 TEST(HybridGraph, AHostFunctionsErrorComesBackAtTheStepsEnd) {
