@@ -387,17 +387,6 @@ void DeviceDecoder::routed_on_runner(const DeviceRun& run, int layer, const Tens
     const auto moe_index =
         int(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
     const DecoderWeights& host = host_->weights();
-    Routing routing;
-    if (!runner_->replace_routing(moe_index, n, routing))
-        routing = route_on_host(run, weights_.layers[size_t(layer)].moe,
-                                host.layers[size_t(layer)].moe, x);
-    std::vector<Routing> predicted;
-    const int lookahead = std::clamp(runner_->lookahead(), 0, 3);
-    for (int i = moe_index + 1; i <= moe_index + lookahead && i < int(moe_layers_.size()); ++i) {
-        const auto later = size_t(moe_layers_[size_t(i)]);
-        predicted.push_back(
-            route_on_host(run, weights_.layers[later].moe, host.layers[later].moe, x));
-    }
     // The rows come down once, through page-locked memory; the runner's device experts read x
     // and add into `out` where they are (MoeLayerCall.device_x/device_out), the CPU's sum goes up
     // and is added on the device.
@@ -409,8 +398,23 @@ void DeviceDecoder::routed_on_runner(const DeviceRun& run, int layer, const Tens
     auto* host_rows = static_cast<float*>(runner_rows_.data());
     const Tensor host_x(host_rows, DType::F32, {n, c.hidden_dim});
     const Tensor host_out(host_rows + n * c.hidden_dim, DType::F32, {n, c.hidden_dim});
+    // The routing and the gate lookahead's predictions: decode-sized steps route the rows on the
+    // host, as the CPU engine and a captured step do (one round trip per layer, not one per
+    // router); larger steps compute the routers' logits on the device.
+    const bool on_host = n <= cuda::kGemvMaxTokens;
+    const int lookahead = std::clamp(runner_->lookahead(), 0, 3);
+    auto route_layer = [&](size_t model_layer) {
+        return on_host ? route_with(host.layers[model_layer].moe, c, host_x, *run.pool)
+                       : route_on_host(run, weights_.layers[model_layer].moe,
+                                       host.layers[model_layer].moe, x);
+    };
     stream_->copy_async(host_x.data(), x.data(), bytes, CopyDirection::DeviceToHost);
     stream_->synchronize();  // also: `out` is zeroed, x is ready for the runner's streams
+    Routing routing;
+    if (!runner_->replace_routing(moe_index, n, routing)) routing = route_layer(size_t(layer));
+    std::vector<Routing> predicted;
+    for (int i = moe_index + 1; i <= moe_index + lookahead && i < int(moe_layers_.size()); ++i)
+        predicted.push_back(route_layer(size_t(moe_layers_[size_t(i)])));
     std::fill_n(host_out.data_as<float>(), n * c.hidden_dim, 0.0f);
     runner_->run({.layer = layer,
                   .moe_layer = moe_index,
