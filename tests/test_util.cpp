@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
+#include <thread>
 
 #include "cache/kv_cache.h"
 #include "engine/src/engine_internals.h"
@@ -118,6 +120,23 @@ std::vector<float> prefill_then_decode(Engine& engine, std::span<const int32_t> 
     for (size_t i = 0; i < decode.size(); ++i)
         step(decode.subspan(i, 1));
     return logits;
+}
+
+RequestOutput generate_then_abort(Engine& engine, std::span<const int32_t> prompt, int after) {
+    std::atomic<int> tokens{0};
+    std::atomic<bool> aborted{false};
+    RequestHandle h = engine.submit(
+        Prompt::tokens(std::vector<int32_t>(prompt.begin(), prompt.end())),
+        {.temperature = 0, .max_tokens = 60, .ignore_eos = true}, [&](const StreamDelta& d) {
+            tokens += int(d.token_ids.size());
+            while (tokens == after && !aborted)
+                std::this_thread::yield();
+        });
+    while (tokens < after)
+        std::this_thread::yield();
+    h.abort();
+    aborted = true;
+    return h.wait();
 }
 
 void write_small_quantizable_model(const std::string& dir, uint64_t seed) {

@@ -72,4 +72,9 @@ std::string write_hybrid_profile(const std::string& dir);
 std::vector<float> prefill_then_decode(Engine& engine, std::span<const int32_t> prompt,
                                        std::span<const int32_t> decode);
 
+// Submits `prompt` for up to 60 greedy tokens, holds the engine in the stream callback once
+// `after` tokens have come until the abort is in (or the request would finish first), aborts it
+// and returns its output: an abort between two steps, with whatever the last step left queued.
+RequestOutput generate_then_abort(Engine& engine, std::span<const int32_t> prompt, int after);
+
 }  // namespace tandem::test

@@ -248,19 +248,7 @@ void HybridExecutor::run(const MoeLayerCall& call, ThreadPool& pool) {
     if (n_later_ > 0) issue_prefetches(layer, n_later_, start + plan_.makespan_ms());
 
     // 6. The CPU's experts, overlapping the device; then the device's sum joins the output.
-    for (int64_t e = 0; e < n_experts_; ++e) {
-        skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
-        if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
-    }
-    cpu_experts_.run(layer,
-                     {.x = call.x,
-                      .out = call.out,
-                      .experts = call.weights->experts,
-                      .offsets = groups_.offsets,
-                      .token_index = groups_.token_index,
-                      .token_weight = groups_.token_weight,
-                      .skip = skip_},
-                     pool);
+    cpu_experts_.run(layer, cpu_experts_args(call), pool);
     compute_->synchronize();  // the partial sum has landed in host_partial_
     if (device_used) {
         const float* src = static_cast<const float*>(host_partial_.data());
@@ -631,21 +619,23 @@ void HybridExecutor::graph_layer(int moe_layer, const GraphLayerIo& io) {
     graph_io_ = nullptr;
 
     // 6. The CPU's experts on the worker, overlapping the device's; graph_end_layer joins them.
+    cpu_worker_.post([this, moe_layer, args = cpu_experts_args(call), &pool] {
+        cpu_experts_.run(moe_layer, args, pool);
+    });
+}
+
+cpu::MoeExpertsArgs HybridExecutor::cpu_experts_args(const MoeLayerCall& call) {
     for (int64_t e = 0; e < n_experts_; ++e) {
         skip_[size_t(e)] = placement_[size_t(e)] != ExpertPlacement::Cpu;
         if (!skip_[size_t(e)] && tokens_[size_t(e)] > 0) ++running_.cpu_experts;
     }
-    cpu_worker_.post([this, moe_layer, call, &pool] {
-        cpu_experts_.run(moe_layer,
-                         {.x = call.x,
-                          .out = call.out,
-                          .experts = call.weights->experts,
-                          .offsets = groups_.offsets,
-                          .token_index = groups_.token_index,
-                          .token_weight = groups_.token_weight,
-                          .skip = skip_},
-                         pool);
-    });
+    return {.x = call.x,
+            .out = call.out,
+            .experts = call.weights->experts,
+            .offsets = groups_.offsets,
+            .token_index = groups_.token_index,
+            .token_weight = groups_.token_weight,
+            .skip = skip_};
 }
 
 void HybridExecutor::graph_end_layer(int moe_layer, const GraphLayerIo& io) noexcept {

@@ -167,6 +167,9 @@ class HybridExecutor final : public ExpertRunner {
     // transient slots into the demand list).
     void write_device_table(const MoeLayerCall& call);
     void graph_layer(int moe_layer, const GraphLayerIo& io);
+    // Step 6's arguments: the plan's CPU experts (skip_ marks the others; counted), views of the
+    // layer's groups that stay valid until the next layer's plan.
+    cpu::MoeExpertsArgs cpu_experts_args(const MoeLayerCall& call);
     // Appends the copies of host expert (layer, expert) into the slot at dst to the current
     // graph list.
     void list_copy(std::byte* dst, int32_t layer, int32_t expert);

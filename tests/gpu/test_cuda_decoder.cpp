@@ -385,22 +385,7 @@ TEST(CudaEngine, AbortFreesDeviceBlocksAndConcurrentRequestsMatchAlone) {
     };
     Engine engine = Engine::open(config);
     EXPECT_EQ(uploaded, upload_total) << "the upload's progress ends at its total";
-    std::atomic<int> tokens{0};
-    std::atomic<bool> aborted{false};
-    RequestHandle h = engine.submit(Prompt::tokens({1, 2, 3}),
-                                    {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
-                                    [&](const StreamDelta& d) {
-                                        tokens += int(d.token_ids.size());
-                                        // Hold the engine after the third token until the abort
-                                        // is in, or it finishes all 60 first.
-                                        while (tokens == 3 && !aborted)
-                                            std::this_thread::yield();
-                                    });
-    while (tokens < 3)
-        std::this_thread::yield();
-    h.abort();
-    aborted = true;
-    const RequestOutput& out = h.wait();
+    const RequestOutput out = test::generate_then_abort(engine, std::vector<int32_t>{1, 2, 3}, 3);
     EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
     EXPECT_EQ(out.completions[0].token_ids.size(), 3u);
     EXPECT_EQ(engine.stats().kv_blocks_used, 0);

@@ -240,20 +240,7 @@ TEST_F(CudaHybrid, AnAbortWhileCopiesAreInFlightLeavesTheEngineServing) {
         c.device = "cuda:0";
         c.cuda_graphs = graphs;
         Engine hybrid = Engine::open(c);
-        std::atomic<int> tokens{0};
-        std::atomic<bool> aborted{false};
-        RequestHandle h = hybrid.submit(Prompt::tokens(prompt_),
-                                        {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
-                                        [&](const StreamDelta& d) {
-                                            tokens += int(d.token_ids.size());
-                                            while (tokens == 4 && !aborted)
-                                                std::this_thread::yield();
-                                        });
-        while (tokens < 4)
-            std::this_thread::yield();
-        h.abort();
-        aborted = true;
-        const RequestOutput& out = h.wait();
+        const RequestOutput out = test::generate_then_abort(hybrid, prompt_, 4);
         EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
         EXPECT_EQ(out.completions[0].token_ids.size(), 4u);
         EXPECT_EQ(hybrid.stats().kv_blocks_used, 0);

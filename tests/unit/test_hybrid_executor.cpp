@@ -138,20 +138,7 @@ TEST_F(HybridExecutorTest, AnAbortWhileCopiesAreInFlightLeavesTheEngineServing) 
     set_sim_options({.host_to_device_bytes_per_second = 20e6, .copy_latency_seconds = 1e-3});
     Engine cpu = Engine::open({.model_dir = dir_.str(), .n_threads = 2, .pin_threads = false});
     Engine hybrid = Engine::open(config("hybrimoe", 0.25, true));
-    std::atomic<int> tokens{0};
-    std::atomic<bool> aborted{false};
-    RequestHandle h = hybrid.submit(Prompt::tokens(prompt_),
-                                    {.temperature = 0, .max_tokens = 60, .ignore_eos = true},
-                                    [&](const StreamDelta& d) {
-                                        tokens += int(d.token_ids.size());
-                                        while (tokens == 4 && !aborted)
-                                            std::this_thread::yield();
-                                    });
-    while (tokens < 4)
-        std::this_thread::yield();
-    h.abort();
-    aborted = true;
-    const RequestOutput& out = h.wait();
+    const RequestOutput out = test::generate_then_abort(hybrid, prompt_, 4);
     EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
     EXPECT_EQ(out.completions[0].token_ids.size(), 4u);
     EXPECT_EQ(hybrid.stats().kv_blocks_used, 0);

@@ -54,6 +54,26 @@ struct TestModel {
     }
 };
 
+// The reference for one layer's rows (`input`, [n, hidden]): the CPU's router and every expert
+// on the CPU. The routing is returned in `routing`.
+std::vector<float> cpu_reference(const TestModel& model, int64_t layer,
+                                 const std::vector<float>& input, ThreadPool& pool,
+                                 Routing& routing) {
+    const auto n = int64_t(input.size()) / kHidden;
+    const Tensor x(const_cast<float*>(input.data()), DType::F32, {n, kHidden});
+    routing = route_with(model.layers[size_t(layer)], model.config, x, pool);
+    const ExpertGroups groups = group_by_expert(routing, kExperts);
+    std::vector<float> out(input.size(), 0.0f);
+    cpu::moe_experts({.x = x,
+                      .out = Tensor(out.data(), DType::F32, {n, kHidden}),
+                      .experts = model.layers[size_t(layer)].experts,
+                      .offsets = groups.offsets,
+                      .token_index = groups.token_index,
+                      .token_weight = groups.token_weight},
+                     pool);
+    return out;
+}
+
 // One MoE layer's page-locked tables, laid out as the device decoder lays them out, and their
 // device mirror.
 struct LayerTables {
@@ -238,20 +258,9 @@ TEST(HybridGraph, CapturedStepsOnSimGiveTheCpuOutputWhateverThePlan) {
             for (int64_t layer = 0; layer < kLayers; ++layer) {
                 LayerTables& t = tables[size_t(layer)];
                 listed += t.io.n_copies[0] + t.io.n_copies[1];
-                // The reference: the CPU's router and every expert on the CPU.
-                const Tensor x(t.input.data(), DType::F32, {n, kHidden});
-                const Routing routing =
-                    route_with(model.layers[size_t(layer)], model.config, x, pool);
+                Routing routing;
+                const std::vector<float> want = cpu_reference(model, layer, t.input, pool, routing);
                 ASSERT_TRUE(std::equal(routing.experts.begin(), routing.experts.end(), t.io.ids));
-                const ExpertGroups groups = group_by_expert(routing, kExperts);
-                std::vector<float> want(size_t(n * kHidden), 0.0f);
-                cpu::moe_experts({.x = x,
-                                  .out = Tensor(want.data(), DType::F32, {n, kHidden}),
-                                  .experts = model.layers[size_t(layer)].experts,
-                                  .offsets = groups.offsets,
-                                  .token_index = groups.token_index,
-                                  .token_weight = groups.token_weight},
-                                 pool);
                 for (size_t i = 0; i < want.size(); ++i)
                     ASSERT_NEAR(t.result[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i]))
                         << "layer " << layer << ", element " << i << ", " << n << " tokens";
@@ -304,8 +313,8 @@ TEST(HybridGraph, EagerLayersAddTheDevicesExpertsIntoTheDeviceOutput) {
             stream->copy_async(device_x.data(), x.data(), bytes, CopyDirection::HostToDevice);
             stream->memset_async(device_out.data(), 0, bytes);
             stream->synchronize();
-            const Routing routing =
-                route_with(model.layers[size_t(layer)], model.config, host_x, pool);
+            Routing routing;
+            const std::vector<float> want = cpu_reference(model, layer, x, pool, routing);
             executor.run({.layer = int(layer),
                           .moe_layer = int(layer),
                           .weights = &model.layers[size_t(layer)],
@@ -318,15 +327,6 @@ TEST(HybridGraph, EagerLayersAddTheDevicesExpertsIntoTheDeviceOutput) {
             stream->copy_async(from_device.data(), device_out.data(), bytes,
                                CopyDirection::DeviceToHost);
             stream->synchronize();
-            const ExpertGroups groups = group_by_expert(routing, kExperts);
-            std::vector<float> want(x.size(), 0.0f);
-            cpu::moe_experts({.x = host_x,
-                              .out = Tensor(want.data(), DType::F32, {n, kHidden}),
-                              .experts = model.layers[size_t(layer)].experts,
-                              .offsets = groups.offsets,
-                              .token_index = groups.token_index,
-                              .token_weight = groups.token_weight},
-                             pool);
             for (size_t i = 0; i < want.size(); ++i)
                 ASSERT_NEAR(out[i] + from_device[i], want[i], 1e-5 + 1e-5 * std::fabs(want[i]))
                     << "layer " << layer << ", element " << i;
