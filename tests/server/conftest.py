@@ -37,9 +37,12 @@ class RunningServer:
     def alive(self):
         return self.proc.poll() is None and requests.get(self.url + "/health").status_code == 200
 
-    def metric(self, name, headers=None):
-        """A sample by its full name, labels included: 'x_total{reason="a"}'."""
-        for line in requests.get(self.url + "/metrics", headers=headers).text.splitlines():
+    def metric(self, name, headers=None, session=None):
+        """A sample by its full name, labels included: 'x_total{reason="a"}'. With a session, over
+        its kept-alive connection (a new connection per call leaves the last one closing, so
+        counts of open connections would race it)."""
+        get = session.get if session is not None else requests.get
+        for line in get(self.url + "/metrics", headers=headers).text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[-1])
         raise KeyError(name)
