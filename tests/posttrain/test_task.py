@@ -55,3 +55,18 @@ def test_with_the_demo_tokenizer_every_digit_is_a_token(rng):
         demo = task.demonstration_ids(p, engine.tokenize, engine.eos_token_ids[0])
         assert len(demo) == len(p.answer) + 1
         assert engine.detokenize(demo) == p.answer
+
+
+def test_reversals_split_and_verify(rng):
+    train, held_out = task.split(3, "reverse")
+    assert len(train) + len(held_out) == 1000 and not set(train) & set(held_out)
+    assert 0.12 < len(held_out) / 1000 < 0.28
+    for _ in range(100):
+        digits = "".join(str(d) for d in rng.integers(0, 10, size=int(rng.integers(1, 8))))
+        p = task.Reversal(digits)
+        assert p.prompt == f"reverse {digits} =" and p.answer == digits[::-1]
+        assert task.reward(p, p.answer) == 1.0
+        # leading zeros are part of the answer
+        assert task.reward(p, p.answer.lstrip("0") or "x") == (1.0 if p.answer[0] != "0" else 0)
+        if digits != digits[::-1]:
+            assert task.reward(p, digits) == 0.0
