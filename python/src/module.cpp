@@ -241,7 +241,8 @@ NB_MODULE(tandem, m) {
     using namespace tandem;
     m.doc() = "Tandem's C++ engine: generate, score and load weights from Python";
     m.attr("__version__") = std::string(version());
-    // Exception types in the order of their C++ bases: nanobind tries the last registered first.
+    // The engine's three exception types (unrelated in C++) as Python classes; any other C++
+    // exception becomes nanobind's default (RuntimeError, ValueError, ...).
     nb::exception<Error>(m, "Error", PyExc_RuntimeError);
     nb::exception<QueueFullError>(m, "QueueFullError", PyExc_RuntimeError);
     nb::exception<RequestError>(m, "RequestError", PyExc_ValueError);
