@@ -59,7 +59,8 @@ def test_hpt_batches_follow_the_switch_per_prompt(rng, gamma):
         total = sum(s.weight * len(s.response) for s in demo_seqs)
         assert total == pytest.approx(0.7)
     advantages = alg.group_advantages(rewards)
-    want = [(prompts[i], r, advantages[i][j] / 10)
+    n_rollouts = 8 * batch.n_rl_prompts  # the RL term is a mean over these
+    want = [(prompts[i], r, advantages[i][j] / (10 * n_rollouts))
             for i in range(len(prompts)) if correct[i] > gamma
             for j, r in enumerate(rollouts[i]) if advantages[i][j] != 0]
     got = [(s.prompt, s.response, s.weight) for s in batch.sequences if s.kind == "rollout"]

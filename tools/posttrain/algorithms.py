@@ -7,9 +7,12 @@ every method is reduced to the weight w_t of each token of each training sequenc
 per batch (on-policy: pi_ref = pi_theta), whose gradient is  -sum_t w_t * grad logp_t.
   - SFT on demonstrations: w_t = sft_coef / (demonstration tokens in the batch), the mean token
     NLL (HPT's mix_actor with offline_loss_type="sft").
-  - GRPO on rollouts: w_t = A_i / max_response_tokens with A_i = r_i - mean of its group, no std
-    (algorithm.grpo_use_std=False) and the token sum over the padded response length
-    (loss_remove_token_mean=True), no clip (loss_remove_clip=True).
+  - GRPO on rollouts: w_t = A_i / (max_response_tokens * rollouts) with A_i = r_i - mean of
+    its group, no std (algorithm.grpo_use_std=False), the token sum over the padded response
+    length (loss_remove_token_mean=True) and no clip (loss_remove_clip=True), averaged over the
+    rollouts of the batch's RL prompts as Dr. GRPO does. (HPT's code sums over each
+    micro-batch instead, which makes the scale depend on the micro-batch size; averaging keeps
+    the RL term on the SFT term's scale whatever the batch.)
   - HPT: per prompt, n rollouts; at most gamma correct -> the prompt contributes its
     demonstration (SFT) and none of its rollouts, else its rollouts (GRPO) and no demonstration
     (mix_trainer.select_on_off_ada_balance, unify_strategy="switch").
@@ -79,6 +82,7 @@ def build_batch(method, prompts, demonstrations, rollouts, rewards, max_response
         use_demo = [hpt_uses_demonstration(int((r > 0).sum()), gamma) for r in rewards]
     advantages = group_advantages(rewards) if len(prompts) else rewards
     demo_tokens = sum(len(demonstrations[i]) for i, d in enumerate(use_demo) if d)
+    n_rollouts = sum(len(rollouts[i]) for i, d in enumerate(use_demo) if not d)
     batch = Batch()
     for i, prompt in enumerate(prompts):
         if use_demo[i]:
@@ -92,8 +96,8 @@ def build_batch(method, prompts, demonstrations, rollouts, rewards, max_response
                 raise ValueError(f"a rollout of {len(response)} tokens is longer than "
                                  f"max_response_tokens={max_response_tokens}")
             if a != 0:
-                batch.sequences.append(Sequence(list(prompt), list(response),
-                                                float(a) / max_response_tokens, "rollout"))
+                weight = float(a) / (max_response_tokens * n_rollouts)
+                batch.sequences.append(Sequence(list(prompt), list(response), weight, "rollout"))
     return batch
 
 

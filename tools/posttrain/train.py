@@ -35,7 +35,7 @@ def parse_args(argv):
     p.add_argument("--method", choices=METHODS, default="hpt")
     p.add_argument("--gamma", type=int, default=0, help="HPT: demonstration when <= gamma correct")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=120, help="optimizer steps")
     p.add_argument("--prompts", type=int, default=32, help="prompts per step")
     p.add_argument("--n", type=int, default=8, help="rollouts per prompt")
     p.add_argument("--task", choices=("add", "reverse"), default="reverse")
@@ -43,7 +43,7 @@ def parse_args(argv):
                    help="add: operands below 10**digits; reverse: strings of this many digits")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--sft-coef", type=float, default=1.0)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--eval-problems", type=int, default=200, help="held-out problems at most")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-invariant", action="store_true")
@@ -131,7 +131,7 @@ def run(args):
 
 
 # (method, gamma) of the accuracy table
-TABLE = (("base", 0), ("sft", 0), ("grpo", 0), ("sft-grpo", 0), ("hpt", 0), ("hpt", 2))
+TABLE = (("base", 0), ("hpt", 0), ("hpt", 2), ("sft", 0), ("sft-grpo", 0), ("grpo", 0))
 
 
 def main(argv):
@@ -148,6 +148,8 @@ def main(argv):
                 runs.append(run(argparse.Namespace(**{
                     **vars(args), "method": method, "gamma": gamma, "seed": seed,
                     "steps": steps, "quick": False, "table": False})))
+                if args.out:  # after every run: a long table keeps what it has done
+                    Path(args.out).write_text(json.dumps({"runs": runs}, indent=1))
         result = {"runs": runs}
         if args.quick:
             base, hpt = (r["evals"][-1]["accuracy"] for r in runs)
