@@ -12,6 +12,8 @@
 #           normalization for tokenizers), zlib (tandem-sim reads gzip-compressed routing traces),
 #           cpp-httplib (tandem-server's HTTP)
 #   fuzz:   clang with libFuzzer (tools/fuzz.sh)
+#   python: the venv of tools/test.sh (python3-venv) and the headers that the `tandem` module
+#           (python/, -DTANDEM_PYTHON=ON) compiles against (python3-dev)
 set -euo pipefail
 
 packages=(
@@ -19,6 +21,7 @@ packages=(
     libhwloc-dev nlohmann-json3-dev libcli11-dev libeigen3-dev libdnnl-dev ocl-icd-opencl-dev
     libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcpp-httplib-dev
     clang libclang-rt-dev
+    python3-venv python3-dev
 )
 
 missing=()

@@ -15,14 +15,17 @@ tools/install-deps.sh
 # /var/cache/tandem/debootstrap: ~4 minutes the first time, ~2 after).
 timeout 1800 tools/bare-root-check.sh
 
-# The server tests' Python side (the official openai client, pytest) from PyPI, in a venv.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, requests" 2>/dev/null; then
+# The server tests' Python side (the official openai client, pytest) and the Python bindings'
+# (nanobind to build them, numpy for their tests and tools/posttrain's) from PyPI, in a venv.
+if [ ! -x .venv/bin/python ] ||
+    ! .venv/bin/python -c "import openai, pytest, requests, numpy, nanobind" 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check openai pytest requests
+    .venv/bin/pip install -q --disable-pip-version-check openai pytest requests numpy nanobind
 fi
 python=(-DPython3_EXECUTABLE="$PWD/.venv/bin/python")
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "${python[@]}"
+# The release build also builds the `tandem` Python module and runs its tests (python/).
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTANDEM_PYTHON=ON "${python[@]}"
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <random>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "kernels/device.h"
 #include "kernels/error.h"
 #include "kernels/log.h"
+#include "models/architectures/architectures.h"
 #include "models/device_decoder.h"
 #include "models/model_tokenizer.h"
 #include "models/tokenizer/chat_template.h"
@@ -288,18 +290,69 @@ std::vector<float> Engine::score(std::span<const int32_t> token_ids) {
     return logprobs;
 }
 
+namespace {
+
+// The tail of reload_weights and load_weights: a freshly bound model of the loaded shape,
+// prepared as Engine::open prepares one, swapped in between two steps. (A template so that it
+// can take the private Engine::State without a declaration in the public header.)
+template <class State>
+void install_model(State& state, std::unique_ptr<Model> model, const std::string& origin) {
+    check_same_shape(state.model_config, model->config(), origin);
+    if (state.quantize)
+        model->quantize_weights(*state.quantize, *state.pool,
+                                stage_progress(state.config.on_load_progress, "quantize"));
+    if (!state.device.is_cpu())
+        model = make_device_model(std::move(model), state.device,
+                                  device_options(state.config, state.device));
+    std::unique_ptr<Model> old = state.scheduler->swap_model(std::move(model));
+    log_info("reloaded the weights from ", origin);
+}
+
+}  // namespace
+
 void Engine::reload_weights(const std::string& dir) {
     std::lock_guard lock(state_->reload_mutex);
-    std::unique_ptr<Model> model = load_model(dir);
-    check_same_shape(state_->model_config, model->config(), dir);
-    if (state_->quantize)
-        model->quantize_weights(*state_->quantize, *state_->pool,
-                                stage_progress(state_->config.on_load_progress, "quantize"));
-    if (!state_->device.is_cpu())
-        model = make_device_model(std::move(model), state_->device,
-                                  device_options(state_->config, state_->device));
-    std::unique_ptr<Model> old = state_->scheduler->swap_model(std::move(model));
-    log_info("reloaded the weights from ", dir);
+    install_model(*state_, load_model(dir), dir);
+}
+
+void Engine::load_weights(std::map<std::string, WeightView> weights,
+                          std::shared_ptr<const void> owner) {
+    namespace fs = std::filesystem;
+    std::lock_guard lock(state_->reload_mutex);
+    const fs::path config_path = fs::path(state_->config.model_dir) / "config.json";
+    if (!fs::is_regular_file(config_path))
+        throw RequestError(
+            "load_weights: needs an engine opened from a model directory with a "
+            "config.json, not " +
+            state_->config.model_dir);
+    std::map<std::string, Checkpoint::View> views;
+    for (auto& [name, w] : weights) {
+        if (!w.data) throw RequestError("load_weights: tensor " + name + " has no data");
+        views[name] = {.origin = "load_weights: tensor " + name,
+                       .dtype = dtype_from_safetensors(w.dtype),
+                       .dtype_name = w.dtype,
+                       .shape = std::move(w.shape),
+                       .data = static_cast<const std::byte*>(w.data)};
+    }
+    std::ifstream in(config_path);
+    const nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded()) fail(config_path.string(), ": not valid JSON");
+    // The same architecture and token ids as the loaded model (the ones Engine::open read).
+    const ModelConfig& loaded = state_->model_config;
+    ModelConfig config{.architecture = loaded.architecture};
+    config.bos_token_id = loaded.bos_token_id;
+    config.eos_token_ids = loaded.eos_token_ids;
+    const ArchitectureFactory factory = find_architecture_factory(loaded.architecture);
+    if (!factory) fail("load_weights: no factory for ", loaded.architecture);
+    // Binding errors (a missing tensor, a wrong shape or dtype) are the caller's: a bad request.
+    std::unique_ptr<Model> model;
+    try {
+        model = factory(ConfigReader(json, config_path.string()), std::move(config),
+                        Checkpoint::from_views("load_weights", std::move(views), std::move(owner)));
+    } catch (const Error& e) {
+        throw RequestError(e.what());
+    }
+    install_model(*state_, std::move(model), "memory (load_weights)");
 }
 
 const ModelConfig& Engine::model_config() const {

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -118,6 +119,15 @@ struct EngineConfig {
     LoadProgressCallback on_load_progress;
 };
 
+// A tensor in the caller's memory, for Engine::load_weights: `data` holds the elements of `shape`
+// (outermost first, as safetensors stores it) packed row-major, of `dtype` named as safetensors
+// names it ("F32", "F16", "BF16"); aligned to the element size.
+struct WeightView {
+    std::string dtype;
+    std::vector<int64_t> shape;
+    const void* data = nullptr;
+};
+
 struct EngineStats {
     int64_t waiting_requests = 0;
     int64_t running_requests = 0;
@@ -169,6 +179,13 @@ class Engine {
     // architecture and shapes. Happens between two steps; running requests continue with the
     // new weights (their cached keys and values were computed with the old ones).
     void reload_weights(const std::string& dir);
+    // reload_weights from tensors in memory (a trainer's parameters, no file in between), named
+    // as in the checkpoint ("model.layers.0.self_attn.q_proj.weight"); every tensor the
+    // architecture binds must be there, with the loaded model's shapes. The model reads them in
+    // place, without a copy (unless EngineConfig.quantize or a cuda device makes its own), until
+    // the next reload: `owner` is kept alive that long, and the memory must not change meanwhile.
+    // Needs an engine opened from a model directory, whose config.json describes the tensors.
+    void load_weights(std::map<std::string, WeightView> weights, std::shared_ptr<const void> owner);
 
     // Text <-> tokens with the model's tokenizer; throw RequestError if the model has none.
     bool has_tokenizer() const;
