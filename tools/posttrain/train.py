@@ -1,5 +1,6 @@
-"""Post-trains the demo model on addition with Tandem as the rollout engine: SFT, GRPO,
-SFT->GRPO or HPT, one optimizer step per batch, the new weights to Tandem in memory after each.
+"""Post-trains the demo model on digit reversal (or addition) with Tandem as the rollout engine:
+SFT, GRPO, SFT->GRPO or HPT, one optimizer step per batch, the new weights to Tandem in memory
+after each.
 
   python tools/posttrain/train.py --method hpt --gamma 0 --seed 1 --out run.json
   python tools/posttrain/train.py --quick     # base vs HPT (gamma 0) in a few minutes
