@@ -372,7 +372,6 @@ double HybridExecutor::plan_and_copy(const MoeLayerCall& call, ThreadPool& pool,
 }
 
 bool HybridExecutor::queue_device_experts(const MoeLayerCall& call) {
-    const int32_t layer = call.moe_layer;
     bool any = false;
     for (const PlannedJob& job : plan_.gpu_jobs)
         any = any || placement_[size_t(job.expert)] != ExpertPlacement::Cpu;
