@@ -14,6 +14,7 @@
 #   fuzz:   clang with libFuzzer (tools/fuzz.sh)
 #   python: the venv of tools/test.sh (python3-venv) and the headers that the `tandem` module
 #           (python/, -DTANDEM_PYTHON=ON) compiles against (python3-dev)
+#   browser: headless Chromium and its WebDriver, which the chat page's test drives (Selenium)
 set -euo pipefail
 
 packages=(
@@ -22,6 +23,7 @@ packages=(
     libgtest-dev libbenchmark-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcpp-httplib-dev
     clang libclang-rt-dev
     python3-venv python3-dev
+    chromium chromium-driver
 )
 
 missing=()

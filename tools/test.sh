@@ -16,11 +16,13 @@ tools/install-deps.sh
 timeout 1800 tools/bare-root-check.sh
 
 # The server tests' Python side (the official openai client, pytest) and the Python bindings'
-# (nanobind to build them, numpy for their tests and tools/posttrain's) from PyPI, in a venv.
+# (nanobind to build them, numpy for their tests and tools/posttrain's) and Selenium (the chat
+# page's browser test) from PyPI, in a venv.
 if [ ! -x .venv/bin/python ] ||
-    ! .venv/bin/python -c "import openai, pytest, requests, numpy, nanobind" 2>/dev/null; then
+    ! .venv/bin/python -c "import openai, pytest, requests, numpy, nanobind, selenium" 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check openai pytest requests numpy nanobind
+    .venv/bin/pip install -q --disable-pip-version-check openai pytest requests numpy nanobind \
+        selenium
 fi
 python=(-DPython3_EXECUTABLE="$PWD/.venv/bin/python")
 

@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
     app.add_option("--api-key", options.api_key,
                    "require Authorization: Bearer KEY (also on /metrics)");
     app.add_flag("--public-metrics", options.public_metrics, "serve /metrics without the API key");
+    app.add_flag("!--no-chat-page", options.chat_page, "do not serve the chat page at /");
     app.add_option("--admin-key", options.admin_key, "key of POST /v1/load_weights");
     app.add_option("--weights-dir", options.weights_dir,
                    "directory load_weights may read checkpoints from");

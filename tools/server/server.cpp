@@ -9,6 +9,7 @@
 #include "kernels/log.h"
 #include "models/config.h"
 #include "tools/server/api_error.h"
+#include "tools/server/chat_page.h"
 #include "tools/server/openai.h"
 
 namespace tandem::server {
@@ -200,6 +201,8 @@ void Server::route(const std::string& method, const std::string& path, Handler h
 
 void Server::routes() {
     const Access metrics_access = options_.public_metrics ? Access::Public : Access::Key;
+    // The page holds no secret and works while the model loads; its API calls carry the key.
+    if (options_.chat_page) route("GET", "/", &Server::chat_page, false, Access::Public);
     route("GET", "/health", &Server::health, false, Access::Public);
     route("GET", "/v1/health", &Server::health, false, Access::Public);
     route("GET", "/metrics", &Server::metrics, false, metrics_access);
@@ -218,6 +221,18 @@ void Server::health(const httplib::Request&, const std::string&, httplib::Respon
         throw ApiError(503, load_failed_ ? "the model failed to load: " + load_error_
                                          : "the model is loading");
     send_json(res, 200, {{"status", "ok"}});
+}
+
+void Server::chat_page(const httplib::Request&, const std::string&, httplib::Response& res) {
+    // Inline script and style only, requests to this origin only: a page that a reply could
+    // never make load or send anything elsewhere (replies are inserted as text anyway).
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "connect-src 'self'; base-uri 'none'; form-action 'none'");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Cache-Control", "no-cache");
+    res.status = 200;
+    res.set_content(std::string(chat_page_html()), "text/html; charset=utf-8");
 }
 
 json Server::model_card() const {

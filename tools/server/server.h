@@ -37,6 +37,7 @@ struct ServerOptions {
     size_t max_body_bytes = 16 << 20;
     std::string served_model_name;  // "": the model directory's name
     bool public_metrics = false;    // /metrics without the API key
+    bool chat_page = true;          // the chat page at /
     HttpLimits http;
 };
 
@@ -69,6 +70,7 @@ class Server {
                bool needs_engine, Access access);
 
     void health(const httplib::Request&, const std::string&, httplib::Response&);
+    void chat_page(const httplib::Request&, const std::string&, httplib::Response&);
     void models(const httplib::Request&, const std::string&, httplib::Response&);
     void model(const httplib::Request&, const std::string&, httplib::Response&);
     void chat_completions(const httplib::Request&, const std::string&, httplib::Response&);
