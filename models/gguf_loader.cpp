@@ -156,6 +156,13 @@ void deepseek2_config(const GgufModelFiles& files, Json& c) {
                  ": a selection bias with softmax routing is not supported");
         c["architectures"] = {"DeepseekV2ForCausalLM"};
         c["scoring_func"] = "softmax";
+        // llama.cpp renormalises and then scales; DeepSeek's V2 code (which Tandem follows for
+        // norm_topk_prob) renormalises instead of scaling. They agree only at scale 1.
+        if (c["norm_topk_prob"] == true && c["routed_scaling_factor"] != 1.0)
+            fail(files.path(), ": metadata ", key("expert_weights_norm"), " true with ",
+                 key("expert_weights_scale"), " ", c["routed_scaling_factor"].dump(),
+                 " is not supported for softmax routing (llama.cpp scales after renormalising, "
+                 "DeepSeek-V2's code does not)");
         const bool grouped = groups > 1 && groups_used < groups;
         c["topk_method"] = grouped ? "group_limited_greedy" : "greedy";
         if (grouped) {

@@ -5,9 +5,11 @@
 //   V2: softmax scores, topk_method greedy or group_limited_greedy, weights * routed_scaling_factor
 //   V3: sigmoid scores, e_score_correction_bias for the choice, noaux_tc groups, norm_topk_prob,
 //       then * routed_scaling_factor
-// Where transformers 5.24 and DeepSeek's own modeling code disagree, the config values on which
-// they differ are refused rather than guessed: V2 with norm_topk_prob true (transformers ignores
-// it; DeepSeek renormalises and then skips the scaling factor). moe_layer_freq, which
+// V2 with norm_topk_prob true follows DeepSeek's own modeling_deepseek.py, the code its
+// checkpoints were trained with and ship with: with more than one expert per token the top-k
+// weights are renormalised and routed_scaling_factor is not applied (transformers 5.25 ignores
+// norm_topk_prob for V2 and always scales; every published V2 config has it false, where the
+// two agree). moe_layer_freq, which
 // transformers ignores, follows DeepSeek's code (layer >= first_k_dense_replace and
 // layer % moe_layer_freq == 0); every published checkpoint has 1, where both agree.
 // Defaults for absent keys are transformers' (DeepseekV2Config / DeepseekV3Config).
@@ -68,14 +70,15 @@ void read_routing(const ConfigReader& reader, ModelConfig& config, bool v3) {
                                                "' is not supported for V2 (greedy, "
                                                "group_limited_greedy)"));
         }
-        if (reader.bool_or("norm_topk_prob", false))
-            reader.fail_key("norm_topk_prob",
-                            "true is not supported: transformers ignores it for V2, DeepSeek's "
-                            "code renormalises and drops routed_scaling_factor");
     }
     config.routed_scaling_factor = reader.number_or("routed_scaling_factor", v3 ? 2.5 : 1.0);
     if (config.routed_scaling_factor <= 0)
         reader.fail_key("routed_scaling_factor", "must be positive");
+    // DeepSeek's V2 gate: `if top_k > 1 and norm_topk_prob: renormalise, else: * scaling`.
+    if (!v3 && reader.bool_or("norm_topk_prob", false) && config.n_experts_active > 1) {
+        config.norm_topk_prob = true;
+        config.routed_scaling_factor = 1.0;
+    }
     if (config.router_topk != RouterTopk::Greedy) {
         config.n_groups = reader.positive_int("n_group");
         config.topk_groups = reader.positive_int("topk_group");
@@ -101,6 +104,12 @@ std::unique_ptr<Model> make_deepseek(const ConfigReader& reader, ModelConfig con
     config.head_dim = config.mla->qk_rope_head_dim;
     config.n_kv_heads = config.n_heads;
     config.rope.partial_rotary_factor = 1.0;
+    // The latent attention's rope has goldens for these two; DeepSeek's softmax mscale is read
+    // only with YaRN's parameters.
+    if (config.rope.type != "default" && config.rope.type != "yarn")
+        reader.fail_key("rope_type", cat("'", config.rope.type,
+                                         "' is not supported with multi-head latent attention "
+                                         "(supported: default, yarn)"));
     config.ffn_dim = reader.positive_int("intermediate_size");
     if (!v3 && reader.bool_or("mlp_bias", false))
         reader.fail_key("mlp_bias", "true is not supported");
