@@ -300,7 +300,7 @@ std::vector<Case> cases(std::vector<std::string> dtypes, Extras extras) {
     const bool with_options = extras == Extras::Options || extras == Extras::DemoAndOptions;
     std::vector<Case> out;
     for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
-                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"})
+                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3", "glm4_moe"})
         for (const auto& dtype : dtypes)
             out.push_back({arch, dtype});
     // The small fixtures that pin config options (f32 only; tools/make_golden.py OPTION_ARCHS).

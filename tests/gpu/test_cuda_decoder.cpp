@@ -417,7 +417,7 @@ TEST(CudaEngine, AbortFreesDeviceBlocksAndConcurrentRequestsMatchAlone) {
 std::vector<Case> cases() {
     std::vector<Case> out;
     for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
-                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"})
+                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3", "glm4_moe"})
         for (const char* dtype : {"f32", "bf16"})
             out.push_back({arch, dtype});
     // The option fixtures: sliding windows per layer, YaRN's attention factor, biases.
