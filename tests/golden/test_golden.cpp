@@ -295,6 +295,31 @@ TEST_P(GoldenKvTypes, HalfPrecisionCacheStaysCloseToF32) {
 // Extras: the demo model (bf16), and the small option fixtures (f32).
 enum class Extras : uint8_t { None, Demo, Options, DemoAndOptions };
 
+// The hybrid executor on the simulated expert device (`--expert-device sim`): half the routed
+// experts on the device, placed and copied by the planner, the rest on the CPU; the logits of a
+// prefill then token-by-token decodes are transformers' as on the CPU.
+class GoldenSim : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GoldenSim, HybridExecutorGivesTransformersLogits) {
+    test::TempDir dir;
+    Engine engine = Engine::open({.model_dir = GetParam().dir(),
+                                  .n_threads = 2,
+                                  .pin_threads = false,
+                                  .expert_device = "sim",
+                                  .gpu_expert_ratio = 0.5,
+                                  .hardware_profile = test::write_hybrid_profile(dir.str())});
+    const Reference ref = read_reference(GetParam().reference());
+    const std::span<const int32_t> prompt(ref.prompt);
+    const std::vector<float> got =
+        test::prefill_then_decode(engine, prompt.first(12), prompt.subspan(12));
+    ASSERT_EQ(got.size(), ref.logits.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+        worst = std::max(worst, std::fabs(double(got[i]) - ref.logits[i]));
+    EXPECT_LE(worst, 1e-4) << "max abs diff";
+    EXPECT_GT(engine.stats().experts_on_device, 0);
+}
+
 std::vector<Case> cases(std::vector<std::string> dtypes, Extras extras) {
     const bool with_demo = extras == Extras::Demo || extras == Extras::DemoAndOptions;
     const bool with_options = extras == Extras::Options || extras == Extras::DemoAndOptions;
@@ -319,6 +344,13 @@ std::string case_name(const ::testing::TestParamInfo<Case>& param_info) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, Golden,
                          ::testing::ValuesIn(cases({"f32", "bf16"}, Extras::DemoAndOptions)),
+                         case_name);
+// Every MoE architecture's f32 fixture (llama and qwen2 are dense: no experts to place).
+INSTANTIATE_TEST_SUITE_P(Architectures, GoldenSim,
+                         ::testing::Values(Case{"mixtral", "f32"}, Case{"qwen2_moe", "f32"},
+                                           Case{"qwen3_moe", "f32"}, Case{"olmoe", "f32"},
+                                           Case{"deepseek_v2", "f32"}, Case{"deepseek_v3", "f32"},
+                                           Case{"glm4_moe", "f32"}),
                          case_name);
 INSTANTIATE_TEST_SUITE_P(Architectures, GoldenQ8,
                          ::testing::ValuesIn(cases({"f32"}, Extras::Options)), case_name);
