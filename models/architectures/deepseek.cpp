@@ -9,9 +9,10 @@
 // checkpoints were trained with and ship with: with more than one expert per token the top-k
 // weights are renormalised and routed_scaling_factor is not applied (transformers 5.25 ignores
 // norm_topk_prob for V2 and always scales; every published V2 config has it false, where the
-// two agree). moe_layer_freq, which
-// transformers ignores, follows DeepSeek's code (layer >= first_k_dense_replace and
-// layer % moe_layer_freq == 0); every published checkpoint has 1, where both agree.
+// two agree). moe_layer_freq, which transformers ignores, follows DeepSeek's code
+// (layer >= first_k_dense_replace and layer % moe_layer_freq == 0); every published checkpoint
+// has 1, where both agree. The V3 router and its groups are shared with GLM-4.5
+// (read_noaux_tc_routing, architectures.h).
 // Defaults for absent keys are transformers' (DeepseekV2Config / DeepseekV3Config).
 #include "kernels/error.h"
 #include "models/architectures/architectures.h"

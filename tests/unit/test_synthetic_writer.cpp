@@ -145,18 +145,30 @@ TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     }
 }
 
-// DeepSeek-V2-Lite's layers as the preset writes them, cut to 2 (the dense one and a MoE one),
-// 8 of the 64 experts and a vocabulary of 1024 so that the Q4_K file stays near 120 MB: it loads
-// with the preset's shapes (MLA, YaRN, shared experts) and runs a prefill and a decode step.
-TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
-    SyntheticModelSpec spec = synthetic_preset("deepseek-v2-lite");
+// A preset as it writes its layers, cut to 2 (the dense one and a MoE one), 8 experts and a
+// vocabulary of 1024 so that the Q4_K file stays near 120 MB, written to `dir`/cut.gguf.
+std::string write_cut_preset(const std::string& name, const test::TempDir& dir) {
+    SyntheticModelSpec spec = synthetic_preset(name);
     spec.n_layers = 2;
     spec.n_experts = 8;
     spec.vocab_size = 1024;
-    test::TempDir dir;
-    const std::string path = dir.str() + "/ds.gguf";
+    const std::string path = dir.str() + "/cut.gguf";
     write_synthetic_gguf(path, spec, DType::Q4_K);
+    return path;
+}
 
+// Loads with the preset's shapes and runs a prefill and decode steps.
+void expect_generates(const std::string& path) {
+    const std::vector<int32_t> ids = generate(path);
+    ASSERT_EQ(ids.size(), 6u);
+    for (int32_t id : ids)
+        EXPECT_TRUE(id >= 0 && id < 1024) << id;
+}
+
+// DeepSeek-V2-Lite: MLA, YaRN, shared experts.
+TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
+    test::TempDir dir;
+    const std::string path = write_cut_preset("deepseek-v2-lite", dir);
     const std::unique_ptr<Model> model = load_model(path);
     const ModelConfig& c = model->config();
     EXPECT_EQ(c.architecture, "DeepseekV2ForCausalLM");
@@ -174,25 +186,13 @@ TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
     EXPECT_EQ(c.rope.type, "yarn");
     EXPECT_EQ(c.rope.factor, 40.0);
     EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
-
-    const std::vector<int32_t> ids = generate(path);
-    ASSERT_EQ(ids.size(), 6u);
-    for (int32_t id : ids)
-        EXPECT_TRUE(id >= 0 && id < spec.vocab_size) << id;
+    expect_generates(path);
 }
 
-// GLM-4.5-Air's preset cut to 2 layers (the dense one and a MoE one) of 8 experts: it loads
-// from GGUF with the preset's shapes (partial rotary, shared expert, sigmoid routing with its
-// bias) and generates.
+// GLM-4.5-Air: partial rotary, q/k/v biases, shared expert, sigmoid routing with its bias.
 TEST(SyntheticWriter, Glm45AirPresetCutLoadsAndSteps) {
-    SyntheticModelSpec spec = synthetic_preset("glm-4.5-air");
-    spec.n_layers = 2;
-    spec.n_experts = 8;
-    spec.vocab_size = 1024;
     test::TempDir dir;
-    const std::string path = dir.str() + "/glm.gguf";
-    write_synthetic_gguf(path, spec, DType::Q4_K);
-
+    const std::string path = write_cut_preset("glm-4.5-air", dir);
     const std::unique_ptr<Model> model = load_model(path);
     const ModelConfig& c = model->config();
     EXPECT_EQ(c.architecture, "Glm4MoeForCausalLM");
@@ -205,8 +205,7 @@ TEST(SyntheticWriter, Glm45AirPresetCutLoadsAndSteps) {
     EXPECT_EQ(c.router_scoring, RouterScoring::Sigmoid);
     EXPECT_TRUE(c.router_bias);
     EXPECT_TRUE(c.norm_topk_prob);
-    const std::vector<int32_t> ids = generate(path);
-    ASSERT_EQ(ids.size(), 6u);
+    expect_generates(path);
 }
 
 TEST(SyntheticWriter, SafetensorsRefusesQuantizedTypes) {
