@@ -222,6 +222,39 @@ void read_sparse_layers(const ConfigReader& reader, ModelConfig& config) {
     }
 }
 
+void read_sliding_layers(const ConfigReader& reader, ModelConfig& config, LayerTypes layer_types,
+                         const std::function<bool(int64_t layer)>& is_sliding) {
+    if (!reader.bool_or("use_sliding_window", false)) return;
+    // transformers' default when the key is absent; null means no window at all.
+    if (reader.json().contains("sliding_window") && !reader.has("sliding_window")) return;
+    config.sliding_window =
+        reader.has("sliding_window") ? reader.positive_int("sliding_window") : 4096;
+    config.layer_is_sliding.assign(size_t(config.n_layers), false);
+    if (layer_types == LayerTypes::Read && reader.has("layer_types")) {
+        const Json& types = reader.json().at("layer_types");
+        if (!types.is_array() || int64_t(types.size()) != config.n_layers)
+            reader.fail_key("layer_types", cat("expected a list of ", config.n_layers, " strings"));
+        for (size_t layer = 0; layer < types.size(); ++layer) {
+            const Json& t = types[layer];
+            if (t != "full_attention" && t != "sliding_attention")
+                reader.fail_key("layer_types", cat(t.dump(),
+                                                   " is not supported (full_attention, "
+                                                   "sliding_attention)"));
+            config.layer_is_sliding[layer] = t == "sliding_attention";
+        }
+        return;
+    }
+    for (int64_t layer = 0; layer < config.n_layers; ++layer)
+        config.layer_is_sliding[size_t(layer)] = is_sliding(layer);
+}
+
+void refuse_partial_rotary(const ConfigReader& reader, const ModelConfig& config) {
+    if (config.rope.partial_rotary_factor != 1.0)
+        reader.fail_key("partial_rotary_factor",
+                        cat(config.rope.partial_rotary_factor, " is not supported for ",
+                            config.architecture, ", whose attention rotates the whole head"));
+}
+
 void validate_config(const ModelConfig& c, const std::string& origin) {
     if (c.n_heads % c.n_kv_heads != 0)
         fail(origin, ": num_attention_heads ", c.n_heads,

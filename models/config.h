@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <optional>
 #include <string>
@@ -51,6 +52,20 @@ void read_common_config(const ConfigReader& reader, ModelConfig& config);
 // Marks layers as MoE the way Qwen2-MoE and Qwen3-MoE do: a layer is sparse unless listed in
 // mlp_only_layers, and only every decoder_sparse_step-th layer is.
 void read_sparse_layers(const ConfigReader& reader, ModelConfig& config);
+
+// Which layers attend within a sliding window, as transformers decides. The window is
+// sliding_window when use_sliding_window is true (else none). transformers 5 writes layer_types
+// ("full_attention" | "sliding_attention" per layer) to config.json and it wins when present
+// and the architecture reads it (LayerTypes::Read); otherwise `is_sliding(layer)` says (each
+// architecture's rule).
+enum class LayerTypes : uint8_t { Read, Ignore };
+void read_sliding_layers(const ConfigReader& reader, ModelConfig& config, LayerTypes layer_types,
+                         const std::function<bool(int64_t layer)>& is_sliding);
+
+// Architectures whose transformers attention rotates the whole head: a partial_rotary_factor
+// other than 1 is refused by name (transformers' default rope ignores it; its other rope types
+// would fail), rather than honoured as GLM does.
+void refuse_partial_rotary(const ConfigReader& reader, const ModelConfig& config);
 
 // Checks invariants between fields (heads divide, top-k within experts, ...).
 void validate_config(const ModelConfig& config, const std::string& origin);

@@ -28,6 +28,7 @@
 #include "models/device_hybrid_graph.h"
 #include "models/device_mla.h"
 #include "models/device_step_arena.h"
+#include "models/rope.h"
 
 namespace tandem {
 
@@ -139,8 +140,9 @@ class DeviceDecoder final : public Model {
         Tensor q, k, v;  // [n, heads x head_dim] each, normed and clamped, before RoPE
     };
     Qkv project_qkv(const DeviceRun& run, const AttentionWeights& w, const Tensor& x);
-    void attention(const LayerWeights& lw, const StepLayout& step, std::span<const KvRows> keys,
-                   std::span<const KvRows> values, const Tensor& x, const Tensor& out);
+    void attention(const LayerWeights& lw, int layer, const StepLayout& step,
+                   std::span<const KvRows> keys, std::span<const KvRows> values, const Tensor& x,
+                   const Tensor& out);
     void swiglu(const DeviceRun& run, const cpu::ExpertWeights& w, const Tensor& x,
                 const Tensor& out);
     Routing route_on_host(const DeviceRun& run, const MoeWeights& device_moe,
@@ -320,7 +322,7 @@ DeviceDecoder::Qkv DeviceDecoder::project_qkv(const DeviceRun& run, const Attent
     return p;
 }
 
-void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
+void DeviceDecoder::attention(const LayerWeights& lw, int layer, const StepLayout& step,
                               std::span<const KvRows> keys, std::span<const KvRows> values,
                               const Tensor& x, const Tensor& out) {
     const ModelConfig& c = config();
@@ -329,8 +331,9 @@ void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
     const auto [q, k, v] = project_qkv({*ctx_, arena_}, w, x);
     const Tensor q_heads = q.reshape({n, c.n_heads, c.head_dim});
     const Tensor k_heads = k.reshape({n, c.n_kv_heads, c.head_dim});
-    cuda::apply_rope(*ctx_, q_heads, step.positions, host_->inv_freq());
-    cuda::apply_rope(*ctx_, k_heads, step.positions, host_->inv_freq());
+    const double rope_scale = rope_attention_factor(c.rope);
+    cuda::apply_rope(*ctx_, q_heads, step.positions, host_->inv_freq(), rope_scale);
+    cuda::apply_rope(*ctx_, k_heads, step.positions, host_->inv_freq(), rope_scale);
 
     const Tensor attended = arena_.tensor({n, c.n_heads, c.head_dim});
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
@@ -346,7 +349,7 @@ void DeviceDecoder::attention(const LayerWeights& lw, const StepLayout& step,
                              .out = attended.slice_rows(first, first + seq.n_tokens),
                              .start_pos = start,
                              .scale = scale,
-                             .sliding_window = c.sliding_window});
+                             .sliding_window = c.sliding_window_of(layer)});
     }
     cuda::attention(*ctx_, sequences);
     cuda::linear(*ctx_, attended.reshape({n, q_dim}), w.o, w.o_bias, out);
@@ -601,9 +604,10 @@ void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntr
     const Tensor q_heads = q.reshape({n, c.n_heads, c.head_dim});
     const auto half = int64_t(host_->inv_freq().size());
     const auto* inv_freq = static_cast<const double*>(inv_freq_device_.data());
-    cuda::apply_rope(run.ctx, q_heads, e.positions, inv_freq, half);
-    cuda::apply_rope(run.ctx, k.reshape({n, c.n_kv_heads, c.head_dim}), e.positions, inv_freq,
-                     half);
+    const double rope_scale = rope_attention_factor(c.rope);
+    cuda::apply_rope(run.ctx, q_heads, e.positions, inv_freq, half, rope_scale);
+    cuda::apply_rope(run.ctx, k.reshape({n, c.n_kv_heads, c.head_dim}), e.positions, inv_freq, half,
+                     rope_scale);
     const cuda::DecodeSequence* table = e.tables + int64_t(layer) * n;
     cuda::write_kv_decode(run.ctx, table, key.k, key.v, k, v);
     const Tensor attended = run.arena.tensor({n, c.n_heads, c.head_dim});
@@ -614,7 +618,7 @@ void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntr
                                      .v = key.v,
                                      .max_keys = key.max_keys,
                                      .scale = 1.0f / std::sqrt(float(c.head_dim)),
-                                     .sliding_window = c.sliding_window});
+                                     .sliding_window = c.sliding_window_of(layer)});
     cuda::linear(run.ctx, attended.reshape({n, c.n_heads * c.head_dim}), w.o, w.o_bias, out);
 }
 
@@ -818,7 +822,7 @@ OwnedTensor DeviceDecoder::forward(std::span<const SequenceStep> steps, ThreadPo
             mla_->attention(*ctx_, arena_, lw.mla, layer, host_->inv_freq(), layout, keys, normed,
                             delta);
         else
-            attention(lw, layout, keys, values, normed, delta);
+            attention(lw, layer, layout, keys, values, normed, delta);
         cuda::add(*ctx_, h, delta, h);
         arena_.release_to(layer_mark);  // the attention's temporaries, for the FFN's
         cuda::rms_norm(*ctx_, h, lw.ffn_norm, eps, normed);

@@ -27,8 +27,9 @@ struct GgufArchitecture {
 // the q and k rows of llama checkpoints; the qwen and olmoe families use NeoX RoPE, which is
 // Hugging Face's rotate-half, and are stored unpermuted. deepseek2 uses llama.cpp's interleaved
 // RoPE too, but DeepSeek's own rotary pairs are interleaved already, so its converter permutes
-// nothing. llama.cpp's MoE graphs renormalise the top-k weights for Mixtral and Qwen3-MoE and
-// not for Qwen2-MoE and OLMoE. deepseek2 is V2 or V3 by its router (deepseek2_config).
+// nothing; glm4moe is NeoX (rotate-half) and unpermuted as well. llama.cpp's MoE graphs renormalise
+// the top-k weights for Mixtral and Qwen3-MoE and not for Qwen2-MoE and OLMoE. deepseek2 is V2 or
+// V3 by its router (deepseek2_config).
 const GgufArchitecture kArchitectures[] = {
     {"llama", "LlamaForCausalLM", "MixtralForCausalLM", true, true},
     {"qwen2", "Qwen2ForCausalLM", nullptr, false, false},
@@ -36,6 +37,7 @@ const GgufArchitecture kArchitectures[] = {
     {"qwen3moe", "Qwen3MoeForCausalLM", "Qwen3MoeForCausalLM", false, true},
     {"olmoe", "OlmoeForCausalLM", "OlmoeForCausalLM", false, false},
     {"deepseek2", nullptr, "DeepseekV2ForCausalLM", false, false},
+    {"glm4moe", nullptr, "Glm4MoeForCausalLM", false, true},
 };
 
 const GgufArchitecture& find_architecture(const GgufModelFiles& files) {
@@ -156,6 +158,13 @@ void deepseek2_config(const GgufModelFiles& files, Json& c) {
                  ": a selection bias with softmax routing is not supported");
         c["architectures"] = {"DeepseekV2ForCausalLM"};
         c["scoring_func"] = "softmax";
+        // llama.cpp renormalises and then scales; DeepSeek's V2 code (which Tandem follows for
+        // norm_topk_prob) renormalises instead of scaling. They agree only at scale 1.
+        if (c["norm_topk_prob"] == true && c["routed_scaling_factor"] != 1.0)
+            fail(files.path(), ": metadata ", key("expert_weights_norm"), " true with ",
+                 key("expert_weights_scale"), " ", c["routed_scaling_factor"].dump(),
+                 " is not supported for softmax routing (llama.cpp scales after renormalising, "
+                 "DeepSeek-V2's code does not)");
         const bool grouped = groups > 1 && groups_used < groups;
         c["topk_method"] = grouped ? "group_limited_greedy" : "greedy";
         if (grouped) {
@@ -179,6 +188,32 @@ void deepseek2_config(const GgufModelFiles& files, Json& c) {
         yarn["mscale_all_dim"] =
             files.get_float_opt(key("rope.scaling.yarn_log_multiplier")).value_or(0.0) / 0.1;
     }
+}
+
+// glm4moe, as llama.cpp's Glm4MoeModel converter writes GLM-4.5/4.6, into Glm4MoeConfig's keys:
+// DeepSeek-V3's router (sigmoid scores with exp_probs_b, groups, renormalisation, scaling).
+void glm4moe_config(const GgufModelFiles& files, Json& c) {
+    const auto key = [](const std::string& k) { return "glm4moe." + k; };
+    const int64_t n_layers = c["num_hidden_layers"];
+    c["n_routed_experts"] = c["num_local_experts"];
+    c["n_shared_experts"] = files.get_uint_opt(key("expert_shared_count")).value_or(0);
+    c["use_qk_norm"] = files.find("blk.0.attn_q_norm.weight") != nullptr;
+    const std::vector<int64_t> dense = c["mlp_only_layers"];
+    int64_t first_moe = 0;  // the leading layers without a router, unless the file says
+    while (first_moe < n_layers && std::find(dense.begin(), dense.end(), first_moe) != dense.end())
+        ++first_moe;
+    c["first_k_dense_replace"] =
+        files.get_uint_opt(key("leading_dense_block_count")).value_or(uint64_t(first_moe));
+    c["routed_scaling_factor"] = files.get_float_opt(key("expert_weights_scale")).value_or(1.0);
+    c["n_group"] = files.get_uint_opt(key("expert_group_count")).value_or(1);
+    c["topk_group"] = files.get_uint_opt(key("expert_group_used_count")).value_or(c["n_group"]);
+    if (const uint64_t gating = files.get_uint_opt(key("expert_gating_func")).value_or(2);
+        gating != 2)
+        fail(files.path(), ": metadata ", key("expert_gating_func"), ": ", gating,
+             " is not supported (2, sigmoid)");
+    const std::string bias = cat("blk.", first_moe, ".exp_probs_b.bias");
+    if (first_moe < n_layers && files.find(bias) == nullptr)
+        fail(files.path(), ": missing tensor ", bias, " (GLM's sigmoid router needs it)");
 }
 
 }  // namespace
@@ -210,7 +245,15 @@ Json gguf_model_config(const GgufModelFiles& files) {
     if (!vocab) fail(files.path(), ": missing tensor token_embd.weight");
     c["vocab_size"] = *vocab;
     c["hidden_size"] = uint("embedding_length");
-    c["num_hidden_layers"] = uint("block_count");
+    // GLM's converter counts its next-token (MTP) blocks, stored after the decoder's, in
+    // block_count; they are not decoder layers (ViewBuilder skips their tensors).
+    const uint64_t blocks = uint("block_count");
+    const uint64_t mtp = uint_opt("nextn_predict_layers").value_or(0);
+    if (mtp >= blocks)
+        fail(files.path(), ": metadata ", arch, ".nextn_predict_layers: ", mtp, " of ", blocks,
+             " blocks leaves no decoder layer");
+    c["num_hidden_layers"] = blocks - mtp;
+    if (mtp > 0) c["num_nextn_predict_layers"] = mtp;
     // Every layer has tensors of its own: a larger count is a lie, and it would be looped over.
     if (c["num_hidden_layers"].get<uint64_t>() > files.tensors().size())
         fail(files.path(), ": metadata ", arch, ".block_count: ", c["num_hidden_layers"].dump(),
@@ -286,6 +329,7 @@ Json gguf_model_config(const GgufModelFiles& files) {
         for (int64_t l = 0; !shared && l < c["num_hidden_layers"].get<int64_t>(); ++l)
             shared = tensor_dim(files, cat("blk.", l, ".ffn_gate_shexp.weight"), 0);
         if (shared) c["shared_expert_intermediate_size"] = *shared;
+        if (arch == "glm4moe") glm4moe_config(files, c);
     }
     return c;
 }
@@ -305,7 +349,10 @@ class ViewBuilder {
         : storage_(storage),
           config_(config),
           permuted_qk_(permuted_qk),
-          deepseek_(config["architectures"][0].get<std::string>().starts_with("Deepseek")) {}
+          deepseek_names_(config["architectures"][0].get<std::string>().starts_with("Deepseek") ||
+                          config["architectures"][0] == "Glm4MoeForCausalLM"),
+          n_layers_(config["num_hidden_layers"].get<int64_t>()),
+          mtp_(config.contains("num_nextn_predict_layers")) {}
 
     std::map<std::string, Checkpoint::View> build() {
         const GgufModelFiles& files = storage_.files;
@@ -321,7 +368,9 @@ class ViewBuilder {
             } else if (t->name == "output.weight") {
                 add("lm_head.weight", *t);
             } else if (std::regex_match(t->name, m, layer_name)) {
-                layer_tensor(std::stoll(m[1].str()), m[2].str(), *t, mixtral, moe);
+                const int64_t layer = std::stoll(m[1].str());
+                if (mtp_ && layer >= n_layers_) continue;  // a next-token (MTP) block
+                layer_tensor(layer, m[2].str(), *t, mixtral, moe);
             } else if (t->name != "rope_freqs.weight") {  // rope_freqs went into the config
                 unknown(*t);
             }
@@ -349,12 +398,13 @@ class ViewBuilder {
             {"ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"},
             {"ffn_down_shexp.weight", "mlp.shared_experts.down_proj.weight"},
         };
-        if (deepseek_)
+        if (deepseek_names_)
             if (auto it = deepseek.find(suffix); it != deepseek.end())
                 return add(p + it->second, t);
         static const std::map<std::string, std::string, std::less<>> simple = {
             {"attn_norm.weight", "input_layernorm.weight"},
             {"ffn_norm.weight", "post_attention_layernorm.weight"},
+            {"post_attention_norm.weight", "post_attention_layernorm.weight"},  // glm4moe
             {"attn_v.weight", "self_attn.v_proj.weight"},
             {"attn_v.bias", "self_attn.v_proj.bias"},
             {"attn_output.weight", "self_attn.o_proj.weight"},
@@ -480,7 +530,9 @@ class ViewBuilder {
     GgufStorage& storage_;
     const Json& config_;
     bool permuted_qk_;
-    bool deepseek_;
+    bool deepseek_names_;  // DeepSeek's or GLM's: shared_experts (plural), exp_probs_b
+    int64_t n_layers_;
+    bool mtp_;  // blocks from n_layers_ on are next-token (MTP) layers, skipped
     std::map<std::string, Checkpoint::View> views_;
 };
 

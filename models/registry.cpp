@@ -24,6 +24,7 @@ const std::map<std::string, ArchitectureFactory>& registry() {
         {"OlmoeForCausalLM", &make_olmoe},
         {"DeepseekV2ForCausalLM", &make_deepseek_v2},
         {"DeepseekV3ForCausalLM", &make_deepseek_v3},
+        {"Glm4MoeForCausalLM", &make_glm4_moe},
     };
     return factories;
 }

@@ -51,9 +51,9 @@ VOCAB = 128  # 3 specials + the 95 printable ASCII bytes + 30 merges: ASCII text
 
 GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen2_moe": "qwen2moe",
              "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "deepseek_v2": "deepseek2",
-             "deepseek_v3": "deepseek2"}
+             "deepseek_v3": "deepseek2", "glm4_moe": "glm4moe"}
 SEEDS = {"llama": 11, "mixtral": 12, "qwen2": 13, "qwen2_moe": 14, "qwen3_moe": 15, "olmoe": 16,
-         "deepseek_v2": 17, "deepseek_v3": 18}
+         "deepseek_v2": 17, "deepseek_v3": 18, "glm4_moe": 19}
 
 
 def shrink(arch, variant):
@@ -88,6 +88,9 @@ def shrink(arch, variant):
         cfg["rope_parameters"]["original_max_position_embeddings"] = 64
     if arch.startswith("deepseek"):
         shrink_deepseek(cfg, arch)
+    if arch == "glm4_moe":  # layer 0 dense, layer 1 MoE of 4 experts in 2 groups, 1 MTP layer
+        cfg.update(num_hidden_layers=2, first_k_dense_replace=1, n_routed_experts=4,
+                   num_experts_per_tok=2, moe_intermediate_size=16, n_group=2, topk_group=1)
     return cfg
 
 
@@ -239,9 +242,13 @@ def gguf_tensors(arch, model, layout):
         for x in ("q", "k"):
             if p + f"self_attn.{x}_norm.weight" in sd:
                 plain(f"{b}attn_{x}_norm.weight", p + f"self_attn.{x}_norm.weight")
-        plain(b + "ffn_norm.weight", p + "post_attention_layernorm.weight")
+        # Glm4MoeModel names it for what it is; the others for where it goes.
+        post_norm = "post_attention_norm" if arch == "glm4_moe" else "ffn_norm"
+        plain(f"{b}{post_norm}.weight", p + "post_attention_layernorm.weight")
         if p + f"{moe}.gate.weight" in sd:
             plain(b + "ffn_gate_inp.weight", p + f"{moe}.gate.weight")
+            if p + "mlp.gate.e_score_correction_bias" in sd:
+                plain(b + "exp_probs_b.bias", p + "mlp.gate.e_score_correction_bias")
             n_exp = sd[p + f"{moe}.gate.weight"].shape[0]
             names = {w: [f"{p}{moe}.experts.{e}.{proj[w]}.weight" for e in range(n_exp)]
                      for w in ("gate", "up", "down")}
@@ -261,6 +268,9 @@ def gguf_tensors(arch, model, layout):
                     for w in ("gate", "up"):
                         out.append((f"{b}ffn_{w}_exps.weight", stacked[w], lambda d, w=w: split(d, w)))
                 out.append((b + "ffn_down_exps.weight", stacked["down"], lambda d: split(d, "down")))
+            if p + "mlp.shared_experts.gate_proj.weight" in sd:  # GLM: plural, no gate
+                for w in ("gate", "up", "down"):
+                    plain(f"{b}ffn_{w}_shexp.weight", f"{p}mlp.shared_experts.{w}_proj.weight")
             if p + "mlp.shared_expert.gate_proj.weight" in sd:
                 for w in ("gate", "up", "down"):
                     plain(f"{b}ffn_{w}_shexp.weight", f"{p}mlp.shared_expert.{w}_proj.weight")
@@ -273,7 +283,20 @@ def gguf_tensors(arch, model, layout):
     plain("output_norm.weight", "model.norm.weight")
     if "lm_head.weight" in sd and not cfg.tie_word_embeddings:
         plain("output.weight", "lm_head.weight")
+    for layer in range(cfg.num_hidden_layers, cfg.num_hidden_layers + mtp_layers(cfg)):
+        # GLM's next-token layer as Glm4MoeModel writes it: after the decoder's blocks, a
+        # block of its own plus nextn.* tensors; transformers and llama.cpp's graph skip it.
+        b, h = f"blk.{layer}.", cfg.hidden_size
+        for name, shape in (("attn_norm.weight", (h,)), ("nextn.eh_proj.weight", (h, 2 * h)),
+                            ("nextn.enorm.weight", (h,)), ("nextn.hnorm.weight", (h,)),
+                            ("nextn.shared_head_norm.weight", (h,))):
+            out.append((b + name, np.random.default_rng(layer).standard_normal(shape)
+                        .astype(np.float32), lambda d: {}))
     return out
+
+
+def mtp_layers(cfg):
+    return getattr(cfg, "num_nextn_predict_layers", 0) if cfg.model_type == "glm4_moe" else 0
 
 
 def deepseek_tensors(model, layout):
@@ -381,6 +404,26 @@ def add_deepseek_metadata(w, cfg, layout):
         w.add_rope_scaling_yarn_log_mul(0.1 * rp["mscale_all_dim"])
 
 
+def add_glm4moe_metadata(w, cfg):
+    """Glm4MoeModel.set_gguf_parameters: rotary dims = head_dim * partial_rotary_factor, the
+    router as DeepSeek-V3's (sigmoid, exp_probs_b, groups), MTP layers in block_count and
+    nextn_predict_layers."""
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(int(cfg.head_dim * cfg.rope_parameters["partial_rotary_factor"]))
+    w.add_leading_dense_block_count(cfg.first_k_dense_replace)
+    w.add_expert_count(cfg.n_routed_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    w.add_expert_shared_count(cfg.n_shared_experts)
+    w.add_expert_weights_scale(cfg.routed_scaling_factor)
+    w.add_expert_weights_norm(cfg.norm_topk_prob)
+    w.add_expert_gating_func(ExpertGatingFuncType.SIGMOID)
+    w.add_expert_group_count(cfg.n_group)
+    w.add_expert_group_used_count(cfg.topk_group)
+    w.add_nextn_predict_layers(mtp_layers(cfg))
+
+
 def rope_freqs(cfg):
     """convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors for llama3 scaling."""
     rope = cfg.rope_parameters
@@ -437,7 +480,7 @@ def write_gguf(path, arch, model, ftype, layout, splits):
     w.add_name(f"tandem-test-{arch}")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
+    w.add_block_count(cfg.num_hidden_layers + mtp_layers(cfg))  # GLM: MTP blocks counted
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     # llama.cpp's MLA graphs treat the latent as one KV head (see deepseek_tensors)
@@ -446,13 +489,15 @@ def write_gguf(path, arch, model, ftype, layout, splits):
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     if ga == "deepseek2":
         add_deepseek_metadata(w, cfg, layout)
+    elif ga == "glm4moe":
+        add_glm4moe_metadata(w, cfg)
     else:
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
         w.add_rope_dimension_count(cfg.head_dim)
     w.add_file_type({T.F32: 0, T.F16: 1, T.Q8_0: 7, T.Q4_0: 2, T.Q4_K: 15}[ftype])
     n_exp = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
-    if n_exp and ga != "deepseek2":
+    if n_exp and ga not in ("deepseek2", "glm4moe"):
         w.add_expert_count(n_exp)
         w.add_expert_used_count(cfg.num_experts_per_tok)
     if arch in ("qwen2_moe", "qwen3_moe"):

@@ -14,8 +14,8 @@ int64_t attention(int64_t hidden, int64_t q_dim, int64_t kv_dim, int64_t n_exper
 }  // namespace
 
 std::vector<std::string> model_preset_names() {
-    return {"olmoe-1b-7b",   "deepseek-v2-lite", "gpt-oss-120b",
-            "qwen3-30b-a3b", "mixtral-8x7b",     "tandem-demo-moe"};
+    return {"olmoe-1b-7b",  "deepseek-v2-lite", "gpt-oss-120b",   "qwen3-30b-a3b",
+            "mixtral-8x7b", "glm-4.5-air",      "tandem-demo-moe"};
 }
 
 ModelShape model_preset(const std::string& name, double bits) {
@@ -64,6 +64,17 @@ ModelShape model_preset(const std::string& name, double bits) {
              .expert_ffn_dim = 14336,
              .dense_params_per_layer = attention(4096, 4096, 1024, 8),
              .head_params = 32000LL * 4096};
+    } else if (name == "glm-4.5-air") {
+        // zai-org/GLM-4.5-Air: 46 layers, the first dense (its 3 x 4096 x 10944 spread over the
+        // 45 MoE layers here), 96 heads x 128 on 8 KV heads, 1 shared expert, untied lm_head.
+        s = {.n_moe_layers = 45,
+             .n_experts = 128,
+             .n_experts_active = 8,
+             .n_shared_experts = 1,
+             .hidden_dim = 4096,
+             .expert_ffn_dim = 1408,
+             .dense_params_per_layer = attention(4096, 12288, 1024, 128) + 3LL * 4096 * 10944 / 45,
+             .head_params = 151552LL * 4096};
     } else if (name == "tandem-demo-moe") {
         // models/demo/tandem-demo-moe: 4 heads x 64, 2 kv heads, tied embeddings.
         s = {.n_moe_layers = 8,
@@ -76,7 +87,7 @@ ModelShape model_preset(const std::string& name, double bits) {
     } else {
         fail("--model ", name,
              ": unknown preset; expected olmoe-1b-7b, deepseek-v2-lite, gpt-oss-120b, "
-             "qwen3-30b-a3b, mixtral-8x7b or tandem-demo-moe");
+             "qwen3-30b-a3b, mixtral-8x7b, glm-4.5-air or tandem-demo-moe");
     }
     if (!(bits > 0.0 && bits <= 32.0)) fail("--bits: expected (0, 32], got ", bits);
     s.name = name;

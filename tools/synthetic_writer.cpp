@@ -151,6 +151,10 @@ bool is_deepseek(SyntheticArch arch) {
     return arch == SyntheticArch::DeepseekV2;
 }
 
+bool is_glm(SyntheticArch arch) {
+    return arch == SyntheticArch::Glm4Moe;
+}
+
 float fan_in_std(int64_t fan_in) {
     return 1.0f / std::sqrt(float(fan_in));
 }
@@ -186,6 +190,25 @@ void deepseek_config(const SyntheticModelSpec& s, nlohmann::json& c) {
                              {"mscale_all_dim", s.yarn_mscale},
                              {"beta_fast", 32},
                              {"beta_slow", 1}};
+}
+
+// GLM-4.5's config.json keys, as on the Hub (GLM-4.5-Air's: q/k/v biases, no q/k norm,
+// sigmoid routing without groups, unscaled, renormalised).
+void glm_config(const SyntheticModelSpec& s, nlohmann::json& c) {
+    c["architectures"] = {"Glm4MoeForCausalLM"};
+    c["model_type"] = "glm4_moe";
+    c["n_routed_experts"] = s.n_experts;
+    c["moe_intermediate_size"] = s.expert_ffn_dim;
+    c["n_shared_experts"] = s.shared_expert_ffn_dim / s.expert_ffn_dim;
+    c["intermediate_size"] = s.dense_ffn_dim;
+    c["first_k_dense_replace"] = s.n_dense_layers;
+    c["n_group"] = 1;
+    c["topk_group"] = 1;
+    c["routed_scaling_factor"] = 1.0;
+    c["attention_bias"] = true;
+    c["use_qk_norm"] = false;
+    c["partial_rotary_factor"] = s.partial_rotary_factor;
+    c["num_nextn_predict_layers"] = 0;  // the real checkpoints' MTP layer is not written
 }
 
 // DeepSeek-V2's latent attention projections, with Hugging Face's names and kv_b, or with
@@ -267,6 +290,7 @@ nlohmann::json hf_config(const SyntheticModelSpec& s, DType dtype) {
             c["intermediate_size"] = s.expert_ffn_dim;
             break;
         case SyntheticArch::DeepseekV2: deepseek_config(s, c); break;
+        case SyntheticArch::Glm4Moe: glm_config(s, c); break;
     }
     return c;
 }
@@ -298,10 +322,17 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
             add(p + "self_attn.v_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
             add(p + "self_attn.o_proj.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
         }
-        if (s.arch == SyntheticArch::Qwen2Moe) {
+        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch)) {
             add(p + "self_attn.q_proj.bias", {q_dim}, 0.02f);
             add(p + "self_attn.k_proj.bias", {kv_dim}, 0.02f);
             add(p + "self_attn.v_proj.bias", {kv_dim}, 0.02f);
+        }
+        if (is_glm(s.arch) && l < s.n_dense_layers) {
+            const int64_t f = s.dense_ffn_dim;
+            add(p + "mlp.gate_proj.weight", {f, s.hidden_dim}, proj_std);
+            add(p + "mlp.up_proj.weight", {f, s.hidden_dim}, proj_std);
+            add(p + "mlp.down_proj.weight", {s.hidden_dim, f}, fan_in_std(f));
+            continue;
         }
         if (s.arch == SyntheticArch::Qwen3Moe) {
             add(p + "self_attn.q_norm.weight", {s.head_dim}, 0.0f);
@@ -313,6 +344,7 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
         const bool mixtral = s.arch == SyntheticArch::Mixtral;
         const std::string moe = p + (mixtral ? "block_sparse_moe." : "mlp.");
         add(moe + "gate.weight", {s.n_experts, s.hidden_dim}, proj_std);
+        if (is_glm(s.arch)) add(moe + "gate.e_score_correction_bias", {s.n_experts}, 0.01f);
         const float down_std = 1.0f / std::sqrt(float(s.expert_ffn_dim));
         for (int64_t e = 0; e < s.n_experts; ++e) {
             const std::string x = moe + "experts." + std::to_string(e) + ".";
@@ -326,7 +358,8 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
         if (s.shared_expert_ffn_dim > 0) {
             const int64_t f = s.shared_expert_ffn_dim;
             const std::string shared =
-                p + (is_deepseek(s.arch) ? "mlp.shared_experts." : "mlp.shared_expert.");
+                p + (is_deepseek(s.arch) || is_glm(s.arch) ? "mlp.shared_experts."
+                                                           : "mlp.shared_expert.");
             add(shared + "gate_proj.weight", {f, s.hidden_dim}, proj_std);
             add(shared + "up_proj.weight", {f, s.hidden_dim}, proj_std);
             add(shared + "down_proj.weight", {s.hidden_dim, f}, fan_in_std(f));
@@ -354,6 +387,7 @@ const char* gguf_arch(SyntheticArch arch) {
         case SyntheticArch::Olmoe: return "olmoe";
         case SyntheticArch::Mixtral: return "llama";
         case SyntheticArch::DeepseekV2: return "deepseek2";
+        case SyntheticArch::Glm4Moe: return "glm4moe";
     }
     return "";
 }
@@ -391,10 +425,20 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
             matrix(p + "attn_v.weight", {kv_dim, s.hidden_dim}, proj_std);
             matrix(p + "attn_output.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
         }
-        if (s.arch == SyntheticArch::Qwen2Moe) {
+        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch)) {
             f32(p + "attn_q.bias", {q_dim}, 0.02f);
             f32(p + "attn_k.bias", {kv_dim}, 0.02f);
             f32(p + "attn_v.bias", {kv_dim}, 0.02f);
+        }
+        if (is_glm(s.arch)) {  // Glm4MoeModel's name for the FFN's input norm
+            f32(p + "post_attention_norm.weight", {s.hidden_dim}, 0.0f);
+            if (l < s.n_dense_layers) {
+                const int64_t f = s.dense_ffn_dim;
+                matrix(p + "ffn_gate.weight", {f, s.hidden_dim}, proj_std);
+                matrix(p + "ffn_up.weight", {f, s.hidden_dim}, proj_std);
+                matrix(p + "ffn_down.weight", {s.hidden_dim, f}, fan_in_std(f));
+                continue;
+            }
         }
         if (s.arch == SyntheticArch::Qwen3Moe) {
             f32(p + "attn_q_norm.weight", {s.head_dim}, 0.0f);
@@ -403,8 +447,10 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
             f32(p + "attn_q_norm.weight", {q_dim}, 0.0f);
             f32(p + "attn_k_norm.weight", {kv_dim}, 0.0f);
         }
-        if (!is_deepseek(s.arch)) f32(p + "ffn_norm.weight", {s.hidden_dim}, 0.0f);
+        if (!is_deepseek(s.arch) && !is_glm(s.arch))
+            f32(p + "ffn_norm.weight", {s.hidden_dim}, 0.0f);
         f32(p + "ffn_gate_inp.weight", {s.n_experts, s.hidden_dim}, proj_std);
+        if (is_glm(s.arch)) f32(p + "exp_probs_b.bias", {s.n_experts}, 0.01f);
         const int64_t e = s.n_experts, f = s.expert_ffn_dim;
         matrix(p + "ffn_gate_exps.weight", {e, f, s.hidden_dim}, proj_std);
         matrix(p + "ffn_up_exps.weight", {e, f, s.hidden_dim}, proj_std);
@@ -501,6 +547,17 @@ void gguf_deepseek_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
     }
 }
 
+// glm4moe's keys as llama.cpp's Glm4MoeModel converter writes them (no MTP block here).
+void gguf_glm_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
+    const std::string a = gguf_arch(s.arch);
+    h.kv_u32(a + ".leading_dense_block_count", uint32_t(s.n_dense_layers));
+    h.kv_u32(a + ".expert_feed_forward_length", uint32_t(s.expert_ffn_dim));
+    h.kv_u32(a + ".expert_shared_count", uint32_t(s.shared_expert_ffn_dim / s.expert_ffn_dim));
+    h.kv_f32(a + ".expert_weights_scale", 1.0f);
+    h.kv_u32(a + ".expert_gating_func", 2);  // sigmoid
+    h.kv_u32(a + ".nextn_predict_layers", 0);
+}
+
 void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
     const std::string a = gguf_arch(s.arch);
     h.kv_str("general.architecture", a);
@@ -510,8 +567,8 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
     h.kv_u32(a + ".embedding_length", uint32_t(s.hidden_dim));
     h.kv_u32(a + ".feed_forward_length",
              uint32_t(is_qwen(s.arch) ? std::max(s.shared_expert_ffn_dim, 4 * s.expert_ffn_dim)
-                      : is_deepseek(s.arch) ? s.dense_ffn_dim
-                                            : s.expert_ffn_dim));
+                      : is_deepseek(s.arch) || is_glm(s.arch) ? s.dense_ffn_dim
+                                                              : s.expert_ffn_dim));
     h.kv_u32(a + ".attention.head_count", uint32_t(s.n_heads));
     if (is_deepseek(s.arch)) {
         gguf_deepseek_metadata(h, s);
@@ -519,7 +576,9 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
         h.kv_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
         h.kv_u32(a + ".attention.key_length", uint32_t(s.head_dim));
         h.kv_u32(a + ".attention.value_length", uint32_t(s.head_dim));
-        h.kv_u32(a + ".rope.dimension_count", uint32_t(s.head_dim));
+        h.kv_u32(a + ".rope.dimension_count",
+                 uint32_t(double(s.head_dim) * s.partial_rotary_factor));
+        if (is_glm(s.arch)) gguf_glm_metadata(h, s);
     }
     h.kv_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
     h.kv_f32(a + ".rope.freq_base", float(s.rope_theta));
@@ -566,8 +625,31 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
 }  // namespace
 
 std::vector<std::string> synthetic_preset_names() {
-    return {"mixtral-8x7b", "qwen3-30b-a3b",     "qwen2-57b-a14b",
-            "olmoe-1b-7b",  "qwen1.5-moe-a2.7b", "deepseek-v2-lite"};
+    return {"mixtral-8x7b",      "qwen3-30b-a3b",    "qwen2-57b-a14b", "olmoe-1b-7b",
+            "qwen1.5-moe-a2.7b", "deepseek-v2-lite", "glm-4.5-air"};
+}
+
+// zai-org/GLM-4.5-Air's config.json: 106B parameters, 12B active; the first layer dense, 1
+// shared expert, rotary on half of each head, q/k/v biases, sigmoid routing.
+SyntheticModelSpec glm_4_5_air() {
+    return {.name = "glm-4.5-air",
+            .arch = SyntheticArch::Glm4Moe,
+            .vocab_size = 151552,
+            .hidden_dim = 4096,
+            .n_layers = 46,
+            .n_heads = 96,
+            .n_kv_heads = 8,
+            .head_dim = 128,
+            .n_experts = 128,
+            .n_experts_active = 8,
+            .expert_ffn_dim = 1408,
+            .shared_expert_ffn_dim = 1408,
+            .max_position_embeddings = 131072,
+            .rope_theta = 1000000.0,
+            .norm_topk_prob = true,
+            .n_dense_layers = 1,
+            .dense_ffn_dim = 10944,
+            .partial_rotary_factor = 0.5};
 }
 
 // DeepSeek-V2-Lite's config.json (reference/models.md 3.2): MLA without q_lora, 2 shared experts,
@@ -613,6 +695,7 @@ SyntheticModelSpec synthetic_preset(const std::string& name) {
         {"qwen1.5-moe-a2.7b", A::Qwen2Moe, 151936, 2048, 24, 16, 16, 128, 60, 4, 1408, 5632, 8192,
          1e6, false},
         deepseek_v2_lite(),
+        glm_4_5_air(),
     };
     std::string known;
     for (const SyntheticModelSpec& p : presets) {

@@ -24,7 +24,7 @@
 
 namespace tandem {
 
-enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe, DeepseekV2 };
+enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe, DeepseekV2, Glm4Moe };
 
 // DeepSeek-V2's multi-head latent attention (models/blocks/mla_attention_block.h).
 struct SyntheticMla {
@@ -54,11 +54,13 @@ struct SyntheticModelSpec {
     double rope_theta = 10000.0;
     bool norm_topk_prob = false;
     uint64_t seed = 1;
-    // DeepseekV2 only: MLA, the leading dense layers (first_k_dense_replace) of dense_ffn_dim,
-    // and YaRN (factor 0: none) with mscale = mscale_all_dim as in DeepSeek's configs.
+    // DeepseekV2 only: MLA and YaRN (factor 0: none) with mscale = mscale_all_dim as in
+    // DeepSeek's configs. DeepseekV2 and Glm4Moe: the leading dense layers
+    // (first_k_dense_replace) of dense_ffn_dim.
     SyntheticMla mla;
     int64_t n_dense_layers = 0;
     int64_t dense_ffn_dim = 0;
+    double partial_rotary_factor = 1.0;  // Glm4Moe: rotary on this share of each head
     double yarn_factor = 0;
     int64_t yarn_original_context = 0;
     double yarn_mscale = 0;

@@ -5,11 +5,14 @@
 //   V2: softmax scores, topk_method greedy or group_limited_greedy, weights * routed_scaling_factor
 //   V3: sigmoid scores, e_score_correction_bias for the choice, noaux_tc groups, norm_topk_prob,
 //       then * routed_scaling_factor
-// Where transformers 5.24 and DeepSeek's own modeling code disagree, the config values on which
-// they differ are refused rather than guessed: V2 with norm_topk_prob true (transformers ignores
-// it; DeepSeek renormalises and then skips the scaling factor). moe_layer_freq, which
-// transformers ignores, follows DeepSeek's code (layer >= first_k_dense_replace and
-// layer % moe_layer_freq == 0); every published checkpoint has 1, where both agree.
+// V2 with norm_topk_prob true follows DeepSeek's own modeling_deepseek.py, the code its
+// checkpoints were trained with and ship with: with more than one expert per token the top-k
+// weights are renormalised and routed_scaling_factor is not applied (transformers 5.25 ignores
+// norm_topk_prob for V2 and always scales; every published V2 config has it false, where the
+// two agree). moe_layer_freq, which transformers ignores, follows DeepSeek's code
+// (layer >= first_k_dense_replace and layer % moe_layer_freq == 0); every published checkpoint
+// has 1, where both agree. The V3 router and its groups are shared with GLM-4.5
+// (read_noaux_tc_routing, architectures.h).
 // Defaults for absent keys are transformers' (DeepseekV2Config / DeepseekV3Config).
 #include "kernels/error.h"
 #include "models/architectures/architectures.h"
@@ -47,50 +50,83 @@ MlaConfig read_mla(const ConfigReader& reader, bool v3) {
     return m;
 }
 
+double read_scaling(const ConfigReader& reader, double fallback) {
+    const double scaling = reader.number_or("routed_scaling_factor", fallback);
+    if (scaling <= 0) reader.fail_key("routed_scaling_factor", "must be positive");
+    return scaling;
+}
+
 void read_routing(const ConfigReader& reader, ModelConfig& config, bool v3) {
     const std::string scoring = string_or(reader, "scoring_func", v3 ? "sigmoid" : "softmax");
     const std::string method = string_or(reader, "topk_method", v3 ? "noaux_tc" : "greedy");
     if (v3) {
         if (scoring != "sigmoid") reader.fail_key("scoring_func", "V3 supports only sigmoid");
         if (method != "noaux_tc") reader.fail_key("topk_method", "V3 supports only noaux_tc");
-        config.router_scoring = RouterScoring::Sigmoid;
-        config.router_topk = RouterTopk::NoauxTc;
-        config.router_bias = true;
-        config.norm_topk_prob = reader.bool_or("norm_topk_prob", true);
+        read_noaux_tc_routing(
+            reader, config, {.routed_scaling_factor = 2.5, .n_group = RoutingDefaults::kRequired});
+        return;
+    }
+    if (scoring != "softmax") reader.fail_key("scoring_func", "V2 supports only softmax");
+    if (method == "greedy") {
+        config.router_topk = RouterTopk::Greedy;
+    } else if (method == "group_limited_greedy") {
+        config.router_topk = RouterTopk::GroupLimitedGreedy;
     } else {
-        if (scoring != "softmax") reader.fail_key("scoring_func", "V2 supports only softmax");
-        if (method == "greedy") {
-            config.router_topk = RouterTopk::Greedy;
-        } else if (method == "group_limited_greedy") {
-            config.router_topk = RouterTopk::GroupLimitedGreedy;
-        } else {
-            reader.fail_key("topk_method", cat("'", method,
-                                               "' is not supported for V2 (greedy, "
-                                               "group_limited_greedy)"));
-        }
-        if (reader.bool_or("norm_topk_prob", false))
-            reader.fail_key("norm_topk_prob",
-                            "true is not supported: transformers ignores it for V2, DeepSeek's "
-                            "code renormalises and drops routed_scaling_factor");
+        reader.fail_key(
+            "topk_method",
+            cat("'", method, "' is not supported for V2 (greedy, group_limited_greedy)"));
     }
-    config.routed_scaling_factor = reader.number_or("routed_scaling_factor", v3 ? 2.5 : 1.0);
-    if (config.routed_scaling_factor <= 0)
-        reader.fail_key("routed_scaling_factor", "must be positive");
-    if (config.router_topk != RouterTopk::Greedy) {
-        config.n_groups = reader.positive_int("n_group");
-        config.topk_groups = reader.positive_int("topk_group");
-        const int64_t group_size = config.n_experts / config.n_groups;
-        if (config.n_experts % config.n_groups != 0)
-            reader.fail_key("n_group", cat("does not divide n_routed_experts ", config.n_experts));
-        if (config.topk_groups > config.n_groups ||
-            config.n_experts_active > config.topk_groups * group_size)
-            reader.fail_key("topk_group",
-                            cat(config.topk_groups, " groups of ", group_size, " cannot supply ",
-                                config.n_experts_active, " experts"));
-        if (config.router_topk == RouterTopk::NoauxTc && group_size < 2)
-            reader.fail_key("n_group", "noaux_tc needs at least 2 experts per group");
+    config.routed_scaling_factor = read_scaling(reader, 1.0);
+    // DeepSeek's V2 gate: `if top_k > 1 and norm_topk_prob: renormalise, else: * scaling`.
+    if (reader.bool_or("norm_topk_prob", false) && config.n_experts_active > 1) {
+        config.norm_topk_prob = true;
+        config.routed_scaling_factor = 1.0;
     }
+    if (config.router_topk != RouterTopk::Greedy)
+        read_router_groups(reader, config, RoutingDefaults::kRequired);
 }
+
+}  // namespace
+
+void read_router_groups(const ConfigReader& reader, ModelConfig& config, int64_t default_groups) {
+    auto groups = [&](const char* key) {
+        return default_groups == RoutingDefaults::kRequired ? reader.positive_int(key)
+                                                            : reader.int_or(key, default_groups);
+    };
+    config.n_groups = groups("n_group");
+    config.topk_groups = groups("topk_group");
+    if (config.n_groups <= 0) reader.fail_key("n_group", "must be positive");
+    if (config.topk_groups <= 0) reader.fail_key("topk_group", "must be positive");
+    const int64_t group_size = config.n_experts / config.n_groups;
+    if (config.n_experts % config.n_groups != 0)
+        reader.fail_key("n_group", cat("does not divide n_routed_experts ", config.n_experts));
+    if (config.topk_groups > config.n_groups ||
+        config.n_experts_active > config.topk_groups * group_size)
+        reader.fail_key("topk_group", cat(config.topk_groups, " groups of ", group_size,
+                                          " cannot supply ", config.n_experts_active, " experts"));
+    if (config.router_topk == RouterTopk::NoauxTc && group_size < 2)
+        reader.fail_key("n_group", "noaux_tc needs at least 2 experts per group");
+}
+
+DecoderNames shared_experts_names() {
+    DecoderNames names;
+    names.shared_gate = "model.layers.{L}.mlp.shared_experts.gate_proj.weight";
+    names.shared_up = "model.layers.{L}.mlp.shared_experts.up_proj.weight";
+    names.shared_down = "model.layers.{L}.mlp.shared_experts.down_proj.weight";
+    return names;
+}
+
+void read_noaux_tc_routing(const ConfigReader& reader, ModelConfig& config,
+                           const RoutingDefaults& defaults) {
+    config.router_scoring = RouterScoring::Sigmoid;
+    config.router_topk = RouterTopk::NoauxTc;
+    config.router_bias = true;
+    config.norm_topk_prob = reader.bool_or("norm_topk_prob", true);
+    config.routed_scaling_factor = read_scaling(reader, defaults.routed_scaling_factor);
+    read_router_groups(reader, config, defaults.n_group);
+}
+
+namespace {
 
 std::unique_ptr<Model> make_deepseek(const ConfigReader& reader, ModelConfig config,
                                      Checkpoint checkpoint, bool v3) {
@@ -101,6 +137,12 @@ std::unique_ptr<Model> make_deepseek(const ConfigReader& reader, ModelConfig con
     config.head_dim = config.mla->qk_rope_head_dim;
     config.n_kv_heads = config.n_heads;
     config.rope.partial_rotary_factor = 1.0;
+    // The latent attention's rope has goldens for these two; DeepSeek's softmax mscale is read
+    // only with YaRN's parameters.
+    if (config.rope.type != "default" && config.rope.type != "yarn")
+        reader.fail_key("rope_type", cat("'", config.rope.type,
+                                         "' is not supported with multi-head latent attention "
+                                         "(supported: default, yarn)"));
     config.ffn_dim = reader.positive_int("intermediate_size");
     if (!v3 && reader.bool_or("mlp_bias", false))
         reader.fail_key("mlp_bias", "true is not supported");
@@ -124,11 +166,8 @@ std::unique_ptr<Model> make_deepseek(const ConfigReader& reader, ModelConfig con
         config.layer_is_moe[size_t(layer)] = layer >= first_dense && layer % freq == 0;
     validate_config(config, reader.origin());
 
-    DecoderNames names;
-    names.shared_gate = "model.layers.{L}.mlp.shared_experts.gate_proj.weight";
-    names.shared_up = "model.layers.{L}.mlp.shared_experts.up_proj.weight";
-    names.shared_down = "model.layers.{L}.mlp.shared_experts.down_proj.weight";
-    return std::make_unique<Decoder>(std::move(config), std::move(checkpoint), names);
+    return std::make_unique<Decoder>(std::move(config), std::move(checkpoint),
+                                     shared_experts_names());
 }
 
 }  // namespace

@@ -13,6 +13,7 @@ std::unique_ptr<Model> make_llama(const ConfigReader& reader, ModelConfig config
     config.ffn_dim = reader.positive_int("intermediate_size");
     config.qkv_bias = config.o_bias = reader.bool_or("attention_bias", false);
     if (reader.bool_or("mlp_bias", false)) reader.fail_key("mlp_bias", "true is not supported");
+    refuse_partial_rotary(reader, config);
     validate_config(config, reader.origin());
     return std::make_unique<Decoder>(std::move(config), std::move(checkpoint), DecoderNames{});
 }

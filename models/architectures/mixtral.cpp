@@ -14,6 +14,7 @@ std::unique_ptr<Model> make_mixtral(const ConfigReader& reader, ModelConfig conf
     config.expert_ffn_dim = reader.positive_int("intermediate_size");
     config.norm_topk_prob = true;
     config.sliding_window = reader.int_or("sliding_window", 0);
+    refuse_partial_rotary(reader, config);
     config.layer_is_moe.assign(size_t(config.n_layers), true);
     validate_config(config, reader.origin());
 

@@ -17,6 +17,7 @@ std::unique_ptr<Model> make_olmoe(const ConfigReader& reader, ModelConfig config
     config.qk_norm = QkNorm::Full;
     config.clip_qkv = reader.number_or("clip_qkv", 0.0);
     config.layer_is_moe.assign(size_t(config.n_layers), true);
+    refuse_partial_rotary(reader, config);
     validate_config(config, reader.origin());
     return std::make_unique<Decoder>(std::move(config), std::move(checkpoint), DecoderNames{});
 }

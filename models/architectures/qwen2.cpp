@@ -1,5 +1,6 @@
-// Qwen2ForCausalLM: dense Qwen2/Qwen2.5 policies; biases on q, k, v (not o). Sliding-window
-// layers (use_sliding_window) are rejected rather than run with full attention.
+// Qwen2ForCausalLM: dense Qwen2/Qwen2.5 policies; biases on q, k, v (not o). With
+// use_sliding_window, the layers from max_window_layers on attend within sliding_window (or
+// those that config.json's layer_types names), as transformers' Qwen2Config decides.
 #include "models/architectures/architectures.h"
 #include "models/decoder.h"
 
@@ -10,8 +11,10 @@ std::unique_ptr<Model> make_qwen2(const ConfigReader& reader, ModelConfig config
     read_common_config(reader, config);
     config.ffn_dim = reader.positive_int("intermediate_size");
     config.qkv_bias = true;
-    if (reader.bool_or("use_sliding_window", false))
-        reader.fail_key("use_sliding_window", "true is not supported");
+    refuse_partial_rotary(reader, config);
+    const int64_t max_window_layers = reader.int_or("max_window_layers", 28);
+    read_sliding_layers(reader, config, LayerTypes::Read,
+                        [&](int64_t layer) { return layer >= max_window_layers; });
     validate_config(config, reader.origin());
     return std::make_unique<Decoder>(std::move(config), std::move(checkpoint), DecoderNames{});
 }

@@ -1,6 +1,8 @@
 // Qwen2MoeForCausalLM (Qwen1.5-MoE, Qwen2-57B-A14B): q/k/v biases, a shared expert whose output
 // is scaled by sigmoid(shared_expert_gate · x), dense layers where mlp_only_layers or
-// decoder_sparse_step say so, and norm_topk_prob (false by default).
+// decoder_sparse_step say so, and norm_topk_prob (false by default). With use_sliding_window,
+// transformers' Qwen2MoeConfig puts the window on the even layers below max_window_layers (or
+// on those that config.json's layer_types names).
 #include "models/architectures/architectures.h"
 #include "models/decoder.h"
 
@@ -17,8 +19,10 @@ std::unique_ptr<Model> make_qwen2_moe(const ConfigReader& reader, ModelConfig co
     config.shared_expert_ffn_dim = reader.int_or("shared_expert_intermediate_size", 0);
     config.shared_expert_gated = config.shared_expert_ffn_dim > 0;
     config.qkv_bias = reader.bool_or("qkv_bias", true);
-    if (reader.bool_or("use_sliding_window", false))
-        reader.fail_key("use_sliding_window", "true is not supported");
+    refuse_partial_rotary(reader, config);
+    const int64_t max_window_layers = reader.int_or("max_window_layers", 28);
+    read_sliding_layers(reader, config, LayerTypes::Read,
+                        [&](int64_t layer) { return layer % 2 == 0 && layer < max_window_layers; });
     read_sparse_layers(reader, config);
     validate_config(config, reader.origin());
     return std::make_unique<Decoder>(std::move(config), std::move(checkpoint), DecoderNames{});

@@ -1,6 +1,7 @@
 // Qwen3MoeForCausalLM (Qwen3-30B-A3B, Qwen3-235B-A22B): RMSNorm on each head of q and k before
 // RoPE, explicit head_dim, no shared expert, norm_topk_prob, optional attention_bias and dense
-// layers per mlp_only_layers / decoder_sparse_step.
+// layers per mlp_only_layers / decoder_sparse_step. use_sliding_window puts the window on every
+// layer: transformers' Qwen3-MoE has no layer_types and ignores max_window_layers.
 #include "models/architectures/architectures.h"
 #include "models/decoder.h"
 
@@ -16,8 +17,8 @@ std::unique_ptr<Model> make_qwen3_moe(const ConfigReader& reader, ModelConfig co
     config.norm_topk_prob = reader.bool_or("norm_topk_prob", false);
     config.qkv_bias = config.o_bias = reader.bool_or("attention_bias", false);
     config.qk_norm = QkNorm::PerHead;
-    if (reader.bool_or("use_sliding_window", false))
-        reader.fail_key("use_sliding_window", "true is not supported");
+    refuse_partial_rotary(reader, config);
+    read_sliding_layers(reader, config, LayerTypes::Ignore, [](int64_t) { return true; });
     read_sparse_layers(reader, config);
     for (bool moe : config.layer_is_moe)
         if (!moe && config.ffn_dim <= 0)

@@ -8,6 +8,7 @@
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
+#include "models/rope.h"
 
 namespace tandem {
 
@@ -54,8 +55,10 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
     }
     const Tensor q_heads = q.view.reshape({n_tokens, c.n_heads, c.head_dim});
     const Tensor k_heads = k.view.reshape({n_tokens, c.n_kv_heads, c.head_dim});
-    cpu::apply_rope(q_heads, step.positions, inv_freq);
-    cpu::apply_rope(k_heads, step.positions, inv_freq);
+    // YaRN's attention factor scales cos and sin (1 for the other rope types).
+    const double rope_scale = rope_attention_factor(c.rope);
+    cpu::apply_rope(q_heads, step.positions, inv_freq, rope_scale);
+    cpu::apply_rope(k_heads, step.positions, inv_freq, rope_scale);
 
     OwnedTensor attended = make_tensor(DType::F32, {n_tokens, c.n_heads, c.head_dim});
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
@@ -75,7 +78,7 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
              .out = attended.view.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
              .start_pos = start,
              .scale = scale,
-             .sliding_window = c.sliding_window});
+             .sliding_window = c.sliding_window_of(layer)});
     }
     // One job for the whole step: a step of many single-token decodes still fills the pool.
     cpu::attention(sequences, pool);

@@ -417,9 +417,14 @@ TEST(CudaEngine, AbortFreesDeviceBlocksAndConcurrentRequestsMatchAlone) {
 std::vector<Case> cases() {
     std::vector<Case> out;
     for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
-                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3"})
+                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3", "glm4_moe"})
         for (const char* dtype : {"f32", "bf16"})
             out.push_back({arch, dtype});
+    // The option fixtures: sliding windows per layer, YaRN's attention factor, biases.
+    for (const char* arch :
+         {"llama_yarn", "qwen2_window", "qwen2_moe_window", "qwen3_moe_yarn", "mixtral_window",
+          "olmoe_clip", "deepseek_v2_norm", "deepseek_v3_options"})
+        out.push_back({arch, "f32"});
     return out;
 }
 

@@ -375,6 +375,26 @@ TEST(Gguf, Deepseek2MetadataBecomesDeepseekConfig) {
     EXPECT_NEAR(v3["routed_scaling_factor"].get<double>(), 2.5, 1e-6);
 }
 
+// glm4moe (tools/make_gguf_fixtures.py): the next-token (MTP) block that block_count includes
+// is not a decoder layer; DeepSeek-V3's router keys and GLM's attention options come through.
+TEST(Gguf, Glm4moeMetadataBecomesGlmConfig) {
+    const nlohmann::json c =
+        gguf_model_config(GgufModelFiles::open(test::data_dir() + "/gguf/glm4_moe/model-f32.gguf"));
+    EXPECT_EQ(c["architectures"][0], "Glm4MoeForCausalLM");
+    EXPECT_EQ(c["num_hidden_layers"], 2);  // block_count 3 - nextn_predict_layers 1
+    EXPECT_EQ(c["num_nextn_predict_layers"], 1);
+    EXPECT_EQ(c["first_k_dense_replace"], 1);
+    EXPECT_EQ(c["n_routed_experts"], 4);
+    EXPECT_EQ(c["n_shared_experts"], 1);
+    EXPECT_EQ(c["n_group"], 2);
+    EXPECT_EQ(c["topk_group"], 1);
+    EXPECT_EQ(c["norm_topk_prob"], true);
+    EXPECT_NEAR(c["routed_scaling_factor"].get<double>(), 2.5, 1e-6);
+    EXPECT_NEAR(c["partial_rotary_factor"].get<double>(), 0.25, 1e-12);
+    EXPECT_EQ(c["use_qk_norm"], true);
+    EXPECT_EQ(c["attention_bias"], true);
+}
+
 TEST(Gguf, Deepseek2RouterErrorsNameKeyAndTensor) {
     test::TempDir dir;
     const std::string v3 = test::data_dir() + "/gguf/deepseek_v3/model-f16.gguf";

@@ -48,6 +48,12 @@ SyntheticModelSpec tiny(SyntheticArch arch, uint64_t seed) {
         s.yarn_original_context = 16;
         s.yarn_mscale = 0.707;
     }
+    if (arch == SyntheticArch::Glm4Moe) {
+        s.shared_expert_ffn_dim = s.expert_ffn_dim;
+        s.n_dense_layers = 1;
+        s.dense_ffn_dim = 512;
+        s.partial_rotary_factor = 0.5;
+    }
     return s;
 }
 
@@ -87,7 +93,7 @@ TEST_P(SyntheticWriterTest, SafetensorsAndGgufLoadAndGenerate) {
 INSTANTIATE_TEST_SUITE_P(Archs, SyntheticWriterTest,
                          ::testing::Values(SyntheticArch::Qwen3Moe, SyntheticArch::Olmoe,
                                            SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe,
-                                           SyntheticArch::DeepseekV2));
+                                           SyntheticArch::DeepseekV2, SyntheticArch::Glm4Moe));
 
 // tandem-synth's progress: once per layer, in order, then once before the file is written.
 TEST(SyntheticWriter, ProgressComesOncePerLayerThenBeforeTheWrite) {
@@ -125,7 +131,8 @@ TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     // Total parameters of reference/models.md 3.2, within 2 %.
     const std::pair<const char*, double> expected[] = {
         {"mixtral-8x7b", 46.7e9}, {"qwen3-30b-a3b", 30.5e9},     {"qwen2-57b-a14b", 57.4e9},
-        {"olmoe-1b-7b", 6.9e9},   {"qwen1.5-moe-a2.7b", 14.3e9}, {"deepseek-v2-lite", 15.7e9}};
+        {"olmoe-1b-7b", 6.9e9},   {"qwen1.5-moe-a2.7b", 14.3e9}, {"deepseek-v2-lite", 15.7e9},
+        {"glm-4.5-air", 106e9}};  // zai-org/GLM-4.5-Air's model card: 106B total
     for (const auto& [name, params] : expected) {
         const double n = double(synthetic_parameter_count(synthetic_preset(name)));
         EXPECT_NEAR(n / params, 1.0, 0.02) << name << ": " << n;
@@ -138,18 +145,30 @@ TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     }
 }
 
-// DeepSeek-V2-Lite's layers as the preset writes them, cut to 2 (the dense one and a MoE one),
-// 8 of the 64 experts and a vocabulary of 1024 so that the Q4_K file stays near 120 MB: it loads
-// with the preset's shapes (MLA, YaRN, shared experts) and runs a prefill and a decode step.
-TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
-    SyntheticModelSpec spec = synthetic_preset("deepseek-v2-lite");
+// A preset as it writes its layers, cut to 2 (the dense one and a MoE one), 8 experts and a
+// vocabulary of 1024 so that the Q4_K file stays near 120 MB, written to `dir`/cut.gguf.
+std::string write_cut_preset(const std::string& name, const test::TempDir& dir) {
+    SyntheticModelSpec spec = synthetic_preset(name);
     spec.n_layers = 2;
     spec.n_experts = 8;
     spec.vocab_size = 1024;
-    test::TempDir dir;
-    const std::string path = dir.str() + "/ds.gguf";
+    const std::string path = dir.str() + "/cut.gguf";
     write_synthetic_gguf(path, spec, DType::Q4_K);
+    return path;
+}
 
+// Loads with the preset's shapes and runs a prefill and decode steps.
+void expect_generates(const std::string& path) {
+    const std::vector<int32_t> ids = generate(path);
+    ASSERT_EQ(ids.size(), 6u);
+    for (int32_t id : ids)
+        EXPECT_TRUE(id >= 0 && id < 1024) << id;
+}
+
+// DeepSeek-V2-Lite: MLA, YaRN, shared experts.
+TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
+    test::TempDir dir;
+    const std::string path = write_cut_preset("deepseek-v2-lite", dir);
     const std::unique_ptr<Model> model = load_model(path);
     const ModelConfig& c = model->config();
     EXPECT_EQ(c.architecture, "DeepseekV2ForCausalLM");
@@ -167,11 +186,26 @@ TEST(SyntheticWriter, DeepseekV2LitePresetCutLoadsAndSteps) {
     EXPECT_EQ(c.rope.type, "yarn");
     EXPECT_EQ(c.rope.factor, 40.0);
     EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
+    expect_generates(path);
+}
 
-    const std::vector<int32_t> ids = generate(path);
-    ASSERT_EQ(ids.size(), 6u);
-    for (int32_t id : ids)
-        EXPECT_TRUE(id >= 0 && id < spec.vocab_size) << id;
+// GLM-4.5-Air: partial rotary, q/k/v biases, shared expert, sigmoid routing with its bias.
+TEST(SyntheticWriter, Glm45AirPresetCutLoadsAndSteps) {
+    test::TempDir dir;
+    const std::string path = write_cut_preset("glm-4.5-air", dir);
+    const std::unique_ptr<Model> model = load_model(path);
+    const ModelConfig& c = model->config();
+    EXPECT_EQ(c.architecture, "Glm4MoeForCausalLM");
+    EXPECT_EQ(c.layer_is_moe, (std::vector<bool>{false, true}));
+    EXPECT_EQ(c.head_dim, 128);
+    EXPECT_EQ(c.rope.partial_rotary_factor, 0.5);
+    EXPECT_TRUE(c.qkv_bias);
+    EXPECT_FALSE(c.o_bias);
+    EXPECT_EQ(c.shared_expert_ffn_dim, 1408);
+    EXPECT_EQ(c.router_scoring, RouterScoring::Sigmoid);
+    EXPECT_TRUE(c.router_bias);
+    EXPECT_TRUE(c.norm_topk_prob);
+    expect_generates(path);
 }
 
 TEST(SyntheticWriter, SafetensorsRefusesQuantizedTypes) {

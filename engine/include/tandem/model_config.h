@@ -88,6 +88,9 @@ struct ModelConfig {
     QkNorm qk_norm = QkNorm::None;
     double clip_qkv = 0.0;       // 0: none; else q, k, v clamped to [-clip, clip] (OLMoE)
     int64_t sliding_window = 0;  // 0: full attention
+    // [n_layers]: which layers attend within sliding_window (Qwen2's max_window_layers or
+    // layer_types); empty: every layer does.
+    std::vector<bool> layer_is_sliding;
     // Set for DeepSeek-V2/V3, which then use MLA instead of q/k/v attention; head_dim is then
     // qk_rope_head_dim (the rotary width, as transformers sets it) and n_kv_heads == n_heads.
     std::optional<MlaConfig> mla;
@@ -113,6 +116,11 @@ struct ModelConfig {
     std::vector<int32_t> eos_token_ids;  // generation stops at any of them
 
     bool is_moe() const { return n_experts > 0; }  // has routed experts
+    // The window of `layer`'s attention; 0: full.
+    int64_t sliding_window_of(int64_t layer) const {
+        if (layer_is_sliding.empty()) return sliding_window;
+        return layer_is_sliding[size_t(layer)] ? sliding_window : 0;
+    }
 };
 
 }  // namespace tandem
