@@ -243,7 +243,11 @@ void Scheduler::admit_locked() {
             (active + n > options_.max_sequences || !allocate(r)))
             break;
         active += n;
-        running_.splice(running_.end(), preempted_, preempted_.begin());
+        // Back in its place by first admission: what ran longest is preempted last.
+        const auto at = std::find_if(running_.begin(), running_.end(), [&](const Running& other) {
+            return other.admitted > r.admitted;
+        });
+        running_.splice(at, preempted_, preempted_.begin());
     }
     while (preempted_.empty() && !waiting_.empty()) {
         std::shared_ptr<RequestHandle::State> request = waiting_.front();

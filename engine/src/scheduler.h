@@ -7,12 +7,12 @@
 // of the pool; the head of the queue waits rather than being overtaken; (3) each sequence that
 // runs gets a block when it crosses a block boundary; when the pool is out of blocks, the most
 // recently admitted request is preempted (recompute: its blocks go back, it waits at the front
-// of the queue, and when readmitted each sample recomputes its prompt and generated tokens as a
-// prefill, sampling only after the last one, so the stream goes on without repeating a token and
-// its sampler's state is kept); (4) one forward() runs every decoding sequence's next token and
-// then prompt chunks (and recomputations) up to max_step_tokens; (5) each sequence samples,
-// streams its delta and publishes its full blocks to the prefix cache; a finished sample gives
-// its blocks back at once, a finished request leaves.
+// of the queue, returns to its place by first admission, and when readmitted each sample recomputes
+// its prompt and generated tokens as a prefill, sampling only after the last one, so the stream
+// goes on without repeating a token and its sampler's state is kept); (4) one forward() runs every
+// decoding sequence's next token and then prompt chunks (and recomputations) up to max_step_tokens;
+// (5) each sequence samples, streams its delta and publishes its full blocks to the prefix cache; a
+// finished sample gives its blocks back at once, a finished request leaves.
 //
 // A request with n > 1 samples prefills its prompt once; the other samples then share its full
 // blocks (and copy the partly filled last one) and sample their first token from the same logits
