@@ -52,13 +52,6 @@ TEST(KvCache, HalfPrecisionBlocksTakeHalfTheBytesAndOtherTypesAreRefused) {
     }
 }
 
-std::vector<int32_t> random_tokens(std::mt19937_64& rng, size_t n) {
-    std::vector<int32_t> ids(n);
-    for (int32_t& id : ids)
-        id = int32_t(rng() % 50000);
-    return ids;
-}
-
 // Fills `cache` with tokens' positions (their rows are not what is tested here) and publishes
 // its full blocks.
 void compute(KvCache& cache, std::span<const int32_t> tokens) {
@@ -78,7 +71,8 @@ TEST(PrefixCache, FullBlocksAreFoundByTheirWholeChain) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     auto pool = std::make_shared<KvBlockPool>(kShape, 4, 16);
-    const std::vector<int32_t> tokens = random_tokens(rng, 11);  // 2 full blocks and 3 positions
+    const std::vector<int32_t> tokens =
+        test::random_tokens(rng, 11, 50000);  // 2 full blocks and 3 positions
     {
         KvCache a(pool, 40);
         compute(a, tokens);
@@ -113,7 +107,8 @@ TEST(PrefixCache, SharedBlocksAreCountedAndTheLeastRecentlyReleasedGoesFirst) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     auto pool = std::make_shared<KvBlockPool>(kShape, 2, 4);
-    const std::vector<int32_t> x = random_tokens(rng, 5), y = random_tokens(rng, 5);
+    const std::vector<int32_t> x = test::random_tokens(rng, 5, 50000),
+                               y = test::random_tokens(rng, 5, 50000);
     {
         KvCache a(pool, 8), b(pool, 8);
         compute(a, {x.begin(), x.begin() + 4});
@@ -152,7 +147,7 @@ TEST(PrefixCache, ForksShareFullBlocksAndEveryBlockComesBack) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     auto pool = std::make_shared<KvBlockPool>(kShape, 4, 6);
-    const std::vector<int32_t> prompt = random_tokens(rng, 10);
+    const std::vector<int32_t> prompt = test::random_tokens(rng, 10, 50000);
     {
         KvCache first(pool, 12);
         compute(first, prompt);
@@ -176,7 +171,7 @@ TEST(PrefixCache, AResetForgetsEveryBlockAndOlderRowsAreNotPublished) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     auto pool = std::make_shared<KvBlockPool>(kShape, 4, 8);
-    const std::vector<int32_t> tokens = random_tokens(rng, 9);
+    const std::vector<int32_t> tokens = test::random_tokens(rng, 9, 50000);
     KvCache before(pool, 16);
     compute(before, {tokens.begin(), tokens.begin() + 4});
     {

@@ -23,18 +23,8 @@ namespace {
 
 constexpr int64_t kBlock = 4;  // positions per KV block in these tests
 
-class KvSchedulingTest : public ::testing::Test {
+class KvSchedulingTest : public test::TwoTinyModelsTest {
   protected:
-    static void SetUpTestSuite() {
-        a_ = new test::TempDir();
-        b_ = new test::TempDir();
-        test::write_tiny_model(a_->str(), 1);
-        test::write_tiny_model(b_->str(), 2);
-    }
-    static void TearDownTestSuite() {
-        delete a_;
-        delete b_;
-    }
     void TearDown() override { cpu::set_batch_invariant_kernels(false); }  // process-wide
     // An engine on the tiny model with `blocks` KV blocks of kBlock positions (0: the default
     // budget), batch-invariant.
@@ -54,17 +44,10 @@ class KvSchedulingTest : public ::testing::Test {
         }
         return Engine::open(config);
     }
-    static test::TempDir *a_, *b_;
 };
 
-test::TempDir* KvSchedulingTest::a_ = nullptr;
-test::TempDir* KvSchedulingTest::b_ = nullptr;
-
 std::vector<int32_t> random_prompt(std::mt19937_64& rng, int64_t length) {
-    std::vector<int32_t> ids(size_t(length), 0);
-    for (int32_t& id : ids)
-        id = int32_t(rng() % 90);
-    return ids;
+    return test::random_tokens(rng, length, 90);  // of the tiny model's 96
 }
 
 // What a run of requests gave and what the engine went through meanwhile.
