@@ -159,12 +159,15 @@ async def chat_user(client, model, args, user, system, stats):
 async def capacity_client(client, model, args, index, stats):
     rng = random.Random(args.seed * 104729 + index)
     for i in range(args.requests_per_client):
+        # --max-tokens 0: none sent, the answer ends at EOS (a chat client's usual request,
+        # which reservation must size for the rest of the context).
+        limit = ({"max_tokens": args.max_tokens, "extra_body": {"ignore_eos": True}}
+                 if args.max_tokens > 0 else {})
         start = time.perf_counter()
         stream = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": f"{index}.{i}: " +
                                     sentence(rng, args.prompt_words)}],
-            max_tokens=args.max_tokens, temperature=0.8, seed=args.seed + index * 1000 + i,
-            stream=True, extra_body={"ignore_eos": True})
+            temperature=0.8, seed=args.seed + index * 1000 + i, stream=True, **limit)
         first = None
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content and first is None:
