@@ -22,6 +22,20 @@ void check_shape(const KvCacheShape& shape) {
 
 }  // namespace
 
+BlockHash hash_block(BlockHash parent, std::span<const int32_t> tokens) {
+    // splitmix64's finalizer over the chain: every bit of every token reaches every bit.
+    auto mix = [](uint64_t z) {
+        z += 0x9e3779b97f4a7c15ULL;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        return z ^ (z >> 31);
+    };
+    uint64_t h = mix(parent ^ uint64_t(tokens.size()));
+    for (int32_t t : tokens)
+        h = mix(h ^ uint32_t(t));
+    return h;
+}
+
 KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t n_blocks)
     : shape_(shape), block_size_(block_size), n_blocks_(n_blocks) {
     check_shape(shape);
@@ -36,6 +50,7 @@ KvBlockPool::KvBlockPool(const KvCacheShape& shape, int64_t block_size, int64_t 
                 make_tensor(shape.dtype, {n_blocks, shape.n_kv_heads, block_size, shape.v_head_dim},
                             shape.device));
     }
+    blocks_.resize(size_t(n_blocks));
     // Handed out lowest id first, so a lightly used pool touches only its first pages.
     free_.resize(size_t(n_blocks));
     for (int64_t i = 0; i < n_blocks; ++i)
@@ -49,20 +64,119 @@ size_t KvBlockPool::bytes_per_block(const KvCacheShape& shape, int64_t block_siz
 
 int64_t KvBlockPool::free_blocks() const {
     std::lock_guard lock(mutex_);
-    return int64_t(free_.size());
+    return int64_t(free_.size() + lru_.size());
+}
+
+KvPoolStats KvBlockPool::stats() const {
+    std::lock_guard lock(mutex_);
+    return {.total = n_blocks_,
+            .used = n_blocks_ - int64_t(free_.size() + lru_.size()),
+            .cached = int64_t(lru_.size()),
+            .free = int64_t(free_.size()),
+            .prefix_queries = prefix_queries_,
+            .prefix_hits = prefix_hits_};
+}
+
+void KvBlockPool::forget_locked(int32_t block) {
+    Block& b = blocks_[size_t(block)];
+    if (!b.cached) return;
+    by_hash_.erase(b.hash);
+    b.cached = false;
+    b.tokens.clear();
 }
 
 int32_t KvBlockPool::allocate() {
     std::lock_guard lock(mutex_);
-    if (free_.empty()) return -1;
-    const int32_t block = free_.back();
-    free_.pop_back();
+    int32_t block = -1;
+    if (!free_.empty()) {
+        block = free_.back();
+        free_.pop_back();
+    } else if (!lru_.empty()) {
+        block = lru_.front();
+        lru_.pop_front();
+        forget_locked(block);
+    } else {
+        return -1;
+    }
+    blocks_[size_t(block)].holders = 1;
     return block;
+}
+
+void KvBlockPool::acquire(int32_t block) {
+    std::lock_guard lock(mutex_);
+    Block& b = blocks_.at(size_t(block));
+    if (b.holders == 0) fail("KV block pool: block ", block, " is not held by anyone");
+    ++b.holders;
 }
 
 void KvBlockPool::release(int32_t block) {
     std::lock_guard lock(mutex_);
-    free_.push_back(block);
+    Block& b = blocks_.at(size_t(block));
+    if (b.holders <= 0) fail("KV block pool: block ", block, " released more often than held");
+    if (--b.holders > 0) return;
+    if (b.cached) {
+        b.in_lru = lru_.insert(lru_.end(), block);
+    } else {
+        free_.push_back(block);
+    }
+}
+
+BlockHash KvBlockPool::root_hash() const {
+    std::lock_guard lock(mutex_);
+    return hash_block(epoch_, {});
+}
+
+uint64_t KvBlockPool::epoch() const {
+    std::lock_guard lock(mutex_);
+    return epoch_;
+}
+
+int32_t KvBlockPool::lookup(BlockHash parent, std::span<const int32_t> tokens) {
+    std::lock_guard lock(mutex_);
+    const auto it = by_hash_.find(hash_block(parent, tokens));
+    if (it == by_hash_.end()) return -1;
+    Block& b = blocks_[size_t(it->second)];
+    if (b.parent != parent ||
+        !std::equal(tokens.begin(), tokens.end(), b.tokens.begin(), b.tokens.end()))
+        return -1;  // a collision of the 64-bit keys
+    if (b.holders++ == 0) lru_.erase(b.in_lru);
+    return it->second;
+}
+
+void KvBlockPool::publish(int32_t block, BlockHash parent, std::span<const int32_t> tokens) {
+    if (int64_t(tokens.size()) != block_size_)
+        fail("KV block pool: only full blocks are cached, not ", tokens.size(), " positions");
+    std::lock_guard lock(mutex_);
+    Block& b = blocks_.at(size_t(block));
+    if (b.holders == 0) fail("KV block pool: cannot publish block ", block, ", held by none");
+    if (b.cached) return;
+    const BlockHash hash = hash_block(parent, tokens);
+    if (!by_hash_.emplace(hash, block).second) return;  // computed twice; the first one stays
+    b.cached = true;
+    b.hash = hash;
+    b.parent = parent;
+    b.tokens.assign(tokens.begin(), tokens.end());
+}
+
+void KvBlockPool::count_lookup(int64_t queried, int64_t hit) {
+    std::lock_guard lock(mutex_);
+    prefix_queries_ += queried;
+    prefix_hits_ += hit;
+}
+
+void KvBlockPool::reset_prefix_cache() {
+    std::lock_guard lock(mutex_);
+    ++epoch_;
+    for (const auto& [hash, block] : by_hash_) {
+        Block& b = blocks_[size_t(block)];
+        b.cached = false;
+        b.tokens.clear();
+        if (b.holders == 0) {
+            lru_.erase(b.in_lru);
+            free_.push_back(block);
+        }
+    }
+    by_hash_.clear();
 }
 
 KvRows KvBlockPool::keys(int layer, const int32_t* table, int64_t capacity) const {
@@ -83,13 +197,21 @@ KvCache::KvCache(const KvCacheShape& shape) : max_positions_(shape.capacity) {
 }
 
 KvCache::KvCache(std::shared_ptr<KvBlockPool> pool, int64_t max_positions)
-    : pool_(std::move(pool)), max_positions_(max_positions) {
+    : pool_(std::move(pool)), epoch_(pool_->epoch()), max_positions_(max_positions) {
     if (max_positions <= 0) fail("KV cache: max_positions must be positive, got ", max_positions);
 }
 
 KvCache::~KvCache() {
-    for (int32_t block : table_)
-        pool_->release(block);
+    clear();
+}
+
+void KvCache::clear() {
+    for (auto block = table_.rbegin(); block != table_.rend(); ++block)
+        pool_->release(*block);
+    table_.clear();
+    hashes_.clear();
+    length_ = 0;
+    epoch_ = pool_->epoch();
 }
 
 bool KvCache::reserve(int64_t positions) {
@@ -117,48 +239,81 @@ void KvCache::commit(int64_t n) {
     length_ += n;
 }
 
-void KvCache::truncate(int64_t length) {
-    if (length < 0 || length > length_) fail("KV cache: cannot truncate ", length_, " to ", length);
-    length_ = length;
-}
-
-void KvCache::copy_prefix_from(const KvCache& other, int64_t n) {
-    if (length_ != 0 || n > other.length_ || shape().n_layers != other.shape().n_layers ||
-        shape().dtype != other.shape().dtype || shape().device != other.shape().device)
-        fail("KV cache: cannot copy ", n, " positions of a cache holding ", other.length_,
+bool KvCache::share_prefix_from(const KvCache& other, int64_t n) {
+    if (length_ != 0 || !table_.empty() || n > other.length_ || pool_ != other.pool_ ||
+        n > max_positions_)
+        fail("KV cache: cannot share ", n, " positions of a cache holding ", other.length_,
              " into one holding ", length_);
-    if (!reserve(n)) fail("KV cache: no free blocks to copy ", n, " positions into");
-    // Whole blocks in one copy each; in the last, partly filled block each head's first
-    // positions are one run (a block is [n_heads, block_size, dim]). Device blocks are copied on
-    // a stream of their device, so the same code serves a cache on the GPU.
+    const int64_t block_size = pool_->block_size(), full = n / block_size, rest = n % block_size;
+    int32_t own = -1;
+    if (rest > 0 && (own = pool_->allocate()) < 0) return false;
+    for (int64_t i = 0; i < full; ++i) {
+        pool_->acquire(other.table_[size_t(i)]);
+        table_.push_back(other.table_[size_t(i)]);
+    }
+    // The shared rows are as old as the other cache's: so is this one's right to publish.
+    epoch_ = other.epoch_;
+    hashes_.assign(other.hashes_.begin(),
+                   other.hashes_.begin() +
+                       std::min<std::ptrdiff_t>(std::ptrdiff_t(other.hashes_.size()), full));
+    length_ = n;
+    if (own < 0) return true;
+    table_.push_back(own);
+    // In the partly filled block each head's first positions are one run (a block is
+    // [n_heads, block_size, dim]). Device blocks are copied on a stream of their device, so the
+    // same code serves a cache on the GPU.
     const std::unique_ptr<Stream> stream =
         shape().device.is_cpu() ? nullptr : make_stream(shape().device);
-    auto copy = [&](void* to, const void* from, size_t bytes) {
-        if (stream)
-            stream->copy_async(to, from, bytes, CopyDirection::DeviceToDevice);
-        else
-            std::memcpy(to, from, bytes);
-    };
-    const int64_t block_size = pool_->block_size();
+    const int64_t first = full * block_size;
     for (int layer = 0; layer < shape().n_layers; ++layer) {
         for (const auto& [from, to] : {std::pair{other.keys(layer), keys(layer)},
                                        std::pair{other.values(layer), values(layer)}}) {
             if (from.empty()) continue;
-            const auto row_bytes = size_t(from.head_dim * from.element_bytes());
-            for (int64_t first = 0; first < n; first += block_size) {
-                const int64_t count = std::min(block_size, n - first);
-                if (count == block_size) {
-                    copy(to.at(first, 0), from.at(first, 0),
-                         size_t(from.n_heads * block_size) * row_bytes);
-                    continue;
-                }
-                for (int64_t head = 0; head < from.n_heads; ++head)
-                    copy(to.at(first, head), from.at(first, head), size_t(count) * row_bytes);
+            const auto bytes = size_t(rest * from.head_dim * from.element_bytes());
+            for (int64_t head = 0; head < from.n_heads; ++head) {
+                if (stream)
+                    stream->copy_async(to.at(first, head), from.at(first, head), bytes,
+                                       CopyDirection::DeviceToDevice);
+                else
+                    std::memcpy(to.at(first, head), from.at(first, head), bytes);
             }
         }
     }
     if (stream) stream->synchronize();
-    length_ = n;
+    return true;
+}
+
+int64_t KvCache::attach_cached_prefix(std::span<const int32_t> tokens) {
+    if (length_ != 0 || !table_.empty()) fail("KV cache: a cached prefix goes into an empty cache");
+    const int64_t block_size = pool_->block_size();
+    // The last token is always computed: its logits are the point.
+    const int64_t most = std::min<int64_t>(int64_t(tokens.size()) - 1, max_positions_) / block_size;
+    BlockHash parent = pool_->root_hash();
+    for (int64_t i = 0; i < most; ++i) {
+        const auto key = tokens.subspan(size_t(i * block_size), size_t(block_size));
+        const int32_t block = pool_->lookup(parent, key);
+        if (block < 0) break;
+        table_.push_back(block);
+        parent = hash_block(parent, key);
+        hashes_.push_back(parent);
+    }
+    length_ = int64_t(table_.size()) * block_size;
+    return length_;
+}
+
+void KvCache::publish(std::span<const int32_t> tokens) {
+    if (epoch_ != pool_->epoch()) return;
+    if (int64_t(tokens.size()) < length_)
+        fail("KV cache: ", tokens.size(), " token ids for ", length_, " cached positions");
+    const int64_t block_size = pool_->block_size();
+    const auto full = size_t(length_ / block_size);
+    BlockHash parent = hashes_.empty() ? pool_->root_hash() : hashes_.back();
+    while (hashes_.size() < full) {
+        const auto key = tokens.subspan(hashes_.size() * size_t(block_size), size_t(block_size));
+        pool_->publish(table_[hashes_.size()], parent, key);
+        parent = hash_block(parent, key);
+        hashes_.push_back(parent);
+    }
 }
 
 size_t KvCache::bytes() const {

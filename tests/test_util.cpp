@@ -48,6 +48,13 @@ std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std) {
     return out;
 }
 
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t length, int32_t vocab) {
+    std::vector<int32_t> ids(static_cast<size_t>(length));
+    for (int32_t& id : ids)
+        id = int32_t(rng() % uint64_t(vocab));
+    return ids;
+}
+
 std::vector<cpu::CpuIsa> runnable_isas() {
     std::vector<cpu::CpuIsa> isas;
     for (cpu::CpuIsa isa : {cpu::CpuIsa::Scalar, cpu::CpuIsa::Avx2, cpu::CpuIsa::Avx512})

@@ -54,11 +54,30 @@ struct IsaGuard {
 
 // Normal(0, std) values.
 std::vector<float> random_floats(std::mt19937_64& rng, size_t n, float std = 1.0f);
+// Token ids uniform in [0, vocab).
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t length, int32_t vocab);
 
 // Writes a small valid Qwen3-MoE checkpoint (random weights, f32) into dir.
 void write_tiny_model(const std::string& dir, uint64_t seed = 1);
 // The same with hidden 256 and expert rows of 256, so every K-quant runs without fallback.
 void write_small_quantizable_model(const std::string& dir, uint64_t seed = 1);
+
+// A suite's two tiny models of the same shape (write_tiny_model seeds 1 and 2: weights to
+// reload), written once per suite.
+class TwoTinyModelsTest : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite() {
+        a_ = new TempDir();
+        b_ = new TempDir();
+        write_tiny_model(a_->str(), 1);
+        write_tiny_model(b_->str(), 2);
+    }
+    static void TearDownTestSuite() {
+        delete a_;
+        delete b_;
+    }
+    inline static TempDir *a_ = nullptr, *b_ = nullptr;
+};
 
 // The hybrid executor's test model: 16 experts, top-4, 3 MoE layers, f32 (budgets of 25 and
 // 50 % leave real choices), and a hardware profile on which both the CPU and the device are

@@ -68,6 +68,14 @@ void add_threads_and_memory(CLI::App& app, EngineConfig& config) {
     app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")
         ->capture_default_str()
         ->group(group);
+    app.add_flag(
+           "--no-prefix-caching", [&config](int64_t) { config.prefix_caching = false; },
+           "do not reuse the KV blocks of earlier prompts (automatic prefix caching is on)")
+        ->group(group);
+    app.add_flag("--kv-reserve-max-tokens", config.kv_reserve_max_tokens,
+                 "reserve prompt + max_tokens of KV per sample at admission (no preemption, fewer "
+                 "requests at once) instead of allocating as sequences grow")
+        ->group(group);
     app.add_option("--max-sequences", config.max_sequences, "sequences per step")
         ->capture_default_str()
         ->group(group);

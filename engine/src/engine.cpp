@@ -196,6 +196,8 @@ Engine Engine::open(const EngineConfig& config) {
                          .max_sequences = config.max_sequences,
                          .max_step_tokens = config.max_step_tokens,
                          .max_waiting_requests = config.max_waiting_requests,
+                         .prefix_caching = config.prefix_caching,
+                         .reserve_max_tokens = config.kv_reserve_max_tokens,
                          .expert_runner = state->experts.runner()});
     return Engine(std::move(state));
 }

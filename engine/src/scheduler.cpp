@@ -58,8 +58,9 @@ RoutedExperts routing_of(const StepRouting& step, int64_t first, int64_t n, int3
 struct Scheduler::Entry {
     Running* running;
     Sequence* sequence;
+    int64_t position;  // of the first token: the cache's length before the step
     int64_t n_tokens;
-    bool prefill;
+    bool prompt;  // the request's prompt, before its samples start
     bool all_logits;
     int64_t first_row;    // of the logits
     int64_t first_token;  // of the step's tokens (routing rows)
@@ -93,6 +94,8 @@ int64_t Scheduler::blocks_needed(const RequestHandle::State& r) const {
 }
 
 void Scheduler::submit(std::shared_ptr<RequestHandle::State> request) {
+    // Whatever else runs, a request that fits the pool alone runs in the end (everything newer
+    // gives way to it), so this is the one limit.
     const int64_t need = blocks_needed(*request);
     if (need > blocks_->total_blocks())
         throw RequestError("the request needs " + std::to_string(need) + " KV blocks of " +
@@ -132,8 +135,13 @@ std::unique_ptr<Model> Scheduler::swap_model(std::unique_ptr<Model> model) {
 EngineStats Scheduler::stats() const {
     std::lock_guard lock(mutex_);
     EngineStats s = stats_;
-    s.waiting_requests = int64_t(waiting_.size());
-    s.kv_blocks_used = blocks_->total_blocks() - blocks_->free_blocks();
+    s.waiting_requests = int64_t(waiting_.size()) + n_preempted_;
+    const KvPoolStats kv = blocks_->stats();
+    s.kv_blocks_used = kv.used;
+    s.kv_blocks_cached = kv.cached;
+    s.kv_blocks_free = kv.free;
+    s.prefix_cache_queries = kv.prefix_queries;
+    s.prefix_cache_hits = kv.prefix_hits;
     return s;
 }
 
@@ -142,7 +150,8 @@ void Scheduler::loop() {
         {
             std::unique_lock lock(mutex_);
             wake_.wait(lock, [&] {
-                return stopping_ || swap_pending_ || !running_.empty() || !waiting_.empty();
+                return stopping_ || swap_pending_ || !running_.empty() || !preempted_.empty() ||
+                       !waiting_.empty();
             });
             if (stopping_) break;
             if (swap_pending_) {
@@ -150,6 +159,7 @@ void Scheduler::loop() {
                     if (options_.expert_runner != nullptr)
                         incoming_model_->set_expert_runner(options_.expert_runner);
                     std::swap(model_, incoming_model_);
+                    blocks_->reset_prefix_cache();  // its rows came from the old weights
                 } catch (const std::exception& e) {
                     swap_error_ = cat("reload_weights: ", e.what());
                     model_->set_expert_runner(options_.expert_runner);  // back to the old weights
@@ -169,6 +179,7 @@ void Scheduler::loop() {
         retire_finished();
     }
     // Shutting down: nothing more runs.
+    running_.splice(running_.end(), preempted_);
     for (Running& r : running_)
         for (auto& seq : r.sequences)
             if (!seq->finished()) emit(r, seq->finish(FinishReason::Abort));
@@ -180,11 +191,65 @@ void Scheduler::loop() {
     swapped_.notify_all();
 }
 
+void Scheduler::attach_prefix(Running& r, Sequence& seq) {
+    const SamplingParams& p = r.request->params;
+    // Prompt logprobs and routing come out of the prompt's own rows.
+    if (!options_.prefix_caching || seq.cache().blocks() > 0 ||
+        (!r.started && (p.prompt_logprobs >= 0 || p.return_routed_experts)))
+        return;
+    seq.cache().attach_cached_prefix(seq.tokens());
+}
+
+bool Scheduler::allocate(Running& r) {
+    const bool alone = std::none_of(running_.begin(), running_.end(),
+                                    [&](const Running& other) { return &other != &r; });
+    std::vector<Sequence*> runs;
+    for (auto& seq : r.sequences)
+        if (!seq->finished() && (r.started || seq->index() == 0)) runs.push_back(seq.get());
+    bool fits = true;
+    for (Sequence* seq : runs) {
+        attach_prefix(r, *seq);
+        fits = fits && seq->cache().reserve(int64_t(seq->tokens().size()));
+    }
+    // A little room for the decodes of what runs already, so that admitting does not preempt
+    // at once; none is needed when nothing else runs, nor when max_tokens are reserved.
+    const int64_t watermark = alone || options_.reserve_max_tokens
+                                  ? 0
+                                  : std::max<int64_t>(1, blocks_->total_blocks() / 100);
+    if (fits && blocks_->free_blocks() >= watermark) {
+        if (options_.prefix_caching)
+            for (Sequence* seq : runs)
+                blocks_->count_lookup(int64_t(seq->tokens().size()), seq->cache().length());
+        return true;
+    }
+    for (Sequence* seq : runs)
+        seq->cache().clear();
+    return false;
+}
+
 void Scheduler::admit_locked() {
     int64_t active = 0;
+    auto unfinished = [](const Running& r) {
+        return int64_t(std::count_if(r.sequences.begin(), r.sequences.end(),
+                                     [](const auto& s) { return !s->finished(); }));
+    };
     for (const Running& r : running_)
-        active += int64_t(r.sequences.size());
-    while (!waiting_.empty()) {
+        active += unfinished(r);
+    // Preempted requests were admitted before anything still waiting: they come back first.
+    while (!preempted_.empty()) {
+        Running& r = preempted_.front();
+        const int64_t n = unfinished(r);
+        if (!r.request->abort_requested &&  // an aborted one leaves through running_ at once
+            (active + n > options_.max_sequences || !allocate(r)))
+            break;
+        active += n;
+        // Back in its place by first admission: what ran longest is preempted last.
+        const auto at = std::find_if(running_.begin(), running_.end(), [&](const Running& other) {
+            return other.admitted > r.admitted;
+        });
+        running_.splice(at, preempted_, preempted_.begin());
+    }
+    while (preempted_.empty() && !waiting_.empty()) {
         std::shared_ptr<RequestHandle::State> request = waiting_.front();
         if (request->abort_requested) {
             waiting_.pop_front();
@@ -193,15 +258,10 @@ void Scheduler::admit_locked() {
         }
         const int64_t need = blocks_needed(*request);
         if (active + request->params.n > options_.max_sequences ||
-            reserved_blocks_ + need > blocks_->total_blocks())
+            (options_.reserve_max_tokens && reserved_blocks_ + need > blocks_->total_blocks()))
             break;  // first come, first served: later requests wait behind this one
-        waiting_.pop_front();
         Running& r = running_.emplace_back();
         r.request = request;
-        r.reserved_blocks = need;
-        r.admitted = Clock::now();
-        reserved_blocks_ += need;
-        active += request->params.n;
         const int64_t max_positions = std::min<int64_t>(
             options_.context_length, int64_t(request->prompt.size()) + request->params.max_tokens);
         for (int32_t i = 0; i < request->params.n; ++i)
@@ -209,51 +269,118 @@ void Scheduler::admit_locked() {
                 *request, i,
                 std::make_unique<KvCache>(blocks_, std::max<int64_t>(max_positions, 1)), tokenizer_,
                 eos_token_ids_, options_.context_length));
+        if (!allocate(r)) {
+            running_.pop_back();
+            break;
+        }
+        waiting_.pop_front();
+        r.cached_prompt_tokens = r.sequences[0]->cache().length();
+        r.admitted = Clock::now();
+        if (options_.reserve_max_tokens) {
+            r.reserved_blocks = need;
+            reserved_blocks_ += need;
+        }
+        active += request->params.n;
     }
     stats_.running_requests = int64_t(running_.size());
     stats_.active_sequences = active;
+    n_preempted_ = int64_t(preempted_.size());
+}
+
+void Scheduler::preempt(std::list<Running>::iterator it) {
+    Running& r = *it;
+    for (auto& seq : r.sequences)
+        seq->cache().clear();
+    if (!r.started) {  // the prompt starts over, and its logprobs and routing with it
+        r.prompt_logprobs.clear();
+        r.prompt_routing = {};
+    }
+    // In order of first admission, so that the oldest comes back first.
+    auto at = std::find_if(preempted_.begin(), preempted_.end(),
+                           [&](const Running& other) { return other.admitted > r.admitted; });
+    preempted_.splice(at, running_, it);
+    std::lock_guard lock(mutex_);
+    ++stats_.preemptions;
+    n_preempted_ = int64_t(preempted_.size());
 }
 
 bool Scheduler::step() {
+    // 1. What runs: every decode, then prompt chunks and recomputations while the budget lasts.
+    struct Planned {
+        Running* running;  // null once preempted
+        Sequence* sequence;
+        int64_t n_tokens;
+    };
+    std::vector<Planned> plan;
+    auto pending = [](Sequence& seq) {
+        return int64_t(seq.tokens().size()) - seq.cache().length();
+    };
+    std::vector<std::pair<Running*, Sequence*>> runs;
+    for (Running& r : running_)
+        for (auto& seq : r.sequences)
+            if (!seq->finished() && (r.started || seq->index() == 0)) {
+                // A sample whose fork found no free block catches up from the prefix cache.
+                if (seq->cache().blocks() == 0) attach_prefix(r, *seq);
+                runs.emplace_back(&r, seq.get());
+            }
+    int64_t budget = options_.max_step_tokens;
+    for (const auto& [r, seq] : runs)
+        if (pending(*seq) == 1) {
+            plan.push_back({r, seq, 1});
+            --budget;
+        }
+    for (const auto& [r, seq] : runs)
+        if (const int64_t n = pending(*seq); n > 1 && budget > 0) {
+            plan.push_back({r, seq, std::min(n, budget)});
+            budget -= plan.back().n_tokens;
+        }
+
+    // 2. Their blocks. When the pool runs out, the most recently admitted request gives way,
+    // down to the one asking.
+    for (Planned& p : plan) {
+        if (p.running == nullptr) continue;
+        KvCache& cache = p.sequence->cache();
+        while (!cache.reserve(cache.length() + p.n_tokens)) {
+            const auto victim = std::prev(running_.end());
+            const Running* gone = &*victim;
+            for (Planned& q : plan)
+                if (q.running == gone) q.running = nullptr;
+            preempt(victim);
+            if (gone == p.running) break;
+        }
+    }
+
+    // 3. The step.
     std::vector<Entry> entries;
     std::vector<SequenceStep> steps;
-    int64_t budget = options_.max_step_tokens, rows = 0, tokens = 0;
+    int64_t rows = 0, tokens = 0;
     bool routing = false;
     int lookahead = 0;
     bool probabilities = false;
-    auto add = [&](Running& r, Sequence& seq, std::span<const int32_t> ids, bool prefill,
-                   bool all_logits) {
-        entries.push_back({&r, &seq, int64_t(ids.size()), prefill, all_logits, rows, tokens});
-        steps.push_back({.tokens = ids, .cache = &seq.cache(), .all_logits = all_logits});
-        rows += all_logits ? int64_t(ids.size()) : 1;
-        tokens += int64_t(ids.size());
-        budget -= int64_t(ids.size());
+    for (const Planned& p : plan) {
+        if (p.running == nullptr) continue;
+        Running& r = *p.running;
+        Sequence& seq = *p.sequence;
+        const int64_t position = seq.cache().length();
+        const bool all_logits = !r.started && r.request->params.prompt_logprobs >= 0;
+        entries.push_back({&r, &seq, position, p.n_tokens, !r.started, all_logits, rows, tokens});
+        steps.push_back(
+            {.tokens = std::span(seq.tokens()).subspan(size_t(position), size_t(p.n_tokens)),
+             .cache = &seq.cache(),
+             .all_logits = all_logits});
+        rows += all_logits ? p.n_tokens : 1;
+        tokens += p.n_tokens;
         routing = routing || seq.wants_routing();
         if (seq.wants_routing()) {
             lookahead = std::max(lookahead, int(r.request->params.routing_lookahead));
             probabilities = probabilities || r.request->params.routing_probabilities;
         }
-    };
-    // Decodes first: a running sequence never waits for someone else's prompt.
-    for (Running& r : running_)
-        if (r.prefilled == int64_t(r.request->prompt.size()))
-            for (auto& seq : r.sequences)
-                if (!seq->finished()) add(r, *seq, {&seq->tokens().back(), 1}, false, false);
-    for (Running& r : running_) {
-        const int64_t prompt = int64_t(r.request->prompt.size());
-        if (r.prefilled == prompt || budget <= 0) continue;
-        const int64_t chunk = std::min(prompt - r.prefilled, budget);
-        add(r, *r.sequences[0], {r.request->prompt.data() + r.prefilled, size_t(chunk)}, true,
-            r.request->params.prompt_logprobs >= 0);
     }
     if (steps.empty()) return false;
 
     OwnedTensor logits;
     StepRouting step_routing{.lookahead = lookahead, .want_probabilities = probabilities};
     try {
-        for (const SequenceStep& s : steps)
-            if (!s.cache->reserve(s.cache->length() + int64_t(s.tokens.size())))
-                fail("the KV cache ran out of blocks that admission had reserved");
         logits = model_->forward(steps, pool_, routing ? &step_routing : nullptr);
     } catch (const std::exception& e) {
         log_error("step failed: ", e.what());
@@ -266,46 +393,57 @@ bool Scheduler::step() {
     std::lock_guard lock(mutex_);
     ++stats_.steps_total;
     for (const Entry& e : entries)
-        (e.prefill ? stats_.prompt_tokens_total : stats_.generated_tokens_total) += e.n_tokens;
+        (e.n_tokens > 1 || e.prompt ? stats_.prompt_tokens_total : stats_.generated_tokens_total) +=
+            e.n_tokens;
     return true;
 }
 
 void Scheduler::process(Running& r, const Entry& e, const float* logits, int64_t vocab,
                         const StepRouting& routing) {
-    if (e.sequence->finished()) return;
+    Sequence& seq = *e.sequence;
+    if (seq.finished()) return;
     auto row = [&](int64_t i) {
         return std::span<const float>(logits + (e.first_row + i) * vocab, size_t(vocab));
     };
     // Routing of this entry's tokens, position by position.
-    if (e.sequence->wants_routing() && !routing.layers.empty()) {
-        RoutedExperts part =
-            routing_of(routing, e.first_token, e.n_tokens, r.request->params.routing_lookahead,
-                       r.request->params.routing_probabilities);
-        if (e.prefill) {
-            append_routing(r.prompt_routing, part);
+    if (seq.wants_routing() && !routing.layers.empty()) {
+        const int32_t lookahead = r.request->params.routing_lookahead;
+        const bool probabilities = r.request->params.routing_probabilities;
+        if (e.prompt) {
+            append_routing(r.prompt_routing, routing_of(routing, e.first_token, e.n_tokens,
+                                                        lookahead, probabilities));
         } else {
-            e.sequence->add_routing(part);
+            // A recomputation after a preemption repeats positions the sample has.
+            const int64_t skip =
+                std::clamp<int64_t>(seq.routing_positions() - e.position, 0, e.n_tokens);
+            if (skip < e.n_tokens)
+                seq.add_routing(routing_of(routing, e.first_token + skip, e.n_tokens - skip,
+                                           lookahead, probabilities));
         }
     }
-    if (!e.prefill) {
-        if (!r.first_token) r.first_token = Clock::now();
-        emit(r, e.sequence->advance(row(0)));
+    if (options_.prefix_caching) seq.cache().publish(seq.tokens());
+    // Caught up with its tokens: the last row predicts the next one.
+    const bool caught_up = seq.cache().length() == int64_t(seq.tokens().size());
+    const std::span<const float> last = row(e.all_logits ? e.n_tokens - 1 : 0);
+    if (e.prompt) {
+        const std::vector<int32_t>& prompt = r.request->prompt;
+        if (e.all_logits)
+            for (int64_t i = 0; i < e.n_tokens; ++i) {
+                const int64_t next = e.position + i + 1;
+                if (next < int64_t(prompt.size()))
+                    r.prompt_logprobs.push_back(token_logprob(row(i), prompt[size_t(next)],
+                                                              r.request->params.prompt_logprobs));
+            }
+        if (caught_up) start_samples(r, last);
         return;
     }
-    const std::vector<int32_t>& prompt = r.request->prompt;
-    if (e.all_logits)
-        for (int64_t i = 0; i < e.n_tokens; ++i) {
-            const int64_t next = r.prefilled + i + 1;
-            if (next < int64_t(prompt.size()))
-                r.prompt_logprobs.push_back(
-                    token_logprob(row(i), prompt[size_t(next)], r.request->params.prompt_logprobs));
-        }
-    r.prefilled += e.n_tokens;
-    if (r.prefilled == int64_t(prompt.size()))
-        start_samples(r, row(e.all_logits ? e.n_tokens - 1 : 0));
+    if (!caught_up) return;
+    if (!r.first_token) r.first_token = Clock::now();
+    emit(r, seq.advance(last));
 }
 
 void Scheduler::start_samples(Running& r, std::span<const float> logits) {
+    r.started = true;
     const int64_t prompt = int64_t(r.request->prompt.size());
     if (r.request->params.max_tokens == 0) {
         for (auto& seq : r.sequences)
@@ -313,8 +451,11 @@ void Scheduler::start_samples(Running& r, std::span<const float> logits) {
         return;
     }
     r.first_token = Clock::now();
+    const KvCache& first = r.sequences[0]->cache();
     for (auto& seq : r.sequences) {
-        if (seq->index() > 0) seq->cache().copy_prefix_from(r.sequences[0]->cache(), prompt);
+        // A sample that finds no free block for its copy of the prompt's partly filled last
+        // block starts empty and recomputes its prompt in a later step instead.
+        if (seq->index() > 0) seq->cache().share_prefix_from(first, prompt);
         if (r.prompt_routing.n_layers > 0) seq->add_routing(r.prompt_routing);
         emit(r, seq->advance(logits));
     }
@@ -345,6 +486,8 @@ void Scheduler::retire_finished() {
         const bool finished = std::all_of(it->sequences.begin(), it->sequences.end(),
                                           [](const auto& s) { return s->finished(); });
         if (!finished) {
+            for (auto& seq : it->sequences)  // a finished sample's blocks go back at once
+                if (seq->finished()) seq->cache().clear();
             ++it;
             continue;
         }
@@ -363,6 +506,7 @@ void Scheduler::retire_finished() {
         }
         stats_.running_requests = int64_t(running_.size());
         stats_.active_sequences = active;
+        n_preempted_ = int64_t(preempted_.size());
     }
     // Only now, with the blocks back in the pool and the stats current, are the waiters woken.
     for (const auto& request : done) {
@@ -388,7 +532,8 @@ void Scheduler::complete(Running& r) {
     out.timings.first_token_seconds =
         r.first_token ? seconds_between(request.submitted, *r.first_token) : 0.0;
     out.timings.total_seconds = seconds_between(request.submitted, now);
-    out.timings.prefill_tokens = out.prompt_tokens;
+    out.cached_prompt_tokens = r.cached_prompt_tokens;
+    out.timings.prefill_tokens = out.prompt_tokens - r.cached_prompt_tokens;
     out.timings.decode_steps = std::max<int64_t>(0, out.completion_tokens - request.params.n);
 }
 

@@ -1,17 +1,26 @@
 // Scheduler: continuous batching on one thread.
 //
-// Each step: (1) aborted requests leave and a pending weight reload is swapped in; (2) waiting
-// requests are admitted first come, first served while KV memory and sequence slots last — a
-// request reserves, at admission, the KV blocks its samples can need at most (prompt +
-// max_tokens, capped by the context), so an admitted request never stalls for memory and
-// nothing is ever preempted; the head of the queue waits rather than being overtaken; (3) one
-// forward() runs every decoding sequence's next token and then prompt chunks of the requests
-// still prefilling, up to max_step_tokens; (4) each sequence samples, streams its delta and
-// leaves when finished, returning its blocks to the pool.
+// Each step: (1) aborted requests leave and a pending weight reload is swapped in (which resets
+// the prefix cache); (2) requests are admitted first come, first served — preempted ones first —
+// while sequence slots last and the KV pool holds the blocks of what they compute next: a new
+// request's prompt, minus the full blocks the prefix cache already holds, plus a watermark of 1%
+// of the pool; the head of the queue waits rather than being overtaken; (3) each sequence that
+// runs gets a block when it crosses a block boundary; when the pool is out of blocks, the most
+// recently admitted request is preempted (recompute: its blocks go back, it waits at the front
+// of the queue, returns to its place by first admission, and when readmitted each sample recomputes
+// its prompt and generated tokens as a prefill, sampling only after the last one, so the stream
+// goes on without repeating a token and its sampler's state is kept); (4) one forward() runs every
+// decoding sequence's next token and then prompt chunks (and recomputations) up to max_step_tokens;
+// (5) each sequence samples, streams its delta and publishes its full blocks to the prefix cache; a
+// finished sample gives its blocks back at once, a finished request leaves.
 //
-// A request with n > 1 samples prefills its prompt once; the other samples copy those KV rows
-// when the prompt is done and sample their first token from the same logits with their own
-// seeds.
+// A request with n > 1 samples prefills its prompt once; the other samples then share its full
+// blocks (and copy the partly filled last one) and sample their first token from the same logits
+// with their own seeds. Requests that want prompt logprobs or routing compute every prompt
+// position (no prefix cache hit), since those come out of the prompt's rows.
+//
+// SchedulerOptions::reserve_max_tokens restores the old admission rule (prompt + max_tokens per
+// sample reserved up front, never a preemption), kept for comparisons.
 #pragma once
 
 #include <condition_variable>
@@ -36,6 +45,8 @@ struct SchedulerOptions {
     int max_sequences = 64;
     int64_t max_step_tokens = 512;
     int max_waiting_requests = 1024;
+    bool prefix_caching = true;
+    bool reserve_max_tokens = false;
     ExpertRunner* expert_runner = nullptr;  // bound to each swapped-in model on this thread
 };
 
@@ -56,8 +67,9 @@ class Scheduler {
     struct Running {
         std::shared_ptr<RequestHandle::State> request;
         std::vector<std::unique_ptr<Sequence>> sequences;  // [0] prefills for all
-        int64_t prefilled = 0;                             // prompt tokens in sequences[0]'s cache
-        int64_t reserved_blocks = 0;
+        bool started = false;              // the prompt is done: every unfinished sample runs
+        int64_t reserved_blocks = 0;       // with reserve_max_tokens
+        int64_t cached_prompt_tokens = 0;  // prefill the prefix cache saved at admission
         std::vector<TokenLogprob> prompt_logprobs;
         RoutedExperts prompt_routing;
         Clock::time_point admitted;
@@ -68,6 +80,14 @@ class Scheduler {
     void loop();
     void admit_locked();
     int64_t blocks_needed(const RequestHandle::State& request) const;
+    // Gives each sample of `running` that runs next its cached prefix and the blocks for the
+    // tokens it has to compute; false, holding nothing, when the pool cannot (the watermark
+    // too, unless nothing else runs).
+    bool allocate(Running& running);
+    // Attaches the cached prefix of `sequence`'s tokens to its empty cache, where allowed.
+    void attach_prefix(Running& running, Sequence& sequence);
+    // Frees every block of `running` and queues it at the front of the preempted requests.
+    void preempt(std::list<Running>::iterator running);
     bool step();  // false when there was nothing to run
     void process(Running& running, const Entry& entry, const float* logits, int64_t vocab,
                  const StepRouting& routing);
@@ -86,7 +106,8 @@ class Scheduler {
     SchedulerOptions options_;
     std::vector<int32_t> eos_token_ids_;
 
-    std::list<Running> running_;  // scheduler thread only
+    std::list<Running> running_;    // scheduler thread only, in order of admission
+    std::list<Running> preempted_;  // scheduler thread only, first to be readmitted first
 
     mutable std::mutex mutex_;
     std::condition_variable wake_;
@@ -97,6 +118,7 @@ class Scheduler {
     std::string swap_error_;  // why binding the expert runner to the incoming model failed
     bool stopping_ = false;
     int64_t reserved_blocks_ = 0;
+    int64_t n_preempted_ = 0;  // preempted_.size(), for stats()
     EngineStats stats_;
     std::thread thread_;
 };

@@ -33,6 +33,7 @@ class Sequence {
     int64_t generated() const { return int64_t(completion_.token_ids.size()); }
     bool finished() const { return completion_.finish_reason.has_value(); }
     bool wants_routing() const { return request_.params.return_routed_experts; }
+    int64_t routing_positions() const { return completion_.routed_experts.positions(); }
 
     // Samples the next token from `logits` (the row after the last token), records it and
     // decides whether the sequence ends. Returns the delta to stream.

@@ -240,8 +240,8 @@ TEST_P(CudaDecoder, QuantizedWeightsMatchTheCpu) {
 }
 
 // A request with n > 1 samples computes its prompt once and forks the cache
-// (KvCache::copy_prefix_from, block copies on the device for a cache in GPU memory): the fork
-// must continue exactly as the original does.
+// (KvCache::share_prefix_from: the full blocks shared, the partly filled one copied on the
+// device for a cache in GPU memory): the fork must continue exactly as the original does.
 TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
@@ -255,7 +255,7 @@ TEST_P(CudaDecoder, AForkedDeviceCacheContinuesLikeTheOriginal) {
     ASSERT_TRUE(original.reserve(int64_t(prompt.size()) + 1));
     const SequenceStep step{.tokens = prompt, .cache = &original};
     engine_model(*gpu_).forward({&step, 1}, engine_pool(*gpu_));
-    fork.copy_prefix_from(original, int64_t(prompt.size()));
+    ASSERT_TRUE(fork.share_prefix_from(original, int64_t(prompt.size())));
     ASSERT_EQ(fork.length(), int64_t(prompt.size()));
     ASSERT_TRUE(fork.reserve(int64_t(prompt.size()) + 1));
     const int32_t next = int32_t(rng() % vocab_);

@@ -19,18 +19,8 @@
 namespace tandem {
 namespace {
 
-class ApiTest : public ::testing::Test {
+class ApiTest : public test::TwoTinyModelsTest {
   protected:
-    static void SetUpTestSuite() {
-        a_ = new test::TempDir();
-        b_ = new test::TempDir();
-        test::write_tiny_model(a_->str(), 1);
-        test::write_tiny_model(b_->str(), 2);
-    }
-    static void TearDownTestSuite() {
-        delete a_;
-        delete b_;
-    }
     static Engine open(const std::string& dir, EngineConfig config = {}) {
         config.model_dir = dir;
         config.n_threads = 2;
@@ -38,18 +28,7 @@ class ApiTest : public ::testing::Test {
         return Engine::open(config);
     }
     static std::string chat_model() { return test::data_dir() + "/chat_tiny"; }
-    static test::TempDir *a_, *b_;
 };
-
-test::TempDir* ApiTest::a_ = nullptr;
-test::TempDir* ApiTest::b_ = nullptr;
-
-std::vector<int32_t> random_prompt(std::mt19937_64& rng, int64_t length, int32_t vocab) {
-    std::vector<int32_t> ids(static_cast<size_t>(length));
-    for (int32_t& id : ids)
-        id = int32_t(rng() % uint64_t(vocab));
-    return ids;
-}
 
 // Sequences of different lengths, submitted together and prefilled in chunks next to each
 // other's decodes, produce exactly what each produces alone, with batch_invariant: greedy tokens
@@ -67,7 +46,7 @@ double batch_against_alone(const std::string& dir, EngineConfig config, int n_se
         .temperature = 0, .max_tokens = 12, .ignore_eos = true, .logprobs = 0};
     std::vector<std::vector<int32_t>> prompts;
     for (int i = 0; i < n_sequences; ++i)
-        prompts.push_back(random_prompt(rng, 1 + int64_t(rng() % 40), std::min(vocab, 96)));
+        prompts.push_back(test::random_tokens(rng, 1 + int64_t(rng() % 40), std::min(vocab, 96)));
     std::vector<RequestHandle> handles;
     for (const auto& p : prompts)
         handles.push_back(engine.submit(Prompt::tokens(p), params));
@@ -318,11 +297,15 @@ TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
 }
 
 TEST_F(ApiTest, FullKvCacheQueuesRequestsAndRejectsTheImpossible) {
-    // 6 blocks of 4 positions: one request of 3 + 8 tokens (3 blocks) at a time, two at most.
+    // 6 blocks of 4 positions: requests of 3 + 8 tokens grow to 3 blocks each; more start than
+    // fit at the end, and preempt each other. Batch-invariant, so that a preempted request's
+    // recomputation gives the very logits of its decode steps.
+    const BatchInvariantKernels restore;
     Engine probe = open(a_->str());
     const KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
     const auto block = int64_t(KvBlockPool::bytes_per_block(shape, 4));
-    Engine engine = open(a_->str(), {.kv_cache_bytes = 6 * block, .kv_block_size = 4});
+    Engine engine =
+        open(a_->str(), {.batch_invariant = true, .kv_cache_bytes = 6 * block, .kv_block_size = 4});
     const SamplingParams params{.temperature = 0, .max_tokens = 8, .ignore_eos = true};
     std::vector<RequestHandle> handles;
     for (int i = 0; i < 10; ++i)

@@ -181,12 +181,13 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
             throw ApiError(503, "the server is shutting down");
         }
         json choices = json::array();
-        int64_t prompt_tokens = 0, completion_tokens = 0;
+        int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
         for (size_t i = 0; i < handles.size(); ++i) {
             const RequestOutput& out = handles[i].wait();
             metrics_.observe_generation(out);
             if (!out.error.empty()) throw std::runtime_error("generation failed: " + out.error);
             prompt_tokens += out.prompt_tokens;
+            cached_tokens += out.cached_prompt_tokens;
             completion_tokens += out.completion_tokens;
             for (const Completion& c : out.completions) {
                 json choice = {{"index", int64_t(i) * n + c.index},
@@ -223,10 +224,12 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                 choices.push_back(choice);
             }
         }
-        json response = {
-            {"id", id},           {"object", chat ? "chat.completion" : "text_completion"},
-            {"created", created}, {"model", name},
-            {"choices", choices}, {"usage", usage_json(prompt_tokens, completion_tokens)}};
+        json response = {{"id", id},
+                         {"object", chat ? "chat.completion" : "text_completion"},
+                         {"created", created},
+                         {"model", name},
+                         {"choices", choices},
+                         {"usage", usage_json(prompt_tokens, completion_tokens, cached_tokens)}};
         // vLLM: one list for the (single) prompt of a chat, beside the choices.
         if (chat && g.prompt_logprobs >= 0)
             response["prompt_logprobs"] =

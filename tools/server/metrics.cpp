@@ -112,12 +112,31 @@ std::string Metrics::render(const EngineStats* stats) const {
            double(s.active_sequences));
     metric(out, "tandem_kv_cache_blocks_used", "gauge", "KV cache blocks in use.",
            double(s.kv_blocks_used));
+    metric(out, "tandem_kv_cache_blocks_cached", "gauge",
+           "KV cache blocks no sequence holds, kept for the prefix cache (evicted on demand).",
+           double(s.kv_blocks_cached));
+    metric(out, "tandem_kv_cache_blocks_free", "gauge",
+           "KV cache blocks no sequence holds and the prefix cache does not keep.",
+           double(s.kv_blocks_free));
     metric(out, "tandem_kv_cache_blocks_total", "gauge", "KV cache blocks in all.",
            double(s.kv_blocks_total));
     metric(out, "tandem_kv_cache_usage_ratio", "gauge", "Fraction of KV cache blocks in use.",
            s.kv_blocks_total ? double(s.kv_blocks_used) / double(s.kv_blocks_total) : 0.0);
     metric(out, "tandem_engine_steps_total", "counter", "Forward steps run.",
            double(s.steps_total));
+    metric(out, "tandem_prefix_cache_queries_total", "counter",
+           "Prompt tokens looked up in the prefix cache at admission.",
+           double(s.prefix_cache_queries));
+    metric(out, "tandem_prefix_cache_hits_total", "counter",
+           "Prompt tokens found in the prefix cache (their prefill skipped).",
+           double(s.prefix_cache_hits));
+    metric(out, "tandem_prefix_cache_hit_ratio", "gauge",
+           "Prefix cache hits over queries, in tokens (0 before the first query).",
+           s.prefix_cache_queries ? double(s.prefix_cache_hits) / double(s.prefix_cache_queries)
+                                  : 0.0);
+    metric(out, "tandem_preemptions_total", "counter",
+           "Requests preempted (KV blocks freed, recomputed later) when the KV cache ran out.",
+           double(s.preemptions));
     metric(out, "tandem_expert_cache_hits_total", "counter",
            "Routed experts found resident on the GPU.", double(s.expert_cache_hits));
     metric(out, "tandem_expert_cache_misses_total", "counter",

@@ -379,10 +379,13 @@ std::string finish_reason_json(std::optional<FinishReason> reason) {
     return reason ? std::string(finish_reason_name(*reason)) : "";
 }
 
-nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
-    return {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}};
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens,
+                          std::optional<int64_t> cached_tokens) {
+    nlohmann::json usage = {{"prompt_tokens", prompt_tokens},
+                            {"completion_tokens", completion_tokens},
+                            {"total_tokens", prompt_tokens + completion_tokens}};
+    if (cached_tokens) usage["prompt_tokens_details"] = {{"cached_tokens", *cached_tokens}};
+    return usage;
 }
 
 }  // namespace tandem::server

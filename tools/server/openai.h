@@ -52,6 +52,9 @@ nlohmann::json prompt_logprobs_json(const Engine& engine, const std::vector<Toke
                                     int32_t k);
 
 std::string finish_reason_json(std::optional<FinishReason> reason);
-nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+// With cached_tokens, OpenAI's prompt_tokens_details.cached_tokens: prompt tokens the prefix
+// cache held (not prefilled).
+nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens,
+                          std::optional<int64_t> cached_tokens = std::nullopt);
 
 }  // namespace tandem::server

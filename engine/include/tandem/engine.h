@@ -81,6 +81,16 @@ struct EngineConfig {
     int64_t kv_cache_bytes = 0;  // KV memory budget; 0: enough for max_sequences x 4096 positions
                                  // or the context, whichever is less, capped at 4 GiB
     int64_t kv_block_size = 16;  // positions per KV block
+    // Automatic prefix caching: full KV blocks are kept, keyed by their token ids and all those
+    // before them, and a request whose prompt starts with cached blocks skips their prefill
+    // (README "KV cache"). Cached blocks no sequence holds are evicted, least recently used
+    // first, when memory is needed; reload_weights empties the cache.
+    bool prefix_caching = true;
+    // Admission reserves the KV blocks of prompt + max_tokens for every sample (the rest of the
+    // context without max_tokens), so nothing is ever preempted, at the cost of far fewer
+    // requests at once. Off: blocks are allocated as sequences grow, and when the pool runs out
+    // the most recently admitted request is preempted and later recomputed.
+    bool kv_reserve_max_tokens = false;
     // Element type of the cached keys and values: "f32", "f16" or "bf16". f16/bf16 halve the
     // bytes per position (twice the positions in the same kv_cache_bytes, half the bytes that
     // decode attention reads) at the cost of rounding keys and values once, when written.
@@ -132,8 +142,15 @@ struct EngineStats {
     int64_t waiting_requests = 0;
     int64_t running_requests = 0;
     int64_t active_sequences = 0;
-    int64_t kv_blocks_used = 0;
+    int64_t kv_blocks_used = 0;    // held by a sequence
+    int64_t kv_blocks_cached = 0;  // held by none, kept for the prefix cache (evicted on demand)
+    int64_t kv_blocks_free = 0;    // held by none, holding nothing reusable
     int64_t kv_blocks_total = 0;
+    // Prefix caching, in positions: those of the prompts admitted (and readmitted after a
+    // preemption) and those of them found cached, whose prefill was skipped.
+    int64_t prefix_cache_queries = 0;
+    int64_t prefix_cache_hits = 0;
+    int64_t preemptions = 0;  // requests that gave their KV blocks back to make room
     int64_t prompt_tokens_total = 0;
     int64_t generated_tokens_total = 0;
     int64_t steps_total = 0;
@@ -177,7 +194,8 @@ class Engine {
 
     // Replaces the weights with those of the checkpoint in `dir`, which must have the same
     // architecture and shapes. Happens between two steps; running requests continue with the
-    // new weights (their cached keys and values were computed with the old ones).
+    // new weights (their cached keys and values were computed with the old ones). The prefix
+    // cache is emptied: later requests compute every position with the new weights.
     void reload_weights(const std::string& dir);
     // reload_weights from tensors in memory (a trainer's parameters, no file in between), named
     // as in the checkpoint ("model.layers.0.self_attn.q_proj.weight"); every tensor the

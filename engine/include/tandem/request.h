@@ -105,6 +105,7 @@ struct RequestOutput {
     std::vector<TokenLogprob> prompt_logprobs;
     std::vector<Completion> completions;  // params.n of them, by index
     int64_t prompt_tokens = 0;
+    int64_t cached_prompt_tokens = 0;  // of them, found in the prefix cache (not prefilled)
     int64_t completion_tokens = 0;
     std::string error;  // set when finish_reason is Error
     RequestTimings timings;
