@@ -524,14 +524,25 @@ void HybridExecutor::write_device_table(const MoeLayerCall& call) {
     const int32_t layer = call.moe_layer;
     ExpertTableEntry* entries = graph_io_->entries;
     std::fill_n(entries, n_experts_, ExpertTableEntry{});
+    // A captured layer copies every expert before computing any, so a transient slot holds one
+    // expert per layer (an eager layer reuses them in turn, each copy after the last reads).
+    int64_t transients_left = n_transient_;
     for (const PlannedJob& job : plan_.gpu_jobs) {
         const int32_t e = job.expert;
         if (placement_[size_t(e)] == ExpertPlacement::Cpu) continue;
         const int64_t slot = cache_->slot({layer, e});
         cpu::ExpertWeights w;
+        if (slot < 0 && transient_of_[size_t(e)] && transients_left == 0) {
+            placement_[size_t(e)] = ExpertPlacement::Cpu;  // the rest run on the CPU
+            --running_.transient_copies;
+            running_.transient_bytes -= int64_t(slot_bytes_);
+            ++running_.refused_transfers;
+            continue;
+        }
         if (slot >= 0) {
             w = slot_weights(slot, layer);
         } else if (transient_of_[size_t(e)]) {
+            --transients_left;
             // Listed behind the demand copies; the step's stream order keeps the last layer's
             // reads of this transient slot before it.
             std::byte* p =
