@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <random>
+#include <set>
 
 #include "engine/src/hybrid_executor.h"
 #include "kernels/error.h"
@@ -258,6 +259,13 @@ TEST(HybridGraph, CapturedStepsOnSimGiveTheCpuOutputWhateverThePlan) {
             for (int64_t layer = 0; layer < kLayers; ++layer) {
                 LayerTables& t = tables[size_t(layer)];
                 listed += t.io.n_copies[0] + t.io.n_copies[1];
+                // One expert per slot within a layer: its copies all land before any expert runs.
+                std::set<const void*> slots;
+                for (int64_t e = 0; e < kExperts; ++e)
+                    if (t.io.entries[e].gate) {
+                        ASSERT_TRUE(slots.insert(t.io.entries[e].gate).second)
+                            << "layer " << layer << ": expert " << e << " shares a slot";
+                    }
                 Routing routing;
                 const std::vector<float> want = cpu_reference(model, layer, t.input, pool, routing);
                 ASSERT_TRUE(std::equal(routing.experts.begin(), routing.experts.end(), t.io.ids));
