@@ -97,7 +97,8 @@ struct PreparedModel {
 DType parse_weight_type(const std::string& name) {
     const auto type = dtype_from_name(name);
     if (!type || !is_weight_type(*type))
-        fail("--quantize: '", name, "' is not a weight type (q8_0, q5_0, q4_0, q4_k, q5_k, q6_k)");
+        fail("--quantize: '", name,
+             "' is not a weight type (q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4)");
     return *type;
 }
 
