@@ -6,12 +6,17 @@
 //     nibble order, the scale and the gate/up interleave of the Hub's layout);
 //   - the logits are transformers' within the one approximation MXFP4 weights bring here: the
 //     dot products' 8-bit (Q8_0) activations;
-//   - `--quantize mxfp4` at load on the f32 fixture gives the fixture's blocks byte for byte.
+//   - `--quantize mxfp4` at load on the f32 fixture gives the fixture's blocks byte for byte;
+//   - the GGUF fixture of the same weights reads back equal.
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <tuple>
 
 #include "engine/src/engine_internals.h"
@@ -150,6 +155,57 @@ TEST(GoldenGptOssMxfp4, QuantizeAtLoadGivesTheCheckpointsBlocks) {
     const Reference ref = read_reference(fixture("f32") + "/reference.safetensors");
     for (float v : prefill(quantized, ref.prompt))
         ASSERT_TRUE(std::isfinite(v));
+}
+
+// The GGUF fixture (tests/data/gguf/gpt_oss/model-mxfp4.gguf, tools/make_gguf_fixtures.py
+// gpt_oss: the mxfp4 checkpoint as llama.cpp's converter lays it out, MXFP4 experts in ggml's
+// block order, checked there against gguf-py's dequantizer) reads back as the safetensors
+// checkpoint: the same expert bytes, read in place, and the same logits. GGUF has no key for the
+// clamped SwiGLU's limit and alpha (llama.cpp hard-codes 7.0 and 1.702) while the fixture's are
+// 1.5 and 1.2, so the safetensors side is loaded with its config.json set to 7.0 and 1.702.
+TEST(GoldenGptOssGguf, ReadsBackAsTheSafetensorsCheckpoint) {
+    test::TempDir dir;
+    for (const char* f : {"model.safetensors", "generation_config.json"})
+        std::filesystem::copy_file(fixture("mxfp4") + "/" + f, dir.path() / f);
+    nlohmann::json config;
+    std::ifstream(fixture("mxfp4") + "/config.json") >> config;
+    config["swiglu_limit"] = 7.0;
+    config["swiglu_alpha"] = 1.702;
+    std::ofstream(dir.path() / "config.json") << config.dump();
+
+    const std::string gguf = test::data_dir() + "/gguf/gpt_oss/model-mxfp4.gguf";
+    Engine from_gguf = Engine::open({.model_dir = gguf, .n_threads = 2, .pin_threads = false});
+    Engine from_st = Engine::open({.model_dir = dir.str(), .n_threads = 2, .pin_threads = false});
+    const ModelConfig &a = from_gguf.model_config(), &b = from_st.model_config();
+    EXPECT_EQ(a.architecture, "GptOssForCausalLM");
+    EXPECT_EQ(a.layer_is_sliding, b.layer_is_sliding);
+    EXPECT_EQ(a.sliding_window, b.sliding_window);
+    EXPECT_TRUE(a.attention_sinks && a.expert_bias && a.router_logit_bias);
+    EXPECT_EQ(a.rope.type, "yarn");
+    EXPECT_EQ(a.rope.truncate, b.rope.truncate);
+
+    const auto* dg = dynamic_cast<const Decoder*>(&engine_model(from_gguf));
+    const auto* ds = dynamic_cast<const Decoder*>(&engine_model(from_st));
+    ASSERT_TRUE(dg != nullptr && ds != nullptr);
+    for (size_t layer = 0; layer < dg->weights().layers.size(); ++layer)
+        for (size_t e = 0; e < dg->weights().layers[layer].moe.experts.size(); ++e) {
+            const cpu::ExpertWeights& x = dg->weights().layers[layer].moe.experts[e];
+            const cpu::ExpertWeights& y = ds->weights().layers[layer].moe.experts[e];
+            for (const auto& [mine, theirs] :
+                 {std::pair{&x.gate, &y.gate}, {&x.up, &y.up}, {&x.down, &y.down}}) {
+                ASSERT_EQ(mine->dtype(), DType::MXFP4);
+                ASSERT_EQ(mine->bytes(), theirs->bytes());
+                ASSERT_EQ(std::memcmp(mine->data(), theirs->data(), size_t(mine->bytes())), 0)
+                    << "layer " << layer << " expert " << e;
+            }
+        }
+
+    const Reference ref = read_reference(fixture("mxfp4") + "/reference.safetensors");
+    const std::vector<float> got = prefill(from_gguf, ref.prompt),
+                             want = prefill(from_st, ref.prompt);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-5) << "element " << i;
 }
 
 }  // namespace
