@@ -103,6 +103,46 @@ TEST(Quant, Mxfp4BlockLayoutIsTheSpecs) {
     }
 }
 
+// MXFP4 dots at odd and even block counts (one block, gpt-oss's 2880 = 90 blocks, 91), 1..4
+// tokens, every ISA, against float64 of the dequantized rows.
+TEST(Quant, Mxfp4DotsOfOddAndEvenBlockCountsMatchFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int64_t k : {32, 64, 96, 2880, 2912}) {
+        const auto w = test::random_floats(rng, size_t(k));
+        const auto wq = quantize(DType::MXFP4, w, 1, k);
+        const auto wd = dequantize(DType::MXFP4, wq, 1, k);
+        std::vector<std::vector<std::byte>> xq;
+        std::vector<const void*> rows;
+        std::vector<double> want, scale;
+        for (int t = 0; t < cpu::kMaxDotTokens; ++t) {
+            const auto x = test::random_floats(rng, size_t(k), 2.0f);
+            xq.push_back(quantize(DType::Q8_0, x, 1, k));
+            const auto xd = dequantize(DType::Q8_0, xq.back(), 1, k);
+            double dot = 0, mag = 0;
+            for (int64_t i = 0; i < k; ++i) {
+                dot += double(wd[size_t(i)]) * xd[size_t(i)];
+                mag += std::fabs(double(wd[size_t(i)]) * xd[size_t(i)]);
+            }
+            want.push_back(dot);
+            scale.push_back(mag);
+        }
+        for (const auto& x : xq)
+            rows.push_back(x.data());
+        for (CpuIsa isa : runnable_isas()) {
+            const auto& kernels = cpu::vec_dot_kernels_for(isa);
+            for (int n = 1; n <= cpu::kMaxDotTokens; ++n) {
+                float out[cpu::kMaxDotTokens];
+                cpu::row_dot_n(kernels, DType::MXFP4)(wq.data(), rows.data(), n, k, out);
+                for (int t = 0; t < n; ++t)
+                    EXPECT_NEAR(out[t], want[size_t(t)], 1e-5 * scale[size_t(t)] + 1e-6)
+                        << "k " << k << " isa " << cpu::isa_name(isa) << " n " << n << " token "
+                        << t;
+            }
+        }
+    }
+}
+
 TEST(Quant, RejectsRowsThatAreNotWholeBlocks) {
     std::vector<float> x(100);
     std::vector<std::byte> out(1000);
