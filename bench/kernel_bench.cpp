@@ -65,7 +65,8 @@ struct ExpertShape {
 const ExpertShape kShapes[] = {{"mixtral-8x7b", 4096, 14336, 2},
                                {"qwen3-30b-a3b", 2048, 768, 8},
                                {"deepseek-v2-lite", 2048, 1408, 6},
-                               {"olmoe-1b-7b", 2048, 1024, 8}};
+                               {"olmoe-1b-7b", 2048, 1024, 8},
+                               {"gpt-oss-20b", 2880, 2880, 4}};
 
 // Random weights of any type: random bytes, with every block's f16 scales set to small finite
 // values (quantizing real data would take minutes for the larger shapes and changes nothing).
@@ -83,6 +84,9 @@ OwnedTensor random_matrix(DType type, int64_t rows, int64_t cols, std::mt19937_6
         auto* v = reinterpret_cast<uint16_t*>(bytes);
         for (int64_t i = 0; i < n / 2; ++i)
             v[i] = f32_to_bf16(float(int(v[i] % 2001) - 1000) * 1e-5f);
+    } else if (type == DType::MXFP4) {  // the e8m0 byte leads: 2^-7 times e2m1 values
+        for (int64_t b = 0; b < n / block_bytes; ++b)
+            bytes[b * block_bytes] = 120;
     } else if (type == DType::Q6_K) {
         for (int64_t b = 0; b < n / block_bytes; ++b)
             std::memcpy(bytes + b * block_bytes + 208, &scale, 2);
@@ -453,21 +457,27 @@ int main(int argc, char** argv) {
             g_bandwidth_gbps, g_peak_gflops, pool().size(),
             std::string(cpu::isa_name(cpu::active_isa())).c_str());
 
-    const std::vector<DType> types = {DType::BF16, DType::Q8_0, DType::Q4_0,
-                                      DType::Q4_K, DType::Q5_K, DType::Q6_K};
+    const std::vector<DType> types = {DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K,
+                                      DType::Q5_K, DType::Q6_K, DType::MXFP4};
     const std::vector<int64_t> ms =
         full ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256} : std::vector<int64_t>{1, 8, 64};
     for (const ExpertShape& s : kShapes) {
         if (!full && std::string(s.model) == "mixtral-8x7b")
             continue;  // 700 MB a step: --full only
+        // gpt-oss-20b's shape: its own MXFP4 experts, with Q8_0 as the peer, up to prefill's M.
+        const bool gpt_oss = std::string(s.model) == "gpt-oss-20b";
         for (DType type : types) {
-            if (!full && type != DType::BF16 && type != DType::Q8_0 && type != DType::Q4_K)
+            if (!full &&
+                (gpt_oss ? type != DType::MXFP4 && type != DType::Q8_0
+                         : type != DType::BF16 && type != DType::Q8_0 && type != DType::Q4_K))
                 continue;
             // Rows that are not whole K-quant blocks (DeepSeek-V2-Lite's 1408) have no K-quant
             // case.
             if (s.ffn % dtype_block_size(type) != 0 || s.hidden % dtype_block_size(type) != 0)
                 continue;
-            for (int64_t m : ms)
+            const std::vector<int64_t> shape_ms =
+                gpt_oss && !full ? std::vector<int64_t>{1, 8, 64, 256} : ms;
+            for (int64_t m : shape_ms)
                 for (Path path : {Path::Auto, Path::Dot, Path::Tile}) {
                     // Both paths side by side where the tile path could run; auto otherwise.
                     const bool both = m > 1 && cpu::tile_gemm_available(type);

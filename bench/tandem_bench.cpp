@@ -97,7 +97,8 @@ struct PreparedModel {
 DType parse_weight_type(const std::string& name) {
     const auto type = dtype_from_name(name);
     if (!type || !is_weight_type(*type))
-        fail("--quantize: '", name, "' is not a weight type (q8_0, q5_0, q4_0, q4_k, q5_k, q6_k)");
+        fail("--quantize: '", name,
+             "' is not a weight type (q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4)");
     return *type;
 }
 
@@ -442,9 +443,10 @@ int main(int argc, char** argv) {
     app.add_option("-b,--batch", o.batches, "concurrent sequences")->delimiter(',');
     app.add_option("-t,--threads", o.threads, "worker threads (0: physical cores)")->delimiter(',');
     app.add_option("-r,--repetitions", o.repetitions, "runs per case")->capture_default_str();
-    app.add_option("--quantize", o.quantize,
-                   "weight type: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k (synthetic: generated in "
-                   "it; else quantized at load)");
+    app.add_option(
+        "--quantize", o.quantize,
+        "weight type: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4 (synthetic: generated in "
+        "it; else quantized at load)");
     app.add_option("--json", o.json_path, "write the rows as JSON");
     app.add_option("--csv", o.csv_path, "write the rows as CSV");
     app.add_option("--gpu-expert-ratio", o.gpu_ratios,

@@ -22,6 +22,7 @@ constexpr DTypeInfo kTypes[] = {
     {DType::Q4_0, "q4_0", "", 32, 18},   {DType::Q4_K, "q4_k", "", 256, 144},
     {DType::Q5_K, "q5_k", "", 256, 176}, {DType::Q6_K, "q6_k", "", 256, 210},
     {DType::Q8_K, "q8_k", "", 256, 292}, {DType::Q5_0, "q5_0", "", 32, 22},
+    {DType::MXFP4, "mxfp4", "", 32, 17},
 };
 
 const DTypeInfo& info(DType dtype) {
@@ -76,7 +77,8 @@ bool is_float_weight_type(DType dtype) {
 
 bool is_quantized_weight_type(DType dtype) {
     return dtype == DType::Q8_0 || dtype == DType::Q5_0 || dtype == DType::Q4_0 ||
-           dtype == DType::Q4_K || dtype == DType::Q5_K || dtype == DType::Q6_K;
+           dtype == DType::Q4_K || dtype == DType::Q5_K || dtype == DType::Q6_K ||
+           dtype == DType::MXFP4;
 }
 
 bool is_weight_type(DType dtype) {

@@ -15,7 +15,21 @@
 
 namespace tandem {
 
-enum class DType : uint8_t { F32, F16, BF16, I32, I64, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q8_K, Q5_0 };
+enum class DType : uint8_t {
+    F32,
+    F16,
+    BF16,
+    I32,
+    I64,
+    Q8_0,
+    Q4_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
+    Q5_0,
+    MXFP4,
+};
 
 std::string_view dtype_name(DType dtype);                     // "f32", "bf16", "q4_k", ...
 std::optional<DType> dtype_from_name(std::string_view name);  // inverse of dtype_name
@@ -29,7 +43,7 @@ int64_t dtype_block_bytes(DType dtype);
 // Bytes of a row of n elements; n must be a multiple of the block size.
 int64_t row_bytes(DType dtype, int64_t n);
 bool is_float_weight_type(DType dtype);      // f32, f16, bf16
-bool is_quantized_weight_type(DType dtype);  // q8_0, q5_0, q4_0, q4_k, q5_k, q6_k
+bool is_quantized_weight_type(DType dtype);  // q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4
 bool is_weight_type(DType dtype);            // either: what a weight matrix may be stored in
 
 // always_inline: these are also used by the per-ISA kernel files; an out-of-line copy compiled

@@ -125,9 +125,12 @@ Tensor Checkpoint::bind(const std::string& name, const Shape& shape) const {
              found.str(), " ", dtype_name(*entry.dtype));
     bound_.insert(name);
     void* data = const_cast<std::byte*>(entry.data);
-    // Quantized blocks need the alignment of their f16 scales; scalars that of their element.
+    // Quantized blocks need the alignment of their f16 scales (MXFP4's scale is a byte);
+    // scalars that of their element.
     const auto alignment =
-        uintptr_t(is_quantized_weight_type(*entry.dtype) ? 2 : dtype_block_bytes(*entry.dtype));
+        uintptr_t(*entry.dtype == DType::MXFP4             ? 1
+                  : is_quantized_weight_type(*entry.dtype) ? 2
+                                                           : dtype_block_bytes(*entry.dtype));
     if (reinterpret_cast<uintptr_t>(data) % alignment != 0) {
         const Tensor t(nullptr, *entry.dtype, found);
         Buffer copy = allocate(Device::cpu(), size_t(t.bytes()));
@@ -136,6 +139,11 @@ Tensor Checkpoint::bind(const std::string& name, const Shape& shape) const {
         aligned_copies_.push_back(std::move(copy));
     }
     return Tensor(data, *entry.dtype, found);
+}
+
+const Checkpoint::View* Checkpoint::stored(const std::string& name) const {
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &it->second;
 }
 
 std::vector<std::string> Checkpoint::names() const {

@@ -46,6 +46,10 @@ class Checkpoint {
     // Like bind(), or an empty Tensor when the checkpoint has no such tensor.
     Tensor bind_optional(const std::string& name, const Shape& shape) const;
 
+    // The tensor `name` as stored, whatever its dtype (nullptr when absent): for loaders that
+    // repack tensors before binding (gpt-oss's fused experts). Does not count as bound.
+    const View* stored(const std::string& name) const;
+
     std::vector<std::string> names() const;
     // Names of tensors never bound, e.g. to warn about weights a loader ignored.
     std::vector<std::string> unbound_names() const;

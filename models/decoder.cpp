@@ -52,6 +52,12 @@ AttentionWeights bind_attention(const ModelConfig& c, const Checkpoint& ckpt, in
         w.v_bias = ckpt.bind(p + "self_attn.v_proj.bias", {kv_dim});
     }
     if (c.o_bias) w.o_bias = ckpt.bind(p + "self_attn.o_proj.bias", {c.hidden_dim});
+    if (c.attention_sinks) {
+        w.sinks = ckpt.bind(p + "self_attn.sinks", {c.n_heads});
+        if (w.sinks.dtype() != DType::F32)
+            fail(ckpt.dir(), ": tensor ", p, "self_attn.sinks: expected f32, found ",
+                 dtype_name(w.sinks.dtype()));
+    }
     if (c.qk_norm == QkNorm::PerHead) {
         w.q_norm = ckpt.bind(p + "self_attn.q_norm.weight", {c.head_dim});
         w.k_norm = ckpt.bind(p + "self_attn.k_norm.weight", {c.head_dim});
@@ -100,10 +106,21 @@ MoeWeights bind_moe(const ModelConfig& c, const Checkpoint& ckpt, const DecoderN
     MoeWeights w;
     w.router = ckpt.bind(expand(n.router, layer), {c.n_experts, c.hidden_dim});
     if (c.router_bias) w.router_bias = ckpt.bind(expand(n.router_bias, layer), {c.n_experts});
-    for (int64_t e = 0; e < c.n_experts; ++e)
-        w.experts.push_back(
+    if (c.router_logit_bias)
+        w.router_logit_bias = ckpt.bind(expand(n.router_logit_bias, layer), {c.n_experts});
+    for (int64_t e = 0; e < c.n_experts; ++e) {
+        cpu::ExpertWeights& expert = w.experts.emplace_back(
             bind_swiglu(ckpt, expand(n.expert_gate, layer, e), expand(n.expert_up, layer, e),
                         expand(n.expert_down, layer, e), c.hidden_dim, c.expert_ffn_dim));
+        if (c.expert_bias) {
+            expert.gate_bias = ckpt.bind(expand(n.expert_gate_bias, layer, e), {c.expert_ffn_dim});
+            expert.up_bias = ckpt.bind(expand(n.expert_up_bias, layer, e), {c.expert_ffn_dim});
+            expert.down_bias = ckpt.bind(expand(n.expert_down_bias, layer, e), {c.hidden_dim});
+            with_context(expand(n.expert_gate_bias, layer, e), [&] {
+                cpu::check_swiglu_expert(expert, e, c.hidden_dim, c.expert_ffn_dim);
+            });
+        }
+    }
     if (c.shared_expert_ffn_dim > 0)
         w.shared = bind_swiglu(ckpt, expand(n.shared_gate, layer), expand(n.shared_up, layer),
                                expand(n.shared_down, layer), c.hidden_dim, c.shared_expert_ffn_dim);

@@ -25,6 +25,11 @@ struct DecoderNames {
     std::string expert_gate = "model.layers.{L}.mlp.experts.{E}.gate_proj.weight";
     std::string expert_up = "model.layers.{L}.mlp.experts.{E}.up_proj.weight";
     std::string expert_down = "model.layers.{L}.mlp.experts.{E}.down_proj.weight";
+    // Bound when the config has expert_bias / router_logit_bias (gpt-oss).
+    std::string expert_gate_bias = "model.layers.{L}.mlp.experts.{E}.gate_proj.bias";
+    std::string expert_up_bias = "model.layers.{L}.mlp.experts.{E}.up_proj.bias";
+    std::string expert_down_bias = "model.layers.{L}.mlp.experts.{E}.down_proj.bias";
+    std::string router_logit_bias = "model.layers.{L}.mlp.gate.bias";
     std::string shared_gate = "model.layers.{L}.mlp.shared_expert.gate_proj.weight";
     std::string shared_up = "model.layers.{L}.mlp.shared_expert.up_proj.weight";
     std::string shared_down = "model.layers.{L}.mlp.shared_expert.down_proj.weight";
@@ -36,6 +41,7 @@ struct DecoderNames {
 
 struct AttentionWeights {
     Tensor norm;     // [hidden_dim] input_layernorm
+    Tensor sinks;    // [n_heads] f32, when the config has attention_sinks
     Tensor q, k, v;  // [n_heads * head_dim | n_kv_heads * head_dim, hidden_dim]
     Tensor o;        // [hidden_dim, n_heads * head_dim]
     Tensor q_bias, k_bias, v_bias, o_bias;  // empty unless the config has them
@@ -63,6 +69,7 @@ struct MlaWeights {
 struct MoeWeights {
     Tensor router;                            // [n_experts, hidden_dim]
     Tensor router_bias;                       // [n_experts] selection bias, or empty
+    Tensor router_logit_bias;                 // [n_experts] added to the logits, or empty
     std::vector<cpu::ExpertWeights> experts;  // [n_experts]
     cpu::ExpertWeights shared;                // empty unless shared_expert_ffn_dim > 0
     Tensor shared_expert_gate;                // [1, hidden_dim], empty unless gated
@@ -115,6 +122,11 @@ class Decoder final : public Model {
     std::vector<int> moe_layers_;  // model layer index of each MoE layer
     ExpertRunner* runner_ = nullptr;
 };
+
+// The experts' activation a config asks for (cpu::GluOptions).
+inline cpu::GluOptions glu_options(const ModelConfig& c) {
+    return {.limit = float(c.swiglu_limit), .alpha = float(c.swiglu_alpha)};
+}
 
 // Validates a step (a KV cache per sequence, tokens in the vocabulary, room in the context) and
 // lays its sequences out as consecutive rows.

@@ -875,6 +875,14 @@ std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device de
         fail("device model: ", device.name(), " is not a CUDA device (cuda:N)");
     auto* decoder = dynamic_cast<Decoder*>(model.get());
     if (decoder == nullptr) fail(model->config().architecture, " does not run on ", device.name());
+    // gpt-oss's attention sinks, router and expert biases and clamped SwiGLU have no CUDA kernels
+    // yet: refused here rather than run as a plain SwiGLU decoder with wrong logits.
+    if (const ModelConfig& c = model->config();
+        c.attention_sinks || c.expert_bias || c.router_logit_bias || c.swiglu_limit > 0.0)
+        fail(c.architecture, " does not run on ", device.name(),
+             ": the CUDA decoder has no attention sinks, router or expert biases or clamped "
+             "SwiGLU (gpt-oss) yet; use --device cpu (routed experts may still use a hybrid "
+             "expert device)");
     model.release();
     return std::make_unique<DeviceDecoder>(std::unique_ptr<Decoder>(decoder), device, options);
 }

@@ -38,6 +38,7 @@ const GgufArchitecture kArchitectures[] = {
     {"olmoe", "OlmoeForCausalLM", "OlmoeForCausalLM", false, false},
     {"deepseek2", nullptr, "DeepseekV2ForCausalLM", false, false},
     {"glm4moe", nullptr, "Glm4MoeForCausalLM", false, true},
+    {"gpt-oss", nullptr, "GptOssForCausalLM", false, true},
 };
 
 const GgufArchitecture& find_architecture(const GgufModelFiles& files) {
@@ -216,6 +217,32 @@ void glm4moe_config(const GgufModelFiles& files, Json& c) {
         fail(files.path(), ": missing tensor ", bias, " (GLM's sigmoid router needs it)");
 }
 
+// gpt-oss, as llama.cpp's GptOssModel converter writes it, into GptOssConfig's keys. The
+// clamped SwiGLU's limit and alpha are not in the file (llama.cpp hard-codes the Hub's 7.0 and
+// 1.702, which are GptOssConfig's defaults too). Sliding layers: every
+// attention.sliding_window_pattern-th layer is full, the others slide (llama.cpp's default 2:
+// even layers slide, as transformers' default layer_types). YaRN without truncated ramp ends,
+// as the Hub's config says (llama.cpp truncates; transformers, the reference here, does not).
+void gpt_oss_config(const GgufModelFiles& files, Json& c) {
+    const auto key = [](const std::string& k) { return "gpt-oss." + k; };
+    const int64_t n_layers = c["num_hidden_layers"];
+    c["intermediate_size"] = c["moe_intermediate_size"];
+    c["attention_bias"] = true;
+    if (!c.contains("sliding_window"))
+        fail(files.path(), ": metadata ", key("attention.sliding_window"), " missing");
+    const uint64_t period = files.get_uint_opt(key("attention.sliding_window_pattern")).value_or(2);
+    if (period == 0)
+        fail(files.path(), ": metadata ", key("attention.sliding_window_pattern"), ": 0");
+    Json types = Json::array();
+    for (int64_t l = 0; l < n_layers; ++l)
+        types.push_back(uint64_t(l) % period < period - 1 ? "sliding_attention" : "full_attention");
+    c["layer_types"] = types;
+    if (c["rope_scaling"].is_object()) c["rope_scaling"]["truncate"] = false;
+    if (c["norm_topk_prob"] != true)
+        fail(files.path(), ": metadata ", key("expert_weights_norm"),
+             ": gpt-oss softmaxes its top-k logits (renormalised weights), not false");
+}
+
 }  // namespace
 
 std::vector<std::string> supported_gguf_architectures() {
@@ -330,6 +357,7 @@ Json gguf_model_config(const GgufModelFiles& files) {
             shared = tensor_dim(files, cat("blk.", l, ".ffn_gate_shexp.weight"), 0);
         if (shared) c["shared_expert_intermediate_size"] = *shared;
         if (arch == "glm4moe") glm4moe_config(files, c);
+        if (arch == "gpt-oss") gpt_oss_config(files, c);
     }
     return c;
 }
@@ -351,6 +379,7 @@ class ViewBuilder {
           permuted_qk_(permuted_qk),
           deepseek_names_(config["architectures"][0].get<std::string>().starts_with("Deepseek") ||
                           config["architectures"][0] == "Glm4MoeForCausalLM"),
+          gpt_oss_(config["architectures"][0] == "GptOssForCausalLM"),
           n_layers_(config["num_hidden_layers"].get<int64_t>()),
           mtp_(config.contains("num_nextn_predict_layers")) {}
 
@@ -427,6 +456,20 @@ class ViewBuilder {
             const std::string name =
                 p + "self_attn." + (q ? "q" : "k") + "_proj." + suffix.substr(suffix.find('.') + 1);
             return permuted_qk_ ? add_unpermuted(name, t, q ? heads : kv_heads) : add(name, t);
+        }
+        if (gpt_oss_) {  // its router and biases under transformers' GptOss names
+            static const std::map<std::string, std::string, std::less<>> gpt_oss = {
+                {"ffn_gate_inp.weight", "mlp.router.weight"},
+                {"ffn_gate_inp.bias", "mlp.router.bias"},
+                {"attn_sinks.weight", "self_attn.sinks"},
+            };
+            if (auto it = gpt_oss.find(suffix); it != gpt_oss.end()) return add(p + it->second, t);
+            const auto bias_name = [&](int64_t e, const std::string& proj) {
+                return cat(p, "mlp.experts.", e, ".", proj, ".bias");
+            };
+            if (suffix == "ffn_gate_exps.bias") return add_expert_biases(t, bias_name, "gate_proj");
+            if (suffix == "ffn_up_exps.bias") return add_expert_biases(t, bias_name, "up_proj");
+            if (suffix == "ffn_down_exps.bias") return add_expert_biases(t, bias_name, "down_proj");
         }
         if (suffix == "ffn_gate_inp.weight") return add(p + moe + "gate.weight", t);
         if (suffix == "ffn_gate_inp_shexp.weight") {
@@ -505,6 +548,21 @@ class ViewBuilder {
         }
     }
 
+    // [n_experts, n] biases: one [n] view per expert.
+    template <class NameFn>
+    void add_expert_biases(const GgufTensor& t, NameFn&& bias_name, const std::string& proj) {
+        const std::string origin = cat(storage_.files.path(), ": tensor ", t.name);
+        if (t.shape.size() != 2 || t.shape[0] <= 0)
+            fail(origin, ": expected [n_experts, n], found ", Json(t.shape).dump());
+        const uint64_t expert_bytes = t.bytes / uint64_t(t.shape[0]);
+        for (int64_t e = 0; e < t.shape[0]; ++e) {
+            Checkpoint::View v = view_of(t, cat(origin, " (expert ", e, ")"));
+            v.shape = {t.shape[1]};
+            v.data = t.data + uint64_t(e) * expert_bytes;
+            put(bias_name(e, proj), std::move(v));
+        }
+    }
+
     // convert_hf_to_gguf.py's LlamaModel.permute: within each head, HF row j * (d/2) + i becomes
     // row 2i + j. Rows are whole blocks of any type, so they move as bytes.
     void add_unpermuted(const std::string& name, const GgufTensor& t, int64_t n_heads) {
@@ -531,6 +589,7 @@ class ViewBuilder {
     const Json& config_;
     bool permuted_qk_;
     bool deepseek_names_;  // DeepSeek's or GLM's: shared_experts (plural), exp_probs_b
+    bool gpt_oss_;         // router, sinks and expert biases under GptOss's names
     int64_t n_layers_;
     bool mtp_;  // blocks from n_layers_ on are next-token (MTP) layers, skipped
     std::map<std::string, Checkpoint::View> views_;

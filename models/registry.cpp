@@ -25,6 +25,7 @@ const std::map<std::string, ArchitectureFactory>& registry() {
         {"DeepseekV2ForCausalLM", &make_deepseek_v2},
         {"DeepseekV3ForCausalLM", &make_deepseek_v3},
         {"Glm4MoeForCausalLM", &make_glm4_moe},
+        {"GptOssForCausalLM", &make_gpt_oss},
     };
     return factories;
 }

@@ -49,7 +49,7 @@ void add_threads_and_memory(CLI::App& app, EngineConfig& config) {
                  "on cuda:N, replay decode steps as CUDA graphs (not yet verified on a GPU)")
         ->group(group);
     app.add_option("--quantize", config.quantize,
-                   "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k")
+                   "quantize weights at load: q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4")
         ->group(group);
     app.add_option("--cpu-isa", config.cpu_isa, "force the CPU kernels' ISA: scalar, avx2, avx512")
         ->group(group);

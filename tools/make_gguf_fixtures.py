@@ -543,8 +543,102 @@ def logits_with(model, state, ids):
         return m.eval()(ids[None], use_cache=False).logits[0].float()
 
 
+def write_gpt_oss():
+    """tests/data/gguf/gpt_oss/model-mxfp4.gguf: the golden gpt_oss/mxfp4 checkpoint (experts in
+    the Hub's MXFP4 blocks / scales) as llama.cpp's GptOssModel converter lays it out: gate and
+    up split into ffn_gate_exps / ffn_up_exps (the Hub's rows interleave them), MXFP4 blocks in
+    ggml's order (element j in the low nibble of byte j < 16, else the high nibble of byte
+    j - 16; the Hub's is element 2i low, 2i + 1 high), biases, sinks and every other tensor f32.
+    Each expert tensor is checked against gguf-py's own MXFP4 dequantizer on the way: it must
+    give the values of the Hub blocks exactly. Its logits must equal the safetensors
+    checkpoint's (the same weights, bit for bit), so no reference file is written."""
+    src = ROOT / "tests" / "data" / "golden" / "gpt_oss" / "mxfp4"
+    cfg = json.loads((src / "config.json").read_text())
+    with safe_open(src / "model.safetensors", "np") as st:
+        t = {k: st.get_tensor(k) for k in st.keys()}
+    e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+
+    def hf_values(blocks, scales):  # [..., nb, 16], [..., nb] -> [..., nb * 32]
+        codes = np.stack([blocks & 0xF, blocks >> 4], -1).reshape(*blocks.shape[:-1], 32)
+        vals = e2m1[codes] * np.ldexp(np.float32(1), scales.astype(np.int32) - 127)[..., None]
+        return vals.reshape(*blocks.shape[:-2], -1)
+
+    def to_ggml(blocks, scales):  # [..., nb, 16] + [..., nb] -> [..., nb * 17] u8
+        codes = np.stack([blocks & 0xF, blocks >> 4], -1).reshape(*blocks.shape[:-1], 32)
+        qs = (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)
+        out = np.concatenate([scales[..., None], qs], -1)
+        return np.ascontiguousarray(out.reshape(*blocks.shape[:-2], -1))
+
+    out = OUT / "gpt_oss"
+    out.mkdir(parents=True, exist_ok=True)
+    w = GGUFWriter(out / "model-mxfp4.gguf", "gpt-oss")
+    w.add_name("tandem-test-gpt-oss")
+    n_layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_rope_dimension_count(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    rp = cfg["rope_parameters"]
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_rope_scaling_type(RopeScalingType.YARN)
+    w.add_rope_scaling_factor(rp["factor"])
+    w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+    w.add_expert_count(cfg["num_local_experts"])
+    w.add_expert_used_count(cfg["num_experts_per_tok"])
+    w.add_expert_feed_forward_length(cfg["intermediate_size"])
+    w.add_sliding_window(cfg["sliding_window"])
+    # the fixture's layer_types are sliding, full, sliding: llama.cpp's default pattern of 2
+    assert cfg["layer_types"] == ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                  for i in range(n_layers)]
+    assert (cfg["swiglu_limit"], cfg["swiglu_alpha"]) != (7.0, 1.702)
+    f32 = lambda x: np.ascontiguousarray(x.astype(np.float32))  # noqa: E731
+    w.add_tensor("token_embd.weight", f32(t["model.embed_tokens.weight"]))
+    w.add_tensor("output_norm.weight", f32(t["model.norm.weight"]))
+    w.add_tensor("output.weight", f32(t["lm_head.weight"]))
+    for layer in range(n_layers):
+        p, b = f"model.layers.{layer}.", f"blk.{layer}."
+        plain = {"input_layernorm.weight": "attn_norm.weight",
+                 "post_attention_layernorm.weight": "post_attention_norm.weight",
+                 "self_attn.sinks": "attn_sinks.weight", "mlp.router.weight": "ffn_gate_inp.weight",
+                 "mlp.router.bias": "ffn_gate_inp.bias"}
+        for proj, g in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
+            plain[f"self_attn.{proj}_proj.weight"] = f"{g}.weight"
+            plain[f"self_attn.{proj}_proj.bias"] = f"{g}.bias"
+        for hf, gg in plain.items():
+            w.add_tensor(b + gg, f32(t[p + hf]))
+        x = p + "mlp.experts."
+        gub, gus = t[x + "gate_up_proj_blocks"], t[x + "gate_up_proj_scales"]
+        dnb, dns = t[x + "down_proj_blocks"], t[x + "down_proj_scales"]
+        gate_up_bias = t[x + "gate_up_proj_bias"]
+        for name, blocks, scales in (("ffn_gate_exps", gub[:, 0::2], gus[:, 0::2]),
+                                     ("ffn_up_exps", gub[:, 1::2], gus[:, 1::2]),
+                                     ("ffn_down_exps", dnb, dns)):
+            raw = to_ggml(blocks, scales)
+            want = hf_values(blocks, scales)
+            got = quants.dequantize(raw, T.MXFP4)
+            assert np.array_equal(got, want), f"{name}: gguf-py reads the blocks differently"
+            w.add_tensor(b + name + ".weight", raw, raw_dtype=T.MXFP4)
+        w.add_tensor(b + "ffn_gate_exps.bias", f32(gate_up_bias[:, 0::2]))
+        w.add_tensor(b + "ffn_up_exps.bias", f32(gate_up_bias[:, 1::2]))
+        w.add_tensor(b + "ffn_down_exps.bias", f32(t[x + "down_proj_bias"]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"gpt_oss/mxfp4: {(out / 'model-mxfp4.gguf').stat().st_size // 1024} KiB")
+
+
 def main():
     transformers.logging.set_verbosity_error()
+    if sys.argv[1:] == ["gpt_oss"]:
+        write_gpt_oss()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     types = [("f32", T.F32, "small"), ("f16", T.F16, "small"), ("q8_0", T.Q8_0, "small"),
              ("q4_0", T.Q4_0, "small"), ("q4_k", T.Q4_K, "k")]

@@ -211,6 +211,39 @@ ARCHS = {
         ),
         after_save="add_mtp_layer",
     ),
+    # gpt-oss: attention sinks, biases everywhere, layers 0 and 2 sliding (window 6, inside the
+    # 20-token prompt) and layer 1 full, YaRN (truncate false, as the Hub's), top-4 of 16 experts
+    # with a biased router, and the clamped SwiGLU with a limit of 1.5 and alpha 1.2 (not the
+    # defaults 7.0 and 1.702, which random activations would never reach the clamp of, and which
+    # an engine hard-coding them would then pass). Experts in transformers' fused layout
+    # (gate_up_proj [E, hidden, 2 * ffn], gate and up interleaved). Besides f32 and bf16, an
+    # "mxfp4" checkpoint: the f32 one with its experts quantized to MXFP4 blocks and scales (as
+    # the Hub's gpt-oss holds them), whose reference is transformers' own dequantization of the
+    # file (Mxfp4Config(dequantize=True)).
+    "gpt_oss": dict(
+        cls=transformers.GptOssForCausalLM,
+        cfg=transformers.GptOssConfig,
+        seed=9200,
+        kw=dict(
+            vocab_size=320, num_hidden_layers=3, head_dim=16, intermediate_size=64,
+            num_local_experts=16, num_experts_per_tok=4, sliding_window=6,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            swiglu_limit=1.5, swiglu_alpha=1.2,
+            rope_parameters=rope(
+                150000.0, rope_type="yarn", factor=8.0, original_max_position_embeddings=32,
+                beta_fast=32.0, beta_slow=1.0, truncate=False,
+            ),
+            rms_norm_eps=1e-5,
+        ),
+        dtypes=("f32", "bf16", "mxfp4"),
+        fused_experts=True,
+        # gpt-oss's router runs in bf16 natively (its weight is not kept in f32), so its logits
+        # are bf16 values 1/32 apart near 6, and exact ties between the 4th and 5th of 16
+        # experts are common: 0.05 (and even 0.01) rejected every seed tried. No bound: where
+        # native bf16 ties, transformers' f32 computation and Tandem route alike, and
+        # GoldenBf16 only asks Tandem to be as close to native bf16 as transformers' f32 is.
+        min_router_gap_bf16=0.0,
+    ),
 }
 
 
@@ -391,8 +424,16 @@ def randomize(model):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn_like(p))
-            elif name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+            elif name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight",
+                                "mlp.router.weight")):
                 p.copy_(2.0 / math.sqrt(p.shape[-1]) * torch.randn_like(p))  # router
+            elif name.endswith("self_attn.sinks"):  # gpt-oss: comparable to the scores
+                p.copy_(1.0 + torch.randn_like(p))
+            elif name.endswith("_proj_bias"):  # gpt-oss's fused expert biases
+                p.copy_(0.2 * torch.randn_like(p))
+            elif name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+                # gpt-oss's fused experts are [E, in, out]: fan-in is dim 1
+                p.copy_(torch.randn_like(p) / math.sqrt(p.shape[1]))
             elif "embed_tokens" in name or "lm_head" in name:
                 p.copy_(0.3 * torch.randn_like(p))  # also the tied qwen2 head
             else:  # keep each projection roughly variance-preserving; fan-in is the last dim
@@ -525,9 +566,12 @@ def to_hub_v4_config(path):
     cfg_path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
-def check_hub_layout(path):
+def check_hub_layout(path, fused=False):
     """transformers 5 holds experts fused (experts.gate_up_proj [E, 2I, H]) and splits them
-    back on save; make sure the files hold one tensor per expert, as on the Hub."""
+    back on save; make sure the files hold one tensor per expert, as on the Hub (gpt-oss's Hub
+    checkpoints are fused: `fused` skips the check)."""
+    if fused:
+        return
     for f in path.glob("model*.safetensors"):
         with safe_open(f, "pt") as st:
             for k in st.keys():
@@ -544,6 +588,10 @@ def build(name, spec, seed, workdir):
     randomize(model)
     prompt = torch.randint(3, config.vocab_size, (PROMPT_LEN,), dtype=torch.int64)
     results = {}
+    if "mxfp4" in spec.get("dtypes", ()):
+        results["mxfp4"] = build_mxfp4(name, model, prompt, workdir)
+        if results["mxfp4"] is None:
+            return None
     for tag, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         if tag not in spec.get("dtypes", ("f32", "bf16")):
             continue
@@ -556,7 +604,7 @@ def build(name, spec, seed, workdir):
         assert not shard or (d / "model.safetensors.index.json").exists()
         if tag == "bf16":
             to_hub_v4_config(d)
-        check_hub_layout(d)
+        check_hub_layout(d, spec.get("fused_experts", False))
         # The references come from the files as saved, reloaded as the engine reads them;
         # for bf16, loading with dtype=float32 upcasts the weights exactly.
         ref = load(d, torch.float32)
@@ -577,7 +625,7 @@ def build(name, spec, seed, workdir):
         if tag == "bf16":
             ids16, margins16 = greedy(native_model, prompt)
             gap16 = min_router_gap(native_model, torch.cat([prompt, ids16[:-1]]))
-            min_gap16 = (
+            min_gap16 = spec["min_router_gap_bf16"] if "min_router_gap_bf16" in spec else (
                 MIN_ROUTER_GAP_BF16_F32_ROUTER
                 if name.startswith(("deepseek", "glm"))
                 else MIN_ROUTER_GAP_BF16
@@ -600,6 +648,89 @@ def build(name, spec, seed, workdir):
             stats += f"max|logits_bf16 - logits| {diff16:.3f}"
         results[tag] = (tensors, stats)
     return results
+
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w):
+    """w [..., rows, k] -> (blocks [..., rows, k / 32, 16] u8, scales [..., rows, k / 32] u8)
+    in Hugging Face's layout (element 2i in the low nibble of byte i). The scale is the
+    smallest power of two that keeps the block's largest magnitude within 6; each value rounds
+    to the nearest e2m1 magnitude (ties to the even code), as Tandem's quantizer does."""
+    *prefix, rows, k = w.shape
+    x = w.double().reshape(*prefix, rows, k // 32, 32)
+    amax = x.abs().amax(-1)
+    e = torch.where(amax > 0, torch.ceil(torch.log2(amax / 6.0)), torch.zeros_like(amax))
+    e = e + (torch.ldexp(torch.full_like(e, 6.0), e.int()) < amax)  # log2 rounding at the edge
+    e = (e + 127).clamp(0, 254)
+    scaled = x / torch.ldexp(torch.ones_like(e), (e - 127).int())[..., None]
+    dist = (scaled.abs()[..., None] - E2M1.double()).abs()
+    # Nearest magnitude; on a tie the even code (argmin takes the first, so favour even ones).
+    dist = dist - 1e-12 * (torch.arange(8) % 2 == 0).double()
+    code = dist.argmin(-1)
+    code = code | ((scaled < 0) & (code != 0)).long() << 3
+    blocks = (code[..., 0::2] | (code[..., 1::2] << 4)).to(torch.uint8)
+    return blocks.contiguous(), e.to(torch.uint8).contiguous()
+
+
+def build_mxfp4(name, model, prompt, workdir):
+    """The f32 model with every expert matrix quantized to MXFP4 and saved as the Hub's
+    gpt-oss checkpoints are (*_blocks / *_scales u8, quantization_config mxfp4); the reference
+    is transformers loading that file with Mxfp4Config(dequantize=True)."""
+    d = workdir / name / "mxfp4"
+    model.save_pretrained(d)
+    from safetensors.torch import load_file
+
+    f = d / "model.safetensors"
+    tensors = load_file(f)
+    for key in [k for k in tensors if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        w = tensors.pop(key)  # [E, in, out] -> rows of out, blocks along in
+        blocks, scales = mxfp4_quantize(w.transpose(1, 2))
+        tensors[key + "_blocks"], tensors[key + "_scales"] = blocks, scales
+    save_file(tensors, f, {"format": "pt"})
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                   "model.embed_tokens", "lm_head"],
+    }
+    (d / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        d, dtype=torch.float32, quantization_config=transformers.Mxfp4Config(dequantize=True),
+        **IMPL).eval()
+    # Dequantized in bf16 by default: check that every expert weight is what the blocks say
+    # (e2m1 x 2^k is exact in bf16 for these scales), against our own dequantization.
+    for key, w in tensors.items():
+        if key.endswith("_blocks"):
+            base = key[: -len("_blocks")]
+            lut = torch.cat([E2M1, -E2M1])
+            codes = torch.stack([w & 0xF, w >> 4], -1).reshape(*w.shape[:-2], -1).long()
+            scales = tensors[base + "_scales"].int() - 127
+            deq = torch.ldexp(lut[codes].reshape(*w.shape[:-2], -1, 32),
+                              scales[..., None]).reshape(*w.shape[:-2], -1)
+            mine = deq.transpose(1, 2)
+            theirs = ref.get_parameter(base).float()
+            assert torch.equal(mine, theirs), f"{key}: transformers dequantizes differently"
+    ref = ref.float()
+    logits = logits_of(ref, prompt)
+    ids, margins = greedy(ref, prompt)
+    gap = min_router_gap(ref, torch.cat([prompt, ids[:-1]]))
+    margin = margins.min().item()
+    if margin < MIN_MARGIN or gap < MIN_ROUTER_GAP:
+        print(f"  {name}/mxfp4: margin {margin:.1e}, router gap {gap:.1e}; retry")
+        return None
+    layer0 = "model.layers.0.mlp.experts."
+    tensors = {
+        "prompt_ids": prompt, "logits": logits.contiguous(), "greedy_ids": ids,
+        # transformers' dequantized experts of layer 0, which the engine's must equal exactly
+        "experts0_gate_up": ref.get_parameter(layer0 + "gate_up_proj").float().contiguous(),
+        "experts0_down": ref.get_parameter(layer0 + "down_proj").float().contiguous(),
+    }
+    f32_logits = logits_of(model, prompt)
+    stats = (f"max|logit| {logits.abs().max():.3f}, min margin {margin:.4f}, min router gap "
+             f"{gap:.1e}, max|mxfp4 - f32 logits| {(logits - f32_logits).abs().max():.3f}")
+    return tensors, stats
 
 
 def save_reference(tensors, path, meta):

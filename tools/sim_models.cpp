@@ -14,8 +14,8 @@ int64_t attention(int64_t hidden, int64_t q_dim, int64_t kv_dim, int64_t n_exper
 }  // namespace
 
 std::vector<std::string> model_preset_names() {
-    return {"olmoe-1b-7b",  "deepseek-v2-lite", "gpt-oss-120b",   "qwen3-30b-a3b",
-            "mixtral-8x7b", "glm-4.5-air",      "tandem-demo-moe"};
+    return {"olmoe-1b-7b",   "deepseek-v2-lite", "gpt-oss-20b", "gpt-oss-120b",
+            "qwen3-30b-a3b", "mixtral-8x7b",     "glm-4.5-air", "tandem-demo-moe"};
 }
 
 ModelShape model_preset(const std::string& name, double bits) {
@@ -40,6 +40,15 @@ ModelShape model_preset(const std::string& name, double bits) {
              .dense_params_per_layer =
                  2048LL * 3072 + 2048 * 576 + 512 * 4096 + 2048 * 2048 + 2048 * 64,
              .head_params = 102400LL * 2048};
+    } else if (name == "gpt-oss-20b") {
+        // openai/gpt-oss-20b's config.json: 24 layers of 32 experts, 64 heads x 64 on 8 KV heads.
+        s = {.n_moe_layers = 24,
+             .n_experts = 32,
+             .n_experts_active = 4,
+             .hidden_dim = 2880,
+             .expert_ffn_dim = 2880,
+             .dense_params_per_layer = attention(2880, 4096, 512, 32),
+             .head_params = 201088LL * 2880};
     } else if (name == "gpt-oss-120b") {
         s = {.n_moe_layers = 36,
              .n_experts = 128,
@@ -86,7 +95,7 @@ ModelShape model_preset(const std::string& name, double bits) {
              .head_params = 8192LL * 256};
     } else {
         fail("--model ", name,
-             ": unknown preset; expected olmoe-1b-7b, deepseek-v2-lite, gpt-oss-120b, "
+             ": unknown preset; expected olmoe-1b-7b, deepseek-v2-lite, gpt-oss-20b, gpt-oss-120b, "
              "qwen3-30b-a3b, mixtral-8x7b, glm-4.5-air or tandem-demo-moe");
     }
     if (!(bits > 0.0 && bits <= 32.0)) fail("--bits: expected (0, 32], got ", bits);

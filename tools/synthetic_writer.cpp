@@ -76,6 +76,15 @@ void fill(const PlannedTensor& t, uint64_t seed, int64_t first, int64_t n, std::
         }
         for (; i < bytes; ++i)
             out[i] = std::byte(rng.next());
+        if (t.dtype == DType::MXFP4) {
+            // Uniform nibbles give values of RMS 5.85 (twice e2m1's, kMxfp4Doubled) per unit of
+            // the block scale 2^(e - 128): pick e for the tensor's std.
+            const int e = std::clamp(
+                128 + int(std::lround(std::log2(std::max(t.std, 1e-30f) / 5.85f))), 1, 254);
+            for (int64_t b = 0; b < n / block; ++b)
+                out[b * block_bytes] = std::byte(e);
+            return;
+        }
         const QuantScale q = quant_scale(t.dtype);
         const float d = t.std / q.std_per_d;
         const uint16_t d16 = f32_to_f16(d), dmin16 = f32_to_f16(d * q.dmin_per_d);
@@ -153,6 +162,32 @@ bool is_deepseek(SyntheticArch arch) {
 
 bool is_glm(SyntheticArch arch) {
     return arch == SyntheticArch::Glm4Moe;
+}
+
+bool is_gpt_oss(SyntheticArch arch) {
+    return arch == SyntheticArch::GptOss;
+}
+
+// gpt-oss's config.json keys, as on the Hub (alternating sliding and full layers, biases
+// everywhere, YaRN without truncation, the clamped SwiGLU's limit).
+void gpt_oss_config(const SyntheticModelSpec& s, nlohmann::json& c) {
+    c["architectures"] = {"GptOssForCausalLM"};
+    c["model_type"] = "gpt_oss";
+    c["num_local_experts"] = s.n_experts;
+    c["intermediate_size"] = s.expert_ffn_dim;
+    c["attention_bias"] = true;
+    c["sliding_window"] = s.sliding_window;
+    nlohmann::json types = nlohmann::json::array();
+    for (int64_t l = 0; l < s.n_layers; ++l)
+        types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+    c["layer_types"] = types;
+    c["swiglu_limit"] = 7.0;
+    c["rope_scaling"] = {{"rope_type", "yarn"},
+                         {"factor", s.yarn_factor},
+                         {"original_max_position_embeddings", s.yarn_original_context},
+                         {"beta_fast", 32.0},
+                         {"beta_slow", 1.0},
+                         {"truncate", false}};
 }
 
 float fan_in_std(int64_t fan_in) {
@@ -291,6 +326,7 @@ nlohmann::json hf_config(const SyntheticModelSpec& s, DType dtype) {
             break;
         case SyntheticArch::DeepseekV2: deepseek_config(s, c); break;
         case SyntheticArch::Glm4Moe: glm_config(s, c); break;
+        case SyntheticArch::GptOss: gpt_oss_config(s, c); break;
     }
     return c;
 }
@@ -322,10 +358,22 @@ std::vector<PlannedTensor> hf_tensors(const SyntheticModelSpec& s, DType dtype) 
             add(p + "self_attn.v_proj.weight", {kv_dim, s.hidden_dim}, proj_std);
             add(p + "self_attn.o_proj.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
         }
-        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch)) {
+        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch) || is_gpt_oss(s.arch)) {
             add(p + "self_attn.q_proj.bias", {q_dim}, 0.02f);
             add(p + "self_attn.k_proj.bias", {kv_dim}, 0.02f);
             add(p + "self_attn.v_proj.bias", {kv_dim}, 0.02f);
+        }
+        if (is_gpt_oss(s.arch)) {  // the Hub's fused experts: [E, in, out], gate/up interleaved
+            const int64_t e = s.n_experts, f = s.expert_ffn_dim, h = s.hidden_dim;
+            add(p + "self_attn.o_proj.bias", {h}, 0.02f);
+            add(p + "self_attn.sinks", {s.n_heads}, 0.5f);
+            add(p + "mlp.router.weight", {e, h}, proj_std);
+            add(p + "mlp.router.bias", {e}, 0.02f);
+            add(p + "mlp.experts.gate_up_proj", {e, h, 2 * f}, proj_std);
+            add(p + "mlp.experts.gate_up_proj_bias", {e, 2 * f}, 0.02f);
+            add(p + "mlp.experts.down_proj", {e, f, h}, fan_in_std(f));
+            add(p + "mlp.experts.down_proj_bias", {e, h}, 0.02f);
+            continue;
         }
         if (is_glm(s.arch) && l < s.n_dense_layers) {
             const int64_t f = s.dense_ffn_dim;
@@ -388,6 +436,7 @@ const char* gguf_arch(SyntheticArch arch) {
         case SyntheticArch::Mixtral: return "llama";
         case SyntheticArch::DeepseekV2: return "deepseek2";
         case SyntheticArch::Glm4Moe: return "glm4moe";
+        case SyntheticArch::GptOss: return "gpt-oss";
     }
     return "";
 }
@@ -425,10 +474,25 @@ std::vector<PlannedTensor> gguf_tensors(const SyntheticModelSpec& s, DType dtype
             matrix(p + "attn_v.weight", {kv_dim, s.hidden_dim}, proj_std);
             matrix(p + "attn_output.weight", {s.hidden_dim, q_dim}, fan_in_std(q_dim));
         }
-        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch)) {
+        if (s.arch == SyntheticArch::Qwen2Moe || is_glm(s.arch) || is_gpt_oss(s.arch)) {
             f32(p + "attn_q.bias", {q_dim}, 0.02f);
             f32(p + "attn_k.bias", {kv_dim}, 0.02f);
             f32(p + "attn_v.bias", {kv_dim}, 0.02f);
+        }
+        if (is_gpt_oss(s.arch)) {  // llama.cpp's GptOssModel names; gate and up split
+            const int64_t e = s.n_experts, f = s.expert_ffn_dim, h = s.hidden_dim;
+            f32(p + "attn_output.bias", {h}, 0.02f);
+            f32(p + "attn_sinks.weight", {s.n_heads}, 0.5f);
+            f32(p + "post_attention_norm.weight", {h}, 0.0f);
+            f32(p + "ffn_gate_inp.weight", {e, h}, proj_std);
+            f32(p + "ffn_gate_inp.bias", {e}, 0.02f);
+            matrix(p + "ffn_gate_exps.weight", {e, f, h}, proj_std);
+            matrix(p + "ffn_up_exps.weight", {e, f, h}, proj_std);
+            matrix(p + "ffn_down_exps.weight", {e, h, f}, fan_in_std(f));
+            f32(p + "ffn_gate_exps.bias", {e, f}, 0.02f);
+            f32(p + "ffn_up_exps.bias", {e, f}, 0.02f);
+            f32(p + "ffn_down_exps.bias", {e, h}, 0.02f);
+            continue;
         }
         if (is_glm(s.arch)) {  // Glm4MoeModel's name for the FFN's input norm
             f32(p + "post_attention_norm.weight", {s.hidden_dim}, 0.0f);
@@ -579,6 +643,14 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
         h.kv_u32(a + ".rope.dimension_count",
                  uint32_t(double(s.head_dim) * s.partial_rotary_factor));
         if (is_glm(s.arch)) gguf_glm_metadata(h, s);
+        if (is_gpt_oss(s.arch)) {
+            h.kv_u32(a + ".expert_feed_forward_length", uint32_t(s.expert_ffn_dim));
+            h.kv_u32(a + ".attention.sliding_window", uint32_t(s.sliding_window));
+            h.kv_str(a + ".rope.scaling.type", "yarn");
+            h.kv_f32(a + ".rope.scaling.factor", float(s.yarn_factor));
+            h.kv_u32(a + ".rope.scaling.original_context_length",
+                     uint32_t(s.yarn_original_context));
+        }
     }
     h.kv_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
     h.kv_f32(a + ".rope.freq_base", float(s.rope_theta));
@@ -625,8 +697,9 @@ void gguf_metadata(GgufHeader& h, const SyntheticModelSpec& s) {
 }  // namespace
 
 std::vector<std::string> synthetic_preset_names() {
-    return {"mixtral-8x7b",      "qwen3-30b-a3b",    "qwen2-57b-a14b", "olmoe-1b-7b",
-            "qwen1.5-moe-a2.7b", "deepseek-v2-lite", "glm-4.5-air"};
+    return {"mixtral-8x7b", "qwen3-30b-a3b",     "qwen2-57b-a14b",
+            "olmoe-1b-7b",  "qwen1.5-moe-a2.7b", "deepseek-v2-lite",
+            "glm-4.5-air",  "gpt-oss-20b",       "gpt-oss-120b"};
 }
 
 // zai-org/GLM-4.5-Air's config.json: 106B parameters, 12B active; the first layer dense, 1
@@ -650,6 +723,28 @@ SyntheticModelSpec glm_4_5_air() {
             .n_dense_layers = 1,
             .dense_ffn_dim = 10944,
             .partial_rotary_factor = 0.5};
+}
+
+// openai/gpt-oss-20b's and gpt-oss-120b's config.json: 64 heads x 64 on 8 KV heads, experts as
+// wide as hidden (2880), top-4, a 128-token window on even layers, YaRN x32 over 4096.
+SyntheticModelSpec gpt_oss(const std::string& name, int64_t n_layers, int64_t n_experts) {
+    return {.name = name,
+            .arch = SyntheticArch::GptOss,
+            .vocab_size = 201088,
+            .hidden_dim = 2880,
+            .n_layers = n_layers,
+            .n_heads = 64,
+            .n_kv_heads = 8,
+            .head_dim = 64,
+            .n_experts = n_experts,
+            .n_experts_active = 4,
+            .expert_ffn_dim = 2880,
+            .max_position_embeddings = 131072,
+            .rope_theta = 150000.0,
+            .norm_topk_prob = true,
+            .sliding_window = 128,
+            .yarn_factor = 32.0,
+            .yarn_original_context = 4096};
 }
 
 // DeepSeek-V2-Lite's config.json (reference/models.md 3.2): MLA without q_lora, 2 shared experts,
@@ -696,6 +791,8 @@ SyntheticModelSpec synthetic_preset(const std::string& name) {
          1e6, false},
         deepseek_v2_lite(),
         glm_4_5_air(),
+        gpt_oss("gpt-oss-20b", 24, 32),
+        gpt_oss("gpt-oss-120b", 36, 128),
     };
     std::string known;
     for (const SyntheticModelSpec& p : presets) {

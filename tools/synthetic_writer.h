@@ -24,7 +24,7 @@
 
 namespace tandem {
 
-enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe, DeepseekV2, Glm4Moe };
+enum class SyntheticArch { Qwen3Moe, Olmoe, Mixtral, Qwen2Moe, DeepseekV2, Glm4Moe, GptOss };
 
 // DeepSeek-V2's multi-head latent attention (models/blocks/mla_attention_block.h).
 struct SyntheticMla {
@@ -54,6 +54,8 @@ struct SyntheticModelSpec {
     double rope_theta = 10000.0;
     bool norm_topk_prob = false;
     uint64_t seed = 1;
+    // GptOss: attention within sliding_window on even layers, full on odd ones.
+    int64_t sliding_window = 0;
     // DeepseekV2 only: MLA and YaRN (factor 0: none) with mscale = mscale_all_dim as in
     // DeepSeek's configs. DeepseekV2 and Glm4Moe: the leading dense layers
     // (first_k_dense_replace) of dense_ffn_dim.

@@ -38,7 +38,8 @@ class SimDeviceExperts final : public DeviceExperts {
                       .offsets = {call.offsets.begin(), call.offsets.end()},
                       .token_index = {call.token_index.begin(), call.token_index.end()},
                       .token_weight = {call.token_weight.begin(), call.token_weight.end()},
-                      .skip = {call.skip.begin(), call.skip.end()}};
+                      .skip = {call.skip.begin(), call.skip.end()},
+                      .glu = call.glu};
         for (size_t e = 0; e < n_experts; ++e) {
             if (!launch.runs(e)) continue;
             for (const Tensor* t :
@@ -54,14 +55,18 @@ class SimDeviceExperts final : public DeviceExperts {
                 if (launch.runs(e))
                     experts[e] = {.gate = host_view(launch.experts[e].gate),
                                   .up = host_view(launch.experts[e].up),
-                                  .down = host_view(launch.experts[e].down)};
+                                  .down = host_view(launch.experts[e].down),
+                                  .gate_bias = launch.experts[e].gate_bias,
+                                  .up_bias = launch.experts[e].up_bias,
+                                  .down_bias = launch.experts[e].down_bias};
             cpu::moe_experts({.x = host_view(launch.x),
                               .out = host_view(launch.out),
                               .experts = experts,
                               .offsets = launch.offsets,
                               .token_index = launch.token_index,
                               .token_weight = launch.token_weight,
-                              .skip = launch.skip},
+                              .skip = launch.skip,
+                              .glu = launch.glu},
                              *pool);
         });
     }
@@ -74,6 +79,7 @@ class SimDeviceExperts final : public DeviceExperts {
         std::vector<int32_t> token_index;
         std::vector<float> token_weight;
         std::vector<uint8_t> skip;
+        cpu::GluOptions glu;
         bool runs(size_t e) const {
             return offsets[e + 1] > offsets[e] && (skip.empty() || !skip[e]);
         }

@@ -36,6 +36,9 @@ struct DeviceExpertsCall {
     std::span<const int32_t> token_index;         // host [n_slots]: the token of each slot
     std::span<const float> token_weight;          // host [n_slots]: its routing weight
     std::span<const uint8_t> skip;                // host, empty or [n_experts]: 1 = not here
+    // gpt-oss: the clamped activation, and each expert's biases in the host tensors of its
+    // ExpertWeights (the sim device reads them there; cuda:N refuses them).
+    cpu::GluOptions glu = {};
 };
 
 class DeviceExperts {

@@ -138,7 +138,7 @@ ParsedEngineConfig parse_engine_config(const EngineConfig& config) {
             parsed.quantize = q;
         else
             errors.add("quantize", "'", config.quantize,
-                       "' is not one of q8_0, q5_0, q4_0, q4_k, q5_k, q6_k");
+                       "' is not one of q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4");
     }
     if (const std::optional<DType> kv = dtype_from_name(config.kv_cache_type);
         kv && is_kv_cache_type(*kv))

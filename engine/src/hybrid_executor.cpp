@@ -446,6 +446,11 @@ void HybridExecutor::queue_device_launches(const MoeLayerCall& call, const Tenso
             flush_launch(x, out);
             compute_->wait(ready);
         }
+        // Biases stay in host memory (the sim device reads them there; cuda:N refuses them).
+        const cpu::ExpertWeights& host = layers_[size_t(layer)]->experts[size_t(e)];
+        w.gate_bias = host.gate_bias;
+        w.up_bias = host.up_bias;
+        w.down_bias = host.down_bias;
         launch_experts_[size_t(e)] = w;
         launch_skip_[size_t(e)] = 0;
         if (t >= 0) launch_transient_.push_back(t);
@@ -463,7 +468,8 @@ void HybridExecutor::flush_launch(const Tensor& x, const Tensor& out) {
                                      .offsets = groups_.offsets,
                                      .token_index = groups_.token_index,
                                      .token_weight = groups_.token_weight,
-                                     .skip = launch_skip_});
+                                     .skip = launch_skip_,
+                                     .glu = glu_options(config_)});
     if (!launch_transient_.empty()) {
         const std::shared_ptr<Event> read = compute_->record();
         for (int64_t t : launch_transient_)
@@ -645,7 +651,8 @@ cpu::MoeExpertsArgs HybridExecutor::cpu_experts_args(const MoeLayerCall& call) {
             .offsets = groups_.offsets,
             .token_index = groups_.token_index,
             .token_weight = groups_.token_weight,
-            .skip = skip_};
+            .skip = skip_,
+            .glu = glu_options(config_)};
 }
 
 void HybridExecutor::graph_end_layer(int moe_layer, const GraphLayerIo& io) noexcept {

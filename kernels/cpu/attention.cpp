@@ -80,7 +80,8 @@ void add_tiles(const AttentionProblem& p, int64_t positions_per_tile, int64_t he
                                           .k = k,
                                           .v = v,
                                           .q_scale = q_scale,
-                                          .window = p.window},
+                                          .window = p.window,
+                                          .sinks = p.sinks ? p.sinks + h0 : nullptr},
                                  .cost = n_pos * n_heads * (last + 1 - first_key)});
             }
         }
@@ -140,7 +141,8 @@ void attention(std::span<const AttentionArgs> sequences, ThreadPool& pool) {
                             .v = {.rows = a.v_cache, .dim = v_dim},
                             .start_pos = a.start_pos,
                             .scale = a.scale,
-                            .window = a.sliding_window});
+                            .window = a.sliding_window,
+                            .sinks = a.sinks});
     }
     run_attention(problems, pool);
 }

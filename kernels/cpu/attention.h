@@ -5,7 +5,8 @@
 // [start_pos, start_pos + n_new). Query head h reads KV head h / (n_heads / n_kv_heads), as
 // Hugging Face's repeat_kv does. The cache rows may be f32, f16 or bf16; they are read in their
 // stored type and converted to f32 a chunk of keys at a time. Scores, softmax (online, with a
-// running max) and the weighted sum of values are f32.
+// running max) and the weighted sum of values are f32. Sinks, when given, add exp(sink - max) to
+// each row's denominator at the end.
 //
 // Work: each sequence is cut into tiles of up to about 64 query rows (positions x the query
 // heads of one KV head); a tile walks the keys once, chunk by chunk, so a chunk of keys and
@@ -32,6 +33,9 @@ struct AttentionArgs {
     int64_t start_pos = 0;       // position of the first new token
     float scale = 1.0f;          // usually 1 / sqrt(head_dim)
     int64_t sliding_window = 0;  // 0: full causal attention; else keys within the last W positions
+    // [n_heads] f32 or null: per head, a logit that joins the softmax's denominator without a
+    // value (gpt-oss's attention sinks), in the units of the scaled scores.
+    const float* sinks = nullptr;
 };
 
 void attention(const AttentionArgs& args, ThreadPool& pool);

@@ -42,8 +42,9 @@ struct AttentionTile {
     int64_t n_pos = 0;
     int64_t n_heads = 0;  // query heads per position in the tile, all reading k and v
     KvSlice k, v;
-    float q_scale = 1.0f;  // softmax scale x log2(e): scores are kept in base 2
-    int64_t window = 0;    // 0: full causal; else keys within the last `window` positions
+    float q_scale = 1.0f;          // softmax scale x log2(e): scores are kept in base 2
+    int64_t window = 0;            // 0: full causal; else keys within the last `window` positions
+    const float* sinks = nullptr;  // [n_heads] of the tile (natural-log units), or null
 };
 
 // Where a tile's working set lies in its caller-provided scratch, in floats from the start (each
@@ -85,6 +86,7 @@ struct AttentionProblem {
     int64_t start_pos = 0;
     float scale = 1.0f;
     int64_t window = 0;
+    const float* sinks = nullptr;  // [n_heads] or null
 };
 
 // Tiles every problem and runs the tiles on the pool with the active ISA's kernel.

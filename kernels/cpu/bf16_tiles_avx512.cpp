@@ -1,5 +1,5 @@
 // Weight rows to bf16 tiles with AVX-512 BF16, for the tile path of tile_gemm.h: a vector
-// dequantizer for every block-quantized weight type (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K).
+// dequantizer for every block-quantized weight type (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K, MXFP4).
 // Compiled for the avx512 level only (flags in kernels/CMakeLists.txt) and called only when that
 // level is active. Each value is formed in f32 as dequantize_row forms it (the K-quants' scale *
 // q - min with one fused multiply-subtract), then rounded to bf16 (nearest even).
@@ -112,6 +112,21 @@ void q_0_row(const Block* x, int64_t n_blocks, uint16_t* out) {
     }
 }
 
+// MXFP4 rows, as dequantize_mxfp4: nibbles in Q4_0's order, each looked up in kMxfp4Doubled by
+// a byte shuffle, times 2^(e - 128).
+void mxfp4_row(const BlockMxfp4* x, int64_t n_blocks, uint16_t* out) {
+    const __m128i low_mask = _mm_set1_epi8(0x0F);
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Doubled));
+    for (int64_t b = 0; b < n_blocks; ++b, out += kQK) {
+        const __m512 d = _mm512_set1_ps(mxfp4_half_scale(x[b].e));
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs));
+        const __m128i lo = _mm_shuffle_epi8(table, _mm_and_si128(q, low_mask));
+        const __m128i hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(q, 4), low_mask));
+        store_bf16x32(_mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))),
+                      _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))), out);
+    }
+}
+
 // 32 six-bit values (as bytes 0..63) minus 32, times scale_lo for the first 16 and scale_hi for
 // the last 16.
 [[gnu::always_inline]] inline void q6_store(__m256i q, float scale_lo, float scale_hi,
@@ -164,6 +179,9 @@ bool rows_to_bf16(const void* rows, DType type, int64_t n_rows, int64_t k, uint1
             case DType::Q8_0: q8_0_row(reinterpret_cast<const BlockQ8_0*>(in), k / kQK, out); break;
             case DType::Q4_0: q_0_row(reinterpret_cast<const BlockQ4_0*>(in), k / kQK, out); break;
             case DType::Q5_0: q_0_row(reinterpret_cast<const BlockQ5_0*>(in), k / kQK, out); break;
+            case DType::MXFP4:
+                mxfp4_row(reinterpret_cast<const BlockMxfp4*>(in), k / kQK, out);
+                break;
             case DType::Q4_K: k4_row(reinterpret_cast<const BlockQ4_K*>(in), k / kQKK, out); break;
             case DType::Q5_K: k4_row(reinterpret_cast<const BlockQ5_K*>(in), k / kQKK, out); break;
             case DType::Q6_K:

@@ -19,6 +19,28 @@ namespace {
 // top-8 model with ffn 2048 has 16K); beyond, in a pool job.
 constexpr int64_t kInlineQuantizeElements = int64_t(1) << 15;
 
+// The intermediate element of one row: bias added to gate and up (where the expert has them),
+// then the activation of GluOptions.
+struct Glu {
+    const float* gate_bias;  // [ffn] or null
+    const float* up_bias;
+    GluOptions options;
+
+    Glu(const ExpertWeights& w, const GluOptions& o)
+        : gate_bias(w.gate_bias.empty() ? nullptr : w.gate_bias.data_as<const float>()),
+          up_bias(w.up_bias.empty() ? nullptr : w.up_bias.data_as<const float>()),
+          options(o) {}
+
+    float operator()(float gate, float up, int64_t row) const {
+        if (gate_bias != nullptr) gate += gate_bias[row];
+        if (up_bias != nullptr) up += up_bias[row];
+        if (options.limit <= 0.0f) return silu(gate) * up;
+        gate = std::min(gate, options.limit);
+        up = std::clamp(up, -options.limit, options.limit);
+        return (up + 1.0f) * gate * sigmoid(options.alpha * gate);
+    }
+};
+
 // A block of output rows of one expert's matrix: the unit of work of both jobs.
 struct RowBlock {
     int64_t expert, begin, end;
@@ -67,8 +89,9 @@ struct TileRows {
 
 // Job 1 of a tiled expert: gate and up rows [block.begin, block.end) for all of its slots,
 // silu(gate) * up into act [n_slots, ffn].
-void gate_up_tile(const ExpertWeights& w, const RowBlock& block, std::span<const int32_t> offsets,
-                  TileRows& x_slots, int64_t hidden, int64_t ffn, float* act) {
+void gate_up_tile(const ExpertWeights& w, const Glu& glu, const RowBlock& block,
+                  std::span<const int32_t> offsets, TileRows& x_slots, int64_t hidden, int64_t ffn,
+                  float* act) {
     const int64_t first = offsets[size_t(block.expert)];
     const int64_t m = offsets[size_t(block.expert + 1)] - first, n = block.end - block.begin;
     thread_local std::vector<float> gate, up;
@@ -83,7 +106,7 @@ void gate_up_tile(const ExpertWeights& w, const RowBlock& block, std::span<const
     for (int64_t i = 0; i < m; ++i) {
         float* row = act + (first + i) * ffn + block.begin;
         for (int64_t j = 0; j < n; ++j)
-            row[j] = silu(gate[size_t(i * n + j)]) * up[size_t(i * n + j)];
+            row[j] = glu(gate[size_t(i * n + j)], up[size_t(i * n + j)], block.begin + j);
     }
 }
 
@@ -114,6 +137,14 @@ void check_swiglu_expert(const ExpertWeights& w, int64_t e, int64_t hidden, int6
         w.gate.dtype() != w.up.dtype())
         fail("expert ", e, ": gate ", w.gate.describe(), ", up ", w.up.describe(), ", down ",
              w.down.describe(), " do not form a SwiGLU expert of hidden ", hidden);
+    const auto bias_ok = [](const Tensor& t, int64_t n) {
+        return t.empty() ||
+               (t.rank() == 1 && t.dim(0) == n && t.dtype() == DType::F32 && t.is_contiguous());
+    };
+    if (!bias_ok(w.gate_bias, ffn) || !bias_ok(w.up_bias, ffn) || !bias_ok(w.down_bias, hidden))
+        fail("expert ", e, ": biases gate ", w.gate_bias.describe(), ", up ", w.up_bias.describe(),
+             ", down ", w.down_bias.describe(), " are not f32 of [", ffn, "], [", ffn, "], [",
+             hidden, "]");
 }
 
 void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool) {
@@ -207,8 +238,9 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
     pool.run(int64_t(gate_blocks.size()), [&](int64_t task) {
         const RowBlock& block = gate_blocks[size_t(task)];
         const ExpertWeights& w = a.experts[size_t(block.expert)];
+        const Glu glu(w, a.glu);
         if (is_tiled(a.offsets[size_t(block.expert)])) {
-            gate_up_tile(w, block, a.offsets, x_slots, hidden, ffn, act.data());
+            gate_up_tile(w, glu, block, a.offsets, x_slots, hidden, ffn, act.data());
             return;
         }
         const DType act_type = vec_dot_type(w.gate.dtype());
@@ -224,18 +256,18 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
         if (last - first == 1 && dot_rows) {  // one token (decode): rows share its activation
             const void* x_row = xs + a.token_index[size_t(first)] * act_bytes;
             // A tile: gate and up of kMaxDotRows / 2 rows.
-            for_each_row_tile(block.begin, block.end, kMaxDotRows / 2,
-                              [&](const int64_t* row, int n) {
-                                  const void* w_rows[kMaxDotRows];
-                                  for (int j = 0; j < n; ++j) {
-                                      w_rows[j] = gate + row[j] * w_row_bytes;
-                                      w_rows[n + j] = up + row[j] * w_row_bytes;
-                                  }
-                                  float gu[kMaxDotRows];
-                                  dot_rows(w_rows, 2 * n, x_row, hidden, gu);
-                                  for (int j = 0; j < n; ++j)
-                                      act[size_t(first * ffn + row[j])] = silu(gu[j]) * gu[n + j];
-                              });
+            for_each_row_tile(
+                block.begin, block.end, kMaxDotRows / 2, [&](const int64_t* row, int n) {
+                    const void* w_rows[kMaxDotRows];
+                    for (int j = 0; j < n; ++j) {
+                        w_rows[j] = gate + row[j] * w_row_bytes;
+                        w_rows[n + j] = up + row[j] * w_row_bytes;
+                    }
+                    float gu[kMaxDotRows];
+                    dot_rows(w_rows, 2 * n, x_row, hidden, gu);
+                    for (int j = 0; j < n; ++j)
+                        act[size_t(first * ffn + row[j])] = glu(gu[j], gu[n + j], row[j]);
+                });
             return;
         }
         for (int64_t row = block.begin; row < block.end; ++row) {
@@ -248,7 +280,7 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
                 dot(gate + row * w_row_bytes, rows, n, hidden, g);
                 dot(up + row * w_row_bytes, rows, n, hidden, u);
                 for (int j = 0; j < n; ++j)
-                    act[size_t((s0 + j) * ffn + row)] = silu(g[j]) * u[j];
+                    act[size_t((s0 + j) * ffn + row)] = glu(g[j], u[j], row);
             }
         }
     });
@@ -342,14 +374,22 @@ void moe_experts(const MoeExpertsArgs& a, ThreadPool& pool) {
 
     // Weighted sum into each token's row, in slot order (deterministic for any thread count).
     float* out = a.out.data_as<float>();
-    for (int64_t e : active)
+    for (int64_t e : active) {
+        const Tensor& bias = a.experts[size_t(e)].down_bias;
+        const float* b = bias.empty() ? nullptr : bias.data_as<const float>();
         for (int64_t s = a.offsets[size_t(e)]; s < a.offsets[size_t(e + 1)]; ++s) {
             float* o = out + a.token_index[size_t(s)] * hidden;
             const float weight = a.token_weight[size_t(s)];
             const float* p = partial.data() + s * hidden;
-            for (int64_t i = 0; i < hidden; ++i)
-                o[i] += weight * p[i];
+            if (b != nullptr) {
+                for (int64_t i = 0; i < hidden; ++i)
+                    o[i] += weight * (p[i] + b[i]);
+            } else {
+                for (int64_t i = 0; i < hidden; ++i)
+                    o[i] += weight * p[i];
+            }
         }
+    }
 }
 
 }  // namespace tandem::cpu

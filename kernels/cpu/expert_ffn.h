@@ -1,7 +1,8 @@
 // Routed SwiGLU experts of one MoE layer and one step, on the CPU: the fused expert kernel.
 //
 // For each expert e with tokens: down(silu(gate(x)) * up(x)) for its tokens, added into their
-// rows of `out` scaled by the routing weight. The whole layer is two parallel jobs, not one per
+// rows of `out` scaled by the routing weight (with gpt-oss's biases and clamped activation when
+// the experts and GluOptions have them). The whole layer is two parallel jobs, not one per
 // expert: job 1 computes gate and up for every (expert, block of ffn rows), job 2 the down
 // projection for every (expert, block of hidden rows). Activations are converted to each weight
 // type's dot-product format once per step (x once, each token's intermediate once), and every
@@ -26,6 +27,18 @@ struct ExpertWeights {
     Tensor gate;  // [ffn_dim, hidden_dim]
     Tensor up;    // [ffn_dim, hidden_dim]
     Tensor down;  // [hidden_dim, ffn_dim]
+    // f32 biases of gpt-oss's experts, [ffn_dim], [ffn_dim], [hidden_dim]; empty: none. Host
+    // memory read by the CPU kernel only (device copies of an expert carry no biases).
+    Tensor gate_bias, up_bias, down_bias;
+    bool has_bias() const { return !gate_bias.empty() || !up_bias.empty() || !down_bias.empty(); }
+};
+
+// The gated activation of the experts' intermediate. limit 0: SwiGLU's silu(gate) * up. Else
+// gpt-oss's clamped variant: g = min(gate, limit), u = clamp(up, -limit, limit),
+// (u + 1) * g * sigmoid(alpha * g).
+struct GluOptions {
+    float limit = 0.0f;
+    float alpha = 1.0f;
 };
 
 struct MoeExpertsArgs {
@@ -37,12 +50,14 @@ struct MoeExpertsArgs {
     std::span<const int32_t> token_index;    // [n_slots]: the token of each slot
     std::span<const float> token_weight;     // [n_slots]: its routing weight
     std::span<const uint8_t> skip;           // empty or [n_experts]: 1 = computed elsewhere
+    GluOptions glu = {};
 };
 
 void moe_experts(const MoeExpertsArgs& args, ThreadPool& pool);
 
 // Throws tandem::Error unless w is a SwiGLU expert the fused kernel runs: gate and up [ffn,
-// hidden] of one weight type, down [hidden, ffn], contiguous, rows in whole blocks.
+// hidden] of one weight type, down [hidden, ffn], contiguous, rows in whole blocks; biases, if
+// any, f32 of [ffn], [ffn], [hidden].
 void check_swiglu_expert(const ExpertWeights& w, int64_t index, int64_t hidden, int64_t ffn);
 
 // One dense SwiGLU FFN over all rows of x: out = down(silu(gate(x)) * up(x)); out is overwritten.

@@ -1,5 +1,5 @@
 // Dense linear layer on the CPU: y = x · wᵀ (+ bias), as torch.nn.Linear computes it, for weights
-// of every weight type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k).
+// of every weight type (f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q5_k, q6_k, mxfp4).
 //
 // Activations are f32 and are converted once per call to the weight type's dot-product partner
 // (kernels/cpu/vec_dot.h); then each weight row is read once and dotted with every token, so the

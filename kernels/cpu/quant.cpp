@@ -322,6 +322,52 @@ void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t n_blocks) {
     }
 }
 
+// The nibble of the e2m1 value nearest to v (already divided by the block scale, |v| <= 6).
+// Ties go to the even mantissa, as round-to-nearest-even does for the exact grid points'
+// midpoints (0.25 -> 0, 0.75 -> 1, 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4).
+uint8_t e2m1_nibble(float v) {
+    static constexpr float kMagnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    const float a = std::fabs(v);
+    int best = 0;
+    for (int i = 1; i < 8; ++i) {
+        const float here = std::fabs(a - kMagnitudes[i]), there = std::fabs(a - kMagnitudes[best]);
+        if (here < there || (here == there && (i & 1) == 0)) best = i;
+    }
+    return uint8_t(best | (std::signbit(v) && best != 0 ? 8 : 0));
+}
+
+void quantize_mxfp4(const float* x, BlockMxfp4* y, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; ++b, x += kQK) {
+        float amax = 0.0f;
+        for (int j = 0; j < kQK; ++j)
+            amax = std::max(amax, std::fabs(x[j]));
+        // The smallest e with amax / 2^(e - 127) <= 6, clamped to what e8m0 holds.
+        int e = 0;
+        if (amax > 0.0f && std::isfinite(amax)) {
+            e = int(std::ceil(std::log2(double(amax) / 6.0))) + 127;
+            if (std::ldexp(6.0, e - 127) < double(amax)) ++e;  // log2 rounding at the edge
+            e = std::clamp(e, 0, 254);
+        }
+        y[b].e = uint8_t(e);
+        const double inv = std::ldexp(1.0, 127 - e);
+        for (int j = 0; j < kQK / 2; ++j) {
+            const uint8_t lo = e2m1_nibble(float(x[j] * inv));
+            const uint8_t hi = e2m1_nibble(float(x[j + kQK / 2] * inv));
+            y[b].qs[j] = uint8_t(lo | (hi << 4));
+        }
+    }
+}
+
+void dequantize_mxfp4(const BlockMxfp4* x, float* y, int64_t n_blocks) {
+    for (int64_t b = 0; b < n_blocks; ++b, y += kQK) {
+        const float d = mxfp4_half_scale(x[b].e);
+        for (int j = 0; j < kQK / 2; ++j) {
+            y[j] = d * float(kMxfp4Doubled[x[b].qs[j] & 0xF]);
+            y[j + kQK / 2] = d * float(kMxfp4Doubled[x[b].qs[j] >> 4]);
+        }
+    }
+}
+
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t n_blocks) {
     for (int64_t b = 0; b < n_blocks; ++b, y += kQK) {
         const float d = f16_to_f32(x[b].d);
@@ -403,6 +449,7 @@ void quantize_row(DType type, const float* x, void* out, int64_t n) {
         case DType::Q8_0: return quantize_q8_0(x, static_cast<BlockQ8_0*>(out), blocks);
         case DType::Q4_0: return quantize_q4_0(x, static_cast<BlockQ4_0*>(out), blocks);
         case DType::Q5_0: return quantize_q5_0(x, static_cast<BlockQ5_0*>(out), blocks);
+        case DType::MXFP4: return quantize_mxfp4(x, static_cast<BlockMxfp4*>(out), blocks);
         case DType::Q4_K: return quantize_q4_k(x, static_cast<BlockQ4_K*>(out), blocks);
         case DType::Q5_K: return quantize_q5_k(x, static_cast<BlockQ5_K*>(out), blocks);
         case DType::Q6_K: return quantize_q6_k(x, static_cast<BlockQ6_K*>(out), blocks);
@@ -418,6 +465,7 @@ void dequantize_row(DType type, const void* in, float* out, int64_t n) {
         case DType::Q8_0: return dequantize_q8_0(static_cast<const BlockQ8_0*>(in), out, blocks);
         case DType::Q4_0: return dequantize_q4_0(static_cast<const BlockQ4_0*>(in), out, blocks);
         case DType::Q5_0: return dequantize_q5_0(static_cast<const BlockQ5_0*>(in), out, blocks);
+        case DType::MXFP4: return dequantize_mxfp4(static_cast<const BlockMxfp4*>(in), out, blocks);
         case DType::Q4_K: {
             const auto* x = static_cast<const BlockQ4_K*>(in);
             for (int64_t b = 0; b < blocks; ++b)
@@ -446,7 +494,8 @@ DType vec_dot_type(DType weight_type) {
     switch (weight_type) {
         case DType::Q8_0:
         case DType::Q5_0:
-        case DType::Q4_0: return DType::Q8_0;
+        case DType::Q4_0:
+        case DType::MXFP4: return DType::Q8_0;
         case DType::Q4_K:
         case DType::Q5_K:
         case DType::Q6_K: return DType::Q8_K;

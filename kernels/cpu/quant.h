@@ -7,9 +7,13 @@
 // bit, which llama.cpp's K-quant files use for rows that are not whole super-blocks) quantizes as
 // ggml's reference too. Activations are quantized to the weight type's dot-product partner: Q8_0
 // for Q8_0/Q5_0/Q4_0, Q8_K for the K-quants.
+// MXFP4 rounds each element to the nearest e2m1 value under the smallest power-of-two scale that
+// keeps the block's largest magnitude within 6 (so nothing saturates; ggml's reference picks the
+// scale from floor(log2(amax)) and clips instead). It pairs with Q8_0 activations.
 // These functions are the slow, obviously-correct path: load-time quantization and tests.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 
 #include "kernels/dtype.h"
@@ -32,6 +36,29 @@ struct BlockQ5_0 {
     uint8_t qh[4];        // bit j: fifth bit of element j
     uint8_t qs[kQK / 2];  // low four bits, nibbles as in Q4_0
 };
+// MXFP4 (OCP microscaling, as gpt-oss's checkpoints and GGUF type 39 hold it): 32 e2m1 values
+// sharing one e8m0 scale. Element j is value(nibble) * 2^(e - 127), where the e2m1 nibble (sign,
+// two exponent bits, one mantissa bit) is one of ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}. The nibbles are
+// laid out as GGUF's (and Q4_0's): element j in the low nibble of byte j (j < 16), else in the
+// high nibble of byte j - 16. Hugging Face's checkpoints pack elements (2i, 2i + 1) into byte i
+// instead; models/architectures/gpt_oss.cpp repacks those at load.
+struct BlockMxfp4 {
+    uint8_t e;            // e8m0 shared exponent, bias 127 (255 would be NaN; never written)
+    uint8_t qs[kQK / 2];  // e2m1 nibbles, order as in Q4_0
+};
+
+// Twice each e2m1 value by nibble: integers, so that a dot with 8-bit activations stays in
+// integer arithmetic; the factor of two goes into the scale (mxfp4_half_scale).
+inline constexpr int8_t kMxfp4Doubled[16] = {0, 1,  2,  3,  4,  6,  8,  12,
+                                             0, -1, -2, -3, -4, -6, -8, -12};
+
+// 2^(e - 128): the scale of kMxfp4Doubled's values, exact for every e (e < 2 is an f32
+// subnormal, 2^-127 or 2^-128).
+[[gnu::always_inline]] inline float mxfp4_half_scale(uint8_t e) {
+    const uint32_t bits = e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e;
+    return std::bit_cast<float>(bits);
+}
+
 struct BlockQ4_K {
     uint16_t d, dmin;      // f16 super-block scales of the 6-bit sub-block scales and mins
     uint8_t scales[12];    // 8 x (6-bit scale, 6-bit min), packed
@@ -56,8 +83,8 @@ struct BlockQ8_K {
 };
 
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockQ5_0) == 22 &&
-              sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210 &&
-              sizeof(BlockQ8_K) == 292);
+              sizeof(BlockMxfp4) == 17 && sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 &&
+              sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block.
 [[gnu::always_inline]] inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* scale,

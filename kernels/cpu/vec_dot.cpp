@@ -35,6 +35,7 @@ RowDotFn row_dot(const VecDotKernels& kernels, DType weight_type) {
         case DType::Q4_K: return kernels.dot_q4_k;
         case DType::Q5_K: return kernels.dot_q5_k;
         case DType::Q6_K: return kernels.dot_q6_k;
+        case DType::MXFP4: return kernels.dot_mxfp4;
         default: fail("no dot product for weights of type ", dtype_name(weight_type));
     }
 }
@@ -50,6 +51,7 @@ RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
         case DType::Q4_K: return kernels.dotn_q4_k;
         case DType::Q5_K: return kernels.dotn_q5_k;
         case DType::Q6_K: return kernels.dotn_q6_k;
+        case DType::MXFP4: return kernels.dotn_mxfp4;
         default: fail("no dot product for weights of type ", dtype_name(weight_type));
     }
 }

@@ -1,8 +1,8 @@
 // Row dot products of every weight type with its activation format, per instruction set.
 //
 // A weight row of type T is dotted with an activation row of vec_dot_type(T): f32 for float
-// weights, Q8_0 for Q8_0/Q5_0/Q4_0, Q8_K for the K-quants. Activations are quantized once per step
-// (quantize_activation) and then reused by every weight row, which is how each weight byte is
+// weights, Q8_0 for Q8_0/Q5_0/Q4_0/MXFP4, Q8_K for the K-quants. Activations are quantized once per
+// step (quantize_activation) and then reused by every weight row, which is how each weight byte is
 // read once per step whatever the number of tokens. The table of the active ISA
 // (cpu_isa.h) is returned by vec_dot_kernels().
 #pragma once
@@ -55,6 +55,7 @@ struct VecDotKernels {
     RowDotFn dot_q4_k;  // q4_k weights . q8_k activations
     RowDotFn dot_q5_k;
     RowDotFn dot_q6_k;
+    RowDotFn dot_mxfp4;  // mxfp4 weights . q8_0 activations
     // Row conversions (KV cache rows, bf16 weights): f32 -> f16 as IEEE, f32 -> bf16 rounded
     // to nearest even. The AVX-512 bf16 store (vcvtneps2bf16) flushes f32 subnormals to zero.
     void (*bf16_to_f32)(const uint16_t* in, float* out, int64_t n);
@@ -62,7 +63,7 @@ struct VecDotKernels {
     void (*f32_to_f16)(const float* in, uint16_t* out, int64_t n);
     void (*f32_to_bf16)(const float* in, uint16_t* out, int64_t n);
     RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
-        dotn_q6_k;
+        dotn_q6_k, dotn_mxfp4;
     RowsDotFn dotr_q4_k;  // null where the ISA has none
 };
 

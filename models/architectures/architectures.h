@@ -46,5 +46,6 @@ std::unique_ptr<Model> make_olmoe(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_deepseek_v2(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_deepseek_v3(const ConfigReader&, ModelConfig, Checkpoint);
 std::unique_ptr<Model> make_glm4_moe(const ConfigReader&, ModelConfig, Checkpoint);
+std::unique_ptr<Model> make_gpt_oss(const ConfigReader&, ModelConfig, Checkpoint);
 
 }  // namespace tandem

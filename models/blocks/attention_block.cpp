@@ -78,7 +78,8 @@ void attention_block(const AttentionWeights& w, const ModelConfig& c, int layer,
              .out = attended.view.slice_rows(seq.first_row, seq.first_row + seq.n_tokens),
              .start_pos = start,
              .scale = scale,
-             .sliding_window = c.sliding_window_of(layer)});
+             .sliding_window = c.sliding_window_of(layer),
+             .sinks = w.sinks.empty() ? nullptr : w.sinks.data_as<const float>()});
     }
     // One job for the whole step: a step of many single-token decodes still fills the pool.
     cpu::attention(sequences, pool);

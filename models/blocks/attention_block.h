@@ -1,5 +1,6 @@
 // The attention block of a decoder layer: q/k/v projections (+ biases), optional q/k RMSNorm
-// and clipping, RoPE, KV cache append, causal GQA attention per sequence, output projection.
+// and clipping, RoPE, KV cache append, causal GQA attention per sequence (with gpt-oss's attention
+// sinks when the weights have them), output projection.
 #pragma once
 
 #include <span>

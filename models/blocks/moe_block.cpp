@@ -15,7 +15,7 @@ Routing route_tokens(const Tensor& logits, int64_t k, bool normalize) {
 
 Routing route_with(const MoeWeights& w, const ModelConfig& c, const Tensor& x, ThreadPool& pool) {
     OwnedTensor logits = make_tensor(DType::F32, {x.dim(0), c.n_experts});
-    cpu::linear(x, w.router, Tensor(), logits.view, pool);
+    cpu::linear(x, w.router, w.router_logit_bias, logits.view, pool);
     std::vector<float> bias;
     if (!w.router_bias.empty()) {
         bias.resize(size_t(c.n_experts));
@@ -28,7 +28,7 @@ std::vector<float> router_probabilities(const MoeWeights& w, const ModelConfig& 
                                         ThreadPool& pool) {
     const int64_t n_tokens = x.dim(0), n_experts = c.n_experts;
     OwnedTensor logits = make_tensor(DType::F32, {n_tokens, n_experts});
-    cpu::linear(x, w.router, Tensor(), logits.view, pool);
+    cpu::linear(x, w.router, w.router_logit_bias, logits.view, pool);
     RouterOptions all = router_options(c);
     all.n_experts_active = n_experts;
     all.topk = RouterTopk::Greedy;
@@ -67,7 +67,8 @@ void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const
                           .experts = w.experts,
                           .offsets = groups.offsets,
                           .token_index = groups.token_index,
-                          .token_weight = groups.token_weight},
+                          .token_weight = groups.token_weight,
+                          .glu = glu_options(c)},
                          pool);
     }
 

@@ -29,8 +29,9 @@ std::vector<float> read_floats(const SafetensorsFile& file, const std::string& n
 
 Reference read_reference(const std::string& path) {
     const SafetensorsFile file = SafetensorsFile::open(path);
-    return {read_ids(file, "prompt_ids"), read_floats(file, "logits"), read_ids(file, "greedy_ids"),
-            read_floats(file, "logits_bf16")};
+    return {read_ids(file, "prompt_ids"),          read_floats(file, "logits"),
+            read_ids(file, "greedy_ids"),          read_floats(file, "logits_bf16"),
+            read_floats(file, "experts0_gate_up"), read_floats(file, "experts0_down")};
 }
 
 }  // namespace tandem

@@ -71,11 +71,12 @@ OwnedTensor nan_tensor(Shape shape) {
 }
 
 // float64 softmax attention of query rows q[t][h] (positions start + t) over keys and values
-// given as functions of (position, kv head, d).
+// given as functions of (position, kv head, d); with `sinks`, sinks[h] is one more logit in the
+// softmax of head h, with no value (gpt-oss).
 template <class Key, class Value>
 std::vector<double> reference(const std::vector<float>& q, int n_new, int start, int heads,
                               int kv_heads, int dim, int v_dim, int window, double scale, Key key,
-                              Value value) {
+                              Value value, const std::vector<float>* sinks = nullptr) {
     std::vector<double> want(size_t(n_new * heads * v_dim));
     for (int t = 0; t < n_new; ++t)
         for (int h = 0; h < heads; ++h) {
@@ -93,6 +94,7 @@ std::vector<double> reference(const std::vector<float>& q, int n_new, int start,
             double total = 0;
             for (double& e : s)
                 total += e = std::exp(e - mx);
+            if (sinks != nullptr) total += std::exp(double((*sinks)[size_t(h)]) - mx);
             for (int d = 0; d < v_dim; ++d) {
                 double acc = 0;
                 for (int j = first; j <= pos; ++j)
@@ -141,45 +143,51 @@ TEST_P(AttentionTest, MatchesFloat64OnEveryIsa) {
     double worst_all = 0;
     for (CpuIsa isa : runnable_isas()) {
         cpu::force_isa(isa);
-        for (const Case& c : cases) {
-            SCOPED_TRACE(::testing::Message()
-                         << cpu::isa_name(isa) << " n_new " << c.n_new << " start " << c.start
-                         << " heads " << c.heads << "/" << c.kv_heads << " dim " << c.dim
-                         << " window " << c.window);
-            const int ctx = c.start + c.n_new;
-            // A peaky softmax now and then (larger queries) tests the running max.
-            const float q_std = std::uniform_int_distribution<int>(0, 2)(rng) == 0 ? 4.0f : 1.0f;
-            const auto q = test::random_floats(rng, size_t(c.n_new * c.heads * c.dim), q_std);
-            const auto k = test::random_floats(rng, size_t(ctx * c.kv_heads * c.dim));
-            const auto v = test::random_floats(rng, size_t(ctx * c.kv_heads * c.dim));
-            PagedRows kc(dtype, ctx + 3, c.block_size, c.kv_heads, c.dim, rng);
-            PagedRows vc(dtype, ctx + 3, c.block_size, c.kv_heads, c.dim, rng);
-            write_rows(kc.rows, 0, k.data(), ctx);
-            write_rows(vc.rows, 0, v.data(), ctx);
-            OwnedTensor qt = tensor_of(q, {c.n_new, c.heads, c.dim});
-            OwnedTensor out = nan_tensor({c.n_new, c.heads, c.dim});
-            const float scale = 1.0f / std::sqrt(float(c.dim));
-            cpu::attention({.q = qt.view,
-                            .k_cache = kc.rows,
-                            .v_cache = vc.rows,
-                            .out = out.view,
-                            .start_pos = c.start,
-                            .scale = scale,
-                            .sliding_window = c.window},
-                           pool());
-            const int row = c.kv_heads * c.dim;
-            const auto want = reference(
-                q, c.n_new, c.start, c.heads, c.kv_heads, c.dim, c.dim, c.window, scale,
-                [&](int j, int kv, int d) {
-                    return stored(k[size_t(j * row + kv * c.dim + d)], dtype);
-                },
-                [&](int j, int kv, int d) {
-                    return stored(v[size_t(j * row + kv * c.dim + d)], dtype);
-                });
-            const double worst = worst_error(out.view, want);
-            EXPECT_LT(worst, 2e-5);
-            worst_all = std::max(worst_all, worst);
-        }
+        for (const Case& c : cases)
+            for (const bool with_sinks : {false, true}) {
+                SCOPED_TRACE(::testing::Message()
+                             << cpu::isa_name(isa) << " n_new " << c.n_new << " start " << c.start
+                             << " heads " << c.heads << "/" << c.kv_heads << " dim " << c.dim
+                             << " window " << c.window << " sinks " << with_sinks);
+                // Sinks around the scores' scale: from negligible to dominating the denominator.
+                const auto sinks = test::random_floats(rng, size_t(c.heads), 3.0f);
+                const int ctx = c.start + c.n_new;
+                // A peaky softmax now and then (larger queries) tests the running max.
+                const float q_std =
+                    std::uniform_int_distribution<int>(0, 2)(rng) == 0 ? 4.0f : 1.0f;
+                const auto q = test::random_floats(rng, size_t(c.n_new * c.heads * c.dim), q_std);
+                const auto k = test::random_floats(rng, size_t(ctx * c.kv_heads * c.dim));
+                const auto v = test::random_floats(rng, size_t(ctx * c.kv_heads * c.dim));
+                PagedRows kc(dtype, ctx + 3, c.block_size, c.kv_heads, c.dim, rng);
+                PagedRows vc(dtype, ctx + 3, c.block_size, c.kv_heads, c.dim, rng);
+                write_rows(kc.rows, 0, k.data(), ctx);
+                write_rows(vc.rows, 0, v.data(), ctx);
+                OwnedTensor qt = tensor_of(q, {c.n_new, c.heads, c.dim});
+                OwnedTensor out = nan_tensor({c.n_new, c.heads, c.dim});
+                const float scale = 1.0f / std::sqrt(float(c.dim));
+                cpu::attention({.q = qt.view,
+                                .k_cache = kc.rows,
+                                .v_cache = vc.rows,
+                                .out = out.view,
+                                .start_pos = c.start,
+                                .scale = scale,
+                                .sliding_window = c.window,
+                                .sinks = with_sinks ? sinks.data() : nullptr},
+                               pool());
+                const int row = c.kv_heads * c.dim;
+                const auto want = reference(
+                    q, c.n_new, c.start, c.heads, c.kv_heads, c.dim, c.dim, c.window, scale,
+                    [&](int j, int kv, int d) {
+                        return stored(k[size_t(j * row + kv * c.dim + d)], dtype);
+                    },
+                    [&](int j, int kv, int d) {
+                        return stored(v[size_t(j * row + kv * c.dim + d)], dtype);
+                    },
+                    with_sinks ? &sinks : nullptr);
+                const double worst = worst_error(out.view, want);
+                EXPECT_LT(worst, 2e-5);
+                worst_all = std::max(worst_all, worst);
+            }
     }
     RecordProperty("worst_relative_error", std::to_string(worst_all));
 }

@@ -72,7 +72,7 @@ TEST_F(EngineConfigTest, EveryBadFieldIsNamed) {
         {"device nonsense", [](EngineConfig& c) { c.device = "tpu:0"; }, {"device: ", "tpu:0"}},
         {"unknown quantize",
          [](EngineConfig& c) { c.quantize = "q3_k"; },
-         {"quantize: 'q3_k'", "q8_0, q5_0, q4_0, q4_k, q5_k, q6_k"}},
+         {"quantize: 'q3_k'", "q8_0, q5_0, q4_0, q4_k, q5_k, q6_k, mxfp4"}},
         {"float quantize", [](EngineConfig& c) { c.quantize = "bf16"; }, {"quantize: 'bf16'"}},
         {"kv type", [](EngineConfig& c) { c.kv_cache_type = "q8_0"; }, {"kv_cache_type: 'q8_0'"}},
         {"cpu isa", [](EngineConfig& c) { c.cpu_isa = "sse"; }, {"cpu_isa: ", "sse"}},

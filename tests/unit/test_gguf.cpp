@@ -280,9 +280,9 @@ TEST(Gguf, LoaderErrorsNameKeyAndTensor) {
     test::TempDir dir;
     const std::string path = dir.str() + "/m.gguf";
     GgufWriter w;
-    w.add_string("general.architecture", "gpt-oss");
+    w.add_string("general.architecture", "falcon");
     w.write(path);
-    EXPECT_ERROR_HAS(load_error(path), "general.architecture: 'gpt-oss' is not supported");
+    EXPECT_ERROR_HAS(load_error(path), "general.architecture: 'falcon' is not supported");
 
     GgufWriter q;
     q.add_string("general.architecture", "qwen2");

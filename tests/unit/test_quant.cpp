@@ -23,8 +23,8 @@ using cpu::CpuIsa;
 using test::IsaGuard;
 using test::runnable_isas;
 
-const DType kWeightTypes[] = {DType::Q8_0, DType::Q5_0, DType::Q4_0,
-                              DType::Q4_K, DType::Q5_K, DType::Q6_K};
+const DType kWeightTypes[] = {DType::Q8_0, DType::Q5_0, DType::Q4_0, DType::Q4_K,
+                              DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 std::vector<std::byte> quantize(DType type, const std::vector<float>& x, int64_t rows, int64_t k) {
     std::vector<std::byte> out(size_t(rows * row_bytes(type, k)));
@@ -48,8 +48,8 @@ TEST(Quant, RoundTripErrorIsWithinEachTypesBound) {
     const auto x = test::random_floats(rng, size_t(k));
     // Relative RMS error bounds for Gaussian data (bits per weight 8.5, 4.5, 4.5, 5.5, 6.6).
     const std::map<DType, double> bound = {
-        {DType::Q8_0, 0.007}, {DType::Q4_0, 0.12},  {DType::Q5_0, 0.06}, {DType::Q4_K, 0.1},
-        {DType::Q5_K, 0.05},  {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}};
+        {DType::Q8_0, 0.007}, {DType::Q4_0, 0.12},  {DType::Q5_0, 0.06},  {DType::Q4_K, 0.1},
+        {DType::Q5_K, 0.05},  {DType::Q6_K, 0.025}, {DType::Q8_K, 0.009}, {DType::MXFP4, 0.14}};
     for (const auto& [type, limit] : bound) {
         const auto back = dequantize(type, quantize(type, x, 1, k), 1, k);
         double err = 0, norm = 0;
@@ -68,6 +68,78 @@ TEST(Quant, ZeroAndConstantBlocks) {
             EXPECT_EQ(v, 0.0f) << dtype_name(type);
         for (float v : dequantize(type, quantize(type, constant, 1, 256), 1, 256))
             EXPECT_NEAR(v, 0.75f, 0.75f * 0.08f) << dtype_name(type);
+    }
+}
+
+// MXFP4 blocks as the OCP MX spec and GGUF lay them out, written byte by byte: the e8m0 byte
+// first, then 16 bytes whose low nibbles are elements 0-15 and high nibbles 16-31; value =
+// e2m1(nibble) * 2^(e - 127). Also the extreme scales (e = 0 and 1 give f32 subnormals).
+TEST(Quant, Mxfp4BlockLayoutIsTheSpecs) {
+    const float e2m1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0f, -0.5, -1, -1.5, -2, -3, -4, -6};
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int e : {0, 1, 2, 100, 127, 130, 254}) {
+        std::vector<std::byte> block(17);
+        block[0] = std::byte(e);
+        for (int j = 1; j < 17; ++j)
+            block[size_t(j)] = std::byte(rng() & 0xFF);
+        std::vector<float> got(32);
+        cpu::dequantize_row(DType::MXFP4, block.data(), got.data(), 32);
+        for (int j = 0; j < 32; ++j) {
+            const uint8_t byte = uint8_t(block[size_t(1 + j % 16)]);
+            const int nibble = j < 16 ? byte & 0xF : byte >> 4;
+            EXPECT_EQ(got[size_t(j)], float(std::ldexp(double(e2m1[nibble]), e - 127)))
+                << "e " << e << " element " << j;
+        }
+        // Values on the grid quantize back to the same values (-0 becomes +0). Not for e = 254,
+        // where 3 * 2^127 and above overflow f32 to infinity.
+        if (e == 254) continue;
+        std::vector<std::byte> again(17);
+        cpu::quantize_row(DType::MXFP4, got.data(), again.data(), 32);
+        std::vector<float> back(32);
+        cpu::dequantize_row(DType::MXFP4, again.data(), back.data(), 32);
+        for (int j = 0; j < 32; ++j)
+            EXPECT_EQ(back[size_t(j)], got[size_t(j)]) << "e " << e << " element " << j;
+    }
+}
+
+// MXFP4 dots at odd and even block counts (one block, gpt-oss's 2880 = 90 blocks, 91), 1..4
+// tokens, every ISA, against float64 of the dequantized rows.
+TEST(Quant, Mxfp4DotsOfOddAndEvenBlockCountsMatchFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    for (int64_t k : {32, 64, 96, 2880, 2912}) {
+        const auto w = test::random_floats(rng, size_t(k));
+        const auto wq = quantize(DType::MXFP4, w, 1, k);
+        const auto wd = dequantize(DType::MXFP4, wq, 1, k);
+        std::vector<std::vector<std::byte>> xq;
+        std::vector<const void*> rows;
+        std::vector<double> want, scale;
+        for (int t = 0; t < cpu::kMaxDotTokens; ++t) {
+            const auto x = test::random_floats(rng, size_t(k), 2.0f);
+            xq.push_back(quantize(DType::Q8_0, x, 1, k));
+            const auto xd = dequantize(DType::Q8_0, xq.back(), 1, k);
+            double dot = 0, mag = 0;
+            for (int64_t i = 0; i < k; ++i) {
+                dot += double(wd[size_t(i)]) * xd[size_t(i)];
+                mag += std::fabs(double(wd[size_t(i)]) * xd[size_t(i)]);
+            }
+            want.push_back(dot);
+            scale.push_back(mag);
+        }
+        for (const auto& x : xq)
+            rows.push_back(x.data());
+        for (CpuIsa isa : runnable_isas()) {
+            const auto& kernels = cpu::vec_dot_kernels_for(isa);
+            for (int n = 1; n <= cpu::kMaxDotTokens; ++n) {
+                float out[cpu::kMaxDotTokens];
+                cpu::row_dot_n(kernels, DType::MXFP4)(wq.data(), rows.data(), n, k, out);
+                for (int t = 0; t < n; ++t)
+                    EXPECT_NEAR(out[t], want[size_t(t)], 1e-5 * scale[size_t(t)] + 1e-6)
+                        << "k " << k << " isa " << cpu::isa_name(isa) << " n " << n << " token "
+                        << t;
+            }
+        }
     }
 }
 
@@ -118,7 +190,7 @@ TEST(Quant, MultiTokenDotsEqualSingleDots) {
     const int64_t k = 768;
     const auto w = test::random_floats(rng, size_t(k));
     for (DType type : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K,
-                       DType::Q5_K, DType::Q6_K}) {
+                       DType::Q5_K, DType::Q6_K, DType::MXFP4}) {
         std::vector<std::byte> wq(size_t(row_bytes(type, k)));
         if (is_quantized_weight_type(type)) {
             wq = quantize(type, w, 1, k);
@@ -320,7 +392,7 @@ TEST(Quant, FusedMoeKernelOnEveryIsa) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     const int64_t hidden = 256, ffn = 512, n_experts = 4;
-    for (DType type : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
+    for (DType type : {DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::MXFP4}) {
         std::vector<std::vector<std::byte>> storage;
         std::vector<std::vector<float>> deq;
         std::vector<cpu::ExpertWeights> experts;

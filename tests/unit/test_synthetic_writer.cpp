@@ -54,6 +54,12 @@ SyntheticModelSpec tiny(SyntheticArch arch, uint64_t seed) {
         s.dense_ffn_dim = 512;
         s.partial_rotary_factor = 0.5;
     }
+    if (arch == SyntheticArch::GptOss) {
+        s.sliding_window = 8;
+        s.norm_topk_prob = true;  // gpt-oss always renormalises (the GGUF loader refuses false)
+        s.yarn_factor = 4;
+        s.yarn_original_context = 16;
+    }
     return s;
 }
 
@@ -79,7 +85,7 @@ TEST_P(SyntheticWriterTest, SafetensorsAndGgufLoadAndGenerate) {
     test::TempDir dir;
     write_synthetic_safetensors(dir.str() + "/st", spec, DType::BF16);
     EXPECT_EQ(generate(dir.str() + "/st").size(), 6u);
-    for (DType type : {DType::F16, DType::Q8_0, DType::Q4_K}) {
+    for (DType type : {DType::F16, DType::Q8_0, DType::Q4_K, DType::MXFP4}) {
         SCOPED_TRACE(std::string(dtype_name(type)));
         const std::string path = dir.str() + "/m-" + std::string(dtype_name(type)) + ".gguf";
         write_synthetic_gguf(path, spec, type);
@@ -93,7 +99,8 @@ TEST_P(SyntheticWriterTest, SafetensorsAndGgufLoadAndGenerate) {
 INSTANTIATE_TEST_SUITE_P(Archs, SyntheticWriterTest,
                          ::testing::Values(SyntheticArch::Qwen3Moe, SyntheticArch::Olmoe,
                                            SyntheticArch::Mixtral, SyntheticArch::Qwen2Moe,
-                                           SyntheticArch::DeepseekV2, SyntheticArch::Glm4Moe));
+                                           SyntheticArch::DeepseekV2, SyntheticArch::Glm4Moe,
+                                           SyntheticArch::GptOss));
 
 // tandem-synth's progress: once per layer, in order, then once before the file is written.
 TEST(SyntheticWriter, ProgressComesOncePerLayerThenBeforeTheWrite) {
@@ -132,7 +139,9 @@ TEST(SyntheticWriter, PresetsHaveTheRealModelsSizes) {
     const std::pair<const char*, double> expected[] = {
         {"mixtral-8x7b", 46.7e9}, {"qwen3-30b-a3b", 30.5e9},     {"qwen2-57b-a14b", 57.4e9},
         {"olmoe-1b-7b", 6.9e9},   {"qwen1.5-moe-a2.7b", 14.3e9}, {"deepseek-v2-lite", 15.7e9},
-        {"glm-4.5-air", 106e9}};  // zai-org/GLM-4.5-Air's model card: 106B total
+        {"glm-4.5-air", 106e9},   // zai-org/GLM-4.5-Air's model card: 106B total
+        {"gpt-oss-20b", 20.9e9},  // OpenAI's gpt-oss model card: 20.9B and 116.8B total
+        {"gpt-oss-120b", 116.8e9}};
     for (const auto& [name, params] : expected) {
         const double n = double(synthetic_parameter_count(synthetic_preset(name)));
         EXPECT_NEAR(n / params, 1.0, 0.02) << name << ": " << n;
@@ -205,6 +214,33 @@ TEST(SyntheticWriter, Glm45AirPresetCutLoadsAndSteps) {
     EXPECT_EQ(c.router_scoring, RouterScoring::Sigmoid);
     EXPECT_TRUE(c.router_bias);
     EXPECT_TRUE(c.norm_topk_prob);
+    expect_generates(path);
+}
+
+// gpt-oss-20b at its real widths, cut to 2 layers of 4 experts and a vocabulary of 1024, in
+// MXFP4 (about 60 MB): sinks, biases, alternating windows, YaRN, experts read in place.
+TEST(SyntheticWriter, GptOss20bPresetCutLoadsAndSteps) {
+    test::TempDir dir;
+    SyntheticModelSpec spec = synthetic_preset("gpt-oss-20b");
+    spec.n_layers = 2;
+    spec.n_experts = 4;
+    spec.vocab_size = 1024;
+    const std::string path = dir.str() + "/cut.gguf";
+    write_synthetic_gguf(path, spec, DType::MXFP4);
+    const std::unique_ptr<Model> model = load_model(path);
+    const ModelConfig& c = model->config();
+    EXPECT_EQ(c.architecture, "GptOssForCausalLM");
+    EXPECT_EQ(c.layer_is_sliding, (std::vector<bool>{true, false}));
+    EXPECT_EQ(c.sliding_window, 128);
+    EXPECT_EQ(c.head_dim, 64);
+    EXPECT_EQ(c.expert_ffn_dim, 2880);
+    EXPECT_EQ(c.n_experts_active, 4);
+    EXPECT_TRUE(c.attention_sinks && c.expert_bias && c.router_logit_bias && c.qkv_bias &&
+                c.o_bias);
+    EXPECT_EQ(c.swiglu_limit, 7.0);
+    EXPECT_EQ(c.rope.type, "yarn");
+    EXPECT_EQ(c.rope.factor, 32.0);
+    EXPECT_FALSE(c.rope.truncate);
     expect_generates(path);
 }
 

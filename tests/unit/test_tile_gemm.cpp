@@ -23,7 +23,7 @@ namespace {
 using cpu::TileGemmPolicy;
 
 const DType kTileTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                            DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                            DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 // Restores the policy (and the ISA) when a test ends.
 struct PolicyGuard {

@@ -88,6 +88,9 @@ struct ModelConfig {
     QkNorm qk_norm = QkNorm::None;
     double clip_qkv = 0.0;       // 0: none; else q, k, v clamped to [-clip, clip] (OLMoE)
     int64_t sliding_window = 0;  // 0: full attention
+    // gpt-oss: a learned logit per query head (self_attn.sinks) that joins each softmax's
+    // denominator and takes no value: the head may attend to "nothing" in part.
+    bool attention_sinks = false;
     // [n_layers]: which layers attend within sliding_window (Qwen2's max_window_layers or
     // layer_types); empty: every layer does.
     std::vector<bool> layer_is_sliding;
@@ -110,6 +113,13 @@ struct ModelConfig {
     int64_t topk_groups = 1;             // topk_group: groups the top-k may choose from
     double routed_scaling_factor = 1.0;  // multiplies the routed experts' weights
     bool router_bias = false;            // e_score_correction_bias, for the choice only
+    bool router_logit_bias = false;      // a bias added to the router logits (gpt-oss)
+    // gpt-oss's routed experts: biases on gate, up and down, and its clamped SwiGLU
+    // (swiglu_limit > 0): gate clamped to <= limit, up to [-limit, limit], then
+    // (up + 1) * gate * sigmoid(swiglu_alpha * gate). swiglu_limit 0: silu(gate) * up.
+    bool expert_bias = false;
+    double swiglu_limit = 0.0;
+    double swiglu_alpha = 1.0;
 
     // From config.json, then generation_config.json, whose values win (as in transformers).
     std::optional<int32_t> bos_token_id;
