@@ -17,6 +17,16 @@ Prompts are random token ids, decoding is greedy with EOS ignored. Prefill: prom
 the time to the first generated token; decode: the n tokens after it over the time they took.
 The ratios printed are medians over pairs of the per-pair ratios.
 
+Every row records the ISA level Tandem's kernels ran at (--cpu-isa forces a lower one, e.g. avx2
+on an AVX-512 machine; llama.cpp keeps what it was compiled for), the CPU model and the 1-minute
+load average before each run; the tables are printed one per ISA level, as bench/RESULTS.md keeps
+them. A figure taken at a load above 1.5 is marked: it says little about the engines.
+
+--peer tandem-dot puts Tandem against itself with the large-M tile path off (TANDEM_TILE_GEMM=
+never: the dot products, the only prefill path at the avx2 level before #25) instead of
+llama.cpp, the same alternating pairs: the A/B of a kernel change without llama.cpp installed.
+(In --json the peer's figures keep their llama_* keys; each result's "peer" says which it was.)
+
 llama.cpp's OpenMP workers spin between ops by default. On a machine whose two cores other
 processes also use, that spinning slows it by up to 10x in some runs and not in others;
 --llama-omp-wait passive gives it steady figures there (bench/RESULTS.md has both).
@@ -82,12 +92,43 @@ def llama_run(model, p, n, threads, seed, kv_type):
                       "decode_tps": n / (end - prefill_end) if n else None}))
 
 
-def tandem_run(bench, model, p, n, threads, seed, kv_type):
+# Above this 1-minute load average a figure is marked as taken on a busy machine.
+QUIET_LOAD = 1.5
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def load_average():
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(seconds):
+    """Waits up to `seconds` for the 1-minute load average to fall below QUIET_LOAD. A 2-thread
+    run lifts it to ~2 by itself, so back-to-back runs never start quiet without a pause."""
+    deadline = time.monotonic() + seconds
+    while load_average() > QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(5)
+
+
+def tandem_run(bench, model, p, n, threads, seed, kv_type, cpu_isa=None, tile_gemm=None):
+    env = dict(os.environ)
+    if tile_gemm:
+        env["TANDEM_TILE_GEMM"] = tile_gemm
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [str(bench), "--model", model, "-p", str(p), "-n", str(n), "-t", str(threads),
                "-r", "1", "--seed", str(seed), "--kv-cache-type", kv_type, "--no-progress",
                "--json", out.name]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        if cpu_isa:
+            cmd += ["--cpu-isa", cpu_isa]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         row = json.loads(Path(out.name).read_text())["rows"][0]
     return row
 
@@ -144,9 +185,21 @@ def main():
     parser.add_argument("--llama-omp-wait", choices=["active", "passive"],
                         help="OMP_WAIT_POLICY for llama.cpp (default: OpenMP's own)")
     parser.add_argument("--json", help="write every measurement and the ratios here")
+    parser.add_argument("--cpu-isa", choices=["scalar", "avx2", "avx512"],
+                        help="force Tandem's kernels to this ISA level (default: the CPU's best)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help=f"before each run, wait up to this long for a load below "
+                             f"{QUIET_LOAD}")
+    parser.add_argument("--peer", choices=["llama", "tandem-dot"], default="llama",
+                        help="what Tandem is compared with: llama.cpp, or Tandem with the tile "
+                             "path off (TANDEM_TILE_GEMM=never)")
     args = parser.parse_args()
-    ensure_llama_cpp(args.install)
-    import llama_cpp
+    if args.peer == "llama":
+        ensure_llama_cpp(args.install)
+        import llama_cpp
+        peer_name = f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+    else:
+        peer_name = "Tandem, tile path off (TANDEM_TILE_GEMM=never)"
     bench = Path(args.bench)
     if not bench.exists():
         sys.exit(f"{bench} not found: build it (ninja -C build tandem-bench)")
@@ -165,34 +218,46 @@ def main():
         for i in range(args.pairs):
             seed = 100 + i
             order = ["tandem", "llama"] if i % 2 == 0 else ["llama", "tandem"]
-            got = {}
+            got = {"load": {}}
             for side in order:
+                wait_for_quiet(args.wait_quiet)
+                got["load"][side] = load_average()
                 if side == "tandem":
                     # Each run measures the bandwidth itself: on a shared machine it changes
                     # within minutes, and the bound must be the one of the same moment.
                     row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
-                                     args.kv_cache_type)
+                                     args.kv_cache_type, args.cpu_isa)
+                    got["isa"] = row["isa"]
                     got["tandem"] = {"prefill_tps": row["prefill_tps"]["median"],
                                      "decode_tps": row["decode_tps"]["median"],
                                      "bandwidth_gbps": row["bandwidth_gbps"],
                                      "bound_tps": row["bound_tps"],
                                      "bytes_per_token": row["bytes_per_token"]}
                     got["of_bound"] = got["tandem"]["decode_tps"] / row["bound_tps"]
+                elif args.peer == "tandem-dot":
+                    row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
+                                     args.kv_cache_type, args.cpu_isa, tile_gemm="never")
+                    got["llama"] = {"prefill_tps": row["prefill_tps"]["median"],
+                                    "decode_tps": row["decode_tps"]["median"]}
                 else:
                     got["llama"] = llama_subprocess(str(model), args.p, args.n, args.threads,
                                                     seed, args.llama_omp_wait,
                                                     args.kv_cache_type)
             got["prefill_ratio"] = got["tandem"]["prefill_tps"] / got["llama"]["prefill_tps"]
             got["decode_ratio"] = got["tandem"]["decode_tps"] / got["llama"]["decode_tps"]
-            print(f"{case} pair {i + 1}: Tandem prefill {got['tandem']['prefill_tps']:.1f} "
-                  f"decode {got['tandem']['decode_tps']:.2f} | llama.cpp prefill "
-                  f"{got['llama']['prefill_tps']:.1f} decode {got['llama']['decode_tps']:.2f} "
-                  f"tok/s", file=sys.stderr, flush=True)
+            print(f"{case} pair {i + 1} ({got['isa']}, load "
+                  f"{got['load']['tandem']:.2f}/{got['load']['llama']:.2f}): Tandem prefill "
+                  f"{got['tandem']['prefill_tps']:.1f} decode {got['tandem']['decode_tps']:.2f} | "
+                  f"{args.peer} prefill {got['llama']['prefill_tps']:.1f} decode "
+                  f"{got['llama']['decode_tps']:.2f} tok/s", file=sys.stderr, flush=True)
             pairs.append(got)
         med = lambda key, side=None: statistics.median(  # noqa: E731
             p[side][key] if side else p[key] for p in pairs)
+        loads = [x for q in pairs for x in q["load"].values()]
         results.append({
             "case": case, "model": preset, "layers": layers, "weight_type": wtype,
+            "isa": pairs[0]["isa"], "cpu_model": cpu_model(), "peer": args.peer,
+            "load_min": min(loads), "load_max": max(loads),
             "threads": args.threads, "p": args.p, "n": args.n, "pairs": pairs,
             "kv_cache_type": args.kv_cache_type,
             "tandem_prefill": med("prefill_tps", "tandem"),
@@ -205,23 +270,29 @@ def main():
             "bytes_per_token": pairs[0]["tandem"]["bytes_per_token"],
         })
 
-    print(f"llama-cpp-python {llama_cpp.__version__} (OMP_WAIT_POLICY "
-          f"{args.llama_omp_wait or 'unset'}); KV cache {args.kv_cache_type} in both; "
-          f"{args.threads} threads; prompt {args.p}, "
-          f"decode {args.n} tokens; {args.pairs} alternating pairs; medians (bandwidth and "
-          f"bound: measured in each Tandem run)")
-    print()
-    print("| case | MB/token | BW GB/s | bound t/s | Tandem prefill | llama.cpp prefill | ratio | "
-          "Tandem decode | llama.cpp decode | ratio | Tandem decode of bound |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for r in results:
-        print(f"| {r['model']} {r['layers']}L {r['weight_type']} | "
-              f"{r['bytes_per_token'] / 1e6:.0f} | {r['bandwidth_gbps']:.1f} | "
-              f"{r['bound_tps']:.1f} | "
-              f"{r['tandem_prefill']:.1f} | {r['llama_prefill']:.1f} | "
-              f"**{r['prefill_ratio']:.2f}x** | {r['tandem_decode']:.2f} | "
-              f"{r['llama_decode']:.2f} | **{r['decode_ratio']:.2f}x** | "
-              f"{100 * r['of_bound']:.0f} % |")
+    print(f"Peer: {peer_name} (OMP_WAIT_POLICY {args.llama_omp_wait or 'unset'}); KV cache "
+          f"{args.kv_cache_type} in both; {args.threads} threads; prompt {args.p}, decode "
+          f"{args.n} tokens; {args.pairs} alternating pairs; medians (bandwidth and bound: "
+          f"measured in each Tandem run); load: 1-minute load average before each run, min-max; "
+          f"* marks a row with a load above {QUIET_LOAD} (not a quiet machine)")
+    for isa in sorted({r["isa"] for r in results}):
+        rows = [r for r in results if r["isa"] == isa]
+        print()
+        print(f"Tandem at ISA level {isa}, {rows[0]['cpu_model']}:")
+        print()
+        print("| case | load | MB/token | BW GB/s | bound t/s | Tandem prefill | peer prefill | "
+              "ratio | Tandem decode | peer decode | ratio | Tandem decode of bound |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for r in rows:
+            busy = "*" if r["load_max"] > QUIET_LOAD else ""
+            print(f"| {r['model']} {r['layers']}L {r['weight_type']} | "
+                  f"{r['load_min']:.1f}-{r['load_max']:.1f}{busy} | "
+                  f"{r['bytes_per_token'] / 1e6:.0f} | {r['bandwidth_gbps']:.1f} | "
+                  f"{r['bound_tps']:.1f} | "
+                  f"{r['tandem_prefill']:.1f} | {r['llama_prefill']:.1f} | "
+                  f"**{r['prefill_ratio']:.2f}x** | {r['tandem_decode']:.2f} | "
+                  f"{r['llama_decode']:.2f} | **{r['decode_ratio']:.2f}x** | "
+                  f"{100 * r['of_bound']:.0f} % |")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results}, indent=2) + "\n")
 

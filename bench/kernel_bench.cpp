@@ -17,6 +17,7 @@
 //   tandem-kernel-bench                 # markdown-ish table (Google Benchmark console output)
 //   tandem-kernel-bench --json          # one JSON object per case, then the machine line
 //   tandem-kernel-bench --full          # all shapes x types x M (minutes); default is a subset
+//   tandem-kernel-bench --cpu-isa avx2  # a lower ISA level than the CPU's (e.g. the int8 tiles)
 // Google Benchmark flags (--benchmark_filter, --benchmark_repetitions, ...) pass through.
 #include <benchmark/benchmark.h>
 
@@ -133,7 +134,8 @@ struct CaseInfo {
 };
 std::map<std::string, CaseInfo> g_cases;
 
-// Which path a case forces: the dot-product kernels, the bf16 tile path (tile_gemm.h), or
+// Which path a case forces: the dot-product kernels, the tile path (tile_gemm.h: bf16 tiles at
+// avx512, int8 tiles at avx2), or
 // whatever the engine's policy picks (auto).
 // invariant: the batch-invariant kernels (one token per pass, no several-row dots), the
 // baseline of one-token products.
@@ -441,6 +443,9 @@ int main(int argc, char** argv) {
             json = true;
         else if (std::strcmp(argv[i], "--full") == 0)
             full = true;
+        else if (std::strcmp(argv[i], "--cpu-isa") == 0 && i + 1 < argc)
+            // Before the cases are registered: which paths exist depends on the level.
+            cpu::force_isa(cpu::parse_isa(argv[++i]));
         else
             args.push_back(argv[i]);
     }

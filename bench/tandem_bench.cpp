@@ -79,7 +79,8 @@ struct Options {
     std::string model_cache = (fs::temp_directory_path() / "tandem-bench-models").string();
     double bandwidth_gbps = 0;  // 0: measure
     int64_t step_tokens = 512;
-    std::string kv_cache_type = "f32";  // EngineConfig::kv_cache_type
+    std::string kv_cache_type = "f16";  // EngineConfig::kv_cache_type (and its default)
+    std::string cpu_isa;                // EngineConfig::cpu_isa ("": the CPU's best)
     std::string device = "cpu";         // EngineConfig::device
     bool cuda_graphs = false;           // EngineConfig::cuda_graphs
     bool progress = false, no_progress = false;
@@ -212,6 +213,7 @@ EngineConfig engine_config(const Options& o, const PreparedModel& model, const H
     c.numa = o.numa;
     c.numa_topology = o.numa_topology;
     c.kv_cache_type = o.kv_cache_type;
+    c.cpu_isa = o.cpu_isa;
     c.device = o.device;
     c.cuda_graphs = o.cuda_graphs;
     if (hc.ratio > 0) {
@@ -479,8 +481,11 @@ int main(int argc, char** argv) {
     app.add_option("--model-cache", o.model_cache, "where synthetic models are kept")
         ->capture_default_str();
     app.add_option("--bandwidth-gbps", o.bandwidth_gbps, "use this bandwidth (0: measure)");
-    app.add_option("--kv-cache-type", o.kv_cache_type, "KV cache element type: f32, f16, bf16")
+    app.add_option("--kv-cache-type", o.kv_cache_type,
+                   "KV cache element type: f32, f16 (default), bf16")
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+    app.add_option("--cpu-isa", o.cpu_isa,
+                   "force the CPU kernels' ISA: scalar, avx2, avx512 (default: the CPU's best)");
     app.add_option("--device", o.device, "where the model runs: cpu or cuda:N")
         ->capture_default_str();
     app.add_flag("--cuda-graphs", o.cuda_graphs, "on cuda:N, replay decode steps as CUDA graphs");

@@ -65,7 +65,8 @@ void add_threads_and_memory(CLI::App& app, EngineConfig& config) {
            "KV cache budget in MiB, 0 = default")
         ->default_str("0")
         ->group(group);
-    app.add_option("--kv-cache-type", config.kv_cache_type, "KV cache element type: f32, f16, bf16")
+    app.add_option("--kv-cache-type", config.kv_cache_type,
+                   "KV cache element type: f32, f16 (default), bf16")
         ->capture_default_str()
         ->group(group);
     app.add_flag(

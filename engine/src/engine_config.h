@@ -25,7 +25,7 @@ namespace tandem {
 struct ParsedEngineConfig {
     Device device;                                 // of the model: cpu or cuda:N
     std::optional<DType> quantize;                 // a quantized weight type; none: as stored
-    DType kv_cache_type = DType::F32;              // f32, f16 or bf16
+    DType kv_cache_type = DType::F16;              // f32, f16 (default) or bf16
     std::optional<cpu::CpuIsa> cpu_isa;            // none: the best the CPU runs
     std::optional<cpu::TileGemmPolicy> tile_gemm;  // none: the process's policy is kept
 };

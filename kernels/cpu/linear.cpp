@@ -38,17 +38,18 @@ void check_linear_args(const Tensor& x, const Tensor& w, const Tensor& bias, con
 void linear_tiled(const Tensor& x, const Tensor& w, std::span<const float> bias, const Tensor& y,
                   ThreadPool& pool) {
     const int64_t n_tokens = x.dim(0), m = w.dim(0), k = w.dim(1);
-    // f32 activations are used in place; bf16 ones converted once.
+    // f32 activations are used in place; bf16 or int8 ones (the avx2 level) converted once.
     const DType act_type = tile_gemm_activation_type(w.dtype());
-    std::vector<uint16_t> xb(act_type == DType::BF16 ? size_t(n_tokens * k) : 0);
+    const int64_t act_row_bytes = row_bytes(act_type, k);
+    std::vector<std::byte> converted(act_type != DType::F32 ? size_t(n_tokens * act_row_bytes) : 0);
     const void* acts = x.data();
-    if (act_type == DType::BF16) {
+    if (act_type != DType::F32) {
         pool.parallel_for(n_tokens, 1, [&](int64_t begin, int64_t end) {
             for (int64_t t = begin; t < end; ++t)
-                to_tile_activations(x.data_as<const float>() + t * k, act_type, xb.data() + t * k,
-                                    k);
+                to_tile_activations(x.data_as<const float>() + t * k, act_type,
+                                    converted.data() + t * act_row_bytes, k);
         });
-        acts = xb.data();
+        acts = converted.data();
     }
     const int64_t balanced = (m + 4 * pool.size() - 1) / (4 * pool.size());
     const int64_t step =

@@ -14,7 +14,9 @@
 
 #include "kernels/cpu/bf16_tiles.h"
 #include "kernels/cpu/cpu_isa.h"
+#include "kernels/cpu/int8_tiles.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 
@@ -26,6 +28,13 @@ namespace {
 // TANDEM_TILE_GEMM to it): the library reads no environment.
 std::atomic<TileGemmPolicy> g_policy{TileGemmPolicy::Auto};
 std::atomic<bool> g_batch_invariant{false};
+
+// Fewest tokens for which Auto takes the int8 tiles at the avx2 level. Measured with
+// tandem-kernel-bench --full --cpu-isa avx2 (OLMoE and Qwen3-30B-A3B expert shapes, 2 threads,
+// AMD EPYC Zen 4 forced to avx2, load 3.7 from other work: noisy): at M = 4 and 8 the dot
+// products won on 5 of 8 pairs, at 16 the two were even (within the noise), from 32 the tiles
+// won 3 of 4 by 1.3-1.6x, and linear at M = 64 and 512 by 1.4-2x.
+constexpr int64_t kInt8TileMinTokens = 16;
 
 // Bytes of one weight tile (f32 or bf16): with the tokens' activations it stays in a 1 MB L2.
 constexpr int64_t kTileBytes = int64_t(256) << 10;
@@ -113,6 +122,12 @@ bool onednn_brgemm() {
     return ok;
 }
 
+// Whether `weight_type` takes int8 tiles (int8_tiles.h): at the avx2 level, where there is no
+// bf16 tile path.
+bool int8_tiles_here(DType weight_type) {
+    return active_isa() == CpuIsa::Avx2 && avx2::int8_tiles_support(weight_type);
+}
+
 }  // namespace
 
 void set_tile_gemm_policy(TileGemmPolicy policy) {
@@ -140,6 +155,7 @@ RowsDotFn one_token_row_dots(const VecDotKernels& kernels, DType weight_type) {
 }
 
 bool tile_gemm_available(DType weight_type) {
+    if (int8_tiles_here(weight_type)) return true;
     return is_weight_type(weight_type) && active_isa() == CpuIsa::Avx512 && onednn_brgemm();
 }
 
@@ -149,6 +165,7 @@ bool tile_gemm_available(DType weight_type) {
 // M = 4. Every quantized type has a vector dequantizer to bf16: Q4_0, Q5_0 and Q6_K (slower dot
 // products) win 1.4-1.7x at M = 8; Q8_0, Q4_K and Q5_K (fast dot products) break even at 8.
 int64_t tile_gemm_min_tokens(DType weight_type) {
+    if (int8_tiles_here(weight_type)) return kInt8TileMinTokens;
     switch (weight_type) {
         case DType::F32:
         case DType::F16:
@@ -175,18 +192,25 @@ bool use_tile_gemm(DType weight_type, int64_t n_tokens) {
 }
 
 DType tile_gemm_activation_type(DType weight_type) {
+    if (int8_tiles_here(weight_type)) return vec_dot_type(weight_type);
     return is_quantized_weight_type(weight_type) ? DType::BF16 : DType::F32;
 }
 
 void to_tile_activations(const float* x, DType type, void* out, int64_t n) {
-    if (type == DType::BF16)
-        vec_dot_kernels().f32_to_bf16(x, static_cast<uint16_t*>(out), n);
-    else
-        std::copy_n(x, n, static_cast<float*>(out));
+    switch (type) {
+        case DType::BF16: return vec_dot_kernels().f32_to_bf16(x, static_cast<uint16_t*>(out), n);
+        case DType::Q8_0:
+        case DType::Q8_K: return quantize_activation(type, x, out, n);
+        default: std::copy_n(x, n, static_cast<float*>(out));
+    }
 }
 
 int64_t tile_gemm_rows(DType weight_type, int64_t k) {
-    const int64_t element = tile_gemm_activation_type(weight_type) == DType::BF16 ? 2 : 4;
+    // Bytes per weight element in the tile: int8 tiles keep about two (Q8_0: the bytes and their
+    // magnitudes; Q4_K: a byte and the scales).
+    const int64_t element = int8_tiles_here(weight_type)                            ? 2
+                            : tile_gemm_activation_type(weight_type) == DType::BF16 ? 2
+                                                                                    : 4;
     return std::clamp<int64_t>(kTileBytes / (element * k) / 16 * 16, 16, 128);
 }
 
@@ -207,6 +231,8 @@ void tile_gemm(const void* a, int64_t m, const void* w_rows, DType weight_type, 
                int64_t k, float* y) {
     if (!tile_gemm_available(weight_type))
         fail("tile_gemm: no tile path for ", dtype_name(weight_type), " on this CPU");
+    if (int8_tiles_here(weight_type))
+        return avx2::int8_tile_gemm(a, m, w_rows, weight_type, n_rows, k, y);
     const bool bf16 = tile_gemm_activation_type(weight_type) == DType::BF16;
     const void* b = w_rows;
     if (bf16) {

@@ -17,8 +17,13 @@
 //   the f32 FMA rate). Activations keep 8 significant bits, where the quantized dot products
 //   keep int8 per block of 32 or 256 (measured: the tile path is the closer of the two to
 //   float64); the dequantized weights are rounded to bf16 (2^-9 relative).
-// Which path runs for how many tokens is decided per weight type by tandem-kernel-bench (see
-// tile_gemm_min_tokens); the path needs the avx512 ISA level (AVX-512 BF16) and oneDNN's brgemm.
+// - at the avx2 level (no AVX-512: no bf16 dot instruction, no oneDNN brgemm), Q8_0 and Q4_K
+//   weights take int8 tiles instead (int8_tiles.h): activations in the dot products' Q8_0 / Q8_K
+//   and integer products over register-blocked rows x tokens, so results equal the dot products'
+//   up to the order of f32 additions. The other types keep the dot products there.
+// Which path runs for how many tokens is decided per weight type and ISA level by
+// tandem-kernel-bench (see tile_gemm_min_tokens); the bf16 and f32 tiles need the avx512 ISA level
+// (AVX-512 BF16) and oneDNN's brgemm.
 #pragma once
 
 #include <cstdint>
@@ -54,10 +59,12 @@ int dot_tokens_per_pass();
 // are batch-invariant.
 RowsDotFn one_token_row_dots(const VecDotKernels& kernels, DType weight_type);
 
-// F32 for f32, f16 and bf16 weights, BF16 for the block-quantized types.
+// F32 for f32, f16 and bf16 weights, BF16 for the block-quantized types; at the avx2 level,
+// vec_dot_type (Q8_0, Q8_K) for the types with int8 tiles.
 DType tile_gemm_activation_type(DType weight_type);
 
-// n f32 activations in `type` (F32: a copy, BF16: rounded to nearest even) at out.
+// n f32 activations in `type` (F32: a copy, BF16: rounded to nearest even, Q8_0 / Q8_K:
+// quantize_activation) at out.
 void to_tile_activations(const float* x, DType type, void* out, int64_t n);
 
 // Whether the tile path can run `weight_type` on this CPU at the active ISA.

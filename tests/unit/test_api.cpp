@@ -302,7 +302,8 @@ TEST_F(ApiTest, FullKvCacheQueuesRequestsAndRejectsTheImpossible) {
     // recomputation gives the very logits of its decode steps.
     const BatchInvariantKernels restore;
     Engine probe = open(a_->str());
-    const KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
+    KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
+    shape.dtype = *dtype_from_name(EngineConfig{}.kv_cache_type);  // the engine's default (f16)
     const auto block = int64_t(KvBlockPool::bytes_per_block(shape, 4));
     Engine engine =
         open(a_->str(), {.batch_invariant = true, .kv_cache_bytes = 6 * block, .kv_block_size = 4});

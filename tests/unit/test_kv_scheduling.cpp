@@ -39,7 +39,8 @@ class KvSchedulingTest : public test::TwoTinyModelsTest {
                                          .n_threads = 1,
                                          .pin_threads = false,
                                          .kv_block_size = kBlock});
-            const KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
+            KvCacheShape shape = engine_model(probe).kv_cache_shape(1);
+            shape.dtype = *dtype_from_name(config.kv_cache_type);  // f16 unless a test says
             config.kv_cache_bytes = blocks * int64_t(KvBlockPool::bytes_per_block(shape, kBlock));
         }
         return Engine::open(config);

@@ -1,0 +1,250 @@
+// Int8 weight tiles times int8 activations with AVX2 (int8_tiles.h). Compiled for the avx2 level
+// only (flags in kernels/CMakeLists.txt) and called only when that level is active.
+//
+// A tile is converted once, then every group of kTokens tokens walks it in groups of kRows rows:
+// the weight tile (kRows rows of k bytes at a time) stays in L2 and the tokens' activations in
+// L1. Edge groups repeat the last valid row or token and drop the extra results, so one
+// instantiation serves every shape.
+#include "kernels/cpu/int8_tiles.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/error.h"
+
+namespace tandem::cpu::avx2 {
+
+namespace {
+
+__m256i load_bytes(const void* p) {
+    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// Rows and tokens of one inner loop: an int32 accumulator per pair, the tokens' activation
+// vectors and one row's weight vectors within AVX2's 16 vector registers (the f32 accumulators,
+// touched once per group or super-block, may live in memory). Of 2x3, 3x2 and 2x4 for Q8_0 and
+// 4x2, 2x4 and 3x3 for Q4_K, these were the fastest in tandem-kernel-bench --cpu-isa avx2
+// (linear q_proj at M = 64 and 512; a shared machine at load ~3.5, so by 10-25 %, roughly).
+constexpr int kQ8Rows = 2, kQ8Tokens = 3;
+constexpr int kQ4Rows = 2, kQ4Tokens = 4;
+
+// Blocks of Q8_0 (weights or activations) rearranged by groups of 8: vector v of a group (32
+// bytes) holds bytes 4v..4v+3 of each of its 8 blocks, block b in 32-bit lane b. Then the
+// products of a group accumulate with plain vector adds, lane b holding block b's sum, and the
+// f32 scales apply once per group, 8 blocks at a time; no horizontal reductions. Blocks past the
+// row's end are zero, scale 0.
+struct Q8_0Groups {
+    std::vector<int8_t> q;     // [rows, groups * 256]
+    std::vector<uint8_t> mag;  // |q|, the unsigned operand of vpmaddubsw (weights only)
+    std::vector<float> d;      // [rows, groups * 8]
+};
+
+void interleave_q8_0(const BlockQ8_0* x, int64_t rows, int64_t nb, int64_t groups, bool magnitudes,
+                     Q8_0Groups& out) {
+    out.q.assign(size_t(rows * groups * 256), 0);
+    out.d.assign(size_t(rows * groups * 8), 0.0f);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < nb; ++b) {
+            const BlockQ8_0& block = x[r * nb + b];
+            int8_t* group = out.q.data() + (r * groups + b / 8) * 256;
+            for (int v = 0; v < 8; ++v)
+                std::memcpy(group + v * 32 + (b % 8) * 4, block.qs + 4 * v, 4);
+            out.d[size_t(r * groups * 8 + b)] = _cvtsh_ss(block.d);
+        }
+    if (!magnitudes) return;
+    out.mag.resize(out.q.size());
+    for (size_t i = 0; i < out.q.size(); i += 32)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.mag.data() + i),
+                            _mm256_abs_epi8(load_bytes(out.q.data() + i)));
+}
+
+// out[r][t] = weight row rows[r] . activation row tokens[t] over `groups` groups of 8 blocks.
+void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
+                 const int64_t* tokens, int64_t groups, float out[kQ8Rows][kQ8Tokens]) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[kQ8Rows][kQ8Tokens];
+    for (auto& row : acc)
+        for (auto& v : row)
+            v = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+        __m256i sums[kQ8Rows][kQ8Tokens];
+        for (auto& row : sums)
+            for (auto& v : row)
+                v = _mm256_setzero_si256();
+        for (int v = 0; v < 8; ++v) {
+            __m256i xv[kQ8Tokens];
+            for (int t = 0; t < kQ8Tokens; ++t)
+                xv[t] = load_bytes(x.q.data() + (tokens[t] * groups + g) * 256 + v * 32);
+            for (int r = 0; r < kQ8Rows; ++r) {
+                const int64_t at = (rows[r] * groups + g) * 256 + v * 32;
+                const __m256i q = load_bytes(w.q.data() + at);
+                const __m256i mag = load_bytes(w.mag.data() + at);
+                for (int t = 0; t < kQ8Tokens; ++t)
+                    sums[r][t] = _mm256_add_epi32(
+                        sums[r][t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(mag, _mm256_sign_epi8(xv[t], q)),
+                                          ones));
+            }
+        }
+        for (int r = 0; r < kQ8Rows; ++r) {
+            const __m256 dw = _mm256_loadu_ps(w.d.data() + (rows[r] * groups + g) * 8);
+            for (int t = 0; t < kQ8Tokens; ++t) {
+                const __m256 dx = _mm256_loadu_ps(x.d.data() + (tokens[t] * groups + g) * 8);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][t]), _mm256_mul_ps(dw, dx),
+                                            acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < kQ8Rows; ++r)
+        for (int t = 0; t < kQ8Tokens; ++t)
+            out[r][t] = hsum(acc[r][t]);
+}
+
+void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
+               float* y) {
+    const int64_t nb = k / kQK, groups = (nb + 7) / 8;
+    thread_local Q8_0Groups tile, x;
+    interleave_q8_0(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, groups, true, tile);
+    interleave_q8_0(static_cast<const BlockQ8_0*>(acts), m, nb, groups, false, x);
+    for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
+        int64_t tokens[kQ8Tokens];
+        for (int t = 0; t < kQ8Tokens; ++t)
+            tokens[t] = std::min(t0 + t, m - 1);
+        for (int64_t r0 = 0; r0 < n_rows; r0 += kQ8Rows) {
+            int64_t rows[kQ8Rows];
+            for (int r = 0; r < kQ8Rows; ++r)
+                rows[r] = std::min(r0 + r, n_rows - 1);
+            float out[kQ8Rows][kQ8Tokens];
+            q8_0_kernel(tile, rows, x, tokens, groups, out);
+            for (int t = 0; t < kQ8Tokens && t0 + t < m; ++t)
+                for (int r = 0; r < kQ8Rows && r0 + r < n_rows; ++r)
+                    y[(t0 + t) * n_rows + r0 + r] = out[r][t];
+        }
+    }
+}
+
+// A Q4_K super-block of a tile: the 256 quants one byte each in element order (the unsigned
+// operand of vpmaddubsw), the sub-block scales, and the mins once per group of 16 elements to
+// meet Q8_K's bsums in one vpmaddwd.
+struct Q4_KTile {
+    uint8_t q[kQKK];
+    int16_t mins[kQKK / 16];
+    int16_t scales[8];
+    float d, dmin;
+};
+
+void pack_q4_k(const BlockQ4_K* w, int64_t n_blocks, Q4_KTile* out) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+        const BlockQ4_K& block = w[i];
+        Q4_KTile& t = out[i];
+        for (int c = 0; c < 4; ++c) {
+            const __m256i v = load_bytes(block.qs + 32 * c);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q + 64 * c), _mm256_and_si256(v, low));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q + 64 * c + 32),
+                                _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+        }
+        for (int j = 0; j < 8; ++j) {
+            uint8_t scale = 0, min = 0;
+            get_scale_min_k4(j, block.scales, &scale, &min);
+            t.scales[j] = scale;
+            t.mins[2 * j] = t.mins[2 * j + 1] = min;
+        }
+        t.d = _cvtsh_ss(block.d);
+        t.dmin = _cvtsh_ss(block.dmin);
+    }
+}
+
+// out[r][t] = row r . token t over nb super-blocks: per super-block, sum_j scale_j * (q . x)_j in
+// int32, then d * d_x times that minus dmin * d_x * sum_j min_j * (sum of x over sub-block j).
+void q4_k_kernel(const Q4_KTile* const* w, const BlockQ8_K* const* a, int64_t nb,
+                 float out[kQ4Rows][kQ4Tokens]) {
+    __m256 acc[kQ4Rows][kQ4Tokens];
+    for (auto& row : acc)
+        for (auto& v : row)
+            v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i) {
+        __m256i sums[kQ4Rows][kQ4Tokens];
+        for (auto& row : sums)
+            for (auto& v : row)
+                v = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+            __m256i x[kQ4Tokens];
+            for (int t = 0; t < kQ4Tokens; ++t)
+                x[t] = load_bytes(a[t][i].qs + 32 * j);
+            for (int r = 0; r < kQ4Rows; ++r) {
+                const __m256i q = load_bytes(w[r][i].q + 32 * j);
+                const __m256i scale = _mm256_set1_epi16(w[r][i].scales[j]);
+                for (int t = 0; t < kQ4Tokens; ++t)
+                    sums[r][t] = _mm256_add_epi32(
+                        sums[r][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, x[t]), scale));
+            }
+        }
+        for (int r = 0; r < kQ4Rows; ++r) {
+            const __m256i mins = load_bytes(w[r][i].mins);
+            for (int t = 0; t < kQ4Tokens; ++t) {
+                const __m256i min_sums = _mm256_madd_epi16(mins, load_bytes(a[t][i].bsums));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][t]),
+                                            _mm256_set1_ps(w[r][i].d * a[t][i].d), acc[r][t]);
+                acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sums),
+                                             _mm256_set1_ps(w[r][i].dmin * a[t][i].d), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < kQ4Rows; ++r)
+        for (int t = 0; t < kQ4Tokens; ++t)
+            out[r][t] = hsum(acc[r][t]);
+}
+
+void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
+               float* y) {
+    const int64_t nb = k / kQKK;
+    thread_local std::vector<Q4_KTile> tile;
+    tile.resize(size_t(n_rows * nb));
+    pack_q4_k(static_cast<const BlockQ4_K*>(w_rows), n_rows * nb, tile.data());
+    const auto* x = static_cast<const BlockQ8_K*>(acts);
+    for (int64_t t0 = 0; t0 < m; t0 += kQ4Tokens) {
+        const BlockQ8_K* a[kQ4Tokens];
+        for (int t = 0; t < kQ4Tokens; ++t)
+            a[t] = x + std::min(t0 + t, m - 1) * nb;
+        for (int64_t r0 = 0; r0 < n_rows; r0 += kQ4Rows) {
+            const Q4_KTile* w[kQ4Rows];
+            for (int r = 0; r < kQ4Rows; ++r)
+                w[r] = tile.data() + std::min(r0 + r, n_rows - 1) * nb;
+            float out[kQ4Rows][kQ4Tokens];
+            q4_k_kernel(w, a, nb, out);
+            for (int t = 0; t < kQ4Tokens && t0 + t < m; ++t)
+                for (int r = 0; r < kQ4Rows && r0 + r < n_rows; ++r)
+                    y[(t0 + t) * n_rows + r0 + r] = out[r][t];
+        }
+    }
+}
+
+}  // namespace
+
+bool int8_tiles_support(DType type) {
+    return type == DType::Q8_0 || type == DType::Q4_K;
+}
+
+void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type, int64_t n_rows,
+                    int64_t k, float* y) {
+    if (m <= 0 || n_rows <= 0) return;
+    switch (type) {
+        case DType::Q8_0: return q8_0_gemm(acts, m, w_rows, n_rows, k, y);
+        case DType::Q4_K: return q4_k_gemm(acts, m, w_rows, n_rows, k, y);
+        default: fail("int8_tile_gemm: no int8 tiles for ", dtype_name(type));
+    }
+}
+
+}  // namespace tandem::cpu::avx2
