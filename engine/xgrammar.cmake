@@ -17,6 +17,30 @@ if(NOT xgrammar_POPULATED)
     FetchContent_Populate(xgrammar)
 endif()
 
+# Upstream bug mlc-ai/xgrammar#800 (open in 0.2.9): a JSON-schema string with minLength or
+# maxLength compiles to [^"\\\r\n]{min,max}, which lets raw control characters into the string
+# (invalid JSON) and refuses every escape sequence. The same length bound over what a plain
+# string allows (an unescaped character other than '"', '\\' and U+0000-U+001F, or an escape)
+# fixes both; an escape counts as one character, as maxLength counts decoded characters. The
+# source is edited in place, idempotently, and the configure fails if the code moved.
+set(xgrammar_converter ${xgrammar_SOURCE_DIR}/cpp/json_schema_converter.cc)
+file(READ ${xgrammar_converter} xgrammar_text)
+set(xgrammar_buggy [=[      int32_t character =
+          builder_.AddCharacterClass({{'"', '"'}, {'\\', '\\'}, {'\r', '\r'}, {'\n', '\n'}}, true);]=])
+set(xgrammar_fixed [=[      int32_t character = Choice(
+          {builder_.AddCharacterClass({{0, 0x1f}, {'"', '"'}, {'\\', '\\'}}, true),
+           Sequence({ByteString("\\"), RuleRef(kBasicEscape)})});  // tandem: xgrammar#800]=])
+string(FIND "${xgrammar_text}" "tandem: xgrammar#800" xgrammar_patched)
+if(xgrammar_patched EQUAL -1)
+    string(FIND "${xgrammar_text}" "${xgrammar_buggy}" xgrammar_at)
+    if(xgrammar_at EQUAL -1)
+        message(FATAL_ERROR "xgrammar ${TANDEM_XGRAMMAR_VERSION}: the code of bug #800 was not "
+            "found in ${xgrammar_converter}; check whether the new release fixes it")
+    endif()
+    string(REPLACE "${xgrammar_buggy}" "${xgrammar_fixed}" xgrammar_text "${xgrammar_text}")
+    file(WRITE ${xgrammar_converter} "${xgrammar_text}")
+endif()
+
 file(GLOB xgrammar_sources CONFIGURE_DEPENDS
     ${xgrammar_SOURCE_DIR}/cpp/*.cc
     ${xgrammar_SOURCE_DIR}/cpp/support/*.cc

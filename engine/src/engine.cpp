@@ -12,6 +12,7 @@
 #include "engine/src/engine_internals.h"
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
+#include "engine/src/structured_output.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/tile_gemm.h"
 #include "kernels/device.h"
@@ -136,6 +137,10 @@ struct Engine::State {
     std::atomic<uint64_t> next_id{1};
     std::mutex reload_mutex;
     ExpertRunners experts;  // hybrid executor, routing replay; empty: the CPU and the routers
+    // Structured output: made at the first request with a grammar (reading a large vocabulary
+    // takes a moment that other runs need not pay); it caches compiled grammars.
+    std::mutex grammar_mutex;
+    std::unique_ptr<GrammarCompiler> grammar_compiler;
     std::unique_ptr<Scheduler> scheduler;  // last: stops before the rest goes
 };
 
@@ -242,6 +247,28 @@ std::string Engine::token_text(int32_t id) const {
     return state_->tokenizer->decode({&id, 1}, {.skip_special_tokens = false});
 }
 
+namespace {
+
+// On the caller's thread, not the scheduler's: a new schema's compilation (milliseconds) delays
+// only its own request. (A template, as install_model below, to reach the private State.)
+template <class State>
+std::shared_ptr<const CompiledGrammar> compile_grammar(State& state, const GrammarSpec& spec) {
+    if (!state.tokenizer)
+        throw RequestError("structured output needs the model's tokenizer, and the model at " +
+                           state.config.model_dir + " has none");
+    GrammarCompiler* compiler = nullptr;
+    {
+        std::lock_guard lock(state.grammar_mutex);
+        if (!state.grammar_compiler)
+            state.grammar_compiler = std::make_unique<GrammarCompiler>(
+                *state.tokenizer, state.model_config.vocab_size, state.model_config.eos_token_ids);
+        compiler = state.grammar_compiler.get();
+    }
+    return compiler->compile(spec);  // thread-safe
+}
+
+}  // namespace
+
 RequestHandle Engine::submit(const Prompt& prompt, const SamplingParams& params,
                              StreamCallback on_delta) {
     auto request = std::make_shared<RequestHandle::State>();
@@ -269,6 +296,7 @@ RequestHandle Engine::submit(const Prompt& prompt, const SamplingParams& params,
         if (id < 0 || id >= vocab_size())
             throw RequestError("stop_token_ids: " + std::to_string(id) +
                                " is outside the vocabulary");
+    if (params.grammar) request->grammar = compile_grammar(*state_, *params.grammar);
     request->params = params;
     request->seed = params.seed ? *params.seed : std::random_device{}();
     request->on_delta = std::move(on_delta);

@@ -113,7 +113,11 @@ GrammarMatcher::~GrammarMatcher() = default;
 GrammarMatcher::GrammarMatcher(GrammarMatcher&&) noexcept = default;
 GrammarMatcher& GrammarMatcher::operator=(GrammarMatcher&&) noexcept = default;
 
-const std::vector<int32_t>& GrammarMatcher::allowed_bits() {
+const std::vector<int32_t>& GrammarMatcher::allowed_bits() const {
+    return impl_->bits;
+}
+
+void GrammarMatcher::compute_mask() {
     std::vector<int32_t>& bits = impl_->bits;
     int64_t shape[1] = {int64_t(bits.size())};
     DLTensor tensor{};
@@ -123,15 +127,19 @@ const std::vector<int32_t>& GrammarMatcher::allowed_bits() {
     tensor.dtype = DLDataType{kDLInt, 32, 1};
     tensor.shape = shape;
     impl_->matcher.FillNextTokenBitmask(&tensor);
-    return bits;
 }
 
 void GrammarMatcher::mask(std::span<float> logits) {
+    compute_mask();
+    apply_mask(logits);
+}
+
+void GrammarMatcher::apply_mask(std::span<float> logits) const {
     if (int64_t(logits.size()) != impl_->vocab_size)
         throw std::invalid_argument("GrammarMatcher::mask: logits have " +
                                     std::to_string(logits.size()) + " entries, not " +
                                     std::to_string(impl_->vocab_size));
-    const std::vector<int32_t>& bits = allowed_bits();
+    const std::vector<int32_t>& bits = impl_->bits;
     constexpr float kMasked = -std::numeric_limits<float>::infinity();
     for (size_t word = 0; word < bits.size(); ++word) {
         const auto w = uint32_t(bits[word]);

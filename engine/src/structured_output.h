@@ -15,23 +15,11 @@
 #include <string>
 #include <vector>
 
+#include <tandem/sampling.h>
+
 namespace tandem {
 
 class Tokenizer;
-
-struct GrammarSpec {
-    enum class Kind {
-        JsonObject,  // any JSON object (response_format "json_object")
-        JsonSchema,  // text: a JSON schema (response_format "json_schema")
-        Regex,       // text: a regular expression the whole output matches
-        Ebnf,        // text: a grammar in xgrammar's EBNF (GBNF-like; the rule "root" starts)
-    };
-    Kind kind = Kind::JsonObject;
-    std::string text;
-    // JSON only: any white space between tokens (true), or the compact form (false), which
-    // leaves a weak model fewer ways to wander.
-    bool any_whitespace = false;
-};
 
 struct CompiledGrammar;  // xgrammar's, behind this header
 
@@ -63,10 +51,15 @@ class GrammarMatcher {
     GrammarMatcher& operator=(GrammarMatcher&&) noexcept;
 
     // Sets to -infinity the logits of the tokens the grammar does not allow next. logits has
-    // the compiler's vocab_size entries.
+    // the compiler's vocab_size entries. compute_mask() + apply_mask().
     void mask(std::span<float> logits);
-    // The allowed tokens as a bitmask, bit i of word i / 32 (what mask() applies).
-    const std::vector<int32_t>& allowed_bits();
+    // The two halves of mask(), so that the mask of the next token can be computed while the
+    // model runs (it depends only on the tokens accepted so far): compute_mask() may run on
+    // another thread than the one that called accept(), if the two do not overlap.
+    void compute_mask();
+    void apply_mask(std::span<float> logits) const;
+    // The allowed tokens as a bitmask, bit i of word i / 32 (what compute_mask() made).
+    const std::vector<int32_t>& allowed_bits() const;
     // Advances past a sampled token; false (and no change) if the grammar does not allow it.
     bool accept(int32_t token);
     // A stop token was accepted: the output is complete and the sequence ends.

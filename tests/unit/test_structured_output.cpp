@@ -57,7 +57,8 @@ int32_t stop_id(const Tokenizer& tokenizer) {
 // grammar allows any exponent), which count as valid here.
 bool valid_json(const std::string& text) {
     try {
-        (void)nlohmann::json::parse(text);
+        const nlohmann::json parsed = nlohmann::json::parse(text);
+        (void)parsed;
         return true;
     } catch (const nlohmann::json::out_of_range& e) {
         return e.id == 406;  // number overflow
@@ -242,8 +243,12 @@ TEST_P(StructuredOutput, BadSpecsAreRequestErrorsNamingTheKind) {
     EXPECT_NO_THROW(compiler_->compile({.kind = GrammarSpec::Kind::JsonObject}));
 }
 
+std::string vocab_name(const ::testing::TestParamInfo<Vocab>& param) {
+    return param.param.name;
+}
+
 INSTANTIATE_TEST_SUITE_P(Vocabularies, StructuredOutput, ::testing::ValuesIn(vocabularies()),
-                         [](const auto& info) { return info.param.name; });
+                         vocab_name);
 
 }  // namespace
 }  // namespace tandem
