@@ -10,9 +10,12 @@
 #include <tandem/request.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/src/json_schema_types.h"
 #include "models/tokenizer/tokenizer.h"
 
 namespace tandem {
+
+using nlohmann::json;
 
 struct CompiledGrammar {
     xgrammar::CompiledGrammar grammar;
@@ -76,10 +79,14 @@ std::shared_ptr<const CompiledGrammar> GrammarCompiler::compile(const GrammarSpe
                 return std::make_shared<CompiledGrammar>(CompiledGrammar{c.CompileJSONSchema(
                     R"({"type": "object"})", spec.any_whitespace, std::nullopt,
                     std::make_pair(std::string(", "), std::string(": ")), /*strict_mode=*/false)});
-            case GrammarSpec::Kind::JsonSchema:
+            case GrammarSpec::Kind::JsonSchema: {
+                json schema = json::parse(spec.text, nullptr, /*allow_exceptions=*/false);
+                if (schema.is_discarded()) throw std::invalid_argument("the schema is not JSON");
+                infer_schema_types(schema);
                 return std::make_shared<CompiledGrammar>(CompiledGrammar{c.CompileJSONSchema(
-                    spec.text, spec.any_whitespace, std::nullopt,
+                    schema.dump(), spec.any_whitespace, std::nullopt,
                     std::make_pair(std::string(", "), std::string(": ")), /*strict_mode=*/true)});
+            }
             case GrammarSpec::Kind::Regex:
                 return std::make_shared<CompiledGrammar>(
                     CompiledGrammar{c.CompileRegex(spec.text)});

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "tools/server/api_error.h"
+#include "tools/server/structured_request.h"
 
 namespace tandem::server {
 
@@ -149,17 +150,10 @@ bool is_false(const json& v) {
 }
 
 const Unsupported kUnsupported[] = {
-    {"response_format",
-     [](const json& v) { return v.is_object() && v.value("type", "") == "text"; }},
     {"tools", [](const json& v) { return v.is_array() && v.empty(); }},
     {"tool_choice", [](const json& v) { return v == "none"; }},
     {"functions", [](const json& v) { return v.is_array() && v.empty(); }},
     {"function_call", [](const json& v) { return v == "none"; }},
-    {"guided_json", nullptr},
-    {"guided_regex", nullptr},
-    {"guided_choice", nullptr},
-    {"guided_grammar", nullptr},
-    {"structured_outputs", nullptr},
     {"use_beam_search", is_false},
     {"length_penalty", [](const json& v) { return v == 1 || v == 1.0; }},
     {"include_stop_str_in_output", is_false},
@@ -269,6 +263,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int64_t 
     p.skip_special_tokens = read_bool(body, "skip_special_tokens", true);
     p.return_routed_experts = read_bool(body, "return_routed_experts", false);
     p.logit_bias = read_logit_bias(body, vocab_size);
+    p.grammar = read_structured_output(body);
     r.stream = read_bool(body, "stream", false);
     if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
         if (!r.stream)

@@ -1,9 +1,10 @@
 // The OpenAI request and response shapes: JSON bodies -> Prompt + SamplingParams, and engine
 // outputs -> completion / chat completion objects and stream chunks. Types are checked strictly
-// (a string where a number belongs is a 400 naming the field). Known fields that Tandem does
-// not implement (tools, response_format, guided decoding, beam search, ...) are refused with a
-// 400 naming them unless they hold their no-op value; unknown fields are ignored, as vLLM and
-// llama.cpp do.
+// (a string where a number belongs is a 400 naming the field). Structured output
+// (response_format, vLLM's guided_* and structured_outputs) becomes SamplingParams.grammar
+// (structured_request.h). Known fields that Tandem does not implement (beam search, ...) are
+// refused with a 400 naming them unless they hold their no-op value; unknown fields are
+// ignored, as vLLM and llama.cpp do.
 #pragma once
 
 #include <optional>
