@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "cache/kv_cache.h"
+#include "engine/src/chat_prompt.h"
 #include "engine/src/engine_config.h"
 #include "engine/src/engine_internals.h"
 #include "engine/src/hybrid_setup.h"
@@ -219,11 +220,7 @@ std::vector<int32_t> Engine::tokenize(const Prompt& prompt) const {
     const Tokenizer& tok = *state_->tokenizer;
     try {
         if (!prompt.messages.empty()) {
-            nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-            for (const ChatMessage& m : prompt.messages)
-                messages.push_back({{"role", m.role}, {"content", m.content}});
-            const std::string text =
-                apply_chat_template(tok, messages, prompt.add_generation_prompt);
+            const std::string text = render_chat_prompt(tok, prompt);
             // The template writes the special tokens itself (as transformers does).
             return tok.encode(text, {.add_special_tokens = false});
         }
@@ -240,6 +237,10 @@ std::string Engine::detokenize(std::span<const int32_t> ids, bool skip_special_t
             throw RequestError("token id " + std::to_string(id) + " is outside the vocabulary of " +
                                std::to_string(vocab_size()));
     return state_->tokenizer->decode(ids, {.skip_special_tokens = skip_special_tokens});
+}
+
+std::string Engine::chat_template() const {
+    return state_->tokenizer ? state_->tokenizer->chat_template() : std::string();
 }
 
 std::string Engine::token_text(int32_t id) const {

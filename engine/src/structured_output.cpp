@@ -41,12 +41,56 @@ xgrammar::TokenizerInfo tokenizer_info(const Tokenizer& tokenizer, int64_t vocab
                                    metadata.at("add_prefix_space").get<bool>());
 }
 
+// An EBNF grammar of the literal `text`: xgrammar's string literals take JSON's escapes.
+xgrammar::Grammar literal(const std::string& text) {
+    return xgrammar::Grammar::FromEBNF("root ::= " + json(text).dump());
+}
+
+xgrammar::Grammar concat(std::vector<xgrammar::Grammar> parts) {
+    std::erase_if(parts, [](const xgrammar::Grammar& g) { return g.IsNull(); });
+    return parts.size() == 1 ? parts[0] : xgrammar::Grammar::Concat(parts);
+}
+
+// GrammarSpec::Kind::ToolCalls (sampling.h): prefix calls{1,max} suffix, unrolled as
+// calls(k) = call | call separator calls(k - 1), since grammars combine only by union and
+// concatenation.
+xgrammar::Grammar tool_calls_grammar(const std::string& text) {
+    const json spec = json::parse(text);
+    auto optional_literal = [&](const char* key) {
+        const std::string s = spec.value(key, "");
+        return s.empty() ? xgrammar::Grammar(xgrammar::NullObj{}) : literal(s);
+    };
+    std::vector<xgrammar::Grammar> alternatives;
+    for (const json& alt : spec.at("alternatives")) {
+        json schema = alt.at("schema");
+        infer_schema_types(schema);
+        const std::string begin = alt.value("begin", ""), end = alt.value("end", "");
+        alternatives.push_back(
+            concat({begin.empty() ? xgrammar::Grammar(xgrammar::NullObj{}) : literal(begin),
+                    xgrammar::Grammar::FromJSONSchema(schema.dump(), /*any_whitespace=*/false,
+                                                      std::nullopt, std::make_pair(", ", ": "),
+                                                      /*strict_mode=*/true),
+                    end.empty() ? xgrammar::Grammar(xgrammar::NullObj{}) : literal(end)}));
+    }
+    if (alternatives.empty()) throw std::invalid_argument("no function to call");
+    const xgrammar::Grammar call =
+        alternatives.size() == 1 ? alternatives[0] : xgrammar::Grammar::Union(alternatives);
+    const int max_calls = spec.value("max_calls", 1);
+    if (max_calls < 1 || max_calls > 16) throw std::invalid_argument("max_calls must be 1..16");
+    const xgrammar::Grammar separator = optional_literal("separator");
+    xgrammar::Grammar calls = call;
+    for (int k = 2; k <= max_calls; ++k)
+        calls = xgrammar::Grammar::Union({call, concat({call, separator, calls})});
+    return concat({optional_literal("prefix"), calls, optional_literal("suffix")});
+}
+
 const char* kind_name(GrammarSpec::Kind kind) {
     switch (kind) {
         case GrammarSpec::Kind::JsonObject: return "json_object";
         case GrammarSpec::Kind::JsonSchema: return "json_schema";
         case GrammarSpec::Kind::Regex: return "regex";
         case GrammarSpec::Kind::Ebnf: return "grammar";
+        case GrammarSpec::Kind::ToolCalls: return "tool call grammar";
     }
     return "?";
 }
@@ -87,6 +131,9 @@ std::shared_ptr<const CompiledGrammar> GrammarCompiler::compile(const GrammarSpe
                     schema.dump(), spec.any_whitespace, std::nullopt,
                     std::make_pair(std::string(", "), std::string(": ")), /*strict_mode=*/true)});
             }
+            case GrammarSpec::Kind::ToolCalls:
+                return std::make_shared<CompiledGrammar>(
+                    CompiledGrammar{c.CompileGrammar(tool_calls_grammar(spec.text))});
             case GrammarSpec::Kind::Regex:
                 return std::make_shared<CompiledGrammar>(
                     CompiledGrammar{c.CompileRegex(spec.text)});

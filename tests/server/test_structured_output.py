@@ -78,7 +78,8 @@ def test_every_sample_validates_against_the_schema(demo, case):
         errors = list(validator.iter_errors(value))
         assert not errors, f"seed {seed}: {text!r}: {errors[0].message}"
         complete += 1
-    assert complete >= SAMPLES // 20, f"seed {seed}: {complete} of {SAMPLES} samples finished"
+    # Open schemas finish rarely in 64 tokens (3-30 %): enough to check a few every run.
+    assert complete >= max(SAMPLES // 50, 1), f"seed {seed}: {complete} of {SAMPLES} finished"
 
 
 def test_json_object_and_the_openai_client(demo):

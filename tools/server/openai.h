@@ -14,6 +14,8 @@
 #include <tandem/engine.h>
 #include <nlohmann/json.hpp>
 
+#include "tools/server/tool_calls.h"
+
 namespace tandem::server {
 
 struct GenerationRequest {
@@ -25,10 +27,11 @@ struct GenerationRequest {
     std::string max_tokens_key = "max_tokens";  // or max_completion_tokens (chat)
     bool stream = false;
     bool include_usage = false;
-    bool echo = false;             // completions: the prompt text before the completion
-    int32_t top_logprobs = -1;     // chat: -1 none, else alternatives per token
-    int32_t legacy_logprobs = -1;  // completions: -1 none
-    int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else alternatives
+    bool echo = false;                 // completions: the prompt text before the completion
+    int32_t top_logprobs = -1;         // chat: -1 none, else alternatives per token
+    int32_t legacy_logprobs = -1;      // completions: -1 none
+    int32_t prompt_logprobs = -1;      // vLLM's prompt_logprobs: -1 none, else alternatives
+    std::optional<ToolRequest> tools;  // chat: tools, tool_choice, parallel_tool_calls
 };
 
 // A request body as JSON; a 400 that says where it is not (never the parser's own text).

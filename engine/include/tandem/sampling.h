@@ -37,6 +37,13 @@ struct GrammarSpec {
         JsonSchema,  // text: a JSON schema, strictly (no properties beyond those it lists)
         Regex,       // text: a regular expression the whole output matches
         Ebnf,        // text: an EBNF grammar (GBNF-like; the rule "root" starts)
+        // text: function calls in a model's own syntax, as JSON:
+        //   {"prefix": s, "separator": s, "suffix": s, "max_calls": n,
+        //    "alternatives": [{"begin": s, "schema": {JSON schema}, "end": s}, ...]}
+        // = prefix, then 1..max_calls calls joined by separator, then suffix; a call is one
+        // alternative: its begin text, a JSON value of its schema, its end text. (How
+        // tool_choice "required" or a named function is enforced, in each model's syntax.)
+        ToolCalls,
     };
     Kind kind = Kind::JsonObject;
     std::string text;
