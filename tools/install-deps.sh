@@ -15,6 +15,8 @@
 #   python: the venv of tools/test.sh (python3-venv) and the headers that the `tandem` module
 #           (python/, -DTANDEM_PYTHON=ON) compiles against (python3-dev)
 #   browser: headless Chromium and its WebDriver, which the chat page's test drives (Selenium)
+#   certificates: the configure step downloads xgrammar's source from PyPI over HTTPS
+#           (engine/xgrammar.cmake; Debian has no package of it)
 set -euo pipefail
 
 packages=(
@@ -24,6 +26,7 @@ packages=(
     clang libclang-rt-dev
     python3-venv python3-dev
     chromium chromium-driver
+    ca-certificates
 )
 
 missing=()

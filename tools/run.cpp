@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -108,6 +109,20 @@ int main(int argc, char** argv) {
     app.add_option("--min-p", params.min_p, "0 = off")->capture_default_str();
     app.add_option("--seed", params.seed, "sampling seed")->capture_default_str();
     app.add_flag("--ignore-eos", params.ignore_eos, "keep generating after an EOS token");
+    // Structured output (one of them): the output follows the grammar.
+    std::string json_schema_file, grammar_file, regex;
+    bool json_object = false;
+    CLI::Option* schema_opt = app.add_option("--json-schema", json_schema_file,
+                                             "JSON schema file the output must follow");
+    CLI::Option* object_opt =
+        app.add_flag("--json-object", json_object, "the output is a JSON object");
+    CLI::Option* regex_opt =
+        app.add_option("--regex", regex, "regular expression the output must match");
+    CLI::Option* grammar_opt =
+        app.add_option("--grammar", grammar_file, "EBNF grammar file (rule root) of the output");
+    for (CLI::Option* a : {schema_opt, object_opt, regex_opt, grammar_opt})
+        for (CLI::Option* b : {schema_opt, object_opt, regex_opt, grammar_opt})
+            if (a != b) a->excludes(b);
     std::string prompts_file, record_file;
     bool record_prefill = false;
     CLI::Option* file_opt = app.add_option(
@@ -137,6 +152,21 @@ int main(int argc, char** argv) {
         // The whole config, before a tokenizer or the model is read: a bad value is named as
         // such, not blamed on whatever would have failed first.
         tandem::finish_engine_flags(config);
+        auto read_file = [](const std::string& path) {
+            std::ifstream in(path, std::ios::binary);
+            if (!in) tandem::fail("cannot open ", path);
+            return std::string(std::istreambuf_iterator<char>(in), {});
+        };
+        using Kind = tandem::GrammarSpec::Kind;
+        if (json_object) params.grammar = tandem::GrammarSpec{.kind = Kind::JsonObject};
+        if (!json_schema_file.empty())
+            params.grammar =
+                tandem::GrammarSpec{.kind = Kind::JsonSchema, .text = read_file(json_schema_file)};
+        if (!regex.empty())
+            params.grammar = tandem::GrammarSpec{.kind = Kind::Regex, .text = regex};
+        if (!grammar_file.empty())
+            params.grammar =
+                tandem::GrammarSpec{.kind = Kind::Ebnf, .text = read_file(grammar_file)};
         std::vector<int32_t> prompt = parse_ids(prompt_ids);
         std::optional<tandem::Tokenizer> tok;
         if (!prompt_text.empty() || !chat_file.empty()) {

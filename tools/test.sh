@@ -19,10 +19,10 @@ timeout 1800 tools/bare-root-check.sh
 # (nanobind to build them, numpy for their tests and tools/posttrain's) and Selenium (the chat
 # page's browser test) from PyPI, in a venv.
 if [ ! -x .venv/bin/python ] ||
-    ! .venv/bin/python -c "import openai, pytest, requests, numpy, nanobind, selenium" 2>/dev/null; then
+    ! .venv/bin/python -c "import openai, pytest, requests, numpy, nanobind, selenium, jsonschema" 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check openai pytest requests numpy nanobind \
-        selenium
+        selenium jsonschema
 fi
 python=(-DPython3_EXECUTABLE="$PWD/.venv/bin/python")
 
@@ -44,11 +44,14 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON \
     -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
 cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine test_hybrid_executor \
-    test_numa
+    test_numa test_structured_output
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_sim_device
 # (the NUMA node pools: leaders and per-node pools running at once, on synthetic topologies)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_numa
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_engine
+# (structured output: grammar masks computed on the GrammarWorker while the scheduler samples)
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_structured_output \
+    --gtest_filter='EngineGrammar*'
 # (the comparison with tandem-sim replays a long trace: its threads are those of the rest)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_hybrid_executor \
     --gtest_filter=-HybridExecutorVsSim.*

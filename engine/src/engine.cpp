@@ -8,10 +8,12 @@
 #include <thread>
 
 #include "cache/kv_cache.h"
+#include "engine/src/chat_prompt.h"
 #include "engine/src/engine_config.h"
 #include "engine/src/engine_internals.h"
 #include "engine/src/hybrid_setup.h"
 #include "engine/src/scheduler.h"
+#include "engine/src/structured_output.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/tile_gemm.h"
 #include "kernels/device.h"
@@ -136,6 +138,10 @@ struct Engine::State {
     std::atomic<uint64_t> next_id{1};
     std::mutex reload_mutex;
     ExpertRunners experts;  // hybrid executor, routing replay; empty: the CPU and the routers
+    // Structured output: made at the first request with a grammar (reading a large vocabulary
+    // takes a moment that other runs need not pay); it caches compiled grammars.
+    std::mutex grammar_mutex;
+    std::unique_ptr<GrammarCompiler> grammar_compiler;
     std::unique_ptr<Scheduler> scheduler;  // last: stops before the rest goes
 };
 
@@ -214,11 +220,7 @@ std::vector<int32_t> Engine::tokenize(const Prompt& prompt) const {
     const Tokenizer& tok = *state_->tokenizer;
     try {
         if (!prompt.messages.empty()) {
-            nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-            for (const ChatMessage& m : prompt.messages)
-                messages.push_back({{"role", m.role}, {"content", m.content}});
-            const std::string text =
-                apply_chat_template(tok, messages, prompt.add_generation_prompt);
+            const std::string text = render_chat_prompt(tok, prompt);
             // The template writes the special tokens itself (as transformers does).
             return tok.encode(text, {.add_special_tokens = false});
         }
@@ -237,10 +239,36 @@ std::string Engine::detokenize(std::span<const int32_t> ids, bool skip_special_t
     return state_->tokenizer->decode(ids, {.skip_special_tokens = skip_special_tokens});
 }
 
+std::string Engine::chat_template() const {
+    return state_->tokenizer ? state_->tokenizer->chat_template() : std::string();
+}
+
 std::string Engine::token_text(int32_t id) const {
     if (!state_->tokenizer) return "";
     return state_->tokenizer->decode({&id, 1}, {.skip_special_tokens = false});
 }
+
+namespace {
+
+// On the caller's thread, not the scheduler's: a new schema's compilation (milliseconds) delays
+// only its own request. (A template, as install_model below, to reach the private State.)
+template <class State>
+std::shared_ptr<const CompiledGrammar> compile_grammar(State& state, const GrammarSpec& spec) {
+    if (!state.tokenizer)
+        throw RequestError("structured output needs the model's tokenizer, and the model at " +
+                           state.config.model_dir + " has none");
+    GrammarCompiler* compiler = nullptr;
+    {
+        std::lock_guard lock(state.grammar_mutex);
+        if (!state.grammar_compiler)
+            state.grammar_compiler = std::make_unique<GrammarCompiler>(
+                *state.tokenizer, state.model_config.vocab_size, state.model_config.eos_token_ids);
+        compiler = state.grammar_compiler.get();
+    }
+    return compiler->compile(spec);  // thread-safe
+}
+
+}  // namespace
 
 RequestHandle Engine::submit(const Prompt& prompt, const SamplingParams& params,
                              StreamCallback on_delta) {
@@ -269,6 +297,7 @@ RequestHandle Engine::submit(const Prompt& prompt, const SamplingParams& params,
         if (id < 0 || id >= vocab_size())
             throw RequestError("stop_token_ids: " + std::to_string(id) +
                                " is outside the vocabulary");
+    if (params.grammar) request->grammar = compile_grammar(*state_, *params.grammar);
     request->params = params;
     request->seed = params.seed ? *params.seed : std::random_device{}();
     request->on_delta = std::move(on_delta);

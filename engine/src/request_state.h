@@ -12,13 +12,16 @@
 
 namespace tandem {
 
+struct CompiledGrammar;  // engine/src/structured_output.h
+
 using Clock = std::chrono::steady_clock;
 
 struct RequestHandle::State {
     uint64_t id = 0;
     std::vector<int32_t> prompt;
     SamplingParams params;
-    uint64_t seed = 0;  // params.seed, or drawn at submission
+    uint64_t seed = 0;                               // params.seed, or drawn at submission
+    std::shared_ptr<const CompiledGrammar> grammar;  // params.grammar, compiled at submission
     StreamCallback on_delta;
     Clock::time_point submitted;
     std::atomic<bool> abort_requested{false};

@@ -32,6 +32,12 @@ void validate(const SamplingParams& p) {
     if (p.prompt_logprobs < -1 || p.prompt_logprobs > kMaxLogprobs)
         fail("prompt_logprobs must be in [0, ", kMaxLogprobs, "] (or -1: none), got ",
              p.prompt_logprobs);
+    if (p.grammar && p.grammar->kind != GrammarSpec::Kind::JsonObject && p.grammar->text.empty())
+        fail("grammar: the ",
+             p.grammar->kind == GrammarSpec::Kind::JsonSchema ? "JSON schema"
+             : p.grammar->kind == GrammarSpec::Kind::Regex    ? "regular expression"
+                                                              : "EBNF grammar",
+             " is empty");
     for (size_t i = 0; i < p.logit_bias.size(); ++i) {
         const auto& [token, bias] = p.logit_bias[i];
         if (token < 0) fail("logit_bias: token ids must be >= 0, got ", token);

@@ -268,7 +268,7 @@ void Scheduler::admit_locked() {
             r.sequences.push_back(std::make_unique<Sequence>(
                 *request, i,
                 std::make_unique<KvCache>(blocks_, std::max<int64_t>(max_positions, 1)), tokenizer_,
-                eos_token_ids_, options_.context_length));
+                eos_token_ids_, options_.context_length, &grammar_worker_));
         if (!allocate(r)) {
             running_.pop_back();
             break;

@@ -105,6 +105,7 @@ class Scheduler {
     const Tokenizer* tokenizer_;
     SchedulerOptions options_;
     std::vector<int32_t> eos_token_ids_;
+    GrammarWorker grammar_worker_;  // before the sequences, which wait for it as they go
 
     std::list<Running> running_;    // scheduler thread only, in order of admission
     std::list<Running> preempted_;  // scheduler thread only, first to be readmitted first

@@ -52,7 +52,7 @@ TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t
 
 Sequence::Sequence(RequestHandle::State& request, int32_t index, std::unique_ptr<KvCache> cache,
                    const Tokenizer* tokenizer, std::span<const int32_t> eos_token_ids,
-                   int64_t context_length)
+                   int64_t context_length, GrammarWorker* grammar_worker)
     : request_(request),
       index_(index),
       cache_(std::move(cache)),
@@ -60,14 +60,48 @@ Sequence::Sequence(RequestHandle::State& request, int32_t index, std::unique_ptr
       eos_token_ids_(eos_token_ids),
       context_length_(context_length),
       sampler_(request.params, request.seed + uint64_t(index)),
-      tokens_(request.prompt) {
+      tokens_(request.prompt),
+      grammar_worker_(grammar_worker) {
     completion_.index = index;
     if (tokenizer_ != nullptr)
         detokenizer_.emplace(
             *tokenizer_, DecodeOptions{.skip_special_tokens = request.params.skip_special_tokens});
+    if (request.grammar) {
+        grammar_.emplace(request.grammar);
+        prepare_mask();
+    }
 }
 
-void Sequence::apply_penalties(std::vector<float>& logits) const {
+Sequence::~Sequence() {
+    if (mask_ready_.valid()) mask_ready_.wait();  // the worker still uses grammar_
+}
+
+void Sequence::prepare_mask() {
+    if (grammar_worker_ == nullptr) {
+        grammar_->compute_mask();
+        return;
+    }
+    GrammarMatcher* matcher = &*grammar_;
+    mask_ready_ = grammar_worker_->run([matcher] { matcher->compute_mask(); });
+}
+
+void Sequence::constrain(std::span<const float> logits) {
+    scratch_.assign(logits.begin(), logits.end());
+    apply_penalties(scratch_, /*mask_eos=*/true);
+    if (!grammar_) return;
+    if (mask_ready_.valid()) mask_ready_.get();  // rethrows what compute_mask() threw
+    grammar_->apply_mask(scratch_);
+    constexpr float kMasked = -std::numeric_limits<float>::infinity();
+    if (std::all_of(scratch_.begin(), scratch_.end(), [](float l) { return l == kMasked; })) {
+        // min_tokens masked all the grammar allows (EOS, the output being complete): the
+        // grammar wins, as no token could continue the output.
+        scratch_.assign(logits.begin(), logits.end());
+        apply_penalties(scratch_, /*mask_eos=*/false);
+        grammar_->apply_mask(scratch_);
+    }
+}
+
+void Sequence::apply_penalties(std::vector<float>& logits, bool mask_eos) const {
     const SamplingParams& p = request_.params;
     if (p.repetition_penalty != 1.0f) {
         std::vector<uint8_t> seen(logits.size());
@@ -81,7 +115,7 @@ void Sequence::apply_penalties(std::vector<float>& logits) const {
     if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f)
         for (const auto& [token, count] : generated_counts_)
             logits[size_t(token)] -= p.frequency_penalty * float(count) + p.presence_penalty;
-    if (generated() < p.min_tokens) {
+    if (mask_eos && generated() < p.min_tokens) {
         constexpr float kMasked = -std::numeric_limits<float>::infinity();
         if (!p.ignore_eos)
             for (int32_t t : eos_token_ids_)
@@ -93,8 +127,7 @@ void Sequence::apply_penalties(std::vector<float>& logits) const {
 
 StreamDelta Sequence::advance(std::span<const float> logits) {
     const SamplingParams& p = request_.params;
-    scratch_.assign(logits.begin(), logits.end());
-    apply_penalties(scratch_);
+    constrain(logits);
     const int32_t token = sampler_.sample(scratch_);
 
     StreamDelta delta{.index = index_, .token_ids = {token}};
@@ -106,8 +139,22 @@ StreamDelta Sequence::advance(std::span<const float> logits) {
     ++generated_counts_[token];
     completion_.token_ids.push_back(token);
 
-    const bool is_eos = !p.ignore_eos && contains(eos_token_ids_, token);
-    if (is_eos || contains(p.stop_token_ids, token)) {
+    // The grammar refuses nothing its mask allowed; a refusal would be a bug in the engine,
+    // which ends this sample rather than let it go on unconstrained.
+    const bool refused = grammar_ && !grammar_->accept(token);
+    if (refused) {
+        // (As Scheduler::fail_all: the output is read only after the request completes.)
+        request_.output.error = "structured output: the grammar refused token " +
+                                std::to_string(token) + ", which its mask allowed";
+        completion_.finish_reason = FinishReason::Error;
+        delta.text = flush_text();
+        delta.finish_reason = completion_.finish_reason;
+        return delta;
+    }
+    // A grammar ends with its stop token (EOS, even with ignore_eos): nothing can follow.
+    const bool grammar_done = grammar_ && grammar_->terminated();
+    const bool is_eos = (!p.ignore_eos || grammar_done) && contains(eos_token_ids_, token);
+    if (is_eos || grammar_done || contains(p.stop_token_ids, token)) {
         completion_.finish_reason = FinishReason::Stop;
         delta.text = flush_text();
     } else {
@@ -119,6 +166,7 @@ StreamDelta Sequence::advance(std::span<const float> logits) {
         }
     }
     delta.finish_reason = completion_.finish_reason;
+    if (grammar_ && !finished()) prepare_mask();
     return delta;
 }
 

@@ -2,6 +2,7 @@
 // and stop detection. Owned and touched only by the scheduler thread.
 #pragma once
 
+#include <future>
 #include <memory>
 #include <optional>
 #include <span>
@@ -10,7 +11,9 @@
 #include <vector>
 
 #include "cache/kv_cache.h"
+#include "engine/src/grammar_worker.h"
 #include "engine/src/request_state.h"
+#include "engine/src/structured_output.h"
 #include "models/tokenizer/tokenizer.h"
 
 namespace tandem {
@@ -23,9 +26,14 @@ TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int32_t
 
 class Sequence {
   public:
+    // With a grammar (request.grammar), its masks are computed on `grammar_worker`, which
+    // must outlive the sequence.
     Sequence(RequestHandle::State& request, int32_t index, std::unique_ptr<KvCache> cache,
              const Tokenizer* tokenizer, std::span<const int32_t> eos_token_ids,
-             int64_t context_length);
+             int64_t context_length, GrammarWorker* grammar_worker = nullptr);
+    ~Sequence();
+    Sequence(const Sequence&) = delete;
+    Sequence& operator=(const Sequence&) = delete;
 
     int32_t index() const { return index_; }
     KvCache& cache() { return *cache_; }
@@ -46,7 +54,11 @@ class Sequence {
     Completion take_completion() { return std::move(completion_); }
 
   private:
-    void apply_penalties(std::vector<float>& logits) const;
+    void apply_penalties(std::vector<float>& logits, bool mask_eos) const;
+    // scratch_ = the penalized logits of `logits` with the grammar's mask applied.
+    void constrain(std::span<const float> logits);
+    // Starts computing the grammar's mask for the next token on the worker.
+    void prepare_mask();
     // Appends detokenized text and ends at a stop string; returns the text safe to stream.
     std::string append_text(int32_t token);
     std::string flush_text();
@@ -62,7 +74,10 @@ class Sequence {
     std::vector<int32_t> tokens_;
     std::unordered_map<int32_t, int32_t> generated_counts_;
     std::vector<float> scratch_;
-    size_t text_streamed_ = 0;  // bytes of completion_.text already streamed
+    std::optional<GrammarMatcher> grammar_;
+    GrammarWorker* grammar_worker_;
+    std::future<void> mask_ready_;  // the worker's compute_mask() for the next token
+    size_t text_streamed_ = 0;      // bytes of completion_.text already streamed
     Completion completion_;
 };
 

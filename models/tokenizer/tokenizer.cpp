@@ -130,6 +130,10 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& json, const nlohmann::json&
         with_context("decoder",
                      [&] { t.decoder_ = make_decoder(json.value("decoder", nlohmann::json())); });
         t.added_ = std::make_unique<AddedTokens>(json.value("added_tokens", nlohmann::json()));
+        nlohmann::json pipeline = nlohmann::json::object();
+        for (const char* key : {"normalizer", "pre_tokenizer", "decoder"})
+            if (json.contains(key)) pipeline[key] = json[key];
+        t.pipeline_json_ = pipeline.dump();
         with_context("post_processor", [&] {
             const Template tp = post_processor_template(
                 json.value("post_processor", nlohmann::json()), *t.model_, *t.added_);

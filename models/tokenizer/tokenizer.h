@@ -75,6 +75,10 @@ class Tokenizer {
     const std::vector<std::pair<std::string, std::string>>& named_special_tokens() const {
         return named_special_tokens_;
     }
+    // The sections of tokenizer.json that say how token strings map to bytes ("normalizer",
+    // "pre_tokenizer", "decoder"; a GGUF tokenizer's equivalents), as one JSON object: what a
+    // library that reads vocabularies (xgrammar, for structured output) detects the encoding from.
+    const std::string& pipeline_json() const { return pipeline_json_; }
 
   private:
     Tokenizer();
@@ -86,7 +90,7 @@ class Tokenizer {
     std::unique_ptr<TokenDecoder> decoder_;
     std::unique_ptr<AddedTokens> added_;
     std::vector<int32_t> prefix_ids_, suffix_ids_;  // added around a sequence
-    std::string chat_template_, bos_token_, eos_token_;
+    std::string chat_template_, bos_token_, eos_token_, pipeline_json_;
     std::vector<std::pair<std::string, std::string>> named_special_tokens_;
 };
 

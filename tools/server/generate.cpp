@@ -129,6 +129,25 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                                 : engine.detokenize(prepared.ids);
         prompts.push_back(std::move(prepared));
     }
+    // Tools: the calls are parsed out of the text, special tokens included (some formats
+    // mark calls with them); "required" and a named function are enforced by a grammar.
+    std::optional<ToolCallFormat> tool_format;
+    if (chat && g.tools && g.tools->active()) {
+        tool_format = options_.tool_call_format.empty()
+                          ? detect_tool_call_format(engine.chat_template())
+                          : *tool_call_format_by_name(options_.tool_call_format);
+        if (g.tools->choice == ToolRequest::Choice::Required ||
+            g.tools->choice == ToolRequest::Choice::Named) {
+            if (g.params.grammar)
+                throw ApiError(400,
+                               "'tool_choice' \"required\" or a named function cannot be "
+                               "combined with a response format or guided decoding",
+                               "tool_choice");
+            g.params.grammar = tool_call_grammar(*tool_format, *g.tools);
+        }
+        g.params.skip_special_tokens = false;
+    }
+    const auto tools = g.tools ? std::make_shared<const ToolRequest>(*g.tools) : nullptr;
     const std::string id = request_id(chat ? "chatcmpl-" : "cmpl-");
     const int64_t created = unix_now();
     const int32_t n = g.params.n;
@@ -194,6 +213,20 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                                {"finish_reason", finish_reason_json(c.finish_reason)}};
                 if (chat) {
                     choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+                    if (tool_format && c.finish_reason == FinishReason::Stop) {
+                        ParsedOutput parsed = parse_tool_calls(*tool_format, c.text, *tools);
+                        if (!parsed.calls.empty()) {
+                            json calls = json::array();
+                            for (const ToolCall& call : parsed.calls)
+                                calls.push_back(tool_call_json(call));
+                            choice["message"] = {
+                                {"role", "assistant"},
+                                {"content",
+                                 parsed.content.empty() ? json(nullptr) : json(parsed.content)},
+                                {"tool_calls", calls}};
+                            choice["finish_reason"] = "tool_calls";
+                        }
+                    }
                     choice["logprobs"] = logprobs_json(c.logprobs, 0);
                 } else {
                     const std::string& echo = prompts[i].text;
@@ -246,10 +279,16 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
         std::mutex mutex;
         int64_t finished = 0, completion_tokens = 0;
         std::vector<size_t> text_offset;
+        std::vector<ToolCallStream> tool_streams;  // per choice, with tools
+        std::shared_ptr<const ToolRequest> tools;  // theirs: outlives this handler
     };
     auto progress = std::make_shared<Progress>();
     const int64_t total_choices = int64_t(prompts.size()) * n;
     progress->text_offset.assign(size_t(total_choices), 0);
+    progress->tools = tools;
+    if (tool_format)
+        progress->tool_streams.assign(size_t(total_choices),
+                                      ToolCallStream(*tool_format, tools.get()));
     int64_t prompt_tokens = 0;
     for (const PreparedPrompt& p : prompts)
         prompt_tokens += int64_t(p.ids.size());
@@ -281,24 +320,48 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                     const int64_t index = base + d.index;
                     json fields;
                     size_t offset = 0;
+                    std::string content = d.text;
+                    std::vector<ToolCall> calls;
                     {
                         std::lock_guard lock(progress->mutex);
                         progress->completion_tokens += int64_t(d.token_ids.size());
                         offset = progress->text_offset[size_t(index)];
                         progress->text_offset[size_t(index)] += d.text.size();
+                        if (!progress->tool_streams.empty()) {
+                            ToolCallStream& tool_stream = progress->tool_streams[size_t(index)];
+                            content = tool_stream.push(d.text);
+                            if (d.finish_reason == FinishReason::Stop) {
+                                ParsedOutput parsed = tool_stream.finish();
+                                content += parsed.content;
+                                calls = std::move(parsed.calls);
+                            } else if (d.finish_reason) {
+                                content += tool_stream.flush();
+                            }
+                        }
+                    }
+                    if (!calls.empty()) {
+                        // The content before the calls, then the calls, then the end.
+                        if (!content.empty())
+                            queue->push(sse(chunk(index, {{"delta", {{"content", content}}}})));
+                        json deltas = json::array();
+                        for (size_t c = 0; c < calls.size(); ++c)
+                            deltas.push_back(tool_call_json(calls[c], int64_t(c)));
+                        queue->push(sse(chunk(index, {{"delta", {{"tool_calls", deltas}}}})));
+                        content.clear();
                     }
                     if (chat)
-                        fields["delta"] = d.text.empty() && d.finish_reason
+                        fields["delta"] = content.empty() && (d.finish_reason || !calls.empty())
                                               ? json::object()
-                                              : json{{"content", d.text}};
+                                              : json{{"content", content}};
                     else
-                        fields["text"] = d.text;
+                        fields["text"] = content;
                     if (!d.logprobs.empty()) fields["logprobs"] = logprobs_json(d.logprobs, offset);
                     if (d.finish_reason) {
                         if (*d.finish_reason == FinishReason::Error) {
                             queue->push(sse(error_body(500, "generation failed")));
                         }
-                        fields["finish_reason"] = finish_reason_json(d.finish_reason);
+                        fields["finish_reason"] =
+                            calls.empty() ? finish_reason_json(d.finish_reason) : "tool_calls";
                     }
                     if (d.token_ids.empty() && d.text.empty() && !d.finish_reason) return;
                     queue->push(sse(chunk(index, fields)));

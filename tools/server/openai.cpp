@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "tools/server/api_error.h"
+#include "tools/server/structured_request.h"
 
 namespace tandem::server {
 
@@ -97,6 +98,44 @@ std::string message_content(const json& m, size_t i) {
     return text;
 }
 
+// A message with OpenAI's tool fields: an assistant's tool_calls (content may be null), a tool
+// result's tool_call_id and name.
+ChatMessage message_of(const json& m, size_t i) {
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    ChatMessage message{.role = m["role"].get<std::string>(), .content = message_content(m, i)};
+    if (const auto calls = m.find("tool_calls"); calls != m.end() && !calls->is_null()) {
+        if (!calls->is_array())
+            throw ApiError(400, "'" + param + ".tool_calls' must be a list", param + ".tool_calls");
+        for (size_t j = 0; j < calls->size(); ++j) {
+            const json& call = (*calls)[j];
+            const std::string call_param = param + ".tool_calls[" + std::to_string(j) + "]";
+            const json* f =
+                call.is_object() && call.contains("function") ? &call["function"] : nullptr;
+            if (f == nullptr || !f->is_object() || !f->contains("name") ||
+                !(*f)["name"].is_string())
+                throw ApiError(400, "'" + call_param + "' must have a function with a name",
+                               call_param);
+            const json arguments = f->value("arguments", json("{}"));
+            if (!arguments.is_string() ||
+                json::parse(arguments.get<std::string>(), nullptr, false).is_discarded())
+                throw ApiError(400, "'" + call_param + ".function.arguments' must be JSON text",
+                               call_param + ".function.arguments");
+            message.tool_calls.push_back({.id = call.value("id", ""),
+                                          .name = (*f)["name"].get<std::string>(),
+                                          .arguments = arguments.get<std::string>()});
+        }
+    }
+    for (auto [key, field] : {std::pair{"tool_call_id", &ChatMessage::tool_call_id},
+                              std::pair{"name", &ChatMessage::name}}) {
+        const auto it = m.find(key);
+        if (it == m.end() || it->is_null()) continue;
+        if (!it->is_string())
+            throw ApiError(400, "'" + param + "." + key + "' must be a string", param + "." + key);
+        message.*field = it->get<std::string>();
+    }
+    return message;
+}
+
 Prompt chat_prompt(const json& body) {
     const auto it = body.find("messages");
     if (it == body.end() || !it->is_array())
@@ -109,7 +148,7 @@ Prompt chat_prompt(const json& body) {
         if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
             m["role"].get<std::string>().empty())
             throw ApiError(400, "'" + param + "' must be an object with a 'role' string", param);
-        messages.push_back({m["role"].get<std::string>(), message_content(m, i)});
+        messages.push_back(message_of(m, i));
     }
     Prompt prompt = Prompt::chat(std::move(messages));
     prompt.add_generation_prompt = read_bool(body, "add_generation_prompt", true);
@@ -149,17 +188,8 @@ bool is_false(const json& v) {
 }
 
 const Unsupported kUnsupported[] = {
-    {"response_format",
-     [](const json& v) { return v.is_object() && v.value("type", "") == "text"; }},
-    {"tools", [](const json& v) { return v.is_array() && v.empty(); }},
-    {"tool_choice", [](const json& v) { return v == "none"; }},
     {"functions", [](const json& v) { return v.is_array() && v.empty(); }},
     {"function_call", [](const json& v) { return v == "none"; }},
-    {"guided_json", nullptr},
-    {"guided_regex", nullptr},
-    {"guided_choice", nullptr},
-    {"guided_grammar", nullptr},
-    {"structured_outputs", nullptr},
     {"use_beam_search", is_false},
     {"length_penalty", [](const json& v) { return v == 1 || v == 1.0; }},
     {"include_stop_str_in_output", is_false},
@@ -226,9 +256,13 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int64_t 
         if (!m->is_string()) throw ApiError(400, "'model' must be a string", "model");
         r.model = m->get<std::string>();
     }
-    if (chat)
+    if (chat) {
         r.prompts = {chat_prompt(body)};
-    else
+        r.tools = read_tool_request(body);
+        if (r.tools) r.prompts[0].tools = r.tools->tools.dump();
+    } else if (body.contains("tools") && !body["tools"].is_null()) {
+        throw ApiError(400, "'tools' is for /v1/chat/completions", "tools");
+    } else
         r.prompts = completion_prompts(body);
 
     SamplingParams& p = r.params;
@@ -269,6 +303,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int64_t 
     p.skip_special_tokens = read_bool(body, "skip_special_tokens", true);
     p.return_routed_experts = read_bool(body, "return_routed_experts", false);
     p.logit_bias = read_logit_bias(body, vocab_size);
+    p.grammar = read_structured_output(body);
     r.stream = read_bool(body, "stream", false);
     if (const auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
         if (!r.stream)

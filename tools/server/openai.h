@@ -1,9 +1,10 @@
 // The OpenAI request and response shapes: JSON bodies -> Prompt + SamplingParams, and engine
 // outputs -> completion / chat completion objects and stream chunks. Types are checked strictly
-// (a string where a number belongs is a 400 naming the field). Known fields that Tandem does
-// not implement (tools, response_format, guided decoding, beam search, ...) are refused with a
-// 400 naming them unless they hold their no-op value; unknown fields are ignored, as vLLM and
-// llama.cpp do.
+// (a string where a number belongs is a 400 naming the field). Structured output
+// (response_format, vLLM's guided_* and structured_outputs) becomes SamplingParams.grammar
+// (structured_request.h). Known fields that Tandem does not implement (beam search, ...) are
+// refused with a 400 naming them unless they hold their no-op value; unknown fields are
+// ignored, as vLLM and llama.cpp do.
 #pragma once
 
 #include <optional>
@@ -12,6 +13,8 @@
 
 #include <tandem/engine.h>
 #include <nlohmann/json.hpp>
+
+#include "tools/server/tool_calls.h"
 
 namespace tandem::server {
 
@@ -24,10 +27,11 @@ struct GenerationRequest {
     std::string max_tokens_key = "max_tokens";  // or max_completion_tokens (chat)
     bool stream = false;
     bool include_usage = false;
-    bool echo = false;             // completions: the prompt text before the completion
-    int32_t top_logprobs = -1;     // chat: -1 none, else alternatives per token
-    int32_t legacy_logprobs = -1;  // completions: -1 none
-    int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else alternatives
+    bool echo = false;                 // completions: the prompt text before the completion
+    int32_t top_logprobs = -1;         // chat: -1 none, else alternatives per token
+    int32_t legacy_logprobs = -1;      // completions: -1 none
+    int32_t prompt_logprobs = -1;      // vLLM's prompt_logprobs: -1 none, else alternatives
+    std::optional<ToolRequest> tools;  // chat: tools, tool_choice, parallel_tool_calls
 };
 
 // A request body as JSON; a 400 that says where it is not (never the parser's own text).

@@ -38,6 +38,7 @@ struct ServerOptions {
     std::string served_model_name;  // "": the model directory's name
     bool public_metrics = false;    // /metrics without the API key
     bool chat_page = true;          // the chat page at /
+    std::string tool_call_format;   // "": from the chat template (tool_calls.h)
     HttpLimits http;
 };
 

@@ -212,6 +212,8 @@ class Engine {
     std::vector<int32_t> tokenize(const Prompt& prompt) const;
     std::string detokenize(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
     std::string token_text(int32_t id) const;  // one token's raw bytes, for logprob listings
+    // The tokenizer's chat template (Jinja source); empty without one.
+    std::string chat_template() const;
 
     // The loaded model's hyperparameters (<tandem/model_config.h>); those of the first checkpoint
     // (a reload must match them).

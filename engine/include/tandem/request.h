@@ -18,9 +18,19 @@
 
 namespace tandem {
 
+// A function call an assistant message made (OpenAI's tool_calls entries).
+struct ToolCall {
+    std::string id;
+    std::string name;
+    std::string arguments;  // a JSON object, as text
+};
+
 struct ChatMessage {
-    std::string role;  // "system", "user", "assistant", ...
+    std::string role;  // "system", "user", "assistant", "tool", ...
     std::string content;
+    std::vector<ToolCall> tool_calls;  // assistant: the calls it made
+    std::string tool_call_id;          // tool: the call this message answers
+    std::string name;                  // tool: the function's name (some templates show it)
 };
 
 struct Prompt {
@@ -29,6 +39,11 @@ struct Prompt {
     std::vector<int32_t> token_ids;
     std::string text;
     std::vector<ChatMessage> messages;
+    // messages: the tools the model may call, as OpenAI's "tools" list in JSON text
+    // ([{"type": "function", "function": {"name", "description", "parameters"}}]), rendered
+    // by the chat template; a template that has no place for tools gets them in a system
+    // message instead (engine/src/chat_prompt.h).
+    std::string tools;
     bool add_special_tokens = true;     // text: the tokenizer's BOS/EOS rules
     bool add_generation_prompt = true;  // messages: end with the assistant header
 

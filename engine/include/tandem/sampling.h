@@ -10,6 +10,9 @@
 //   3. before min_tokens tokens exist, EOS and stop_token_ids are masked out;
 //   4. logit_bias is added to its tokens' logits (OpenAI's rule: -100 all but bans a token,
 //      +100 all but forces it); a masked token stays masked;
+//   4b. with a grammar, every token that cannot continue a valid output is masked (EOS only
+//      where the output is complete); should 3 have masked all that the grammar allows (EOS
+//      before min_tokens where only EOS is valid), the grammar wins;
 //   5. temperature 0 means greedy (argmax). Otherwise logits / temperature, softmax, top_k,
 //      top_p (smallest most-probable set reaching top_p), min_p (p >= min_p * p_max),
 //      renormalise, draw.
@@ -25,6 +28,29 @@
 #include <vector>
 
 namespace tandem {
+
+// Structured output: what the generated text must be, enforced at every token by masking the
+// tokens that cannot continue it (engine/src/structured_output.h; xgrammar is the engine).
+struct GrammarSpec {
+    enum class Kind {
+        JsonObject,  // any JSON object (OpenAI's response_format "json_object"); text unused
+        JsonSchema,  // text: a JSON schema, strictly (no properties beyond those it lists)
+        Regex,       // text: a regular expression the whole output matches
+        Ebnf,        // text: an EBNF grammar (GBNF-like; the rule "root" starts)
+        // text: function calls in a model's own syntax, as JSON:
+        //   {"prefix": s, "separator": s, "suffix": s, "max_calls": n,
+        //    "alternatives": [{"begin": s, "schema": {JSON schema}, "end": s}, ...]}
+        // = prefix, then 1..max_calls calls joined by separator, then suffix; a call is one
+        // alternative: its begin text, a JSON value of its schema, its end text. (How
+        // tool_choice "required" or a named function is enforced, in each model's syntax.)
+        ToolCalls,
+    };
+    Kind kind = Kind::JsonObject;
+    std::string text;
+    // JSON only: any white space between tokens (true), or the compact form (false), which
+    // leaves a model fewer ways to wander.
+    bool any_whitespace = false;
+};
 
 struct SamplingParams {
     int32_t n = 1;                        // independent samples of the same prompt
@@ -52,6 +78,10 @@ struct SamplingParams {
     bool routing_probabilities = false;  // with routed experts, also every expert's router
                                          // probability (the full distribution MRS scores)
     bool skip_special_tokens = true;     // in the returned text
+    // Structured output: the text follows this grammar and the sample ends (finish_reason
+    // stop) once it is complete, unless max_tokens or a stop string cut it short first.
+    // Needs the model's tokenizer.
+    std::optional<GrammarSpec> grammar;
 };
 
 // Throws tandem::Error naming the parameter when a value is out of range.
