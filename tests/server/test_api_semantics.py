@@ -192,8 +192,9 @@ def test_api_key_guards_metrics_and_a_request_that_can_never_fit_is_400():
         assert_error(requests.get(s.url + "/metrics"), 401)
         assert requests.get(s.url + "/metrics", headers=key).status_code == 200
         assert requests.get(s.url + "/health").status_code == 200
-        # 4 samples of a chat without max_tokens reserve 4 x 512 positions; 1 MiB holds ~1360.
-        r = post(s, "/v1/chat/completions", {"messages": MESSAGES, "n": 4}, headers=key)
+        # 8 samples of a chat without max_tokens reserve 8 x 512 positions; 1 MiB of the f16
+        # cache (the default) holds ~2720.
+        r = post(s, "/v1/chat/completions", {"messages": MESSAGES, "n": 8}, headers=key)
         assert_error(r, 400)
         assert "KV" in r.json()["error"]["message"]
         assert post(s, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 4},
