@@ -24,7 +24,7 @@ void ScratchArena::reserve(size_t bytes) {
     ++reservations_;
 }
 
-ScratchArena::Frame::Frame(ScratchArena& arena) : arena_(arena), mark_(arena.used_) {
+ScratchArena::Frame::Frame(ScratchArena& arena) : arena_(arena), mark_(0) {
     const std::thread::id self = std::this_thread::get_id();
     std::thread::id none;
     // The first frame claims the arena for this thread; nested frames find it already theirs.
@@ -32,7 +32,7 @@ ScratchArena::Frame::Frame(ScratchArena& arena) : arena_(arena), mark_(arena.use
         fail(
             "scratch arena: two steps at once: a thread opened a frame while another holds the "
             "arena (each concurrent step needs its own arena)");
-    mark_ = arena.used_;
+    mark_ = arena.used_;  // read only once the arena is this thread's
     ++arena.depth_;
 }
 
@@ -42,7 +42,8 @@ ScratchArena::Frame::~Frame() {
 }
 
 void* ScratchArena::take_bytes(size_t bytes, std::string_view what) {
-    if (depth_ == 0 || owner_.load(std::memory_order_relaxed) != std::this_thread::get_id())
+    // (The owner first: another thread must not read depth_.)
+    if (owner_.load() != std::this_thread::get_id() || depth_ == 0)
         fail("scratch arena: ", what, " taken outside a frame of this thread");
     const size_t need = rounded(bytes);
     if (need > capacity_ - used_)
