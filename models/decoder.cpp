@@ -4,6 +4,7 @@
 #include <cstring>
 #include <set>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/error.h"
@@ -212,6 +213,32 @@ Decoder::~Decoder() {
     if (runner_ != nullptr) runner_->drain();  // e.g. prefetches still reading our weights
 }
 
+size_t Decoder::scratch_bytes(int64_t n_tokens) const {
+    const ModelConfig& c = config_;
+    const size_t states = ScratchArena::rounded(size_t(n_tokens * c.hidden_dim) * 4);
+    size_t layer_bytes = 0;  // the largest layer's; each layer's frames close before the next
+    for (const LayerWeights& lw : weights_.layers) {
+        const size_t attention =
+            c.mla ? mla_attention_scratch_bytes(c, n_tokens) : attention_scratch_bytes(c, n_tokens);
+        const size_t ffn = lw.is_moe
+                               ? moe_block_scratch_bytes(lw.moe, c, n_tokens, runner_)
+                               : cpu::swiglu_ffn_scratch_bytes(n_tokens, lw.dense.gate.dim(0));
+        layer_bytes = std::max({layer_bytes, attention, ffn});
+    }
+    // h, normed and delta for the whole step, then the layers' or the final rows'.
+    return 3 * states + std::max(layer_bytes, states);
+}
+
+void Decoder::reserve_scratch(int64_t max_tokens) {
+    // scratch_bytes walks every expert's type: done again only when the step is larger than any
+    // so far, or what it depends on changed (the runner, the ISA, the weights' types).
+    const ScratchSizing sizing{.tokens = max_tokens, .runner = runner_, .isa = cpu::active_isa()};
+    if (sized_.runner == sizing.runner && sized_.isa == sizing.isa && sized_.tokens >= max_tokens)
+        return;
+    scratch_.reserve(scratch_bytes(max_tokens));
+    sized_ = sizing;
+}
+
 KvCacheShape Decoder::kv_cache_shape(int64_t capacity) const {
     if (config_.mla)  // one latent row per position: [k_pe | c], see mla_attention_block.h
         return {.n_layers = int(config_.n_layers),
@@ -234,6 +261,7 @@ void Model::quantize_weights(DType type, ThreadPool&, const WeightProgress&) {
 void Decoder::quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) {
     if (!is_quantized_weight_type(type))
         fail("quantize: ", dtype_name(type), " is not a quantized weight type");
+    sized_ = {};  // the scratch depends on the weights' types
     // Two passes over the same matrices: the first only adds up their bytes for `progress`.
     int64_t total = 0, done = 0;
     bool counting = true;
@@ -325,7 +353,11 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
     }
     const int64_t n_tokens = layout.n_tokens, hidden = c.hidden_dim;
 
-    OwnedTensor h = make_tensor(DType::F32, {n_tokens, hidden});
+    // Sized at load for the scheduler's largest step (reserve_scratch); a larger one grows it
+    // here, before any of it is handed out.
+    reserve_scratch(n_tokens);
+    const ScratchArena::Frame frame(scratch_);
+    const Tensor h = scratch_.take_tensor(DType::F32, {n_tokens, hidden}, "hidden states");
     {
         int64_t row = 0;
         const auto* embed = static_cast<const std::byte*>(weights_.embed.data());
@@ -333,54 +365,54 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
         for (const SequenceStep& step : steps)
             for (int32_t token : step.tokens)
                 cpu::row_to_f32(embed + token * embed_row, weights_.embed.dtype(), hidden,
-                                h.view.data_as<float>() + hidden * row++);
+                                h.data_as<float>() + hidden * row++);
     }
-    OwnedTensor normed = make_tensor(DType::F32, {n_tokens, hidden});
-    OwnedTensor delta = make_tensor(DType::F32, {n_tokens, hidden});
+    const Tensor normed = scratch_.take_tensor(DType::F32, {n_tokens, hidden}, "normed states");
+    const Tensor delta = scratch_.take_tensor(DType::F32, {n_tokens, hidden}, "layer outputs");
     for (int layer = 0; layer < int(c.n_layers); ++layer) {
         const LayerWeights& lw = weights_.layers[size_t(layer)];
         if (c.mla) {
-            cpu::rms_norm(h.view, lw.mla.norm, float(c.rms_norm_eps), normed.view, pool);
-            mla_attention_block(lw.mla, c, layer, inv_freq_, layout, normed.view, delta.view, pool);
+            cpu::rms_norm(h, lw.mla.norm, float(c.rms_norm_eps), normed, pool);
+            mla_attention_block(lw.mla, c, layer, inv_freq_, layout, normed, delta, pool, scratch_);
         } else {
-            cpu::rms_norm(h.view, lw.attention.norm, float(c.rms_norm_eps), normed.view, pool);
-            attention_block(lw.attention, c, layer, inv_freq_, layout, normed.view, delta.view,
-                            pool);
+            cpu::rms_norm(h, lw.attention.norm, float(c.rms_norm_eps), normed, pool);
+            attention_block(lw.attention, c, layer, inv_freq_, layout, normed, delta, pool,
+                            scratch_);
         }
-        add_in_place(h.view, delta.view);
-        cpu::rms_norm(h.view, lw.ffn_norm, float(c.rms_norm_eps), normed.view, pool);
+        add_in_place(h, delta);
+        cpu::rms_norm(h, lw.ffn_norm, float(c.rms_norm_eps), normed, pool);
         if (lw.is_moe) {
             Routing* layer_routing = nullptr;
             if (routing != nullptr) {
                 routing->layers.push_back(layer);
                 layer_routing = &routing->routing.emplace_back();
                 if (routing->want_probabilities)
-                    routing->probabilities.push_back(
-                        router_probabilities(lw.moe, c, normed.view, pool));
+                    routing->probabilities.push_back(router_probabilities(lw.moe, c, normed, pool));
                 std::vector<Routing>& predicted = routing->predicted.emplace_back();
                 for (int j = 1; j <= routing->lookahead; ++j) {
                     const int later = layer + j;
                     const bool moe =
                         later < int(c.n_layers) && weights_.layers[size_t(later)].is_moe;
                     predicted.push_back(
-                        moe ? route_with(weights_.layers[size_t(later)].moe, c, normed.view, pool)
+                        moe ? route_with(weights_.layers[size_t(later)].moe, c, normed, pool)
                             : Routing{});
                 }
             }
             const int moe_index =
                 int(std::find(moe_layers_.begin(), moe_layers_.end(), layer) - moe_layers_.begin());
             const std::vector<Routing> predicted =
-                runner_ != nullptr ? predict_later_moe_layers(moe_index, normed.view, pool)
+                runner_ != nullptr ? predict_later_moe_layers(moe_index, normed, pool)
                                    : std::vector<Routing>{};
-            moe_block(lw.moe, c, normed.view, delta.view, pool, layer_routing,
+            moe_block(lw.moe, c, normed, delta, pool, layer_routing,
                       {.runner = runner_,
                        .layer = layer,
                        .moe_layer = moe_index,
-                       .predicted = predicted});
+                       .predicted = predicted,
+                       .scratch = &scratch_});
         } else {
-            cpu::swiglu_ffn(normed.view, lw.dense, delta.view, pool);
+            cpu::swiglu_ffn(normed, lw.dense, delta, pool, scratch_);
         }
-        add_in_place(h.view, delta.view);
+        add_in_place(h, delta);
     }
 
     // Rows that need logits: every new token, or each sequence's last.
@@ -393,14 +425,14 @@ OwnedTensor Decoder::forward(std::span<const SequenceStep> steps, ThreadPool& po
             rows.push_back(r);
     }
     const int64_t n_rows = int64_t(rows.size());
-    OwnedTensor selected = make_tensor(DType::F32, {n_rows, hidden});
+    const Tensor selected = scratch_.take_tensor(DType::F32, {n_rows, hidden}, "final states");
     for (int64_t i = 0; i < n_rows; ++i)
-        std::memcpy(selected.view.data_as<float>() + i * hidden,
-                    h.view.data_as<const float>() + rows[size_t(i)] * hidden,
+        std::memcpy(selected.data_as<float>() + i * hidden,
+                    h.data_as<const float>() + rows[size_t(i)] * hidden,
                     size_t(hidden) * sizeof(float));
-    cpu::rms_norm(selected.view, weights_.final_norm, float(c.rms_norm_eps), selected.view, pool);
+    cpu::rms_norm(selected, weights_.final_norm, float(c.rms_norm_eps), selected, pool);
     OwnedTensor logits = make_tensor(DType::F32, {n_rows, c.vocab_size});
-    cpu::linear(selected.view, weights_.lm_head, Tensor(), logits.view, pool);
+    cpu::linear(selected, weights_.lm_head, Tensor(), logits.view, pool);
 
     // Only now, with nothing left to fail, do the caches take the new positions.
     for (const StepSequence& seq : layout.sequences)

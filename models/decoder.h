@@ -11,7 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/scratch_arena.h"
 #include "models/blocks/step.h"
 #include "models/checkpoint.h"
 #include "models/model.h"
@@ -100,6 +102,7 @@ class Decoder final : public Model {
     const ModelConfig& config() const override { return config_; }
     OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
                         StepRouting* routing = nullptr) override;
+    void reserve_scratch(int64_t max_tokens) override;
     KvCacheShape kv_cache_shape(int64_t capacity) const override;
     void quantize_weights(DType type, ThreadPool& pool, const WeightProgress& progress) override;
     void set_expert_runner(ExpertRunner* runner) override;
@@ -108,6 +111,12 @@ class Decoder final : public Model {
     // (views into the checkpoint or the load-time quantized copies) and the rotary frequencies.
     const DecoderWeights& weights() const { return weights_; }
     std::span<const double> inv_freq() const { return inv_freq_; }
+
+    // The scratch bytes a step of n_tokens takes (its temporaries: the hidden states, each
+    // layer's attention projections and, without a runner, its routed experts'), and the arena
+    // they come from (tests read its high water and how often it grew).
+    size_t scratch_bytes(int64_t n_tokens) const;
+    const ScratchArena& scratch() const { return scratch_; }
 
   private:
     // The gate lookahead of the runner: MoE layers moe_index + 1.. routed from x.
@@ -121,6 +130,14 @@ class Decoder final : public Model {
     std::vector<double> inv_freq_;
     std::vector<int> moe_layers_;  // model layer index of each MoE layer
     ExpertRunner* runner_ = nullptr;
+    ScratchArena scratch_;  // one step at a time: forward() is not reentrant
+    // What scratch_ was last sized for (reserve_scratch).
+    struct ScratchSizing {
+        int64_t tokens = 0;
+        const ExpertRunner* runner = nullptr;
+        cpu::CpuIsa isa = cpu::CpuIsa::Scalar;
+    };
+    ScratchSizing sized_;
 };
 
 // The experts' activation a config asks for (cpu::GluOptions).

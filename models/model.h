@@ -58,6 +58,10 @@ class Model {
     virtual OwnedTensor forward(std::span<const SequenceStep> steps, ThreadPool& pool,
                                 StepRouting* routing = nullptr) = 0;
 
+    // Sizes the memory of a step's temporaries for steps of up to `max_tokens` tokens, so that
+    // forward() allocates none of it; a larger step still runs (the memory grows before it).
+    virtual void reserve_scratch(int64_t max_tokens) {}
+
     // Shape of a KV cache for one sequence of up to `capacity` positions.
     virtual KvCacheShape kv_cache_shape(int64_t capacity) const = 0;
 

@@ -44,7 +44,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTANDEM_TSAN=ON \
     -DTANDEM_CUDA=OFF -DTANDEM_BUILD_BENCH=OFF "${python[@]}"
 cmake --build build-tsan -j "$jobs" --target test_sim_device test_engine test_hybrid_executor \
-    test_numa test_structured_output
+    test_numa test_structured_output test_kernels
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_sim_device
 # (the NUMA node pools: leaders and per-node pools running at once, on synthetic topologies)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_numa
@@ -52,6 +52,9 @@ TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_engin
 # (structured output: grammar masks computed on the GrammarWorker while the scheduler samples)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_structured_output \
     --gtest_filter='EngineGrammar*'
+# (a step's scratch arena: frames handed from thread to thread, and two at once refused)
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_kernels \
+    --gtest_filter='ScratchArena.*:MoeExpertsScratch.*:EngineScratch.*'
 # (the comparison with tandem-sim replays a long trace: its threads are those of the rest)
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/tests/test_hybrid_executor \
     --gtest_filter=-HybridExecutorVsSim.*

@@ -33,7 +33,12 @@ void CpuExperts::bind(std::span<const MoeWeights* const> moe_layers) {
 
 void CpuExperts::run(int moe_layer, const cpu::MoeExpertsArgs& args, ThreadPool& pool) {
     if (numa_ == nullptr) {
-        cpu::moe_experts(args, pool);
+        // (Malformed args are moe_experts' to reject; size for what they claim meanwhile.)
+        const int64_t n_slots = args.offsets.empty() ? 0 : args.offsets.back();
+        if (args.x.rank() == 2)
+            arena_.reserve(cpu::moe_experts_scratch_bytes(args.experts, args.x.dim(0), n_slots,
+                                                          args.x.dim(1)));
+        cpu::moe_experts(args, pool, arena_);
         return;
     }
     if (moe_layer < 0 || moe_layer >= int(layers_.size()))

@@ -29,11 +29,16 @@ class CpuExperts {
 
     bool numa() const { return numa_ != nullptr; }
     size_t copied_bytes() const;  // the per-node copies, over all layers
+    // The fused kernel's temporaries: grown before a call larger than any before, so the steady
+    // state allocates nothing. One call at a time (runs on one thread: the model's or the
+    // hybrid executor's CPU worker).
+    const ScratchArena& scratch() const { return arena_; }
 
   private:
     NumaPools* numa_ = nullptr;
     std::vector<cpu::NumaExpertSlices> layers_;  // [n_moe_layers] with NUMA pools
     cpu::NumaMoeScratch scratch_;
+    ScratchArena arena_;
 };
 
 }  // namespace tandem

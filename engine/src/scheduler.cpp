@@ -75,6 +75,8 @@ Scheduler::Scheduler(std::shared_ptr<KvBlockPool> blocks, std::unique_ptr<Model>
       options_(options),
       eos_token_ids_(model_->config().eos_token_ids) {
     stats_.kv_blocks_total = blocks_->total_blocks();
+    // The step's temporaries are allocated now, for the largest step, not during steps.
+    model_->reserve_scratch(options_.max_step_tokens);
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -158,6 +160,7 @@ void Scheduler::loop() {
                 try {  // between steps, on this thread: the runner is idle
                     if (options_.expert_runner != nullptr)
                         incoming_model_->set_expert_runner(options_.expert_runner);
+                    incoming_model_->reserve_scratch(options_.max_step_tokens);
                     std::swap(model_, incoming_model_);
                     blocks_->reset_prefix_cache();  // its rows came from the old weights
                 } catch (const std::exception& e) {

@@ -13,11 +13,17 @@
 // An expert with enough tokens (use_tile_gemm: prefill) takes the tile path of tile_gemm.h
 // instead — its rows converted to L2-sized tiles and multiplied by oneDNN's matmul — within the
 // same two jobs, so busy and idle experts of one step share the threads.
+//
+// The kernel is four steps (expert_ffn.cpp): prepare (validate, split the experts between the
+// paths, convert x), gate-up (job 1), down (the intermediate converted, then job 2) and reduce
+// (the weighted sum into `out`). Everything a call needs beyond `out` comes from a ScratchArena,
+// so a step allocates nothing once the arena is sized (moe_experts_scratch_bytes).
 #pragma once
 
 #include <cstdint>
 #include <span>
 
+#include "kernels/scratch_arena.h"
 #include "kernels/tensor.h"
 #include "kernels/thread_pool.h"
 
@@ -53,7 +59,19 @@ struct MoeExpertsArgs {
     GluOptions glu = {};
 };
 
+// Adds the experts' outputs into args.out, with the temporaries from `scratch` (under a frame of
+// its own, opened on the calling thread; the arena must hold moe_experts_scratch_bytes of the
+// call, or it throws before computing anything it cannot finish).
+void moe_experts(const MoeExpertsArgs& args, ThreadPool& pool, ScratchArena& scratch);
+// The same with an arena of its own for this call (tests, calibration, one-off callers).
 void moe_experts(const MoeExpertsArgs& args, ThreadPool& pool);
+
+// The scratch bytes a call of moe_experts takes at most, for `experts` (their weight types decide
+// the activation formats, at the active ISA and tile policy), n_tokens tokens and n_slots routed
+// (token, expert) pairs. Monotonic in n_tokens and n_slots, so sizing for the largest step
+// covers every smaller one.
+size_t moe_experts_scratch_bytes(std::span<const ExpertWeights> experts, int64_t n_tokens,
+                                 int64_t n_slots, int64_t hidden);
 
 // Throws tandem::Error unless w is a SwiGLU expert the fused kernel runs: gate and up [ffn,
 // hidden] of one weight type, down [hidden, ffn], contiguous, rows in whole blocks; biases, if
@@ -61,6 +79,9 @@ void moe_experts(const MoeExpertsArgs& args, ThreadPool& pool);
 void check_swiglu_expert(const ExpertWeights& w, int64_t index, int64_t hidden, int64_t ffn);
 
 // One dense SwiGLU FFN over all rows of x: out = down(silu(gate(x)) * up(x)); out is overwritten.
-void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool);
+// Its intermediate comes from `scratch` (swiglu_ffn_scratch_bytes), freed on return.
+void swiglu_ffn(const Tensor& x, const ExpertWeights& w, const Tensor& out, ThreadPool& pool,
+                ScratchArena& scratch);
+size_t swiglu_ffn_scratch_bytes(int64_t n_tokens, int64_t ffn);
 
 }  // namespace tandem::cpu

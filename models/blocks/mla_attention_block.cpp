@@ -102,66 +102,77 @@ void expand_values(const Tensor& lat, const MlaWeights& w, const MlaConfig& m, i
 
 void mla_attention_block(const MlaWeights& w, const ModelConfig& c, int layer,
                          std::span<const double> inv_freq, const StepLayout& step, const Tensor& x,
-                         const Tensor& out, ThreadPool& pool) {
+                         const Tensor& out, ThreadPool& pool, ScratchArena& scratch) {
     const MlaConfig& m = *c.mla;
     const int64_t n_tokens = step.n_tokens, n_heads = c.n_heads;
     const int64_t d = m.qk_head_dim(), p = m.qk_rope_head_dim, r = m.kv_lora_rank;
     const int64_t row = p + r;
     const float eps = float(m.latent_norm_eps);
 
-    OwnedTensor q = make_tensor(DType::F32, {n_tokens, n_heads * d});
+    const ScratchArena::Frame frame(scratch);
+    const Tensor q = scratch.take_tensor(DType::F32, {n_tokens, n_heads * d}, "mla q");
     if (m.q_lora_rank > 0) {
-        OwnedTensor q_lat = make_tensor(DType::F32, {n_tokens, m.q_lora_rank});
-        cpu::linear(x, w.q_a, w.q_a_bias, q_lat.view, pool);
-        cpu::rms_norm(q_lat.view, w.q_a_norm, eps, q_lat.view, pool);
-        cpu::linear(q_lat.view, w.q_b, Tensor(), q.view, pool);
+        const Tensor q_lat =
+            scratch.take_tensor(DType::F32, {n_tokens, m.q_lora_rank}, "mla q latent");
+        cpu::linear(x, w.q_a, w.q_a_bias, q_lat, pool);
+        cpu::rms_norm(q_lat, w.q_a_norm, eps, q_lat, pool);
+        cpu::linear(q_lat, w.q_b, Tensor(), q, pool);
     } else {
-        cpu::linear(x, w.q, Tensor(), q.view, pool);
+        cpu::linear(x, w.q, Tensor(), q, pool);
     }
-    OwnedTensor kv = make_tensor(DType::F32, {n_tokens, r + p});
-    cpu::linear(x, w.kv_a, w.kv_a_bias, kv.view, pool);
+    const Tensor kv = scratch.take_tensor(DType::F32, {n_tokens, r + p}, "mla kv");
+    cpu::linear(x, w.kv_a, w.kv_a_bias, kv, pool);
 
     // New cache rows [k_pe | rms_norm(c)] and absorbed queries [q_pe | W_UKᵀ q_nope].
-    OwnedTensor latent = make_tensor(DType::F32, {n_tokens, r});
-    OwnedTensor rows = make_tensor(DType::F32, {n_tokens, 1, row});
-    OwnedTensor q_abs = make_tensor(DType::F32, {n_tokens, n_heads, row});
+    const Tensor latent = scratch.take_tensor(DType::F32, {n_tokens, r}, "mla latent");
+    const Tensor rows = scratch.take_tensor(DType::F32, {n_tokens, 1, row}, "mla cache rows");
+    const Tensor q_abs = scratch.take_tensor(DType::F32, {n_tokens, n_heads, row}, "mla queries");
     for (int64_t t = 0; t < n_tokens; ++t) {
-        const float* kv_t = kv.view.data_as<const float>() + t * (r + p);
-        std::memcpy(latent.view.data_as<float>() + t * r, kv_t, size_t(r) * sizeof(float));
-        copy_rope_part(kv_t + r, rows.view.data_as<float>() + t * row, p, m.rope_interleave);
+        const float* kv_t = kv.data_as<const float>() + t * (r + p);
+        std::memcpy(latent.data_as<float>() + t * r, kv_t, size_t(r) * sizeof(float));
+        copy_rope_part(kv_t + r, rows.data_as<float>() + t * row, p, m.rope_interleave);
         for (int64_t h = 0; h < n_heads; ++h)
-            copy_rope_part(
-                q.view.data_as<const float>() + (t * n_heads + h) * d + m.qk_nope_head_dim,
-                q_abs.view.data_as<float>() + (t * n_heads + h) * row, p, m.rope_interleave);
+            copy_rope_part(q.data_as<const float>() + (t * n_heads + h) * d + m.qk_nope_head_dim,
+                           q_abs.data_as<float>() + (t * n_heads + h) * row, p, m.rope_interleave);
     }
-    cpu::rms_norm(latent.view, w.kv_a_norm, eps, latent.view, pool);
+    cpu::rms_norm(latent, w.kv_a_norm, eps, latent, pool);
     for (int64_t t = 0; t < n_tokens; ++t)
-        std::memcpy(rows.view.data_as<float>() + t * row + p,
-                    latent.view.data_as<const float>() + t * r, size_t(r) * sizeof(float));
-    absorb_query(q.view, w, m, n_heads, q_abs.view, pool);
+        std::memcpy(rows.data_as<float>() + t * row + p, latent.data_as<const float>() + t * r,
+                    size_t(r) * sizeof(float));
+    absorb_query(q, w, m, n_heads, q_abs, pool);
     const double rope_scale = rope_attention_factor(c.rope);
-    cpu::apply_rope(rows.view, step.positions, inv_freq, rope_scale);
-    cpu::apply_rope(q_abs.view, step.positions, inv_freq, rope_scale);
+    cpu::apply_rope(rows, step.positions, inv_freq, rope_scale);
+    cpu::apply_rope(q_abs, step.positions, inv_freq, rope_scale);
 
     const float scale = float(std::pow(double(d), -0.5) * deepseek_softmax_mscale(c.rope));
-    OwnedTensor lat_out = make_tensor(DType::F32, {n_tokens, n_heads, r});
+    const Tensor lat_out = scratch.take_tensor(DType::F32, {n_tokens, n_heads, r}, "mla outputs");
     for (const StepSequence& seq : step.sequences) {
         const int64_t start = seq.cache->length();
         const KvRows cache = seq.cache->keys(layer);
-        write_rows(cache, start, rows.view.data_as<const float>() + seq.first_row * row,
-                   seq.n_tokens);
+        write_rows(cache, start, rows.data_as<const float>() + seq.first_row * row, seq.n_tokens);
         const int64_t end = seq.first_row + seq.n_tokens;
-        cpu::latent_attention({.q = q_abs.view.slice_rows(seq.first_row, end),
+        cpu::latent_attention({.q = q_abs.slice_rows(seq.first_row, end),
                                .cache = cache,
-                               .out = lat_out.view.slice_rows(seq.first_row, end),
+                               .out = lat_out.slice_rows(seq.first_row, end),
                                .rope_dim = p,
                                .start_pos = start,
                                .scale = scale},
                               pool);
     }
-    OwnedTensor attn = make_tensor(DType::F32, {n_tokens, n_heads * m.v_head_dim});
-    expand_values(lat_out.view, w, m, n_heads, attn.view, pool);
-    cpu::linear(attn.view, w.o, w.o_bias, out, pool);
+    const Tensor attn =
+        scratch.take_tensor(DType::F32, {n_tokens, n_heads * m.v_head_dim}, "mla values");
+    expand_values(lat_out, w, m, n_heads, attn, pool);
+    cpu::linear(attn, w.o, w.o_bias, out, pool);
+}
+
+size_t mla_attention_scratch_bytes(const ModelConfig& c, int64_t n_tokens) {
+    const MlaConfig& m = *c.mla;
+    const int64_t r = m.kv_lora_rank, p = m.qk_rope_head_dim, row = p + r;
+    const auto f32 = [&](int64_t per_token) {
+        return ScratchArena::rounded(size_t(n_tokens * per_token) * 4);
+    };
+    return f32(c.n_heads * m.qk_head_dim()) + f32(m.q_lora_rank) + f32(r + p) + f32(r) + f32(row) +
+           f32(c.n_heads * row) + f32(c.n_heads * r) + f32(c.n_heads * m.v_head_dim);
 }
 
 }  // namespace tandem

@@ -33,8 +33,12 @@
 namespace tandem {
 
 // x: [n_tokens, hidden_dim] f32, already normalised; out: [n_tokens, hidden_dim] f32, overwritten.
+// The temporaries come from `scratch` (mla_attention_scratch_bytes) and are freed on return.
 void mla_attention_block(const MlaWeights& w, const ModelConfig& config, int layer,
                          std::span<const double> inv_freq, const StepLayout& step, const Tensor& x,
-                         const Tensor& out, ThreadPool& pool);
+                         const Tensor& out, ThreadPool& pool, ScratchArena& scratch);
+
+// The scratch bytes mla_attention_block takes for n_tokens.
+size_t mla_attention_scratch_bytes(const ModelConfig& config, int64_t n_tokens);
 
 }  // namespace tandem

@@ -47,6 +47,10 @@ std::vector<float> router_probabilities(const MoeWeights& w, const ModelConfig& 
 void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const Tensor& out,
                ThreadPool& pool, Routing* routing_out, const MoeRunnerContext& rc) {
     const int64_t n_tokens = x.dim(0), hidden = c.hidden_dim;
+    ScratchArena own;
+    ScratchArena& scratch = rc.scratch != nullptr ? *rc.scratch : own;
+    if (rc.scratch == nullptr)
+        own.reserve(moe_block_scratch_bytes(w, c, n_tokens, rc.runner != nullptr));
     Routing routing;
     if (rc.runner == nullptr || !rc.runner->replace_routing(rc.moe_layer, n_tokens, routing))
         routing = route_with(w, c, x, pool);
@@ -69,28 +73,43 @@ void moe_block(const MoeWeights& w, const ModelConfig& c, const Tensor& x, const
                           .token_index = groups.token_index,
                           .token_weight = groups.token_weight,
                           .glu = glu_options(c)},
-                         pool);
+                         pool, scratch);
     }
 
     if (c.shared_expert_ffn_dim > 0) {
-        OwnedTensor shared = make_tensor(DType::F32, {n_tokens, hidden});
-        cpu::swiglu_ffn(x, w.shared, shared.view, pool);
-        std::vector<float> gate_row(static_cast<size_t>(hidden));
+        const ScratchArena::Frame frame(scratch);
+        const Tensor shared =
+            scratch.take_tensor(DType::F32, {n_tokens, hidden}, "shared expert output");
+        cpu::swiglu_ffn(x, w.shared, shared, pool, scratch);
+        float* gate_row = scratch.take<float>(hidden, "shared expert gate");
         if (c.shared_expert_gated)
             cpu::row_to_f32(w.shared_expert_gate.data(), w.shared_expert_gate.dtype(), hidden,
-                            gate_row.data());
+                            gate_row);
         for (int64_t t = 0; t < n_tokens; ++t) {
             const float* xt = x.data_as<const float>() + t * hidden;
-            const float gate = c.shared_expert_gated
-                                   ? cpu::sigmoid(cpu::dot_f32(xt, gate_row.data(), hidden))
-                                   : 1.0f;
-            const float* s = shared.view.data_as<const float>() + t * hidden;
+            const float gate =
+                c.shared_expert_gated ? cpu::sigmoid(cpu::dot_f32(xt, gate_row, hidden)) : 1.0f;
+            const float* s = shared.data_as<const float>() + t * hidden;
             float* o = out.data_as<float>() + t * hidden;
             for (int64_t i = 0; i < hidden; ++i)
                 o[i] += gate * s[i];
         }
     }
     if (routing_out != nullptr) *routing_out = std::move(routing);
+}
+
+size_t moe_block_scratch_bytes(const MoeWeights& w, const ModelConfig& c, int64_t n_tokens,
+                               bool runner) {
+    // The routed experts and the shared expert take their scratch one after the other.
+    size_t routed = 0, shared = 0;
+    if (!runner)
+        routed = cpu::moe_experts_scratch_bytes(w.experts, n_tokens, n_tokens * c.n_experts_active,
+                                                c.hidden_dim);
+    if (c.shared_expert_ffn_dim > 0)
+        shared = ScratchArena::rounded(size_t(n_tokens * c.hidden_dim) * 4) +
+                 ScratchArena::rounded(size_t(c.hidden_dim) * 4) +
+                 cpu::swiglu_ffn_scratch_bytes(n_tokens, c.shared_expert_ffn_dim);
+    return std::max(routed, shared);
 }
 
 }  // namespace tandem

@@ -30,6 +30,9 @@ struct MoeRunnerContext {
     int layer = 0;
     int moe_layer = 0;
     std::span<const Routing> predicted = {};  // the gate lookahead (models/expert_runner.h)
+    // Without a runner, the experts' temporaries come from here (nullptr: an arena of the call's
+    // own).
+    ScratchArena* scratch = nullptr;
 };
 
 // Every expert's router probability for each row of x ([n_tokens, hidden_dim]), by expert id:
@@ -43,5 +46,10 @@ std::vector<float> router_probabilities(const MoeWeights& w, const ModelConfig& 
 // If `routing` is given, the step's routing is stored there (for tests and trace recording).
 void moe_block(const MoeWeights& w, const ModelConfig& config, const Tensor& x, const Tensor& out,
                ThreadPool& pool, Routing* routing = nullptr, const MoeRunnerContext& runner = {});
+
+// The scratch bytes moe_block takes from MoeRunnerContext::scratch for n_tokens (with a runner,
+// the routed experts' are the runner's own).
+size_t moe_block_scratch_bytes(const MoeWeights& w, const ModelConfig& config, int64_t n_tokens,
+                               bool runner);
 
 }  // namespace tandem
