@@ -13,6 +13,9 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 bool arguments_as_object(const std::string& tmpl) {
+    // GLM-4.5's template walks the arguments' items() into <arg_key>/<arg_value> pairs (through
+    // an alias, so no pattern on `arguments` sees it): a string has no items.
+    if (tmpl.find("<arg_key>") != std::string::npos) return true;
     static const std::regex tojson(R"(arguments\s*\|\s*tojson)");
     return std::regex_search(tmpl, tojson) && tmpl.find("arguments is string") == std::string::npos;
 }

@@ -5,8 +5,9 @@
 // Tool-call arguments arrive as JSON text (OpenAI's wire form). Templates differ in what they
 // take: Llama 3.1's writes `arguments | tojson` and needs an object (a string would come out
 // quoted twice), DeepSeek-V3's concatenates `arguments` into the prompt and needs the text;
-// Qwen's take either. The text is parsed into an object only for a template that writes it
-// with tojson and has no `arguments is string` branch.
+// Qwen's take either; GLM-4.5's iterates its items() and needs an object. The text is parsed
+// into an object only for a template that writes it with tojson and has no `arguments is
+// string` branch, or that writes GLM's <arg_key> pairs.
 //
 // A template with no mention of `tools` cannot show them: they go into a system message
 // (appended to the first one, or a new first one) in the Hermes form that Qwen's template

@@ -1,8 +1,10 @@
 """Tool calling over HTTP with the official openai client on the demo model: tool_choice
 "required" and a named function (held to the schema by the grammar engine) in whole and streamed
 responses, parallel_tool_calls, a full round trip with the tool's result sent back, "auto" and
-"none", and the requests that must be refused. The demo model's template has no place for tools:
-they reach it in a system message, and its calls are parsed in the Hermes syntax."""
+"none", and the requests that must be refused. Each runs twice: on the demo model, whose template
+has no place for tools (they reach it in a system message, and its calls are parsed in the Hermes
+syntax), and on the demo model given the GLM-4.5-format template of tests/data/tokenizer/glm45,
+from which the server detects the glm45 syntax (<arg_key>/<arg_value> pairs, an EBNF grammar)."""
 
 import json
 import random
@@ -32,9 +34,28 @@ SCHEMAS = {"get_weather": WEATHER, "add": ADD}
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def demo():
-    s = RunningServer(model=DEMO)
+def glm45_model(tmp_path_factory):
+    """The demo model with the GLM-4.5-format template (its files linked, its tokenizer_config
+    rewritten), so that the server takes the glm45 tool-call syntax from the template."""
+    model = tmp_path_factory.mktemp("glm45") / MODEL
+    model.mkdir()
+    for f in DEMO.iterdir():
+        if f.name != "tokenizer_config.json":
+            (model / f.name).symlink_to(f)
+    config = json.loads((DEMO / "tokenizer_config.json").read_text())
+    template = ROOT / "tests" / "data" / "tokenizer" / "glm45" / "chat_template.jinja"
+    config["chat_template"] = template.read_text(encoding="utf-8").removesuffix("\n")
+    (model / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return model
+
+
+@pytest.fixture(scope="module", params=["hermes", "glm45"])
+def demo(request, tmp_path_factory):
+    s = RunningServer(model=DEMO if request.param == "hermes" else glm45_model(tmp_path_factory))
+    s.tool_format = request.param
+    # GLM's tags are single tokens in its own vocabulary; the demo model's spells them a few
+    # characters at a time, and a call takes about 110 tokens where Hermes' takes 40.
+    s.call_tokens = 120 if request.param == "hermes" else 240
     yield s
     s.stop()
     assert s.proc.returncode == 0, "tandem-server did not exit cleanly"
@@ -59,7 +80,7 @@ def test_required_and_named_calls_keep_the_schema(demo):
                          ({"type": "function", "function": {"name": "add"}}, "add")):
         r = client(demo).chat.completions.create(
             model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=choice, n=8, seed=seed,
-            max_tokens=120)
+            max_tokens=demo.call_tokens)
         finished = [c for c in r.choices if c.finish_reason != "length"]
         assert len(finished) >= 6, f"seed {seed}"
         for c in finished:
@@ -70,10 +91,27 @@ def test_required_and_named_calls_keep_the_schema(demo):
                 assert len(c.message.tool_calls) == 1
 
 
+def test_calls_are_written_in_the_syntax_of_the_template(demo):
+    """The tokens generated (seen through logprobs) are the format's own syntax: the glm45
+    server took its format from the template, not the Hermes default."""
+    r = client(demo).chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required", seed=3,
+        max_tokens=demo.call_tokens, logprobs=True)
+    c = r.choices[0]
+    raw = "".join(t.token for t in c.logprobs.content)
+    if demo.tool_format == "glm45":
+        assert raw.startswith("<tool_call>") and "<arg_key>" in raw, raw
+    else:
+        assert raw.startswith("<tool_call>\n{") and "<arg_key>" not in raw, raw
+    if c.finish_reason == "tool_calls":
+        check_calls(c.message.tool_calls)
+
+
 def test_parallel_tool_calls_false_gives_one_call(demo):
     r = client(demo).chat.completions.create(
         model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, n=8, seed=random.randrange(1 << 30), max_tokens=120)
+        parallel_tool_calls=False, n=8, seed=random.randrange(1 << 30),
+        max_tokens=demo.call_tokens)
     for c in r.choices:
         if c.finish_reason == "tool_calls":
             assert len(c.message.tool_calls) == 1
@@ -83,7 +121,7 @@ def test_streamed_tool_calls(demo):
     seed = random.randrange(1 << 30)
     stream = client(demo).chat.completions.create(
         model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required", seed=seed,
-        max_tokens=120, stream=True)
+        max_tokens=demo.call_tokens, stream=True)
     content, calls, finish = "", {}, None
     for chunk in stream:
         delta = chunk.choices[0].delta
@@ -94,7 +132,7 @@ def test_streamed_tool_calls(demo):
             entry["arguments"] += call.function.arguments or ""
         finish = chunk.choices[0].finish_reason or finish
     if finish == "length":
-        pytest.skip(f"seed {seed}: the call did not finish in 120 tokens")
+        pytest.skip(f"seed {seed}: the call did not finish in {demo.call_tokens} tokens")
     assert finish == "tool_calls" and content == "", f"seed {seed}"
     for entry in calls.values():
         assert entry["id"].startswith("call_")
@@ -106,7 +144,7 @@ def test_round_trip_with_the_tool_result(demo):
     first = c.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS,
                                       tool_choice={"type": "function",
                                                    "function": {"name": "get_weather"}},
-                                      seed=1, max_tokens=120)
+                                      seed=1, max_tokens=demo.call_tokens)
     assert first.choices[0].finish_reason == "tool_calls"
     call = first.choices[0].message.tool_calls[0]
     messages = MESSAGES + [

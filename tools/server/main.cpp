@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     app.add_flag("!--no-chat-page", options.chat_page, "do not serve the chat page at /");
     app.add_option("--tool-call-format", options.tool_call_format,
                    "syntax of the model's tool calls (default: from its chat template)")
-        ->check(CLI::IsMember({"hermes", "llama3_json", "mistral", "deepseek_v3"}));
+        ->check(CLI::IsMember({"hermes", "llama3_json", "mistral", "deepseek_v3", "glm45"}));
     app.add_option("--admin-key", options.admin_key, "key of POST /v1/load_weights");
     app.add_option("--weights-dir", options.weights_dir,
                    "directory load_weights may read checkpoints from");

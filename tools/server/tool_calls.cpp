@@ -21,6 +21,9 @@ constexpr std::string_view kDeepSeekBegin = "<｜tool▁calls▁begin｜>",
                            kDeepSeekCall = "<｜tool▁call▁begin｜>",
                            kDeepSeekCallEnd = "<｜tool▁call▁end｜>",
                            kDeepSeekSep = "<｜tool▁sep｜>";
+// GLM-4.5 opens its calls with Hermes' tag, but the body is key / value pairs, not JSON.
+constexpr std::string_view kArgKey = "<arg_key>", kArgKeyEnd = "</arg_key>",
+                           kArgValue = "<arg_value>", kArgValueEnd = "</arg_value>";
 
 std::string_view trim(std::string_view s) {
     const size_t b = s.find_first_not_of(" \t\r\n");
@@ -184,10 +187,70 @@ Calls deepseek_calls(std::string_view text, const std::set<std::string>& names) 
     return calls;
 }
 
+// The declared JSON type of a function's parameter ("" when it declares none or several).
+std::string parameter_type(const json& tools, std::string_view function, const std::string& key) {
+    for (const json& tool : tools) {
+        const json& f = tool.at("function");
+        if (f.at("name") != function) continue;
+        const json* p =
+            f.contains("parameters") && f["parameters"].is_object() ? &f["parameters"] : nullptr;
+        if (!p || !p->contains("properties") || !(*p)["properties"].is_object()) return "";
+        const json& properties = (*p)["properties"];
+        if (!properties.contains(key) || !properties[key].is_object()) return "";
+        const json& type = properties[key].value("type", json());
+        return type.is_string() ? type.get<std::string>() : "";
+    }
+    return "";
+}
+
+// As vLLM's glm45 parser: a parameter typed "string" keeps its text; any other value is JSON
+// where it parses as JSON, else the text (a model may leave a string unquoted whatever the
+// schema says). Keys and values are trimmed; a repeated key keeps its last value.
+Calls glm45_calls(std::string_view text, const json& tools, const std::set<std::string>& names) {
+    std::vector<ToolCall> calls;
+    for (size_t at = text.find(kHermesBegin); at != std::string_view::npos;
+         at = text.find(kHermesBegin, at)) {
+        at += kHermesBegin.size();
+        const size_t end = text.find(kHermesEnd, at);
+        if (end == std::string_view::npos) return std::nullopt;  // cut off: not a call
+        const std::string_view body = text.substr(at, end - at);
+        // The name runs to the line's end, or to the first key of a model that left out the
+        // newline (GLM-4.7 writes its calls so).
+        const size_t name_end = std::min(body.find('\n'), body.find(kArgKey));
+        const std::string name(trim(body.substr(0, name_end)));
+        if (!names.contains(name)) return std::nullopt;
+        json arguments = json::object();
+        for (size_t p = name_end == std::string_view::npos ? body.size() : name_end;;) {
+            p = body.find_first_not_of(" \t\r\n", p);
+            if (p == std::string_view::npos) break;
+            if (body.substr(p, kArgKey.size()) != kArgKey) return std::nullopt;
+            const size_t key_end = body.find(kArgKeyEnd, p);
+            if (key_end == std::string_view::npos) return std::nullopt;
+            const std::string key(
+                trim(body.substr(p + kArgKey.size(), key_end - p - kArgKey.size())));
+            p = body.find_first_not_of(" \t\r\n", key_end + kArgKeyEnd.size());
+            if (p == std::string_view::npos || body.substr(p, kArgValue.size()) != kArgValue)
+                return std::nullopt;
+            const size_t value_end = body.find(kArgValueEnd, p);
+            if (key.empty() || value_end == std::string_view::npos) return std::nullopt;
+            const std::string_view value =
+                trim(body.substr(p + kArgValue.size(), value_end - p - kArgValue.size()));
+            std::optional<json> parsed;
+            if (parameter_type(tools, name, key) != "string") parsed = parse(value);
+            arguments[key] = parsed ? *parsed : json(std::string(value));
+            p = value_end + kArgValueEnd.size();
+        }
+        calls.push_back(ToolCall{.id = call_id(), .name = name, .arguments = arguments.dump()});
+        at = end + kHermesEnd.size();
+    }
+    return calls;
+}
+
 // Where the calls start in a whole output, or npos.
 size_t calls_start(ToolCallFormat format, std::string_view text) {
     switch (format) {
-        case ToolCallFormat::Hermes: return text.find(kHermesBegin);
+        case ToolCallFormat::Hermes:
+        case ToolCallFormat::Glm45: return text.find(kHermesBegin);
         case ToolCallFormat::Mistral: return text.find(kMistralBegin);
         case ToolCallFormat::DeepSeekV3: return text.find(kDeepSeekBegin);
         case ToolCallFormat::Llama3Json: {
@@ -203,7 +266,8 @@ size_t calls_start(ToolCallFormat format, std::string_view text) {
 
 std::string_view start_marker(ToolCallFormat format) {
     switch (format) {
-        case ToolCallFormat::Hermes: return kHermesBegin;
+        case ToolCallFormat::Hermes:
+        case ToolCallFormat::Glm45: return kHermesBegin;
         case ToolCallFormat::Mistral: return kMistralBegin;
         case ToolCallFormat::DeepSeekV3: return kDeepSeekBegin;
         case ToolCallFormat::Llama3Json: return kPythonTag;
@@ -227,11 +291,109 @@ json named_call_schema(const std::string& name, const json& parameters, const ch
             {"additionalProperties", false}};
 }
 
+// EBNF for GLM-4.5's calls (tool_call_grammar). Rule names are generated (f<i>, f<i>_<j>), as
+// function and parameter names need not be identifiers; literals are JSON strings, which
+// xgrammar's EBNF reads with JSON's escapes.
+constexpr std::string_view kGlmCommonRules = R"(
+raw ::= ([^<] | "<" [^/<])*
+raw_char ::= [^<]
+key ::= [^<]+
+json_value ::= json_object | json_array | json_string | json_number | "true" | "false" | "null"
+json_object ::= "{" (json_string ": " json_value (", " json_string ": " json_value)*)? "}"
+json_array ::= "[" (json_value (", " json_value)*)? "]"
+json_string ::= "\"" ([^"\\\r\n\t] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}))* "\""
+json_integer ::= "-"? ("0" | [1-9] [0-9]*)
+json_number ::= json_integer ("." [0-9]+)? ([eE] [+-]? [0-9]+)?
+)";
+
+std::string ebnf_literal(const std::string& text) {
+    return json(text).dump();
+}
+
+// The grammar of one value of `schema`, as GLM writes it: strings raw, the rest JSON.
+std::string glm_value_rule(const json& schema) {
+    if (!schema.is_object()) return "json_value";
+    auto literal = [](const json& v) {
+        return ebnf_literal(v.is_string() ? v.get<std::string>() : v.dump());
+    };
+    if (schema.contains("const")) return literal(schema["const"]);
+    if (schema.contains("enum") && schema["enum"].is_array() && !schema["enum"].empty()) {
+        std::string out = "(";
+        for (const json& v : schema["enum"])
+            out += (out.size() > 1 ? " | " : "") + literal(v);
+        return out + ")";
+    }
+    const json type = schema.value("type", json());
+    if (type == "string") {
+        // Lengths count characters only without "<": a bounded string is written without it.
+        const json min = schema.value("minLength", json(0)),
+                   max = schema.value("maxLength", json());
+        auto count = [](const json& v) { return v.is_number_integer() && v >= 0; };
+        if (!count(min) || !(max.is_null() || count(max)) || (min == 0 && max.is_null()))
+            return "raw";
+        return "raw_char{" + min.dump() + "," + (max.is_null() ? "" : max.dump()) + "}";
+    }
+    if (type == "integer") {
+        // A small range is listed value by value: exact, and cheap for xgrammar.
+        if (schema.contains("minimum") && schema.contains("maximum") &&
+            schema["minimum"].is_number_integer() && schema["maximum"].is_number_integer()) {
+            const int64_t lo = schema["minimum"], hi = schema["maximum"];
+            // The difference taken unsigned: no overflow for any pair of int64 bounds.
+            if (lo <= hi && uint64_t(hi) - uint64_t(lo) < 1024) {
+                std::string out = "(";
+                for (int64_t v = lo; v <= hi; ++v)
+                    out += (v > lo ? " | " : "") + ebnf_literal(std::to_string(v));
+                return out + ")";
+            }
+        }
+        return "json_integer";
+    }
+    if (type == "number") return "json_number";
+    if (type == "boolean") return "(\"true\" | \"false\")";
+    if (type == "null") return "\"null\"";
+    return "json_value";
+}
+
+// One <arg_key>/<arg_value> pair of the call (each pair ends its line, as GLM writes it).
+std::string glm_pair(const std::string& key, const std::string& value_rule) {
+    return ebnf_literal(std::string(kArgKey) + key + std::string(kArgKeyEnd) + "\n" +
+                        std::string(kArgValue)) +
+           " " + value_rule + " " + ebnf_literal(std::string(kArgValueEnd) + "\n");
+}
+
+// The rules of a call of `name` with `parameters`, as rule `rule`: the declared properties in
+// their order, the required ones always, the others optionally; a schema without properties
+// takes any pairs of raw text unless additionalProperties is false.
+std::string glm_call_rules(const std::string& rule, const std::string& name,
+                           const json& parameters) {
+    std::string pairs;
+    std::string extra_rules;
+    const json properties = parameters.value("properties", json::object());
+    if (properties.is_object() && !properties.empty()) {
+        const json required = parameters.value("required", json::array());
+        int j = 0;
+        for (const auto& [key, schema] : properties.items()) {
+            const std::string value = rule + "_" + std::to_string(j++);
+            extra_rules += value + " ::= " + glm_value_rule(schema) + "\n";
+            const bool needed = required.is_array() &&
+                                std::find(required.begin(), required.end(), key) != required.end();
+            pairs += " " + (needed ? glm_pair(key, value) : "(" + glm_pair(key, value) + ")?");
+        }
+    } else if (parameters.value("additionalProperties", json(true)) != false) {
+        pairs = " (" + ebnf_literal(std::string(kArgKey)) + " key " +
+                ebnf_literal(std::string(kArgKeyEnd) + "\n" + std::string(kArgValue)) + " raw " +
+                ebnf_literal(std::string(kArgValueEnd) + "\n") + ")*";
+    }
+    return rule + " ::= " + ebnf_literal(std::string(kHermesBegin) + name + "\n") + pairs + " " +
+           ebnf_literal(std::string(kHermesEnd)) + "\n" + extra_rules;
+}
+
 }  // namespace
 
 std::optional<ToolCallFormat> tool_call_format_by_name(const std::string& name) {
-    for (ToolCallFormat f : {ToolCallFormat::Hermes, ToolCallFormat::Llama3Json,
-                             ToolCallFormat::Mistral, ToolCallFormat::DeepSeekV3})
+    for (ToolCallFormat f :
+         {ToolCallFormat::Hermes, ToolCallFormat::Llama3Json, ToolCallFormat::Mistral,
+          ToolCallFormat::DeepSeekV3, ToolCallFormat::Glm45})
         if (name == tool_call_format_name(f)) return f;
     return std::nullopt;
 }
@@ -242,11 +404,14 @@ const char* tool_call_format_name(ToolCallFormat format) {
         case ToolCallFormat::Llama3Json: return "llama3_json";
         case ToolCallFormat::Mistral: return "mistral";
         case ToolCallFormat::DeepSeekV3: return "deepseek_v3";
+        case ToolCallFormat::Glm45: return "glm45";
     }
     return "?";
 }
 
 ToolCallFormat detect_tool_call_format(const std::string& t) {
+    // Before Hermes: GLM's template writes <tool_call> too.
+    if (t.find(kArgKey) != std::string::npos) return ToolCallFormat::Glm45;
     if (t.find(kHermesBegin) != std::string::npos) return ToolCallFormat::Hermes;
     if (t.find(kMistralBegin) != std::string::npos) return ToolCallFormat::Mistral;
     if (t.find("tool▁calls▁begin") != std::string::npos) return ToolCallFormat::DeepSeekV3;
@@ -322,6 +487,25 @@ std::optional<ToolRequest> read_tool_request(const json& body) {
 }
 
 GrammarSpec tool_call_grammar(ToolCallFormat format, const ToolRequest& request) {
+    const bool one = !request.parallel || request.choice == ToolRequest::Choice::Named;
+    if (format == ToolCallFormat::Glm45) {
+        // The values are not one JSON document, so the JSON-schema alternatives of
+        // Kind::ToolCalls do not fit: the whole grammar is EBNF. Calls are joined by "\n", up
+        // to 8 as in the other formats.
+        std::string rules, call = "call ::=";
+        int i = 0;
+        for (const json& tool : request.tools) {
+            const json f = function_of(tool);
+            const std::string name = f["name"];
+            if (request.choice == ToolRequest::Choice::Named && name != request.named) continue;
+            const std::string rule = "f" + std::to_string(i++);
+            rules += glm_call_rules(rule, name, parameters_of(f));
+            call += (i > 1 ? " | " : " ") + rule;
+        }
+        const std::string root = one ? "root ::= call\n" : "root ::= call (\"\\n\" call){0,7}\n";
+        return {.kind = GrammarSpec::Kind::Ebnf,
+                .text = root + call + "\n" + rules + std::string(kGlmCommonRules)};
+    }
     json alternatives = json::array();
     for (const json& tool : request.tools) {
         const json f = function_of(tool);
@@ -343,6 +527,7 @@ GrammarSpec tool_call_grammar(ToolCallFormat format, const ToolRequest& request)
                 alternatives.push_back(
                     {{"schema", named_call_schema(name, parameters, "arguments")}});
                 break;
+            case ToolCallFormat::Glm45: break;  // above
             case ToolCallFormat::DeepSeekV3: {
                 std::string begin(kDeepSeekCall);
                 begin.append("function").append(kDeepSeekSep).append(name).append("\n```json\n");
@@ -353,7 +538,6 @@ GrammarSpec tool_call_grammar(ToolCallFormat format, const ToolRequest& request)
             }
         }
     }
-    const bool one = !request.parallel || request.choice == ToolRequest::Choice::Named;
     json spec = {{"alternatives", alternatives}, {"max_calls", one ? 1 : 8}};
     switch (format) {
         case ToolCallFormat::Hermes: spec["separator"] = "\n"; break;
@@ -367,6 +551,7 @@ GrammarSpec tool_call_grammar(ToolCallFormat format, const ToolRequest& request)
             spec["prefix"] = std::string(kDeepSeekBegin);
             spec["suffix"] = std::string(kDeepSeekEnd);
             break;
+        case ToolCallFormat::Glm45: break;  // above
     }
     return {.kind = GrammarSpec::Kind::ToolCalls, .text = spec.dump()};
 }
@@ -384,6 +569,7 @@ ParsedOutput parse_tool_calls(ToolCallFormat format, const std::string& text,
         case ToolCallFormat::Hermes: calls = hermes_calls(calls_text, names); break;
         case ToolCallFormat::Mistral: calls = mistral_calls(calls_text, names); break;
         case ToolCallFormat::DeepSeekV3: calls = deepseek_calls(calls_text, names); break;
+        case ToolCallFormat::Glm45: calls = glm45_calls(calls_text, request.tools, names); break;
         case ToolCallFormat::Llama3Json:
             if (calls_text.starts_with(kPythonTag)) calls_text.remove_prefix(kPythonTag.size());
             calls = llama3_calls(trim(calls_text), names);

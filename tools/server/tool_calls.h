@@ -10,11 +10,16 @@
 //                [TOOL_CALLS]name[ARGS]{...})
 //   deepseek_v3  <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name\n```json\n
 //                {...}\n```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>
+//   glm45        GLM-4.5 / 4.6: <tool_call>name\n<arg_key>k</arg_key>\n<arg_value>v</arg_value>\n
+//                ...</tool_call>, one per call; v is raw text where the parameter's type is
+//                "string", else JSON (text that does not parse as JSON stays a string)
 //
 // The format is detected from the chat template (or named with --tool-call-format). With
 // tool_choice "required" or a named function, the grammar engine holds the model to the
 // format's syntax and to each function's parameter schema (GrammarSpec::Kind::ToolCalls), so
-// the call is always valid JSON for the schema; with "auto" the model may answer in text or
+// the call is always valid JSON for the schema (glm45, whose values are not one JSON document,
+// gets a grammar of its own that holds the syntax, the names and the simple types: see
+// tool_call_grammar); with "auto" the model may answer in text or
 // call, and what it writes in the format's syntax is parsed.
 #pragma once
 
@@ -28,7 +33,7 @@
 
 namespace tandem::server {
 
-enum class ToolCallFormat { Hermes, Llama3Json, Mistral, DeepSeekV3 };
+enum class ToolCallFormat { Hermes, Llama3Json, Mistral, DeepSeekV3, Glm45 };
 
 std::optional<ToolCallFormat> tool_call_format_by_name(const std::string& name);
 const char* tool_call_format_name(ToolCallFormat format);
@@ -48,7 +53,11 @@ struct ToolRequest {
 // nullopt without tools.
 std::optional<ToolRequest> read_tool_request(const nlohmann::json& body);
 
-// The grammar of tool_choice "required" or a named function in `format`.
+// The grammar of tool_choice "required" or a named function in `format`. glm45's is EBNF
+// (GrammarSpec::Kind::Ebnf): each parameter's value follows its type, enum or const, integer
+// ranges of up to 1024 values and string lengths; other keywords of its schema (patterns,
+// number bounds, nested objects' properties) are not enforced, and raw string values cannot
+// hold "</" (which would end the value).
 GrammarSpec tool_call_grammar(ToolCallFormat format, const ToolRequest& request);
 
 struct ParsedOutput {
