@@ -489,6 +489,10 @@ int main(int argc, char** argv) {
                     if (both == (path == Path::Auto)) continue;
                     register_moe(s, type, m, path);
                 }
+            // One token where the type has several-row dots: also without them (invariant),
+            // the one-row-at-a-time kernel they replace, in the same run.
+            if (cpu::row_dot_rows(cpu::vec_dot_kernels(), type))
+                register_moe(s, type, 1, Path::Invariant);
         }
     }
     for (const LinearShape& s : kLinearShapes)
