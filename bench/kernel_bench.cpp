@@ -141,12 +141,14 @@ std::map<std::string, CaseInfo> g_cases;
 // baseline of one-token products.
 // tile_novnni: the tile path with AVX-VNNI off (the avx2 int8 tiles' vpmaddubsw variant), run
 // next to path:tile where the avx2 level is active and the CPU has AVX-VNNI.
-enum class Path { Auto, Dot, Tile, Invariant, TileNoVnni };
+// auto_novnni: auto with AVX-VNNI off (the avx2 several-row MXFP4 dots' vpmaddubsw variant).
+enum class Path { Auto, Dot, Tile, Invariant, TileNoVnni, AutoNoVnni };
 const char* path_name(Path p) {
     return p == Path::Dot          ? "dot"
            : p == Path::Tile       ? "tile"
            : p == Path::Invariant  ? "invariant"
            : p == Path::TileNoVnni ? "tile_novnni"
+           : p == Path::AutoNoVnni ? "auto_novnni"
                                    : "auto";
 }
 
@@ -158,7 +160,7 @@ struct ForcePath {
                                       ? cpu::TileGemmPolicy::Always
                                       : cpu::TileGemmPolicy::Auto);
         cpu::set_batch_invariant_kernels(p == Path::Invariant);
-        if (p == Path::TileNoVnni) cpu::force_avx_vnni(false);
+        if (p == Path::TileNoVnni || p == Path::AutoNoVnni) cpu::force_avx_vnni(false);
     }
     ~ForcePath() {
         cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto);
@@ -167,7 +169,8 @@ struct ForcePath {
     }
 };
 
-// Whether the tile path is the avx2 int8 tiles with AVX-VNNI (then also run without it).
+// Whether the avx2 level runs with AVX-VNNI (its int8 tiles and several-row MXFP4 dots; then
+// they also run without it).
 bool int8_tiles_with_vnni() {
     return cpu::active_isa() == cpu::CpuIsa::Avx2 && cpu::avx_vnni_active();
 }
@@ -504,8 +507,11 @@ int main(int argc, char** argv) {
                 }
             // One token where the type has several-row dots: also without them (invariant),
             // the one-row-at-a-time kernel they replace, in the same run.
-            if (cpu::row_dot_rows(cpu::vec_dot_kernels(), type))
+            if (cpu::row_dot_rows(cpu::vec_dot_kernels(), type)) {
                 register_moe(s, type, 1, Path::Invariant);
+                if (type == DType::MXFP4 && int8_tiles_with_vnni())
+                    register_moe(s, type, 1, Path::AutoNoVnni);
+            }
         }
     }
     for (const LinearShape& s : kLinearShapes)

@@ -147,7 +147,22 @@ TEST(Quant, Mxfp4DotsOfOddAndEvenBlockCountsMatchFloat64) {
 // 512-bit kernel takes blocks in pairs, so an odd count exercises its single-block tail), fresh
 // rows per count with block magnitudes spread over 2^-40..2^8 so the shared exponent varies,
 // against float64 of the dequantized rows; every output checked, a sentinel past the last.
+// Every ISA level the CPU runs, the avx2 level also with AVX-VNNI where the CPU has it.
+std::vector<std::pair<CpuIsa, bool>> mxfp4_row_variants() {
+    std::vector<std::pair<CpuIsa, bool>> out;
+    for (CpuIsa isa : runnable_isas()) {
+        out.emplace_back(isa, false);
+        if (isa == CpuIsa::Avx2 && cpu::cpu_has_avx_vnni()) out.emplace_back(isa, true);
+    }
+    return out;
+}
+
+struct AvxVnniGuard {
+    ~AvxVnniGuard() { cpu::force_avx_vnni(std::nullopt); }
+};
+
 TEST(Quant, Mxfp4SeveralRowDotsMatchFloat64) {
+    const AvxVnniGuard restore_vnni;
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     std::uniform_int_distribution<int> exponent(-40, 8);
@@ -169,7 +184,9 @@ TEST(Quant, Mxfp4SeveralRowDotsMatchFloat64) {
             const void* rows[cpu::kMaxDotRows];
             for (int j = 0; j < n; ++j)
                 rows[j] = wq.data() + (n - 1 - j) * row_bytes(DType::MXFP4, k);
-            for (CpuIsa isa : runnable_isas()) {
+            // The avx2 kernel has an AVX-VNNI variant: both where the CPU has it.
+            for (const auto& [isa, vnni] : mxfp4_row_variants()) {
+                cpu::force_avx_vnni(vnni);
                 const cpu::RowsDotFn dot_rows =
                     cpu::row_dot_rows(cpu::vec_dot_kernels_for(isa), DType::MXFP4);
                 if (isa != CpuIsa::Scalar) {
@@ -191,8 +208,8 @@ TEST(Quant, Mxfp4SeveralRowDotsMatchFloat64) {
                         scale += std::fabs(p);
                     }
                     EXPECT_NEAR(out[j], want, 1e-5 * scale + 1e-30)
-                        << "k " << k << " isa " << cpu::isa_name(isa) << " rows " << n << " row "
-                        << j;
+                        << "k " << k << " isa " << cpu::isa_name(isa) << (vnni ? " avx_vnni" : "")
+                        << " rows " << n << " row " << j;
                 }
             }
         }
