@@ -139,27 +139,41 @@ std::map<std::string, CaseInfo> g_cases;
 // whatever the engine's policy picks (auto).
 // invariant: the batch-invariant kernels (one token per pass, no several-row dots), the
 // baseline of one-token products.
-enum class Path { Auto, Dot, Tile, Invariant };
+// tile_novnni: the tile path with AVX-VNNI off (the avx2 int8 tiles' vpmaddubsw variant), run
+// next to path:tile where the avx2 level is active and the CPU has AVX-VNNI.
+// auto_novnni: auto with AVX-VNNI off (the avx2 several-row MXFP4 dots' vpmaddubsw variant).
+enum class Path { Auto, Dot, Tile, Invariant, TileNoVnni, AutoNoVnni };
 const char* path_name(Path p) {
-    return p == Path::Dot         ? "dot"
-           : p == Path::Tile      ? "tile"
-           : p == Path::Invariant ? "invariant"
-                                  : "auto";
+    return p == Path::Dot          ? "dot"
+           : p == Path::Tile       ? "tile"
+           : p == Path::Invariant  ? "invariant"
+           : p == Path::TileNoVnni ? "tile_novnni"
+           : p == Path::AutoNoVnni ? "auto_novnni"
+                                   : "auto";
 }
 
 // Sets the tile policy for one case and restores Auto after it.
 struct ForcePath {
     explicit ForcePath(Path p) {
-        cpu::set_tile_gemm_policy(p == Path::Dot    ? cpu::TileGemmPolicy::Never
-                                  : p == Path::Tile ? cpu::TileGemmPolicy::Always
-                                                    : cpu::TileGemmPolicy::Auto);
+        cpu::set_tile_gemm_policy(p == Path::Dot ? cpu::TileGemmPolicy::Never
+                                  : p == Path::Tile || p == Path::TileNoVnni
+                                      ? cpu::TileGemmPolicy::Always
+                                      : cpu::TileGemmPolicy::Auto);
         cpu::set_batch_invariant_kernels(p == Path::Invariant);
+        if (p == Path::TileNoVnni || p == Path::AutoNoVnni) cpu::force_avx_vnni(false);
     }
     ~ForcePath() {
         cpu::set_tile_gemm_policy(cpu::TileGemmPolicy::Auto);
         cpu::set_batch_invariant_kernels(false);
+        cpu::force_avx_vnni(std::nullopt);
     }
 };
+
+// Whether the avx2 level runs with AVX-VNNI (its int8 tiles and several-row MXFP4 dots; then
+// they also run without it).
+bool int8_tiles_with_vnni() {
+    return cpu::active_isa() == cpu::CpuIsa::Avx2 && cpu::avx_vnni_active();
+}
 
 void bench_moe(benchmark::State& state, ExpertShape s, DType type, int64_t m, Path path) {
     const ForcePath force(path);
@@ -488,15 +502,27 @@ int main(int argc, char** argv) {
                     const bool both = m > 1 && cpu::tile_gemm_available(type);
                     if (both == (path == Path::Auto)) continue;
                     register_moe(s, type, m, path);
+                    if (path == Path::Tile && int8_tiles_with_vnni())
+                        register_moe(s, type, m, Path::TileNoVnni);
                 }
+            // One token where the type has several-row dots: also without them (invariant),
+            // the one-row-at-a-time kernel they replace, in the same run.
+            if (cpu::row_dot_rows(cpu::vec_dot_kernels(), type)) {
+                register_moe(s, type, 1, Path::Invariant);
+                if (type == DType::MXFP4 && int8_tiles_with_vnni())
+                    register_moe(s, type, 1, Path::AutoNoVnni);
+            }
         }
     }
     for (const LinearShape& s : kLinearShapes)
         for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})
             for (int64_t m : {16, 64, 512})
                 for (Path path : {Path::Dot, Path::Tile})
-                    if (path == Path::Dot || cpu::tile_gemm_available(type))
+                    if (path == Path::Dot || cpu::tile_gemm_available(type)) {
                         register_linear(s, type, m, path);
+                        if (path == Path::Tile && int8_tiles_with_vnni())
+                            register_linear(s, type, m, Path::TileNoVnni);
+                    }
     // One token (decode): the lm_head of Qwen3-30B-A3B (151936 x 2048, from DRAM), with the
     // several-row dots (auto) and without (invariant).
     for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})

@@ -45,15 +45,30 @@ CpuIsa detect() {
     if (avx2) return CpuIsa::Avx2;
     return CpuIsa::Scalar;
 }
+
+bool detect_avx_vnni() {
+    enum { kEax = 0, kEcx = 2 };
+    if (!cpu_has(1, 0, kEcx, 27) || (xcr0() & 0x6) != 0x6) return false;  // YMM state saved
+    return cpu_has(7, 1, kEax, 4);                                        // AVX-VNNI
+}
 #else
 CpuIsa detect() {
     return CpuIsa::Scalar;
+}
+
+bool detect_avx_vnni() {
+    return false;
 }
 #endif
 
 std::atomic<int>& active() {
     static std::atomic<int> isa{int(detected_isa())};
     return isa;
+}
+
+std::atomic<bool>& avx_vnni_on() {
+    static std::atomic<bool> on{cpu_has_avx_vnni()};
+    return on;
 }
 
 }  // namespace
@@ -88,6 +103,21 @@ void force_isa(std::optional<CpuIsa> isa) {
         fail("cpu isa ", isa_name(chosen),
              " is not supported by this CPU (best: ", isa_name(detected_isa()), ")");
     active().store(int(chosen), std::memory_order_relaxed);
+}
+
+bool cpu_has_avx_vnni() {
+    static const bool has = detect_avx_vnni();
+    return has;
+}
+
+bool avx_vnni_active() {
+    return avx_vnni_on().load(std::memory_order_relaxed);
+}
+
+void force_avx_vnni(std::optional<bool> on) {
+    const bool chosen = on.value_or(cpu_has_avx_vnni());
+    if (chosen && !cpu_has_avx_vnni()) fail("cpu feature avx_vnni is not supported by this CPU");
+    avx_vnni_on().store(chosen, std::memory_order_relaxed);
 }
 
 }  // namespace tandem::cpu

@@ -23,4 +23,12 @@ CpuIsa active_isa();                        // what the kernels use now
 // thread-safe with running kernels: call it between steps, as tests and tools do.
 void force_isa(std::optional<CpuIsa> isa);
 
+// AVX-VNNI (VEX-encoded vpdpbusd, Alder Lake and later), an optional feature of the avx2 level:
+// the avx2 int8 tiles use it in place of vpmaddubsw + vpmaddwd where the CPU has it. The avx512
+// level has its own (EVEX) VNNI. force_avx_vnni(false) turns it off (tests, benchmarks: both
+// variants on one machine), nullopt restores the detected state; true on a CPU without it throws.
+bool cpu_has_avx_vnni();
+bool avx_vnni_active();
+void force_avx_vnni(std::optional<bool> on);
+
 }  // namespace tandem::cpu

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/error.h"
 
@@ -69,10 +70,33 @@ void interleave_q8_0(const BlockQ8_0* x, int64_t rows, int64_t nb, int64_t group
                             _mm256_abs_epi8(load_bytes(out.q.data() + i)));
 }
 
+// sums + Σ over each 4-byte group of mag (u8) * x (s8), the Q8_0 tile product. |x| <= 127 and
+// mag <= 128, so vpmaddubsw's pairs (<= 2 * 128 * 127) never saturate and both variants give the
+// exact int32 sums.
+struct MaddubsProduct {
+    static __m256i add(__m256i sums, __m256i mag, __m256i x) {
+        return _mm256_add_epi32(
+            sums, _mm256_madd_epi16(_mm256_maddubs_epi16(mag, x), _mm256_set1_epi16(1)));
+    }
+};
+
+// The kernels below are compiled with AVX-VNNI allowed (the VNNI instantiation needs it; the
+// other one uses no VNNI instruction, and runs on CPUs without it: checked with objdump when
+// this was written) and called only through q8_0_kernel_for, which picks by avx_vnni_active().
+#pragma GCC push_options
+#pragma GCC target("avxvnni")
+// One vpdpbusd (VEX) in place of vpmaddubsw + vpmaddwd + vpaddd.
+struct VnniProduct {
+    static __m256i add(__m256i sums, __m256i mag, __m256i x) {
+        return _mm256_dpbusd_avx_epi32(sums, mag, x);
+    }
+};
+
 // out[r][t] = weight row rows[r] . activation row tokens[t] over `groups` groups of 8 blocks.
+// The sign trick: |w| is the unsigned operand, w's sign moves onto x (vpsignb).
+template <class Product>
 void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
                  const int64_t* tokens, int64_t groups, float out[kQ8Rows][kQ8Tokens]) {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[kQ8Rows][kQ8Tokens];
     for (auto& row : acc)
         for (auto& v : row)
@@ -91,10 +115,7 @@ void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
                 const __m256i q = load_bytes(w.q.data() + at);
                 const __m256i mag = load_bytes(w.mag.data() + at);
                 for (int t = 0; t < kQ8Tokens; ++t)
-                    sums[r][t] = _mm256_add_epi32(
-                        sums[r][t],
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(mag, _mm256_sign_epi8(xv[t], q)),
-                                          ones));
+                    sums[r][t] = Product::add(sums[r][t], mag, _mm256_sign_epi8(xv[t], q));
             }
         }
         for (int r = 0; r < kQ8Rows; ++r) {
@@ -110,6 +131,18 @@ void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
         for (int t = 0; t < kQ8Tokens; ++t)
             out[r][t] = hsum(acc[r][t]);
 }
+template void q8_0_kernel<MaddubsProduct>(const Q8_0Groups&, const int64_t*, const Q8_0Groups&,
+                                          const int64_t*, int64_t, float[kQ8Rows][kQ8Tokens]);
+template void q8_0_kernel<VnniProduct>(const Q8_0Groups&, const int64_t*, const Q8_0Groups&,
+                                       const int64_t*, int64_t, float[kQ8Rows][kQ8Tokens]);
+#pragma GCC pop_options
+
+using Q8_0Kernel = void (*)(const Q8_0Groups&, const int64_t*, const Q8_0Groups&, const int64_t*,
+                            int64_t, float[kQ8Rows][kQ8Tokens]);
+
+Q8_0Kernel q8_0_kernel_for() {
+    return avx_vnni_active() ? q8_0_kernel<VnniProduct> : q8_0_kernel<MaddubsProduct>;
+}
 
 void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
                float* y) {
@@ -117,6 +150,7 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
     thread_local Q8_0Groups tile, x;
     interleave_q8_0(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, groups, true, tile);
     interleave_q8_0(static_cast<const BlockQ8_0*>(acts), m, nb, groups, false, x);
+    const Q8_0Kernel kernel = q8_0_kernel_for();
     for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
         int64_t tokens[kQ8Tokens];
         for (int t = 0; t < kQ8Tokens; ++t)
@@ -126,7 +160,7 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
             for (int r = 0; r < kQ8Rows; ++r)
                 rows[r] = std::min(r0 + r, n_rows - 1);
             float out[kQ8Rows][kQ8Tokens];
-            q8_0_kernel(tile, rows, x, tokens, groups, out);
+            kernel(tile, rows, x, tokens, groups, out);
             for (int t = 0; t < kQ8Tokens && t0 + t < m; ++t)
                 for (int r = 0; r < kQ8Rows && r0 + r < n_rows; ++r)
                     y[(t0 + t) * n_rows + r0 + r] = out[r][t];

@@ -57,7 +57,11 @@ RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
 }
 
 RowsDotFn row_dot_rows(const VecDotKernels& kernels, DType weight_type) {
-    return weight_type == DType::Q4_K ? kernels.dotr_q4_k : nullptr;
+    switch (weight_type) {
+        case DType::Q4_K: return kernels.dotr_q4_k;
+        case DType::MXFP4: return kernels.dotr_mxfp4;
+        default: return nullptr;
+    }
 }
 
 void quantize_activation(DType type, const float* x, void* out, int64_t k) {

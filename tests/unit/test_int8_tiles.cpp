@@ -12,11 +12,13 @@
 #include <limits>
 #include <random>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/tile_gemm.h"
 #include "kernels/cpu/vec_dot.h"
 #include "kernels/dtype.h"
+#include "kernels/error.h"
 #include "tests/test_util.h"
 
 namespace tandem {
@@ -32,6 +34,7 @@ struct Guard {
     ~Guard() {
         cpu::set_tile_gemm_policy(TileGemmPolicy::Auto);
         cpu::force_isa(std::nullopt);
+        cpu::force_avx_vnni(std::nullopt);
     }
 };
 
@@ -82,11 +85,10 @@ double activation_error(const float* x, const float* w, DType type, int64_t k) {
     return bound;
 }
 
-TEST(Int8Tiles, EveryElementMatchesFloat64AndTheDotProductsOnEveryIsa) {
-    if (!avx2_runs()) GTEST_SKIP() << "this CPU has no AVX2: the int8 tiles never run";
-    TANDEM_SEEDED(seed);
-    std::mt19937_64 rng(seed);
+// Every element of the tiles (AVX-VNNI on or off, as `vnni` says) against float64 and the dots.
+void every_element_matches_float64_and_the_dot_products(std::mt19937_64& rng, bool vnni) {
     Guard guard(TileGemmPolicy::Always);
+    cpu::force_avx_vnni(vnni);
     for (DType type : {DType::Q8_0, DType::Q4_K}) {
         const DType act_type = cpu::vec_dot_type(type);
         const std::vector<int64_t> ks = type == DType::Q8_0
@@ -149,6 +151,58 @@ TEST(Int8Tiles, EveryElementMatchesFloat64AndTheDotProductsOnEveryIsa) {
                         }
                 }
     }
+}
+
+TEST(Int8Tiles, EveryElementMatchesFloat64AndTheDotProductsOnEveryIsa) {
+    if (!avx2_runs()) GTEST_SKIP() << "this CPU has no AVX2: the int8 tiles never run";
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    every_element_matches_float64_and_the_dot_products(rng, false);
+}
+
+TEST(Int8Tiles, WithAvxVnniEveryElementMatchesFloat64AndTheDotProducts) {
+    if (!avx2_runs() || !cpu::cpu_has_avx_vnni())
+        GTEST_SKIP() << "this CPU has no AVX-VNNI (VEX vpdpbusd): that variant never runs";
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    every_element_matches_float64_and_the_dot_products(rng, true);
+}
+
+// vpdpbusd and vpmaddubsw + vpmaddwd give the same int32 sums (the tiles' operands never saturate
+// vpmaddubsw) and the f32 steps are the same, so the variants agree bit for bit, also on
+// activations at the ends of Q8_0's range (each block's largest |x| quantizes to +-127).
+TEST(Int8Tiles, AvxVnniAndMaddubsVariantsAgreeExactly) {
+    if (!avx2_runs() || !cpu::cpu_has_avx_vnni())
+        GTEST_SKIP() << "this CPU has no AVX-VNNI (VEX vpdpbusd): nothing to compare";
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    Guard guard(TileGemmPolicy::Always);
+    cpu::force_isa(CpuIsa::Avx2);
+    const int64_t k = 800, m = 7, n = 9;  // 25 blocks: a partial group of 8
+    const Rows w = quantized_rows(rng, DType::Q8_0, n, k, 0.5f);
+    std::vector<float> x = test::random_floats(rng, size_t(m * k));
+    for (size_t i = 0; i < x.size(); i += 2)  // half the elements at +-max: bytes of +-127
+        x[i] = x[i] < 0 ? -4.0f : 4.0f;
+    std::vector<std::byte> acts(size_t(m * row_bytes(DType::Q8_0, k)));
+    for (int64_t i = 0; i < m; ++i)
+        cpu::to_tile_activations(x.data() + i * k, DType::Q8_0,
+                                 acts.data() + i * row_bytes(DType::Q8_0, k), k);
+    std::vector<float> y[2];
+    for (bool vnni : {false, true}) {
+        cpu::force_avx_vnni(vnni);
+        y[vnni].assign(size_t(m * n), kSentinel);
+        cpu::tile_gemm(acts.data(), m, w.data.data(), DType::Q8_0, n, k, y[vnni].data());
+    }
+    for (size_t i = 0; i < y[0].size(); ++i) {
+        ASSERT_NE(y[0][i], kSentinel) << "element " << i;
+        ASSERT_EQ(y[0][i], y[1][i]) << "element " << i;
+    }
+}
+
+TEST(Int8Tiles, ForcingAvxVnniOnACpuWithoutItFails) {
+    if (cpu::cpu_has_avx_vnni()) GTEST_SKIP() << "this CPU has AVX-VNNI: nothing to refuse";
+    EXPECT_THROW(cpu::force_avx_vnni(true), Error);
+    EXPECT_FALSE(cpu::avx_vnni_active());
 }
 
 // linear() at the avx2 level: the tile path (Always, and Auto from its threshold up) against the

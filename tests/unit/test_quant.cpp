@@ -143,6 +143,80 @@ TEST(Quant, Mxfp4DotsOfOddAndEvenBlockCountsMatchFloat64) {
     }
 }
 
+// The several-row MXFP4 dots (decode): 1..kMaxDotRows rows at odd and even block counts (the
+// 512-bit kernel takes blocks in pairs, so an odd count exercises its single-block tail), fresh
+// rows per count with block magnitudes spread over 2^-40..2^8 so the shared exponent varies,
+// against float64 of the dequantized rows; every output checked, a sentinel past the last.
+// Every ISA level the CPU runs, the avx2 level also with AVX-VNNI where the CPU has it.
+std::vector<std::pair<CpuIsa, bool>> mxfp4_row_variants() {
+    std::vector<std::pair<CpuIsa, bool>> out;
+    for (CpuIsa isa : runnable_isas()) {
+        out.emplace_back(isa, false);
+        if (isa == CpuIsa::Avx2 && cpu::cpu_has_avx_vnni()) out.emplace_back(isa, true);
+    }
+    return out;
+}
+
+struct AvxVnniGuard {
+    ~AvxVnniGuard() { cpu::force_avx_vnni(std::nullopt); }
+};
+
+TEST(Quant, Mxfp4SeveralRowDotsMatchFloat64) {
+    const AvxVnniGuard restore_vnni;
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int> exponent(-40, 8);
+    int tested = 0;
+    for (int64_t k : {32, 64, 96, 2880, 2912}) {
+        for (int n = 1; n <= cpu::kMaxDotRows; ++n) {
+            auto w = test::random_floats(rng, size_t(n * k));
+            for (size_t i = 0; i < w.size(); i += 32) {
+                const float block_scale = std::ldexp(1.0f, exponent(rng));
+                for (size_t j = i; j < i + 32; ++j)
+                    w[j] *= block_scale;
+            }
+            const auto wq = quantize(DType::MXFP4, w, n, k);
+            const auto wd = dequantize(DType::MXFP4, wq, n, k);
+            const auto x = test::random_floats(rng, size_t(k), 2.0f);
+            const auto xq = quantize(DType::Q8_0, x, 1, k);
+            const auto xd = dequantize(DType::Q8_0, xq, 1, k);
+            // Rows in reverse order: a tile's rows need not be adjacent or ascending.
+            const void* rows[cpu::kMaxDotRows];
+            for (int j = 0; j < n; ++j)
+                rows[j] = wq.data() + (n - 1 - j) * row_bytes(DType::MXFP4, k);
+            // The avx2 kernel has an AVX-VNNI variant: both where the CPU has it.
+            for (const auto& [isa, vnni] : mxfp4_row_variants()) {
+                cpu::force_avx_vnni(vnni);
+                const cpu::RowsDotFn dot_rows =
+                    cpu::row_dot_rows(cpu::vec_dot_kernels_for(isa), DType::MXFP4);
+                if (isa != CpuIsa::Scalar) {
+                    ASSERT_NE(dot_rows, nullptr) << cpu::isa_name(isa);
+                }
+                if (!dot_rows) continue;
+                ++tested;
+                float out[cpu::kMaxDotRows + 1];
+                std::fill(std::begin(out), std::end(out), std::nanf(""));
+                out[n] = 12345.0f;
+                dot_rows(rows, n, xq.data(), k, out);
+                EXPECT_EQ(out[n], 12345.0f) << "wrote past row " << n;
+                for (int j = 0; j < n; ++j) {
+                    const int64_t row = n - 1 - j;
+                    double want = 0, scale = 0;
+                    for (int64_t i = 0; i < k; ++i) {
+                        const double p = double(wd[size_t(row * k + i)]) * xd[size_t(i)];
+                        want += p;
+                        scale += std::fabs(p);
+                    }
+                    EXPECT_NEAR(out[j], want, 1e-5 * scale + 1e-30)
+                        << "k " << k << " isa " << cpu::isa_name(isa) << (vnni ? " avx_vnni" : "")
+                        << " rows " << n << " row " << j;
+                }
+            }
+        }
+    }
+    if (tested == 0) GTEST_SKIP() << "no several-row MXFP4 dot on this CPU's instruction sets";
+}
+
 TEST(Quant, RejectsRowsThatAreNotWholeBlocks) {
     std::vector<float> x(100);
     std::vector<std::byte> out(1000);
@@ -236,7 +310,7 @@ TEST(Quant, MultiRowDotsEqualSingleDotsAndFloat64) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
     const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                           DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                           DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
     if (cpu::detected_isa() == CpuIsa::Avx512) {  // where the Q4_K one must exist
         ASSERT_NE(cpu::row_dot_rows(cpu::vec_dot_kernels_for(CpuIsa::Avx512), DType::Q4_K),
                   nullptr);
