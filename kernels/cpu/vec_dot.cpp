@@ -58,6 +58,7 @@ RowDotNFn row_dot_n(const VecDotKernels& kernels, DType weight_type) {
 
 RowsDotFn row_dot_rows(const VecDotKernels& kernels, DType weight_type) {
     switch (weight_type) {
+        case DType::Q8_0: return kernels.dotr_q8_0;
         case DType::Q4_K: return kernels.dotr_q4_k;
         case DType::MXFP4: return kernels.dotr_mxfp4;
         default: return nullptr;

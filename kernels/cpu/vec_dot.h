@@ -65,6 +65,7 @@ struct VecDotKernels {
     void (*f32_to_bf16)(const float* in, uint16_t* out, int64_t n);
     RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
         dotn_q6_k, dotn_mxfp4;
+    RowsDotFn dotr_q8_0;   // null where the ISA has none (below AVX-512)
     RowsDotFn dotr_q4_k;   // null where the ISA has none
     RowsDotFn dotr_mxfp4;  // null where the ISA has none (scalar)
 };

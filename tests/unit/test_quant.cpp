@@ -217,6 +217,56 @@ TEST(Quant, Mxfp4SeveralRowDotsMatchFloat64) {
     if (tested == 0) GTEST_SKIP() << "no several-row MXFP4 dot on this CPU's instruction sets";
 }
 
+// The several-row Q8_0 dot (AVX-512: weights biased by 128 into vpdpbusd, the bias taken back
+// through the activation's sums) against float64, with odd block counts (the single-block tail),
+// full-scale bytes (every block has a ±127) and rows in reverse order; every output checked, no
+// write past the last.
+TEST(Quant, Q8_0SeveralRowDotsMatchFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    int tested = 0;
+    for (int64_t k : {32, 64, 96, 2048, 2080}) {
+        for (int n = 1; n <= cpu::kMaxDotRows; ++n) {
+            const auto w = test::random_floats(rng, size_t(n * k));
+            const auto wq = quantize(DType::Q8_0, w, n, k);
+            const auto wd = dequantize(DType::Q8_0, wq, n, k);
+            const auto x = test::random_floats(rng, size_t(k), 2.0f);
+            const auto xq = quantize(DType::Q8_0, x, 1, k);
+            const auto xd = dequantize(DType::Q8_0, xq, 1, k);
+            const void* rows[cpu::kMaxDotRows];
+            for (int j = 0; j < n; ++j)
+                rows[j] = wq.data() + (n - 1 - j) * row_bytes(DType::Q8_0, k);
+            for (CpuIsa isa : runnable_isas()) {
+                const cpu::RowsDotFn dot_rows =
+                    cpu::row_dot_rows(cpu::vec_dot_kernels_for(isa), DType::Q8_0);
+                if (isa == CpuIsa::Avx512) {
+                    ASSERT_NE(dot_rows, nullptr);
+                }
+                if (!dot_rows) continue;
+                ++tested;
+                float out[cpu::kMaxDotRows + 1];
+                std::fill(std::begin(out), std::end(out), std::nanf(""));
+                out[n] = 12345.0f;
+                dot_rows(rows, n, xq.data(), k, out);
+                EXPECT_EQ(out[n], 12345.0f) << "wrote past row " << n;
+                for (int j = 0; j < n; ++j) {
+                    const int64_t row = n - 1 - j;
+                    double want = 0, scale = 0;
+                    for (int64_t i = 0; i < k; ++i) {
+                        const double p = double(wd[size_t(row * k + i)]) * xd[size_t(i)];
+                        want += p;
+                        scale += std::fabs(p);
+                    }
+                    EXPECT_NEAR(out[j], want, 1e-5 * scale)
+                        << "k " << k << " isa " << cpu::isa_name(isa) << " rows " << n << " row "
+                        << j;
+                }
+            }
+        }
+    }
+    if (tested == 0) GTEST_SKIP() << "no several-row Q8_0 dot on this CPU's instruction sets";
+}
+
 TEST(Quant, RejectsRowsThatAreNotWholeBlocks) {
     std::vector<float> x(100);
     std::vector<std::byte> out(1000);
