@@ -3,7 +3,7 @@
 generation lengths, runs alternating, and the per-pair ratio Tandem / llama.cpp.
 
     bench/compare_llamacpp.py [--install] [--threads 2] [-p 512] [-n 64] [--pairs 3]
-                              [--cases olmoe-q8_0,olmoe-q4_k,qwen3-q4_k]
+                              [--cases olmoe-q8_0,olmoe-q4_k,qwen3-q4_k,gpt-oss-mxfp4]
 
 llama.cpp is llama-cpp-python from PyPI, which compiles llama.cpp for this CPU when it installs
 (--install does it; on 2 cores it takes most of an hour: CMAKE_BUILD_PARALLEL_LEVEL=1 keeps the
@@ -51,6 +51,9 @@ CASES = {
     "olmoe-q8_0": ("olmoe-1b-7b", 8, "q8_0"),
     "olmoe-q4_k": ("olmoe-1b-7b", 8, "q4_k"),
     "qwen3-q4_k": ("qwen3-30b-a3b", 8, "q4_k"),
+    # gpt-oss-20b's shape with its experts in MXFP4 (the rest in the writer's types for it), as
+    # the released checkpoints and llama.cpp's conversions of them store them.
+    "gpt-oss-mxfp4": ("gpt-oss-20b", 4, "mxfp4"),
 }
 
 
