@@ -44,13 +44,14 @@ def client(server):
 
 def samples(server, extra, total, seed, max_tokens=64):
     """`total` chat samples under `extra` (the request's structured-output fields), sent as
-    concurrent requests of n <= 16 so that the engine batches them."""
+    concurrent requests of n <= 16 so that the engine batches them. Sample j of request i has
+    seed seed + 16 i + j: every sample its own stream."""
     sizes = [16] * (total // 16) + ([total % 16] if total % 16 else [])
 
     def one(i):
         r = requests.post(server.base_url + "/chat/completions", json={
             "model": MODEL, "messages": MESSAGES, "n": sizes[i], "max_tokens": max_tokens,
-            "temperature": 1.0, "seed": seed + i, **extra})
+            "temperature": 1.0, "seed": seed + 16 * i, **extra})
         assert r.status_code == 200, r.text
         return [(c["message"]["content"], c["finish_reason"]) for c in r.json()["choices"]]
 
