@@ -27,6 +27,12 @@ never: the dot products, the only prefill path at the avx2 level before #25) ins
 llama.cpp, the same alternating pairs: the A/B of a kernel change without llama.cpp installed.
 (In --json the peer's figures keep their llama_* keys; each result's "peer" says which it was.)
 
+CMAKE_ARGS, if set, replaces the llama.cpp build flags of --install. Where the CPU reports AMX
+but the machine cannot run it (a VM without AMX state; llama.cpp then crashes on Q8_0 and K-quant
+models), build with GGML_NATIVE=OFF and the CPU's other flags listed, AMX off; bench/RESULTS.md
+records the flags of each table. A table at a forced --cpu-isa wants a llama.cpp built for that
+level too: run this script with the python of a venv whose llama-cpp-python was built so.
+
 llama.cpp's OpenMP workers spin between ops by default. On a machine whose two cores other
 processes also use, that spinning slows it by up to 10x in some runs and not in others;
 --llama-omp-wait passive gives it steady figures there (bench/RESULTS.md has both).
@@ -156,7 +162,8 @@ def ensure_llama_cpp(install):
         sys.exit("llama-cpp-python is not installed: run with --install (it compiles llama.cpp, "
                  "most of an hour on 2 cores)")
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get(
-        "CMAKE_BUILD_PARALLEL_LEVEL", "1"), CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF")
+        "CMAKE_BUILD_PARALLEL_LEVEL", "1"), CMAKE_ARGS=os.environ.get(
+        "CMAKE_ARGS", "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF"))
     subprocess.run([sys.executable, "-m", "pip", "install", "llama-cpp-python"], env=env,
                    check=True)
 
