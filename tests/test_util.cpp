@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -13,6 +14,9 @@
 namespace tandem::test {
 
 uint64_t fresh_seed() {
+    // TANDEM_TEST_SEED replays a failure: every seeded test of the run draws that seed.
+    if (const char* fixed = std::getenv("TANDEM_TEST_SEED"); fixed && *fixed)
+        return std::strtoull(fixed, nullptr, 10);
     static std::random_device device;
     return (uint64_t(device()) << 32) ^ device();
 }

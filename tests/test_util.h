@@ -19,7 +19,7 @@
 namespace tandem::test {
 
 // A new seed each run, so the tests keep drawing new inputs; SCOPED_TRACE it so a failure can be
-// replayed.
+// replayed (TANDEM_TEST_SEED=<seed> in the environment fixes it).
 uint64_t fresh_seed();
 
 #define TANDEM_SEEDED(seed_var)                             \

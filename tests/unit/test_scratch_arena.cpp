@@ -8,13 +8,17 @@
 #include <tandem/engine.h>
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <random>
+#include <span>
 #include <thread>
 
 #include "engine/src/engine_internals.h"
 #include "kernels/cpu/expert_ffn.h"
+#include "kernels/cpu/linear.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/tile_gemm.h"
+#include "kernels/cpu/vec_dot.h"
 #include "kernels/error.h"
 #include "kernels/scratch_arena.h"
 #include "models/decoder.h"
@@ -124,9 +128,96 @@ OwnedTensor random_weight(std::mt19937_64& rng, int64_t rows, int64_t cols, DTyp
     return t;
 }
 
+// x rounded as an activation of `type` is: through quantize_activation (Q8_0, Q8_K), to bf16,
+// or kept (f32).
+std::vector<float> rounded_activation(DType type, std::span<const float> x) {
+    std::vector<float> out(x.begin(), x.end());
+    if (type == DType::BF16) {
+        for (float& v : out)
+            v = bf16_to_f32(f32_to_bf16(v));
+    } else if (type != DType::F32) {
+        std::vector<std::byte> q(size_t(row_bytes(type, int64_t(x.size()))));
+        cpu::quantize_activation(type, x.data(), q.data(), int64_t(x.size()));
+        cpu::dequantize_row(type, q.data(), out.data(), int64_t(out.size()));
+    }
+    return out;
+}
+
+// A matrix's rows in f32; rounded to bf16 where the tile path reads them so (quantized weights
+// on bf16 tiles).
+std::vector<float> dequantized(const Tensor& w, bool tile) {
+    const int64_t rows = w.dim(0), cols = w.dim(1), bytes = row_bytes(w.dtype(), cols);
+    std::vector<float> out(size_t(rows * cols));
+    for (int64_t r = 0; r < rows; ++r)
+        cpu::row_to_f32(static_cast<const std::byte*>(w.data()) + r * bytes, w.dtype(), cols,
+                        out.data() + r * cols);
+    if (tile && cpu::tile_gemm_activation_type(w.dtype()) == DType::BF16)
+        out = rounded_activation(DType::BF16, out);
+    return out;
+}
+
+// What cpu::moe_experts computes, in float64: `initial` plus each token's routing-weighted
+// SwiGLU FFNs, with x and the (f32) intermediate rounded to the activation types of the path each
+// expert takes under the current ISA and tile policy: the tile path's (tile_gemm_activation_type)
+// when both its matrices take tiles, else the dot products' (vec_dot_type), where the
+// intermediate stays f32 when the dotted experts' down types differ.
+std::vector<double> moe_reference(std::span<const cpu::ExpertWeights> experts,
+                                  const std::vector<std::vector<std::pair<int32_t, float>>>& slots,
+                                  const std::vector<float>& x, int64_t n_tokens, int64_t hidden,
+                                  double initial) {
+    const auto tiled = [&](size_t e) {
+        const auto m = int64_t(slots[e].size());
+        return cpu::use_tile_gemm(experts[e].gate.dtype(), m) &&
+               cpu::use_tile_gemm(experts[e].down.dtype(), m);
+    };
+    std::optional<DType> dotted_down;
+    bool mixed_down = false;
+    for (size_t e = 0; e < experts.size(); ++e) {
+        if (slots[e].empty() || tiled(e)) continue;
+        const DType type = cpu::vec_dot_type(experts[e].down.dtype());
+        mixed_down = mixed_down || (dotted_down && *dotted_down != type);
+        dotted_down = dotted_down.value_or(type);
+    }
+    std::vector<double> out(size_t(n_tokens * hidden), initial);
+    for (size_t e = 0; e < experts.size(); ++e) {
+        if (slots[e].empty()) continue;
+        const cpu::ExpertWeights& w = experts[e];
+        const int64_t ffn = w.gate.dim(0);
+        const bool tile = tiled(e);
+        const DType x_type = tile ? cpu::tile_gemm_activation_type(w.gate.dtype())
+                                  : cpu::vec_dot_type(w.gate.dtype());
+        const DType act_type = tile         ? cpu::tile_gemm_activation_type(w.down.dtype())
+                               : mixed_down ? DType::F32
+                                            : cpu::vec_dot_type(w.down.dtype());
+        const std::vector<float> gate = dequantized(w.gate, tile), up = dequantized(w.up, tile),
+                                 down = dequantized(w.down, tile);
+        for (auto [t, weight] : slots[e]) {
+            const std::vector<float> xt = rounded_activation(
+                x_type, std::span(x.data() + int64_t(t) * hidden, size_t(hidden)));
+            std::vector<float> act(static_cast<size_t>(ffn));
+            for (int64_t f = 0; f < ffn; ++f) {
+                double g = 0, u = 0;
+                for (int64_t i = 0; i < hidden; ++i) {
+                    g += double(gate[size_t(f * hidden + i)]) * xt[size_t(i)];
+                    u += double(up[size_t(f * hidden + i)]) * xt[size_t(i)];
+                }
+                act[size_t(f)] = float(g / (1 + std::exp(-g)) * u);
+            }
+            act = rounded_activation(act_type, act);
+            for (int64_t i = 0; i < hidden; ++i) {
+                double d = 0;
+                for (int64_t f = 0; f < ffn; ++f)
+                    d += double(down[size_t(i * ffn + f)]) * act[size_t(f)];
+                out[size_t(int64_t(t) * hidden + i)] += double(weight) * d;
+            }
+        }
+    }
+    return out;
+}
+
 // Random calls of the fused kernel with an arena of exactly moe_experts_scratch_bytes: none may
 // run out, and each token's output must be the routing-weighted sum of per-expert SwiGLU FFNs
-// (the dense path, cpu::swiglu_ffn, as the reference).
+// (in float64, moe_reference).
 TEST(MoeExpertsScratch, TheSizeBoundsEveryCallAndTheResultsMatchPerExpertFfns) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
@@ -203,36 +294,21 @@ TEST(MoeExpertsScratch, TheSizeBoundsEveryCallAndTheResultsMatchPerExpertFfns) {
             EXPECT_LE(arena.high_water(), bound);
             EXPECT_EQ(arena.used(), 0u);
 
-            // The reference: each expert's tokens through the dense SwiGLU FFN.
-            std::vector<double> want(out.size(), 0.25);
-            ScratchArena ffn_scratch;
-            for (int64_t e = 0; e < n_experts; ++e) {
-                const auto& slots = by_expert[size_t(e)];
-                if (slots.empty()) continue;
-                const int64_t m = int64_t(slots.size());
-                std::vector<float> xs(size_t(m * hidden)), ys(size_t(m * hidden));
-                for (int64_t i = 0; i < m; ++i)
-                    std::copy_n(x.data() + slots[size_t(i)].first * hidden, hidden,
-                                xs.data() + i * hidden);
-                ffn_scratch.reserve(cpu::swiglu_ffn_scratch_bytes(m, ffn));
-                cpu::swiglu_ffn(Tensor(xs.data(), DType::F32, {m, hidden}), experts[size_t(e)],
-                                Tensor(ys.data(), DType::F32, {m, hidden}), pool(), ffn_scratch);
-                for (int64_t i = 0; i < m; ++i)
-                    for (int64_t j = 0; j < hidden; ++j)
-                        want[size_t(slots[size_t(i)].first * hidden + j)] +=
-                            double(slots[size_t(i)].second) * ys[size_t(i * hidden + j)];
-            }
-            // Both sides quantize activations where the weights are quantized, at different
-            // points (the kernel the intermediate once per slot, or not at all on the mixed-type
-            // path; the reference per matrix), so they agree to the activations' 8-bit
-            // quantization relative to the outputs' scale, not to float rounding.
+            // The reference, in float64 from the dequantized weights, with x and the intermediate
+            // rounded as the expert's path rounds them (moe_reference). What is left between the
+            // two is float accumulation and the odd intermediate element that the kernel's float
+            // sum puts on the other side of an int8 rounding boundary: measured <= 1.1e-3 of the
+            // outputs' scale over 1,800 random calls. (A reference that rounded at its own points
+            // differed by up to 2.6 %: Q8_K intermediates of 256 heavy-tailed elements.)
+            const std::vector<double> want =
+                moe_reference(experts, by_expert, x, n_tokens, hidden, 0.25);
             double scale = 0, worst = 0;
             for (size_t i = 0; i < out.size(); ++i) {
                 ASSERT_TRUE(std::isfinite(out[i])) << "element " << i;
-                scale = std::max(scale, std::fabs(want[i]));
+                scale = std::max(scale, std::fabs(want[i] - 0.25));
                 worst = std::max(worst, std::fabs(out[i] - want[i]));
             }
-            EXPECT_LT(worst, 0.02 * scale);
+            EXPECT_LT(worst, 1e-2 * scale);
         }
     }
 }
