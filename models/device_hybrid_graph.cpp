@@ -46,8 +46,10 @@ struct HybridDecodeGraph::Layer {
 
 bool HybridDecodeGraph::supported(const ModelConfig& config,
                                   std::span<const MoeWeights* const> layers, int64_t n_tokens) {
+    // The routed kernels read weights from tables and compute SwiGLU: gpt-oss's clamped
+    // activation and expert biases take the eager steps (cuda::moe_experts).
     if (n_tokens < 1 || n_tokens > cuda::kGemvMaxTokens ||
-        n_tokens * config.n_experts_active > cuda::kMaxRoutedSlots)
+        n_tokens * config.n_experts_active > cuda::kMaxRoutedSlots || config.swiglu_limit > 0.0)
         return false;
     for (const MoeWeights* layer : layers)
         if (layer->experts.empty() || !cuda::writable_table_supported(layer->experts[0]))

@@ -37,7 +37,7 @@ struct DeviceExpertsCall {
     std::span<const float> token_weight;          // host [n_slots]: its routing weight
     std::span<const uint8_t> skip;                // host, empty or [n_experts]: 1 = not here
     // gpt-oss: the clamped activation, and each expert's biases in the host tensors of its
-    // ExpertWeights (the sim device reads them there; cuda:N refuses them).
+    // ExpertWeights (the sim device reads them there; cuda:N uploads them with the call).
     cpu::GluOptions glu = {};
 };
 

@@ -23,17 +23,6 @@ class CudaDeviceExperts final : public DeviceExperts {
         if (!(stream.device() == device_))
             fail("device experts of ", device_.name(), " given a stream of ",
                  stream.device().name());
-        // gpt-oss's experts need biases and the clamped SwiGLU, which the CUDA expert kernels do
-        // not have: refuse rather than compute plain SwiGLU experts.
-        if (call.glu.limit > 0.0f)
-            fail(device_.name(),
-                 ": device experts: the clamped SwiGLU of gpt-oss is not "
-                 "implemented in the CUDA expert kernels");
-        for (const cpu::ExpertWeights& e : call.experts)
-            if (e.has_bias())
-                fail(device_.name(),
-                     ": device experts: expert biases (gpt-oss) are not "
-                     "implemented in the CUDA expert kernels");
         cuda::Context& ctx = context_for(stream);
         ctx.make_current();
         cuda::moe_experts(ctx, {.x = call.x,
@@ -42,7 +31,8 @@ class CudaDeviceExperts final : public DeviceExperts {
                                 .offsets = call.offsets,
                                 .token_index = call.token_index,
                                 .token_weight = call.token_weight,
-                                .skip = call.skip});
+                                .skip = call.skip,
+                                .glu = call.glu});
     }
 
   private:

@@ -446,7 +446,8 @@ void HybridExecutor::queue_device_launches(const MoeLayerCall& call, const Tenso
             flush_launch(x, out);
             compute_->wait(ready);
         }
-        // Biases stay in host memory (the sim device reads them there; cuda:N refuses them).
+        // Biases stay in host memory (the sim device reads them there; cuda:N uploads them with
+        // the launch's tables).
         const cpu::ExpertWeights& host = layers_[size_t(layer)]->experts[size_t(e)];
         w.gate_bias = host.gate_bias;
         w.up_bias = host.up_bias;

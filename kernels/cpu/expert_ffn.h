@@ -34,7 +34,8 @@ struct ExpertWeights {
     Tensor up;    // [ffn_dim, hidden_dim]
     Tensor down;  // [hidden_dim, ffn_dim]
     // f32 biases of gpt-oss's experts, [ffn_dim], [ffn_dim], [hidden_dim]; empty: none. Host
-    // memory read by the CPU kernel only (device copies of an expert carry no biases).
+    // memory always (device copies of an expert carry no biases; cuda::moe_experts uploads those
+    // of the experts it computes with each call).
     Tensor gate_bias, up_bias, down_bias;
     bool has_bias() const { return !gate_bias.empty() || !up_bias.empty() || !down_bias.empty(); }
 };

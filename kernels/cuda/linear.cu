@@ -256,9 +256,13 @@ void check_weight(const Context& ctx, const Tensor& w, int64_t rows, int64_t k, 
     if (k % block != 0)
         fail(what, " ", w.describe(), ": rows of ", k, " are not whole ", dtype_name(w.dtype()),
              " blocks of ", block);
-    // Q4_K/Q5_K quants are read 8 bytes at a time; other blocks need their f16 scale aligned.
+    // Q4_K/Q5_K quants are read 8 bytes at a time; other blocks need their f16 scale aligned;
+    // MXFP4's (an e8m0 byte and 16 quant bytes) are read byte by byte.
     const bool k4 = w.dtype() == DType::Q4_K || w.dtype() == DType::Q5_K;
-    const uintptr_t need = k4 ? 16 : (w.dtype() == DType::F32 ? 4 : 2);
+    const uintptr_t need = k4                          ? 16
+                           : w.dtype() == DType::F32   ? 4
+                           : w.dtype() == DType::MXFP4 ? 1
+                                                       : 2;
     if (reinterpret_cast<uintptr_t>(w.data()) % need != 0)
         fail(what, " ", w.describe(), ": data at ", w.data(), " is not ", need, "-byte aligned");
 }

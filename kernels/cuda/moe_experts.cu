@@ -3,16 +3,21 @@
 //                 ffn_dim] buffers for the gate and up outputs of the GEMM-path experts
 //   ExpertRows    [n_slots, hidden_dim] f32 each slot's down output (unweighted)
 //   GatheredRows  [max_tokens, hidden_dim] f32 one GEMM-path expert's rows of x
-//   Tables        the uploaded tables below, one copy per call
+//   Tables        the uploaded tables below, one copy per call, and the computed experts'
+//                 biases (gpt-oss), which arrive in host memory
 #include "kernels/cuda/moe_experts.h"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/glu_math.h"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/weight_dispatch.cuh"
 
@@ -27,7 +32,15 @@ struct GroupEntry {
     const uint8_t* down;  // [hidden_dim, ffn_dim]
     int32_t slot_begin;   // its slots are [slot_begin, slot_begin + n_tokens)
     int32_t n_tokens;     // 1 .. kGemvMaxTokens
+    // Where its biases start in GroupedArgs::biases (gate, up: ffn_dim floats; down: hidden_dim),
+    // or -1 for none.
+    int32_t gate_bias = -1, up_bias = -1, down_bias = -1;
 };
+
+// A bias element, or 0 where the expert has none.
+__device__ __forceinline__ float bias_at(const float* biases, int32_t at, int64_t i) {
+    return at >= 0 ? biases[at + i] : 0.0f;
+}
 
 struct GroupedArgs {
     const GroupEntry* entries;   // [n_grouped]
@@ -40,12 +53,15 @@ struct GroupedArgs {
     // Quantized gate/up weights: x as 8-bit blocks (quant_dot.h), dotted by integer arithmetic.
     const int8_t* xq;  // [n_tokens, hidden_dim]
     const float* xd;   // [n_tokens, hidden_dim / 32]
+    // The gated activation (glu_math.h) and the biases the entries point into (null: none).
+    float limit = 0.0f, alpha = 1.0f;
+    const float* biases = nullptr;
 };
 
 // blockIdx.y: the expert; warps: ffn rows, the gate row and the up row sharing each activation
-// load. hidden_rows[slot] = silu(gate · x) * (up · x). Quantized gate/up weights dot x's 8-bit
-// blocks (a.xq, a.xd) as linear's GEMV does; the down kernel keeps f32 intermediates (quantizing
-// them would take one more launch between the two).
+// load. hidden_rows[slot] = act(gate · x + gate bias, up · x + up bias), act of glu_math.h.
+// Quantized gate/up weights dot x's 8-bit blocks (a.xq, a.xd) as linear's GEMV does; the down
+// kernel keeps f32 intermediates (quantizing them would take one more launch between the two).
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
@@ -74,16 +90,19 @@ __global__ void __launch_bounds__(kGemvThreads) gate_up_kernel(GroupedArgs a) {
             xs[t] = a.x + tokens[t] * a.hidden;
         lane_rows_dot<T, kMaxTokens, 2>(rows, a.hidden / kChunk, xs, e.n_tokens, acc);
     }
+    const float gate_bias = bias_at(a.biases, e.gate_bias, row);
+    const float up_bias = bias_at(a.biases, e.up_bias, row);
 #pragma unroll
     for (int t = 0; t < kMaxTokens; ++t) {
-        const float g = warp_sum(acc[0][t]), u = warp_sum(acc[1][t]);
+        const float g = warp_sum(acc[0][t]) + gate_bias, u = warp_sum(acc[1][t]) + up_bias;
         if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens)
-            a.hidden_rows[(e.slot_begin + t) * a.ffn + row] = silu(g) * u;
+            a.hidden_rows[(e.slot_begin + t) * a.ffn + row] =
+                gated_activation(g, u, a.limit, a.alpha);
     }
 }
 
 // blockIdx.y: the expert; warps: kRowsPerWarp hidden rows each.
-// down_rows[slot] = down · hidden_rows[slot].
+// down_rows[slot] = down · hidden_rows[slot] + down bias.
 template <DType T, int kMaxTokens>
 __global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
     const GroupEntry e = a.entries[blockIdx.y];
@@ -104,9 +123,10 @@ __global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
         const int64_t row = first + r;
+        const float bias = row < a.hidden ? bias_at(a.biases, e.down_bias, row) : 0.0f;
 #pragma unroll
         for (int t = 0; t < kMaxTokens; ++t) {
-            const float sum = warp_sum(acc[r][t]);
+            const float sum = warp_sum(acc[r][t]) + bias;
             if ((threadIdx.x & (kWarpSize - 1)) == 0 && t < e.n_tokens && row < a.hidden)
                 a.down_rows[(e.slot_begin + t) * a.hidden + row] = sum;
         }
@@ -121,10 +141,12 @@ __global__ void gather_kernel(const float* x, const int32_t* token_index, int32_
         rows[i] = x[int64_t(token_index[slot_begin + i / hidden]) * hidden + i % hidden];
 }
 
-__global__ void silu_mul_kernel(const float* gate, const float* up, int64_t n, float* out) {
+// out = act(gate, up) elementwise (glu_math.h); the biases are in gate and up already.
+__global__ void gated_activation_kernel(const float* gate, const float* up, int64_t n, float limit,
+                                        float alpha, float* out) {
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x)
-        out[i] = silu(gate[i]) * up[i];
+        out[i] = gated_activation(gate[i], up[i], limit, alpha);
 }
 
 // out[t] += Σ weight[s] · down_rows[s] over token t's slots, in slot order.
@@ -245,6 +267,24 @@ void check_args(const Context& ctx, const MoeExpertsArgs& a) {
         if (a.token_index[s] < 0 || a.token_index[s] >= a.x.dim(0))
             fail("cuda::moe_experts: slot ", s, " names token ", a.token_index[s], " of ",
                  a.x.dim(0));
+    if (!std::isfinite(a.glu.limit) || !std::isfinite(a.glu.alpha))
+        fail("cuda::moe_experts: activation limit ", a.glu.limit, " and alpha ", a.glu.alpha,
+             " must be finite");
+}
+
+// Appends an expert's bias (host f32 [n], or empty) to `biases`; its start, or -1 for none.
+int32_t add_bias(std::vector<float>& biases, const Tensor& bias, int64_t n,
+                 const std::string& what) {
+    if (bias.empty()) return -1;
+    if (bias.rank() != 1 || bias.dim(0) != n || bias.dtype() != DType::F32 ||
+        !bias.is_contiguous() || !bias.device().is_cpu())
+        fail(what, ": expected an f32 [", n, "] in host memory (uploaded with the call), found ",
+             bias.describe(), " on ", bias.device().name());
+    if (biases.size() + size_t(n) > size_t(INT32_MAX))
+        fail("cuda::moe_experts: the call's expert biases exceed 2^31 floats");
+    const auto at = int32_t(biases.size());
+    biases.insert(biases.end(), bias.data_as<const float>(), bias.data_as<const float>() + n);
+    return at;
 }
 
 }  // namespace
@@ -261,7 +301,8 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
     int64_t ffn = -1;
     DType gate_type = DType::F32, down_type = DType::F32;
     std::vector<GroupEntry> grouped;
-    std::vector<size_t> gemm_experts;
+    std::vector<std::pair<size_t, GroupEntry>> gemm_experts;  // an expert and its bias offsets
+    std::vector<float> biases;
     int max_grouped_tokens = 0;
     int64_t max_gemm_tokens = 0;
     for (size_t e = 0; e < n_experts; ++e) {
@@ -283,15 +324,19 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
                  dtype_name(gate_type), "/", dtype_name(down_type),
                  " (one gate/up type and one down type per layer)");
         const int32_t count = a.offsets[e + 1] - a.offsets[e];
+        GroupEntry entry{.gate = w.gate.data_as<const uint8_t>(),
+                         .up = w.up.data_as<const uint8_t>(),
+                         .down = w.down.data_as<const uint8_t>(),
+                         .slot_begin = a.offsets[e],
+                         .n_tokens = count,
+                         .gate_bias = add_bias(biases, w.gate_bias, ffn, name + " gate bias"),
+                         .up_bias = add_bias(biases, w.up_bias, ffn, name + " up bias"),
+                         .down_bias = add_bias(biases, w.down_bias, hidden, name + " down bias")};
         if (count <= kGemvMaxTokens) {
-            grouped.push_back({.gate = w.gate.data_as<const uint8_t>(),
-                               .up = w.up.data_as<const uint8_t>(),
-                               .down = w.down.data_as<const uint8_t>(),
-                               .slot_begin = a.offsets[e],
-                               .n_tokens = count});
+            grouped.push_back(entry);
             max_grouped_tokens = std::max(max_grouped_tokens, int(count));
         } else {
-            gemm_experts.push_back(e);
+            gemm_experts.push_back({e, entry});
             max_gemm_tokens = std::max(max_gemm_tokens, int64_t(count));
         }
     }
@@ -328,6 +373,7 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
     const size_t offsets_at = append(blob, token_slot_offsets.data(), token_slot_offsets.size());
     const size_t slots_at = append(blob, token_slots.data(), token_slots.size());
     const size_t weights_at = append(blob, a.token_weight.data(), a.token_weight.size());
+    const size_t biases_at = append(blob, biases.data(), biases.size());
 
     // Scratch first (growing a slot synchronizes), the upload last, then only launches.
     const int64_t hidden_rows_floats = n_slots * ffn, gemm_floats = max_gemm_tokens * ffn;
@@ -349,6 +395,8 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
         q8_x ? reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(xq) + xq_bytes) : nullptr;
     auto* tables = static_cast<uint8_t*>(ctx.upload(ScratchSlot::Tables, blob.data(), blob.size()));
     const auto* token_index = reinterpret_cast<const int32_t*>(tables + token_index_at);
+    const float* device_biases =
+        biases.empty() ? nullptr : reinterpret_cast<const float*>(tables + biases_at);
     auto stream = static_cast<cudaStream_t>(ctx.native_stream());
     constexpr int kThreads = 256;
 
@@ -363,7 +411,10 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
                                .hidden_rows = hidden_rows,
                                .down_rows = down_rows,
                                .xq = xq,
-                               .xd = xd};
+                               .xd = xd,
+                               .limit = a.glu.limit,
+                               .alpha = a.glu.alpha,
+                               .biases = device_biases};
         // hidden is whole blocks of 32 for quantized gate/up weights (check_weight).
         if (q8_x) launch_quantize_q8(a.x.data_as<const float>(), x_blocks, xq, xd, stream);
         const unsigned n_grouped = unsigned(grouped.size());
@@ -388,7 +439,12 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
     }
 
     const Device device = ctx.device();
-    for (size_t e : gemm_experts) {
+    // A bias of the uploaded ones as a device tensor (empty for none), for cuda::linear.
+    const auto bias_tensor = [&](int32_t at, int64_t n) {
+        return at < 0 ? Tensor()
+                      : Tensor(const_cast<float*>(device_biases) + at, DType::F32, {n}, device);
+    };
+    for (const auto& [e, entry] : gemm_experts) {
         const cpu::ExpertWeights& w = a.experts[e];
         const int32_t begin = a.offsets[e];
         const int64_t count = a.offsets[e + 1] - begin;
@@ -398,13 +454,14 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
         const Tensor rows(gathered, DType::F32, {count, hidden}, device);
         const Tensor gate(gemm_gate, DType::F32, {count, ffn}, device);
         const Tensor up(gemm_up, DType::F32, {count, ffn}, device);
-        linear(ctx, rows, w.gate, Tensor(), gate);
-        linear(ctx, rows, w.up, Tensor(), up);
+        linear(ctx, rows, w.gate, bias_tensor(entry.gate_bias, ffn), gate);
+        linear(ctx, rows, w.up, bias_tensor(entry.up_bias, ffn), up);
         float* h = hidden_rows + int64_t(begin) * ffn;
-        silu_mul_kernel<<<stride_blocks(ctx, count * ffn, kThreads), kThreads, 0, stream>>>(
-            gemm_gate, gemm_up, count * ffn, h);
-        TANDEM_CUDA_CHECK_LAUNCH("silu_mul_kernel");
-        linear(ctx, Tensor(h, DType::F32, {count, ffn}, device), w.down, Tensor(),
+        gated_activation_kernel<<<stride_blocks(ctx, count * ffn, kThreads), kThreads, 0, stream>>>(
+            gemm_gate, gemm_up, count * ffn, a.glu.limit, a.glu.alpha, h);
+        TANDEM_CUDA_CHECK_LAUNCH("gated_activation_kernel");
+        linear(ctx, Tensor(h, DType::F32, {count, ffn}, device), w.down,
+               bias_tensor(entry.down_bias, hidden),
                Tensor(down_rows + int64_t(begin) * hidden, DType::F32, {count, hidden}, device));
     }
 
@@ -438,6 +495,8 @@ DeviceExpertTable::DeviceExpertTable(Context& ctx, std::span<const cpu::ExpertWe
         if (w.gate.dtype() != gate_type_ || w.up.dtype() != gate_type_ ||
             w.down.dtype() != down_type_)
             fail(name, ": one gate/up type and one down type per layer");
+        if (w.has_bias())
+            fail(name, ": expert biases (gpt-oss) are not in a device table; use moe_experts");
         if (!is_quantized_weight_type(gate_type_))
             for (const Tensor* t : {&w.gate, &w.up, &w.down})
                 if (reinterpret_cast<uintptr_t>(t->data()) % 16 != 0)
@@ -480,7 +539,7 @@ bool writable_table_supported(const cpu::ExpertWeights& like) {
             types = false;
         }
     }
-    return types && hidden % kChunk == 0 && ffn % kChunk == 0 &&
+    return types && !like.has_bias() && hidden % kChunk == 0 && ffn % kChunk == 0 &&
            like.up.dtype() == like.gate.dtype() && like.down.dim(0) == hidden &&
            like.down.dim(1) == ffn;
 }

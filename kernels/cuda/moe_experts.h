@@ -1,6 +1,7 @@
 // Routed SwiGLU experts of one MoE layer on a CUDA device, the semantics of cpu::moe_experts
 // (kernels/cpu/expert_ffn.h): for each expert e not skipped, down(silu(gate(x)) * up(x)) of its
-// tokens, scaled by the routing weight and added into those tokens' rows of `out`.
+// tokens, scaled by the routing weight and added into those tokens' rows of `out`; with
+// gpt-oss's biases and clamped activation (GluOptions) where the call has them.
 //
 // Experts with at most kGemvMaxTokens tokens (decode) run in two launches for the whole layer:
 // gate+up of every such expert (grid: experts x blocks of ffn rows, SiLU(gate)*up fused), then
@@ -32,6 +33,10 @@ struct MoeExpertsArgs {
     std::span<const int32_t> token_index;         // host [n_slots]: the token of each slot
     std::span<const float> token_weight;          // host [n_slots]: its routing weight
     std::span<const uint8_t> skip;                // host, empty or [n_experts]: 1 = elsewhere
+    // The gated activation (limit 0: SwiGLU). Experts' biases (gate_bias, up_bias, down_bias of
+    // their ExpertWeights, f32) are host memory: the call uploads those of the experts it
+    // computes with its tables (a few KiB each), so a reload can never leave stale copies.
+    cpu::GluOptions glu = {};
 };
 
 void moe_experts(Context& ctx, const MoeExpertsArgs& args);
@@ -68,7 +73,9 @@ class DeviceExpertTable {
 
 // Whether experts shaped and typed like `like` can be computed through a writable table: the
 // grouped kernels' conditions (hidden_dim and ffn_dim multiples of 8, gate and up of one type,
-// weight types the GEMV reads); slots are 256-byte aligned, so alignment holds.
+// weight types the GEMV reads) and no biases (tables carry weights only; the clamped activation
+// is the caller's to rule out, HybridDecodeGraph::supported); slots are 256-byte aligned, so
+// alignment holds.
 bool writable_table_supported(const cpu::ExpertWeights& like);
 
 // Token-expert slots (n_tokens x k) up to which moe_experts_routed takes a step; each expert

@@ -6,11 +6,11 @@
 //
 // Layouts are the GGUF blocks of kernels/cpu/quant.h, read in place (no repacking at load):
 //   q8_0 34 B / 32 values, q4_0 18 B / 32, q5_0 22 B / 32, q4_k 144 B / 256, q5_k 176 B / 256,
-//   q6_k 210 B / 256; f32, f16, bf16 rows of plain elements.
+//   q6_k 210 B / 256, mxfp4 17 B / 32; f32, f16, bf16 rows of plain elements.
 // Alignment: float rows are read as 16-byte vectors on the GPU, so the kernels only take them
 // when k % 8 == 0 and the row pointer is 16-byte aligned (linear.cu checks). Q4_K/Q5_K blocks are
 // 16-byte multiples and their quants are read 8 bytes at a time; the other block types are only
-// 2-byte aligned and are read byte by byte.
+// 2-byte aligned (MXFP4's 17-byte blocks not even that) and are read byte by byte.
 //
 // Products whose rounding matters go through mul_rn(), which forbids nvcc from fusing them into
 // an FMA, so the GPU values equal the CPU reference bit for bit.
@@ -104,6 +104,10 @@ struct BlockInfo<DType::Q5_0> {
     static constexpr int kValues = 32, kBytes = 22;
 };
 template <>
+struct BlockInfo<DType::MXFP4> {
+    static constexpr int kValues = 32, kBytes = 17;
+};
+template <>
 struct BlockInfo<DType::Q4_K> {
     static constexpr int kValues = 256, kBytes = 144;
 };
@@ -148,6 +152,30 @@ TANDEM_HD void dequant_q5_0(const uint8_t* block, int c, float out[kChunk]) {
         const uint32_t q = ((qs[i] >> shift) & 0xFu) | (((qh >> j) & 1u) << 4);
         out[i] = mul_rn(d, biased_to_f32(q, 16.0f));
     }
+}
+
+// MXFP4's e8m0 exponent e as the scale of its doubled e2m1 values: 2^(e - 128), exact for every e
+// (e < 2 is an f32 subnormal), as cpu::mxfp4_half_scale.
+TANDEM_HD float mxfp4_half_scale(uint8_t e) {
+    return bits_to_f32(e >= 2 ? uint32_t(e - 1) << 23 : 0x00200000u << e);
+}
+
+// Twice the e2m1 value of a nibble (sign bit 3, magnitude bits 0..2) as a small integer, as
+// cpu::kMxfp4Doubled: the doubled magnitudes 0 1 2 3 4 6 8 12 are the nibbles of 0xC8643210, so
+// no table in memory is needed.
+TANDEM_HD int mxfp4_doubled(uint32_t nibble) {
+    const int magnitude = int((0xC8643210u >> (4 * (nibble & 7u))) & 0xFu);
+    return (nibble & 8u) ? -magnitude : magnitude;
+}
+
+// MXFP4: e (e8m0), qs[16] with the nibble order of Q4_0. Chunk c (0..3): bytes 8 (c % 2) .. +7,
+// low nibbles for c < 2.
+TANDEM_HD void dequant_mxfp4(const uint8_t* block, int c, float out[kChunk]) {
+    const float d = mxfp4_half_scale(block[0]);
+    const uint8_t* qs = block + 1 + kChunk * (c & 1);
+    const int shift = (c >> 1) * 4;
+    for (int i = 0; i < kChunk; ++i)
+        out[i] = mul_rn(d, float(mxfp4_doubled((qs[i] >> shift) & 0xFu)));
 }
 
 // Q4_K / Q5_K scale and min of sub-block j (0..7) from the 12 packed bytes (get_scale_min_k4).
@@ -244,6 +272,8 @@ TANDEM_HD void dequant_chunk(const uint8_t* row, int64_t chunk, float out[kChunk
             dequant_k4<true>(block, c, out);
         else if constexpr (T == DType::Q6_K)
             dequant_q6_k(block, c, out);
+        else if constexpr (T == DType::MXFP4)
+            dequant_mxfp4(block, c, out);
         else
             static_assert(T == DType::Q6_K, "not a weight type");
     }

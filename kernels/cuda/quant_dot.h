@@ -99,8 +99,23 @@ TANDEM_HD uint32_t load_u32_a2(const uint8_t* p) {
     return uint32_t(load_u16(p)) | uint32_t(load_u16(p + 2)) << 16;
 }
 
-// One chunk of 8 weight values as the dot needs them: the quants as bytes (signed for Q8_0,
-// 0..63 otherwise) and value_i = d * (q_i - offset) - m, offset and m fixed per type (m only
+// Little-endian u32 from any address (MXFP4's 17-byte blocks put its quants at odd addresses).
+TANDEM_HD uint32_t load_u32_a1(const uint8_t* p) {
+    return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+// Four MXFP4 nibbles (bits 0..3 of each byte of `nibble_bytes`) as four signed bytes of their
+// doubled e2m1 values (mxfp4_doubled, -12..12).
+TANDEM_HD uint32_t mxfp4_doubled_bytes(uint32_t nibble_bytes) {
+    uint32_t out = 0;
+    for (int i = 0; i < 4; ++i)
+        out |= uint32_t(uint8_t(int8_t(mxfp4_doubled((nibble_bytes >> (8 * i)) & 0xFu))))
+               << (8 * i);
+    return out;
+}
+
+// One chunk of 8 weight values as the dot needs them: the quants as bytes (signed for Q8_0 and
+// MXFP4, 0..63 otherwise) and value_i = d * (q_i - offset) - m, offset and m fixed per type (m only
 // for the K-quants with mins). Unpacked once per chunk, dotted with every token.
 struct WeightChunk {
     uint32_t q0, q1;  // values 0..3 and 4..7, one byte each
@@ -121,6 +136,12 @@ TANDEM_HD WeightChunk unpack_chunk(const uint8_t* row, int64_t chunk) {
     if constexpr (T == DType::Q8_0) {
         const uint8_t* qs = block + 2 + kChunk * c;
         return {load_u32_a2(qs), load_u32_a2(qs + 4), f16_bits_to_f32(load_u16(block)), 0.0f};
+    } else if constexpr (T == DType::MXFP4) {
+        const uint8_t* qs = block + 1 + kChunk * (c & 1);
+        const int shift = (c >> 1) * 4;
+        return {mxfp4_doubled_bytes(nibbles(load_u32_a1(qs), shift)),
+                mxfp4_doubled_bytes(nibbles(load_u32_a1(qs + 4), shift)),
+                mxfp4_half_scale(block[0]), 0.0f};
     } else if constexpr (T == DType::Q4_0 || T == DType::Q5_0) {
         constexpr bool kFifth = T == DType::Q5_0;
         const uint8_t* qs = block + (kFifth ? 6 : 2) + kChunk * (c & 1);
@@ -174,7 +195,8 @@ TANDEM_HD WeightChunk unpack_chunk(const uint8_t* row, int64_t chunk) {
 template <DType T>
 TANDEM_HD float chunk_dot_q8(const WeightChunk& w, uint32_t x0, uint32_t x1, float dx, float acc) {
     const int32_t qx = dp4a(w.q1, x1, dp4a(w.q0, x0, 0));
-    if constexpr (T == DType::Q8_0) return fmaf(mul_rn(w.d, dx), small_int_to_f32(qx), acc);
+    if constexpr (T == DType::Q8_0 || T == DType::MXFP4)
+        return fmaf(mul_rn(w.d, dx), small_int_to_f32(qx), acc);
     const int32_t sx = dp4a(0x01010101u, x1, dp4a(0x01010101u, x0, 0));
     if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
         acc = fmaf(mul_rn(w.d, dx), small_int_to_f32(qx), acc);

@@ -1,5 +1,5 @@
 // The one switch from a weight DType to the compile-time type the kernels are instantiated for:
-// with_weight_type(type, f) calls f(std::integral_constant<DType, T>{}) for the nine weight types
+// with_weight_type(type, f) calls f(std::integral_constant<DType, T>{}) for the ten weight types
 // and throws tandem::Error for any other. Included by .cu files only.
 #pragma once
 #include <type_traits>
@@ -21,6 +21,7 @@ void with_weight_type(DType type, F&& f) {
         case DType::Q4_K: return f(std::integral_constant<DType, DType::Q4_K>{});
         case DType::Q5_K: return f(std::integral_constant<DType, DType::Q5_K>{});
         case DType::Q6_K: return f(std::integral_constant<DType, DType::Q6_K>{});
+        case DType::MXFP4: return f(std::integral_constant<DType, DType::MXFP4>{});
         default: fail("CUDA kernels: ", dtype_name(type), " is not a weight type");
     }
 }

@@ -46,7 +46,7 @@ namespace {
 using test::kGpu;
 
 const DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 ThreadPool& pool() {
     static ThreadPool instance({.n_threads = 4, .pin = false});

@@ -3,8 +3,9 @@
 // several tokens per expert), 48 tokens with one expert holding 40 of them (the cuBLAS path) next
 // to grouped ones; always an expert with no tokens and a skipped expert (both passed as empty
 // tensors to the GPU, real weights to the CPU reference); every weight type, and Q4_K gate/up
-// with Q6_K down as llama.cpp's files mix them. `out` starts with random values (the op adds
-// into it), and a second run must give the same bits. Skips where no GPU is present.
+// with Q6_K down as llama.cpp's files mix them; gpt-oss's experts (MXFP4, host biases uploaded
+// with the call, the clamped activation) on every path. `out` starts with random values (the op
+// adds into it), and a second run must give the same bits. Skips where no GPU is present.
 //
 // Tolerances (normalised: max |got - want| / max |want|):
 // - only grouped (f32) experts vs float64 of the exact weight values: two f32 dot products and a
@@ -89,17 +90,27 @@ Routing random_routing(int64_t n_tokens, int top_k, bool busy, std::mt19937_64& 
     return r;
 }
 
-double silu(double g) {
-    return g / (1.0 + std::exp(-g));
+// The activation of cpu::GluOptions in float64.
+double gated(double g, double u, const cpu::GluOptions& glu) {
+    if (glu.limit <= 0) return g / (1.0 + std::exp(-g)) * u;
+    g = std::min(g, double(glu.limit));
+    u = std::clamp(u, -double(glu.limit), double(glu.limit));
+    return (u + 1) * g / (1.0 + std::exp(-double(glu.alpha) * g));
 }
 
 struct HostExpert {
     test::HostWeights gate, up, down;
+    std::vector<float> gate_bias, up_bias, down_bias;  // empty: none
 };
+
+double bias(const std::vector<float>& b, int64_t i) {
+    return b.empty() ? 0.0 : double(b[size_t(i)]);
+}
 
 // float64 of the layer over the exact weight values, added to out.
 std::vector<double> reference(const std::vector<float>& x, const std::vector<float>& out,
-                              const std::vector<HostExpert>& experts, const Routing& r) {
+                              const std::vector<HostExpert>& experts, const Routing& r,
+                              const cpu::GluOptions& glu) {
     std::vector<double> y(out.begin(), out.end());
     std::vector<double> h(kFfn);
     for (int e = 0; e < kExperts; ++e) {
@@ -113,14 +124,14 @@ std::vector<double> reference(const std::vector<float>& x, const std::vector<flo
                     g += double(w.gate.values[size_t(f * kHidden + i)]) * xt[i];
                     u += double(w.up.values[size_t(f * kHidden + i)]) * xt[i];
                 }
-                h[size_t(f)] = silu(g) * u;
+                h[size_t(f)] = gated(g + bias(w.gate_bias, f), u + bias(w.up_bias, f), glu);
             }
             double* yt = y.data() + int64_t(r.token_index[size_t(s)]) * kHidden;
             for (int64_t c = 0; c < kHidden; ++c) {
                 double d = 0;
                 for (int64_t f = 0; f < kFfn; ++f)
                     d += double(w.down.values[size_t(c * kFfn + f)]) * h[size_t(f)];
-                yt[c] += double(r.token_weight[size_t(s)]) * d;
+                yt[c] += double(r.token_weight[size_t(s)]) * (d + bias(w.down_bias, c));
             }
         }
     }
@@ -132,13 +143,19 @@ struct Case {
     int64_t n_tokens;
     int top_k;
     bool busy;
+    bool gpt_oss = false;  // biases on every expert and the clamped activation
 };
+
+// gpt-oss's activation: limit 7, alpha 1.702.
+constexpr cpu::GluOptions kGptOssGlu = {.limit = 7.0f, .alpha = 1.702f};
 
 void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context& ctx) {
     SCOPED_TRACE(std::string("gate/up ") + std::string(dtype_name(c.gate_type)) + ", down " +
                  std::string(dtype_name(c.down_type)) + ", n_tokens " + std::to_string(c.n_tokens) +
                  ", top_k " + std::to_string(c.top_k) +
-                 (c.busy ? ", expert 3 with 40 tokens" : ""));
+                 (c.busy ? ", expert 3 with 40 tokens" : "") +
+                 (c.gpt_oss ? ", biases and clamped activation" : ""));
+    const cpu::GluOptions glu = c.gpt_oss ? kGptOssGlu : cpu::GluOptions{};
     const Routing r = random_routing(c.n_tokens, c.top_k, c.busy, rng);
     // Weights of std 1/sqrt(k) keep every intermediate near 1.
     std::vector<HostExpert> host(kExperts);
@@ -156,13 +173,25 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
             .gate = Tensor(w.gate.bytes.data(), c.gate_type, {kFfn, kHidden}),
             .up = Tensor(w.up.bytes.data(), c.gate_type, {kFfn, kHidden}),
             .down = Tensor(w.down.bytes.data(), c.down_type, {kHidden, kFfn})};
+        if (c.gpt_oss) {  // host memory on both sides (the GPU call uploads them)
+            w.gate_bias = test::random_floats(rng, kFfn, 0.5f);
+            w.up_bias = test::random_floats(rng, kFfn, 0.5f);
+            w.down_bias = test::random_floats(rng, kHidden, 0.5f);
+            cpu_experts[size_t(e)].gate_bias = Tensor(w.gate_bias.data(), DType::F32, {kFfn});
+            cpu_experts[size_t(e)].up_bias = Tensor(w.up_bias.data(), DType::F32, {kFfn});
+            cpu_experts[size_t(e)].down_bias = Tensor(w.down_bias.data(), DType::F32, {kHidden});
+        }
         if (e == kEmptyExpert || e == kSkippedExpert) continue;  // empty on the GPU
         device.push_back(test::upload(w.gate.bytes, c.gate_type, {kFfn, kHidden}, stream));
         device.push_back(test::upload(w.up.bytes, c.gate_type, {kFfn, kHidden}, stream));
         device.push_back(test::upload(w.down.bytes, c.down_type, {kHidden, kFfn}, stream));
         const size_t n = device.size();
-        gpu_experts[size_t(e)] = {
-            .gate = *device[n - 3], .up = *device[n - 2], .down = *device[n - 1]};
+        gpu_experts[size_t(e)] = {.gate = *device[n - 3],
+                                  .up = *device[n - 2],
+                                  .down = *device[n - 1],
+                                  .gate_bias = cpu_experts[size_t(e)].gate_bias,
+                                  .up_bias = cpu_experts[size_t(e)].up_bias,
+                                  .down_bias = cpu_experts[size_t(e)].down_bias};
     }
     const std::vector<float> x = test::random_floats(rng, size_t(c.n_tokens * kHidden));
     const std::vector<float> out0 = test::random_floats(rng, size_t(c.n_tokens * kHidden));
@@ -177,7 +206,8 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
                                 .offsets = r.offsets,
                                 .token_index = r.token_index,
                                 .token_weight = r.token_weight,
-                                .skip = r.skip});
+                                .skip = r.skip,
+                                .glu = glu});
         runs.push_back(test::download<float>(*dout, stream));
     }
     const std::vector<float>& got = runs[0];
@@ -190,14 +220,14 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
             max_tokens = std::max(max_tokens, r.offsets[size_t(e) + 1] - r.offsets[size_t(e)]);
     const bool cublas_path = max_tokens > cuda::kGemvMaxTokens;
     const bool q8_x = is_quantized_weight_type(c.gate_type);
-    const test::WorstError vs_exact = test::worst_error(got, reference(x, out0, host, r));
+    const test::WorstError vs_exact = test::worst_error(got, reference(x, out0, host, r, glu));
     EXPECT_LT(vs_exact.error, cublas_path ? 1.5e-2
                               : q8_x      ? 2.5e-2
                                           : 1e-4)
         << "vs float64 (max tokens per expert " << max_tokens << "): " << vs_exact.str(kHidden);
     if (q8_x && !cublas_path) {
         const test::WorstError own =
-            test::worst_error(got, reference(test::q8_rounded(x), out0, host, r));
+            test::worst_error(got, reference(test::q8_rounded(x), out0, host, r, glu));
         EXPECT_LT(own.error, 1e-4) << "vs float64 on the 8-bit x: " << own.str(kHidden);
     }
 
@@ -209,7 +239,8 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
                       .offsets = r.offsets,
                       .token_index = r.token_index,
                       .token_weight = r.token_weight,
-                      .skip = r.skip},
+                      .skip = r.skip,
+                      .glu = glu},
                      pool());
     const test::WorstError vs_cpu =
         test::worst_error(got, std::vector<double>(cpu_out.begin(), cpu_out.end()));
@@ -217,7 +248,7 @@ void run_case(const Case& c, std::mt19937_64& rng, Stream& stream, cuda::Context
 }
 
 const DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 TEST(CudaMoeExperts, EveryWeightTypeDecodeAndPrefillMatchFloat64AndTheCpu) {
     TANDEM_REQUIRE_GPU();
@@ -234,6 +265,59 @@ TEST(CudaMoeExperts, EveryWeightTypeDecodeAndPrefillMatchFloat64AndTheCpu) {
         run_case({gate_type, down_type, 5, 4, false}, rng, *stream, ctx);
         run_case({gate_type, down_type, 48, 2, true}, rng, *stream, ctx);
         if (HasFatalFailure()) return;
+    }
+}
+
+// gpt-oss's experts: MXFP4 gate/up/down (and bf16, as a dequantized checkpoint holds them), a
+// bias on every matrix, the clamped activation; the grouped kernels (1 and 5 tokens) and the
+// cuBLAS path (an expert with 40 tokens), against float64 and cpu::moe_experts.
+TEST(CudaMoeExperts, GptOssBiasesAndClampedActivationMatchFloat64AndTheCpu) {
+    TANDEM_REQUIRE_GPU();
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    for (DType type : {DType::MXFP4, DType::BF16}) {
+        run_case({type, type, 1, 4, false, true}, rng, *stream, ctx);
+        run_case({type, type, 5, 4, false, true}, rng, *stream, ctx);
+        run_case({type, type, 48, 4, true, true}, rng, *stream, ctx);
+        if (HasFatalFailure()) return;
+    }
+}
+
+// Biases must be host f32 of the right length (the call uploads them); anything else is refused
+// by name before a launch.
+TEST(CudaMoeExperts, ExpertBiasesOnTheDeviceOrMisshapenAreRefused) {
+    TANDEM_REQUIRE_GPU();
+    std::mt19937_64 rng(7);
+    auto stream = make_stream(kGpu);
+    cuda::Context ctx(*stream);
+    const test::HostWeights gate = test::random_weights(DType::Q8_0, kFfn, kHidden, rng, 0.05f),
+                            down = test::random_weights(DType::Q8_0, kHidden, kFfn, rng, 0.05f);
+    const OwnedTensor g = test::upload(gate.bytes, DType::Q8_0, {kFfn, kHidden}, *stream);
+    const OwnedTensor d = test::upload(down.bytes, DType::Q8_0, {kHidden, kFfn}, *stream);
+    std::vector<float> host_bias(kFfn, 0.5f);
+    const OwnedTensor device_bias = test::upload(host_bias, DType::F32, {kFfn}, *stream);
+    const OwnedTensor x =
+        test::upload(std::vector<float>(kHidden, 1.0f), DType::F32, {1, kHidden}, *stream);
+    const OwnedTensor out =
+        test::upload(std::vector<float>(kHidden, 0.0f), DType::F32, {1, kHidden}, *stream);
+    const std::vector<int32_t> offsets = {0, 1}, token_index = {0};
+    const std::vector<float> token_weight = {1.0f};
+    for (const Tensor& bad : {*device_bias, Tensor(host_bias.data(), DType::F32, {kFfn - 8})}) {
+        const std::vector<cpu::ExpertWeights> experts = {
+            {.gate = *g, .up = *g, .down = *d, .gate_bias = bad}};
+        try {
+            cuda::moe_experts(ctx, {.x = *x,
+                                    .out = *out,
+                                    .experts = experts,
+                                    .offsets = offsets,
+                                    .token_index = token_index,
+                                    .token_weight = token_weight});
+            ADD_FAILURE() << "accepted gate bias " << bad.describe();
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("gate bias"), std::string::npos) << e.what();
+        }
     }
 }
 

@@ -13,10 +13,12 @@
 #include <vector>
 
 #include "cache/kv_cache.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/glu_math.h"
 #include "kernels/cuda/host_device.h"
 #include "kernels/cuda/latent_attention.h"
 #include "kernels/cuda/mla_math.h"
@@ -683,6 +685,27 @@ TEST(CudaMathTwins, PrefillPlanCoversEveryRowOnce) {
     for (size_t i = 0; i < shapes.size(); ++i)
         for (size_t r = 0; r < seen[i].size(); ++r)
             ASSERT_EQ(seen[i][r], 1) << "sequence " << i << " row " << r;
+}
+
+// The experts' activation of glu_math.h: SwiGLU (limit 0) gives cpu::silu(g) * u to the bit (the
+// same expression), gpt-oss's clamped variant float64 of its formula to f32 rounding, across the
+// clamp (|g|, |u| up to 3x the limit).
+TEST(CudaMathTwins, GatedActivationMatchesTheCpuAndFloat64) {
+    TANDEM_SEEDED(seed);
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> value(-21.0f, 21.0f);
+    const float limit = 7.0f, alpha = 1.702f;
+    for (int i = 0; i < 100000; ++i) {
+        const float g = value(rng), u = value(rng);
+        ASSERT_EQ(cuda::f32_to_bits(cuda::gated_activation(g, u, 0.0f, 1.0f)),
+                  cuda::f32_to_bits(cpu::silu(g) * u))
+            << "g " << g << " u " << u;
+        const double gc = std::min(double(g), double(limit));
+        const double uc = std::clamp(double(u), -double(limit), double(limit));
+        const double want = (uc + 1) * gc / (1 + std::exp(-double(alpha) * gc));
+        const float got = cuda::gated_activation(g, u, limit, alpha);
+        ASSERT_NEAR(got, want, 4e-7 * std::max(1.0, std::abs(want))) << "g " << g << " u " << u;
+    }
 }
 
 }  // namespace

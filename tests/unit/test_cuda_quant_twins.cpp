@@ -89,6 +89,7 @@ std::vector<float> gpu_dequant(DType type, const std::vector<uint8_t>& row, int6
         case DType::Q4_K: return chunks_of_row<DType::Q4_K>(row, k);
         case DType::Q5_K: return chunks_of_row<DType::Q5_K>(row, k);
         case DType::Q6_K: return chunks_of_row<DType::Q6_K>(row, k);
+        case DType::MXFP4: return chunks_of_row<DType::MXFP4>(row, k);
         default: ADD_FAILURE() << "no chunk dequantizer for " << dtype_name(type); return {};
     }
 }
@@ -104,12 +105,13 @@ float gpu_row_dot(DType type, const std::vector<uint8_t>& row, int64_t k, const 
         case DType::Q4_K: return cuda::emulate_warp_row_dot<DType::Q4_K>(row.data(), k, x);
         case DType::Q5_K: return cuda::emulate_warp_row_dot<DType::Q5_K>(row.data(), k, x);
         case DType::Q6_K: return cuda::emulate_warp_row_dot<DType::Q6_K>(row.data(), k, x);
+        case DType::MXFP4: return cuda::emulate_warp_row_dot<DType::MXFP4>(row.data(), k, x);
         default: ADD_FAILURE() << "no row dot for " << dtype_name(type); return 0;
     }
 }
 
 const DType kTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                        DType::Q5_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 TEST(CudaQuantTwins, ChunkDequantizationEqualsTheCpuReferenceExactly) {
     TANDEM_SEEDED(seed);
@@ -132,6 +134,24 @@ TEST(CudaQuantTwins, ChunkDequantizationEqualsTheCpuReferenceExactly) {
                                 << trial << ", scale " << scale << ")";
             }
         }
+    }
+}
+
+// Every e8m0 exponent and every nibble: the scale and the doubled values the GPU computes without
+// tables are the CPU's.
+TEST(CudaQuantTwins, Mxfp4ScalesAndValuesEqualTheCpusForEveryCode) {
+    for (int e = 0; e < 256; ++e)
+        ASSERT_EQ(cuda::f32_to_bits(cuda::mxfp4_half_scale(uint8_t(e))),
+                  cuda::f32_to_bits(cpu::mxfp4_half_scale(uint8_t(e))))
+            << "e8m0 " << e;
+    for (uint32_t n = 0; n < 16; ++n)
+        ASSERT_EQ(cuda::mxfp4_doubled(n), int(cpu::kMxfp4Doubled[n])) << "nibble " << n;
+    for (uint32_t word : {0x00000000u, 0x0F0F0F0Fu, 0x01020304u, 0x080A0C0Eu, 0x07050301u}) {
+        const uint32_t bytes = cuda::mxfp4_doubled_bytes(word);
+        for (int i = 0; i < 4; ++i)
+            ASSERT_EQ(int(int8_t(uint8_t(bytes >> (8 * i)))),
+                      int(cpu::kMxfp4Doubled[(word >> (8 * i)) & 0xF]))
+                << std::hex << word << " byte " << i;
     }
 }
 
@@ -181,8 +201,8 @@ TEST(CudaQuantTwins, WarpDotOrderIsWithinF32RoundingOfFloat64) {
     }
 }
 
-const DType kQuantTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0,
-                             DType::Q4_K, DType::Q5_K, DType::Q6_K};
+const DType kQuantTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q5_0, DType::Q4_K,
+                             DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 // x quantized block by block as the GPU's quantize kernel does.
 struct QuantizedX {
@@ -249,7 +269,8 @@ double chunk_magnitude(const cuda::WeightChunk& w, const int8_t* xq, float dx) {
     for (int i = 0; i < cuda::kChunk; ++i) {
         const uint32_t word = i < 4 ? w.q0 : w.q1;
         const uint8_t byte = uint8_t(word >> (8 * (i % 4)));
-        const int q = T == DType::Q8_0 ? int(int8_t(byte)) : int(byte) - cuda::kQuantOffset<T>;
+        const int q = T == DType::Q8_0 || T == DType::MXFP4 ? int(int8_t(byte))
+                                                            : int(byte) - cuda::kQuantOffset<T>;
         sum += (std::abs(double(w.d) * q) + std::abs(double(w.m))) * std::abs(double(xq[i]) * dx);
     }
     return sum;
@@ -296,6 +317,7 @@ TEST(CudaQuantTwins, IntegerChunkDotsMatchFloat64OfTheDequantizedOperands) {
                 case DType::Q4_K: check_chunk_dots<DType::Q4_K>(row, k, x, seed); break;
                 case DType::Q5_K: check_chunk_dots<DType::Q5_K>(row, k, x, seed); break;
                 case DType::Q6_K: check_chunk_dots<DType::Q6_K>(row, k, x, seed); break;
+                case DType::MXFP4: check_chunk_dots<DType::MXFP4>(row, k, x, seed); break;
                 default: break;
             }
             if (HasFatalFailure()) return;
@@ -312,6 +334,7 @@ float q8_row_dot(DType type, const std::vector<uint8_t>& row, int64_t k, const Q
         case DType::Q4_K: return cuda::emulate_warp_row_dot_q8<DType::Q4_K>(row.data(), k, q, d);
         case DType::Q5_K: return cuda::emulate_warp_row_dot_q8<DType::Q5_K>(row.data(), k, q, d);
         case DType::Q6_K: return cuda::emulate_warp_row_dot_q8<DType::Q6_K>(row.data(), k, q, d);
+        case DType::MXFP4: return cuda::emulate_warp_row_dot_q8<DType::MXFP4>(row.data(), k, q, d);
         default: ADD_FAILURE() << "no 8-bit row dot for " << dtype_name(type); return 0;
     }
 }
