@@ -49,7 +49,7 @@ void for_each_weight(DecoderWeights& w, bool tied, bool routed_experts, Fn fn) {
     for (LayerWeights& l : w.layers) {
         AttentionWeights& a = l.attention;
         for (Tensor* t : {&a.norm, &a.q, &a.k, &a.v, &a.o, &a.q_bias, &a.k_bias, &a.v_bias,
-                          &a.o_bias, &a.q_norm, &a.k_norm})
+                          &a.o_bias, &a.q_norm, &a.k_norm, &a.sinks})
             fn(*t);
         // MLA's kv_b (or k_b/v_b) goes up unpacked to f32 instead (DeviceMla).
         MlaWeights& m = l.mla;
@@ -58,7 +58,8 @@ void for_each_weight(DecoderWeights& w, bool tied, bool routed_experts, Fn fn) {
             fn(*t);
         fn(l.ffn_norm);
         if (l.is_moe) {
-            // The router and the shared expert's gate go up as f32 (router_weights_f32).
+            // The router and the shared expert's gate go up as f32 (router_weights_f32); the
+            // experts' biases (gpt-oss) stay on the host, where cuda::moe_experts takes them.
             if (routed_experts)
                 for (cpu::ExpertWeights& e : l.moe.experts)
                     ffn(e);
@@ -136,6 +137,15 @@ class DeviceDecoder final : public Model {
   private:
     void upload_weights();
     Tensor upload_as_f32(const Tensor& host);
+    // Whether decode-sized MoE steps may route on the device (cuda::route, then the grouped
+    // kernels through a DeviceExpertTable): not for gpt-oss's biased, clamped experts.
+    bool routed_on_device_supported() const {
+        return config().swiglu_limit <= 0.0 && !config().expert_bias;
+    }
+    // The layer's attention sinks on the device (gpt-oss), or null.
+    static const float* sinks_of(const AttentionWeights& w) {
+        return w.sinks.empty() ? nullptr : w.sinks.data_as<const float>();
+    }
     struct Qkv {
         Tensor q, k, v;  // [n, heads x head_dim] each, normed and clamped, before RoPE
     };
@@ -244,12 +254,16 @@ void DeviceDecoder::upload_weights() {
         if (!l.is_moe) continue;
         l.moe.router = upload_as_f32(l.moe.router);
         l.moe.router_bias = upload_as_f32(l.moe.router_bias);
+        l.moe.router_logit_bias = upload_as_f32(l.moe.router_logit_bias);
         l.moe.shared_expert_gate = upload_as_f32(l.moe.shared_expert_gate);
         if (options_.routed_experts_on_host) {
             l.moe.experts.clear();  // host views: the runner reads the host decoder's
             continue;
         }
-        expert_tables_.back() = std::make_unique<cuda::DeviceExpertTable>(*ctx_, l.moe.experts);
+        // The routed kernels' table holds weights only: gpt-oss's biased, clamped experts route
+        // on the host and take cuda::moe_experts (moe()).
+        if (routed_on_device_supported())
+            expert_tables_.back() = std::make_unique<cuda::DeviceExpertTable>(*ctx_, l.moe.experts);
     }
     const ModelConfig& c = config();
     router_params_ = {.n_experts = int32_t(c.n_experts),
@@ -349,7 +363,8 @@ void DeviceDecoder::attention(const LayerWeights& lw, int layer, const StepLayou
                              .out = attended.slice_rows(first, first + seq.n_tokens),
                              .start_pos = start,
                              .scale = scale,
-                             .sliding_window = c.sliding_window_of(layer)});
+                             .sliding_window = c.sliding_window_of(layer),
+                             .sinks = sinks_of(w)});
     }
     cuda::attention(*ctx_, sequences);
     cuda::linear(*ctx_, attended.reshape({n, q_dim}), w.o, w.o_bias, out);
@@ -362,7 +377,7 @@ Routing DeviceDecoder::route_on_host(const DeviceRun& run, const MoeWeights& dev
     const ModelConfig& c = config();
     const int64_t n = x.dim(0);
     const Tensor logits = run.arena.tensor({n, c.n_experts});
-    cuda::linear(run.ctx, x, device_moe.router, Tensor(), logits);
+    cuda::linear(run.ctx, x, device_moe.router, device_moe.router_logit_bias, logits);
     OwnedTensor host_logits = make_tensor(DType::F32, {n, c.n_experts});
     stream_->copy_async(host_logits.view.data(), logits.data(), size_t(logits.bytes()),
                         CopyDirection::DeviceToHost);
@@ -453,10 +468,11 @@ void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const 
     } else if (options_.routed_experts_on_host) {
         routed_on_runner(run, layer, x, out, routing_out);
     } else if (routing_out == nullptr && n * k <= cuda::kMaxRoutedSlots &&
-               n <= cuda::kGemvMaxTokens && c.n_experts <= cuda::kMaxRouterExperts) {
+               n <= cuda::kGemvMaxTokens && c.n_experts <= cuda::kMaxRouterExperts &&
+               expert_tables_[size_t(layer)] != nullptr) {
         const Tensor logits = run.arena.tensor({n, c.n_experts});
         const Tensor ids = run.arena.tensor({n, k}, DType::I32), weights = run.arena.tensor({n, k});
-        cuda::linear(run.ctx, x, lw.moe.router, Tensor(), logits);
+        cuda::linear(run.ctx, x, lw.moe.router, lw.moe.router_logit_bias, logits);
         cuda::route(run.ctx, router_params_,
                     {.logits = logits, .bias = lw.moe.router_bias, .ids = ids, .weights = weights});
         cuda::moe_experts_routed(
@@ -470,7 +486,8 @@ void DeviceDecoder::moe(const DeviceRun& run, int layer, const Tensor& x, const 
                                     .experts = lw.moe.experts,
                                     .offsets = groups.offsets,
                                     .token_index = groups.token_index,
-                                    .token_weight = groups.token_weight});
+                                    .token_weight = groups.token_weight,
+                                    .glu = glu_options(c)});
         if (routing_out != nullptr) *routing_out = std::move(routing);
     }
     if (c.shared_expert_ffn_dim > 0) {
@@ -499,8 +516,9 @@ std::optional<DecodeGraphKey> DeviceDecoder::graph_key(std::span<const SequenceS
         if (runner_ == nullptr || !runner_->graph_capable() ||
             !HybridDecodeGraph::supported(c, host_moe_layers(), n))
             return std::nullopt;
-    } else if (c.is_moe() && (n * c.n_experts_active > cuda::kMaxRoutedSlots ||
-                              c.n_experts > cuda::kMaxRouterExperts)) {
+    } else if (c.is_moe() &&
+               (n * c.n_experts_active > cuda::kMaxRoutedSlots ||
+                c.n_experts > cuda::kMaxRouterExperts || !routed_on_device_supported())) {
         return std::nullopt;  // the MoE layers must route on the device (moe()'s condition)
     }
     for (const SequenceStep& step : steps)
@@ -618,7 +636,8 @@ void DeviceDecoder::decode_attention(const DeviceRun& run, const DecodeGraphEntr
                                      .v = key.v,
                                      .max_keys = key.max_keys,
                                      .scale = 1.0f / std::sqrt(float(c.head_dim)),
-                                     .sliding_window = c.sliding_window_of(layer)});
+                                     .sliding_window = c.sliding_window_of(layer),
+                                     .sinks = sinks_of(w)});
     cuda::linear(run.ctx, attended.reshape({n, c.n_heads * c.head_dim}), w.o, w.o_bias, out);
 }
 
@@ -875,14 +894,6 @@ std::unique_ptr<Model> make_device_model(std::unique_ptr<Model> model, Device de
         fail("device model: ", device.name(), " is not a CUDA device (cuda:N)");
     auto* decoder = dynamic_cast<Decoder*>(model.get());
     if (decoder == nullptr) fail(model->config().architecture, " does not run on ", device.name());
-    // gpt-oss's attention sinks, router and expert biases and clamped SwiGLU have no CUDA kernels
-    // yet: refused here rather than run as a plain SwiGLU decoder with wrong logits.
-    if (const ModelConfig& c = model->config();
-        c.attention_sinks || c.expert_bias || c.router_logit_bias || c.swiglu_limit > 0.0)
-        fail(c.architecture, " does not run on ", device.name(),
-             ": the CUDA decoder has no attention sinks, router or expert biases or clamped "
-             "SwiGLU (gpt-oss) yet; use --device cpu (routed experts may still use a hybrid "
-             "expert device)");
     model.release();
     return std::make_unique<DeviceDecoder>(std::unique_ptr<Decoder>(decoder), device, options);
 }

@@ -34,7 +34,8 @@ struct Sequence {
     float* out;      // [n_new, n_heads, v_dim]
     KvView k, v;
     int64_t n_heads, head_dim, v_dim, start_pos, window;
-    float q_scale;  // scale x log2(e)
+    float q_scale;       // scale x log2(e)
+    const float* sinks;  // [n_heads] or null (attention_math.h, sink_log2)
 };
 
 using Tile = AttentionTile;
@@ -191,8 +192,10 @@ __global__ void __launch_bounds__(kThreads)
         if (tile.partial < 0) {
             const int64_t t = tile.t0 + r / tile.n_heads, h = tile.head0 + r % tile.n_heads;
             float* out = s.out + (t * s.n_heads + h) * s.v_dim;
+            const float sink2 = sink_log2(s.sinks, h);
             for (int e = 0; e < kDimsPerLane; ++e)
-                if (e * 32 + lane < s.v_dim) out[e * 32 + lane] = acc[i][e] / sum;
+                if (e * 32 + lane < s.v_dim)
+                    out[e * 32 + lane] = softmax_output(acc[i][e], sum, m[i], sink2);
         } else {
             float* row = partials + (tile.partial + r) * partial_stride;
             if (lane == 0) {
@@ -215,8 +218,9 @@ __global__ void combine_kernel(const Sequence* sequences, const SplitGroup* grou
     const int64_t t = g.t0 + r / g.n_heads, h = g.head0 + r % g.n_heads;
     float* out = s.out + (t * s.n_heads + h) * s.v_dim;
     const float* first = partials + (g.partial + r) * partial_stride;
+    const float sink2 = sink_log2(s.sinks, h);
     for (int64_t d = threadIdx.x; d < s.v_dim; d += blockDim.x)
-        out[d] = combine_partials(first, rows * partial_stride, g.n_splits, d);
+        out[d] = combine_partials(first, rows * partial_stride, g.n_splits, d, sink2);
 }
 
 void check_args(Context& ctx, const AttentionArgs& a) {
@@ -302,7 +306,8 @@ bool as_decode(std::span<const AttentionArgs> sequences, DecodeAttentionArgs& d,
          .v = layout_of(a0.v_cache),
          .max_keys = 1,
          .scale = a0.scale,
-         .sliding_window = a0.sliding_window};
+         .sliding_window = a0.sliding_window,
+         .sinks = a0.sinks};
     const auto same = [](const KvLayout& x, const KvLayout& y) {
         return x.dtype == y.dtype && x.n_kv_heads == y.n_kv_heads && x.head_dim == y.head_dim &&
                x.block_size == y.block_size && x.pos_stride == y.pos_stride &&
@@ -312,6 +317,7 @@ bool as_decode(std::span<const AttentionArgs> sequences, DecodeAttentionArgs& d,
     for (int64_t i = 0; i < batch; ++i) {
         const AttentionArgs& a = sequences[size_t(i)];
         if (a.q.dim(0) != 1 || a.scale != a0.scale || a.sliding_window != a0.sliding_window ||
+            a.sinks != a0.sinks ||
             a.q.data_as<const float>() != a0.q.data_as<const float>() + i * q_row ||
             a.out.data_as<const float>() != a0.out.data_as<const float>() + i * out_row ||
             !same(layout_of(a.k_cache), d.k) || !same(layout_of(a.v_cache), d.v) ||
@@ -360,7 +366,8 @@ void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
                         .v_dim = a.v_cache.head_dim,
                         .start_pos = a.start_pos,
                         .window = a.sliding_window,
-                        .q_scale = a.scale * std::numbers::log2e_v<float>});
+                        .q_scale = a.scale * std::numbers::log2e_v<float>,
+                        .sinks = a.sinks});
         shapes.push_back({.n_new = a.q.dim(0),
                           .n_heads = a.q.dim(1),
                           .n_kv_heads = a.k_cache.n_heads,

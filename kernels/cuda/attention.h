@@ -36,6 +36,9 @@ struct AttentionArgs {
     int64_t start_pos = 0;  // position of the first new token; its keys are in the cache
     float scale = 1.0f;     // usually 1 / sqrt(head_dim)
     int64_t sliding_window = 0;  // 0: full causal attention; else keys within the last W positions
+    // gpt-oss's attention sinks: [n_heads] f32 in device memory (natural-log units of the scaled
+    // scores), one more term of each row's softmax denominator; null: none.
+    const float* sinks = nullptr;
 };
 
 // Decode calls (every sequence one new token, head_dim and v_head_dim multiples of 8 up to 256,
@@ -78,6 +81,7 @@ struct DecodeAttentionArgs {
     int64_t max_keys = 0;
     float scale = 1.0f;
     int64_t sliding_window = 0;
+    const float* sinks = nullptr;  // as AttentionArgs::sinks
 };
 
 // Whether attention_decode takes these arguments (dims, dtypes, 16-byte aligned strides); a

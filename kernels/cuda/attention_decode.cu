@@ -51,6 +51,7 @@ struct DecodeParams {
     float q_scale;    // scale x log2(e)
     float* partials;  // [batch x n_heads, n_splits, partial_stride] when n_splits > 1
     int64_t partial_stride;
+    const float* sinks;  // [n_heads] or null (attention_math.h, sink_log2)
 };
 
 // 8 consecutive elements of a row: one 16-byte load (f16, bf16) or two (f32).
@@ -258,7 +259,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeParams p) {
             a += shared[(w * kGroup + g) * p.v_dim + d];
         const int64_t row = b * p.n_heads + h0 + g;
         if (p.n_splits == 1) {
-            p.out[row * p.v_dim + d] = a / row_sum[g];
+            p.out[row * p.v_dim + d] =
+                softmax_output(a, row_sum[g], row_max[g], sink_log2(p.sinks, h0 + g));
         } else {
             float* partial = p.partials + (row * p.n_splits + split) * p.partial_stride;
             partial[PartialRow::kAcc + d] = a;
@@ -272,11 +274,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(DecodeParams p) {
 
 // One block per (sequence, query head): its output from the head's n_splits partial rows.
 __global__ void decode_combine_kernel(float* out, const float* partials, int64_t partial_stride,
-                                      int n_splits, int v_dim) {
+                                      int n_splits, int v_dim, int n_heads, const float* sinks) {
     const int64_t row = blockIdx.x;
     const float* first = partials + row * n_splits * partial_stride;
+    const float sink2 = sink_log2(sinks, row % n_heads);
     for (int d = int(threadIdx.x); d < v_dim; d += int(blockDim.x))
-        out[row * v_dim + d] = combine_partials(first, partial_stride, n_splits, d);
+        out[row * v_dim + d] = combine_partials(first, partial_stride, n_splits, d, sink2);
 }
 
 template <FloatKind kKind>
@@ -377,7 +380,8 @@ void attention_decode(Context& ctx, const DecodeAttentionArgs& a) {
                          .window = a.sliding_window,
                          .q_scale = a.scale * std::numbers::log2e_v<float>,
                          .partials = partials,
-                         .partial_stride = partial_stride};
+                         .partial_stride = partial_stride,
+                         .sinks = a.sinks};
     if (batch == 0) return;
     const dim3 grid(unsigned(plan.n_splits), unsigned(n_kv * plan.head_tiles), unsigned(batch));
     switch (a.k.dtype) {
@@ -387,7 +391,7 @@ void attention_decode(Context& ctx, const DecodeAttentionArgs& a) {
     }
     if (plan.n_splits == 1) return;
     decode_combine_kernel<<<unsigned(batch * n_heads), 128, 0, native_stream(ctx.stream())>>>(
-        p.out, partials, partial_stride, plan.n_splits, p.v_dim);
+        p.out, partials, partial_stride, plan.n_splits, p.v_dim, p.n_heads, p.sinks);
     TANDEM_CUDA_CHECK_LAUNCH("decode_combine_kernel");
 }
 

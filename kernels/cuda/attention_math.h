@@ -41,11 +41,25 @@ struct PartialRow {
     static constexpr int kMax = 0, kSum = 1, kAcc = 2;
 };
 
+// gpt-oss's attention sinks: a learned logit per query head that joins the softmax's
+// denominator and attends to no value, as in cpu::AttentionArgs::sinks. `sinks` holds them in
+// natural-log units of the scaled scores (as the checkpoint does), or is null: the sink of `head`
+// in base 2, -inf for none.
+TANDEM_HD float sink_log2(const float* sinks, int64_t head) {
+    return sinks != nullptr ? sinks[head] * 1.44269504088896340736f : -INFINITY;
+}
+
+// A row's output element from its unnormalised accumulator, the sum of 2^(score - m) and its
+// running max m (base 2): acc / (sum + 2^(sink - m)), the sink's term 0 without one.
+TANDEM_HD float softmax_output(float acc, float sum, float m, float sink2) {
+    return acc / (sink2 == -INFINITY ? sum : sum + exp2f(sink2 - m));
+}
+
 // Output element d of one query row from its n_splits partial rows, `split_stride` floats apart:
-// sum_s 2^(m_s - m) acc_s[d] / sum_s 2^(m_s - m) l_s with m the largest m_s. Splits that saw no
-// key (m_s = -inf) weigh 0.
+// sum_s 2^(m_s - m) acc_s[d] / (sum_s 2^(m_s - m) l_s + 2^(sink2 - m)) with m the largest m_s.
+// Splits that saw no key (m_s = -inf) weigh 0; sink2 = -inf: no sink.
 TANDEM_HD float combine_partials(const float* partial, int64_t split_stride, int n_splits,
-                                 int64_t d) {
+                                 int64_t d, float sink2 = -INFINITY) {
     float m = -INFINITY;
     for (int s = 0; s < n_splits; ++s)
         m = fmaxf(m, partial[s * split_stride + PartialRow::kMax]);
@@ -56,7 +70,7 @@ TANDEM_HD float combine_partials(const float* partial, int64_t split_stride, int
         sum += w * row[PartialRow::kSum];
         acc += w * row[PartialRow::kAcc + d];
     }
-    return acc / sum;
+    return softmax_output(acc, sum, m, sink2);
 }
 
 // The keys [begin, end) that split `split` of a decode row reads: the row's query sits at

@@ -36,7 +36,8 @@ struct PrefillSequence {
     float* out;      // [n_new, n_heads, v_dim]
     KvView k, v;
     int64_t n_heads, head_dim, v_dim, start_pos, window;
-    float q_scale;  // scale x log2(e)
+    float q_scale;       // scale x log2(e)
+    const float* sinks;  // [n_heads] or null (attention_math.h, sink_log2)
 };
 
 template <int kD>
@@ -213,10 +214,12 @@ __global__ void __launch_bounds__(kThreads)
         if (r >= rows) continue;
         const int64_t p = tile.t0 + r / tile.n_heads, h = tile.head0 + r % tile.n_heads;
         float* out = s.out + (p * s.n_heads + h) * s.v_dim;
+        const float sink2 = sink_log2(s.sinks, h);
         for (int n = 0; n < kD / 8; ++n) {
             if (n >= v_tiles) break;
             *reinterpret_cast<float2*>(out + n * 8 + 2 * t) =
-                make_float2(o[n][2 * i] / sum, o[n][2 * i + 1] / sum);
+                make_float2(softmax_output(o[n][2 * i], sum, m[i], sink2),
+                            softmax_output(o[n][2 * i + 1], sum, m[i], sink2));
         }
     }
 }
@@ -270,7 +273,8 @@ void attention_prefill(Context& ctx, std::span<const AttentionArgs> sequences) {
                         .v_dim = a.v_cache.head_dim,
                         .start_pos = a.start_pos,
                         .window = a.sliding_window,
-                        .q_scale = a.scale * std::numbers::log2e_v<float>});
+                        .q_scale = a.scale * std::numbers::log2e_v<float>,
+                        .sinks = a.sinks});
         shapes.push_back({.n_new = a.q.dim(0),
                           .n_heads = a.q.dim(1),
                           .n_kv_heads = a.k_cache.n_heads,

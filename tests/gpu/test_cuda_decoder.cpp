@@ -3,7 +3,9 @@
 // tests/data/golden that the device path runs: prefill logits, greedy ids, prefill equal to
 // token-by-token decode, a batch of sequences equal to each alone, q4_k weights, reload_weights.
 // The DeepSeek cases run multi-head latent attention (models/device_mla.h), from Hugging Face's
-// kv_b and, in the GGUF cases, from the k_b / v_b split of llama.cpp's converter.
+// kv_b and, in the GGUF cases, from the k_b / v_b split of llama.cpp's converter. gpt-oss runs
+// attention sinks, its biased router and experts (routed on the host: the device-routed kernels
+// have no biases) and, in its mxfp4 case, MXFP4 experts.
 #include <gtest/gtest.h>
 
 #include <tandem/engine.h>
@@ -416,10 +418,14 @@ TEST(CudaEngine, AbortFreesDeviceBlocksAndConcurrentRequestsMatchAlone) {
 
 std::vector<Case> cases() {
     std::vector<Case> out;
-    for (const char* arch : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2",
-                             "deepseek_v2", "deepseek_v2_qlora", "deepseek_v3", "glm4_moe"})
+    for (const char* arch :
+         {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "qwen2", "deepseek_v2",
+          "deepseek_v2_qlora", "deepseek_v3", "glm4_moe", "gpt_oss"})
         for (const char* dtype : {"f32", "bf16"})
             out.push_back({arch, dtype});
+    // gpt-oss's MXFP4 experts (8-bit activations in their dots on both sides): the tolerance of
+    // the non-f32 cases.
+    out.push_back({"gpt_oss", "mxfp4"});
     // The option fixtures: sliding windows per layer, YaRN's attention factor, biases.
     for (const char* arch :
          {"llama_yarn", "qwen2_window", "qwen2_moe_window", "qwen3_moe_yarn", "mixtral_window",

@@ -224,7 +224,8 @@ TEST(CudaMathTwins, RouterSelectionMatchesTandemRouteInEveryMode) {
 }
 
 // One query row's attention, as the kernel computes it: keys in splits, each split an online
-// softmax over chunks of 32 in base 2, then combine_partials; against float64.
+// softmax over chunks of 32 in base 2, then combine_partials; against float64. With and without
+// an attention sink (one more denominator term, base 2 here).
 TEST(CudaMathTwins, SplitOnlineSoftmaxCombineMatchesFloat64) {
     TANDEM_SEEDED(seed);
     std::mt19937_64 rng(seed);
@@ -266,6 +267,7 @@ TEST(CudaMathTwins, SplitOnlineSoftmaxCombineMatchesFloat64) {
             double max_score = -INFINITY;
             for (float s : scores)
                 max_score = std::max(max_score, double(s));
+            const float sink2 = std::normal_distribution<float>(0.0f, 3.0f)(rng);
             for (int64_t d = 0; d < v_dim; ++d) {
                 double num = 0, den = 0;
                 for (int64_t j = 0; j < n_keys; ++j) {
@@ -277,6 +279,11 @@ TEST(CudaMathTwins, SplitOnlineSoftmaxCombineMatchesFloat64) {
                 // f32 sums over up to 4096 terms: ~1e-6 relative, bounded with margin.
                 ASSERT_NEAR(got, num / den, 2e-5)
                     << "keys " << n_keys << " splits " << n_splits << " dim " << d;
+                const float with_sink =
+                    cuda::combine_partials(partial.data(), stride, n_splits, d, sink2);
+                ASSERT_NEAR(with_sink, num / (den + std::exp2(double(sink2) - max_score)), 2e-5)
+                    << "keys " << n_keys << " splits " << n_splits << " dim " << d << " sink "
+                    << sink2;
             }
         }
     }
@@ -577,6 +584,9 @@ TEST(CudaMathTwins, DecodePlanAndRowArithmeticMatchCpuAttention) {
             write_rows(v, 0, random_floats(rng, size_t(length * c.n_kv_heads * c.v_dim)).data(),
                        length);
             const std::vector<float> q = random_floats(rng, size_t(c.n_heads * c.head_dim));
+            // Every other case with gpt-oss's sinks (natural-log units, as the CPU takes them).
+            const std::vector<float> sinks = random_floats(rng, size_t(c.n_heads), 2.0f);
+            const bool with_sinks = (&c - cases.data()) % 2 == 1;
             std::vector<float> want(size_t(c.n_heads * c.v_dim), NAN);
             const cpu::AttentionArgs args{
                 .q = Tensor(const_cast<float*>(q.data()), DType::F32, {1, c.n_heads, c.head_dim}),
@@ -585,7 +595,8 @@ TEST(CudaMathTwins, DecodePlanAndRowArithmeticMatchCpuAttention) {
                 .out = Tensor(want.data(), DType::F32, {1, c.n_heads, c.v_dim}),
                 .start_pos = position,
                 .scale = scale,
-                .sliding_window = c.window};
+                .sliding_window = c.window,
+                .sinks = with_sinks ? sinks.data() : nullptr};
             cpu::attention(std::span(&args, 1), pool());
             const auto view = [&](const KvRows& rows) {
                 return cuda::KvView{.base = rows.base,
@@ -633,12 +644,15 @@ TEST(CudaMathTwins, DecodePlanAndRowArithmeticMatchCpuAttention) {
                 const int64_t first =
                     c.window > 0 ? std::max<int64_t>(0, position - c.window + 1) : 0;
                 ASSERT_EQ(keys_seen, position + 1 - first) << "sequence " << b << " head " << h;
+                const float sink2 = cuda::sink_log2(with_sinks ? sinks.data() : nullptr, h);
                 for (int64_t d = 0; d < c.v_dim; ++d) {
                     const float got =
                         plan.n_splits == 1
-                            ? partials[size_t(cuda::PartialRow::kAcc + d)] /
-                                  partials[size_t(cuda::PartialRow::kSum)]
-                            : cuda::combine_partials(partials.data(), stride, plan.n_splits, d);
+                            ? cuda::softmax_output(partials[size_t(cuda::PartialRow::kAcc + d)],
+                                                   partials[size_t(cuda::PartialRow::kSum)],
+                                                   partials[size_t(cuda::PartialRow::kMax)], sink2)
+                            : cuda::combine_partials(partials.data(), stride, plan.n_splits, d,
+                                                     sink2);
                     // f32 in another order than the CPU's: ~1e-6; NaN (a lost row) fails.
                     ASSERT_NEAR(got, want[size_t(h * c.v_dim + d)], 2e-5)
                         << "sequence " << b << " (position " << position << ") head " << h
