@@ -7,14 +7,6 @@ namespace tandem {
 
 void CpuExperts::bind(std::span<const MoeWeights* const> moe_layers) {
     if (numa_ == nullptr) return;
-    // The NUMA slices split each expert's ffn rows; biases would have to follow (gate/up by
-    // slice, down's on one node), which they do not yet.
-    for (const MoeWeights* layer : moe_layers)
-        for (const cpu::ExpertWeights& e : layer->experts)
-            if (e.has_bias())
-                fail(
-                    "CPU experts: experts with biases (gpt-oss) cannot be split across NUMA "
-                    "nodes yet; run on one node");
     // The old copies go first, so that a reload needs the copies' memory once, not twice. If a
     // copy fails, nothing is bound; the caller binds the old weights again (Scheduler does).
     layers_.clear();

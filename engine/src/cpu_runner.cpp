@@ -8,6 +8,7 @@ namespace tandem {
 void CpuRunner::bind(const ModelConfig& config, std::span<const MoeWeights* const> moe_layers) {
     experts_.bind(moe_layers);
     n_experts_ = config.n_experts;
+    glu_ = glu_options(config);
 }
 
 bool CpuRunner::replace_routing(int moe_layer, int64_t, Routing& routing) {
@@ -24,7 +25,8 @@ void CpuRunner::run(const MoeLayerCall& call, ThreadPool& pool) {
                   .experts = call.weights->experts,
                   .offsets = groups.offsets,
                   .token_index = groups.token_index,
-                  .token_weight = groups.token_weight},
+                  .token_weight = groups.token_weight,
+                  .glu = glu_},
                  pool);
 }
 

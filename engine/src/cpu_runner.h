@@ -31,6 +31,7 @@ class CpuRunner final : public ExpertRunner {
     RoutingReplay* replay_;
     CpuExperts experts_;
     int64_t n_experts_ = 0;
+    cpu::GluOptions glu_;  // the model's activation (gpt-oss's clamped one)
 };
 
 }  // namespace tandem

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 
 #include "kernels/dtype.h"
 #include "kernels/error.h"
@@ -21,10 +22,17 @@ size_t align_up(size_t n) {
     return (n + kAlign - 1) / kAlign * kAlign;
 }
 
-// Byte offsets of one expert's slice in its node's memory.
+// Byte offsets of one expert's slice in its node's memory; its biases' (gpt-oss) where it has
+// them.
 struct SliceLayout {
     size_t gate = 0, up = 0, down = 0;
+    size_t gate_bias = 0, up_bias = 0, down_bias = 0;
 };
+
+// A slice of an f32 bias [begin, end), or empty where the expert has none.
+Tensor bias_view(std::byte* base, size_t offset, const Tensor& bias, int64_t n) {
+    return bias.empty() ? Tensor() : Tensor(base + offset, DType::F32, {n});
+}
 
 }  // namespace
 
@@ -71,6 +79,11 @@ NumaExpertSlices::NumaExpertSlices(std::span<const ExpertWeights> experts, NumaP
     });
     const std::vector<int> weight = pools.threads_per_node();
     slices_ = plan_ffn_slices(ffn, ffn_slice_granule(experts), weight);
+    // Gate and up biases are sliced with their rows; the down bias is added once per slot, so
+    // one node (the first with a slice) holds it and the others' partial sums have none.
+    const int down_bias_node = int(
+        std::find_if(slices_.begin(), slices_.end(), [](const FfnSlice& s) { return !s.empty(); }) -
+        slices_.begin());
 
     pools.run_on_nodes([&](int node, ThreadPool& pool) {
         const FfnSlice s = slices_[size_t(node)];
@@ -85,6 +98,13 @@ NumaExpertSlices::NumaExpertSlices(std::span<const ExpertWeights> experts, NumaP
             total = align_up(total + size_t(s.size() * row_bytes(w.up.dtype(), hidden)));
             layout[e].down = total;
             total = align_up(total + size_t(hidden * row_bytes(w.down.dtype(), s.size())));
+            layout[e].gate_bias = total;
+            total = align_up(total + (w.gate_bias.empty() ? 0 : size_t(s.size()) * 4));
+            layout[e].up_bias = total;
+            total = align_up(total + (w.up_bias.empty() ? 0 : size_t(s.size()) * 4));
+            layout[e].down_bias = total;
+            if (node == down_bias_node && !w.down_bias.empty())
+                total = align_up(total + size_t(hidden) * 4);
         }
         // Bound to the node before the copy below first touches it.
         memory_[size_t(node)] = pools.allocate(node, total);
@@ -95,7 +115,12 @@ NumaExpertSlices::NumaExpertSlices(std::span<const ExpertWeights> experts, NumaP
             mine.push_back(
                 {.gate = Tensor(base + layout[e].gate, w.gate.dtype(), {s.size(), hidden}),
                  .up = Tensor(base + layout[e].up, w.up.dtype(), {s.size(), hidden}),
-                 .down = Tensor(base + layout[e].down, w.down.dtype(), {hidden, s.size()})});
+                 .down = Tensor(base + layout[e].down, w.down.dtype(), {hidden, s.size()}),
+                 .gate_bias = bias_view(base, layout[e].gate_bias, w.gate_bias, s.size()),
+                 .up_bias = bias_view(base, layout[e].up_bias, w.up_bias, s.size()),
+                 .down_bias = node == down_bias_node
+                                  ? bias_view(base, layout[e].down_bias, w.down_bias, hidden)
+                                  : Tensor()});
         }
         // On the node's own threads, so the copy reads remote memory once and writes locally.
         pool.run(int64_t(experts.size()), [&](int64_t e) {
@@ -114,6 +139,13 @@ NumaExpertSlices::NumaExpertSlices(std::span<const ExpertWeights> experts, NumaP
             auto* to = static_cast<std::byte*>(dst.down.data());
             for (int64_t h = 0; h < hidden; ++h)
                 std::memcpy(to + h * dst_row, from + h * src_row + skip, size_t(dst_row));
+            for (const auto& [from_bias, to_bias, first] :
+                 {std::tuple(&src.gate_bias, &dst.gate_bias, s.begin),
+                  std::tuple(&src.up_bias, &dst.up_bias, s.begin),
+                  std::tuple(&src.down_bias, &dst.down_bias, int64_t(0))})
+                if (!to_bias->empty())
+                    std::memcpy(to_bias->data(), from_bias->data_as<const float>() + first,
+                                size_t(to_bias->bytes()));
         });
     });
 }

@@ -11,6 +11,9 @@
 // activation is quantized in blocks along ffn, so a slice on block bounds quantizes each block
 // exactly as the whole row would. Results differ from the single-pool kernel only in the order
 // of the float sums of the down projection.
+// Experts' biases (gpt-oss) follow: gate and up biases by slice, the down bias on the first node
+// with a slice only (the partial sums add it once); the activation is elementwise along ffn, so
+// the clamped one slices like SwiGLU.
 // Non-goals: splitting the tokens or the experts among nodes (every node reads every expert's
 // slice: per-node bandwidth, not capacity, is what decode needs); shared experts and dense FFNs.
 #pragma once

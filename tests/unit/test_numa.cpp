@@ -182,15 +182,20 @@ TEST(NumaPools, NodesRunAtOnceEachOnItsOwnPool) {
 }
 
 // One layer of random experts in `type`, sliced on a synthetic topology and run against
-// moe_experts on one pool.
+// moe_experts on one pool; with `biased`, gpt-oss's experts (a bias on every matrix and the
+// clamped activation).
 struct Layer {
     int64_t hidden = 0, ffn = 0, n_experts = 0;
     DType type = DType::F32;
     std::vector<std::vector<uint8_t>> storage;  // [3 * n_experts]
+    std::vector<std::vector<float>> biases;     // [3 * n_experts] when biased
     std::vector<cpu::ExpertWeights> experts;
+    cpu::GluOptions glu;
 
-    Layer(DType type_, int64_t hidden_, int64_t ffn_, int64_t n_experts_, std::mt19937_64& rng)
+    Layer(DType type_, int64_t hidden_, int64_t ffn_, int64_t n_experts_, std::mt19937_64& rng,
+          bool biased = false)
         : hidden(hidden_), ffn(ffn_), n_experts(n_experts_), type(type_) {
+        if (biased) glu = {.limit = 7.0f, .alpha = 1.702f};
         auto matrix = [&](int64_t rows, int64_t cols) {
             const auto values = test::random_floats(rng, size_t(rows * cols), 0.2f);
             std::vector<uint8_t>& bytes =
@@ -211,12 +216,22 @@ struct Layer {
             }
             return Tensor(bytes.data(), type, {rows, cols});
         };
+        auto bias = [&](int64_t n) {
+            std::vector<float>& b = biases.emplace_back(test::random_floats(rng, size_t(n), 0.5f));
+            return Tensor(b.data(), DType::F32, {n});
+        };
         storage.reserve(size_t(3 * n_experts));
+        biases.reserve(size_t(3 * n_experts));
         for (int64_t e = 0; e < n_experts; ++e) {
             cpu::ExpertWeights w;
             w.gate = matrix(ffn, hidden);
             w.up = matrix(ffn, hidden);
             w.down = matrix(hidden, ffn);
+            if (biased) {
+                w.gate_bias = bias(ffn);
+                w.up_bias = bias(ffn);
+                w.down_bias = bias(hidden);
+            }
             experts.push_back(w);
         }
     }
@@ -260,8 +275,9 @@ std::vector<Case> routing_cases(std::mt19937_64& rng) {
 }
 
 void expect_numa_matches_single_pool(const Layer& layer, const char* topology, uint64_t seed) {
-    SCOPED_TRACE(::testing::Message() << dtype_name(layer.type) << " hidden " << layer.hidden
-                                      << " ffn " << layer.ffn << " on " << topology);
+    SCOPED_TRACE(::testing::Message()
+                 << dtype_name(layer.type) << " hidden " << layer.hidden << " ffn " << layer.ffn
+                 << " on " << topology << (layer.glu.limit > 0 ? ", biased (gpt-oss)" : ""));
     std::mt19937_64 rng(seed);
     ThreadPool single({.n_threads = 2, .pin = false});
     NumaPools pools({.topology = CpuTopology::synthetic(topology), .pin = false});
@@ -288,7 +304,8 @@ void expect_numa_matches_single_pool(const Layer& layer, const char* topology, u
                                  .offsets = c.offsets,
                                  .token_index = c.tokens,
                                  .token_weight = weights,
-                                 .skip = c.skip};
+                                 .skip = c.skip,
+                                 .glu = layer.glu};
         cpu::moe_experts(args, single);
         args.out = Tensor(got.data(), DType::F32, shape);
         cpu::moe_experts_numa(args, slices, pools, scratch);
@@ -319,14 +336,16 @@ TEST(NumaExperts, MatchSinglePoolOnTwoAndThreeNodes) {
         {DType::Q8_0, 64, 224},   // 7 blocks of 32
         {DType::Q4_K, 256, 768},  // 3 K-blocks: 2 + 1 on two nodes, one each on three
         {DType::Q4_K, 256, 512},  // 2 K-blocks: three nodes, one of them idle
+        {DType::MXFP4, 64, 160},  // gpt-oss's experts (with biases below)
     };
-    for (const Shape& s : shapes) {
-        const Layer layer(s.type, s.hidden, s.ffn, 5, rng);
-        for (const char* topology :
-             {"numa:2 core:1 pu:1", "numa:3 core:1 pu:1", "numa:2 core:2 pu:1"})
-            expect_numa_matches_single_pool(layer, topology, rng());
-        if (HasFailure()) return;
-    }
+    for (const Shape& s : shapes)
+        for (bool biased : {false, true}) {
+            const Layer layer(s.type, s.hidden, s.ffn, 5, rng, biased);
+            for (const char* topology :
+                 {"numa:2 core:1 pu:1", "numa:3 core:1 pu:1", "numa:2 core:2 pu:1"})
+                expect_numa_matches_single_pool(layer, topology, rng());
+            if (HasFailure()) return;
+        }
 }
 
 TEST(NumaExperts, SlicesAreCopiesOfTheirRowsAndColumns) {

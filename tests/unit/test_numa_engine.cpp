@@ -95,6 +95,28 @@ TEST_F(NumaEngineTest, SplitOverNodesGivesTheSameLogits) {
     }
 }
 
+// gpt-oss's experts (tests/data/golden/gpt_oss: biases on every matrix, the clamped activation;
+// f32 and MXFP4) split over two and three nodes: the gate and up biases follow their slices and
+// the down bias is added once. Float sums reordered only: 1e-4, as above.
+TEST(NumaEngineGptOss, BiasedExpertsSplitOverNodesGiveTheSameLogits) {
+    std::vector<int32_t> prompt = {1, 7, 42, 3, 19, 88, 5, 61, 23};
+    for (const char* tag : {"f32", "mxfp4"}) {
+        SCOPED_TRACE(tag);
+        const std::string dir = test::data_dir() + "/golden/gpt_oss/" + tag;
+        Engine off = Engine::open({.model_dir = dir, .n_threads = 2, .pin_threads = false});
+        const std::vector<float> reference = run_steps(off, prompt);
+        for (const char* topology : {"numa:2 core:1 pu:1", "numa:3 core:1 pu:1"}) {
+            SCOPED_TRACE(topology);
+            Engine numa = Engine::open({.model_dir = dir,
+                                        .n_threads = 2,
+                                        .pin_threads = false,
+                                        .numa = "distribute",
+                                        .numa_topology = topology});
+            expect_close(run_steps(numa, prompt), reference, 1e-4);
+        }
+    }
+}
+
 // Load-time quantization happens before the slices are copied: they are q8_0 slices. Measured
 // equal bit for bit here; the tolerance leaves room for a reordered sum that moves one rounding
 // of the next layer's 8-bit activations.
