@@ -464,8 +464,9 @@ void Scheduler::start_samples(Running& r, std::span<const float> logits) {
     }
 }
 
-void Scheduler::emit(Running& r, const StreamDelta& delta) {
+void Scheduler::emit(Running& r, StreamDelta delta) {
     if (!r.request->on_delta) return;
+    if (delta.finish_reason) delta.cached_prompt_tokens = r.cached_prompt_tokens;
     try {
         r.request->on_delta(delta);
     } catch (const std::exception& e) {

@@ -92,7 +92,7 @@ class Scheduler {
     void process(Running& running, const Entry& entry, const float* logits, int64_t vocab,
                  const StepRouting& routing);
     void start_samples(Running& running, std::span<const float> logits);
-    void emit(Running& running, const StreamDelta& delta);
+    void emit(Running& running, StreamDelta delta);  // a last delta gets the cached count
     void fail_all(const std::string& message);
     void retire_finished();
     void complete(Running& running);  // fills the output; retire_finished() wakes the waiter

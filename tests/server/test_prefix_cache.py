@@ -71,3 +71,18 @@ def test_no_prefix_caching_computes_every_prompt():
         assert s.metric("tandem_prefix_cache_hit_ratio") == 0
     finally:
         s.stop()
+
+
+def test_a_streamed_answer_reports_its_cached_tokens(server):
+    """stream_options.include_usage: the final chunk's usage counts the cached prompt tokens once
+    per prompt, however many samples (n) share it."""
+    messages = conversation(random.Random())
+    warm_up = ask(server, messages)
+    want = (warm_up.usage.prompt_tokens - 1) // 16 * 16
+    stream = client(server).chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=4, temperature=0.8, n=3, stream=True,
+        stream_options={"include_usage": True})
+    usage = [c.usage for c in stream if c.usage is not None]
+    assert len(usage) == 1
+    assert usage[0].prompt_tokens == warm_up.usage.prompt_tokens
+    assert usage[0].prompt_tokens_details.cached_tokens == want > 0

@@ -277,7 +277,7 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
     auto handles = std::make_shared<std::vector<RequestHandle>>();
     struct Progress {
         std::mutex mutex;
-        int64_t finished = 0, completion_tokens = 0;
+        int64_t finished = 0, completion_tokens = 0, cached_tokens = 0;
         std::vector<size_t> text_offset;
         std::vector<ToolCallStream> tool_streams;  // per choice, with tools
         std::shared_ptr<const ToolRequest> tools;  // theirs: outlives this handler
@@ -325,6 +325,9 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                     {
                         std::lock_guard lock(progress->mutex);
                         progress->completion_tokens += int64_t(d.token_ids.size());
+                        // Once per prompt (every sample of it reports the same count).
+                        if (d.finish_reason && d.index == 0)
+                            progress->cached_tokens += d.cached_prompt_tokens;
                         offset = progress->text_offset[size_t(index)];
                         progress->text_offset[size_t(index)] += d.text.size();
                         if (!progress->tool_streams.empty()) {
@@ -369,13 +372,14 @@ void Server::generate(const std::string& text, httplib::Response& res, bool chat
                     std::lock_guard lock(progress->mutex);
                     if (++progress->finished < total_choices) return;
                     if (include_usage)
-                        queue->push(sse(
-                            {{"id", id},
-                             {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                             {"created", created},
-                             {"model", name},
-                             {"choices", json::array()},
-                             {"usage", usage_json(prompt_tokens, progress->completion_tokens)}}));
+                        queue->push(
+                            sse({{"id", id},
+                                 {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                                 {"created", created},
+                                 {"model", name},
+                                 {"choices", json::array()},
+                                 {"usage", usage_json(prompt_tokens, progress->completion_tokens,
+                                                      progress->cached_tokens)}}));
                     queue->push("data: [DONE]\n\n");
                     queue->close();
                 }));

@@ -132,6 +132,9 @@ struct StreamDelta {
     std::string text;                // new text (may be empty while a stop string is possible)
     std::vector<TokenLogprob> logprobs;
     std::optional<FinishReason> finish_reason;  // set on the sample's last delta
+    // On a sample's last delta: the request's prompt tokens found in the prefix cache (as
+    // RequestOutput::cached_prompt_tokens; the same on every sample of the request).
+    int64_t cached_prompt_tokens = 0;
 };
 
 // Called on the engine's scheduler thread: keep it short and do not call back into the engine.
