@@ -149,6 +149,7 @@ EngineStats Scheduler::stats() const {
 
 void Scheduler::loop() {
     for (;;) {
+        std::vector<std::shared_ptr<RequestHandle::State>> aborted;
         {
             std::unique_lock lock(mutex_);
             wake_.wait(lock, [&] {
@@ -170,8 +171,11 @@ void Scheduler::loop() {
                 swap_pending_ = false;
                 swapped_.notify_all();
             }
-            admit_locked();
+            aborted = admit_locked();
         }
+        // Their callbacks run without the lock: a consumer may call back into the engine.
+        for (const auto& request : aborted)
+            complete_unstarted(*request, FinishReason::Abort, "");
         // Aborts requested while running take effect here, between steps.
         for (Running& r : running_)
             if (r.request->abort_requested)
@@ -187,11 +191,14 @@ void Scheduler::loop() {
         for (auto& seq : r.sequences)
             if (!seq->finished()) emit(r, seq->finish(FinishReason::Abort));
     retire_finished();
-    std::lock_guard lock(mutex_);
-    for (auto& request : waiting_)
+    std::deque<std::shared_ptr<RequestHandle::State>> unstarted;
+    {
+        std::lock_guard lock(mutex_);
+        unstarted.swap(waiting_);
+        swapped_.notify_all();
+    }
+    for (auto& request : unstarted)
         complete_unstarted(*request, FinishReason::Abort, "");
-    waiting_.clear();
-    swapped_.notify_all();
 }
 
 void Scheduler::attach_prefix(Running& r, Sequence& seq) {
@@ -230,7 +237,8 @@ bool Scheduler::allocate(Running& r) {
     return false;
 }
 
-void Scheduler::admit_locked() {
+std::vector<std::shared_ptr<RequestHandle::State>> Scheduler::admit_locked() {
+    std::vector<std::shared_ptr<RequestHandle::State>> aborted;
     int64_t active = 0;
     auto unfinished = [](const Running& r) {
         return int64_t(std::count_if(r.sequences.begin(), r.sequences.end(),
@@ -256,7 +264,7 @@ void Scheduler::admit_locked() {
         std::shared_ptr<RequestHandle::State> request = waiting_.front();
         if (request->abort_requested) {
             waiting_.pop_front();
-            complete_unstarted(*request, FinishReason::Abort, "");
+            aborted.push_back(std::move(request));
             continue;
         }
         const int64_t need = blocks_needed(*request);
@@ -288,6 +296,7 @@ void Scheduler::admit_locked() {
     stats_.running_requests = int64_t(running_.size());
     stats_.active_sequences = active;
     n_preempted_ = int64_t(preempted_.size());
+    return aborted;
 }
 
 void Scheduler::preempt(std::list<Running>::iterator it) {

@@ -78,7 +78,9 @@ class Scheduler {
     struct Entry;  // one sequence's part of a step
 
     void loop();
-    void admit_locked();
+    // Admits what fits, under mutex_; returns the waiting requests aborted before they started,
+    // for the caller to complete once it has released the mutex (their callbacks run then).
+    std::vector<std::shared_ptr<RequestHandle::State>> admit_locked();
     int64_t blocks_needed(const RequestHandle::State& request) const;
     // Gives each sample of `running` that runs next its cached prefix and the blocks for the
     // tokens it has to compute; false, holding nothing, when the pool cannot (the watermark

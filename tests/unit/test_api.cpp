@@ -296,6 +296,36 @@ TEST_F(ApiTest, AbortFreesTheRequestsBlocks) {
     EXPECT_EQ(engine.stats().kv_blocks_used, 0);
 }
 
+// A request aborted while it waits ends with its callback run outside the scheduler's lock: the
+// callback may ask the engine for its stats (it deadlocked when the callback ran under the lock).
+TEST_F(ApiTest, AnAbortedWaitingRequestsCallbackMayCallTheEngine) {
+    Engine engine = open(a_->str(), {.max_sequences = 1});
+    const SamplingParams slow{.temperature = 0, .max_tokens = 40, .ignore_eos = true};
+    // The running request holds the only sequence slot until the abort is in.
+    std::atomic<bool> aborted{false};
+    RequestHandle running = engine.submit(Prompt::tokens({1, 2}), slow, [&](const StreamDelta&) {
+        while (!aborted)
+            std::this_thread::yield();
+    });
+    std::atomic<int> finishes{0};
+    std::atomic<int64_t> waiting_seen{-1};
+    RequestHandle waiting = engine.submit(Prompt::tokens({3, 4}), slow, [&](const StreamDelta& d) {
+        if (!d.finish_reason) return;
+        EXPECT_EQ(*d.finish_reason, FinishReason::Abort);
+        waiting_seen = engine.stats().waiting_requests;
+        ++finishes;
+    });
+    waiting.abort();
+    aborted = true;
+    const RequestOutput& out = waiting.wait();
+    EXPECT_EQ(out.completions[0].finish_reason, FinishReason::Abort);
+    EXPECT_TRUE(out.completions[0].token_ids.empty()) << "it never started";
+    EXPECT_EQ(finishes.load(), 1);
+    EXPECT_EQ(waiting_seen.load(), 0) << "the callback ran after the request left the queue";
+    running.abort();
+    running.wait();
+}
+
 TEST_F(ApiTest, FullKvCacheQueuesRequestsAndRejectsTheImpossible) {
     // 6 blocks of 4 positions: requests of 3 + 8 tokens grow to 3 blocks each; more start than
     // fit at the end, and preempt each other. Batch-invariant, so that a preempted request's
