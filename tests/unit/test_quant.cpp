@@ -448,7 +448,10 @@ TEST(Quant, MultiRowDotsEqualSingleDotsAndFloat64) {
                         const auto where = ::testing::Message()
                                            << dtype_name(type) << " isa " << cpu::isa_name(isa)
                                            << " k " << k << " rows " << n << " row " << j;
-                        EXPECT_NEAR(out[j], single, 1e-5f * (1.0f + std::fabs(single))) << where;
+                        // Against the one-row dot, the bound of float rounding too: at avx2
+                        // the Q4_K kernels add in different orders, and a sum that cancels
+                        // to a small result keeps the rounding of its terms.
+                        EXPECT_NEAR(out[j], single, 1e-5 * scale + 1e-6) << where;
                         EXPECT_NEAR(out[j], want, 1e-5 * scale + 1e-6) << where;
                     }
                 }
