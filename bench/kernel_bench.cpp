@@ -141,7 +141,7 @@ std::map<std::string, CaseInfo> g_cases;
 // baseline of one-token products.
 // tile_novnni: the tile path with AVX-VNNI off (the avx2 int8 tiles' vpmaddubsw variant), run
 // next to path:tile where the avx2 level is active and the CPU has AVX-VNNI.
-// auto_novnni: auto with AVX-VNNI off (the avx2 several-row MXFP4 dots' vpmaddubsw variant).
+// auto_novnni: auto with AVX-VNNI off (the avx2 several-row dots' vpmaddubsw variant).
 enum class Path { Auto, Dot, Tile, Invariant, TileNoVnni, AutoNoVnni };
 const char* path_name(Path p) {
     return p == Path::Dot          ? "dot"
@@ -509,8 +509,7 @@ int main(int argc, char** argv) {
             // the one-row-at-a-time kernel they replace, in the same run.
             if (cpu::row_dot_rows(cpu::vec_dot_kernels(), type)) {
                 register_moe(s, type, 1, Path::Invariant);
-                if (type == DType::MXFP4 && int8_tiles_with_vnni())
-                    register_moe(s, type, 1, Path::AutoNoVnni);
+                if (int8_tiles_with_vnni()) register_moe(s, type, 1, Path::AutoNoVnni);
             }
         }
     }
@@ -524,10 +523,12 @@ int main(int argc, char** argv) {
                             register_linear(s, type, m, Path::TileNoVnni);
                     }
     // One token (decode): the lm_head of Qwen3-30B-A3B (151936 x 2048, from DRAM), with the
-    // several-row dots (auto) and without (invariant).
+    // several-row dots (auto) and without (invariant), at avx2 also without AVX-VNNI.
     for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})
-        for (Path path : {Path::Auto, Path::Invariant})
-            register_linear({"qwen3-30b-a3b-lm_head", 151936, 2048}, type, 1, path);
+        for (Path path : {Path::Auto, Path::Invariant, Path::AutoNoVnni})
+            if (path != Path::AutoNoVnni ||
+                (int8_tiles_with_vnni() && cpu::row_dot_rows(cpu::vec_dot_kernels(), type)))
+                register_linear({"qwen3-30b-a3b-lm_head", 151936, 2048}, type, 1, path);
     for (const AttentionShape& s : kAttentionShapes) {
         if (!full && std::string(s.model) != "qwen3-30b-a3b") continue;
         for (AttentionImpl impl : {AttentionImpl::Blocked, AttentionImpl::BlockedPositionMajor,

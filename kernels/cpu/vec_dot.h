@@ -22,9 +22,9 @@ using RowDotNFn = void (*)(const void* weight_row, const void* const* activation
 inline constexpr int kMaxDotTokens = 4;
 // Dots of n (1..kMaxDotRows) weight rows with one activation row, each activation block read
 // once for all of them: the one-token (decode) case, where there are no tokens to share a weight
-// load but several rows can share the activation's loads and its per-block setup. Only where it
-// measured faster (Q4_K on AVX-512, MXFP4 on AVX2 and AVX-512); elsewhere callers dot one row at a
-// time with RowDotNFn.
+// load but several rows can share the activation's loads and its per-block setup. Q8_0, Q4_K and
+// MXFP4 at the avx2 and avx512 levels (at avx2 with an AVX-VNNI variant chosen at run time);
+// elsewhere callers dot one row at a time with RowDotNFn.
 using RowsDotFn = void (*)(const void* const* weight_rows, int n, const void* activation_row,
                            int64_t k, float* out);
 inline constexpr int kMaxDotRows = 4;
@@ -65,8 +65,8 @@ struct VecDotKernels {
     void (*f32_to_bf16)(const float* in, uint16_t* out, int64_t n);
     RowDotNFn dotn_f32, dotn_f16, dotn_bf16, dotn_q8_0, dotn_q4_0, dotn_q5_0, dotn_q4_k, dotn_q5_k,
         dotn_q6_k, dotn_mxfp4;
-    RowsDotFn dotr_q8_0;   // null where the ISA has none (below AVX-512)
-    RowsDotFn dotr_q4_k;   // null where the ISA has none
+    RowsDotFn dotr_q8_0;   // null where the ISA has none (scalar)
+    RowsDotFn dotr_q4_k;   // null where the ISA has none (scalar)
     RowsDotFn dotr_mxfp4;  // null where the ISA has none (scalar)
 };
 
