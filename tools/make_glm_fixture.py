@@ -16,13 +16,7 @@ tests/data/chat_tiny only carries it.
     python3 tools/make_glm_fixture.py   # needs transformers and jinja2, not torch
 """
 
-import json
-from pathlib import Path
-
-import transformers
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "data" / "tokenizer" / "glm45"
+from chat_fixture import a, render_fixture, u
 
 GLM45 = """\
 [gMASK]<sop>
@@ -110,14 +104,6 @@ SEARCH = {"type": "function", "function": {
         "required": ["query"]}}}
 
 
-def u(text):
-    return {"role": "user", "content": text}
-
-
-def a(text, **extra):
-    return {"role": "assistant", "content": text, **extra}
-
-
 def call(name, arguments):
     return {"type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -170,20 +156,7 @@ CASES = [
 
 
 def main():
-    tok = transformers.AutoTokenizer.from_pretrained(ROOT / "tests" / "data" / "chat_tiny")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "chat_template.jinja").write_text(GLM45 + "\n", encoding="utf-8")
-    cases = []
-    for name, messages, gen, extra in CASES:
-        kwargs = {k: v for k, v in extra.items() if k != "tools"}
-        tools = extra.get("tools")
-        text = tok.apply_chat_template(messages, tools=tools, tokenize=False,
-                                       add_generation_prompt=gen, chat_template=GLM45, **kwargs)
-        cases.append({"name": name, "messages": messages, "tools": tools,
-                      "add_generation_prompt": gen, "kwargs": kwargs, "text": text})
-    with open(OUT / "chat.json", "w", encoding="utf-8") as f:
-        json.dump(cases, f, ensure_ascii=False, indent=1)
-    print(f"glm45: {len(cases)} cases")
+    render_fixture("glm45", GLM45, CASES)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,7 @@ and kwargs such as reasoning_effort. The tokenizer of tests/data/chat_tiny only 
     python3 tools/make_harmony_fixture.py
 """
 
-import json
-from pathlib import Path
-
-import transformers
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "data" / "tokenizer" / "harmony"
+from chat_fixture import a, render_fixture, u
 
 HARMONY = """\
 {%- macro render_tool(tool) -%}
@@ -93,14 +87,6 @@ WEATHER = {"type": "function", "function": {
         "required": ["city"]}}}
 
 
-def u(text):
-    return {"role": "user", "content": text}
-
-
-def a(text, **extra):
-    return {"role": "assistant", "content": text, **extra}
-
-
 CASES = [
     ("single_user", [u("Hello!")], True, {}),
     ("single_user_no_prompt", [u("Hello!")], False, {}),
@@ -124,20 +110,7 @@ CASES = [
 
 
 def main():
-    tok = transformers.AutoTokenizer.from_pretrained(ROOT / "tests" / "data" / "chat_tiny")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "chat_template.jinja").write_text(HARMONY + "\n")
-    cases = []
-    for name, messages, gen, extra in CASES:
-        kwargs = {k: v for k, v in extra.items() if k != "tools"}
-        tools = extra.get("tools")
-        text = tok.apply_chat_template(messages, tools=tools, tokenize=False,
-                                       add_generation_prompt=gen, chat_template=HARMONY, **kwargs)
-        cases.append({"name": name, "messages": messages, "tools": tools,
-                      "add_generation_prompt": gen, "kwargs": kwargs, "text": text})
-    with open(OUT / "chat.json", "w", encoding="utf-8") as f:
-        json.dump(cases, f, ensure_ascii=False, indent=1)
-    print(f"harmony: {len(cases)} cases")
+    render_fixture("harmony", HARMONY, CASES)
 
 
 if __name__ == "__main__":
