@@ -29,14 +29,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = kAttentionChunk;
 constexpr int kDimsPerLane = kAttentionMaxDim / 32;  // output dims a lane accumulates per row
 
-struct Sequence {
-    const float* q;  // [n_new, n_heads, head_dim]
-    float* out;      // [n_new, n_heads, v_dim]
-    KvView k, v;
-    int64_t n_heads, head_dim, v_dim, start_pos, window;
-    float q_scale;       // scale x log2(e)
-    const float* sinks;  // [n_heads] or null (attention_math.h, sink_log2)
-};
+using Sequence = SequenceRow;
 
 using Tile = AttentionTile;
 using SplitGroup = AttentionSplitGroup;
@@ -288,6 +281,30 @@ KvView view_of(const KvRows& rows, const char* name) {
             .aligned4 = aligned4};
 }
 
+SequenceRow sequence_row(const AttentionArgs& a) {
+    return {.q = a.q.data_as<const float>(),
+            .out = a.out.data_as<float>(),
+            .k = view_of(a.k_cache, "key"),
+            .v = view_of(a.v_cache, "value"),
+            .n_heads = a.q.dim(1),
+            .head_dim = a.q.dim(2),
+            .v_dim = a.v_cache.head_dim,
+            .start_pos = a.start_pos,
+            .window = a.sliding_window,
+            .q_scale = a.scale * std::numbers::log2e_v<float>,
+            .sinks = a.sinks};
+}
+
+AttentionShape shape_of(const AttentionArgs& a) {
+    return {.n_new = a.q.dim(0),
+            .n_heads = a.q.dim(1),
+            .n_kv_heads = a.k_cache.n_heads,
+            .head_dim = a.q.dim(2),
+            .v_dim = a.v_cache.head_dim,
+            .start_pos = a.start_pos,
+            .window = a.sliding_window};
+}
+
 namespace {
 
 // The decode kernel's arguments for a call where every sequence decodes one token, their queries
@@ -357,24 +374,8 @@ void attention(Context& ctx, std::span<const AttentionArgs> sequences) {
     std::vector<Sequence> seqs;
     std::vector<AttentionShape> shapes;
     for (const AttentionArgs& a : sequences) {
-        seqs.push_back({.q = a.q.data_as<const float>(),
-                        .out = a.out.data_as<float>(),
-                        .k = view_of(a.k_cache, "key"),
-                        .v = view_of(a.v_cache, "value"),
-                        .n_heads = a.q.dim(1),
-                        .head_dim = a.q.dim(2),
-                        .v_dim = a.v_cache.head_dim,
-                        .start_pos = a.start_pos,
-                        .window = a.sliding_window,
-                        .q_scale = a.scale * std::numbers::log2e_v<float>,
-                        .sinks = a.sinks});
-        shapes.push_back({.n_new = a.q.dim(0),
-                          .n_heads = a.q.dim(1),
-                          .n_kv_heads = a.k_cache.n_heads,
-                          .head_dim = a.q.dim(2),
-                          .v_dim = a.v_cache.head_dim,
-                          .start_pos = a.start_pos,
-                          .window = a.sliding_window});
+        seqs.push_back(sequence_row(a));
+        shapes.push_back(shape_of(a));
     }
     const AttentionPlan plan = plan_attention(shapes, ctx.multiprocessors());
     if (plan.tiles.empty()) return;

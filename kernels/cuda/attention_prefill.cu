@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <numbers>
 #include <vector>
 
 #include "kernels/cuda/attention_plan.h"
@@ -31,14 +30,7 @@ constexpr int kRows = kPrefillRows;
 constexpr int kKeys = kPrefillKeys;
 constexpr int kVStride = kKeys + 8;  // halves per transposed value row
 
-struct PrefillSequence {
-    const float* q;  // [n_new, n_heads, head_dim]
-    float* out;      // [n_new, n_heads, v_dim]
-    KvView k, v;
-    int64_t n_heads, head_dim, v_dim, start_pos, window;
-    float q_scale;       // scale x log2(e)
-    const float* sinks;  // [n_heads] or null (attention_math.h, sink_log2)
-};
+using PrefillSequence = SequenceRow;
 
 template <int kD>
 constexpr size_t shared_bytes() {
@@ -264,24 +256,8 @@ void attention_prefill(Context& ctx, std::span<const AttentionArgs> sequences) {
     std::vector<AttentionShape> shapes;
     int64_t max_dim = 0;
     for (const AttentionArgs& a : sequences) {
-        seqs.push_back({.q = a.q.data_as<const float>(),
-                        .out = a.out.data_as<float>(),
-                        .k = view_of(a.k_cache, "key"),
-                        .v = view_of(a.v_cache, "value"),
-                        .n_heads = a.q.dim(1),
-                        .head_dim = a.q.dim(2),
-                        .v_dim = a.v_cache.head_dim,
-                        .start_pos = a.start_pos,
-                        .window = a.sliding_window,
-                        .q_scale = a.scale * std::numbers::log2e_v<float>,
-                        .sinks = a.sinks});
-        shapes.push_back({.n_new = a.q.dim(0),
-                          .n_heads = a.q.dim(1),
-                          .n_kv_heads = a.k_cache.n_heads,
-                          .head_dim = a.q.dim(2),
-                          .v_dim = a.v_cache.head_dim,
-                          .start_pos = a.start_pos,
-                          .window = a.sliding_window});
+        seqs.push_back(sequence_row(a));
+        shapes.push_back(shape_of(a));
         max_dim = std::max({max_dim, a.q.dim(2), a.v_cache.head_dim});
     }
     const std::vector<AttentionTile> tiles = plan_prefill(shapes);
