@@ -133,6 +133,32 @@ __global__ void __launch_bounds__(kGemvThreads) down_kernel(GroupedArgs a) {
     }
 }
 
+// The grouped launches, gate+up then down, instantiated for the weight types and for one token
+// per expert or up to kGemvMaxTokens (the decode case gets registers sized for one).
+void launch_grouped(DType gate_type, DType down_type, int max_tokens, dim3 gate_grid,
+                    dim3 down_grid, const GroupedArgs& args, cudaStream_t stream) {
+    const auto for_tokens = [&](auto launch) {
+        if (max_tokens == 1)
+            launch(std::integral_constant<int, 1>{});
+        else
+            launch(std::integral_constant<int, kGemvMaxTokens>{});
+    };
+    with_weight_type(gate_type, [&](auto type) {
+        for_tokens([&](auto tokens) {
+            gate_up_kernel<decltype(type)::value, decltype(tokens)::value>
+                <<<gate_grid, kGemvThreads, 0, stream>>>(args);
+        });
+    });
+    TANDEM_CUDA_CHECK_LAUNCH("gate_up_kernel");
+    with_weight_type(down_type, [&](auto type) {
+        for_tokens([&](auto tokens) {
+            down_kernel<decltype(type)::value, decltype(tokens)::value>
+                <<<down_grid, kGemvThreads, 0, stream>>>(args);
+        });
+    });
+    TANDEM_CUDA_CHECK_LAUNCH("down_kernel");
+}
+
 // rows[i] = x[token_index[slot_begin + i]] for one GEMM-path expert.
 __global__ void gather_kernel(const float* x, const int32_t* token_index, int32_t slot_begin,
                               int64_t n_rows, int64_t hidden, float* rows) {
@@ -420,22 +446,8 @@ void moe_experts(Context& ctx, const MoeExpertsArgs& a) {
         const unsigned n_grouped = unsigned(grouped.size());
         const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), n_grouped);
         const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), n_grouped);
-        with_weight_type(gate_type, [&](auto type) {
-            constexpr DType T = decltype(type)::value;
-            if (max_grouped_tokens == 1)
-                gate_up_kernel<T, 1><<<gate_grid, kGemvThreads, 0, stream>>>(args);
-            else
-                gate_up_kernel<T, kGemvMaxTokens><<<gate_grid, kGemvThreads, 0, stream>>>(args);
-        });
-        TANDEM_CUDA_CHECK_LAUNCH("gate_up_kernel");
-        with_weight_type(down_type, [&](auto type) {
-            constexpr DType T = decltype(type)::value;
-            if (max_grouped_tokens == 1)
-                down_kernel<T, 1><<<down_grid, kGemvThreads, 0, stream>>>(args);
-            else
-                down_kernel<T, kGemvMaxTokens><<<down_grid, kGemvThreads, 0, stream>>>(args);
-        });
-        TANDEM_CUDA_CHECK_LAUNCH("down_kernel");
+        launch_grouped(gate_type, down_type, max_grouped_tokens, gate_grid, down_grid, args,
+                       stream);
     }
 
     const Device device = ctx.device();
@@ -617,22 +629,8 @@ void moe_experts_routed(Context& ctx, const DeviceExpertTable& table, const MoeR
                            .xd = xd};
     const dim3 gate_grid(blocks_for(ffn, kWarpsPerBlock), unsigned(n_experts));
     const dim3 down_grid(blocks_for(hidden, kWarpsPerBlock * kRowsPerWarp), unsigned(n_experts));
-    with_weight_type(table.gate_type(), [&](auto type) {
-        constexpr DType T = decltype(type)::value;
-        if (n_tokens == 1)
-            gate_up_kernel<T, 1><<<gate_grid, kGemvThreads, 0, stream>>>(args);
-        else
-            gate_up_kernel<T, kGemvMaxTokens><<<gate_grid, kGemvThreads, 0, stream>>>(args);
-    });
-    TANDEM_CUDA_CHECK_LAUNCH("gate_up_kernel (routed)");
-    with_weight_type(table.down_type(), [&](auto type) {
-        constexpr DType T = decltype(type)::value;
-        if (n_tokens == 1)
-            down_kernel<T, 1><<<down_grid, kGemvThreads, 0, stream>>>(args);
-        else
-            down_kernel<T, kGemvMaxTokens><<<down_grid, kGemvThreads, 0, stream>>>(args);
-    });
-    TANDEM_CUDA_CHECK_LAUNCH("down_kernel (routed)");
+    launch_grouped(table.gate_type(), table.down_type(), int(n_tokens), gate_grid, down_grid, args,
+                   stream);
     constexpr int kThreads = 256;
     combine_kernel<<<stride_blocks(ctx, n_tokens * hidden, kThreads), kThreads, 0, stream>>>(
         down_rows, tables.token_slot_offsets, tables.token_slots, tables.slot_weight, n_tokens,
