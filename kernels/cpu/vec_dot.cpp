@@ -70,6 +70,9 @@ void quantize_activation(DType type, const float* x, void* out, int64_t k) {
         std::memcpy(out, x, size_t(k) * sizeof(float));
         return;
     }
+    // The block counts are quantize_row's to check; the kernels assume whole blocks.
+    if (type == DType::Q8_0 && k % kQK == 0) return vec_dot_kernels().quantize_q8_0(x, out, k);
+    if (type == DType::Q8_K && k % kQKK == 0) return vec_dot_kernels().quantize_q8_k(x, out, k);
     quantize_row(type, x, out, k);
 }
 

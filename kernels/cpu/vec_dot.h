@@ -68,6 +68,9 @@ struct VecDotKernels {
     RowsDotFn dotr_q8_0;   // null where the ISA has none (scalar)
     RowsDotFn dotr_q4_k;   // null where the ISA has none (scalar)
     RowsDotFn dotr_mxfp4;  // null where the ISA has none (scalar)
+    // Activations to Q8_0 / Q8_K (k whole blocks), the bytes of quantize_row on every ISA.
+    void (*quantize_q8_0)(const float* x, void* out, int64_t k);
+    void (*quantize_q8_k)(const float* x, void* out, int64_t k);
 };
 
 const VecDotKernels& vec_dot_kernels();                // of the active ISA
