@@ -471,7 +471,7 @@ int main(int argc, char** argv) {
     g_peak_gflops = bench::measure_peak_gflops(pool());
     if (!json)
         std::printf(
-            "machine: %.1f GB/s triad bandwidth, %.1f GFLOP/s peak FMA (f32), %d threads, %s "
+            "machine: %.1f GB/s read bandwidth, %.1f GFLOP/s peak FMA (f32), %d threads, %s "
             "kernels\n",
             g_bandwidth_gbps, g_peak_gflops, pool().size(),
             std::string(cpu::isa_name(cpu::active_isa())).c_str());
