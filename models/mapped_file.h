@@ -1,5 +1,7 @@
 // MappedFile: a whole file memory-mapped read-only, unmapped on destruction. Weights are used in
-// place from the mapping, so loading a checkpoint costs page faults, not copies.
+// place from the mapping, so loading a checkpoint costs page faults, not copies; they are taken at
+// open (the pages populated) where the file fits in half of the free memory, so that no step
+// pays them later.
 #pragma once
 
 #include <cstddef>
