@@ -513,9 +513,12 @@ int main(int argc, char** argv) {
             }
         }
     }
+    // --full adds the few-token products, where tile_gemm_min_tokens's thresholds lie.
+    const std::vector<int64_t> linear_ms =
+        full ? std::vector<int64_t>{2, 4, 8, 16, 64, 512} : std::vector<int64_t>{16, 64, 512};
     for (const LinearShape& s : kLinearShapes)
         for (DType type : {DType::BF16, DType::Q8_0, DType::Q4_K})
-            for (int64_t m : {16, 64, 512})
+            for (int64_t m : linear_ms)
                 for (Path path : {Path::Dot, Path::Tile})
                     if (path == Path::Dot || cpu::tile_gemm_available(type)) {
                         register_linear(s, type, m, path);

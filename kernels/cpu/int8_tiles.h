@@ -5,11 +5,13 @@
 // products of block-quantized weights stay in the integer domain as the dot products of vec_dot.h
 // do — weights against activations quantized to Q8_0 (Q8_0 weights) or Q8_K (Q4_K weights), with
 // vpmaddubsw/vpmaddwd — but over a tile: the weight rows are unpacked once per tile into a layout
-// made for the inner loop (Q8_0: the bytes and their magnitudes, f32 scales; Q4_K: one byte per
-// element, 16-bit sub-block scales and mins), and each inner loop multiplies several rows with
-// several tokens, so every loaded weight block serves several tokens and every activation block
-// several rows. The result is the same sum as the dot products' (int32 inside a block or
-// super-block, f32 across), only in another order of the f32 additions.
+// made for the inner loop (Q8_0: the bytes and their magnitudes, f32 scales, by groups of 8
+// blocks; Q4_K: one byte per element with 8 rows interleaved by 4-byte groups, so that a vector
+// holds 8 rows and a token's results are 8 lanes, with the sub-block scales and mins as vectors
+// over the rows), and each inner loop multiplies several rows with several tokens, so every
+// loaded weight vector serves several tokens and every activation several rows. The result is
+// the same sum as the dot products' (int32 inside a block or super-block, f32 across), only in
+// another order of the f32 additions.
 // Non-goals: the other weight types (they keep the dot products below AVX-512), AVX-512 (bf16
 // tiles through oneDNN are faster there).
 #pragma once

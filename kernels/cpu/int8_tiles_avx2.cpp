@@ -32,13 +32,12 @@ float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// Rows and tokens of one inner loop: an int32 accumulator per pair, the tokens' activation
+// Rows and tokens of the Q8_0 inner loop: an int32 accumulator per pair, the tokens' activation
 // vectors and one row's weight vectors within AVX2's 16 vector registers (the f32 accumulators,
-// touched once per group or super-block, may live in memory). Of 2x3, 3x2 and 2x4 for Q8_0 and
-// 4x2, 2x4 and 3x3 for Q4_K, these were the fastest in tandem-kernel-bench --cpu-isa avx2
-// (linear q_proj at M = 64 and 512; a shared machine at load ~3.5, so by 10-25 %, roughly).
+// touched once per group, may live in memory). Of 2x3, 3x2 and 2x4, 2x3 was the fastest in
+// tandem-kernel-bench --cpu-isa avx2 (linear q_proj at M = 64 and 512; a shared machine at load
+// ~3.5, so by 10-25 %, roughly).
 constexpr int kQ8Rows = 2, kQ8Tokens = 3;
-constexpr int kQ4Rows = 2, kQ4Tokens = 4;
 
 // Blocks of Q8_0 (weights or activations) rearranged by groups of 8: vector v of a group (32
 // bytes) holds bytes 4v..4v+3 of each of its 8 blocks, block b in 32-bit lane b. Then the
@@ -168,99 +167,193 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
     }
 }
 
-// A Q4_K super-block of a tile: the 256 quants one byte each in element order (the unsigned
-// operand of vpmaddubsw), the sub-block scales, and the mins once per group of 16 elements to
-// meet Q8_K's bsums in one vpmaddwd.
-struct Q4_KTile {
-    uint8_t q[kQKK];
-    int16_t mins[kQKK / 16];
-    int16_t scales[8];
-    float d, dmin;
+// Q4_K tiles interleave 8 rows, so that one vector holds the same 4 elements of 8 rows and each
+// 32-bit lane of a result belongs to one row: a token's 4 activation bytes, broadcast, meet 8 rows
+// in one vpmaddubsw; the sub-block scales, mins and f32 scales apply as vectors over the rows; and
+// a token's 8 results are one store, with no horizontal sums. Within a sub-block of 32 elements the
+// 8 vpmaddubsw results of a row block add in int16 (each lane at most 8 * 2 * 15 * 128 = 30720)
+// before one vpmaddwd applies the scales, so a product of 32 multiplies costs a vpmaddubsw and a
+// vpaddw, where row-major tiles (one row's sub-block per vector) needed a vpmaddwd each. (AVX-VNNI
+// does not help here: vpdpbusd's int32 sums would need a 32-bit multiply to take the scales.)
+constexpr int kRowBlock = 8;
+
+// 8 rows (a row block) times one super-block.
+struct alignas(32) Q4_KRowBlock {
+    uint8_t q[kQKK / 4][32];  // group g: bytes 4g..4g+3 of row r at 4r..4r+3 (values 0-15)
+    int16_t scales[8][16];    // sub-block j: row r's scale in int16 lanes 2r and 2r + 1
+    int16_t mins[4][16];      // sub-blocks 2p, 2p + 1: row r's mins in lanes 2r, 2r + 1
+    float d[kRowBlock], dmin[kRowBlock];
 };
 
-void pack_q4_k(const BlockQ4_K* w, int64_t n_blocks, Q4_KTile* out) {
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    for (int64_t i = 0; i < n_blocks; ++i) {
-        const BlockQ4_K& block = w[i];
-        Q4_KTile& t = out[i];
-        for (int c = 0; c < 4; ++c) {
-            const __m256i v = load_bytes(block.qs + 32 * c);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q + 64 * c), _mm256_and_si256(v, low));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q + 64 * c + 32),
-                                _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
-        }
-        for (int j = 0; j < 8; ++j) {
-            uint8_t scale = 0, min = 0;
-            get_scale_min_k4(j, block.scales, &scale, &min);
-            t.scales[j] = scale;
-            t.mins[2 * j] = t.mins[2 * j + 1] = min;
-        }
-        t.d = _cvtsh_ss(block.d);
-        t.dmin = _cvtsh_ss(block.dmin);
+// v[r] lane c becomes v[c] lane r (8 x 8 32-bit lanes).
+void transpose_8x8(__m256i v[8]) {
+    __m256i t[8], s[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+        s[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        s[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        s[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        s[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    for (int c = 0; c < 4; ++c) {
+        v[c] = _mm256_permute2x128_si256(s[c], s[4 + c], 0x20);
+        v[4 + c] = _mm256_permute2x128_si256(s[c], s[4 + c], 0x31);
     }
 }
 
-// out[r][t] = row r . token t over nb super-blocks: per super-block, sum_j scale_j * (q . x)_j in
-// int32, then d * d_x times that minus dmin * d_x * sum_j min_j * (sum of x over sub-block j).
-void q4_k_kernel(const Q4_KTile* const* w, const BlockQ8_K* const* a, int64_t nb,
-                 float out[kQ4Rows][kQ4Tokens]) {
-    __m256 acc[kQ4Rows][kQ4Tokens];
-    for (auto& row : acc)
-        for (auto& v : row)
-            v = _mm256_setzero_ps();
+// Rows [r0, r0 + 8) of w (n_rows rows of nb super-blocks) into nb row blocks; rows past n_rows are
+// zero (scales 0: their results are 0 and dropped). Each sub-block of 8 rows is one transpose: a
+// row's sub-block is 8 groups of 4 bytes, and the row block wants each group of all rows together.
+void pack_q4_k_rows(const BlockQ4_K* w, int64_t n_rows, int64_t nb, int64_t r0, Q4_KRowBlock* out) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const int rows = int(std::min<int64_t>(kRowBlock, n_rows - r0));
     for (int64_t i = 0; i < nb; ++i) {
-        __m256i sums[kQ4Rows][kQ4Tokens];
-        for (auto& row : sums)
-            for (auto& v : row)
-                v = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-            __m256i x[kQ4Tokens];
-            for (int t = 0; t < kQ4Tokens; ++t)
-                x[t] = load_bytes(a[t][i].qs + 32 * j);
-            for (int r = 0; r < kQ4Rows; ++r) {
-                const __m256i q = load_bytes(w[r][i].q + 32 * j);
-                const __m256i scale = _mm256_set1_epi16(w[r][i].scales[j]);
-                for (int t = 0; t < kQ4Tokens; ++t)
-                    sums[r][t] = _mm256_add_epi32(
-                        sums[r][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q, x[t]), scale));
+        Q4_KRowBlock& t = out[i];
+        for (int c = 0; c < 4; ++c) {  // 32 bytes of qs: sub-blocks 2c (low nibbles), 2c + 1
+            __m256i lo[kRowBlock], hi[kRowBlock];
+            for (int r = 0; r < kRowBlock; ++r) {
+                const __m256i v = r < rows ? load_bytes(w[(r0 + r) * nb + i].qs + 32 * c)
+                                           : _mm256_setzero_si256();
+                lo[r] = _mm256_and_si256(v, low);
+                hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            }
+            transpose_8x8(lo);
+            transpose_8x8(hi);
+            for (int g = 0; g < 8; ++g) {
+                _mm256_store_si256(reinterpret_cast<__m256i*>(t.q[16 * c + g]), lo[g]);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(t.q[16 * c + 8 + g]), hi[g]);
             }
         }
-        for (int r = 0; r < kQ4Rows; ++r) {
-            const __m256i mins = load_bytes(w[r][i].mins);
-            for (int t = 0; t < kQ4Tokens; ++t) {
-                const __m256i min_sums = _mm256_madd_epi16(mins, load_bytes(a[t][i].bsums));
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[r][t]),
-                                            _mm256_set1_ps(w[r][i].d * a[t][i].d), acc[r][t]);
-                acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sums),
-                                             _mm256_set1_ps(w[r][i].dmin * a[t][i].d), acc[r][t]);
+        std::memset(t.scales, 0, sizeof(t.scales));
+        std::memset(t.mins, 0, sizeof(t.mins));
+        for (int r = 0; r < kRowBlock; ++r) {
+            t.d[r] = t.dmin[r] = 0.0f;
+            if (r >= rows) continue;
+            const BlockQ4_K& block = w[(r0 + r) * nb + i];
+            for (int j = 0; j < 8; ++j) {
+                uint8_t scale = 0, min = 0;
+                get_scale_min_k4(j, block.scales, &scale, &min);
+                t.scales[j][2 * r] = t.scales[j][2 * r + 1] = scale;
+                t.mins[j / 2][2 * r + j % 2] = min;
+            }
+            t.d[r] = _cvtsh_ss(block.d);
+            t.dmin[r] = _cvtsh_ss(block.dmin);
+        }
+    }
+}
+
+// Row blocks and tokens of one inner loop: an int16 and an int32 accumulator per pair, one row
+// block's weight vector and one token's broadcast activation within 16 registers (measured
+// against 1x4 and 2x2 in tandem-kernel-bench --cpu-isa avx2: bench/RESULTS.md 2026-12-06 (d)).
+constexpr int kQ4Blocks = 2, kQ4Tokens = 3;
+
+__m256i broadcast4(const int8_t* p) {
+    int32_t v;
+    std::memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+// out[t][b] (8 floats: rows 8b..8b+7 of the block pair) = row block w[b] . token a[t] over nb
+// super-blocks: per super-block, sum_j scale_j * (q . x)_j in int32 lanes (one per row), then
+// d * d_x times that minus dmin * d_x * sum_j min_j * (sum of x over sub-block j).
+void q4_k_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_t nb,
+                 __m256 out[kQ4Tokens][kQ4Blocks]) {
+    __m256 acc[kQ4Tokens][kQ4Blocks];
+    for (auto& token : acc)
+        for (auto& v : token)
+            v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i) {
+        __m256i sums[kQ4Tokens][kQ4Blocks];
+        for (auto& token : sums)
+            for (auto& v : token)
+                v = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+            __m256i part[kQ4Tokens][kQ4Blocks];
+            for (auto& token : part)
+                for (auto& v : token)
+                    v = _mm256_setzero_si256();
+            for (int g = 8 * j; g < 8 * j + 8; ++g) {
+                __m256i q[kQ4Blocks];
+                for (int b = 0; b < kQ4Blocks; ++b)
+                    q[b] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].q[g]));
+                for (int t = 0; t < kQ4Tokens; ++t) {
+                    const __m256i x = broadcast4(a[t][i].qs + 4 * g);
+                    for (int b = 0; b < kQ4Blocks; ++b)
+                        part[t][b] = _mm256_add_epi16(part[t][b], _mm256_maddubs_epi16(q[b], x));
+                }
+            }
+            for (int b = 0; b < kQ4Blocks; ++b) {
+                const __m256i scale =
+                    _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].scales[j]));
+                for (int t = 0; t < kQ4Tokens; ++t)
+                    sums[t][b] = _mm256_add_epi32(sums[t][b], _mm256_madd_epi16(part[t][b], scale));
+            }
+        }
+        for (int t = 0; t < kQ4Tokens; ++t) {
+            // The token's sub-block sums as int16 pairs (sub-blocks 2p, 2p + 1 in 32-bit lane p).
+            const __m128i bsums = _mm_hadd_epi16(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[t][i].bsums)),
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[t][i].bsums + 8)));
+            const __m256i pairs[4] = {_mm256_broadcastd_epi32(bsums),
+                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0x55)),
+                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0xAA)),
+                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0xFF))};
+            const __m256 dx = _mm256_set1_ps(a[t][i].d);
+            for (int b = 0; b < kQ4Blocks; ++b) {
+                __m256i min_sums = _mm256_setzero_si256();
+                for (int p = 0; p < 4; ++p)
+                    min_sums = _mm256_add_epi32(
+                        min_sums,
+                        _mm256_madd_epi16(
+                            _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].mins[p])),
+                            pairs[p]));
+                const __m256 d = _mm256_mul_ps(_mm256_load_ps(w[b][i].d), dx);
+                const __m256 dmin = _mm256_mul_ps(_mm256_load_ps(w[b][i].dmin), dx);
+                acc[t][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t][b]), d, acc[t][b]);
+                acc[t][b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sums), dmin, acc[t][b]);
             }
         }
     }
-    for (int r = 0; r < kQ4Rows; ++r)
-        for (int t = 0; t < kQ4Tokens; ++t)
-            out[r][t] = hsum(acc[r][t]);
+    for (int t = 0; t < kQ4Tokens; ++t)
+        for (int b = 0; b < kQ4Blocks; ++b)
+            out[t][b] = acc[t][b];
 }
 
 void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
                float* y) {
-    const int64_t nb = k / kQKK;
-    thread_local std::vector<Q4_KTile> tile;
-    tile.resize(size_t(n_rows * nb));
-    pack_q4_k(static_cast<const BlockQ4_K*>(w_rows), n_rows * nb, tile.data());
+    const int64_t nb = k / kQKK, n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
+    thread_local std::vector<Q4_KRowBlock> tile;  // over-aligned: C++17 allocates it aligned
+    tile.resize(size_t(n_blocks * nb));
+    for (int64_t b = 0; b < n_blocks; ++b)
+        pack_q4_k_rows(static_cast<const BlockQ4_K*>(w_rows), n_rows, nb, b * kRowBlock,
+                       &tile[size_t(b * nb)]);
     const auto* x = static_cast<const BlockQ8_K*>(acts);
     for (int64_t t0 = 0; t0 < m; t0 += kQ4Tokens) {
         const BlockQ8_K* a[kQ4Tokens];
         for (int t = 0; t < kQ4Tokens; ++t)
             a[t] = x + std::min(t0 + t, m - 1) * nb;
-        for (int64_t r0 = 0; r0 < n_rows; r0 += kQ4Rows) {
-            const Q4_KTile* w[kQ4Rows];
-            for (int r = 0; r < kQ4Rows; ++r)
-                w[r] = tile.data() + std::min(r0 + r, n_rows - 1) * nb;
-            float out[kQ4Rows][kQ4Tokens];
+        for (int64_t b0 = 0; b0 < n_blocks; b0 += kQ4Blocks) {
+            const Q4_KRowBlock* w[kQ4Blocks];
+            for (int b = 0; b < kQ4Blocks; ++b)
+                w[b] = &tile[size_t(std::min(b0 + b, n_blocks - 1) * nb)];
+            __m256 out[kQ4Tokens][kQ4Blocks];
             q4_k_kernel(w, a, nb, out);
             for (int t = 0; t < kQ4Tokens && t0 + t < m; ++t)
-                for (int r = 0; r < kQ4Rows && r0 + r < n_rows; ++r)
-                    y[(t0 + t) * n_rows + r0 + r] = out[r][t];
+                for (int b = 0; b < kQ4Blocks && b0 + b < n_blocks; ++b) {
+                    float* dst = y + (t0 + t) * n_rows + (b0 + b) * kRowBlock;
+                    const int64_t valid =
+                        std::min<int64_t>(kRowBlock, n_rows - (b0 + b) * kRowBlock);
+                    if (valid == kRowBlock) {
+                        _mm256_storeu_ps(dst, out[t][b]);
+                    } else {
+                        alignas(32) float row[kRowBlock];
+                        _mm256_store_ps(row, out[t][b]);
+                        std::copy_n(row, valid, dst);
+                    }
+                }
         }
     }
 }

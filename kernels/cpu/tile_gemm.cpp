@@ -30,11 +30,12 @@ std::atomic<TileGemmPolicy> g_policy{TileGemmPolicy::Auto};
 std::atomic<bool> g_batch_invariant{false};
 
 // Fewest tokens for which Auto takes the int8 tiles at the avx2 level. Measured with
-// tandem-kernel-bench --full --cpu-isa avx2 (OLMoE and Qwen3-30B-A3B expert shapes, 2 threads,
-// AMD EPYC Zen 4 forced to avx2, load 3.7 from other work: noisy): at M = 4 and 8 the dot
-// products won on 5 of 8 pairs, at 16 the two were even (within the noise), from 32 the tiles
-// won 3 of 4 by 1.3-1.6x, and linear at M = 64 and 512 by 1.4-2x.
-constexpr int64_t kInt8TileMinTokens = 16;
+// tandem-kernel-bench --full --cpu-isa avx2 (linear q_proj of Qwen3-30B-A3B and o_proj of
+// OLMoE, 2 threads, Intel Xeon with AVX-512 forced to avx2, load ~1; bench/RESULTS.md 2026-12-06
+// (d)): at M = 2 the dot products are 1.4-2x faster, at 4 Q4_K is even and Q8_0's dots 1.2x
+// faster, at 8 the tiles win by 1.3x (Q8_0) to 1.5x (Q4_K). (Before the row-interleaved Q4_K
+// tiles it was 16.)
+constexpr int64_t kInt8TileMinTokens = 6;
 
 // Bytes of one weight tile (f32 or bf16): with the tokens' activations it stays in a 1 MB L2.
 constexpr int64_t kTileBytes = int64_t(256) << 10;
