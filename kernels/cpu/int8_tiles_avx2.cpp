@@ -70,30 +70,15 @@ void interleave_q8_0(const BlockQ8_0* x, int64_t rows, int64_t nb, int64_t group
 }
 
 // sums + Σ over each 4-byte group of mag (u8) * x (s8), the Q8_0 tile product. |x| <= 127 and
-// mag <= 128, so vpmaddubsw's pairs (<= 2 * 128 * 127) never saturate and both variants give the
-// exact int32 sums.
-struct MaddubsProduct {
-    static __m256i add(__m256i sums, __m256i mag, __m256i x) {
-        return _mm256_add_epi32(
-            sums, _mm256_madd_epi16(_mm256_maddubs_epi16(mag, x), _mm256_set1_epi16(1)));
-    }
-};
-
-// The kernels below are compiled with AVX-VNNI allowed (the VNNI instantiation needs it; the
-// other one uses no VNNI instruction, and runs on CPUs without it: checked with objdump when
-// this was written) and called only through q8_0_kernel_for, which picks by avx_vnni_active().
-#pragma GCC push_options
-#pragma GCC target("avxvnni")
-// One vpdpbusd (VEX) in place of vpmaddubsw + vpmaddwd + vpaddd.
-struct VnniProduct {
-    static __m256i add(__m256i sums, __m256i mag, __m256i x) {
-        return _mm256_dpbusd_avx_epi32(sums, mag, x);
-    }
-};
+// mag <= 128, so vpmaddubsw's pairs (<= 2 * 128 * 127) never saturate.
+__m256i add_products(__m256i sums, __m256i mag, __m256i x) {
+    return _mm256_add_epi32(sums,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(mag, x), _mm256_set1_epi16(1)));
+}
 
 // out[r][t] = weight row rows[r] . activation row tokens[t] over `groups` groups of 8 blocks.
-// The sign trick: |w| is the unsigned operand, w's sign moves onto x (vpsignb).
-template <class Product>
+// The sign trick: |w| is the unsigned operand, w's sign moves onto x (vpsignb). Without AVX-VNNI
+// (with it, q8_0_vnni_kernel below).
 void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
                  const int64_t* tokens, int64_t groups, float out[kQ8Rows][kQ8Tokens]) {
     __m256 acc[kQ8Rows][kQ8Tokens];
@@ -114,7 +99,7 @@ void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
                 const __m256i q = load_bytes(w.q.data() + at);
                 const __m256i mag = load_bytes(w.mag.data() + at);
                 for (int t = 0; t < kQ8Tokens; ++t)
-                    sums[r][t] = Product::add(sums[r][t], mag, _mm256_sign_epi8(xv[t], q));
+                    sums[r][t] = add_products(sums[r][t], mag, _mm256_sign_epi8(xv[t], q));
             }
         }
         for (int r = 0; r < kQ8Rows; ++r) {
@@ -130,18 +115,6 @@ void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
         for (int t = 0; t < kQ8Tokens; ++t)
             out[r][t] = hsum(acc[r][t]);
 }
-template void q8_0_kernel<MaddubsProduct>(const Q8_0Groups&, const int64_t*, const Q8_0Groups&,
-                                          const int64_t*, int64_t, float[kQ8Rows][kQ8Tokens]);
-template void q8_0_kernel<VnniProduct>(const Q8_0Groups&, const int64_t*, const Q8_0Groups&,
-                                       const int64_t*, int64_t, float[kQ8Rows][kQ8Tokens]);
-#pragma GCC pop_options
-
-using Q8_0Kernel = void (*)(const Q8_0Groups&, const int64_t*, const Q8_0Groups&, const int64_t*,
-                            int64_t, float[kQ8Rows][kQ8Tokens]);
-
-Q8_0Kernel q8_0_kernel_for() {
-    return avx_vnni_active() ? q8_0_kernel<VnniProduct> : q8_0_kernel<MaddubsProduct>;
-}
 
 void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
                float* y) {
@@ -149,7 +122,6 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
     thread_local Q8_0Groups tile, x;
     interleave_q8_0(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, groups, true, tile);
     interleave_q8_0(static_cast<const BlockQ8_0*>(acts), m, nb, groups, false, x);
-    const Q8_0Kernel kernel = q8_0_kernel_for();
     for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
         int64_t tokens[kQ8Tokens];
         for (int t = 0; t < kQ8Tokens; ++t)
@@ -159,7 +131,7 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
             for (int r = 0; r < kQ8Rows; ++r)
                 rows[r] = std::min(r0 + r, n_rows - 1);
             float out[kQ8Rows][kQ8Tokens];
-            kernel(tile, rows, x, tokens, groups, out);
+            q8_0_kernel(tile, rows, x, tokens, groups, out);
             for (int t = 0; t < kQ8Tokens && t0 + t < m; ++t)
                 for (int r = 0; r < kQ8Rows && r0 + r < n_rows; ++r)
                     y[(t0 + t) * n_rows + r0 + r] = out[r][t];
@@ -322,27 +294,25 @@ void q4_k_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_
             out[t][b] = acc[t][b];
 }
 
-void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
-               float* y) {
-    const int64_t nb = k / kQKK, n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
-    thread_local std::vector<Q4_KRowBlock> tile;  // over-aligned: C++17 allocates it aligned
-    tile.resize(size_t(n_blocks * nb));
-    for (int64_t b = 0; b < n_blocks; ++b)
-        pack_q4_k_rows(static_cast<const BlockQ4_K*>(w_rows), n_rows, nb, b * kRowBlock,
-                       &tile[size_t(b * nb)]);
-    const auto* x = static_cast<const BlockQ8_K*>(acts);
-    for (int64_t t0 = 0; t0 < m; t0 += kQ4Tokens) {
-        const BlockQ8_K* a[kQ4Tokens];
-        for (int t = 0; t < kQ4Tokens; ++t)
-            a[t] = x + std::min(t0 + t, m - 1) * nb;
-        for (int64_t b0 = 0; b0 < n_blocks; b0 += kQ4Blocks) {
-            const Q4_KRowBlock* w[kQ4Blocks];
-            for (int b = 0; b < kQ4Blocks; ++b)
-                w[b] = &tile[size_t(std::min(b0 + b, n_blocks - 1) * nb)];
-            __m256 out[kQ4Tokens][kQ4Blocks];
-            q4_k_kernel(w, a, nb, out);
-            for (int t = 0; t < kQ4Tokens && t0 + t < m; ++t)
-                for (int b = 0; b < kQ4Blocks && b0 + b < n_blocks; ++b) {
+// The loop of the row-interleaved tiles: kernel(w, tokens, out) for every group of kTokens tokens
+// (the last repeated to fill a group) and kBlocks row blocks of `tile` (nb blocks of RowBlock
+// each), out[t][b] holding the 8 rows of row block b for token t; the valid rows are stored.
+template <int kBlocks, int kTokens, class RowBlock, class Kernel>
+void over_row_blocks(const RowBlock* tile, int64_t nb, int64_t n_rows, int64_t m, Kernel&& kernel,
+                     float* y) {
+    const int64_t n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
+    for (int64_t t0 = 0; t0 < m; t0 += kTokens) {
+        int64_t tokens[kTokens];
+        for (int t = 0; t < kTokens; ++t)
+            tokens[t] = std::min(t0 + t, m - 1);
+        for (int64_t b0 = 0; b0 < n_blocks; b0 += kBlocks) {
+            const RowBlock* w[kBlocks];
+            for (int b = 0; b < kBlocks; ++b)
+                w[b] = tile + std::min(b0 + b, n_blocks - 1) * nb;
+            __m256 out[kTokens][kBlocks];
+            kernel(w, tokens, out);
+            for (int t = 0; t < kTokens && t0 + t < m; ++t)
+                for (int b = 0; b < kBlocks && b0 + b < n_blocks; ++b) {
                     float* dst = y + (t0 + t) * n_rows + (b0 + b) * kRowBlock;
                     const int64_t valid =
                         std::min<int64_t>(kRowBlock, n_rows - (b0 + b) * kRowBlock);
@@ -358,6 +328,137 @@ void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
     }
 }
 
+void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
+               float* y) {
+    const int64_t nb = k / kQKK, n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
+    thread_local std::vector<Q4_KRowBlock> tile;  // over-aligned: C++17 allocates it aligned
+    tile.resize(size_t(n_blocks * nb));
+    for (int64_t b = 0; b < n_blocks; ++b)
+        pack_q4_k_rows(static_cast<const BlockQ4_K*>(w_rows), n_rows, nb, b * kRowBlock,
+                       &tile[size_t(b * nb)]);
+    const auto* x = static_cast<const BlockQ8_K*>(acts);
+    over_row_blocks<kQ4Blocks, kQ4Tokens>(
+        tile.data(), nb, n_rows, m,
+        [&](const Q4_KRowBlock* const* w, const int64_t* tokens, __m256 out[kQ4Tokens][kQ4Blocks]) {
+            const BlockQ8_K* a[kQ4Tokens];
+            for (int t = 0; t < kQ4Tokens; ++t)
+                a[t] = x + tokens[t] * nb;
+            q4_k_kernel(w, a, nb, out);
+        },
+        y);
+}
+
+// With AVX-VNNI, Q8_0 tiles interleave 8 rows as Q4_K's do, and a product of 32 multiplies is one
+// vpdpbusd with no sign step: the weights are stored biased to unsigned bytes (q + 128), and
+// 128 * (the sum of the token's block), taken once per token and block, is subtracted from each
+// block's int32 sums. (Without AVX-VNNI this layout gains nothing: vpmaddubsw would saturate on
+// biased weights, and the sign step per token and row stays; the row-major groups above remain.)
+struct alignas(32) Q8_0RowBlock {
+    uint8_t q[kQK / 4][32];  // group g: bytes 4g..4g+3 of row r, plus 128, at 4r..4r+3
+    float d[kRowBlock];
+};
+
+void pack_q8_0_rows(const BlockQ8_0* w, int64_t n_rows, int64_t nb, int64_t r0, Q8_0RowBlock* out) {
+    const __m256i bias = _mm256_set1_epi8(char(0x80));
+    const int rows = int(std::min<int64_t>(kRowBlock, n_rows - r0));
+    for (int64_t i = 0; i < nb; ++i) {
+        Q8_0RowBlock& t = out[i];
+        __m256i v[kRowBlock];
+        for (int r = 0; r < kRowBlock; ++r) {
+            // Missing rows: bytes of 0 (stored as 128) and a scale of 0.
+            v[r] = _mm256_xor_si256(
+                r < rows ? load_bytes(w[(r0 + r) * nb + i].qs) : _mm256_setzero_si256(), bias);
+            t.d[r] = r < rows ? _cvtsh_ss(w[(r0 + r) * nb + i].d) : 0.0f;
+        }
+        transpose_8x8(v);
+        for (int g = 0; g < kQK / 4; ++g)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(t.q[g]), v[g]);
+    }
+}
+
+constexpr int kQ8VnniBlocks = 2, kQ8VnniTokens = 3;
+
+// A token's blocks as the kernel reads them: the bytes, the f32 scale, 128 * the sum of the bytes.
+struct Q8_0Token {
+    const BlockQ8_0* blocks;
+    const float* d;
+    const int32_t* bias;
+};
+
+#pragma GCC push_options
+#pragma GCC target("avxvnni")
+void q8_0_vnni_kernel(const Q8_0RowBlock* const* w, const Q8_0Token* a, int64_t nb,
+                      __m256 out[kQ8VnniTokens][kQ8VnniBlocks]) {
+    __m256 acc[kQ8VnniTokens][kQ8VnniBlocks];
+    for (auto& token : acc)
+        for (auto& v : token)
+            v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i) {
+        __m256i sums[kQ8VnniTokens][kQ8VnniBlocks];
+        for (int t = 0; t < kQ8VnniTokens; ++t)
+            for (int b = 0; b < kQ8VnniBlocks; ++b)
+                sums[t][b] = _mm256_set1_epi32(-a[t].bias[i]);
+        for (int g = 0; g < kQK / 4; ++g) {
+            __m256i q[kQ8VnniBlocks];
+            for (int b = 0; b < kQ8VnniBlocks; ++b)
+                q[b] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].q[g]));
+            for (int t = 0; t < kQ8VnniTokens; ++t) {
+                const __m256i x = broadcast4(a[t].blocks[i].qs + 4 * g);
+                for (int b = 0; b < kQ8VnniBlocks; ++b)
+                    sums[t][b] = _mm256_dpbusd_avx_epi32(sums[t][b], q[b], x);
+            }
+        }
+        for (int t = 0; t < kQ8VnniTokens; ++t) {
+            const __m256 dx = _mm256_set1_ps(a[t].d[i]);
+            for (int b = 0; b < kQ8VnniBlocks; ++b)
+                acc[t][b] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t][b]),
+                                    _mm256_mul_ps(_mm256_load_ps(w[b][i].d), dx), acc[t][b]);
+        }
+    }
+    for (int t = 0; t < kQ8VnniTokens; ++t)
+        for (int b = 0; b < kQ8VnniBlocks; ++b)
+            out[t][b] = acc[t][b];
+}
+#pragma GCC pop_options
+
+void q8_0_vnni_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
+                    float* y) {
+    const int64_t nb = k / kQK, n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
+    thread_local std::vector<Q8_0RowBlock> tile;
+    tile.resize(size_t(n_blocks * nb));
+    for (int64_t b = 0; b < n_blocks; ++b)
+        pack_q8_0_rows(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, b * kRowBlock,
+                       &tile[size_t(b * nb)]);
+    // The tokens' scales and bias terms, once per call.
+    const auto* x = static_cast<const BlockQ8_0*>(acts);
+    thread_local std::vector<float> d;
+    thread_local std::vector<int32_t> bias;
+    d.resize(size_t(m * nb));
+    bias.resize(size_t(m * nb));
+    const __m256i ones = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < m * nb; ++i) {
+        d[size_t(i)] = _cvtsh_ss(x[i].d);
+        const __m256i pairs = _mm256_maddubs_epi16(ones, load_bytes(x[i].qs));
+        const __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        bias[size_t(i)] = 128 * _mm_cvtsi128_si32(s);
+    }
+    over_row_blocks<kQ8VnniBlocks, kQ8VnniTokens>(
+        tile.data(), nb, n_rows, m,
+        [&](const Q8_0RowBlock* const* w, const int64_t* tokens,
+            __m256 out[kQ8VnniTokens][kQ8VnniBlocks]) {
+            Q8_0Token a[kQ8VnniTokens];
+            for (int t = 0; t < kQ8VnniTokens; ++t)
+                a[t] = {x + tokens[t] * nb, d.data() + tokens[t] * nb,
+                        bias.data() + tokens[t] * nb};
+            q8_0_vnni_kernel(w, a, nb, out);
+        },
+        y);
+}
+
 }  // namespace
 
 bool int8_tiles_support(DType type) {
@@ -368,7 +469,9 @@ void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type,
                     int64_t k, float* y) {
     if (m <= 0 || n_rows <= 0) return;
     switch (type) {
-        case DType::Q8_0: return q8_0_gemm(acts, m, w_rows, n_rows, k, y);
+        case DType::Q8_0:
+            return avx_vnni_active() ? q8_0_vnni_gemm(acts, m, w_rows, n_rows, k, y)
+                                     : q8_0_gemm(acts, m, w_rows, n_rows, k, y);
         case DType::Q4_K: return q4_k_gemm(acts, m, w_rows, n_rows, k, y);
         default: fail("int8_tile_gemm: no int8 tiles for ", dtype_name(type));
     }

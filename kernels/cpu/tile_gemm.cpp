@@ -29,13 +29,16 @@ namespace {
 std::atomic<TileGemmPolicy> g_policy{TileGemmPolicy::Auto};
 std::atomic<bool> g_batch_invariant{false};
 
-// Fewest tokens for which Auto takes the int8 tiles at the avx2 level. Measured with
-// tandem-kernel-bench --full --cpu-isa avx2 (linear q_proj of Qwen3-30B-A3B and o_proj of
-// OLMoE, 2 threads, Intel Xeon with AVX-512 forced to avx2, load ~1; bench/RESULTS.md 2026-12-06
-// (d)): at M = 2 the dot products are 1.4-2x faster, at 4 Q4_K is even and Q8_0's dots 1.2x
-// faster, at 8 the tiles win by 1.3x (Q8_0) to 1.5x (Q4_K). (Before the row-interleaved Q4_K
-// tiles it was 16.)
-constexpr int64_t kInt8TileMinTokens = 6;
+// Fewest tokens for which Auto takes the int8 tiles at the avx2 level, by weight type. Measured
+// with tandem-kernel-bench --full --cpu-isa avx2 (linear q_proj of Qwen3-30B-A3B and o_proj of
+// OLMoE, 2 threads, an Intel Xeon with AVX-512 forced to avx2, load ~1.5; bench/RESULTS.md
+// 2026-12-06 (d)), tiles against the dot products: Q4_K 0.7x at M = 2, even at 4, 1.5x at 8;
+// Q8_0 with AVX-VNNI 1.1x at 2, 1.75x at 4; Q8_0 without it 0.46x at 2, 0.69x at 4, even at 8
+// (1.2x at 16). (Before the row-interleaved tiles of that date, 16 for both.)
+int64_t int8_tile_min_tokens(DType weight_type) {
+    if (weight_type == DType::Q4_K) return 6;
+    return avx_vnni_active() ? 2 : 10;
+}
 
 // Bytes of one weight tile (f32 or bf16): with the tokens' activations it stays in a 1 MB L2.
 constexpr int64_t kTileBytes = int64_t(256) << 10;
@@ -166,7 +169,7 @@ bool tile_gemm_available(DType weight_type) {
 // M = 4. Every quantized type has a vector dequantizer to bf16: Q4_0, Q5_0 and Q6_K (slower dot
 // products) win 1.4-1.7x at M = 8; Q8_0, Q4_K and Q5_K (fast dot products) break even at 8.
 int64_t tile_gemm_min_tokens(DType weight_type) {
-    if (int8_tiles_here(weight_type)) return kInt8TileMinTokens;
+    if (int8_tiles_here(weight_type)) return int8_tile_min_tokens(weight_type);
     switch (weight_type) {
         case DType::F32:
         case DType::F16:
