@@ -1,10 +1,15 @@
 // Int8 weight tiles times int8 activations with AVX2 (int8_tiles.h). Compiled for the avx2 level
-// only (flags in kernels/CMakeLists.txt) and called only when that level is active.
+// only (flags in kernels/CMakeLists.txt) and called only when that level is active; the
+// functions that use AVX-VNNI (q8_0_vnni_kernel, q4_k_vnni_kernel) are compiled with it allowed and
+// called only when avx_vnni_active().
 //
-// A tile is converted once, then every group of kTokens tokens walks it in groups of kRows rows:
-// the weight tile (kRows rows of k bytes at a time) stays in L2 and the tokens' activations in
-// L1. Edge groups repeat the last valid row or token and drop the extra results, so one
-// instantiation serves every shape.
+// A tile is converted once, then every group of tokens walks it a few rows (or row blocks of 8
+// interleaved rows) at a time: the weight tile stays in L2 and the tokens' activations in L1.
+// Edge groups repeat the last valid row or token and drop the extra results (row blocks are
+// padded with zero rows), so one instantiation serves every shape. Three layouts: Q8_0 in
+// row-major groups of 8 blocks (vpmaddubsw, the sign trick), Q8_0 with 8 rows interleaved
+// (AVX-VNNI), Q4_K with 8 rows interleaved (vpmaddubsw and int16 sums per sub-block, or
+// AVX-VNNI's vpdpbusd and f32 scales per sub-block).
 #include "kernels/cpu/int8_tiles.h"
 
 #include <immintrin.h>
@@ -145,8 +150,8 @@ void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
 // a token's 8 results are one store, with no horizontal sums. Within a sub-block of 32 elements the
 // 8 vpmaddubsw results of a row block add in int16 (each lane at most 8 * 2 * 15 * 128 = 30720)
 // before one vpmaddwd applies the scales, so a product of 32 multiplies costs a vpmaddubsw and a
-// vpaddw, where row-major tiles (one row's sub-block per vector) needed a vpmaddwd each. (AVX-VNNI
-// does not help here: vpdpbusd's int32 sums would need a 32-bit multiply to take the scales.)
+// vpaddw, where row-major tiles (one row's sub-block per vector) needed a vpmaddwd each. With
+// AVX-VNNI it is one vpdpbusd, and the scales apply in f32 once per sub-block (q4_k_vnni_kernel).
 constexpr int kRowBlock = 8;
 
 // 8 rows (a row block) times one super-block.
@@ -155,6 +160,7 @@ struct alignas(32) Q4_KRowBlock {
     int16_t scales[8][16];    // sub-block j: row r's scale in int16 lanes 2r and 2r + 1
     int16_t mins[4][16];      // sub-blocks 2p, 2p + 1: row r's mins in lanes 2r, 2r + 1
     float d[kRowBlock], dmin[kRowBlock];
+    float scaled_d[8][kRowBlock];  // sub-block j: row r's scale times d (the AVX-VNNI kernel's)
 };
 
 // v[r] lane c becomes v[c] lane r (8 x 8 32-bit lanes).
@@ -174,6 +180,19 @@ void transpose_8x8(__m256i v[8]) {
         v[c] = _mm256_permute2x128_si256(s[c], s[4 + c], 0x20);
         v[4 + c] = _mm256_permute2x128_si256(s[c], s[4 + c], 0x31);
     }
+}
+
+// A Q4_K block's 8 scales (bytes 0-7) and 8 mins (bytes 8-15) from its 12 packed bytes, as
+// get_scale_min_k4 gives them: bytes 0-3 hold scales 0-3 in their low 6 bits, bytes 4-7 mins
+// 0-3; bytes 8-11 the low 4 bits of scales 4-7 (low nibbles) and mins 4-7 (high nibbles), whose
+// top 2 bits are the top bits of bytes 0-3 and 4-7.
+__m128i unpack_scales_mins(const uint8_t* packed) {
+    uint32_t word[3];
+    std::memcpy(word, packed, sizeof(word));
+    const uint32_t scales03 = word[0] & 0x3f3f3f3fu, mins03 = word[1] & 0x3f3f3f3fu;
+    const uint32_t scales47 = (word[2] & 0x0f0f0f0fu) | ((word[0] >> 2) & 0x30303030u);
+    const uint32_t mins47 = ((word[2] >> 4) & 0x0f0f0f0fu) | ((word[1] >> 2) & 0x30303030u);
+    return _mm_set_epi32(int(mins47), int(mins03), int(scales47), int(scales03));
 }
 
 // Rows [r0, r0 + 8) of w (n_rows rows of nb super-blocks) into nb row blocks; rows past n_rows are
@@ -199,21 +218,29 @@ void pack_q4_k_rows(const BlockQ4_K* w, int64_t n_rows, int64_t nb, int64_t r0, 
                 _mm256_store_si256(reinterpret_cast<__m256i*>(t.q[16 * c + 8 + g]), hi[g]);
             }
         }
-        std::memset(t.scales, 0, sizeof(t.scales));
-        std::memset(t.mins, 0, sizeof(t.mins));
+        // The rows' scales and mins as int32 lanes, row r in vector r, then transposed: vector j
+        // holds sub-block j's of every row, which the kernels' layouts are made from.
+        __m256i scales[kRowBlock], mins[kRowBlock];
         for (int r = 0; r < kRowBlock; ++r) {
-            t.d[r] = t.dmin[r] = 0.0f;
-            if (r >= rows) continue;
-            const BlockQ4_K& block = w[(r0 + r) * nb + i];
-            for (int j = 0; j < 8; ++j) {
-                uint8_t scale = 0, min = 0;
-                get_scale_min_k4(j, block.scales, &scale, &min);
-                t.scales[j][2 * r] = t.scales[j][2 * r + 1] = scale;
-                t.mins[j / 2][2 * r + j % 2] = min;
-            }
-            t.d[r] = _cvtsh_ss(block.d);
-            t.dmin[r] = _cvtsh_ss(block.dmin);
+            const __m128i unpacked =
+                r < rows ? unpack_scales_mins(w[(r0 + r) * nb + i].scales) : _mm_setzero_si128();
+            scales[r] = _mm256_cvtepu8_epi32(unpacked);
+            mins[r] = _mm256_cvtepu8_epi32(_mm_srli_si128(unpacked, 8));
+            t.d[r] = r < rows ? _cvtsh_ss(w[(r0 + r) * nb + i].d) : 0.0f;
+            t.dmin[r] = r < rows ? _cvtsh_ss(w[(r0 + r) * nb + i].dmin) : 0.0f;
         }
+        transpose_8x8(scales);
+        transpose_8x8(mins);
+        const __m256 d = _mm256_load_ps(t.d);
+        for (int j = 0; j < 8; ++j) {
+            _mm256_store_si256(reinterpret_cast<__m256i*>(t.scales[j]),
+                               _mm256_or_si256(scales[j], _mm256_slli_epi32(scales[j], 16)));
+            _mm256_store_ps(t.scaled_d[j], _mm256_mul_ps(_mm256_cvtepi32_ps(scales[j]), d));
+        }
+        for (int p = 0; p < 4; ++p)
+            _mm256_store_si256(
+                reinterpret_cast<__m256i*>(t.mins[p]),
+                _mm256_or_si256(mins[2 * p], _mm256_slli_epi32(mins[2 * p + 1], 16)));
     }
 }
 
@@ -226,6 +253,37 @@ __m256i broadcast4(const int8_t* p) {
     int32_t v;
     std::memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
+}
+
+// A token's sub-block sums as int16 pairs (sub-blocks 2p, 2p + 1 in 32-bit lane p), broadcast,
+// and its scale: what the mins' term of a super-block needs.
+struct TokenPairs {
+    __m256i pairs[4];
+    __m256 d;
+    explicit TokenPairs(const BlockQ8_K& x) : d(_mm256_set1_ps(x.d)) {
+        const __m128i sums =
+            _mm_hadd_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums)),
+                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x.bsums + 8)));
+        pairs[0] = _mm256_broadcastd_epi32(sums);
+        pairs[1] = _mm256_broadcastd_epi32(_mm_shuffle_epi32(sums, 0x55));
+        pairs[2] = _mm256_broadcastd_epi32(_mm_shuffle_epi32(sums, 0xAA));
+        pairs[3] = _mm256_broadcastd_epi32(_mm_shuffle_epi32(sums, 0xFF));
+    }
+};
+
+// acc + d_x * (scaled - dmin * sum_j min_j * (sum of x over sub-block j)) for the 8 rows of w,
+// where scaled holds each row's sum_j d * scale_j * (q . x)_j of the super-block.
+[[gnu::always_inline]] inline __m256 add_super_block(__m256 acc, __m256 scaled,
+                                                     const Q4_KRowBlock& w, const TokenPairs& x) {
+    __m256i min_sums = _mm256_setzero_si256();
+    for (int p = 0; p < 4; ++p)
+        min_sums = _mm256_add_epi32(
+            min_sums,
+            _mm256_madd_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(w.mins[p])),
+                              x.pairs[p]));
+    const __m256 sum =
+        _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sums), _mm256_load_ps(w.dmin), scaled);
+    return _mm256_fmadd_ps(sum, x.d, acc);
 }
 
 // out[t][b] (8 floats: rows 8b..8b+7 of the block pair) = row block w[b] . token a[t] over nb
@@ -265,34 +323,68 @@ void q4_k_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_
             }
         }
         for (int t = 0; t < kQ4Tokens; ++t) {
-            // The token's sub-block sums as int16 pairs (sub-blocks 2p, 2p + 1 in 32-bit lane p).
-            const __m128i bsums = _mm_hadd_epi16(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[t][i].bsums)),
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[t][i].bsums + 8)));
-            const __m256i pairs[4] = {_mm256_broadcastd_epi32(bsums),
-                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0x55)),
-                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0xAA)),
-                                      _mm256_broadcastd_epi32(_mm_shuffle_epi32(bsums, 0xFF))};
-            const __m256 dx = _mm256_set1_ps(a[t][i].d);
-            for (int b = 0; b < kQ4Blocks; ++b) {
-                __m256i min_sums = _mm256_setzero_si256();
-                for (int p = 0; p < 4; ++p)
-                    min_sums = _mm256_add_epi32(
-                        min_sums,
-                        _mm256_madd_epi16(
-                            _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].mins[p])),
-                            pairs[p]));
-                const __m256 d = _mm256_mul_ps(_mm256_load_ps(w[b][i].d), dx);
-                const __m256 dmin = _mm256_mul_ps(_mm256_load_ps(w[b][i].dmin), dx);
-                acc[t][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t][b]), d, acc[t][b]);
-                acc[t][b] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(min_sums), dmin, acc[t][b]);
-            }
+            const TokenPairs pairs(a[t][i]);
+            for (int b = 0; b < kQ4Blocks; ++b)
+                acc[t][b] = add_super_block(
+                    acc[t][b],
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(sums[t][b]), _mm256_load_ps(w[b][i].d)),
+                    w[b][i], pairs);
         }
     }
     for (int t = 0; t < kQ4Tokens; ++t)
         for (int b = 0; b < kQ4Blocks; ++b)
             out[t][b] = acc[t][b];
 }
+
+// q4_k_kernel with AVX-VNNI: a sub-block's products of a row block and token are 8 vpdpbusd into
+// int32 lanes (at most 32 * 15 * 128, exact), converted once and multiplied by the rows' scale * d
+// in f32, so a product of 32 multiplies is one instruction where vpmaddubsw needed a vpaddw too.
+#pragma GCC push_options
+#pragma GCC target("avxvnni")
+void q4_k_vnni_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_t nb,
+                      __m256 out[kQ4Tokens][kQ4Blocks]) {
+    __m256 acc[kQ4Tokens][kQ4Blocks];
+    for (auto& token : acc)
+        for (auto& v : token)
+            v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; ++i) {
+        __m256 scaled[kQ4Tokens][kQ4Blocks];
+        for (auto& token : scaled)
+            for (auto& v : token)
+                v = _mm256_setzero_ps();
+        for (int j = 0; j < 8; ++j) {
+            __m256i sums[kQ4Tokens][kQ4Blocks];
+            for (auto& token : sums)
+                for (auto& v : token)
+                    v = _mm256_setzero_si256();
+            for (int g = 8 * j; g < 8 * j + 8; ++g) {
+                __m256i q[kQ4Blocks];
+                for (int b = 0; b < kQ4Blocks; ++b)
+                    q[b] = _mm256_load_si256(reinterpret_cast<const __m256i*>(w[b][i].q[g]));
+                for (int t = 0; t < kQ4Tokens; ++t) {
+                    const __m256i x = broadcast4(a[t][i].qs + 4 * g);
+                    for (int b = 0; b < kQ4Blocks; ++b)
+                        sums[t][b] = _mm256_dpbusd_avx_epi32(sums[t][b], q[b], x);
+                }
+            }
+            for (int b = 0; b < kQ4Blocks; ++b) {
+                const __m256 scale = _mm256_load_ps(w[b][i].scaled_d[j]);
+                for (int t = 0; t < kQ4Tokens; ++t)
+                    scaled[t][b] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[t][b]), scale, scaled[t][b]);
+            }
+        }
+        for (int t = 0; t < kQ4Tokens; ++t) {
+            const TokenPairs pairs(a[t][i]);
+            for (int b = 0; b < kQ4Blocks; ++b)
+                acc[t][b] = add_super_block(acc[t][b], scaled[t][b], w[b][i], pairs);
+        }
+    }
+    for (int t = 0; t < kQ4Tokens; ++t)
+        for (int b = 0; b < kQ4Blocks; ++b)
+            out[t][b] = acc[t][b];
+}
+#pragma GCC pop_options
 
 // The loop of the row-interleaved tiles: kernel(w, tokens, out) for every group of kTokens tokens
 // (the last repeated to fill a group) and kBlocks row blocks of `tile` (nb blocks of RowBlock
@@ -337,13 +429,17 @@ void q4_k_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, 
         pack_q4_k_rows(static_cast<const BlockQ4_K*>(w_rows), n_rows, nb, b * kRowBlock,
                        &tile[size_t(b * nb)]);
     const auto* x = static_cast<const BlockQ8_K*>(acts);
+    const bool vnni = avx_vnni_active();
     over_row_blocks<kQ4Blocks, kQ4Tokens>(
         tile.data(), nb, n_rows, m,
         [&](const Q4_KRowBlock* const* w, const int64_t* tokens, __m256 out[kQ4Tokens][kQ4Blocks]) {
             const BlockQ8_K* a[kQ4Tokens];
             for (int t = 0; t < kQ4Tokens; ++t)
                 a[t] = x + tokens[t] * nb;
-            q4_k_kernel(w, a, nb, out);
+            if (vnni)
+                q4_k_vnni_kernel(w, a, nb, out);
+            else
+                q4_k_kernel(w, a, nb, out);
         },
         y);
 }
