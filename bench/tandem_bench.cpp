@@ -81,6 +81,7 @@ struct Options {
     int64_t step_tokens = 512;
     std::string kv_cache_type = "f16";  // EngineConfig::kv_cache_type (and its default)
     std::string cpu_isa;                // EngineConfig::cpu_isa ("": the CPU's best)
+    bool no_avx_vnni = false;           // cpu::force_avx_vnni(false)
     std::string device = "cpu";         // EngineConfig::device
     bool cuda_graphs = false;           // EngineConfig::cuda_graphs
     bool progress = false, no_progress = false;
@@ -298,6 +299,14 @@ std::string join_command(int argc, char** argv) {
     return s;
 }
 
+// The active ISA level's name, "+avx-vnni" added at the avx2 level where its kernels use AVX-VNNI:
+// the avx2 figures of CPUs with and without it differ.
+std::string cpu_level_name() {
+    std::string name(cpu::isa_name(cpu::active_isa()));
+    if (cpu::active_isa() == cpu::CpuIsa::Avx2 && cpu::avx_vnni_active()) name += "+avx-vnni";
+    return name;
+}
+
 int run(const Options& o, const std::string& command_line) {
     validate_hybrid_flags(o);
     if (!o.write_path.empty()) {
@@ -372,9 +381,9 @@ int run(const Options& o, const std::string& command_line) {
                         row.weight_type = std::string(dtype_name(model.weight_type));
                         row.layers = config.n_layers;
                         row.parameters = bench::parameter_count(config);
-                        // The CPU kernels' ISA, or the device the model ran on.
-                        row.isa = o.device == "cpu" ? std::string(cpu::isa_name(cpu::active_isa()))
-                                                    : o.device;
+                        // The CPU kernels' ISA (at avx2 with AVX-VNNI when it is used), or the
+                        // device the model ran on.
+                        row.isa = o.device == "cpu" ? cpu_level_name() : o.device;
                         row.threads = engine.thread_count();
                         row.batch = b;
                         row.prompt_tokens = p;
@@ -486,6 +495,9 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
     app.add_option("--cpu-isa", o.cpu_isa,
                    "force the CPU kernels' ISA: scalar, avx2, avx512 (default: the CPU's best)");
+    app.add_flag("--no-avx-vnni", o.no_avx_vnni,
+                 "at the avx2 level, do without AVX-VNNI, as CPUs before it do (Intel before Alder "
+                 "Lake, AMD before Zen 5)");
     app.add_option("--device", o.device, "where the model runs: cpu or cuda:N")
         ->capture_default_str();
     app.add_flag("--cuda-graphs", o.cuda_graphs, "on cuda:N, replay decode steps as CUDA graphs");
@@ -502,6 +514,7 @@ int main(int argc, char** argv) {
             if (n < 0) fail("-n: a generated length cannot be negative");
         for (int b : o.batches)
             if (b < 1) fail("-b: at least one sequence");
+        if (o.no_avx_vnni) cpu::force_avx_vnni(false);
         return run(o, join_command(argc, argv));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "\ntandem-bench: %s\n", e.what());

@@ -472,6 +472,37 @@ void pack_q8_0_rows(const BlockQ8_0* w, int64_t n_rows, int64_t nb, int64_t r0, 
     }
 }
 
+// MXFP4 rows take the same tiles: their e2m1 values doubled are integers in [-12, 12]
+// (kMxfp4Doubled), bytes like Q8_0's, and their e8m0 scale halved an f32 (mxfp4_half_scale); a
+// block's 16 bytes give elements 0-15 in their low nibbles and 16-31 in their high ones.
+void pack_mxfp4_rows(const BlockMxfp4* w, int64_t n_rows, int64_t nb, int64_t r0,
+                     Q8_0RowBlock* out) {
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Doubled));
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m256i bias = _mm256_set1_epi8(char(0x80));
+    const int rows = int(std::min<int64_t>(kRowBlock, n_rows - r0));
+    for (int64_t i = 0; i < nb; ++i) {
+        Q8_0RowBlock& t = out[i];
+        __m256i v[kRowBlock];
+        for (int r = 0; r < kRowBlock; ++r) {
+            __m256i values = _mm256_setzero_si256();
+            t.d[r] = 0.0f;
+            if (r < rows) {
+                const BlockMxfp4& block = w[(r0 + r) * nb + i];
+                const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.qs));
+                values = _mm256_set_m128i(
+                    _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(packed, 4), low)),
+                    _mm_shuffle_epi8(table, _mm_and_si128(packed, low)));
+                t.d[r] = mxfp4_half_scale(block.e);
+            }
+            v[r] = _mm256_xor_si256(values, bias);
+        }
+        transpose_8x8(v);
+        for (int g = 0; g < kQK / 4; ++g)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(t.q[g]), v[g]);
+    }
+}
+
 constexpr int kQ8VnniBlocks = 2, kQ8VnniTokens = 3;
 
 // A token's blocks as the kernel reads them: the bytes, the f32 scale, 128 * the sum of the bytes.
@@ -518,14 +549,16 @@ void q8_0_vnni_kernel(const Q8_0RowBlock* const* w, const Q8_0Token* a, int64_t 
 }
 #pragma GCC pop_options
 
+// Q8_0 or MXFP4 rows (`Block`, packed by `pack`) times Q8_0 activations, with AVX-VNNI.
+template <class Block>
 void q8_0_vnni_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
+                    void (*pack)(const Block*, int64_t, int64_t, int64_t, Q8_0RowBlock*),
                     float* y) {
     const int64_t nb = k / kQK, n_blocks = (n_rows + kRowBlock - 1) / kRowBlock;
     thread_local std::vector<Q8_0RowBlock> tile;
     tile.resize(size_t(n_blocks * nb));
     for (int64_t b = 0; b < n_blocks; ++b)
-        pack_q8_0_rows(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, b * kRowBlock,
-                       &tile[size_t(b * nb)]);
+        pack(static_cast<const Block*>(w_rows), n_rows, nb, b * kRowBlock, &tile[size_t(b * nb)]);
     // The tokens' scales and bias terms, once per call.
     const auto* x = static_cast<const BlockQ8_0*>(acts);
     thread_local std::vector<float> d;
@@ -558,7 +591,8 @@ void q8_0_vnni_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_r
 }  // namespace
 
 bool int8_tiles_support(DType type) {
-    return type == DType::Q8_0 || type == DType::Q4_K;
+    return type == DType::Q8_0 || type == DType::Q4_K ||
+           (type == DType::MXFP4 && avx_vnni_active());
 }
 
 void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type, int64_t n_rows,
@@ -566,8 +600,12 @@ void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type,
     if (m <= 0 || n_rows <= 0) return;
     switch (type) {
         case DType::Q8_0:
-            return avx_vnni_active() ? q8_0_vnni_gemm(acts, m, w_rows, n_rows, k, y)
-                                     : q8_0_gemm(acts, m, w_rows, n_rows, k, y);
+            return avx_vnni_active()
+                       ? q8_0_vnni_gemm<BlockQ8_0>(acts, m, w_rows, n_rows, k, pack_q8_0_rows, y)
+                       : q8_0_gemm(acts, m, w_rows, n_rows, k, y);
+        case DType::MXFP4:
+            if (!avx_vnni_active()) fail("int8_tile_gemm: MXFP4 tiles need AVX-VNNI");
+            return q8_0_vnni_gemm<BlockMxfp4>(acts, m, w_rows, n_rows, k, pack_mxfp4_rows, y);
         case DType::Q4_K: return q4_k_gemm(acts, m, w_rows, n_rows, k, y);
         default: fail("int8_tile_gemm: no int8 tiles for ", dtype_name(type));
     }
