@@ -138,7 +138,8 @@ def warm_page_cache(path):
             pass
 
 
-def tandem_run(bench, model, p, n, threads, seed, kv_type, cpu_isa=None, tile_gemm=None):
+def tandem_run(bench, model, p, n, threads, seed, kv_type, cpu_isa=None, tile_gemm=None,
+               no_avx_vnni=False):
     env = dict(os.environ)
     if tile_gemm:
         env["TANDEM_TILE_GEMM"] = tile_gemm
@@ -148,6 +149,8 @@ def tandem_run(bench, model, p, n, threads, seed, kv_type, cpu_isa=None, tile_ge
                "--json", out.name]
         if cpu_isa:
             cmd += ["--cpu-isa", cpu_isa]
+        if no_avx_vnni:
+            cmd += ["--no-avx-vnni"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         row = json.loads(Path(out.name).read_text())["rows"][0]
     return row
@@ -208,6 +211,9 @@ def main():
     parser.add_argument("--json", help="write every measurement and the ratios here")
     parser.add_argument("--cpu-isa", choices=["scalar", "avx2", "avx512"],
                         help="force Tandem's kernels to this ISA level (default: the CPU's best)")
+    parser.add_argument("--no-avx-vnni", action="store_true",
+                        help="Tandem at the avx2 level without AVX-VNNI, as on CPUs before it "
+                             "(run llama.cpp built without it beside)")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help=f"before each run, wait up to this long for a load below "
                              f"{QUIET_LOAD}")
@@ -248,7 +254,8 @@ def main():
                     # Each run measures the bandwidth itself: on a shared machine it changes
                     # within minutes, and the bound must be the one of the same moment.
                     row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
-                                     args.kv_cache_type, args.cpu_isa)
+                                     args.kv_cache_type, args.cpu_isa,
+                                     no_avx_vnni=args.no_avx_vnni)
                     got["isa"] = row["isa"]
                     got["tandem"] = {"prefill_tps": row["prefill_tps"]["median"],
                                      "decode_tps": row["decode_tps"]["median"],
@@ -258,7 +265,8 @@ def main():
                     got["of_bound"] = got["tandem"]["decode_tps"] / row["bound_tps"]
                 elif args.peer == "tandem-dot":
                     row = tandem_run(bench, str(model), args.p, args.n, args.threads, seed,
-                                     args.kv_cache_type, args.cpu_isa, tile_gemm="never")
+                                     args.kv_cache_type, args.cpu_isa, tile_gemm="never",
+                                     no_avx_vnni=args.no_avx_vnni)
                     got["llama"] = {"prefill_tps": row["prefill_tps"]["median"],
                                     "decode_tps": row["decode_tps"]["median"]}
                 else:

@@ -164,7 +164,7 @@ struct alignas(32) Q4_KRowBlock {
 };
 
 // v[r] lane c becomes v[c] lane r (8 x 8 32-bit lanes).
-void transpose_8x8(__m256i v[8]) {
+[[gnu::always_inline]] inline void transpose_8x8(__m256i v[8]) {
     __m256i t[8], s[8];
     for (int i = 0; i < 4; ++i) {
         t[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
