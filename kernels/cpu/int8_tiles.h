@@ -12,8 +12,7 @@
 // loaded weight vector serves several tokens and every activation several rows. The result is
 // the same sum as the dot products' (int32 inside a block or super-block, f32 across), only in
 // another order of the f32 additions.
-// MXFP4 weights (gpt-oss's experts) take the Q8_0 tiles of AVX-VNNI CPUs, their values decoded to
-// doubled integers; without AVX-VNNI they keep the dot products.
+// MXFP4 weights (gpt-oss's experts) take the Q8_0 tiles, their values decoded to doubled integers.
 // Non-goals: the other weight types (they keep the dot products below AVX-512), AVX-512 (bf16
 // tiles through oneDNN are faster there).
 #pragma once
@@ -24,8 +23,7 @@
 
 namespace tandem::cpu::avx2 {
 
-// Whether int8_tile_gemm handles weights of `type` now (Q8_0, Q4_K; MXFP4 while AVX-VNNI is
-// active).
+// Whether int8_tile_gemm handles weights of `type` (Q8_0, Q4_K, MXFP4).
 bool int8_tiles_support(DType type);
 
 // y[m, n_rows] (dense f32, overwritten) = acts[m, k] · w_rowsᵀ, where acts are m rows of k

@@ -37,6 +37,27 @@ float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+// An MXFP4 block's 32 values as bytes: e2m1 doubled, integers in [-12, 12] (kMxfp4Doubled),
+// elements 0-15 from the low nibbles of its 16 bytes and 16-31 from the high ones. With its scale
+// halved to an f32 (mxfp4_half_scale) they are a block of Q8_0's shape, and take Q8_0's tiles.
+__m256i mxfp4_bytes(const BlockMxfp4& block) {
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Doubled));
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.qs));
+    return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(packed, 4), low)),
+                            _mm_shuffle_epi8(table, _mm_and_si128(packed, low)));
+}
+
+// A block's 32 values as bytes and its f32 scale: Q8_0's as stored, MXFP4's decoded.
+void block_bytes(const BlockQ8_0& block, int8_t* q, float* d) {
+    std::memcpy(q, block.qs, kQK);
+    *d = _cvtsh_ss(block.d);
+}
+void block_bytes(const BlockMxfp4& block, int8_t* q, float* d) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), mxfp4_bytes(block));
+    *d = mxfp4_half_scale(block.e);
+}
+
 // Rows and tokens of the Q8_0 inner loop: an int32 accumulator per pair, the tokens' activation
 // vectors and one row's weight vectors within AVX2's 16 vector registers (the f32 accumulators,
 // touched once per group, may live in memory). Of 2x3, 3x2 and 2x4, 2x3 was the fastest in
@@ -55,17 +76,18 @@ struct Q8_0Groups {
     std::vector<float> d;      // [rows, groups * 8]
 };
 
-void interleave_q8_0(const BlockQ8_0* x, int64_t rows, int64_t nb, int64_t groups, bool magnitudes,
+template <class Block>
+void interleave_q8_0(const Block* x, int64_t rows, int64_t nb, int64_t groups, bool magnitudes,
                      Q8_0Groups& out) {
     out.q.assign(size_t(rows * groups * 256), 0);
     out.d.assign(size_t(rows * groups * 8), 0.0f);
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t b = 0; b < nb; ++b) {
-            const BlockQ8_0& block = x[r * nb + b];
+            int8_t q[kQK];
+            block_bytes(x[r * nb + b], q, &out.d[size_t(r * groups * 8 + b)]);
             int8_t* group = out.q.data() + (r * groups + b / 8) * 256;
             for (int v = 0; v < 8; ++v)
-                std::memcpy(group + v * 32 + (b % 8) * 4, block.qs + 4 * v, 4);
-            out.d[size_t(r * groups * 8 + b)] = _cvtsh_ss(block.d);
+                std::memcpy(group + v * 32 + (b % 8) * 4, q + 4 * v, 4);
         }
     if (!magnitudes) return;
     out.mag.resize(out.q.size());
@@ -121,11 +143,13 @@ void q8_0_kernel(const Q8_0Groups& w, const int64_t* rows, const Q8_0Groups& x,
             out[r][t] = hsum(acc[r][t]);
 }
 
+// Q8_0 or MXFP4 rows (`Block`) times Q8_0 activations, without AVX-VNNI.
+template <class Block>
 void q8_0_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_rows, int64_t k,
                float* y) {
     const int64_t nb = k / kQK, groups = (nb + 7) / 8;
     thread_local Q8_0Groups tile, x;
-    interleave_q8_0(static_cast<const BlockQ8_0*>(w_rows), n_rows, nb, groups, true, tile);
+    interleave_q8_0(static_cast<const Block*>(w_rows), n_rows, nb, groups, true, tile);
     interleave_q8_0(static_cast<const BlockQ8_0*>(acts), m, nb, groups, false, x);
     for (int64_t t0 = 0; t0 < m; t0 += kQ8Tokens) {
         int64_t tokens[kQ8Tokens];
@@ -472,30 +496,18 @@ void pack_q8_0_rows(const BlockQ8_0* w, int64_t n_rows, int64_t nb, int64_t r0, 
     }
 }
 
-// MXFP4 rows take the same tiles: their e2m1 values doubled are integers in [-12, 12]
-// (kMxfp4Doubled), bytes like Q8_0's, and their e8m0 scale halved an f32 (mxfp4_half_scale); a
-// block's 16 bytes give elements 0-15 in their low nibbles and 16-31 in their high ones.
+// MXFP4 rows take the same tiles, decoded by mxfp4_bytes.
 void pack_mxfp4_rows(const BlockMxfp4* w, int64_t n_rows, int64_t nb, int64_t r0,
                      Q8_0RowBlock* out) {
-    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Doubled));
-    const __m128i low = _mm_set1_epi8(0x0F);
     const __m256i bias = _mm256_set1_epi8(char(0x80));
     const int rows = int(std::min<int64_t>(kRowBlock, n_rows - r0));
     for (int64_t i = 0; i < nb; ++i) {
         Q8_0RowBlock& t = out[i];
         __m256i v[kRowBlock];
         for (int r = 0; r < kRowBlock; ++r) {
-            __m256i values = _mm256_setzero_si256();
-            t.d[r] = 0.0f;
-            if (r < rows) {
-                const BlockMxfp4& block = w[(r0 + r) * nb + i];
-                const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.qs));
-                values = _mm256_set_m128i(
-                    _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(packed, 4), low)),
-                    _mm_shuffle_epi8(table, _mm_and_si128(packed, low)));
-                t.d[r] = mxfp4_half_scale(block.e);
-            }
-            v[r] = _mm256_xor_si256(values, bias);
+            const BlockMxfp4* block = r < rows ? &w[(r0 + r) * nb + i] : nullptr;
+            v[r] = _mm256_xor_si256(block ? mxfp4_bytes(*block) : _mm256_setzero_si256(), bias);
+            t.d[r] = block ? mxfp4_half_scale(block->e) : 0.0f;
         }
         transpose_8x8(v);
         for (int g = 0; g < kQK / 4; ++g)
@@ -591,8 +603,7 @@ void q8_0_vnni_gemm(const void* acts, int64_t m, const void* w_rows, int64_t n_r
 }  // namespace
 
 bool int8_tiles_support(DType type) {
-    return type == DType::Q8_0 || type == DType::Q4_K ||
-           (type == DType::MXFP4 && avx_vnni_active());
+    return type == DType::Q8_0 || type == DType::Q4_K || type == DType::MXFP4;
 }
 
 void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type, int64_t n_rows,
@@ -602,10 +613,11 @@ void int8_tile_gemm(const void* acts, int64_t m, const void* w_rows, DType type,
         case DType::Q8_0:
             return avx_vnni_active()
                        ? q8_0_vnni_gemm<BlockQ8_0>(acts, m, w_rows, n_rows, k, pack_q8_0_rows, y)
-                       : q8_0_gemm(acts, m, w_rows, n_rows, k, y);
+                       : q8_0_gemm<BlockQ8_0>(acts, m, w_rows, n_rows, k, y);
         case DType::MXFP4:
-            if (!avx_vnni_active()) fail("int8_tile_gemm: MXFP4 tiles need AVX-VNNI");
-            return q8_0_vnni_gemm<BlockMxfp4>(acts, m, w_rows, n_rows, k, pack_mxfp4_rows, y);
+            return avx_vnni_active()
+                       ? q8_0_vnni_gemm<BlockMxfp4>(acts, m, w_rows, n_rows, k, pack_mxfp4_rows, y)
+                       : q8_0_gemm<BlockMxfp4>(acts, m, w_rows, n_rows, k, y);
         case DType::Q4_K: return q4_k_gemm(acts, m, w_rows, n_rows, k, y);
         default: fail("int8_tile_gemm: no int8 tiles for ", dtype_name(type));
     }

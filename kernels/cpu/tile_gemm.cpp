@@ -35,13 +35,17 @@ std::atomic<bool> g_batch_invariant{false};
 // 2026-12-06 (d)), tiles against the dot products: Q4_K 0.7x at M = 2, even at 4, 1.5x at 8;
 // Q8_0 with AVX-VNNI 1.1x at 2, 1.75x at 4; Q8_0 without it 0.46x at 2, 0.69x at 4, even at 8
 // (1.2x at 16). (Before the row-interleaved tiles of that date, 16 for both.)
-// MXFP4 (AVX-VNNI only): in the same runs' MoE cases of gpt-oss-20b's shape, forced tiles beat
-// the dot products 2x at M = 2 (steps of one or two tokens per expert) and 2.4-3.9x from 8 up;
-// one token keeps the several-row dot, which streams at the read bandwidth.
-constexpr int64_t kMxfp4TileMinTokens = 2;
+// MXFP4, in the MoE cases of gpt-oss-20b's shape (--full, 32 experts, 4 a token), forced tiles
+// against the dot products: with AVX-VNNI 2x at M = 2 (one or two tokens per expert) and 2.4-3.9x
+// from 8 up; without it 0.96x at 2, 0.82x at 4, 1.06x at 8 and 1.34x at 64 (about 8 tokens per
+// expert). One token keeps the several-row dot, which streams at the read bandwidth.
+int64_t mxfp4_tile_min_tokens() {
+    return avx_vnni_active() ? 2 : 8;
+}
+
 int64_t int8_tile_min_tokens(DType weight_type) {
     if (weight_type == DType::Q4_K) return 6;
-    if (weight_type == DType::MXFP4) return kMxfp4TileMinTokens;
+    if (weight_type == DType::MXFP4) return mxfp4_tile_min_tokens();
     return avx_vnni_active() ? 2 : 10;
 }
 

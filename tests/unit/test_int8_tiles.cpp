@@ -89,10 +89,7 @@ double activation_error(const float* x, const float* w, DType type, int64_t k) {
 void every_element_matches_float64_and_the_dot_products(std::mt19937_64& rng, bool vnni) {
     Guard guard(TileGemmPolicy::Always);
     cpu::force_avx_vnni(vnni);
-    // MXFP4 takes the Q8_0 tiles of AVX-VNNI only.
-    std::vector<DType> types = {DType::Q8_0, DType::Q4_K};
-    if (vnni) types.push_back(DType::MXFP4);
-    for (DType type : types) {
+    for (DType type : {DType::Q8_0, DType::Q4_K, DType::MXFP4}) {
         const DType act_type = cpu::vec_dot_type(type);
         const std::vector<int64_t> ks = type != DType::Q4_K
                                             ? std::vector<int64_t>{32, 288, 512, 800}
@@ -286,15 +283,8 @@ TEST(Int8Tiles, OnlyAtTheAvx2LevelAndOnlyForTheirTypes) {
     const int64_t min = cpu::tile_gemm_min_tokens(DType::Q8_0);
     EXPECT_FALSE(cpu::use_tile_gemm(DType::Q8_0, min - 1));
     EXPECT_TRUE(cpu::use_tile_gemm(DType::Q8_0, min));
-    // MXFP4: the AVX-VNNI Q8_0 tiles, so only with AVX-VNNI.
-    EXPECT_EQ(cpu::tile_gemm_available(DType::MXFP4), cpu::cpu_has_avx_vnni());
-    if (cpu::cpu_has_avx_vnni()) {
-        EXPECT_EQ(cpu::tile_gemm_activation_type(DType::MXFP4), DType::Q8_0);
-        cpu::force_avx_vnni(false);
-        EXPECT_FALSE(cpu::tile_gemm_available(DType::MXFP4)) << "no tiles without AVX-VNNI";
-        EXPECT_TRUE(cpu::tile_gemm_available(DType::Q8_0));
-        cpu::force_avx_vnni(std::nullopt);
-    }
+    EXPECT_TRUE(cpu::tile_gemm_available(DType::MXFP4)) << "on Q8_0's tiles";
+    EXPECT_EQ(cpu::tile_gemm_activation_type(DType::MXFP4), DType::Q8_0);
     cpu::force_isa(CpuIsa::Scalar);
     EXPECT_FALSE(cpu::tile_gemm_available(DType::Q8_0)) << "no tiles at the scalar level";
 }
