@@ -363,6 +363,9 @@ void q4_k_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_
 // q4_k_kernel with AVX-VNNI: a sub-block's products of a row block and token are 8 vpdpbusd into
 // int32 lanes (at most 32 * 15 * 128, exact), converted once and multiplied by the rows' scale * d
 // in f32, so a product of 32 multiplies is one instruction where vpmaddubsw needed a vpaddw too.
+// Written out beside q4_k_kernel rather than as one template over the product: the template would
+// be compiled with AVX-VNNI allowed for both, and GCC may then fuse q4_k_kernel's vpmaddwd + vpaddd
+// into vpdpwssd, which CPUs without AVX-VNNI do not run.
 #pragma GCC push_options
 #pragma GCC target("avxvnni")
 void q4_k_vnni_kernel(const Q4_KRowBlock* const* w, const BlockQ8_K* const* a, int64_t nb,
